@@ -1,0 +1,1 @@
+"""The ``ditproof`` command line: a thin layer over the library."""

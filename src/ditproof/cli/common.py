@@ -1,0 +1,72 @@
+"""Shared pieces of the CLI: consoles, option parsing and the exit-code policy."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import TypeVar
+
+from rich.console import Console
+
+from ditproof.errors import DitproofError, InvalidInputError, ModelNotFoundError
+
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+T = TypeVar("T")
+
+
+def quiet_libraries() -> None:
+    """Keeps diffusers' and transformers' advisory warnings off the terminal."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+
+
+def exit_code(exc: BaseException) -> int:
+    """2 for input the caller can fix, 1 for everything else."""
+    return EXIT_INVALID if isinstance(exc, InvalidInputError | ModelNotFoundError) else EXIT_FAILURE
+
+
+@contextmanager
+def reported():
+    """Turns ditproof errors into a message on stderr and the matching exit code."""
+    try:
+        yield
+    except DitproofError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(exit_code(exc))
+
+
+def parse_steps(text: str | None) -> tuple[int, ...]:
+    """Parses ``"5,10,20"`` into (5, 10, 20)."""
+    if not text:
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise InvalidInputError(f"checkpoint-steps: got {text!r}; allowed: comma-separated step numbers") from None
+
+
+def call(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Calls ``fn``, mapping pydantic validation errors of options to InvalidInputError."""
+    from pydantic import ValidationError
+
+    try:
+        return fn(*args, **kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: got {e.get('input')!r}; {str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise InvalidInputError(problems) from None

@@ -1,0 +1,149 @@
+"""``ditproof generate``: one request through the executor."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ditproof.cli.common import call, err, out, parse_steps, quiet_libraries, reported
+from ditproof.models.registry import LoadedModel
+from ditproof.protocol.options import CaptureOptions, RuntimeOptions, VideoEncoding
+from ditproof.protocol.record import InferenceRecord
+from ditproof.protocol.request import GenerationRequest, parse_request
+
+DEFAULT_MODEL = "wan-tiny-random"
+
+
+def build_options(
+    device: str,
+    dtype: str | None,
+    attention_backend: str,
+    cfg_mode: str,
+    lossless: bool,
+    jl_dim: int,
+    checkpoint_steps: str | None,
+    model: str,
+) -> RuntimeOptions:
+    """Runtime options from CLI flags (dtype defaults to the preset's)."""
+    from ditproof.models.registry import PRESETS
+
+    preset = PRESETS.get(model)
+    chosen_dtype = dtype or (
+        preset.default_dtype if preset else ("bfloat16" if device.startswith("cuda") else "float32")
+    )
+    return call(
+        RuntimeOptions,
+        device=device,
+        dtype=chosen_dtype,
+        attention_backend=attention_backend,
+        cfg_mode=cfg_mode,
+        capture=call(CaptureOptions, jl_dim=jl_dim, checkpoint_steps=parse_steps(checkpoint_steps)),
+        encoding=call(VideoEncoding, codec="h264-lossless" if lossless else "h264"),
+    )
+
+
+def run_generation(
+    request: GenerationRequest,
+    options: RuntimeOptions,
+    model: LoadedModel,
+    out_dir: Path,
+    request_id: str | None,
+    entropy: str | None,
+    show_progress: bool = True,
+    load_seconds: float = 0.0,
+) -> InferenceRecord:
+    """Runs the executor with a progress bar."""
+    from ditproof.generation.execute import execute
+
+    with Progress(
+        TextColumn("denoising"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not show_progress,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("denoising", total=request.num_inference_steps)
+
+        def on_step(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        return execute(
+            request,
+            model,
+            options,
+            out_dir,
+            request_id=request_id,
+            entropy=entropy,
+            on_step=on_step,
+            load_seconds=load_seconds,
+        )
+
+
+def generate_command(
+    prompt: str = typer.Option(..., "--prompt", help="What the video shows."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for video.mp4, record.json and latents/."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="A preset (see `ditproof info`) or a model folder."),
+    model_path: str | None = typer.Option(None, "--model-path", help="Folder of the wan2.2-t2v-a14b preset."),
+    negative_prompt: str = typer.Option("", "--negative-prompt"),
+    width: int = typer.Option(832, "--width"),
+    height: int = typer.Option(480, "--height"),
+    num_frames: int = typer.Option(81, "--num-frames"),
+    fps: int = typer.Option(16, "--fps"),
+    steps: int = typer.Option(40, "--steps"),
+    guidance_scale: float = typer.Option(4.0, "--guidance-scale", help="High-noise expert's CFG scale."),
+    guidance_scale_2: float = typer.Option(3.0, "--guidance-scale-2", help="Low-noise expert's CFG scale."),
+    boundary_ratio: float = typer.Option(0.875, "--boundary-ratio"),
+    flow_shift: float = typer.Option(12.0, "--flow-shift"),
+    request_id: str | None = typer.Option(None, "--request-id", help="Default: a new random id."),
+    entropy: str | None = typer.Option(None, "--entropy", help="Public randomness in hex (default: random)."),
+    seed: int | None = typer.Option(None, "--seed", help="Explicit seed for experiments (no derivation)."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: preset's)."),
+    attention_backend: str = typer.Option("sdpa", "--attention-backend"),
+    cfg_mode: str = typer.Option("sequential", "--cfg-mode", help="sequential or batched."),
+    lossless: bool = typer.Option(False, "--lossless", help="Lossless H.264 (rgb24) for experiments."),
+    jl_dim: int = typer.Option(8, "--jl-dim", help="Values per step of the trajectory fingerprint."),
+    checkpoint_steps: str | None = typer.Option(None, "--checkpoint-steps", help="Extra latents, e.g. 10,20,30."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Generate a video deterministically and write its inference record."""
+    quiet_libraries()
+    with reported():
+        request = parse_request(
+            {
+                "prompt": prompt,
+                "negative_prompt": negative_prompt,
+                "width": width,
+                "height": height,
+                "num_frames": num_frames,
+                "fps": fps,
+                "num_inference_steps": steps,
+                "guidance_scale": guidance_scale,
+                "guidance_scale_2": guidance_scale_2,
+                "boundary_ratio": boundary_ratio,
+                "flow_shift": flow_shift,
+                "seed": seed,
+            }
+        )
+        options = build_options(device, dtype, attention_backend, cfg_mode, lossless, jl_dim, checkpoint_steps, model)
+        if seed is None:
+            request_id = request_id or f"local-{uuid.uuid4().hex}"
+            entropy = entropy or os.urandom(32).hex()
+        from ditproof.models.registry import load_model
+
+        started = time.perf_counter()
+        loaded = load_model(model, options, model_path=model_path)
+        load_seconds = time.perf_counter() - started
+        record = run_generation(request, options, loaded, out_dir, request_id, entropy, not quiet, load_seconds)
+        out.print(f"video   {out_dir / record.video.file}  sha256 {record.video.sha256}")
+        out.print(f"record  {out_dir / 'record.json'}  sha256 {record.sha256()}")
+        out.print(f"seed {record.seed} ({record.seed_derivation}), noise sha256 {record.noise.sha256}")
+        out.print(f"runtime class {record.runtime_class}")
+        out.print(f"{record.timings.total_s:.2f} s in all ({record.timings.forward_passes} forward passes)")

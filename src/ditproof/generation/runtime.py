@@ -1,0 +1,132 @@
+"""The runtime fingerprint of this process, and the runtime class derived from it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+from ditproof.hashing import sha256_json
+from ditproof.models.registry import LoadedModel
+from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.record import RuntimeFingerprint
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def _nvidia_driver_version() -> str | None:
+    """The NVIDIA kernel driver version from /proc (None where it cannot be read)."""
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9][0-9.]+)", text)
+    return match.group(1) if match else None
+
+
+def solver_name(scheduler_config: dict[str, object]) -> str:
+    """Names the solver: class, order, type and flow sigma grid, plus a hash of its full config.
+
+    ``flow_shift`` is left out (it is a request field); diffusers' flow grid is
+    ``linspace(1, 1/1000)``, which differs from the official Wan repository's.
+    """
+    config = {k: v for k, v in scheduler_config.items() if not k.startswith("_") and k != "flow_shift"}
+    name = str(scheduler_config.get("_class_name", "UniPCMultistepScheduler"))
+    order = config.get("solver_order")
+    kind = config.get("solver_type")
+    grid = "diffusers-flow-linspace" if config.get("use_flow_sigmas") else "diffusers-betas"
+    return f"{name}/order{order}/{kind}/{grid}/{sha256_json(_plain(config))[:12]}"
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeFingerprint:
+    """Reads the hardware and software of this process and combines them with the run's options."""
+    from ditproof import __version__
+
+    device = torch.device(options.device)
+    cuda: dict[str, object] = {}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        driver = _nvidia_driver_version()
+        cuda = {
+            "device_name": props.name,
+            "device_count": torch.cuda.device_count(),
+            "sm_count": props.multi_processor_count,
+            "compute_capability": f"{props.major}.{props.minor}",
+            "driver_version": driver,
+            "cuda_version": torch.version.cuda,
+            "cudnn_version": torch.backends.cudnn.version(),
+        }
+    else:
+        cuda = {"device_name": platform.processor() or platform.machine(), "device_count": 1}
+    return RuntimeFingerprint(
+        device_type="cuda" if device.type == "cuda" else "cpu",
+        cpu_arch=platform.machine(),
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        diffusers=_version("diffusers"),
+        transformers=_version("transformers"),
+        av=_version("av"),
+        ditproof=__version__,
+        ftfy=importlib.util.find_spec("ftfy") is not None,
+        attention_backend=options.attention_backend,
+        dtype=options.dtype,
+        vae_dtype=options.vae_dtype,
+        text_encoder_dtype=options.text_encoder_dtype or options.dtype,
+        cfg_mode=options.cfg_mode,
+        experts=options.experts,
+        model_preset=model.preset,
+        model_revision=model.revision,
+        solver=solver_name(dict(model.pipeline.scheduler.config)),
+        encoding=options.encoding,
+        **cuda,  # type: ignore[arg-type]
+    )
+
+
+def runtime_class(fp: RuntimeFingerprint) -> str:
+    """The part of a fingerprint that must match for a validator to regenerate.
+
+    Device architecture (CUDA compute capability, or CPU architecture), engine and the versions
+    that select kernels (torch, diffusers), attention backend, dtypes, model revision and solver.
+    Not in the class: GPU model within an architecture (an H100 and an H200 gave bitwise-identical
+    forwards), parallel degrees and CFG batching (benign deviations, compared with metrics).
+    """
+    if fp.device_type == "cuda":
+        arch = f"cuda-sm{(fp.compute_capability or '0.0').replace('.', '')}"
+    else:
+        arch = f"cpu-{fp.cpu_arch}"
+    dtypes = (
+        fp.dtype
+        if fp.dtype == fp.vae_dtype == fp.text_encoder_dtype
+        else (f"{fp.dtype}+te-{fp.text_encoder_dtype}+vae-{fp.vae_dtype}")
+    )
+    return "/".join(
+        (
+            arch,
+            f"{fp.engine}-{fp.diffusers}",
+            f"torch-{fp.torch.split('+')[0]}",
+            fp.attention_backend,
+            dtypes,
+            f"rev-{fp.model_revision[:16]}",
+            fp.solver.split("/")[0] + "-" + fp.solver.rsplit("/", 1)[-1],
+        )
+    )

@@ -1,0 +1,95 @@
+"""Trajectory capture: latent checkpoints and per-step JL fingerprints.
+
+Checkpoint names: ``initial`` (the noise, step 0), ``pre_switch`` (the latent entering the first
+low-noise step), ``final`` (after the last step, before the VAE), and ``step_NNN`` for extra
+steps asked for in :class:`CaptureOptions` (the latent after NNN steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as save_safetensors
+
+from ditproof.hashing import atomic_write_bytes, sha256_bytes, sha256_tensor
+from ditproof.protocol.options import CaptureOptions
+from ditproof.protocol.record import CheckpointRef, TrajectoryFingerprints
+from ditproof.randomness import JL_DERIVATION, jl_projection, jl_seed
+
+
+@dataclass
+class TrajectoryCapture:
+    """Collects checkpoints and fingerprints while the denoising loop runs."""
+
+    seed: int
+    options: CaptureOptions
+    switch_step: int | None
+    latents: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    fingerprints: list[list[float]] = field(default_factory=list)
+    _projection: torch.Tensor | None = None
+
+    def start(self, noise: torch.Tensor) -> None:
+        """Records the initial noise (CPU float32)."""
+        self.latents["initial"] = (0, noise.detach().to("cpu", torch.float32).clone())
+        if self.switch_step == 0:
+            self.latents["pre_switch"] = (0, self.latents["initial"][1])
+
+    def after_step(self, step: int, latents: torch.Tensor) -> None:
+        """Records the latent after denoising step ``step`` (0-based) where asked for."""
+        done = step + 1
+        cpu: torch.Tensor | None = None
+
+        def on_cpu() -> torch.Tensor:
+            nonlocal cpu
+            if cpu is None:
+                cpu = latents.detach().to("cpu", torch.float32).clone()
+            return cpu
+
+        if done == self.switch_step:
+            self.latents["pre_switch"] = (done, on_cpu())
+        if done in self.options.checkpoint_steps:
+            self.latents[f"step_{done:03d}"] = (done, on_cpu())
+        if self.options.jl_dim:
+            flat = on_cpu().reshape(-1).to(torch.float64)
+            if self._projection is None:
+                self._projection = jl_projection(self.seed, flat.numel(), self.options.jl_dim).to(torch.float64)
+            self.fingerprints.append([float(v) for v in (self._projection @ flat).to(torch.float32)])
+
+    def finish(self, step_count: int, latents: torch.Tensor) -> None:
+        """Records the final latent."""
+        self.latents["final"] = (step_count, latents.detach().to("cpu", torch.float32).clone())
+        self._projection = None
+
+    def fingerprint_record(self) -> TrajectoryFingerprints | None:
+        """The fingerprints as stored in the record (None when disabled)."""
+        if not self.options.jl_dim:
+            return None
+        return TrajectoryFingerprints(
+            derivation=JL_DERIVATION,
+            dim=self.options.jl_dim,
+            projection_seed=jl_seed(self.seed),
+            values=self.fingerprints,
+        )
+
+
+def save_checkpoints(latents: dict[str, tuple[int, torch.Tensor]], folder: Path, prefix: str) -> list[CheckpointRef]:
+    """Writes each latent as ``{folder}/{name}.safetensors`` (key ``latent``) atomically."""
+    refs = []
+    order = {"initial": 0, "pre_switch": 1, "final": 3}
+    for name, (step, tensor) in sorted(latents.items(), key=lambda kv: (kv[1][0], order.get(kv[0], 2), kv[0])):
+        # No safetensors metadata: its key order is not stable, so the file bytes would vary.
+        data = save_safetensors({"latent": tensor.contiguous()})
+        atomic_write_bytes(folder / f"{name}.safetensors", data)
+        refs.append(
+            CheckpointRef(
+                name=name,
+                step=step,
+                file=f"{prefix}{name}.safetensors",
+                sha256=sha256_bytes(data),
+                tensor_sha256=sha256_tensor(tensor),
+                shape=tuple(tensor.shape),
+            )
+        )
+    return refs

@@ -1,0 +1,177 @@
+"""The model presets and :func:`load_model`, the one way a pipeline is obtained."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import WanPipeline
+
+from ditproof.errors import InvalidInputError, ModelNotFoundError
+from ditproof.hashing import sha256_bytes, sha256_json, tensor_bytes
+from ditproof.models.init import cast_keeping_fp32
+from ditproof.models.local import check_pipeline_folder, folder_revision
+from ditproof.protocol.options import RuntimeOptions
+
+WAN22_PATH_ENV = "DITPROOF_WAN22_PATH"
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """A named way to obtain a two-expert Wan pipeline."""
+
+    name: str
+    description: str
+    text_max_length: int
+    default_dtype: str
+
+
+PRESETS: dict[str, ModelPreset] = {
+    preset.name: preset
+    for preset in (
+        ModelPreset(
+            "wan2.2-t2v-a14b",
+            f"Wan2.2-T2V-A14B from a local diffusers-format folder (--model-path or ${WAN22_PATH_ENV}); "
+            "never downloaded",
+            512,
+            "bfloat16",
+        ),
+        ModelPreset(
+            "wan-a14b-shape",
+            "exact A14B shapes (2×14B experts, UMT5-XXL, Wan2.1 VAE) with seeded random weights built on "
+            "the device; for GPU benchmarks and experiments without weights",
+            512,
+            "bfloat16",
+        ),
+        ModelPreset(
+            "wan-tiny-random",
+            "a tiny two-expert Wan2.2 pipeline with seeded random weights, for tests (CPU, float32)",
+            64,
+            "float32",
+        ),
+    )
+}
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline ready to run, with the identity of its weights."""
+
+    preset: str
+    pipeline: WanPipeline
+    revision: str
+    text_max_length: int
+    attention_backend: str = "sdpa"
+
+
+def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None = None) -> LoadedModel:
+    """Loads a preset, or a local diffusers folder given as ``name`` or ``model_path``.
+
+    Args:
+        name: a preset name (see :data:`PRESETS`) or the path of a local Wan2.2 diffusers folder.
+        options: device and dtypes to load into.
+        model_path: the folder for the ``wan2.2-t2v-a14b`` preset.
+
+    Raises:
+        ModelNotFoundError: unknown preset, or a missing or incomplete folder.
+    """
+    if name not in PRESETS:
+        if Path(name).is_dir() or os.sep in name:
+            return _load_folder("local", Path(name), options, PRESETS["wan2.2-t2v-a14b"].text_max_length)
+        known = ", ".join(PRESETS)
+        raise ModelNotFoundError(f"model: got {name!r}; allowed: one of {known}, or the path of a model folder")
+    preset = PRESETS[name]
+    if name == "wan2.2-t2v-a14b":
+        folder = model_path or os.environ.get(WAN22_PATH_ENV)
+        if not folder:
+            raise ModelNotFoundError(
+                "model wan2.2-t2v-a14b needs a local diffusers-format folder: pass --model-path DIR or set "
+                f"{WAN22_PATH_ENV}=DIR (a copy of Wan-AI/Wan2.2-T2V-A14B-Diffusers; ditproof never downloads it)"
+            )
+        return _load_folder(name, Path(folder), options, preset.text_max_length)
+    if name == "wan-a14b-shape":
+        from ditproof.models.wan import build_a14b_shape
+
+        if options.dtype != "bfloat16":
+            raise InvalidInputError(f"dtype: got {options.dtype!r} for wan-a14b-shape; allowed: bfloat16")
+        pipe, description = build_a14b_shape(options.device, options.dtype)
+        _place(pipe, options)
+        return LoadedModel(name, pipe, sha256_json(description), preset.text_max_length)
+    from ditproof.models.wan import build_tiny_random
+
+    pipe = build_tiny_random()
+    revision = state_revision(pipe)
+    _place(pipe, options)
+    return LoadedModel(name, pipe, revision, preset.text_max_length)
+
+
+def state_revision(pipe: WanPipeline) -> str:
+    """Revision of an in-memory pipeline: sha256 over its components' weights and configs."""
+    parts: dict[str, str] = {}
+    for component in ("text_encoder", "vae", "transformer", "transformer_2"):
+        module = getattr(pipe, component)
+        for key, tensor in sorted(module.state_dict().items()):
+            parts[f"{component}/{key}"] = f"{tensor.dtype}|{tuple(tensor.shape)}|" + sha256_bytes(tensor_bytes(tensor))
+        config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
+        parts[f"{component}/config"] = sha256_json(_jsonable(config))
+    parts["scheduler/config"] = sha256_json(_jsonable(dict(pipe.scheduler.config)))
+    parts["tokenizer"] = sha256_bytes(pipe.tokenizer.backend_tokenizer.to_str().encode())
+    parts["boundary_ratio"] = repr(pipe.config.boundary_ratio)
+    return sha256_json(parts)
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, dict):
+        # Library versions and load-time fields are not part of the model.
+        skip = {"transformers_version", "dtype", "torch_dtype"}
+        return {str(k): _jsonable(v) for k, v in value.items() if not str(k).startswith("_") and k not in skip}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _place(pipe: WanPipeline, options: RuntimeOptions) -> None:
+    device = torch.device(options.device)
+    placements = (
+        (pipe.transformer, options.dtype),
+        (pipe.transformer_2, options.dtype),
+        (pipe.text_encoder, options.text_encoder_dtype or options.dtype),
+        (pipe.vae, options.vae_dtype),
+    )
+    for module, dtype_name in placements:
+        cast_keeping_fp32(module, _dtype(dtype_name))
+        module.to(device)
+
+
+def _load_folder(name: str, folder: Path, options: RuntimeOptions, text_max_length: int) -> LoadedModel:
+    from diffusers import AutoencoderKLWan
+    from transformers import UMT5EncoderModel
+
+    check_pipeline_folder(folder)
+    revision = folder_revision(folder)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    dtype = _dtype(options.dtype)
+    vae = AutoencoderKLWan.from_pretrained(
+        folder, subfolder="vae", dtype=_dtype(options.vae_dtype), local_files_only=True
+    )
+    text_encoder = UMT5EncoderModel.from_pretrained(
+        folder,
+        subfolder="text_encoder",
+        dtype=_dtype(options.text_encoder_dtype or options.dtype),
+        local_files_only=True,
+    )
+    pipe = WanPipeline.from_pretrained(
+        folder, vae=vae, text_encoder=text_encoder, dtype=dtype, local_files_only=True
+    )
+    for module in (pipe.text_encoder, pipe.vae, pipe.transformer, pipe.transformer_2):
+        module.eval().requires_grad_(False)
+    pipe.to(options.device)
+    return LoadedModel(name, pipe, revision, text_max_length)

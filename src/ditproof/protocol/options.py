@@ -1,0 +1,103 @@
+"""Runtime options of the one generation path.
+
+Every option that can change the numbers is recorded in the inference record and the runtime
+fingerprint, so that an executor and a validator can pin it. Deviations studied by the
+experiments (CFG batching, a single expert, another attention kernel, ...) are options here,
+never forks of the generation code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+AttentionBackend = Literal["sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "flex"]
+DType = Literal["float32", "bfloat16", "float16"]
+
+ATTENTION_BACKENDS: dict[str, str | None] = {
+    # ditproof name -> diffusers AttentionBackendName (None: diffusers' default, torch SDPA
+    # choosing its kernel itself).
+    "sdpa": None,
+    "sdpa-flash": "_native_flash",
+    "sdpa-efficient": "_native_efficient",
+    "sdpa-cudnn": "_native_cudnn",
+    "sdpa-math": "_native_math",
+    "flex": "flex",
+}
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
+class VideoEncoding(BaseModel):
+    """Pinned encoder settings. The same frames and settings give the same mp4 bytes.
+
+    ``h264``: libx264, yuv420p, constant rate factor ``crf``. ``h264-lossless``: libx264rgb with
+    qp 0 in rgb24, so decoded frames equal the generated ones exactly (for experiments).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    codec: Literal["h264", "h264-lossless"] = "h264"
+    crf: int = Field(default=18, ge=0, le=51)
+    preset: str = "medium"
+    threads: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, value: str) -> str:
+        if value not in X264_PRESETS:
+            raise ValueError(f"got {value!r}; allowed: {', '.join(X264_PRESETS)}")
+        return value
+
+
+class CaptureOptions(BaseModel):
+    """What the trajectory capture keeps besides the video.
+
+    ``checkpoint_steps``: indices of extra steps whose output latent is saved, besides the
+    initial noise, the latent just before the expert switch and the final latent.
+    ``jl_dim``: values per step of the Johnson–Lindenstrauss trajectory fingerprint (0: none).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    checkpoint_steps: tuple[int, ...] = ()
+    jl_dim: int = Field(default=8, ge=0, le=256)
+
+    @field_validator("checkpoint_steps")
+    @classmethod
+    def _steps(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(step < 0 for step in value) or list(value) != sorted(set(value)):
+            raise ValueError(f"got {value}; allowed: distinct step indices (0-based), ascending")
+        return value
+
+
+class RuntimeOptions(BaseModel):
+    """How a request is run: device, precision, kernels and deviations.
+
+    ``cfg_mode``: ``sequential`` runs the conditional and unconditional passes one after the
+    other (diffusers' WanPipeline); ``batched`` runs both in one forward of batch 2.
+    ``experts``: ``both`` is the model as published; ``high-noise-only`` runs the high-noise
+    expert at every step (the malign "one expert only" node).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    device: str = "cpu"
+    dtype: DType = "float32"
+    vae_dtype: DType = "float32"
+    text_encoder_dtype: DType | None = None
+    attention_backend: AttentionBackend = "sdpa"
+    cfg_mode: Literal["sequential", "batched"] = "sequential"
+    experts: Literal["both", "high-noise-only"] = "both"
+    offload_text_encoder: bool = False
+    capture: CaptureOptions = CaptureOptions()
+    encoding: VideoEncoding = VideoEncoding()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        base, _, index = value.partition(":")
+        if base not in ("cpu", "cuda") or (index and (not index.isdigit() or base == "cpu")):
+            raise ValueError(f"got {value!r}; allowed: cpu, cuda or cuda:N")
+        return value

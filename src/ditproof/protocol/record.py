@@ -1,0 +1,183 @@
+"""The inference record: everything a validator needs to check a generated video.
+
+One JSON file per generation (``record.json``), schema ``ditproof.record/1``, written
+canonically (sorted keys). Timings are the only part that differs between two honest runs of
+the same request on the same runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ditproof.errors import InvalidInputError
+from ditproof.hashing import atomic_write_bytes, canonical_json, sha256_bytes
+from ditproof.protocol.options import RuntimeOptions, VideoEncoding
+from ditproof.protocol.request import GenerationRequest
+
+RECORD_SCHEMA: Literal["ditproof.record/1"] = "ditproof.record/1"
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuntimeFingerprint(_Model):
+    """What ran the generation: hardware, software, kernels, model and solver."""
+
+    device_type: Literal["cpu", "cuda"]
+    device_name: str
+    device_count: int
+    sm_count: int | None = None
+    compute_capability: str | None = None
+    driver_version: str | None = None
+    cuda_version: str | None = None
+    cudnn_version: int | None = None
+    cpu_arch: str
+    cpu_capability: str
+    python: str
+    torch: str
+    diffusers: str
+    transformers: str
+    av: str
+    ditproof: str
+    ftfy: bool
+    engine: str = "diffusers"
+    attention_backend: str
+    dtype: str
+    vae_dtype: str
+    text_encoder_dtype: str
+    cfg_mode: str
+    experts: str
+    tp_degree: int = 1
+    cp_degree: int = 1
+    model_preset: str
+    model_revision: str = Field(pattern=_SHA256)
+    solver: str
+    encoding: VideoEncoding
+
+
+class NoiseInfo(_Model):
+    """The initial latent noise: drawn on the CPU from the seed (see ``ditproof.randomness``)."""
+
+    shape: tuple[int, ...]
+    dtype: Literal["float32"] = "float32"
+    derivation: str
+    sha256: str = Field(pattern=_SHA256)
+
+
+class CheckpointRef(_Model):
+    """A saved latent: ``step`` is the number of denoising steps applied before it."""
+
+    name: str
+    step: int
+    file: str
+    sha256: str = Field(pattern=_SHA256)
+    tensor_sha256: str = Field(pattern=_SHA256)
+    shape: tuple[int, ...]
+
+
+class TrajectoryFingerprints(_Model):
+    """Per-step JL projections of the latent after each denoising step (``values[i]``: step i)."""
+
+    derivation: str
+    dim: int
+    projection_seed: int
+    values: list[list[float]]
+
+
+class PhaseTimings(_Model):
+    """Wall-clock seconds per phase (device synchronized at each boundary)."""
+
+    load_s: float = 0.0
+    text_encode_s: float
+    high_noise_s: float
+    low_noise_s: float
+    high_noise_steps: int
+    low_noise_steps: int
+    forward_passes: int
+    vae_decode_s: float
+    encode_s: float
+    total_s: float
+
+
+class VideoInfo(_Model):
+    """The encoded video file."""
+
+    file: str = "video.mp4"
+    sha256: str = Field(pattern=_SHA256)
+    size_bytes: int
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    encoding: VideoEncoding
+
+
+class ModelInfo(_Model):
+    """Which weights ran: a preset name and the revision hash of its weights and configs."""
+
+    preset: str
+    revision: str = Field(pattern=_SHA256)
+    text_max_length: int
+
+
+class InferenceRecord(_Model):
+    """The executor's record of one generation."""
+
+    schema_version: Literal["ditproof.record/1"] = RECORD_SCHEMA
+    request_id: str | None
+    entropy: str | None
+    request: GenerationRequest
+    seed: int
+    seed_derivation: Literal["ditproof-seed-v1", "explicit"]
+    noise: NoiseInfo
+    model: ModelInfo
+    options: RuntimeOptions
+    runtime: RuntimeFingerprint
+    runtime_class: str
+    video: VideoInfo
+    checkpoints: list[CheckpointRef]
+    fingerprints: TrajectoryFingerprints | None
+    timings: PhaseTimings
+
+    def canonical(self) -> bytes:
+        """Canonical JSON bytes of the record."""
+        return canonical_json(self.model_dump(mode="json"))
+
+    def sha256(self) -> str:
+        """sha256 of the canonical JSON: the record's identity."""
+        return sha256_bytes(self.canonical())
+
+    def content_sha256(self) -> str:
+        """sha256 of the record without its timings: equal for two honest identical runs."""
+        data = self.model_dump(mode="json", exclude={"timings"})
+        return sha256_bytes(canonical_json(data))
+
+    def save(self, path: str | Path) -> None:
+        """Writes the record atomically as canonical JSON (with a trailing newline)."""
+        atomic_write_bytes(path, self.canonical() + b"\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> InferenceRecord:
+        """Reads and validates a record file.
+
+        Raises:
+            InvalidInputError: if the file is missing, not JSON, or not a valid record.
+        """
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise InvalidInputError(f"record {path}: cannot be read ({exc.strerror})") from None
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InvalidInputError(
+                f"record {path}: not a valid {RECORD_SCHEMA} record ({exc.error_count()} problems; "
+                f"first at {where or '<root>'}: {first['msg']})"
+            ) from None

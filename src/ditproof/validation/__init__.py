@@ -1,0 +1,5 @@
+"""The validator: integrity → record checks → class match → regenerate → exact match → compare."""
+
+from ditproof.validation.validate import validate
+
+__all__ = ["validate"]

@@ -1,0 +1,100 @@
+"""The command line, run as a real subprocess."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+ENTROPY = "ab" * 32
+
+
+def ditproof(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ditproof.cli.main", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+SMALL = ["--width", "64", "--height", "48", "--num-frames", "5", "--steps", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = ditproof("generate", "--prompt", "a red circle moves left", "--out", str(out), *SMALL,
+                      "--request-id", "cli-1", "--entropy", ENTROPY)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_generate_writes_video_record_and_latents(generated):
+    out, result = generated
+    record = json.loads((out / "record.json").read_text())
+    assert (out / "video.mp4").stat().st_size == record["video"]["size_bytes"]
+    assert sorted(p.name for p in (out / "latents").iterdir()) == [
+        "final.safetensors", "initial.safetensors", "pre_switch.safetensors"]
+    assert record["video"]["sha256"] in result.stdout
+    assert record["request_id"] == "cli-1"
+
+
+def test_generate_twice_is_byte_identical(generated, tmp_path):
+    out, _ = generated
+    again = ditproof("generate", "--prompt", "a red circle moves left", "--out", str(tmp_path), *SMALL,
+                     "--request-id", "cli-1", "--entropy", ENTROPY)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "video.mp4").read_bytes() == (out / "video.mp4").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--width", "830"], "width: got 830; allowed: a multiple of 16"),
+        (["--num-frames", "80"], "num_frames: got 80; allowed: 4k+1"),
+        (["--steps", "0"], "num_inference_steps: got 0"),
+        (["--guidance-scale", "nan"], "guidance_scale: got nan"),
+        (["--entropy", "xyz", "--request-id", "a"], "entropy: got 'xyz'"),
+        (["--model", "wan2.2-t2v-a14b", "--model-path", "/nonexistent"], "model folder /nonexistent does not exist"),
+        (["--dtype", "int8"], "dtype: got 'int8'"),
+        (["--prompt", ""], "prompt: got ''"),
+    ],
+)
+def test_invalid_input_exits_2_with_a_message(tmp_path, args, message):
+    base = ["generate", "--prompt", "a cat", "--out", str(tmp_path / "x"), *SMALL]
+    result = ditproof(*base, *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x" / "record.json").exists()
+
+
+def test_unknown_flag_exits_2():
+    result = ditproof("generate", "--no-such-flag")
+    assert result.returncode == 2 and "no-such-flag" in result.stderr
+
+
+def test_info_lists_presets_and_runtime():
+    result = ditproof("info", "--json")
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert set(data["presets"]) == {"wan2.2-t2v-a14b", "wan-a14b-shape", "wan-tiny-random"}
+    assert data["runtime"]["torch"]
+
+
+def test_validate_command_accepts_honest_and_rejects_tampered(generated, tmp_path):
+    out, _ = generated
+    ok = ditproof("validate", "--record", str(out / "record.json"), "--verdict", str(tmp_path / "v.json"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads((tmp_path / "v.json").read_text())["decision"] == "valid"
+    bad_video = tmp_path / "bad.mp4"
+    data = bytearray((out / "video.mp4").read_bytes())
+    data[-5] ^= 1
+    bad_video.write_bytes(bytes(data))
+    bad = ditproof("validate", "--record", str(out / "record.json"), "--video", str(bad_video))
+    assert bad.returncode == 1 and "invalid" in bad.stdout
+
+
+def test_validate_refuses_a_broken_record(tmp_path):
+    broken = tmp_path / "record.json"
+    broken.write_text('{"schema_version": "ditproof.record/1"}')
+    result = ditproof("validate", "--record", str(broken))
+    assert result.returncode == 2 and "not a valid ditproof.record/1 record" in result.stderr

@@ -1,0 +1,139 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ditproof.errors import InvalidInputError, RuntimeUnavailableError
+from ditproof.generation.execute import execute, resolve_seed
+from ditproof.generation.generate import configure_attention, generate
+from ditproof.hashing import sha256_file, sha256_tensor
+from ditproof.protocol.options import CaptureOptions, RuntimeOptions
+from ditproof.protocol.record import InferenceRecord
+from ditproof.randomness import derive_seed, initial_noise
+
+ENTROPY = "5e" * 32
+
+
+def test_loop_matches_diffusers_wan_pipeline_bitwise(tiny_model, small_request, cpu_options):
+    """Our denoising loop is WanPipeline.__call__'s, given the same noise."""
+    seed = 11
+    ours = generate(small_request, seed, tiny_model, cpu_options)
+    noise = initial_noise(seed, small_request.latent_shape())
+    pipe = tiny_model.pipeline
+    pipe.scheduler = pipe.scheduler.__class__.from_config(pipe.scheduler.config, flow_shift=small_request.flow_shift)
+    reference = pipe(
+        prompt=small_request.prompt,
+        negative_prompt=small_request.negative_prompt,
+        height=small_request.height,
+        width=small_request.width,
+        num_frames=small_request.num_frames,
+        num_inference_steps=small_request.num_inference_steps,
+        guidance_scale=small_request.guidance_scale,
+        guidance_scale_2=small_request.guidance_scale_2,
+        latents=noise.clone(),
+        output_type="latent",
+        max_sequence_length=tiny_model.text_max_length,
+    ).frames
+    assert torch.equal(ours.capture.latents["final"][1], reference.float())
+
+
+def test_same_request_twice_gives_identical_files_and_record(tiny_model, small_request, cpu_options, tmp_path):
+    first = execute(small_request, tiny_model, cpu_options, tmp_path / "a", request_id="r-1", entropy=ENTROPY)
+    second = execute(small_request, tiny_model, cpu_options, tmp_path / "b", request_id="r-1", entropy=ENTROPY)
+    assert (tmp_path / "a" / "video.mp4").read_bytes() == (tmp_path / "b" / "video.mp4").read_bytes()
+    assert first.content_sha256() == second.content_sha256()
+    a = json.loads((tmp_path / "a" / "record.json").read_text())
+    b = json.loads((tmp_path / "b" / "record.json").read_text())
+    a.pop("timings"), b.pop("timings")
+    assert a == b
+    for ref in first.checkpoints:
+        assert (tmp_path / "a" / ref.file).read_bytes() == (tmp_path / "b" / ref.file).read_bytes()
+
+
+def test_record_holds_what_a_validator_needs(tiny_model, small_request, cpu_options, tmp_path):
+    record = execute(small_request, tiny_model, cpu_options, tmp_path, request_id="r-2", entropy=ENTROPY)
+    assert record.seed == derive_seed("r-2", ENTROPY) and record.seed_derivation == "ditproof-seed-v1"
+    assert record.noise.sha256 == sha256_tensor(initial_noise(record.seed, small_request.latent_shape()))
+    assert record.video.sha256 == sha256_file(tmp_path / "video.mp4")
+    assert record.model.revision == tiny_model.revision == record.runtime.model_revision
+    assert record.runtime_class.startswith("cpu-") and "sdpa" in record.runtime_class
+    assert record.runtime.torch == torch.__version__
+    # Checkpoints: files exist, hashes match, steps are right.
+    names = [c.name for c in record.checkpoints]
+    assert names == ["initial", "pre_switch", "final"]
+    steps = {c.name: c.step for c in record.checkpoints}
+    assert steps["initial"] == 0 and steps["final"] == small_request.num_inference_steps
+    assert steps["pre_switch"] == record.timings.high_noise_steps
+    for ref in record.checkpoints:
+        assert sha256_file(tmp_path / ref.file) == ref.sha256
+        assert sha256_tensor(load_file(tmp_path / ref.file)["latent"]) == ref.tensor_sha256
+    assert record.fingerprints is not None and len(record.fingerprints.values) == small_request.num_inference_steps
+    assert all(len(v) == 8 for v in record.fingerprints.values)
+    # Timings per phase and the forward-pass count (CFG on: 2 per step).
+    assert record.timings.forward_passes == 2 * small_request.num_inference_steps
+    assert record.timings.high_noise_steps + record.timings.low_noise_steps == small_request.num_inference_steps
+    assert InferenceRecord.load(tmp_path / "record.json") == record
+
+
+def test_fingerprints_follow_the_trajectory(tiny_model, small_request, cpu_options):
+    a = generate(small_request, 1, tiny_model, cpu_options).capture.fingerprints
+    b = generate(small_request, 2, tiny_model, cpu_options).capture.fingerprints
+    assert a != b and len(a) == len(b) == small_request.num_inference_steps
+
+
+def test_extra_checkpoints_and_no_fingerprints(tiny_model, small_request, cpu_options, tmp_path):
+    options = cpu_options.model_copy(update={"capture": CaptureOptions(checkpoint_steps=(2, 4), jl_dim=0)})
+    record = execute(small_request, tiny_model, options, tmp_path, request_id="r-3", entropy=ENTROPY)
+    assert {c.name: c.step for c in record.checkpoints}.keys() >= {"step_002", "step_004"}
+    assert record.fingerprints is None
+
+
+def test_options_change_the_result_as_documented(tiny_model, small_request, cpu_options):
+    base = generate(small_request, 5, tiny_model, cpu_options).capture.latents["final"][1]
+    batched = generate(small_request, 5, tiny_model, cpu_options.model_copy(update={"cfg_mode": "batched"}))
+    one_expert = generate(small_request, 5, tiny_model, cpu_options.model_copy(update={"experts": "high-noise-only"}))
+    batched_final = batched.capture.latents["final"][1]
+    assert torch.allclose(batched_final, base, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(one_expert.capture.latents["final"][1], base, rtol=1e-3, atol=1e-3)
+    no_cfg = small_request.model_copy(update={"guidance_scale": 1.0, "guidance_scale_2": 1.0})
+    assert generate(no_cfg, 5, tiny_model, cpu_options).steps["forward_passes"] == small_request.num_inference_steps
+
+
+def test_frames_are_uint8_of_the_requested_size(tiny_model, small_request, cpu_options):
+    frames = generate(small_request, 3, tiny_model, cpu_options).frames
+    assert frames.dtype == np.uint8
+    assert frames.shape == (small_request.num_frames, small_request.height, small_request.width, 3)
+
+
+def test_seed_rules(small_request):
+    assert resolve_seed(small_request, "r", ENTROPY) == (derive_seed("r", ENTROPY), "ditproof-seed-v1")
+    explicit = small_request.model_copy(update={"seed": 42})
+    assert resolve_seed(explicit, None, None) == (42, "explicit")
+    with pytest.raises(InvalidInputError, match="the executor cannot choose it"):
+        resolve_seed(explicit, "r", ENTROPY)
+    with pytest.raises(InvalidInputError, match="both or neither"):
+        resolve_seed(small_request, "r", None)
+    with pytest.raises(InvalidInputError, match="request_id \\+ entropy, or a seed"):
+        resolve_seed(small_request, None, None)
+
+
+def test_prompt_longer_than_the_text_window_is_refused(tiny_model, small_request, cpu_options):
+    long_prompt = small_request.model_copy(update={"prompt": "red " * 80})
+    with pytest.raises(InvalidInputError, match="prompt: got 81 tokens; allowed: at most 64 tokens"):
+        generate(long_prompt, 1, tiny_model, cpu_options)
+
+
+@pytest.mark.parametrize("backend", ["sdpa-cudnn", "sdpa-flash", "sdpa-efficient"])
+def test_gpu_only_attention_kernels_are_refused_on_the_cpu(tiny_model, small_request, backend):
+    with pytest.raises(RuntimeUnavailableError, match=f"attention_backend: {backend!r} needs a CUDA device"):
+        generate(small_request, 1, tiny_model, RuntimeOptions(attention_backend=backend))
+
+
+def test_math_kernel_runs_and_is_close_to_the_default(tiny_model, small_request, cpu_options):
+    base = generate(small_request, 4, tiny_model, cpu_options).capture.latents["final"][1]
+    math_kernel = generate(small_request, 4, tiny_model, RuntimeOptions(attention_backend="sdpa-math"))
+    assert torch.allclose(math_kernel.capture.latents["final"][1], base, rtol=1e-3, atol=1e-3)
+    assert tiny_model.attention_backend == "sdpa-math"
+    configure_attention(tiny_model, "sdpa")
