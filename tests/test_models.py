@@ -8,7 +8,7 @@ import torch
 from ditproof.errors import ModelNotFoundError
 from ditproof.models.local import check_pipeline_folder, folder_revision
 from ditproof.models.registry import PRESETS, load_model, state_revision
-from ditproof.models.wan import build_tiny_random
+from ditproof.models.wan import build_tiny_random, tiny_description
 from ditproof.protocol.options import RuntimeOptions
 
 
@@ -33,9 +33,10 @@ def test_tiny_pipeline_is_a_real_two_expert_wan_pipeline(tiny_model):
 
 def test_random_weights_and_revision_are_reproducible(tiny_model):
     again = build_tiny_random()
-    assert state_revision(again) == tiny_model.revision
+    assert state_revision(again, tiny_description()) == tiny_model.revision
     other = build_tiny_random(seed=1)
-    assert state_revision(other) != tiny_model.revision
+    assert state_revision(other, tiny_description()) != tiny_model.revision
+    assert state_revision(again, tiny_description(seed=1)) != tiny_model.revision
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import typer
 from ditproof.cli.common import EXIT_FAILURE, err
 from ditproof.cli.generate import generate_command
 from ditproof.cli.info import info_command
+from ditproof.cli.price import price_app
 from ditproof.cli.validate import demo_command, validate_command
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app.command("generate")(generate_command)
 app.command("info")(info_command)
 app.command("validate")(validate_command)
 app.command("demo")(demo_command)
+app.add_typer(price_app, name="price")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -99,39 +99,26 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
         pipe, description = build_a14b_shape(options.device, options.dtype)
         _place(pipe, options)
         return LoadedModel(name, pipe, sha256_json(description), preset.text_max_length)
-    from ditproof.models.wan import build_tiny_random
+    from ditproof.models.wan import build_tiny_random, tiny_description
 
     pipe = build_tiny_random()
-    revision = state_revision(pipe)
+    revision = state_revision(pipe, tiny_description())
     _place(pipe, options)
     return LoadedModel(name, pipe, revision, preset.text_max_length)
 
 
-def state_revision(pipe: WanPipeline) -> str:
-    """Revision of an in-memory pipeline: sha256 over its components' weights and configs."""
-    parts: dict[str, str] = {}
+def state_revision(pipe: WanPipeline, description: dict[str, object]) -> str:
+    """Revision of an in-memory pipeline: sha256 over its weights and the preset's own description.
+
+    Library-serialized configs are left out on purpose: they gain keys between transformers
+    versions, while the weights and ditproof's declared configuration are what fix the model.
+    """
+    parts: dict[str, object] = {"description": description}
     for component in ("text_encoder", "vae", "transformer", "transformer_2"):
         module = getattr(pipe, component)
         for key, tensor in sorted(module.state_dict().items()):
             parts[f"{component}/{key}"] = f"{tensor.dtype}|{tuple(tensor.shape)}|" + sha256_bytes(tensor_bytes(tensor))
-        config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)
-        parts[f"{component}/config"] = sha256_json(_jsonable(config))
-    parts["scheduler/config"] = sha256_json(_jsonable(dict(pipe.scheduler.config)))
-    parts["tokenizer"] = sha256_bytes(pipe.tokenizer.backend_tokenizer.to_str().encode())
-    parts["boundary_ratio"] = repr(pipe.config.boundary_ratio)
     return sha256_json(parts)
-
-
-def _jsonable(value: object) -> object:
-    if isinstance(value, dict):
-        # Library versions and load-time fields are not part of the model.
-        skip = {"transformers_version", "dtype", "torch_dtype"}
-        return {str(k): _jsonable(v) for k, v in value.items() if not str(k).startswith("_") and k not in skip}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return repr(value)
 
 
 def _dtype(name: str) -> torch.dtype:

@@ -134,6 +134,25 @@ def build_tiny_random(seed: int = 0) -> WanPipeline:
     )
 
 
+def _plain(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+
+def tiny_description(seed: int = 0) -> dict[str, Any]:
+    """What fixes the tiny preset besides its weights: configs, tokenizer vocabulary, boundary."""
+    return {
+        "preset": "wan-tiny-random",
+        "init": WEIGHT_INIT,
+        "seed": seed,
+        "transformer": _plain(TINY_TRANSFORMER),
+        "text_encoder": TINY_UMT5,
+        "vae": TINY_VAE,
+        "scheduler": SCHEDULER_CONFIG,
+        "vocab": sorted(build_tokenizer().get_vocab().items(), key=lambda kv: kv[1]),
+        "boundary_ratio": BOUNDARY_RATIO,
+    }
+
+
 def hash_name(name: str) -> int:
     """A stable 31-bit number for a component name (mixes it into the preset seed)."""
     return int(sha256_json(name)[:8], 16) & 0x7FFFFFFF
@@ -196,7 +215,7 @@ def build_a14b_shape(device: str, dtype: str = "bfloat16", seed: int = 0) -> tup
         "seed": seed,
         "dtype": dtype,
         "generator": device_generator_name(target),
-        "transformer": {k: list(v) if isinstance(v, tuple) else v for k, v in A14B_TRANSFORMER.items()},
+        "transformer": _plain(A14B_TRANSFORMER),
         "text_encoder": UMT5_XXL,
         "vae": A14B_VAE,
         "scheduler": SCHEDULER_CONFIG,

@@ -1,0 +1,40 @@
+"""Helpers shared by the benchmarks: device description and JSON results."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def device_info() -> dict[str, Any]:
+    """GPU name, SM count, memory, driver-facing versions and the date (for every result file)."""
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.machine(),
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(
+            gpu=props.name,
+            gpu_count=torch.cuda.device_count(),
+            sm_count=props.multi_processor_count,
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+        )
+    else:
+        info["gpu"] = None
+    return info
+
+
+def write_result(path: str | Path, data: dict[str, Any]) -> None:
+    """Writes a result JSON (sorted keys, indented) and makes its folder."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
