@@ -126,3 +126,121 @@ def jl_projection(seed: int, dim: int, k: int) -> torch.Tensor:
 def parameter_seed(base_seed: int, name: str) -> int:
     """Seed of one parameter of a random-weight preset: ``seed63(sha256("{base_seed}/{name}"))``."""
     return _seed_from_text(f"ditproof-weights-v1/{check_seed(base_seed)}/{name}")
+
+
+# Proof-of-Compute
+#
+# The PoC seeds follow Gonka's PoC v2 where it defines them (the per-nonce seed and the
+# per-layer Householder seed); what Gonka leaves open for a DiT (latent, timestep, text input,
+# expert choice, output pick) is derived here from the per-nonce seed, each under its own
+# label, so that no two draws share a generator. Every draw is a CPU float64 draw rounded to
+# float32 (cpu_normal), or integer arithmetic on sha256, never a device generator: a CPU
+# validator and a GPU executor must agree on every input bit.
+
+POC_DERIVATION = "ditproof-poc-v1"
+"""Name of the PoC input derivations below; recorded in every PoC commitment."""
+
+POC_MAX_NONCE = 2**32 - 1
+
+
+def _seed32(text: str) -> int:
+    """Gonka's seed form: ``int(sha256(text).hexdigest()[:8], 16)`` (the first 4 bytes, big-endian)."""
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+def poc_nonce_seed(block_hash: str, public_key: str, nonce: int) -> int:
+    """Per-nonce seed of Gonka PoC v2: ``int(sha256("{block_hash}_{public_key}_nonce{n}")[:8], 16)``."""
+    if isinstance(nonce, bool) or not isinstance(nonce, int) or not 0 <= nonce <= POC_MAX_NONCE:
+        raise InvalidInputError(f"nonce: got {nonce!r}; allowed: an integer from 0 to {POC_MAX_NONCE}")
+    return _seed32(f"{block_hash}_{public_key}_nonce{nonce}")
+
+
+def poc_layer_seed(block_hash: str, layer: int) -> int:
+    """Seed of block ``layer``'s Householder vector: ``int(sha256("{block_hash}_layer_{i}_householder")[:8], 16)``.
+
+    The same vector serves block ``i`` of either expert (both have the same width).
+    """
+    return _seed32(f"{block_hash}_layer_{layer}_householder")
+
+
+def poc_householder_vector(seed: int, dim: int) -> torch.Tensor:
+    """A unit float32 vector of ``dim`` values: :func:`cpu_normal` of ``seed``, divided by its norm in float64."""
+    values = cpu_normal(seed, (dim,)).to(torch.float64)
+    return (values / values.norm()).to(torch.float32)
+
+
+def poc_input_seed(nonce_seed: int, label: str) -> int:
+    """Seed of one per-nonce PoC input: ``seed63(sha256("ditproof-poc-v1/{nonce_seed}/{label}"))``.
+
+    Labels: ``latent`` (the N(0,1) input latent), ``text`` (the N(0,1) encoder_hidden_states),
+    ``timestep``, ``expert``, ``pick`` (the output positions).
+    """
+    return _seed_from_text(f"{POC_DERIVATION}/{nonce_seed}/{label}")
+
+
+def poc_expert(nonce_seed: int) -> int:
+    """The expert of a nonce: 0 (high-noise, ``transformer``) or 1 (low-noise, ``transformer_2``).
+
+    The lowest bit of :func:`poc_input_seed` ``(nonce_seed, "expert")``: about half of the
+    nonces need each expert, whatever the timestep, so a node holding one expert fails half.
+    """
+    return poc_input_seed(nonce_seed, "expert") & 1
+
+
+def poc_timestep(nonce_seed: int, low: float, high: float) -> float:
+    """A timestep uniform in ``[low, high)``: ``low + u·(high − low)`` rounded to float32.
+
+    ``u`` is the first 53 bits of sha256("ditproof-poc-v1/{nonce_seed}/timestep") over 2**53,
+    so it is exact on every machine.
+    """
+    digest = hashlib.sha256(f"{POC_DERIVATION}/{nonce_seed}/timestep".encode()).digest()
+    u = (int.from_bytes(digest[:8], "big") >> 11) / float(2**53)
+    return float(torch.tensor(low + u * (high - low), dtype=torch.float64).to(torch.float32))
+
+
+def seeded_sample(seed_text: str, population: int, k: int) -> list[int]:
+    """The first ``k`` items of a seeded shuffle of ``range(population)``, without repeats.
+
+    A partial Fisher–Yates shuffle whose j-th draw is uniform on ``[j, population)`` by
+    rejection sampling on ``sha256("{seed_text}/{j}/{attempt}")`` read as a 64-bit big-endian
+    integer. Independent of any library's RNG, so it never changes between versions.
+    """
+    if population < 0 or not 0 <= k <= population:
+        raise InvalidInputError(f"sample: got k={k} of a population of {population}; allowed: 0 <= k <= population")
+    swapped: dict[int, int] = {}
+    picked: list[int] = []
+    for j in range(k):
+        span = population - j
+        limit = (2**64 // span) * span
+        attempt = 0
+        while True:
+            draw = int.from_bytes(hashlib.sha256(f"{seed_text}/{j}/{attempt}".encode()).digest()[:8], "big")
+            if draw < limit:
+                break
+            attempt += 1
+        other = j + draw % span
+        picked.append(swapped.get(other, other))
+        swapped[other] = swapped.get(j, j)
+    return picked
+
+
+def poc_output_pick(nonce_seed: int, size: int, k: int) -> list[int]:
+    """The ``k`` output positions (of ``size``) that form a nonce's vector.
+
+    :func:`seeded_sample` of ``"ditproof-poc-v1/{nonce_seed}/pick"``.
+    """
+    return seeded_sample(f"{POC_DERIVATION}/{nonce_seed}/pick", size, k)
+
+
+def poc_output_seed(block_hash: str, index: int) -> int:
+    """Seed of the ``index``-th output Householder reflection: ``int(sha256("{block_hash}_output_{j}_householder")[:8], 16)``."""
+    return _seed32(f"{block_hash}_output_{index}_householder")
+
+
+def poc_sample_seed_text(block_hash: str, public_key: str, root: str, validator_key: str) -> str:
+    """Seed text of a validator's leaf sample: ``"ditproof-poc-v1/sample/{block_hash}/{public_key}/{root}/{validator_key}"``.
+
+    It includes the committed Merkle root, so the node cannot know the sample before it commits;
+    each validator (``validator_key``) draws its own sample.
+    """
+    return f"{POC_DERIVATION}/sample/{block_hash}/{public_key}/{root}/{validator_key}"

@@ -1,0 +1,242 @@
+"""``ditproof poc``: Proof-of-Compute rounds — generate (node), validate (validator), calibrate.
+
+``generate`` computes nonces and writes ``artifacts.json`` (commitment + every artifact) and
+``commitment.json``; ``validate`` samples leaves of such a store, checks their proofs and
+recomputes them, and writes a verdict; ``calibrate`` measures honest and cheating distances on
+this machine and proposes a policy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from pydantic import ValidationError
+
+from ditproof.cli.common import EXIT_FAILURE, call, err, out, quiet_libraries, reported
+from ditproof.errors import InvalidInputError
+from ditproof.hashing import atomic_write_bytes, canonical_json
+
+if TYPE_CHECKING:
+    from ditproof.protocol.options import RuntimeOptions
+    from ditproof.protocol.poc import PocArtifacts, PocParams
+
+poc_app = typer.Typer(
+    help="Proof-of-Compute (Gonka PoC v2 for two-expert Wan DiTs): generate, validate, calibrate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ARTIFACTS_FILE = "artifacts.json"
+COMMITMENT_FILE = "commitment.json"
+
+
+def _params(latent_frames: int, latent_height: int, latent_width: int, text_len: int) -> PocParams:
+    from ditproof.protocol.poc import PocParams
+
+    return call(
+        PocParams,
+        latent_frames=latent_frames,
+        latent_height=latent_height,
+        latent_width=latent_width,
+        text_len=text_len,
+    )
+
+
+def _options(device: str, dtype: str | None, model: str) -> RuntimeOptions:
+    from ditproof.models.registry import PRESETS
+    from ditproof.protocol.options import RuntimeOptions
+
+    preset = PRESETS.get(model)
+    chosen = dtype or (preset.default_dtype if preset else ("bfloat16" if device.startswith("cuda") else "float32"))
+    return call(RuntimeOptions, device=device, dtype=chosen)
+
+
+def _read_store(path: Path) -> PocArtifacts:
+    from ditproof.protocol.poc import PocArtifacts
+
+    file = path / ARTIFACTS_FILE if path.is_dir() else path
+    try:
+        return PocArtifacts.model_validate_json(file.read_bytes())
+    except OSError as exc:
+        raise InvalidInputError(f"artifacts: cannot read {str(file)!r} ({exc.strerror})") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        raise InvalidInputError(
+            f"artifacts: {str(file)!r} is not a ditproof.poc-artifacts/1 file ({problems})"
+        ) from None
+
+
+@poc_app.command("generate")
+def generate_command(
+    block_hash: str = typer.Option(..., "--block-hash", help="The round's block hash (hex)."),
+    public_key: str = typer.Option(..., "--public-key", help="This node's public key."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for artifacts.json and commitment.json."),
+    count: int = typer.Option(256, "--count", help="Nonces to compute."),
+    start: int = typer.Option(0, "--start", help="First nonce."),
+    model: str = typer.Option("wan-tiny-random", "--model", help="A preset or a model folder."),
+    model_path: str | None = typer.Option(None, "--model-path", help="Folder of the wan2.2-t2v-a14b preset."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: preset's)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Nonces per forward batch."),
+    latent_frames: int = typer.Option(2, "--latent-frames"),
+    latent_height: int = typer.Option(32, "--latent-height"),
+    latent_width: int = typer.Option(32, "--latent-width"),
+    text_len: int = typer.Option(32, "--text-len", help="Tokens of the random text input."),
+) -> None:
+    """Compute PoC nonces and commit to them (Merkle mountain range root and count)."""
+    quiet_libraries()
+    with reported():
+        if count < 1 or start < 0 or start + count > 2**32:
+            raise InvalidInputError(
+                f"count/start: got count={count}, start={start}; allowed: count >= 1, start >= 0, start+count <= 2**32"
+            )
+        params = _params(latent_frames, latent_height, latent_width, text_len)
+        options = _options(device, dtype, model)
+        from ditproof.models.registry import load_model
+        from ditproof.poc.node import generate_round
+
+        loaded = load_model(model, options, model_path=model_path)
+        started = time.perf_counter()
+        store = generate_round(
+            loaded, params, block_hash, public_key, list(range(start, start + count)), batch_size=batch_size
+        )
+        seconds = time.perf_counter() - started
+        atomic_write_bytes(out_dir / ARTIFACTS_FILE, canonical_json(store.model_dump(mode="json")) + b"\n")
+        atomic_write_bytes(out_dir / COMMITMENT_FILE, canonical_json(store.commitment.model_dump(mode="json")) + b"\n")
+        out.print(f"root {store.commitment.root}  count {store.commitment.count}")
+        out.print(f"artifacts {out_dir / ARTIFACTS_FILE}")
+        out.print(f"{count} nonces in {seconds:.2f} s ({count / seconds:.1f} nonces/s, {params.tokens()} tokens each)")
+
+
+@poc_app.command("validate")
+def validate_command(
+    artifacts: Path = typer.Option(..., "--artifacts", help="artifacts.json of a round, or its folder."),
+    policy: str = typer.Option("ml-node", "--policy", help="ml-node, chain, wan-tiny-random-cpu-fp32 or a file."),
+    dist_threshold: float | None = typer.Option(None, "--dist-threshold"),
+    p_mismatch: float | None = typer.Option(None, "--p-mismatch"),
+    fraud_threshold: float | None = typer.Option(None, "--fraud-threshold"),
+    p_value_threshold: float | None = typer.Option(None, "--p-value-threshold", help="Same as --fraud-threshold."),
+    sample_size: int | None = typer.Option(None, "--sample-size"),
+    validator_key: str = typer.Option("", "--validator-key", help="This validator's identity (seeds its sample)."),
+    model: str | None = typer.Option(None, "--model", help="Default: the model the commitment names."),
+    model_path: str | None = typer.Option(None, "--model-path"),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str | None = typer.Option(None, "--dtype"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    verdict_path: Path | None = typer.Option(None, "--out", help="Where to write the verdict JSON."),
+) -> None:
+    """Validate a round: sampled proofs, duplicates, porosity, recomputation, binomial test.
+
+    Exit code 0 when valid, 1 when fraud or invalid, 2 for bad input.
+    """
+    quiet_libraries()
+    with reported():
+        from ditproof.poc.policy import load_policy, with_overrides
+
+        if fraud_threshold is not None and p_value_threshold is not None and fraud_threshold != p_value_threshold:
+            raise InvalidInputError(
+                f"--fraud-threshold ({fraud_threshold}) and --p-value-threshold ({p_value_threshold}) name one "
+                "setting; allowed: give one, or the same value"
+            )
+        chosen = with_overrides(
+            load_policy(policy),
+            dist_threshold=dist_threshold,
+            p_mismatch=p_mismatch,
+            fraud_threshold=fraud_threshold if fraud_threshold is not None else p_value_threshold,
+            sample_size=sample_size,
+        )
+        store = _read_store(artifacts)
+        commitment = store.commitment
+        name = model or commitment.model
+        options = _options(device, dtype, name)
+        from ditproof.models.registry import load_model
+        from ditproof.poc.compute import PocModel
+        from ditproof.poc.validate import validate_store
+
+        loaded = load_model(name, options, model_path=model_path)
+        verdict = validate_store(
+            store, PocModel.from_loaded(loaded), loaded.revision, chosen, validator_key, batch_size
+        )
+        if verdict_path is not None:
+            verdict.save(verdict_path)
+        colour = "green" if verdict.decision == "valid" else "red"
+        out.print(f"[bold {colour}]{verdict.decision}[/]: {verdict.reason}", highlight=False)
+        if verdict.decision != "valid":
+            sys.exit(EXIT_FAILURE)
+
+
+@poc_app.command("calibrate")
+def calibrate_command(
+    model: str = typer.Option("wan-tiny-random", "--model"),
+    model_path: str | None = typer.Option(None, "--model-path"),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str | None = typer.Option(None, "--dtype", help="The reference dtype (default: preset's)."),
+    nonces: int = typer.Option(256, "--nonces", help="Nonces per runtime."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Reference batch size."),
+    batch_sizes: str = typer.Option("1,4", "--batch-sizes", help="Other batch sizes (honest)."),
+    attention: str | None = typer.Option(
+        None,
+        "--attention",
+        help="Other attention kernels (honest); default sdpa-math on CPU, flash/efficient/cudnn on CUDA.",
+    ),
+    cross_dtype: str | None = typer.Option(
+        None,
+        "--cross-dtype",
+        help="Another dtype to compare (reported apart); default bfloat16 for a float32 reference.",
+    ),
+    skip_layers: int = typer.Option(1, "--skip-layers", help="Blocks the 'fewer layers' cheat drops."),
+    perturb_fraction: float = typer.Option(0.01, "--perturb-fraction"),
+    latent_frames: int = typer.Option(2, "--latent-frames"),
+    latent_height: int = typer.Option(32, "--latent-height"),
+    latent_width: int = typer.Option(32, "--latent-width"),
+    text_len: int = typer.Option(32, "--text-len"),
+    out_path: Path | None = typer.Option(None, "--out", help="Where to write the calibration JSON."),
+) -> None:
+    """Measure honest and cheating PoC distances here and propose dist_threshold and p_mismatch."""
+    quiet_libraries()
+    with reported():
+        if nonces < 1:
+            raise InvalidInputError(f"--nonces: got {nonces}; allowed: at least 1")
+        try:
+            sizes = [int(part) for part in batch_sizes.split(",") if part]
+        except ValueError:
+            raise InvalidInputError(f"--batch-sizes: got {batch_sizes!r}; allowed: comma-separated integers") from None
+        params = _params(latent_frames, latent_height, latent_width, text_len)
+        options = _options(device, dtype, model)
+        from ditproof.models.registry import load_model
+        from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, format_table
+
+        loaded = load_model(model, options, model_path=model_path)
+        on_cuda = device.startswith("cuda")
+        kernels = (
+            attention.split(",")
+            if attention
+            else (["sdpa-flash", "sdpa-efficient", "sdpa-cudnn"] if on_cuda else ["sdpa-math"])
+        )
+        reference = RuntimeSpec(f"{device} {options.dtype} batch {batch_size}", "honest", loaded, batch_size)
+        others = [RuntimeSpec(f"{device} {options.dtype} batch {s}", "honest", loaded, s) for s in sizes]
+        others += [RuntimeSpec(f"{device} {options.dtype} {k}", "honest", loaded, batch_size, k) for k in kernels if k]
+        other_dtype = cross_dtype or ("bfloat16" if options.dtype == "float32" else None)
+        if other_dtype and other_dtype != options.dtype:
+            second = load_model(model, _options(device, other_dtype, model), model_path=model_path)
+            others.append(RuntimeSpec(f"{device} {other_dtype} batch {batch_size}", "cross-dtype", second, batch_size))
+        settings = CalibrationSettings(nonces=nonces, skip_layers=skip_layers, perturb_fraction=perturb_fraction)
+        result = calibrate(
+            reference,
+            others,
+            params,
+            settings,
+            on_run=lambda name, s: err.print(f"  {name}: {s:.1f} s", highlight=False),
+        )
+        if out_path is not None:
+            result.save(out_path)
+        for line in format_table(result):
+            out.print(line, highlight=False, markup=False)
+        proposed = result.proposed.model_dump(mode="json")
+        out.print(f"policy file: {json.dumps(proposed, sort_keys=True)}", highlight=False, markup=False)

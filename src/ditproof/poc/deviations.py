@@ -1,0 +1,113 @@
+"""Simulated nodes for calibration and tests: honest runtimes that round differently, and cheats.
+
+Cheats run the same PoC code with something taken away: one expert only, perturbed or FP8
+weights, fewer blocks. Each is a context manager or a :class:`~ditproof.poc.compute.PocModel`
+view over the loaded model, restoring the model on exit, so a GPU holding the 14B experts
+needs no second copy: a weight deviation is swapped in per ``nn.Linear`` just for its forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from ditproof.poc.compute import PocModel
+from ditproof.randomness import parameter_seed
+
+WeightTransform = Callable[[str, torch.Tensor], torch.Tensor]
+"""``(qualified name, weight) → the weight to compute with``; must give the same result each call."""
+
+
+def high_noise_only(model: PocModel) -> PocModel:
+    """A node that loaded only the high-noise expert and runs it for every nonce."""
+    return replace(model, experts=(model.experts[0], model.experts[0]))
+
+
+def _linears(model: PocModel) -> Iterator[tuple[str, nn.Linear]]:
+    seen: set[int] = set()
+    for expert_index, expert in enumerate(model.experts):
+        if id(expert) in seen:
+            continue
+        seen.add(id(expert))
+        for name, module in expert.named_modules():
+            if isinstance(module, nn.Linear):
+                yield f"expert{expert_index}.{name}", module
+
+
+@contextmanager
+def swapped_weights(model: PocModel, transform: WeightTransform) -> Iterator[None]:
+    """Every ``nn.Linear`` of the experts computes with ``transform(name, weight)`` inside the block.
+
+    The transformed weight exists only during that module's forward (a pre-hook swaps it in, a
+    hook swaps the original back), so the extra memory is one weight matrix at a time.
+    """
+    handles = []
+    saved: dict[int, torch.Tensor] = {}
+    try:
+        for name, module in _linears(model):
+
+            def pre(mod: nn.Linear, args: object, qualified: str = name) -> None:
+                saved[id(mod)] = mod.weight.data
+                mod.weight.data = transform(qualified, mod.weight.data)
+
+            def post(mod: nn.Linear, args: object, output: object) -> None:
+                mod.weight.data = saved.pop(id(mod))
+
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        if saved:
+            raise RuntimeError(f"{len(saved)} weights were left swapped after a failed forward")
+
+
+def perturb_transform(fraction: float = 0.01, seed: int = 0) -> WeightTransform:
+    """Adds N(0, std(w)²) noise to a seeded ``fraction`` of each weight's elements.
+
+    The mask and noise come from a generator on the weight's device seeded by
+    ``parameter_seed(seed, name)``: the same each forward (a simulation, not a proof input).
+    """
+
+    def transform(name: str, weight: torch.Tensor) -> torch.Tensor:
+        generator = torch.Generator(device=weight.device).manual_seed(parameter_seed(seed, name))
+        values = weight.float()
+        mask = torch.rand(values.shape, generator=generator, device=weight.device) < fraction
+        noise = torch.randn(values.shape, generator=generator, device=weight.device) * values.std()
+        return (values + mask * noise).to(weight.dtype)
+
+    return transform
+
+
+def fp8_transform() -> WeightTransform:
+    """The FP8 (e4m3) round trip of a weight: ``w.to(float8_e4m3fn).to(w.dtype)``."""
+
+    def transform(name: str, weight: torch.Tensor) -> torch.Tensor:
+        return weight.to(torch.float8_e4m3fn).to(weight.dtype)
+
+    return transform
+
+
+@contextmanager
+def fewer_layers(model: PocModel, skip: int) -> Iterator[None]:
+    """Both experts run without their last ``skip`` blocks (computing less, as a cheat would)."""
+    originals: list[tuple[Any, nn.ModuleList]] = []
+    try:
+        for expert in {id(e): e for e in model.experts}.values():
+            blocks = expert.blocks
+            if not 0 < skip < len(blocks):
+                raise ValueError(
+                    f"skip: got {skip}; allowed: 1 to {len(blocks) - 1} (the expert has {len(blocks)} blocks)"
+                )
+            originals.append((expert, blocks))
+            expert.blocks = nn.ModuleList(list(blocks)[: len(blocks) - skip])
+        yield
+    finally:
+        for expert, blocks in originals:
+            expert.blocks = blocks
