@@ -11,6 +11,7 @@ import typer
 from ditproof.cli.common import EXIT_FAILURE, err
 from ditproof.cli.generate import generate_command
 from ditproof.cli.info import info_command
+from ditproof.cli.poc import poc_app
 from ditproof.cli.price import price_app
 from ditproof.cli.validate import demo_command, validate_command
 
@@ -26,6 +27,7 @@ app.command("info")(info_command)
 app.command("validate")(validate_command)
 app.command("demo")(demo_command)
 app.add_typer(price_app, name="price")
+app.add_typer(poc_app, name="poc")
 
 
 def main(argv: list[str] | None = None) -> None:
