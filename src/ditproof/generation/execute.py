@@ -80,11 +80,12 @@ def execute(
         raise InvalidInputError(f"out: got {out}, which is a file; allowed: a folder (created if missing)")
 
     result = generate(request, seed, model, options, on_step=on_step)
+    assert result.frames is not None  # a whole run always decodes
 
     encode_start = time.perf_counter()
     video_sha, video_size = write_video(out / VIDEO_FILE, result.frames, request.fps, options.encoding)
     encode_s = time.perf_counter() - encode_start
-    checkpoints = save_checkpoints(result.capture.latents, out / LATENTS_DIR, prefix=f"{LATENTS_DIR}/")
+    checkpoints = save_checkpoints(result.capture, out / LATENTS_DIR, prefix=f"{LATENTS_DIR}/")
 
     fingerprint = runtime_fingerprint(model, options)
     record = InferenceRecord(

@@ -9,6 +9,7 @@ options.
 from __future__ import annotations
 
 import time
+from typing import Any
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,10 +19,11 @@ from diffusers import UniPCMultistepScheduler
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
+from ditproof.generation.solver import ResumePoint
 from ditproof.generation.trajectory import TrajectoryCapture
 from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel
-from ditproof.protocol.options import ATTENTION_BACKENDS, RuntimeOptions
+from ditproof.protocol.options import ATTENTION_BACKENDS, CacheOptions, RuntimeOptions
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import initial_noise
 from ditproof.video import frames_to_uint8
@@ -34,9 +36,9 @@ StepCallback = Callable[[int, int], None]
 
 @dataclass
 class GenerationResult:
-    """What one generation produced, before encoding."""
+    """What one generation produced, before encoding (``frames`` is None for a partial run)."""
 
-    frames: np.ndarray
+    frames: np.ndarray | None
     noise_sha256: str
     noise_shape: tuple[int, ...]
     capture: TrajectoryCapture
@@ -90,6 +92,34 @@ def configure_attention(model: LoadedModel, backend: str) -> None:
     model.attention_backend = backend
 
 
+def check_segment(request: GenerationRequest, resume: ResumePoint | None, stop_after: int | None) -> None:
+    """Checks that a resume point and a stop step lie inside the request's steps, in order."""
+    steps = request.num_inference_steps
+    start = 0 if resume is None else resume.step
+    if not 0 <= start < steps:
+        raise InvalidInputError(f"resume: got step {start}; allowed: 0 to {steps - 1} for a {steps}-step request")
+    if resume is not None and tuple(resume.latent.shape) != request.latent_shape():
+        raise InvalidInputError(
+            f"resume: got a latent of shape {tuple(resume.latent.shape)}; allowed: {request.latent_shape()}"
+        )
+    if stop_after is not None and not start < stop_after <= steps:
+        raise InvalidInputError(f"stop_after: got {stop_after}; allowed: {start + 1} to {steps}")
+
+
+def configure_cache(model: LoadedModel, cache: CacheOptions | None) -> None:
+    """Turns step caching on or off on both experts (diffusers' first-block cache)."""
+    if model.cache == cache:
+        return
+    from diffusers import FirstBlockCacheConfig
+
+    for expert in (model.pipeline.transformer, model.pipeline.transformer_2):
+        if model.cache is not None:
+            expert.disable_cache()
+        if cache is not None:
+            expert.enable_cache(FirstBlockCacheConfig(threshold=cache.threshold))
+    model.cache = cache
+
+
 @torch.inference_mode()
 def generate(
     request: GenerationRequest,
@@ -97,8 +127,11 @@ def generate(
     model: LoadedModel,
     options: RuntimeOptions,
     on_step: StepCallback | None = None,
+    *,
+    resume: ResumePoint | None = None,
+    stop_after: int | None = None,
 ) -> GenerationResult:
-    """Runs one text-to-video generation.
+    """Runs one text-to-video generation, or a segment of one.
 
     Args:
         request: the validated request (its ``seed`` field is ignored: ``seed`` is authoritative).
@@ -106,6 +139,10 @@ def generate(
         model: a loaded two-expert pipeline.
         options: device, dtypes, kernels, deviations and capture settings.
         on_step: progress callback.
+        resume: start from a checkpoint (latent and solver state after ``resume.step`` steps)
+            instead of the noise.
+        stop_after: stop once this many steps are done; the VAE is then skipped, ``frames`` is
+            None and the last latent is captured as ``step_NNN``.
 
     Returns:
         Frames as uint8 ``(F, H, W, 3)``, the noise hash and the captured trajectory.
@@ -116,7 +153,14 @@ def generate(
 
     # 1. Check inputs the request model cannot check alone.
     check_prompt_length(model, request.prompt, request.negative_prompt)
+    check_segment(request, resume, stop_after)
+    if options.weights != model.weights:
+        raise InvalidInputError(
+            f"weights: got {options.weights!r} but the model was loaded with {model.weights!r}; "
+            "allowed: the loaded model's weights mode (pass the options to load_model)"
+        )
     configure_attention(model, options.attention_backend)
+    configure_cache(model, options.cache)
 
     # 2. Initial noise, drawn on the CPU from the seed.
     shape = request.latent_shape(
@@ -156,27 +200,51 @@ def generate(
 
     # 5. Denoising loop, capturing the trajectory.
     capture = TrajectoryCapture(seed=seed, options=options.capture, switch_step=switch_step)
-    capture.start(noise)
-    latents = noise.to(device)
+    first = 0
+    if resume is None:
+        capture.start(0, noise, scheduler)
+        latents = noise.to(device)
+    else:
+        resume.solver.restore(scheduler, device)
+        first = resume.step
+        capture.start(first, resume.latent, scheduler, name=f"step_{first:03d}")
+        latents = resume.latent.to(device=device, dtype=torch.float32)
+    last = len(timesteps) if stop_after is None else stop_after
     phase_time = {"high": 0.0, "low": 0.0}
     clock.lap()
-    for i, t in enumerate(timesteps):
+    for i in range(first, last):
+        t = timesteps[i]
         use_high = high[i] or options.experts == "high-noise-only"
         expert = pipe.transformer if use_high else pipe.transformer_2
         scale = request.guidance_scale if high[i] else request.guidance_scale_2
         latent_input = latents.to(transformer_dtype)
         timestep = t.expand(latents.shape[0])
+        context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": len(timesteps)}
         noise_pred = _predict(
-            expert, latent_input, timestep, prompt_embeds, negative_embeds if do_cfg else None, scale, options.cfg_mode
+            expert,
+            latent_input,
+            timestep,
+            prompt_embeds,
+            negative_embeds if do_cfg else None,
+            scale,
+            options.cfg_mode,
+            context,
         )
         latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-        capture.after_step(i, latents)
+        capture.after_step(i, latents, scheduler)
         phase_time["high" if high[i] else "low"] += clock.lap()
         if on_step is not None:
             on_step(i + 1, len(timesteps))
-    capture.finish(len(timesteps), latents)
+    capture.finish(last, latents, scheduler, name="final" if last == len(timesteps) else f"step_{last:03d}")
     timings["high_noise_s"] = phase_time["high"]
     timings["low_noise_s"] = phase_time["low"]
+    steps = {
+        "high_noise_steps": sum(high[first:last]),
+        "low_noise_steps": (last - first) - sum(high[first:last]),
+        "forward_passes": (last - first) * (2 if do_cfg else 1),
+    }
+    if last < len(timesteps):
+        return GenerationResult(None, noise_sha256, tuple(noise.shape), capture, timings, steps)
 
     # 6. Decode with the VAE (as WanPipeline), then to uint8 frames.
     vae = pipe.vae
@@ -188,11 +256,6 @@ def generate(
     video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
     frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
     timings["vae_decode_s"] = clock.lap()
-    steps = {
-        "high_noise_steps": sum(high),
-        "low_noise_steps": len(high) - sum(high),
-        "forward_passes": len(high) * (2 if do_cfg else 1),
-    }
     return GenerationResult(
         frames=frames_to_uint8(np.asarray(frames)),
         noise_sha256=noise_sha256,
@@ -204,32 +267,36 @@ def generate(
 
 
 def _predict(
-    expert: torch.nn.Module,
+    expert: Any,
     latent_input: torch.Tensor,
     timestep: torch.Tensor,
     prompt_embeds: torch.Tensor,
     negative_embeds: torch.Tensor | None,
     scale: float,
     cfg_mode: str,
+    context: dict[str, float | int],
 ) -> torch.Tensor:
-    """One guided velocity prediction: conditional, unconditional, combined as in WanPipeline."""
+    """One guided velocity prediction: conditional, unconditional, combined as in WanPipeline.
+
+    Each forward runs inside the expert's ``cache_context`` as in WanPipeline, which step caches
+    (first-block cache) key on; without a cache it does nothing.
+    """
+
+    def forward(name: str, hidden: torch.Tensor, steps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        with expert.cache_context(name, **context):
+            return expert(hidden_states=hidden, timestep=steps, encoder_hidden_states=text, return_dict=False)[0]
+
     if negative_embeds is None:
-        return expert(
-            hidden_states=latent_input, timestep=timestep, encoder_hidden_states=prompt_embeds, return_dict=False
-        )[0]
+        return forward("cond", latent_input, timestep, prompt_embeds)
     if cfg_mode == "batched":
-        both = expert(
-            hidden_states=torch.cat([latent_input, latent_input]),
-            timestep=torch.cat([timestep, timestep]),
-            encoder_hidden_states=torch.cat([prompt_embeds, negative_embeds]),
-            return_dict=False,
-        )[0]
+        both = forward(
+            "cond_uncond",
+            torch.cat([latent_input, latent_input]),
+            torch.cat([timestep, timestep]),
+            torch.cat([prompt_embeds, negative_embeds]),
+        )
         cond, uncond = both.chunk(2)
     else:
-        cond = expert(
-            hidden_states=latent_input, timestep=timestep, encoder_hidden_states=prompt_embeds, return_dict=False
-        )[0]
-        uncond = expert(
-            hidden_states=latent_input, timestep=timestep, encoder_hidden_states=negative_embeds, return_dict=False
-        )[0]
+        cond = forward("cond", latent_input, timestep, prompt_embeds)
+        uncond = forward("uncond", latent_input, timestep, negative_embeds)
     return uncond + scale * (cond - uncond)

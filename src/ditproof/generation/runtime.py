@@ -94,6 +94,10 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
         text_encoder_dtype=options.text_encoder_dtype or options.dtype,
         cfg_mode=options.cfg_mode,
         experts=options.experts,
+        weights=options.weights,
+        cache=None if options.cache is None else f"{options.cache.kind}:{options.cache.threshold}",
+        tp_degree=options.tp_degree,
+        cp_degree=options.cp_degree,
         model_preset=model.preset,
         model_revision=model.revision,
         solver=solver_name(dict(model.pipeline.scheduler.config)),
@@ -108,7 +112,9 @@ def runtime_class(fp: RuntimeFingerprint) -> str:
     Device architecture (CUDA compute capability, or CPU architecture), engine and the versions
     that select kernels (torch, diffusers), attention backend, dtypes, model revision and solver.
     Not in the class: GPU model within an architecture (an H100 and an H200 gave bitwise-identical
-    forwards), parallel degrees and CFG batching (benign deviations, compared with metrics).
+    forwards), parallel degrees and CFG batching (benign deviations, compared with metrics), and
+    the deviations a validator must never adopt from a record (weights mode, cache, experts):
+    those are checked against the network's policy, not matched.
     """
     if fp.device_type == "cuda":
         arch = f"cuda-sm{(fp.compute_capability or '0.0').replace('.', '')}"

@@ -2,7 +2,9 @@
 
 Checkpoint names: ``initial`` (the noise, step 0), ``pre_switch`` (the latent entering the first
 low-noise step), ``final`` (after the last step, before the VAE), and ``step_NNN`` for extra
-steps asked for in :class:`CaptureOptions` (the latent after NNN steps).
+steps asked for in :class:`CaptureOptions` (the latent after NNN steps). Each checkpoint file
+holds the latent (key ``latent``) and the solver state at that point (keys ``solver.*``), so a
+generation can resume from it (:mod:`ditproof.generation.solver`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as save_safetensors
 
+from ditproof.generation.solver import SolverState
 from ditproof.hashing import atomic_write_bytes, sha256_bytes, sha256_tensor
 from ditproof.protocol.options import CaptureOptions
 from ditproof.protocol.record import CheckpointRef, TrajectoryFingerprints
@@ -27,16 +30,21 @@ class TrajectoryCapture:
     options: CaptureOptions
     switch_step: int | None
     latents: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    solver: dict[str, SolverState] = field(default_factory=dict)
     fingerprints: list[list[float]] = field(default_factory=list)
     _projection: torch.Tensor | None = None
 
-    def start(self, noise: torch.Tensor) -> None:
-        """Records the initial noise (CPU float32)."""
-        self.latents["initial"] = (0, noise.detach().to("cpu", torch.float32).clone())
-        if self.switch_step == 0:
-            self.latents["pre_switch"] = (0, self.latents["initial"][1])
+    def start(self, step: int, latents: torch.Tensor, scheduler: object, name: str = "initial") -> None:
+        """Records the starting latent (the noise, or a resume point) and the solver state."""
+        cpu = latents.detach().to("cpu", torch.float32).clone()
+        state = SolverState.capture(scheduler)
+        self.latents[name] = (step, cpu)
+        self.solver[name] = state
+        if self.switch_step == step:
+            self.latents["pre_switch"] = (step, cpu)
+            self.solver["pre_switch"] = state
 
-    def after_step(self, step: int, latents: torch.Tensor) -> None:
+    def after_step(self, step: int, latents: torch.Tensor, scheduler: object) -> None:
         """Records the latent after denoising step ``step`` (0-based) where asked for."""
         done = step + 1
         cpu: torch.Tensor | None = None
@@ -49,17 +57,20 @@ class TrajectoryCapture:
 
         if done == self.switch_step:
             self.latents["pre_switch"] = (done, on_cpu())
+            self.solver["pre_switch"] = SolverState.capture(scheduler)
         if done in self.options.checkpoint_steps:
             self.latents[f"step_{done:03d}"] = (done, on_cpu())
+            self.solver[f"step_{done:03d}"] = SolverState.capture(scheduler)
         if self.options.jl_dim:
             flat = on_cpu().reshape(-1).to(torch.float64)
             if self._projection is None:
                 self._projection = jl_projection(self.seed, flat.numel(), self.options.jl_dim).to(torch.float64)
             self.fingerprints.append([float(v) for v in (self._projection @ flat).to(torch.float32)])
 
-    def finish(self, step_count: int, latents: torch.Tensor) -> None:
-        """Records the final latent."""
-        self.latents["final"] = (step_count, latents.detach().to("cpu", torch.float32).clone())
+    def finish(self, step_count: int, latents: torch.Tensor, scheduler: object, name: str = "final") -> None:
+        """Records the last latent (``final``, or the end of a partial run)."""
+        self.latents[name] = (step_count, latents.detach().to("cpu", torch.float32).clone())
+        self.solver[name] = SolverState.capture(scheduler)
         self._projection = None
 
     def fingerprint_record(self) -> TrajectoryFingerprints | None:
@@ -74,13 +85,17 @@ class TrajectoryCapture:
         )
 
 
-def save_checkpoints(latents: dict[str, tuple[int, torch.Tensor]], folder: Path, prefix: str) -> list[CheckpointRef]:
-    """Writes each latent as ``{folder}/{name}.safetensors`` (key ``latent``) atomically."""
+def save_checkpoints(capture: TrajectoryCapture, folder: Path, prefix: str) -> list[CheckpointRef]:
+    """Writes each checkpoint as ``{folder}/{name}.safetensors`` (latent + solver state) atomically."""
+    latents = capture.latents
     refs = []
     order = {"initial": 0, "pre_switch": 1, "final": 3}
     for name, (step, tensor) in sorted(latents.items(), key=lambda kv: (kv[1][0], order.get(kv[0], 2), kv[0])):
         # No safetensors metadata: its key order is not stable, so the file bytes would vary.
-        data = save_safetensors({"latent": tensor.contiguous()})
+        tensors = {"latent": tensor.contiguous()}
+        if name in capture.solver:
+            tensors.update(capture.solver[name].tensors())
+        data = save_safetensors(tensors)
         atomic_write_bytes(folder / f"{name}.safetensors", data)
         refs.append(
             CheckpointRef(

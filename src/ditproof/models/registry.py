@@ -13,7 +13,7 @@ from ditproof.errors import InvalidInputError, ModelNotFoundError
 from ditproof.hashing import sha256_bytes, sha256_json, tensor_bytes
 from ditproof.models.init import cast_keeping_fp32
 from ditproof.models.local import check_pipeline_folder, folder_revision
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import CacheOptions, RuntimeOptions
 
 WAN22_PATH_ENV = "DITPROOF_WAN22_PATH"
 
@@ -64,6 +64,8 @@ class LoadedModel:
     revision: str
     text_max_length: int
     attention_backend: str = "sdpa"
+    weights: str = "native"
+    cache: CacheOptions | None = None
 
 
 def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None = None) -> LoadedModel:
@@ -71,12 +73,36 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
 
     Args:
         name: a preset name (see :data:`PRESETS`) or the path of a local Wan2.2 diffusers folder.
-        options: device and dtypes to load into.
+        options: device and dtypes to load into, and the weights mode (``fp8-e4m3`` rounds the
+            experts' linear weights through float8 after loading; the revision stays that of
+            the source weights, the mode is recorded in the runtime fingerprint).
         model_path: the folder for the ``wan2.2-t2v-a14b`` preset.
 
     Raises:
         ModelNotFoundError: unknown preset, or a missing or incomplete folder.
     """
+    model = _load(name, options, model_path)
+    if options.weights == "fp8-e4m3":
+        for expert in (model.pipeline.transformer, model.pipeline.transformer_2):
+            fp8_roundtrip_linear_weights(expert)
+        model.weights = "fp8-e4m3"
+    return model
+
+
+def fp8_roundtrip_linear_weights(module: torch.nn.Module) -> None:
+    """Rounds every ``nn.Linear`` weight through float8 e4m3 and back (weight-only FP8).
+
+    Values beyond e4m3's range (±448) saturate; the same rounding as a node that stored its
+    weights in FP8 and dequantized them per layer without scales.
+    """
+    with torch.no_grad():
+        for sub in module.modules():
+            if isinstance(sub, torch.nn.Linear):
+                weight = sub.weight.data
+                sub.weight.data = weight.clamp(-448.0, 448.0).to(torch.float8_e4m3fn).to(weight.dtype)
+
+
+def _load(name: str, options: RuntimeOptions, model_path: str | Path | None) -> LoadedModel:
     if name not in PRESETS:
         if Path(name).is_dir() or os.sep in name:
             return _load_folder("local", Path(name), options, PRESETS["wan2.2-t2v-a14b"].text_max_length)
@@ -155,9 +181,7 @@ def _load_folder(name: str, folder: Path, options: RuntimeOptions, text_max_leng
         dtype=_dtype(options.text_encoder_dtype or options.dtype),
         local_files_only=True,
     )
-    pipe = WanPipeline.from_pretrained(
-        folder, vae=vae, text_encoder=text_encoder, dtype=dtype, local_files_only=True
-    )
+    pipe = WanPipeline.from_pretrained(folder, vae=vae, text_encoder=text_encoder, dtype=dtype, local_files_only=True)
     for module in (pipe.text_encoder, pipe.vae, pipe.transformer, pipe.transformer_2):
         module.eval().requires_grad_(False)
     pipe.to(options.device)

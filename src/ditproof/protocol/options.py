@@ -72,6 +72,19 @@ class CaptureOptions(BaseModel):
         return value
 
 
+class CacheOptions(BaseModel):
+    """Step caching (a malign deviation in the experiments: it skips computation).
+
+    ``first-block``: diffusers' FirstBlockCacheConfig on both experts; the remaining blocks are
+    skipped when the first block's output changed by less than ``threshold`` (relative).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    kind: Literal["first-block"] = "first-block"
+    threshold: float = Field(default=0.05, gt=0.0, le=1.0)
+
+
 class RuntimeOptions(BaseModel):
     """How a request is run: device, precision, kernels and deviations.
 
@@ -79,6 +92,10 @@ class RuntimeOptions(BaseModel):
     other (diffusers' WanPipeline); ``batched`` runs both in one forward of batch 2.
     ``experts``: ``both`` is the model as published; ``high-noise-only`` runs the high-noise
     expert at every step (the malign "one expert only" node).
+    ``weights``: ``native`` as loaded; ``fp8-e4m3`` rounds every linear weight of both experts
+    through float8 e4m3 and back (weight-only FP8, a malign deviation); applied at load time.
+    ``tp_degree`` / ``cp_degree``: tensor / context (Ulysses) parallelism over that many GPUs,
+    one process per GPU (``torchrun``); 1 means none.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -91,6 +108,10 @@ class RuntimeOptions(BaseModel):
     cfg_mode: Literal["sequential", "batched"] = "sequential"
     experts: Literal["both", "high-noise-only"] = "both"
     offload_text_encoder: bool = False
+    weights: Literal["native", "fp8-e4m3"] = "native"
+    cache: CacheOptions | None = None
+    tp_degree: int = Field(default=1, ge=1, le=8)
+    cp_degree: int = Field(default=1, ge=1, le=8)
     capture: CaptureOptions = CaptureOptions()
     encoding: VideoEncoding = VideoEncoding()
 

@@ -52,6 +52,8 @@ class RuntimeFingerprint(_Model):
     text_encoder_dtype: str
     cfg_mode: str
     experts: str
+    weights: str = "native"
+    cache: str | None = None
     tp_degree: int = 1
     cp_degree: int = 1
     model_preset: str

@@ -1,0 +1,113 @@
+"""Saving and restoring the UniPC solver's state, so a generation can resume mid-trajectory.
+
+UniPC is a multistep solver: the step after step k depends on the latent *and* on the solver's
+history (the last converted model outputs, their timesteps, the last sample for the corrector,
+and counters). A checkpoint holds all of it, so a validator can run from the executor's step k
+to step m exactly as the executor did (DESIGN §3.5: latent-checkpoint and spot-check modes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import UniPCMultistepScheduler
+from safetensors.torch import load_file
+
+from ditproof.errors import InvalidInputError
+
+_INTS = ("step_index", "lower_order_nums", "this_order")
+
+
+@dataclass
+class SolverState:
+    """The UniPC state after ``step_index`` steps (tensors on the CPU)."""
+
+    step_index: int
+    lower_order_nums: int
+    this_order: int
+    model_outputs: list[torch.Tensor | None]
+    timesteps: list[int | None]
+    last_sample: torch.Tensor | None
+
+    @classmethod
+    def capture(cls, scheduler: UniPCMultistepScheduler) -> SolverState:
+        """Copies the state of ``scheduler`` to the CPU."""
+
+        def cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach().to("cpu").clone()
+
+        return cls(
+            step_index=int(scheduler.step_index or 0),
+            lower_order_nums=int(scheduler.lower_order_nums),
+            this_order=int(getattr(scheduler, "this_order", 0) or 0),
+            model_outputs=[cpu(t) for t in scheduler.model_outputs],
+            timesteps=[None if t is None else int(t) for t in scheduler.timestep_list],
+            last_sample=cpu(scheduler.last_sample),
+        )
+
+    def restore(self, scheduler: UniPCMultistepScheduler, device: torch.device) -> None:
+        """Puts this state into a scheduler whose timesteps are already set."""
+        if len(self.model_outputs) != scheduler.config.solver_order:
+            raise InvalidInputError(
+                f"solver state: got {len(self.model_outputs)} model outputs; allowed: {scheduler.config.solver_order} "
+                "(the solver order of this model's scheduler)"
+            )
+        timesteps = scheduler.timesteps
+        scheduler._step_index = self.step_index
+        scheduler.lower_order_nums = self.lower_order_nums
+        scheduler.this_order = self.this_order
+        scheduler.model_outputs = [None if t is None else t.to(device) for t in self.model_outputs]
+        scheduler.timestep_list = [
+            None if t is None else torch.tensor(t, device=timesteps.device, dtype=timesteps.dtype)
+            for t in self.timesteps
+        ]
+        scheduler.last_sample = None if self.last_sample is None else self.last_sample.to(device)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The state as named tensors (for a safetensors file beside the latent)."""
+        out = {f"solver.{name}": torch.tensor(getattr(self, name), dtype=torch.int64) for name in _INTS}
+        for i, (tensor, step) in enumerate(zip(self.model_outputs, self.timesteps, strict=True)):
+            if tensor is not None and step is not None:
+                out[f"solver.model_output.{i}"] = tensor.contiguous()
+                out[f"solver.timestep.{i}"] = torch.tensor(step, dtype=torch.int64)
+        if self.last_sample is not None:
+            out["solver.last_sample"] = self.last_sample.contiguous()
+        out["solver.order"] = torch.tensor(len(self.model_outputs), dtype=torch.int64)
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SolverState:
+        """Inverse of :meth:`tensors`."""
+        try:
+            order = int(tensors["solver.order"])
+            ints = {name: int(tensors[f"solver.{name}"]) for name in _INTS}
+        except KeyError as exc:
+            raise InvalidInputError(f"checkpoint: solver state entry {exc} is missing") from None
+        outputs = [tensors.get(f"solver.model_output.{i}") for i in range(order)]
+        steps = [
+            int(tensors[f"solver.timestep.{i}"]) if f"solver.timestep.{i}" in tensors else None for i in range(order)
+        ]
+        return cls(model_outputs=outputs, timesteps=steps, last_sample=tensors.get("solver.last_sample"), **ints)
+
+
+@dataclass
+class ResumePoint:
+    """Where a generation resumes: the latent after ``step`` steps and the solver state then."""
+
+    step: int
+    latent: torch.Tensor
+    solver: SolverState
+
+    @classmethod
+    def load(cls, path: str | Path) -> ResumePoint:
+        """Reads a checkpoint file written by the executor (``latents/*.safetensors``)."""
+        try:
+            tensors = load_file(str(path))
+        except (OSError, ValueError) as exc:
+            raise InvalidInputError(f"checkpoint {path}: cannot be read ({exc})") from None
+        if "latent" not in tensors:
+            raise InvalidInputError(f"checkpoint {path}: no 'latent' tensor")
+        solver = SolverState.from_tensors(tensors)
+        return cls(step=solver.step_index, latent=tensors["latent"], solver=solver)

@@ -1,0 +1,80 @@
+"""Resuming from checkpoints, and the malign deviations applied by the generation path."""
+
+import pytest
+import torch
+
+from ditproof.errors import InvalidInputError
+from ditproof.generation.execute import execute
+from ditproof.generation.generate import generate
+from ditproof.generation.solver import ResumePoint
+from ditproof.models.registry import load_model
+from ditproof.protocol.options import CacheOptions, CaptureOptions, RuntimeOptions
+from ditproof.protocol.request import GenerationRequest
+
+ENTROPY = "3c" * 32
+
+
+@pytest.fixture()
+def request8() -> GenerationRequest:
+    return GenerationRequest(
+        prompt="a green star moves right", width=64, height=48, num_frames=5, num_inference_steps=8
+    )
+
+
+def test_resume_from_any_checkpoint_reproduces_the_run_bitwise(tiny_model, request8, tmp_path):
+    options = RuntimeOptions(capture=CaptureOptions(checkpoint_steps=(3, 5)))
+    record = execute(request8, tiny_model, options, tmp_path, request_id="seg-1", entropy=ENTROPY)
+    final = ResumePoint.load(tmp_path / "latents" / "final.safetensors").latent
+    for name in ("initial", "step_003", "pre_switch", "step_005"):
+        point = ResumePoint.load(tmp_path / "latents" / f"{name}.safetensors")
+        result = generate(request8, record.seed, tiny_model, options, resume=point)
+        assert torch.equal(result.capture.latents["final"][1], final), name
+
+
+def test_a_segment_stops_and_matches_the_executor_checkpoint(tiny_model, request8, tmp_path):
+    options = RuntimeOptions(capture=CaptureOptions(checkpoint_steps=(2, 6)))
+    record = execute(request8, tiny_model, options, tmp_path, request_id="seg-2", entropy=ENTROPY)
+    start = ResumePoint.load(tmp_path / "latents" / "step_002.safetensors")
+    segment = generate(request8, record.seed, tiny_model, options, resume=start, stop_after=6)
+    assert segment.frames is None
+    assert segment.steps["forward_passes"] == 2 * 4
+    expected = ResumePoint.load(tmp_path / "latents" / "step_006.safetensors").latent
+    assert torch.equal(segment.capture.latents["step_006"][1], expected)
+
+
+@pytest.mark.parametrize(
+    ("stop", "message"), [(0, "stop_after: got 0; allowed: 1 to 8"), (9, "stop_after: got 9; allowed: 1 to 8")]
+)
+def test_bad_segments_are_refused(tiny_model, request8, stop, message):
+    with pytest.raises(InvalidInputError, match=message):
+        generate(request8, 1, tiny_model, RuntimeOptions(), stop_after=stop)
+
+
+def test_resume_with_a_latent_of_another_shape_is_refused(tiny_model, request8, tmp_path):
+    execute(request8, tiny_model, RuntimeOptions(), tmp_path, request_id="seg-3", entropy=ENTROPY)
+    point = ResumePoint.load(tmp_path / "latents" / "pre_switch.safetensors")
+    other = request8.model_copy(update={"width": 32})
+    with pytest.raises(InvalidInputError, match="resume: got a latent of shape"):
+        generate(other, 1, tiny_model, RuntimeOptions(), resume=point)
+
+
+def test_fp8_weights_are_applied_at_load_and_change_the_result(request8, tiny_model):
+    options = RuntimeOptions(weights="fp8-e4m3")
+    fp8 = load_model("wan-tiny-random", options)
+    assert fp8.weights == "fp8-e4m3" and fp8.revision == tiny_model.revision
+    weight = fp8.pipeline.transformer.blocks[0].ffn.net[2].weight
+    assert torch.equal(weight, weight.to(torch.float8_e4m3fn).to(weight.dtype))
+    base = generate(request8, 9, tiny_model, RuntimeOptions()).capture.latents["final"][1]
+    quantized = generate(request8, 9, fp8, options).capture.latents["final"][1]
+    assert not torch.equal(base, quantized)
+    with pytest.raises(InvalidInputError, match="weights: got 'native' but the model was loaded with 'fp8-e4m3'"):
+        generate(request8, 9, fp8, RuntimeOptions())
+
+
+def test_first_block_cache_skips_work_and_can_be_turned_off(request8, tiny_model):
+    base = generate(request8, 4, tiny_model, RuntimeOptions()).capture.latents["final"][1]
+    cached = generate(request8, 4, tiny_model, RuntimeOptions(cache=CacheOptions(threshold=0.9)))
+    assert tiny_model.cache is not None
+    assert not torch.equal(cached.capture.latents["final"][1], base)
+    again = generate(request8, 4, tiny_model, RuntimeOptions()).capture.latents["final"][1]
+    assert tiny_model.cache is None and torch.equal(again, base)
