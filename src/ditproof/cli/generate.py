@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ditproof.cli.common import call, err, out, parse_steps, quiet_libraries, reported
+from ditproof.errors import InvalidInputError
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import CaptureOptions, RuntimeOptions, VideoEncoding
 from ditproof.protocol.record import InferenceRecord
@@ -28,8 +29,9 @@ def build_options(
     jl_dim: int,
     checkpoint_steps: str | None,
     model: str,
+    **deviations: object,
 ) -> RuntimeOptions:
-    """Runtime options from CLI flags (dtype defaults to the preset's)."""
+    """Runtime options from CLI flags (dtype defaults to the preset's); ``deviations`` are passed through."""
     from ditproof.models.registry import PRESETS
 
     preset = PRESETS.get(model)
@@ -44,6 +46,7 @@ def build_options(
         cfg_mode=cfg_mode,
         capture=call(CaptureOptions, jl_dim=jl_dim, checkpoint_steps=parse_steps(checkpoint_steps)),
         encoding=call(VideoEncoding, codec="h264-lossless" if lossless else "h264"),
+        **deviations,
     )
 
 
@@ -111,6 +114,11 @@ def generate_command(
     lossless: bool = typer.Option(False, "--lossless", help="Lossless H.264 (rgb24) for experiments."),
     jl_dim: int = typer.Option(8, "--jl-dim", help="Values per step of the trajectory fingerprint."),
     checkpoint_steps: str | None = typer.Option(None, "--checkpoint-steps", help="Extra latents, e.g. 10,20,30."),
+    experts: str = typer.Option("both", "--experts", help="both, or high-noise-only (experiments)."),
+    weights: str = typer.Option("native", "--weights", help="native, or fp8-e4m3 (experiments)."),
+    cache_threshold: float | None = typer.Option(None, "--cache-threshold", help="First-block cache (experiments)."),
+    tp_degree: int = typer.Option(1, "--tp-degree", help="Tensor parallelism (run under torchrun)."),
+    cp_degree: int = typer.Option(1, "--cp-degree", help="Context parallelism (run under torchrun)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Generate a video deterministically and write its inference record."""
@@ -132,8 +140,28 @@ def generate_command(
                 "seed": seed,
             }
         )
-        options = build_options(device, dtype, attention_backend, cfg_mode, lossless, jl_dim, checkpoint_steps, model)
+        from ditproof.generation.parallel import init_parallel, is_main_process
+
+        cache = None if cache_threshold is None else {"threshold": cache_threshold}
+        options = build_options(
+            device,
+            dtype,
+            attention_backend,
+            cfg_mode,
+            lossless,
+            jl_dim,
+            checkpoint_steps,
+            model,
+            experts=experts,
+            weights=weights,
+            cache=cache,
+            tp_degree=tp_degree,
+            cp_degree=cp_degree,
+        )
+        options = init_parallel(options)
         if seed is None:
+            if tp_degree * cp_degree > 1 and (request_id is None or entropy is None):
+                raise InvalidInputError("request_id and entropy: a parallel run needs both given (all ranks agree)")
             request_id = request_id or f"local-{uuid.uuid4().hex}"
             entropy = entropy or os.urandom(32).hex()
         from ditproof.models.registry import load_model
@@ -141,6 +169,13 @@ def generate_command(
         started = time.perf_counter()
         loaded = load_model(model, options, model_path=model_path)
         load_seconds = time.perf_counter() - started
+        if not is_main_process():
+            # Other ranks take part in every collective of the run but write nothing.
+            from ditproof.generation.execute import resolve_seed
+            from ditproof.generation.generate import generate
+
+            generate(request, resolve_seed(request, request_id, entropy)[0], loaded, options)
+            return
         record = run_generation(request, options, loaded, out_dir, request_id, entropy, not quiet, load_seconds)
         out.print(f"video   {out_dir / record.video.file}  sha256 {record.video.sha256}")
         out.print(f"record  {out_dir / 'record.json'}  sha256 {record.sha256()}")

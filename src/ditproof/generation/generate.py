@@ -9,9 +9,9 @@ options.
 from __future__ import annotations
 
 import time
-from typing import Any
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,6 +158,11 @@ def generate(
         raise InvalidInputError(
             f"weights: got {options.weights!r} but the model was loaded with {model.weights!r}; "
             "allowed: the loaded model's weights mode (pass the options to load_model)"
+        )
+    if model.parallel != (options.tp_degree, options.cp_degree):
+        raise InvalidInputError(
+            f"tp_degree/cp_degree: got {(options.tp_degree, options.cp_degree)} but the model was loaded with "
+            f"{model.parallel}; allowed: the loaded model's degrees (pass the options to load_model)"
         )
     configure_attention(model, options.attention_backend)
     configure_cache(model, options.cache)

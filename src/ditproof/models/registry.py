@@ -66,6 +66,7 @@ class LoadedModel:
     attention_backend: str = "sdpa"
     weights: str = "native"
     cache: CacheOptions | None = None
+    parallel: tuple[int, int] = (1, 1)
 
 
 def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None = None) -> LoadedModel:
@@ -81,11 +82,17 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
     Raises:
         ModelNotFoundError: unknown preset, or a missing or incomplete folder.
     """
+    from ditproof.generation.parallel import apply_parallel
+
     model = _load(name, options, model_path)
+    experts = (model.pipeline.transformer, model.pipeline.transformer_2)
     if options.weights == "fp8-e4m3":
-        for expert in (model.pipeline.transformer, model.pipeline.transformer_2):
+        for expert in experts:
             fp8_roundtrip_linear_weights(expert)
         model.weights = "fp8-e4m3"
+    if options.tp_degree > 1 or options.cp_degree > 1:
+        apply_parallel(experts, options)
+        model.parallel = (options.tp_degree, options.cp_degree)
     return model
 
 
