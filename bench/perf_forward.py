@@ -1,0 +1,152 @@
+"""Issue 9: seconds per forward of one A14B expert at 480p and 720p, under several options.
+
+Builds only the high-noise expert of ``wan-a14b-shape`` (exact shape, seeded random bf16 weights
+on the GPU), then times ``forward`` (CUDA events, warm-up, median of repeats) for each variant:
+attention backend (diffusers' dispatcher names), fused QKV projections, and regional
+``torch.compile`` of the repeated blocks. Also checks, per variant, that two forwards on the
+same inputs are bitwise identical (determinism of the kept options).
+
+    PYTHONPATH=src python3 bench/perf_forward.py --out $OUT/perf_forward.json [--layers 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_info, write_result
+from ditproof.models.init import cast_keeping_fp32, fill_seeded
+from ditproof.models.wan import A14B_TRANSFORMER, TINY_TRANSFORMER, _materialize
+from ditproof.randomness import cpu_normal
+
+SIZES = {"480p": (832, 480, 81), "720p": (1280, 720, 81)}
+
+
+def build_expert(device: str, config: dict[str, object]) -> torch.nn.Module:
+    from diffusers import WanTransformer3DModel
+
+    with torch.device("meta"):
+        expert = WanTransformer3DModel(**config)
+    _materialize(expert, torch.device(device), torch.bfloat16)
+    fill_seeded(expert, 1)
+    cast_keeping_fp32(expert, torch.bfloat16)
+    return expert.eval().requires_grad_(False)
+
+
+def inputs(size: tuple[int, int, int], text_dim: int, device: str) -> dict[str, torch.Tensor]:
+    width, height, frames = size
+    latent = cpu_normal(1, (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8))
+    text = cpu_normal(2, (1, 512, text_dim))
+    return {
+        "hidden_states": latent.to(device, torch.bfloat16),
+        "timestep": torch.tensor([900.0], device=device),
+        "encoder_hidden_states": text.to(device, torch.bfloat16),
+    }
+
+
+def time_forward(expert: torch.nn.Module, args: dict[str, torch.Tensor], repeats: int) -> tuple[float, bool]:
+    with torch.inference_mode():
+        first = expert(**args, return_dict=False)[0]
+        second = expert(**args, return_dict=False)[0]
+        same = bool(torch.equal(first, second))
+        times = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            expert(**args, return_dict=False)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+    return statistics.median(times), same
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--layers", type=int, default=40, help="layers to build (time scales linearly)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--variants",
+        default="native,_native_cudnn,_native_flash,_native_efficient,flex,_native_cudnn+fused,_native_cudnn+fused+compile",
+    )
+    parser.add_argument("--sizes", default="480p,720p")
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    device = "cuda"
+    config = dict(TINY_TRANSFORMER if args.smoke else A14B_TRANSFORMER, num_layers=args.layers)
+    result: dict[str, object] = {"device": device_info(), "layers": args.layers, "rows": []}
+    rows: list[dict[str, object]] = result["rows"]  # type: ignore[assignment]
+    started = time.perf_counter()
+    expert = build_expert(device, config)
+    result["build_s"] = time.perf_counter() - started
+    for size_name in args.sizes.split(","):
+        size = SIZES[size_name] if not args.smoke else (64, 48, 5)
+        batch = inputs(size, int(config["text_dim"]), device)  # type: ignore[arg-type]
+        tokens = ((size[2] - 1) // 4 + 1) * (size[1] // 16) * (size[0] // 16)
+        for variant in args.variants.split(","):
+            fresh = expert
+            note = ""
+            # "backend[+fused][+compile]": fusing and compiling cannot be undone, so list such
+            # variants last, in the order they should accumulate.
+            backend, *flags = variant.split("+")
+            try:
+                fresh.set_attention_backend(backend)
+                if "fused" in flags and not getattr(fresh, "_ditproof_fused", False):
+                    for module in fresh.modules():
+                        if hasattr(module, "fuse_projections"):
+                            module.fuse_projections()
+                    fresh._ditproof_fused = True
+                if "compile" in flags and not getattr(fresh, "_ditproof_compiled", False):
+                    fresh.compile_repeated_blocks(fullgraph=True)
+                    fresh._ditproof_compiled = True
+                compile_start = time.perf_counter()
+                seconds, same = time_forward(fresh, batch, args.repeats)
+                note = f"first calls + timing {time.perf_counter() - compile_start:.1f} s"
+            except Exception as exc:  # a kernel that does not run here is a result, not a crash
+                rows.append({"size": size_name, "variant": variant, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                continue
+            flops = forward_flops(config, tokens)
+            rows.append(
+                {
+                    "size": size_name,
+                    "tokens": tokens,
+                    "variant": variant,
+                    "s_per_forward": seconds,
+                    "s_per_forward_40_layers": seconds * 40 / args.layers,
+                    "tflops": flops / seconds / 1e12,
+                    "bitwise_repeatable": same,
+                    "note": note,
+                }
+            )
+            print(rows[-1], flush=True)
+    write_result(args.out, result)
+    print(f"{'size':<6}{'variant':<20}{'s/fwd (40 layers)':>18}{'TFLOP/s':>9}{'repeatable':>11}")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['size']:<6}{row['variant']:<20}  error: {row['error'][:60]}")
+        else:
+            print(
+                f"{row['size']:<6}{row['variant']:<20}{row['s_per_forward_40_layers']:>18.3f}{row['tflops']:>9.0f}"
+                f"{row['bitwise_repeatable']!s:>11}"
+            )
+
+
+def forward_flops(config: dict[str, object], tokens: int, text_tokens: int = 512) -> float:
+    """Matrix-multiply FLOPs of one forward (self/cross attention, projections, FFN)."""
+    dim = int(config["num_attention_heads"]) * int(config["attention_head_dim"])  # type: ignore[call-overload]
+    ffn = int(config["ffn_dim"])  # type: ignore[call-overload]
+    layers = int(config["num_layers"])  # type: ignore[call-overload]
+    per_token = 2 * (4 * dim * dim + 2 * dim * dim + 2 * dim * ffn)  # self qkvo, cross q/o, ffn
+    attention = 4 * tokens * tokens * dim + 4 * tokens * text_tokens * dim
+    cross_kv = 2 * 2 * text_tokens * int(config["text_dim"]) * dim  # type: ignore[call-overload]
+    return layers * (per_token * tokens + attention + cross_kv)
+
+
+if __name__ == "__main__":
+    main()
