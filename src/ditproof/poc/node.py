@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from ditproof.errors import InvalidInputError
 from ditproof.models.registry import LoadedModel
 from ditproof.poc.commit import build_mmr
@@ -39,15 +41,21 @@ def generate_round(
     if len(set(nonces)) != len(nonces):
         raise InvalidInputError("nonces: got repeated nonces; allowed: distinct nonces (a repeat would be rejected)")
     # The commitment model checks the block hash and key before any compute is spent.
-    PocCommitment(
-        block_hash=block_hash,
-        public_key=public_key,
-        model=model.preset,
-        model_revision=model.revision,
-        params=params,
-        root="0" * 64,
-        count=0,
-    )
+    try:
+        PocCommitment(
+            block_hash=block_hash,
+            public_key=public_key,
+            model=model.preset,
+            model_revision=model.revision,
+            params=params,
+            root="0" * 64,
+            count=0,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {str(e['msg']).removeprefix('Value error, ')}" for e in exc.errors()
+        )
+        raise InvalidInputError(problems) from None
     runner = poc_model or PocModel.from_loaded(model)
     artifacts = compute_artifacts(runner, params, block_hash, public_key, nonces, batch_size, on_batch)
     mmr = build_mmr(artifacts)

@@ -1,0 +1,106 @@
+"""``ditproof poc generate|validate|calibrate`` in process (typer's runner on the real app)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ditproof.cli.main import app
+
+BLOCK = "ab" * 32
+SMALL = ["--latent-frames", "1", "--latent-height", "16", "--latent-width", "16"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def round_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("poc") / "round"
+    result = runner.invoke(
+        app,
+        [
+            "poc",
+            "generate",
+            "--block-hash",
+            BLOCK,
+            "--public-key",
+            "node-1",
+            "--out",
+            str(out),
+            "--count",
+            "240",
+            *SMALL,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_generate_writes_store_and_commitment(round_dir):
+    store = json.loads((round_dir / "artifacts.json").read_text())
+    commitment = json.loads((round_dir / "commitment.json").read_text())
+    assert store["commitment"] == commitment
+    assert commitment["count"] == 240 and len(store["artifacts"]) == 240
+    assert commitment["params"]["latent_height"] == 16 and commitment["params"]["k_dim"] == 12
+    assert set(store["artifacts"][0]) == {"nonce", "vector_b64"}
+
+
+@pytest.mark.parametrize("policy", ["ml-node", "wan-tiny-random-cpu-fp32"])
+def test_validate_honest_round(round_dir, tmp_path, policy):
+    verdict_path = tmp_path / "verdict.json"
+    result = runner.invoke(
+        app, ["poc", "validate", "--artifacts", str(round_dir), "--policy", policy, "--out", str(verdict_path)]
+    )
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(verdict_path.read_text())
+    assert verdict["decision"] == "valid" and verdict["checked"] == 200
+
+
+def test_validate_tampered_store_exits_1(round_dir, tmp_path):
+    store = json.loads((round_dir / "artifacts.json").read_text())
+    store["artifacts"][3]["vector_b64"] = store["artifacts"][4]["vector_b64"]
+    path = tmp_path / "artifacts.json"
+    path.write_text(json.dumps(store))
+    result = runner.invoke(app, ["poc", "validate", "--artifacts", str(path)])
+    assert result.exit_code == 1 and "invalid" in result.output
+
+
+def test_bad_input_exits_2_with_the_field_named(round_dir, tmp_path):
+    result = runner.invoke(app, ["poc", "validate", "--artifacts", str(round_dir), "--policy", "nope"])
+    assert result.exit_code == 2 and "policy" in result.output
+    result = runner.invoke(
+        app,
+        ["poc", "validate", "--artifacts", str(round_dir), "--fraud-threshold", "0.01", "--p-value-threshold", "0.05"],
+    )
+    assert result.exit_code == 2 and "--p-value-threshold" in result.output
+    result = runner.invoke(app, ["poc", "validate", "--artifacts", str(round_dir), "--p-mismatch", "1.5"])
+    assert result.exit_code == 2 and "p_mismatch" in result.output
+    result = runner.invoke(app, ["poc", "validate", "--artifacts", str(tmp_path / "missing.json")])
+    assert result.exit_code == 2 and "artifacts" in result.output
+    result = runner.invoke(
+        app, ["poc", "generate", "--block-hash", "xyz", "--public-key", "k", "--out", str(tmp_path), "--count", "2"]
+    )
+    assert result.exit_code == 2 and "block_hash" in result.output
+    result = runner.invoke(
+        app,
+        ["poc", "generate", "--block-hash", BLOCK, "--public-key", "k", "--out", str(tmp_path), "--latent-width", "15"],
+    )
+    assert result.exit_code == 2 and "latent_width" in result.output
+
+
+def test_calibrate_proposes_a_policy(tmp_path):
+    out = tmp_path / "calibration.json"
+    result = runner.invoke(app, ["poc", "calibrate", "--nonces", "32", "--out", str(out), *SMALL])
+    assert result.exit_code == 0, result.output
+    calibration = json.loads(out.read_text())
+    kinds = {c["name"]: c["kind"] for c in calibration["comparisons"]}
+    assert kinds["cpu float32 batch 1"] == "honest" and kinds["cpu bfloat16 batch 16"] == "cross-dtype"
+    assert {c["name"] for c in calibration["cheats"]} == {
+        "one expert (high-noise only)",
+        "1% of weights perturbed",
+        "FP8 weights (e4m3 round trip)",
+        "last 1 layer(s) skipped",
+    }
+    honest = [c for c in calibration["comparisons"] if c["kind"] == "honest"]
+    assert max(c["max"] for c in honest) < calibration["proposed"]["dist_threshold"]
+    assert all(c["mismatch_rate"] > 0.3 for c in calibration["cheats"])
+    assert "proposed: dist_threshold" in result.output
