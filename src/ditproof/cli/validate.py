@@ -10,12 +10,24 @@ import typer
 from ditproof.cli.common import EXIT_FAILURE, out, quiet_libraries, reported
 from ditproof.protocol.verdict import Verdict
 
+VERDICT_EXIT = {"valid": 0, "invalid": 1, "error": 3, "delegate": 4}
+"""Exit codes of ``ditproof validate`` by decision; 2 stays "invalid input" (unreadable record,
+bad option), as for every ditproof command."""
+
 
 def print_verdict(verdict: Verdict) -> None:
-    """Prints the checks and the decision."""
+    """Prints the checks, the scores against their thresholds, and the decision."""
     for check in verdict.checks:
         mark = "[green]ok[/]" if check.passed else "[red]FAIL[/]"
         out.print(f"  {mark} {check.name}: {check.detail}", highlight=False)
+    if verdict.scores:
+        out.print("  scores:", highlight=False)
+        for key, score in verdict.scores.items():
+            limit = verdict.thresholds.get(key)
+            suffix = f"  (threshold {limit:.6g})" if limit is not None else ""
+            out.print(f"    {key:<24} {score:.6g}{suffix}", highlight=False)
+    for url in verdict.delegate_to:
+        out.print(f"  delegate to: {url}", highlight=False)
     colour = {"valid": "green", "invalid": "red", "delegate": "yellow", "error": "red"}[verdict.decision]
     out.print(f"verdict: [bold {colour}]{verdict.decision}[/] — {verdict.reason}", highlight=False)
 
@@ -27,24 +39,71 @@ def validate_command(
     model_path: str | None = typer.Option(None, "--model-path"),
     device: str | None = typer.Option(None, "--device", help="Where to regenerate (default: the record's)."),
     verdict_path: Path | None = typer.Option(None, "--verdict", help="Write the verdict JSON here."),
+    thresholds_path: Path | None = typer.Option(
+        None, "--thresholds", help="Thresholds file (ditproof.thresholds/1) for the metric comparison."
+    ),
+    threshold: list[str] = typer.Option(
+        [], "--threshold", help="METRIC[:STATISTIC]=VALUE, overrides the file (repeatable), e.g. lpips_alex=0.05."
+    ),
+    metric: list[str] = typer.Option(
+        [], "--metric", help="Decide on this metric only (repeatable); needs a threshold."
+    ),
+    metrics_device: str = typer.Option("cpu", "--metrics-device", help="Where the metrics run (cpu, cuda, cuda:N)."),
+    validators_path: Path | None = typer.Option(
+        None, "--validators", help="Validator registry (ditproof.validators/1), to name nodes on delegate."
+    ),
+    cfg_mode: str | None = typer.Option(
+        None, "--cfg-mode", help="This validator's CFG mode (sequential|batched; benign). Default: the record's."
+    ),
+    artifacts: Path | None = typer.Option(
+        None, "--artifacts", help="Folder of the record's latent files (default: the record's folder)."
+    ),
 ) -> None:
-    """Validate a video against its inference record by regenerating it."""
+    """Validate a video against its inference record by regenerating it.
+
+    Exit codes: 0 valid, 1 invalid, 3 error (for example no threshold for a needed metric),
+    4 delegate (another runtime class must validate), 2 invalid input.
+    """
     quiet_libraries()
     with reported():
+        from ditproof.errors import InvalidInputError
+        from ditproof.metrics.registry import metric_spec
         from ditproof.models.registry import load_model
         from ditproof.protocol.record import InferenceRecord
-        from ditproof.validation.validate import validate
+        from ditproof.validation.compare import ComparisonOptions
+        from ditproof.validation.delegation import ValidatorRegistry
+        from ditproof.validation.policy import ThresholdPolicy
+        from ditproof.validation.validate import regeneration_options, validate
 
+        if cfg_mode is not None and cfg_mode not in ("sequential", "batched"):
+            raise InvalidInputError(f"cfg-mode: got {cfg_mode!r}; allowed: sequential, batched")
+        for name in metric:
+            metric_spec(name)
         record = InferenceRecord.load(record_path)
+        policy = ThresholdPolicy.from_cli(thresholds_path, threshold)
+        comparison = ComparisonOptions(metrics=tuple(metric), device=metrics_device)
+        registry = ValidatorRegistry.load(validators_path) if validators_path else None
         video = video_path or record_path.parent / record.video.file
-        options = record.options.model_copy(update={"device": device or record.options.device})
+        # Only the CFG mode is this validator's own here; the rest follows the record (reference algorithm).
+        own = regeneration_options(record, None, device).model_copy(update={"cfg_mode": cfg_mode}) if cfg_mode else None
+        options = regeneration_options(record, own, device)
         loaded = load_model(model or record.model.preset, options, model_path=model_path)
-        verdict = validate(record, video, loaded, device=device)
+        verdict = validate(
+            record,
+            video,
+            loaded,
+            device=device,
+            policy=policy,
+            comparison=comparison,
+            validators=registry,
+            options=own,
+            artifacts_dir=artifacts or record_path.parent,
+        )
         print_verdict(verdict)
         if verdict_path:
             verdict.save(str(verdict_path))
         if verdict.decision != "valid":
-            raise typer.Exit(EXIT_FAILURE)
+            raise typer.Exit(VERDICT_EXIT[verdict.decision])
 
 
 def demo_command(

@@ -133,3 +133,20 @@ def score_latents(submitted: torch.Tensor, reference: torch.Tensor) -> dict[str,
         score_key("latent_rel_l2", "value"): fn.latent_relative_l2(submitted, reference),
         score_key("latent_cosine", "value"): fn.latent_cosine(submitted, reference),
     }
+
+
+def metric_weights(metric: str, device: str = "cpu") -> dict[str, str]:
+    """The sha256 of the weight files a learned metric uses here (role → sha256); {} for the others.
+
+    Raises:
+        MetricWeightsMissingError / MetricWeightsInvalidError: see ``ditproof.metrics.weights``.
+    """
+    from ditproof.metrics.dists import load_dists
+    from ditproof.metrics.lpips import load_lpips
+
+    if metric in ("lpips_alex", "lpips_vgg"):
+        return load_lpips(metric.removeprefix("lpips_"), device)[1]
+    if metric == "dists":
+        return load_dists(device)[1]
+    metric_spec(metric)
+    return {}

@@ -6,14 +6,21 @@ Order of checks, each cheaper than the next:
 2. record: the seed follows from request id and entropy, the noise hash is recomputed;
 3. runtime class: a validator of another class does not regenerate, it delegates;
 4. regeneration through the same :func:`ditproof.generation.generate`;
-5. exact match: the re-encoded video, or the final latent, equal the executor's byte for byte;
-6. comparison with perceptual metrics against calibrated thresholds (``ditproof.metrics``).
+5. exact match: the re-encoded video equals the executor's byte for byte (the final latent is
+   compared too and reported, but a matching latent alone does not make the video valid: the
+   video, not the latent, is what the record commits to on chain, so a latent match with a
+   different video goes on to step 6);
+6. comparison with metrics against thresholds from a policy (``ditproof.validation.compare``).
+
+The latent-checkpoint and spot-check modes (not built yet) plug in between steps 3 and 6; see
+docs/validation.md for their planned functions.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ditproof.errors import InvalidInputError
 from ditproof.generation.generate import generate
 from ditproof.generation.runtime import runtime_class, runtime_fingerprint
 from ditproof.hashing import sha256_bytes, sha256_tensor
@@ -22,7 +29,51 @@ from ditproof.protocol.options import RuntimeOptions
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.verdict import CheckResult, Verdict
 from ditproof.randomness import derive_seed, initial_noise
+from ditproof.validation.compare import ComparisonOptions, compare
+from ditproof.validation.delegation import ValidatorRegistry
+from ditproof.validation.policy import ThresholdPolicy
 from ditproof.video import encode_video
+
+REFERENCE_ALGORITHM: dict[str, object] = {
+    "experts": "both",
+    "weights": "native",
+    "cache": None,
+    "tp_degree": 1,
+    "cp_degree": 1,
+}
+"""What the validator always regenerates with: the published model, run whole. A record is never
+allowed to lower this (a record that states a malign deviation is invalid at once; one that hides
+it is caught by the comparison). Parallel degrees are the validator's own (benign)."""
+
+REGENERATION_OPTION_FIELDS = (
+    "device",
+    "dtype",
+    "vae_dtype",
+    "text_encoder_dtype",
+    "attention_backend",
+    "cfg_mode",
+    "offload_text_encoder",
+    "tp_degree",
+    "cp_degree",
+)
+"""Fields of the validator's own RuntimeOptions used for regeneration. Those in the runtime class
+(dtypes, attention backend) must then match the record's class; the others (device, CFG batching,
+text-encoder offload, parallel degrees) are benign deviations. Everything else (capture, encoding)
+is the record's."""
+
+
+def _present(values: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in values.items() if k in RuntimeOptions.model_fields}
+
+
+def stated_deviations(record: InferenceRecord) -> list[str]:
+    """The malign deviations a record states itself (experts, weights, cache unlike the reference)."""
+    stated = record.options.model_dump()
+    return [
+        f"{name}={stated[name]!r}"
+        for name, value in _present(REFERENCE_ALGORITHM).items()
+        if name not in ("tp_degree", "cp_degree") and stated[name] != value
+    ]
 
 
 class _Checks:
@@ -64,11 +115,30 @@ def check_record(record: InferenceRecord, checks: _Checks) -> bool:
     return checks.add("noise", noise_hash == record.noise.sha256, f"recomputed {noise_hash}")
 
 
+def regeneration_options(record: InferenceRecord, own: RuntimeOptions | None, device: str | None) -> RuntimeOptions:
+    """The options the validator regenerates with.
+
+    The record's options, with the reference algorithm forced (:data:`REFERENCE_ALGORITHM`) and the
+    validator's own fields (:data:`REGENERATION_OPTION_FIELDS`) when ``own`` is given.
+    """
+    update = _present(REFERENCE_ALGORITHM)
+    if own is not None:
+        update.update(_present({name: getattr(own, name, None) for name in REGENERATION_OPTION_FIELDS}))
+    update["device"] = device or (own.device if own is not None else record.options.device)
+    return record.options.model_copy(update=update)
+
+
 def validate(
     record: InferenceRecord,
     video: bytes | str | Path,
     model: LoadedModel,
     device: str | None = None,
+    *,
+    policy: ThresholdPolicy | None = None,
+    comparison: ComparisonOptions | None = None,
+    validators: ValidatorRegistry | None = None,
+    options: RuntimeOptions | None = None,
+    artifacts_dir: str | Path | None = None,
 ) -> Verdict:
     """Validates ``video`` against ``record`` by regenerating it with ``model``.
 
@@ -76,13 +146,27 @@ def validate(
         record: the executor's inference record.
         video: the video bytes or path.
         model: the validator's loaded model (its revision must be the record's).
-        device: where to regenerate (default: the record's device).
+        device: where to regenerate (default: ``options.device``, else the record's device).
+        policy: thresholds for step 6 (none: a video that does not match exactly gets ``error``).
+        comparison: metrics to decide on, and where they run.
+        validators: registry of validator nodes, to fill ``delegate_to`` on ``delegate``.
+        options: this validator's runtime options (see :data:`REGENERATION_OPTION_FIELDS`).
+        artifacts_dir: the folder holding the record's latent files (default: the video's folder
+            when ``video`` is a path); the final latent there feeds the latent metrics.
 
     Returns:
         The verdict; ``delegate`` when this validator's runtime class differs from the record's.
     """
     checks = _Checks(record)
-    data = Path(video).read_bytes() if isinstance(video, str | Path) else video
+    if isinstance(video, str | Path):
+        try:
+            data = Path(video).read_bytes()
+        except OSError as exc:
+            raise InvalidInputError(f"video {video}: cannot be read ({exc.strerror})") from None
+        if artifacts_dir is None:
+            artifacts_dir = Path(video).parent
+    else:
+        data = video
 
     # 1. Integrity.
     video_hash = sha256_bytes(data)
@@ -93,34 +177,65 @@ def validate(
     if not check_record(record, checks):
         return checks.verdict("invalid", "the record is inconsistent (seed or noise)")
 
+    deviations = stated_deviations(record)
+    if deviations:
+        checks.add("algorithm", False, f"the record states {', '.join(deviations)}; allowed: the reference model")
+        return checks.verdict(
+            "invalid", f"the record states a deviation from the reference model ({', '.join(deviations)})"
+        )
+
     # 3. Runtime class.
-    options: RuntimeOptions = record.options.model_copy(update={"device": device or record.options.device})
+    options = regeneration_options(record, options, device)
     local_class = runtime_class(runtime_fingerprint(model, options))
     if not checks.add("runtime_class", local_class == record.runtime_class, f"validator class {local_class}"):
+        nodes = (
+            validators.nodes_for(record.runtime_class, record.model.preset, record.model.revision) if validators else []
+        )
+        if validators is None:
+            where = "no validator registry given"
+        elif nodes:
+            where = f"{len(nodes)} registered node(s) can: {', '.join(n.id for n in nodes)}"
+        else:
+            where = "no registered node runs that class"
         return checks.verdict(
             "delegate",
-            "this validator's runtime class differs from the executor's; a validator of that class must regenerate",
+            "this validator's runtime class differs from the executor's; a validator of that class must regenerate"
+            f" ({where})",
             validator_runtime_class=local_class,
             required_runtime_class=record.runtime_class,
+            delegate_to=[n.url for n in nodes],
         )
 
     # 4. Regenerate.
     result = generate(record.request, record.seed, model, options)
 
     # 5. Exact match: video bytes, then final latent.
+    assert result.frames is not None  # a full run (no stop_after) always decodes
     regenerated = encode_video(result.frames, record.request.fps, record.video.encoding)
     final = result.capture.latents["final"][1]
     recorded_final = next((c.tensor_sha256 for c in record.checkpoints if c.name == "final"), None)
     video_exact = sha256_bytes(regenerated) == record.video.sha256
     latent_exact = recorded_final is not None and sha256_tensor(final) == recorded_final
-    if checks.add("exact_match", video_exact or latent_exact, f"video {video_exact}, final latent {latent_exact}"):
+    if checks.add("exact_match", video_exact, f"video {video_exact}, final latent {latent_exact}"):
         return checks.verdict(
             "valid", "regeneration matched byte for byte", exact_match=True, validator_runtime_class=local_class
         )
 
-    # 6. Comparison against calibrated thresholds (metrics policy, issue 3).
-    return checks.verdict(
-        "error",
-        "the regeneration did not match exactly and no comparison policy (metric thresholds) is configured",
+    # 6. Comparison against thresholds (metrics and policy).
+    if policy is None:
+        return checks.verdict(
+            "error",
+            "the regeneration did not match exactly and no comparison policy (metric thresholds) is configured",
+            validator_runtime_class=local_class,
+        )
+    return compare(
+        record,
+        data,
+        regenerated,
+        final,
+        Path(artifacts_dir) if artifacts_dir is not None else None,
+        policy,
+        comparison or ComparisonOptions(),
+        checks,
         validator_runtime_class=local_class,
     )
