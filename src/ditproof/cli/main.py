@@ -8,11 +8,13 @@ import traceback
 
 import typer
 
+from ditproof.cli.client_cmds import client_app
 from ditproof.cli.common import EXIT_FAILURE, err
 from ditproof.cli.generate import generate_command
 from ditproof.cli.info import info_command
 from ditproof.cli.poc import poc_app
 from ditproof.cli.price import price_app
+from ditproof.cli.serve import serve_command
 from ditproof.cli.validate import demo_command, validate_command
 
 app = typer.Typer(
@@ -26,6 +28,8 @@ app.command("generate")(generate_command)
 app.command("info")(info_command)
 app.command("validate")(validate_command)
 app.command("demo")(demo_command)
+app.command("serve")(serve_command)
+app.add_typer(client_app, name="client")
 app.add_typer(price_app, name="price")
 app.add_typer(poc_app, name="poc")
 

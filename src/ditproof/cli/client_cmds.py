@@ -1,0 +1,173 @@
+"""``ditproof client ...``: talk to a running node through :mod:`ditproof.client`.
+
+The node's address comes from ``--url`` or ``DITPROOF_URL``; the token from ``--token-file`` or
+``DITPROOF_API_TOKEN`` (never from a flag, so it stays out of process listings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from ditproof.cli.common import EXIT_FAILURE, EXIT_INVALID, err, out
+from ditproof.client import ApiError, Client, ClientError
+
+client_app = typer.Typer(help="Use a running ditproof node (ditproof serve) over HTTP.", no_args_is_help=True)
+
+URL_ENV, TOKEN_ENV = "DITPROOF_URL", "DITPROOF_API_TOKEN"
+UrlOption = typer.Option(None, "--url", help=f"The node (default ${URL_ENV} or http://127.0.0.1:8080).")
+TokenFileOption = typer.Option(None, "--token-file", help=f"File holding the API token (default ${TOKEN_ENV}).")
+
+
+@contextmanager
+def _node(url: str | None, token_file: Path | None) -> Iterator[Client]:
+    token = os.environ.get(TOKEN_ENV)
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            err.print(f"error: token-file: {token_file} cannot be read ({exc.strerror})", markup=False)
+            sys.exit(EXIT_INVALID)
+    base = url or os.environ.get(URL_ENV) or "http://127.0.0.1:8080"
+    try:
+        with Client(base, token) as client:
+            yield client
+    except ApiError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        for field in exc.fields:
+            err.print(f"  {field['field']}: {field['message']}", markup=False, highlight=False)
+        sys.exit(EXIT_INVALID if exc.status == 422 else EXIT_FAILURE)
+    except ClientError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(EXIT_FAILURE)
+
+
+def _print(data: object) -> None:
+    out.print_json(json.dumps(data))
+
+
+@client_app.command("generate")
+def generate(
+    prompt: str = typer.Option(..., "--prompt"),
+    out_dir: Path | None = typer.Option(None, "--out", help="Wait, then download video.mp4 and record.json here."),
+    size: str | None = typer.Option(None, "--size", help="WIDTHxHEIGHT."),
+    num_frames: int | None = typer.Option(None, "--num-frames"),
+    fps: int | None = typer.Option(None, "--fps"),
+    steps: int | None = typer.Option(None, "--steps"),
+    guidance_scale: float | None = typer.Option(None, "--guidance-scale"),
+    guidance_scale_2: float | None = typer.Option(None, "--guidance-scale-2"),
+    negative_prompt: str | None = typer.Option(None, "--negative-prompt"),
+    seed: int | None = typer.Option(None, "--seed", help="Explicit seed (experiments)."),
+    request_id: str | None = typer.Option(None, "--request-id"),
+    entropy: str | None = typer.Option(None, "--entropy", help="Public randomness (hex)."),
+    url: str | None = UrlOption,
+    token_file: Path | None = TokenFileOption,
+) -> None:
+    """Submit a video job; with --out, wait for it and download the video and its record."""
+    with _node(url, token_file) as node:
+        job = node.create_video(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            size=size,
+            num_frames=num_frames,
+            fps=fps,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            guidance_scale_2=guidance_scale_2,
+            seed=seed,
+            request_id=request_id,
+            entropy=entropy,
+        )
+        if out_dir is None:
+            _print(job)
+            return
+        job = node.wait(job["id"])
+        if job["status"] != "completed":
+            _print(job)
+            raise typer.Exit(EXIT_FAILURE)
+        paths = node.download(job["id"], out_dir)
+        out.print(f"video   {paths['video']}  sha256 {job['video_sha256']}")
+        out.print(f"record  {paths['record']}  sha256 {job['record_sha256']}")
+
+
+@client_app.command("status")
+def status(
+    video_id: str = typer.Argument(..., help="A video id (video_...)."),
+    url: str | None = UrlOption,
+    token_file: Path | None = TokenFileOption,
+) -> None:
+    """Show a job."""
+    with _node(url, token_file) as node:
+        _print(node.get_video(video_id))
+
+
+@client_app.command("fetch")
+def fetch(
+    video_id: str = typer.Argument(...),
+    out_dir: Path = typer.Option(..., "--out"),
+    url: str | None = UrlOption,
+    token_file: Path | None = TokenFileOption,
+) -> None:
+    """Download a completed job's video.mp4 and record.json (hashes checked)."""
+    with _node(url, token_file) as node:
+        paths = node.download(video_id, out_dir)
+        out.print(f"video   {paths['video']}\nrecord  {paths['record']}")
+
+
+@client_app.command("validate")
+def validate(
+    record: Path | None = typer.Option(None, "--record", help="A record.json to validate."),
+    video: Path | None = typer.Option(None, "--video", help="Its video (default: next to the record)."),
+    video_id: str | None = typer.Option(None, "--video-id", help="A video in the node's store instead."),
+    url: str | None = UrlOption,
+    token_file: Path | None = TokenFileOption,
+) -> None:
+    """Ask the node for a verdict on a record and video (exit 1 unless valid)."""
+    with _node(url, token_file) as node:
+        if record is None:
+            if video_id is None:
+                err.print("error: record: missing; allowed: --record FILE, or --video-id alone", markup=False)
+                raise typer.Exit(EXIT_INVALID)
+            verdict = node.validate_stored(video_id)
+        elif video_id is not None:
+            verdict = node.validate(record, video_id=video_id)
+        else:
+            verdict = node.validate(record, video=video or record.parent / "video.mp4")
+        _print(verdict)
+        if verdict["decision"] != "valid":
+            raise typer.Exit(EXIT_FAILURE)
+
+
+@client_app.command("state")
+def state(url: str | None = UrlOption, token_file: Path | None = TokenFileOption) -> None:
+    """Show the node's state."""
+    with _node(url, token_file) as node:
+        _print(node.state())
+
+
+@client_app.command("up")
+def up(
+    model: str = typer.Argument(...),
+    dtype: str | None = typer.Option(None, "--dtype"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the model is loaded."),
+    url: str | None = UrlOption,
+    token_file: Path | None = TokenFileOption,
+) -> None:
+    """Load a model (POST /api/v1/inference/up)."""
+    with _node(url, token_file) as node:
+        _print(node.inference_up(model, dtype))
+        if wait:
+            _print(node.wait_ready())
+
+
+@client_app.command("down")
+def down(url: str | None = UrlOption, token_file: Path | None = TokenFileOption) -> None:
+    """Unload the model (POST /api/v1/inference/down)."""
+    with _node(url, token_file) as node:
+        _print(node.inference_down())

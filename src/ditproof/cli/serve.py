@@ -1,0 +1,67 @@
+"""``ditproof serve``: run the ML-node HTTP service on uvicorn."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+from ditproof.cli.common import out, quiet_libraries, reported
+
+
+def serve_command(
+    host: str | None = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default 8080)."),
+    config_path: Path | None = typer.Option(None, "--config", help="A TOML or JSON server configuration."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Job database and artifacts (default ./ditproof-data)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Model to load at start (default: start STOPPED)."),
+    model_path: str | None = typer.Option(None, "--model-path", help="Folder of the wan2.2-t2v-a14b preset."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default cpu)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: preset's)."),
+    max_queue: int | None = typer.Option(None, "--max-queue", help="Waiting jobs before 429 (default 16)."),
+    print_openapi: bool = typer.Option(False, "--print-openapi", help="Print the OpenAPI schema and exit."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve the video API, ML-node management and validation over HTTP.
+
+    The bearer token comes from DITPROOF_API_TOKEN or api_token in --config; the server refuses
+    to start without one.
+    """
+    quiet_libraries()
+    with reported():
+        from ditproof.server import create_app, load_config
+
+        config = load_config(
+            config_path,
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            model=model,
+            model_path=model_path,
+            device=device,
+            dtype=dtype,
+            max_queue=max_queue,
+        )
+        if print_openapi:
+            # The schema does not depend on the token; a placeholder lets it print without one.
+            app = create_app(config.model_copy(update={"api_token": config.api_token or "x" * 32}))
+            out.print_json(json.dumps(app.openapi()))
+            return
+        app = create_app(config)
+        import uvicorn
+
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        uvicorn.run(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=log_level,
+            timeout_graceful_shutdown=30,
+            server_header=False,
+            # Bounded concurrency: beyond it uvicorn answers 503 instead of piling up connections.
+            limit_concurrency=256,
+        )

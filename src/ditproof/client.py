@@ -1,0 +1,249 @@
+"""A small HTTP client for a ditproof ML node (``ditproof serve``).
+
+Example::
+
+    from ditproof.client import Client
+
+    with Client("http://127.0.0.1:8080", token) as node:
+        job = node.create_video(prompt="a red circle", size="64x48", num_frames=5,
+                                num_inference_steps=3, request_id="req-1", entropy="ab" * 32)
+        job = node.wait(job["id"])
+        node.download(job["id"], "out/")       # video.mp4 and record.json, hashes checked
+
+Exceptions::
+
+    ClientError          any failure talking to the node
+    ├── ApiError         the node answered with an error (status, code, message, fields)
+    └── IntegrityError   a downloaded file's sha256 differs from what the node announced
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ditproof.hashing import atomic_write_bytes, sha256_bytes
+
+__all__ = ["ApiError", "Client", "ClientError", "IntegrityError"]
+
+
+class ClientError(Exception):
+    """A failure talking to the node (connection, timeout, unexpected answer)."""
+
+
+class ApiError(ClientError):
+    """An error answer of the node, in its one error shape."""
+
+    def __init__(self, status: int, code: str, message: str, fields: list[dict[str, str]] | None = None):
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields or []
+        super().__init__(f"HTTP {status} {code}: {message}")
+
+
+class IntegrityError(ClientError):
+    """Downloaded bytes that do not hash to what the node announced."""
+
+
+class Client:
+    """Synchronous client for one node.
+
+    Args:
+        base_url: e.g. ``http://127.0.0.1:8080``.
+        token: the node's API token (``Authorization: Bearer``); None only for health probes.
+        timeout: seconds per HTTP call (``create_video_sync`` waits as long as it needs).
+    """
+
+    def __init__(self, base_url: str, token: str | None, timeout: float = 60.0, transport: Any = None):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the connection pool."""
+        self._http.close()
+
+    # Plumbing.
+    def _call(self, method: str, path: str, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, timeout=timeout or self._http.timeout, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ClientError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        if response.status_code >= 400:
+            raise _api_error(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._call(method, path, **kwargs)
+        try:
+            data = response.json()
+        except json.JSONDecodeError:
+            raise ClientError(f"{method} {path}: the node answered {response.status_code} without JSON") from None
+        if not isinstance(data, dict):
+            raise ClientError(f"{method} {path}: expected a JSON object, got {type(data).__name__}")
+        return data
+
+    # Video API.
+    def create_video(self, **fields: Any) -> dict[str, Any]:
+        """``POST /v1/videos``: queues a job; returns the video object (``id``, ``status``, ...)."""
+        return self._json("POST", "/v1/videos", json=_fields(fields))
+
+    def create_video_sync(self, timeout: float = 3600.0, **fields: Any) -> tuple[bytes, dict[str, str]]:
+        """``POST /v1/videos/sync``: returns the mp4 bytes and the ``X-Ditproof-*`` headers.
+
+        Raises:
+            IntegrityError: the bytes do not hash to ``X-Ditproof-Video-Sha256``.
+        """
+        response = self._call("POST", "/v1/videos/sync", timeout=timeout, json=_fields(fields))
+        headers = {k.lower(): v for k, v in response.headers.items() if k.lower().startswith("x-ditproof-")}
+        _check(response.content, headers.get("x-ditproof-video-sha256"), "video")
+        return response.content, headers
+
+    def get_video(self, video_id: str) -> dict[str, Any]:
+        """``GET /v1/videos/{id}``."""
+        return self._json("GET", f"/v1/videos/{video_id}")
+
+    def list_videos(self, limit: int = 20, after: str | None = None) -> dict[str, Any]:
+        """``GET /v1/videos``."""
+        params: dict[str, Any] = {"limit": limit} | ({"after": after} if after else {})
+        return self._json("GET", "/v1/videos", params=params)
+
+    def wait(self, video_id: str, timeout: float = 3600.0, poll: float = 0.2) -> dict[str, Any]:
+        """Polls until the job is completed or failed; returns its last video object.
+
+        Raises:
+            ClientError: still running after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get_video(video_id)
+            if job["status"] in ("completed", "failed"):
+                return job
+            if time.monotonic() > deadline:
+                raise ClientError(f"video {video_id}: still {job['status']} after {timeout} s")
+            time.sleep(poll)
+
+    def content(self, video_id: str) -> bytes:
+        """``GET /v1/videos/{id}/content``: the mp4, checked against its announced sha256."""
+        response = self._call("GET", f"/v1/videos/{video_id}/content")
+        _check(response.content, response.headers.get("x-ditproof-video-sha256"), "video")
+        return response.content
+
+    def record(self, video_id: str) -> bytes:
+        """``GET /v1/videos/{id}/record``: the inference record's bytes (canonical JSON)."""
+        return self._call("GET", f"/v1/videos/{video_id}/record").content
+
+    def download(self, video_id: str, out_dir: str | Path) -> dict[str, Path]:
+        """Writes ``video.mp4`` and ``record.json`` into ``out_dir`` after checking both hashes.
+
+        The record's sha256 must equal the job's ``record_sha256`` and the video's sha256 the
+        record's ``video.sha256``.
+        """
+        job = self.get_video(video_id)
+        record_bytes = self.record(video_id)
+        record = json.loads(record_bytes)
+        # The stored record ends with a newline; its identity is the canonical JSON without it.
+        _check(record_bytes.rstrip(b"\n"), job.get("record_sha256"), "record")
+        video = self.content(video_id)
+        _check(video, record["video"]["sha256"], "video")
+        out = Path(out_dir)
+        paths = {"video": out / "video.mp4", "record": out / "record.json"}
+        atomic_write_bytes(paths["video"], video)
+        atomic_write_bytes(paths["record"], record_bytes)
+        return paths
+
+    def delete_video(self, video_id: str) -> dict[str, Any]:
+        """``DELETE /v1/videos/{id}``."""
+        return self._json("DELETE", f"/v1/videos/{video_id}")
+
+    # Validation.
+    def validate(
+        self, record: bytes | str | Path, video: bytes | str | Path | None = None, video_id: str | None = None
+    ) -> dict[str, Any]:
+        """``POST /api/v1/validate`` with a record and either a video (bytes or path) or a stored video id."""
+        record_bytes = Path(record).read_bytes() if isinstance(record, str | Path) else record
+        files: dict[str, Any] = {"record": ("record.json", record_bytes, "application/json")}
+        data: dict[str, str] = {}
+        if video is not None:
+            video_bytes = Path(video).read_bytes() if isinstance(video, str | Path) else video
+            files["video"] = ("video.mp4", video_bytes, "video/mp4")
+        if video_id is not None:
+            data["video_id"] = video_id
+        return self._json("POST", "/api/v1/validate", files=files, data=data, timeout=3600.0)
+
+    def validate_stored(self, video_id: str) -> dict[str, Any]:
+        """``POST /api/v1/validate`` of a stored video against its own record."""
+        return self._json("POST", "/api/v1/validate", json={"video_id": video_id}, timeout=3600.0)
+
+    # Management.
+    def state(self) -> dict[str, Any]:
+        """``GET /api/v1/state``."""
+        return self._json("GET", "/api/v1/state")
+
+    def inference_up(
+        self, model: str, dtype: str | None = None, additional_args: list[str] | None = None
+    ) -> dict[str, Any]:
+        """``POST /api/v1/inference/up`` (returns at once; see :meth:`wait_ready`)."""
+        body: dict[str, Any] = {"model": model, "additional_args": additional_args or []}
+        if dtype is not None:
+            body["dtype"] = dtype
+        return self._json("POST", "/api/v1/inference/up", json=body)
+
+    def inference_down(self) -> dict[str, Any]:
+        """``POST /api/v1/inference/down``."""
+        return self._json("POST", "/api/v1/inference/down")
+
+    def stop(self) -> dict[str, Any]:
+        """``POST /api/v1/stop``."""
+        return self._json("POST", "/api/v1/stop")
+
+    def health(self) -> dict[str, Any]:
+        """``GET /health`` (no token needed)."""
+        return self._json("GET", "/health")
+
+    def wait_ready(self, timeout: float = 600.0, poll: float = 0.2) -> dict[str, Any]:
+        """Polls ``/api/v1/state`` until a model is up (``inference_healthy``).
+
+        Raises:
+            ClientError: the load failed (the node went back to STOPPED) or took too long.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.state()
+            if state.get("inference_healthy"):
+                return state
+            if state["state"] != "INFERENCE":
+                raise ClientError(f"the node is {state['state']}: {state.get('last_error') or 'no model is up'}")
+            if time.monotonic() > deadline:
+                raise ClientError(f"no model up after {timeout} s (state {state['state']})")
+            time.sleep(poll)
+
+
+def _fields(fields: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _check(data: bytes, expected: str | None, what: str) -> None:
+    if expected is None:
+        raise IntegrityError(f"{what}: the node announced no sha256 to check against")
+    actual = sha256_bytes(data)
+    if actual != expected:
+        raise IntegrityError(f"{what}: sha256 {actual}, the node announced {expected}")
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    try:
+        error = response.json()["error"]
+        return ApiError(error["status"], error["code"], error["message"], error.get("fields"))
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return ApiError(response.status_code, "http_error", response.text[:500])

@@ -1,0 +1,1 @@
+"""HTTP routes of the ML-node service, one module per API family."""

@@ -1,0 +1,134 @@
+"""``POST /api/v1/validate``: a record and a video in, a verdict out (DESIGN §3).
+
+Two forms:
+
+* multipart: ``record`` (the record JSON, as a file or a text field) and ``video`` (the mp4
+  file), or ``video_id`` instead of ``video`` for a video already in this node's store;
+* JSON: ``{"video_id": ..., "record": {...}?}``: validate a stored video against its own record
+  or against the given one.
+
+The regeneration runs on the worker, ahead of waiting jobs, never beside a generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from ditproof.models.registry import LoadedModel
+from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.record import InferenceRecord
+from ditproof.protocol.verdict import Verdict
+from ditproof.server.errors import ApiError, conflict, invalid, invalid_fields, pydantic_fields
+from ditproof.server.jobs import is_job_id
+from ditproof.server.routes.videos import ERRORS, EngineDep, _completed
+from ditproof.server.schemas import ValidateReference
+from ditproof.server.worker import Engine
+
+router = APIRouter(prefix="/api/v1", tags=["validation"])
+
+VALIDATE_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ValidateReference"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["record"],
+                    "properties": {
+                        "record": {"type": "string", "format": "binary", "description": "record.json"},
+                        "video": {"type": "string", "format": "binary", "description": "the mp4"},
+                        "video_id": {"type": "string", "pattern": r"^video_[0-9a-f]{32}$"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def _parse_record(data: Any) -> InferenceRecord:
+    try:
+        if isinstance(data, str | bytes):
+            return InferenceRecord.model_validate_json(data)
+        return InferenceRecord.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_fields(
+            [(f"record.{f}" if f != "body" else "record", m) for f, m in pydantic_fields(exc)]
+        ) from None
+
+
+def _stored(engine: Engine, video_id: str) -> tuple[InferenceRecord, bytes]:
+    job = _completed(engine, video_id)
+    record = engine.artifacts.record(job.id)
+    return record, (engine.artifacts.path(job.id) / record.video.file).read_bytes()
+
+
+async def _inputs(request: Request, engine: Engine) -> tuple[InferenceRecord, bytes]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise invalid_fields([("body", f"not valid JSON ({exc})")]) from None
+        try:
+            ref = ValidateReference.model_validate(body)
+        except ValidationError as exc:
+            raise invalid_fields(pydantic_fields(exc)) from None
+        record, video = _stored(engine, ref.video_id)
+        return (_parse_record(ref.record) if ref.record is not None else record), video
+    if content_type != "multipart/form-data":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"content-type: got {content_type or 'none'!r}; allowed: multipart/form-data, application/json",
+        )
+    max_size = engine.config.max_upload_bytes
+    form = await request.form(max_files=2, max_fields=8, max_part_size=1024 * 1024)
+    try:
+        fields = dict(form.multi_items())
+        unknown = sorted(set(fields) - {"record", "video", "video_id"})
+        if unknown:
+            raise invalid_fields([(name, "unknown field; allowed: record, video, video_id") for name in unknown])
+        raw_record = fields.get("record")
+        if raw_record is None:
+            raise invalid("record", "missing; allowed: the record JSON as a file or a text field")
+        record_data = await raw_record.read(max_size) if isinstance(raw_record, UploadFile) else raw_record
+        record = _parse_record(record_data)
+        video_field, video_id = fields.get("video"), fields.get("video_id")
+        if (video_field is None) == (video_id is None):
+            raise invalid("video", "allowed: exactly one of a 'video' file or a 'video_id'")
+        if video_id is not None:
+            if not isinstance(video_id, str) or not is_job_id(video_id):
+                raise invalid("video_id", f"got {video_id!r}; allowed: video_ followed by 32 hex digits")
+            return record, _stored(engine, video_id)[1]
+        if not isinstance(video_field, UploadFile):
+            raise invalid("video", "got a text field; allowed: the mp4 as a file upload")
+        return record, await video_field.read(max_size)
+    finally:
+        await form.close()
+
+
+@router.post("/validate", response_model=Verdict, responses=ERRORS, openapi_extra=VALIDATE_OPENAPI)
+async def validate_video(request: Request, engine: EngineDep) -> Verdict:
+    """Validate a video against its inference record by regenerating it on this node."""
+    record, video = await _inputs(request, engine)
+
+    def run(model: LoadedModel, options: RuntimeOptions) -> Verdict:
+        from ditproof.validation import validate
+
+        if model.preset != record.model.preset:
+            raise conflict(
+                f"record.model.preset: got {record.model.preset!r}; this node has {model.preset!r} loaded "
+                "(bring that model up, or ask a node that serves it)"
+            )
+        return validate(record, video, model, device=options.device)
+
+    future = engine.run_task("validate", run)
+    return await asyncio.wrap_future(future)
