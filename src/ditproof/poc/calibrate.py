@@ -29,7 +29,7 @@ import torch
 
 from ditproof.generation.generate import configure_attention
 from ditproof.models.registry import LoadedModel
-from ditproof.poc.compute import PocModel, compute_vectors
+from ditproof.poc.compute import PocModel, compute_vectors, encode_vector
 from ditproof.poc.deviations import fewer_layers, fp8_transform, high_noise_only, perturb_transform, swapped_weights
 from ditproof.poc.validate import binomial_p_value
 from ditproof.protocol.poc import CheatDetection, DistanceSummary, PocCalibration, PocParams, PocPolicy
@@ -207,8 +207,15 @@ def calibrate(
     comparisons: list[DistanceSummary] = []
     honest: list[np.ndarray] = []
     cheat_distances: dict[str, np.ndarray] = {}
+    warnings: list[str] = []
     for spec in [*others, *standard_cheats(reference, settings), *settings.extra_cheats]:
-        distances = l2_distances(timed(spec), ref)
+        try:
+            vectors = timed(spec)
+        except (RuntimeError, ValueError) as exc:
+            # A kernel or dtype this machine lacks: measure the rest, and say what was skipped.
+            warnings.append(f"{spec.name}: skipped ({type(exc).__name__}: {str(exc)[:200]})")
+            continue
+        distances = l2_distances(vectors, ref)
         comparisons.append(summarize(spec.name, spec.kind, reference.name, distances))
         if spec.kind == "honest":
             honest.append(distances)
@@ -217,7 +224,6 @@ def calibrate(
 
     pooled = np.concatenate(honest) if honest else np.zeros(0)
     honest_max = float(pooled.max()) if pooled.size else 0.0
-    warnings: list[str] = []
     if not pooled.size:
         warnings.append("no honest runtime was compared: the threshold rests on the floor alone")
     if pooled.size and not np.isfinite(pooled).all():
@@ -260,6 +266,9 @@ def calibrate(
             max_porosity=settings.max_porosity,
         ),
         warnings=warnings,
+        block_hash=settings.block_hash,
+        public_key=settings.public_key,
+        reference_vectors=[encode_vector(vector) for vector in ref],
     )
 
 

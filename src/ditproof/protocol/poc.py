@@ -322,6 +322,10 @@ class PocCalibration(BaseModel):
     cheats: list[CheatDetection]
     proposed: PocPolicy
     warnings: list[str]
+    block_hash: str
+    public_key: str
+    reference_vectors: list[str]
+    """The reference run's vectors of nonces 0, 1, … (base64 float16), to compare machines later."""
 
     def save(self, path: str | Path) -> None:
         """Writes the calibration atomically as canonical JSON."""

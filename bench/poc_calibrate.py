@@ -1,0 +1,234 @@
+"""Issue 6 GPU run: PoC throughput and distance calibration with wan-a14b-shape (bf16).
+
+Measures, on one GPU:
+1. nonces per second of the PoC forward at the chosen PoC shape, for several batch sizes;
+2. honest distances (batch sizes, attention kernels) and cheating distances (one expert, 1% of
+   weights perturbed, FP8 weights, fewer layers) against a bf16 batch-16 reference, and the
+   policy they suggest;
+3. the tiny model on the CPU (float32) against CUDA float32 and bfloat16.
+
+The reference vectors go into the JSON; ``--compare other.json`` (a result of this script on
+another card, e.g. an H200) adds the honest cross-card distances, if the weights are the same.
+
+    PYTHONPATH=src python3 bench/poc_calibrate.py --out $OUT/poc_calibrate.json
+    PYTHONPATH=src python3 bench/poc_calibrate.py --out $OUT/poc_h200.json --compare poc_calibrate.json
+    PYTHONPATH=src python3 bench/poc_calibrate.py --smoke --out /tmp/poc_smoke.json   # CPU, tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_info, write_result
+from ditproof.hashing import sha256_tensor
+from ditproof.models.registry import LoadedModel, load_model
+from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, format_table, l2_distances
+from ditproof.poc.compute import PocModel, compute_vectors
+from ditproof.poc.deviations import fewer_layers
+from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.poc import PocCalibration, PocParams
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def weights_fingerprint(model: LoadedModel) -> str:
+    """sha256 over a few weight tensors of both experts: equal fingerprints, equal random weights."""
+    parts = []
+    for expert in (model.pipeline.transformer, model.pipeline.transformer_2):
+        for block in (expert.blocks[0], expert.blocks[-1]):
+            parts.append(sha256_tensor(block.attn1.to_q.weight))
+            parts.append(sha256_tensor(block.ffn.net[2].weight))
+    return sha256_tensor(torch.tensor([int(p[:8], 16) for p in parts], dtype=torch.int64))
+
+
+def throughput(model: LoadedModel, params: PocParams, batch_size: int, nonces: int) -> dict[str, Any]:
+    """Nonces per second (after one warm-up batch), and the peak memory."""
+    poc = PocModel.from_loaded(model)
+    compute_vectors(poc, params, "aa" * 32, "warmup", list(range(batch_size)), batch_size)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    started = time.perf_counter()
+    compute_vectors(poc, params, "bb" * 32, "throughput", list(range(nonces)), batch_size)
+    sync()
+    seconds = time.perf_counter() - started
+    return {
+        "batch_size": batch_size,
+        "nonces": nonces,
+        "seconds": seconds,
+        "nonces_per_s": nonces / seconds,
+        "tokens_per_nonce": params.tokens(),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+    }
+
+
+def compare_with(previous_path: str, key: str, calibration: PocCalibration, fingerprint: str) -> dict[str, Any]:
+    """Distances between this run's reference vectors and another machine's (same nonces, same round)."""
+    previous = json.loads(Path(previous_path).read_text())
+    if key not in previous:
+        return {"error": f"{previous_path} has no {key!r} section"}
+    other = previous[key]
+    same_round = other["calibration"]["block_hash"] == calibration.block_hash and other["calibration"][
+        "params"
+    ] == calibration.params.model_dump(mode="json")
+    same_weights = other.get("weights_fingerprint") == fingerprint
+    n = min(len(other["calibration"]["reference_vectors"]), len(calibration.reference_vectors))
+
+    def decode(items: list[str]) -> np.ndarray:
+        return np.stack([np.frombuffer(base64.b64decode(v), dtype="<f2") for v in items[:n]]).astype(np.float32)
+
+    distances = l2_distances(decode(calibration.reference_vectors), decode(other["calibration"]["reference_vectors"]))
+    return {
+        "other_device": previous.get("device", {}).get("gpu"),
+        "same_round": same_round,
+        "same_weights": same_weights,
+        "n": n,
+        "mean": float(distances.mean()),
+        "p99": float(np.quantile(distances, 0.99)),
+        "max": float(distances.max()),
+        "bitwise_equal_share": float((distances == 0).mean()),
+        "over_proposed_threshold": int((distances > calibration.proposed.dist_threshold).sum()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, small shape (tests the script)")
+    parser.add_argument("--nonces", type=int, default=256, help="Nonces per runtime in the calibration.")
+    parser.add_argument("--latent", default="16,2,32,32", help="PoC latent C,F,H,W.")
+    parser.add_argument("--text-len", type=int, default=32)
+    parser.add_argument("--batch-sizes", default="1,8,32,64", help="Throughput batch sizes.")
+    parser.add_argument("--skip-layers", type=int, default=1)
+    parser.add_argument("--compare", default=None, help="A result of this script on another card.")
+    args = parser.parse_args()
+
+    channels, frames, height, width = (int(v) for v in args.latent.split(","))
+    if args.smoke:
+        frames, height, width = 1, 16, 16
+    params = PocParams(
+        latent_channels=channels, latent_frames=frames, latent_height=height, latent_width=width, text_len=args.text_len
+    )
+    nonces = 32 if args.smoke else args.nonces
+    result: dict[str, Any] = {"device": device_info(), "params": params.model_dump(mode="json")}
+    started_all = time.perf_counter()
+
+    # 1. The tiny model: CPU float32 reference against CUDA float32 (honest) and bfloat16.
+    cpu_tiny = load_model("wan-tiny-random", RuntimeOptions())
+    tiny_others = [RuntimeSpec("cpu float32 batch 1", "honest", cpu_tiny, 1)]
+    if torch.cuda.is_available():
+        cuda32 = load_model("wan-tiny-random", RuntimeOptions(device="cuda"))
+        cuda16 = load_model("wan-tiny-random", RuntimeOptions(device="cuda", dtype="bfloat16"))
+        tiny_others += [
+            RuntimeSpec("cuda float32 batch 16", "honest", cuda32, 16),
+            RuntimeSpec("cuda float32 batch 64", "honest", cuda32, 64),
+            RuntimeSpec("cuda bfloat16 batch 16", "cross-dtype", cuda16, 16),
+        ]
+    tiny = calibrate(
+        RuntimeSpec("cpu float32 batch 16", "honest", cpu_tiny, 16),
+        tiny_others,
+        params,
+        CalibrationSettings(nonces=nonces, skip_layers=1),
+    )
+    result["tiny"] = {
+        "calibration": tiny.model_dump(mode="json"),
+        "weights_fingerprint": weights_fingerprint(cpu_tiny),
+    }
+    print(f"tiny model done at {time.perf_counter() - started_all:.0f} s", flush=True)
+
+    # 2. The main model.
+    if args.smoke:
+        main_model = load_model("wan-tiny-random", RuntimeOptions(dtype="bfloat16"))
+        kernels = ["sdpa-math"]
+        sizes = [1, 8]
+    else:
+        started = time.perf_counter()
+        main_model = load_model("wan-a14b-shape", RuntimeOptions(device="cuda", dtype="bfloat16"))
+        # PoC needs no text encoder: free its 11 GB for larger batches.
+        main_model.pipeline.text_encoder.to("meta")
+        torch.cuda.empty_cache()
+        sync()
+        result["build_s"] = time.perf_counter() - started
+        kernels = ["sdpa-flash", "sdpa-efficient", "sdpa-cudnn"]
+        sizes = [int(v) for v in args.batch_sizes.split(",")]
+    result["model"] = main_model.preset
+    result["model_revision"] = main_model.revision
+    fingerprint = weights_fingerprint(main_model)
+    result["throughput"] = []
+    for size in sizes:
+        try:
+            row = throughput(main_model, params, size, max(2 * size, 16 if args.smoke else 64))
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            row = {"batch_size": size, "error": "out of memory"}
+        result["throughput"].append(row)
+        print(f"throughput batch {size}: {row}", flush=True)
+
+    device = "cpu" if args.smoke else "cuda"
+    dtype = "bfloat16"
+    others = [RuntimeSpec(f"{device} {dtype} batch {s}", "honest", main_model, s) for s in (1, 4)]
+    others += [RuntimeSpec(f"{device} {dtype} {k}", "honest", main_model, 16, k) for k in kernels]
+    skip_more = 4 if not args.smoke else 1
+    settings = CalibrationSettings(
+        nonces=nonces,
+        skip_layers=args.skip_layers,
+        extra_cheats=[
+            RuntimeSpec(
+                f"last {skip_more} layers skipped",
+                "cheat",
+                main_model,
+                16,
+                context=lambda pm: fewer_layers(pm, skip_more),
+            )
+        ],
+    )
+    main_calibration = calibrate(
+        RuntimeSpec(f"{device} {dtype} batch 16", "honest", main_model, 16),
+        others,
+        params,
+        settings,
+        on_run=lambda name, s: print(f"  {name}: {s:.1f} s", flush=True),
+    )
+    result["main"] = {"calibration": main_calibration.model_dump(mode="json"), "weights_fingerprint": fingerprint}
+    if args.compare:
+        result["compare"] = {
+            "main": compare_with(args.compare, "main", main_calibration, fingerprint),
+            "tiny": compare_with(args.compare, "tiny", tiny, result["tiny"]["weights_fingerprint"]),
+        }
+    result["total_s"] = time.perf_counter() - started_all
+    write_result(args.out, result)
+
+    print()
+    print(f"== tiny model (reference CPU float32), {nonces} nonces ==")
+    for line in format_table(tiny):
+        print(line)
+    print(f"== {main_model.preset} on {result['device'].get('gpu') or 'cpu'}, {nonces} nonces ==")
+    for line in format_table(main_calibration):
+        print(line)
+    if "compare" in result:
+        print(f"cross-card: {json.dumps(result['compare'], sort_keys=True)}")
+    print(f"{'batch':>6} {'nonces/s':>10} {'tokens/nonce':>13} {'peak GiB':>9}")
+    for row in result["throughput"]:
+        if "error" in row:
+            print(f"{row['batch_size']:>6} {row['error']}")
+        else:
+            peak = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
+            print(f"{row['batch_size']:>6} {row['nonces_per_s']:>10.1f} {row['tokens_per_nonce']:>13} {peak:>9}")
+    print(f"total {result['total_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
