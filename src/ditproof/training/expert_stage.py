@@ -1,0 +1,232 @@
+"""Stage 2: train the two experts (and the text encoder) with flow matching, on the stage-1 VAE.
+
+1. Data: ``dataset_clips`` training-split clips are rendered on the device, encoded once with
+   the frozen stage-1 VAE (posterior means) and normalized with its ``latents_mean`` and
+   ``latents_std``, exactly as the pipeline un-normalizes before decoding.
+2. Each step draws a batch (indices from a seeded generator), replaces a caption by the empty
+   negative prompt with probability ``uncond_rate`` (so classifier-free guidance has an
+   unconditional model to push against), encodes the captions as ``WanPipeline.encode_prompt``
+   does, and adds the two experts' flow-matching losses, each at sigmas of its own range of the
+   shifted schedule (:mod:`ditproof.training.flow`).
+3. The text encoder is trained jointly with both experts (``train_text_encoder``): a caption
+   binds colours to nouns by position ("a red circle ... on a blue background"), and a random
+   frozen encoder mixes token positions too weakly for the experts to recover that binding; its
+   gradient is the sum of both experts' losses, as both read the same embeddings at inference.
+4. An exponential moving average of the weights (decay warmed up from 0) is what ships.
+
+Output: a bundle (:mod:`ditproof.training.bundle`): weights in float16, configurations, the
+training reports of both stages and the loss-curve image.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan
+from pydantic import BaseModel, ConfigDict, Field
+
+from ditproof.training.bundle import write_bundle
+from ditproof.training.common import (
+    Log,
+    autocast,
+    derived_seed,
+    device_generator,
+    learning_rate,
+    print_log,
+    synchronize,
+)
+from ditproof.training.components import (
+    build_expert,
+    build_grammar_tokenizer,
+    build_text_encoder,
+    count_parameters,
+    make_pipeline,
+    model_size,
+    transformer_config,
+)
+from ditproof.training.flow import encode_text, flow_matching_loss, sample_sigmas
+from ditproof.training.report import LossHistory, StageReport, hardware, utc_now
+from ditproof.training.synthetic import render_clips, sample_clip
+
+CAPTION_TOKENS = 32
+"""Token positions the captions are padded to before encoding (the longest caption has 20)."""
+
+
+class ExpertStageConfig(BaseModel):
+    """Settings of stage 2."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    size: str = "shipped"
+    seed: int = Field(default=0, ge=0)
+    steps: int = Field(default=4000, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    learning_rate: float = Field(default=5e-4, gt=0)
+    warmup_steps: int = Field(default=200, ge=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    dataset_clips: int = Field(default=16384, ge=1)
+    encode_batch: int = Field(default=64, ge=1)
+    uncond_rate: float = Field(default=0.1, ge=0, le=1)
+    train_shift: float = Field(default=12.0, gt=0)
+    boundary_ratio: float = Field(default=0.875, gt=0, lt=1)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    train_text_encoder: bool = True
+    device: str = "cpu"
+    max_seconds: float = Field(default=420.0, gt=0)
+    log_every: int = Field(default=50, ge=1)
+
+
+@torch.no_grad()
+def encode_dataset(
+    vae: AutoencoderKLWan, config: ExpertStageConfig, device: torch.device, log: Log
+) -> tuple[torch.Tensor, list[str]]:
+    """Renders and encodes the training clips; returns normalized latents and their captions."""
+    size = model_size(config.size)
+    seed = derived_seed(config.seed, "experts-data")
+    mean = torch.tensor(vae.config.latents_mean, device=device).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=device).view(1, -1, 1, 1, 1)
+    chunks: list[torch.Tensor] = []
+    captions: list[str] = []
+    for start in range(0, config.dataset_clips, config.encode_batch):
+        n = min(config.encode_batch, config.dataset_clips - start)
+        clips = [sample_clip(seed, start + i, "train", size.width, size.height, size.num_frames) for i in range(n)]
+        captions.extend(c.scene.caption() for c in clips)
+        with autocast(device):
+            latent = vae.encode(render_clips(clips, device)).latent_dist.mean
+        chunks.append(((latent.float() - mean) / std).to(torch.bfloat16 if device.type == "cuda" else torch.float32))
+        if start == 0 or (start // config.encode_batch) % 50 == 0:
+            log(f"experts: encoded {start + n}/{config.dataset_clips} clips")
+    return torch.cat(chunks), captions
+
+
+def train_experts(config: ExpertStageConfig, vae_dir: Path, out_dir: Path, log: Log = print_log) -> StageReport:
+    """Runs stage 2 from the stage-1 output folder ``vae_dir`` and writes the bundle to ``out_dir``."""
+    started, wall = utc_now(), time.perf_counter()
+    device = torch.device(config.device)
+    size = model_size(config.size)
+    vae_report = StageReport.load(vae_dir / "vae_report.json")
+    vae = AutoencoderKLWan.from_pretrained(vae_dir / "vae", local_files_only=True).to(device).eval()
+    vae.requires_grad_(False)
+
+    # 1. Data.
+    data_start = time.perf_counter()
+    latents, captions = encode_dataset(vae, config, device, log)
+    data_seconds = time.perf_counter() - data_start
+    tokenizer = build_grammar_tokenizer()
+    tokens = tokenizer([*captions, ""], padding="max_length", max_length=CAPTION_TOKENS, return_tensors="pt")
+    ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+    if int(mask.sum(dim=1).max()) >= CAPTION_TOKENS:
+        raise RuntimeError(f"a caption fills all {CAPTION_TOKENS} token positions; raise CAPTION_TOKENS")
+    empty_ids, empty_mask = ids[-1:], mask[-1:]
+    ids, mask = ids[:-1], mask[:-1]
+    log(f"experts: dataset {tuple(latents.shape)} in {data_seconds:.1f} s")
+
+    # 2. Models.
+    text_encoder = build_text_encoder(size, len(tokenizer), config.seed).to(device).train(config.train_text_encoder)
+    text_encoder.requires_grad_(config.train_text_encoder)
+    high = build_expert(size, config.seed, "transformer").to(device).train()
+    low = build_expert(size, config.seed, "transformer_2").to(device).train()
+    modules = [high, low] + ([text_encoder] if config.train_text_encoder else [])
+    params = [p for m in modules for p in m.parameters()]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate,
+        betas=(0.9, 0.99),
+    )
+    ema = [p.detach().clone().float() for p in params]
+    log(
+        f"experts: 2 × {count_parameters(high) / 1e6:.2f}M + text encoder {count_parameters(text_encoder) / 1e6:.2f}M "
+        f"parameters, {config.steps} steps of {config.batch_size}"
+    )
+
+    # 3. Training loop.
+    batch_gen = device_generator(device, derived_seed(config.seed, "experts-batches"))
+    noise_gen = device_generator(device, derived_seed(config.seed, "experts-noise"))
+    sigma_gen = device_generator(device, derived_seed(config.seed, "experts-sigmas"))
+    history = LossHistory(config.log_every)
+    synchronize(device)
+    train_start = time.perf_counter()
+    steps_done, stopped_early = 0, False
+    for step in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config.steps, config.learning_rate, config.warmup_steps)
+        index = torch.randint(len(latents), (config.batch_size,), generator=batch_gen, device=device)
+        drop = torch.rand(config.batch_size, generator=batch_gen, device=device) < config.uncond_rate
+        batch_ids = torch.where(drop[:, None], empty_ids, ids[index])
+        batch_mask = torch.where(drop[:, None], empty_mask, mask[index])
+        x0 = latents[index].float()
+        noise = torch.randn(x0.shape, generator=noise_gen, device=device)
+        losses = {}
+        with autocast(device):
+            text = encode_text(text_encoder, batch_ids, batch_mask, size.text_max_length)
+            for name, expert in (("high", high), ("low", low)):
+                sigma = sample_sigmas(
+                    config.batch_size, name, config.train_shift, config.boundary_ratio, sigma_gen, device
+                )
+                losses[name] = flow_matching_loss(expert, x0, noise, sigma, text)
+        loss = losses["high"] + losses["low"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            rate = min(config.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1 - rate)
+        steps_done = step + 1
+        row = history.add(
+            step, {"loss_high": losses["high"].item(), "loss_low": losses["low"].item(), "grad_norm": grad_norm.item()}
+        )
+        if row is not None:
+            log(
+                f"experts step {steps_done}/{config.steps} "
+                + " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step")
+            )
+        if time.perf_counter() - train_start > config.max_seconds:
+            stopped_early = steps_done < config.steps
+            log(f"experts: time budget of {config.max_seconds:.0f} s reached after {steps_done} steps")
+            break
+    history.flush(steps_done - 1)
+    synchronize(device)
+    train_seconds = time.perf_counter() - train_start
+
+    # 4. The averaged weights ship.
+    with torch.no_grad():
+        for param, average in zip(params, ema, strict=True):
+            param.copy_(average.to(param.dtype))
+    for module in (text_encoder, high, low, vae):
+        module.eval().requires_grad_(False)
+    pipe = make_pipeline(tokenizer, text_encoder.cpu(), vae.cpu(), high.cpu(), low.cpu())
+    report = StageReport(
+        stage="experts",
+        config=config.model_dump(),
+        size={
+            "name": size.name,
+            "transformer": transformer_config(size),
+            "text_encoder": size.text_encoder,
+            "width": size.width,
+            "height": size.height,
+            "frames": size.num_frames,
+            "text_max_length": size.text_max_length,
+        },
+        hardware=hardware(device),
+        started_utc=started,
+        wall_seconds=round(time.perf_counter() - wall, 2),
+        train_seconds=round(train_seconds, 2),
+        steps_done=steps_done,
+        stopped_early=stopped_early,
+        parameters={
+            "transformer": count_parameters(high),
+            "transformer_2": count_parameters(low),
+            "text_encoder": count_parameters(text_encoder),
+            "vae": count_parameters(vae),
+        },
+        history=history.rows,
+        final=history.final(),
+        extra={"dataset_clips": len(latents), "data_seconds": round(data_seconds, 2), "caption_tokens": CAPTION_TOKENS},
+    )
+    write_bundle(pipe, out_dir, {"vae": vae_report, "experts": report})
+    return report
