@@ -23,6 +23,8 @@ def serve_command(
     device: str | None = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default cpu)."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: preset's)."),
     max_queue: int | None = typer.Option(None, "--max-queue", help="Waiting jobs before 429 (default 16)."),
+    thresholds: Path | None = typer.Option(None, "--thresholds", help="Validation thresholds file (step 6)."),
+    validators: Path | None = typer.Option(None, "--validators", help="Validator registry for delegate verdicts."),
     print_openapi: bool = typer.Option(False, "--print-openapi", help="Print the OpenAPI schema and exit."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
@@ -45,6 +47,8 @@ def serve_command(
             device=device,
             dtype=dtype,
             max_queue=max_queue,
+            thresholds=thresholds,
+            validators=validators,
         )
         if print_openapi:
             # The schema does not depend on the token; a placeholder lets it print without one.

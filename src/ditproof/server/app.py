@@ -22,6 +22,7 @@ from ditproof.server.errors import install_handlers
 from ditproof.server.jobs import JobStore
 from ditproof.server.loading import resolve_model
 from ditproof.server.routes import management, pricing, validate, videos
+from ditproof.server.routes.validate import ValidationSetup
 from ditproof.server.worker import Engine
 
 log = logging.getLogger("ditproof.server")
@@ -39,12 +40,14 @@ def create_app(config: ServerConfig) -> FastAPI:
     """
     token = config.token()
     startup = resolve_model(config, config.model) if config.model is not None else None
+    validation = load_validation(config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = JobStore(config.data_dir / DB_FILE)
         engine = Engine(config, store, ArtifactStore(config.data_dir / ARTIFACTS_DIR))
         app.state.engine = engine
+        app.state.validation = validation
         report = engine.start(startup)
         log.info("recovered jobs: %s", {k: len(v) for k, v in report.items()})
         try:
@@ -76,6 +79,16 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_middleware(BearerAuth, token=token)
     app.openapi = lambda: openapi_schema(app)  # type: ignore[method-assign]
     return app
+
+
+def load_validation(config: ServerConfig) -> ValidationSetup:
+    """The thresholds policy and validator registry of ``/api/v1/validate`` (checked at start-up)."""
+    from ditproof.validation.delegation import ValidatorRegistry
+    from ditproof.validation.policy import ThresholdPolicy
+
+    policy = ThresholdPolicy.from_cli(config.thresholds, []) if config.thresholds else None
+    registry = ValidatorRegistry.load(config.validators) if config.validators else None
+    return ValidationSetup(policy, registry)
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:

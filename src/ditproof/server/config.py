@@ -49,6 +49,9 @@ class ServerConfig(BaseModel):
         max_body_bytes: largest JSON or form body; max_upload_bytes: largest upload (validate).
         sync_timeout_s: how long ``POST /v1/videos/sync`` waits for its job.
         models: extra model names (aliases) clients may load through ``/api/v1/inference/up``.
+        thresholds: the validation thresholds file (``ditproof.validation.policy``) for videos that do
+            not match exactly; none: such a verdict is ``error``.
+        validators: the validator registry named in ``delegate`` verdicts.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -68,6 +71,8 @@ class ServerConfig(BaseModel):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1024, le=64 * 1024**3)
     sync_timeout_s: float = Field(default=3600.0, gt=0, le=86_400)
     models: dict[str, ModelAlias] = {}
+    thresholds: Path | None = None
+    validators: Path | None = None
 
     @field_validator("api_token")
     @classmethod

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -29,8 +31,19 @@ from ditproof.server.jobs import is_job_id
 from ditproof.server.routes.videos import ERRORS, EngineDep, _completed
 from ditproof.server.schemas import ValidateReference
 from ditproof.server.worker import Engine
+from ditproof.validation.delegation import ValidatorRegistry
+from ditproof.validation.policy import ThresholdPolicy
 
 router = APIRouter(prefix="/api/v1", tags=["validation"])
+
+
+@dataclass(frozen=True)
+class ValidationSetup:
+    """What the operator configured for step 6 and delegation (see ``ServerConfig``)."""
+
+    policy: ThresholdPolicy | None
+    validators: ValidatorRegistry | None
+
 
 VALIDATE_OPENAPI = {
     "requestBody": {
@@ -64,13 +77,18 @@ def _parse_record(data: Any) -> InferenceRecord:
         ) from None
 
 
-def _stored(engine: Engine, video_id: str) -> tuple[InferenceRecord, bytes]:
+Inputs = tuple[InferenceRecord, bytes, Path | None]
+"""The record, the video bytes and, for a stored video, its folder (with the latents)."""
+
+
+def _stored(engine: Engine, video_id: str) -> Inputs:
     job = _completed(engine, video_id)
     record = engine.artifacts.record(job.id)
-    return record, (engine.artifacts.path(job.id) / record.video.file).read_bytes()
+    folder = engine.artifacts.path(job.id)
+    return record, (folder / record.video.file).read_bytes(), folder
 
 
-async def _inputs(request: Request, engine: Engine) -> tuple[InferenceRecord, bytes]:
+async def _inputs(request: Request, engine: Engine) -> Inputs:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         try:
@@ -81,8 +99,8 @@ async def _inputs(request: Request, engine: Engine) -> tuple[InferenceRecord, by
             ref = ValidateReference.model_validate(body)
         except ValidationError as exc:
             raise invalid_fields(pydantic_fields(exc)) from None
-        record, video = _stored(engine, ref.video_id)
-        return (_parse_record(ref.record) if ref.record is not None else record), video
+        record, video, folder = _stored(engine, ref.video_id)
+        return (_parse_record(ref.record) if ref.record is not None else record), video, folder
     if content_type != "multipart/form-data":
         raise ApiError(
             415,
@@ -107,10 +125,11 @@ async def _inputs(request: Request, engine: Engine) -> tuple[InferenceRecord, by
         if video_id is not None:
             if not isinstance(video_id, str) or not is_job_id(video_id):
                 raise invalid("video_id", f"got {video_id!r}; allowed: video_ followed by 32 hex digits")
-            return record, _stored(engine, video_id)[1]
+            _, video, folder = _stored(engine, video_id)
+            return record, video, folder
         if not isinstance(video_field, UploadFile):
             raise invalid("video", "got a text field; allowed: the mp4 as a file upload")
-        return record, await video_field.read(max_size)
+        return record, await video_field.read(max_size), None
     finally:
         await form.close()
 
@@ -118,7 +137,8 @@ async def _inputs(request: Request, engine: Engine) -> tuple[InferenceRecord, by
 @router.post("/validate", response_model=Verdict, responses=ERRORS, openapi_extra=VALIDATE_OPENAPI)
 async def validate_video(request: Request, engine: EngineDep) -> Verdict:
     """Validate a video against its inference record by regenerating it on this node."""
-    record, video = await _inputs(request, engine)
+    record, video, folder = await _inputs(request, engine)
+    setup: ValidationSetup = request.app.state.validation
 
     def run(model: LoadedModel, options: RuntimeOptions) -> Verdict:
         from ditproof.validation import validate
@@ -128,7 +148,16 @@ async def validate_video(request: Request, engine: EngineDep) -> Verdict:
                 f"record.model.preset: got {record.model.preset!r}; this node has {model.preset!r} loaded "
                 "(bring that model up, or ask a node that serves it)"
             )
-        return validate(record, video, model, device=options.device)
+        return validate(
+            record,
+            video,
+            model,
+            device=options.device,
+            policy=setup.policy,
+            validators=setup.validators,
+            options=options,
+            artifacts_dir=folder,
+        )
 
     future = engine.run_task("validate", run)
     return await asyncio.wrap_future(future)
