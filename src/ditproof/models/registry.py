@@ -46,6 +46,13 @@ PRESETS: dict[str, ModelPreset] = {
             "bfloat16",
         ),
         ModelPreset(
+            "wan-shapes-small",
+            "the shipped small Wan2.2-architecture model, trained on synthetic shape videos "
+            "(src/ditproof/models/shipped/MODEL_CARD.md; CPU, float32)",
+            512,
+            "float32",
+        ),
+        ModelPreset(
             "wan-tiny-random",
             "a tiny two-expert Wan2.2 pipeline with seeded random weights, for tests (CPU, float32)",
             64,
@@ -124,6 +131,15 @@ def _load(name: str, options: RuntimeOptions, model_path: str | Path | None) -> 
                 f"{WAN22_PATH_ENV}=DIR (a copy of Wan-AI/Wan2.2-T2V-A14B-Diffusers; ditproof never downloads it)"
             )
         return _load_folder(name, Path(folder), options, preset.text_max_length)
+    if name == "wan-shapes-small":
+        from ditproof.models.shipped import SHIPPED_DIR
+
+        if not SHIPPED_DIR.is_dir():
+            raise ModelNotFoundError(
+                f"model wan-shapes-small: its folder {SHIPPED_DIR} is missing; it is built by bench/train_shipped.py "
+                "and python -m ditproof.training.assemble (see docs/shipped-model.md)"
+            )
+        return _load_folder(name, SHIPPED_DIR, options, preset.text_max_length)
     if name == "wan-a14b-shape":
         from ditproof.models.wan import build_a14b_shape
 

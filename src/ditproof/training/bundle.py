@@ -54,7 +54,9 @@ class BundleIndex(BaseModel):
 def _config_dict(module: nn.Module) -> dict[str, Any]:
     config: Any = module.config
     raw = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    return json.loads(json.dumps(raw, default=list))
+    # Keys starting with "_" are load-time bookkeeping (source path, library version), not the model.
+    kept = {k: v for k, v in raw.items() if not k.startswith("_")}
+    return json.loads(json.dumps(kept, default=list))
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
