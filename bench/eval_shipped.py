@@ -30,7 +30,6 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result  # noqa: E402
-
 from ditproof.evaluation.adherence import summarize  # noqa: E402
 from ditproof.evaluation.heldout import Generated, heldout_prompts, run_ground_truth, run_model, score_record  # noqa: E402
 from ditproof.evaluation.sheet import contact_sheet  # noqa: E402
