@@ -64,6 +64,8 @@ def run_model(
         request = GenerationRequest(prompt=prompt, **request_fields)
         started = time.perf_counter()
         frames = generate(request, seed, model, options).frames
+        if frames is None:
+            raise RuntimeError(f"generation {index} returned no frames (a segment run); the evaluation needs videos")
         item = Generated(prompt, seed, frames, evaluate(prompt, frames), time.perf_counter() - started)
         results.append(item)
         if on_done is not None:
