@@ -8,9 +8,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ditproof.models.registry import LoadedModel, load_model  # noqa: E402
-from ditproof.protocol.options import RuntimeOptions  # noqa: E402
-from ditproof.protocol.request import GenerationRequest  # noqa: E402
+from ditproof.models.registry import LoadedModel, load_model
+from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.request import GenerationRequest
 
 ENTROPY = "5e" * 32
 
