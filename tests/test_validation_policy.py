@@ -166,3 +166,16 @@ def test_validate_command_delegates(lossless_run, tmp_path, capsys):
     assert run_cli("--record", str(folder / "record.json"), "--validators", str(registry)) == 4
     printed = capsys.readouterr().out
     assert "delegate to: https://h1:9" in printed and "verdict: delegate" in printed
+
+
+def test_shipped_provisional_thresholds_apply_to_the_tiny_model_on_cpu(lossless_run, tmp_path):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "results" / "thresholds" / "wan-tiny-random.provisional.json"
+    record, out = lossless_run
+    file = ThresholdsFile.load(path)
+    assert file.provisional and all(e.provenance.fpr_target is None for e in file.entries)
+    found = ThresholdPolicy(file).thresholds_for(record.model.preset, record.model.revision, record.runtime_class)
+    assert set(found) == {"psnr:worst", "latent_rel_l2:value"}
+    assert found["psnr:worst"].source.startswith("provisional thresholds")
+    assert run_cli("--record", str(out / "record.json"), "--cfg-mode", "batched", "--thresholds", str(path)) == 0

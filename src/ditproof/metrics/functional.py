@@ -25,10 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torchmetrics.functional.image import (
-    multiscale_structural_similarity_index_measure,
-    structural_similarity_index_measure,
-)
 
 from ditproof.errors import InvalidInputError
 from ditproof.metrics.dists import load_dists
@@ -72,6 +68,9 @@ def psnr_frames(a: FrameArray, b: FrameArray, batch: int = DEFAULT_BATCH) -> tor
 def ssim_frames(a: FrameArray, b: FrameArray, device: str = "cpu", batch: int = DEFAULT_BATCH) -> torch.Tensor:
     """SSIM per frame, in [-1, 1] (1 for identical frames; higher is better)."""
 
+    # torchmetrics is imported where used, so that LPIPS/DISTS/PSNR run where it is absent (GPU hosts).
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         result = structural_similarity_index_measure(
             to_unit(x, device), to_unit(y, device), data_range=1.0, reduction="none"
@@ -96,6 +95,8 @@ def _ms_ssim(
                 f"{name}: frames of {x.shape[2]}x{x.shape[1]}; allowed: at least {need} pixels on the short side"
                 + (" (use ms_ssim3 for small frames)" if name == "ms_ssim" else "")
             )
+
+        from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
         def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return multiscale_structural_similarity_index_measure(
