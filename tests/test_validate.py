@@ -13,7 +13,9 @@ def executed(tmp_path_factory, tiny_model, cpu_options):
     from ditproof.protocol.request import GenerationRequest
 
     out = tmp_path_factory.mktemp("exec")
-    request = GenerationRequest(prompt="a blue square moves up", width=64, height=64, num_frames=5, num_inference_steps=5)
+    request = GenerationRequest(
+        prompt="a blue square moves up", width=64, height=64, num_frames=5, num_inference_steps=5
+    )
     record = execute(request, tiny_model, cpu_options, out, request_id="v-1", entropy=ENTROPY)
     return record, out
 

@@ -205,3 +205,17 @@ def test_learned_metric_in_the_decision(executed, malign, tiny_model, tmp_path, 
     forged, folder = malign["fewer_steps"]
     verdict = validate(forged, folder / "video.mp4", tiny_model, options=BATCHED, policy=policy)
     assert verdict.decision == "invalid" and verdict.scores["lpips_alex:worst"] > 0.01
+
+
+def test_one_changed_frame_is_caught_by_the_worst_frame(executed, tiny_model, tmp_path):
+    from ditproof.video import decode_video
+
+    record, out = executed
+    frames = decode_video(out / "video.mp4")
+    frames[2, 8:40, 16:48] = 255 - frames[2, 8:40, 16:48]  # one frame, one patch
+    forged = forge(record, tmp_path, frames, None)
+    frames_only = ThresholdPolicy(explicit={"psnr": 35.0, "psnr:mean": 35.0})
+    verdict = validate(forged, tmp_path / "video.mp4", tiny_model, options=BATCHED, policy=frames_only)
+    assert verdict.decision == "invalid" and "psnr:worst" in verdict.reason
+    # The mean over 5 frames alone would have let it pass.
+    assert verdict.scores["psnr:mean"] > 35.0 > verdict.scores["psnr:worst"]

@@ -27,7 +27,11 @@ class Verdict(BaseModel):
     """The decision, every measurement behind it and the policy used.
 
     ``first_failing_check`` names the first check that did not pass (None when all passed);
-    ``required_runtime_class`` and ``delegate_to`` are set when the decision is ``delegate``.
+    ``required_runtime_class`` and ``delegate_to`` (URLs of registered validator nodes of that
+    class) are set when the decision is ``delegate``. ``scores`` holds every measurement of the
+    comparison step keyed ``"metric:statistic"`` (e.g. ``lpips_alex:worst``,
+    ``latent_rel_l2:value``; see ``ditproof.metrics``), ``thresholds`` the thresholds that decided,
+    under the same keys (their sources are in the ``thresholds`` check's detail).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
