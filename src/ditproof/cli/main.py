@@ -10,6 +10,7 @@ import typer
 
 from ditproof.cli.client_cmds import client_app
 from ditproof.cli.common import EXIT_FAILURE, err
+from ditproof.cli.experiment import experiment_app
 from ditproof.cli.generate import generate_command
 from ditproof.cli.info import info_command
 from ditproof.cli.poc import poc_app
@@ -32,6 +33,7 @@ app.command("serve")(serve_command)
 app.add_typer(client_app, name="client")
 app.add_typer(price_app, name="price")
 app.add_typer(poc_app, name="poc")
+app.add_typer(experiment_app, name="experiment")
 
 
 def main(argv: list[str] | None = None) -> None:

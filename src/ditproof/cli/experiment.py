@@ -1,0 +1,258 @@
+"""``ditproof experiment plan|run|score|analyze|report``: the Stage 1 calibration harness.
+
+A thin layer over ``ditproof.experiment``; see docs/experiment.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ditproof.cli.common import err, out, quiet_libraries, reported
+
+experiment_app = typer.Typer(
+    help="Stage 1 experiment: plan jobs, run them (local or Ray), score, analyze, report (DESIGN §4).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+STORE = typer.Option(..., "--store", help="Experiment store: a folder, file:// or s3:// URL (s3 needs s3fs).")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+
+@experiment_app.command("plan")
+def plan_command(
+    config: str = typer.Argument(
+        ..., help="Experiment TOML file, or a shipped one: stage1, stage1-tiny-cpu, proposal."
+    ),
+    store: str = STORE,
+    max_prompts: int | None = typer.Option(None, help="Use only the first N prompts (overrides the file)."),
+    estimate: bool = typer.Option(False, "--estimate", help="Print GPU-hours and storage for the plan."),
+    timings: str | None = typer.Option(
+        None, help="Timings TOML for --estimate (or a shipped one: proposal-timings). Default: measured in the store."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Do not write the plan into the store."),
+) -> None:
+    """Plans prompts × configurations into the store (stable job ids; finished jobs are kept)."""
+    with reported():
+        from ditproof.experiment.config import load_experiment
+        from ditproof.experiment.jobs import save_plan
+        from ditproof.experiment.plan import plan_jobs
+        from ditproof.experiment.prompts import load_prompts
+        from ditproof.experiment.store import Store
+
+        experiment = load_experiment(config)
+        limit = max_prompts or experiment.file.max_prompts
+        if max_prompts:
+            experiment = experiment.model_copy(
+                update={"file": experiment.file.model_copy(update={"max_prompts": limit})}
+            )
+        jobs = plan_jobs(experiment, load_prompts(experiment.prompts_path, limit))
+        target = Store(store)
+        if not dry_run:
+            save_plan(target, experiment, jobs)
+        table = Table(title=f"plan {experiment.file.name}: {len(jobs)} jobs")
+        for column in ("configuration", "label", "jobs", "GPUs/job", "hardware"):
+            table.add_column(column)
+        for c in experiment.configurations:
+            count = sum(1 for j in jobs if j.configuration == c.name)
+            table.add_row(c.name, c.label, str(count), str(c.world_size), c.gpu_model or "")
+        out.print(table)
+        if estimate:
+            _print_estimate(jobs, timings, target)
+
+
+def _print_estimate(jobs: list[Any], timings_path: str | None, store: Any) -> None:
+    from ditproof.errors import InvalidInputError
+    from ditproof.experiment.estimate import estimate, load_timings, measured_timings
+    from ditproof.experiment.jobs import MANIFEST_FILE
+
+    if timings_path:
+        timings = load_timings(timings_path)
+    else:
+        if not store.exists(MANIFEST_FILE):
+            raise InvalidInputError("estimate: no --timings and no measured run in the store; allowed: --timings FILE")
+        rows = store.read_parquet(MANIFEST_FILE).to_pylist()
+        seconds: dict[str, list[float]] = {}
+        for row in rows:
+            if row["total_s"] is not None:
+                seconds.setdefault(row["configuration"], []).append(row["total_s"])
+        devices = {row["device_name"] for row in rows if row["device_name"]}
+        sizes = [row["video_bytes"] for row in rows if row["video_bytes"]]
+        timings = measured_timings(seconds, ", ".join(sorted(devices)) or "unknown", sizes)
+    result = estimate(jobs, timings)
+    table = Table(title="estimate")
+    for column in ("configuration", "jobs", "s/video", "GPUs", "GPU model", "GPU-hours", "storage GB"):
+        table.add_column(column, justify="right")
+    for row in result.rows:
+        table.add_row(
+            row.configuration,
+            str(row.jobs),
+            f"{row.seconds_per_video:.1f}",
+            str(row.gpus),
+            row.gpu_model,
+            f"{row.gpu_hours:.1f}",
+            f"{row.storage_bytes / 1e9:.1f}",
+        )
+    out.print(table)
+    for model, hours in result.gpu_hours_by_model.items():
+        out.print(f"{model}: {hours:,.1f} GPU-hours")
+    out.print(
+        f"total: {result.gpu_hours:,.1f} GPU-hours, {result.storage_bytes / 1e9:,.1f} GB, "
+        f"{result.video_hours:,.1f} hours of video"
+    )
+
+
+@experiment_app.command("run")
+def run_command(
+    store: str = STORE,
+    workers: int | None = typer.Option(
+        None, help="Worker processes (default: one per GPU, 1 on a CPU; 0: in this process). With Ray: actors."
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Run on this Ray cluster ('local' starts one here); default: the local runner."
+    ),
+    configurations: str | None = typer.Option(None, help="Comma-separated configurations to run (default: all)."),
+    retries: int = typer.Option(1, min=0, max=10, help="Extra attempts of a failing job."),
+    shard: str | None = typer.Option(None, help="I/N: run only jobs whose id modulo N is I (split across hosts)."),
+) -> None:
+    """Runs the plan's pending jobs (resumable: finished jobs are skipped, failed ones retried)."""
+    with reported():
+        from ditproof.experiment.runners.common import parse_shard
+
+        quiet_libraries()
+        names = [c.strip() for c in configurations.split(",")] if configurations else None
+        parts = parse_shard(shard)
+        with _progress() as bar:
+            task = bar.add_task("jobs", total=None)
+
+            def progress(event: Any, resolved: int, total: int) -> None:
+                bar.update(task, total=total, completed=resolved, description=f"{event.kind} {event.configuration}")
+                if event.kind in ("failed", "gave-up"):
+                    bar.console.print(f"[yellow]{event.kind}[/] {event.job_id} {event.configuration}: {event.detail}")
+
+            if ray_address is not None:
+                from ditproof.experiment.runners.ray import run_ray
+
+                address = None if ray_address == "local" else ray_address
+                summary = run_ray(store, address, workers, retries, names, parts, progress)
+            else:
+                from ditproof.experiment.runners.local import run_local
+
+                summary = run_local(store, workers, retries, names, parts, progress)
+        reasons: dict[str, int] = {}
+        for reason in summary.skipped.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        out.print(
+            f"run {summary.run_id} ({summary.runner}): {summary.executed} executed, {summary.already_done} already done, "
+            f"{len(summary.failed)} failed, {len(summary.skipped)} skipped, {summary.seconds:.1f} s"
+        )
+        for reason, count in reasons.items():
+            out.print(f"  skipped {count}: {reason}")
+        if summary.failed:
+            err.print(f"[red]failed jobs[/]: {', '.join(summary.failed)} (see jobs/…/failure.json)")
+            raise typer.Exit(1)
+
+
+@experiment_app.command("score")
+def score_command(
+    store: str = STORE,
+    device: str = typer.Option("cpu", help="Where the frame metrics run (cpu, cuda, cuda:N)."),
+    metrics: str | None = typer.Option(None, help="Comma-separated frame metrics (default: the experiment's)."),
+) -> None:
+    """Scores every finished deviation against its prompt's reference into scores.parquet."""
+    with reported():
+        from ditproof.experiment.score import SCORES_META_FILE, score_store
+        from ditproof.experiment.store import Store
+
+        names = [m.strip() for m in metrics.split(",")] if metrics else None
+        with _progress() as bar:
+            task = bar.add_task("pairs", total=None)
+            table = score_store(store, device, names, lambda done, total: bar.update(task, completed=done, total=total))
+        meta = Store(store).read_json(SCORES_META_FILE)
+        out.print(f"scored {table.num_rows} pairs with {', '.join(meta['metrics'])} + latent metrics")
+        for metric, reason in meta["skipped_metrics"].items():
+            err.print(f"[yellow]skipped {metric}[/]: {reason}", highlight=False)
+
+
+@experiment_app.command("analyze")
+def analyze_command(
+    store: str = STORE,
+    fpr_target: float | None = typer.Option(None, help="False-positive target (default: the experiment's)."),
+    thresholds_out: Path | None = typer.Option(None, "--thresholds-out", help="Also write thresholds.json here."),
+    runtime_class: str | None = typer.Option(
+        None, help="Runtime class (or fnmatch pattern) for the thresholds entries (default: the reference's)."
+    ),
+) -> None:
+    """ROC, AUC, TPR at the target FPR per malign class and score key; writes thresholds.json."""
+    with reported():
+        from ditproof.experiment.analyze import THRESHOLDS_FILE, analyze_store, thresholds_file
+        from ditproof.experiment.store import Store
+        from ditproof.hashing import atomic_write_bytes, canonical_json
+
+        analysis = analyze_store(store, fpr_target)
+        if runtime_class:
+            data = canonical_json(thresholds_file(analysis, runtime_class).model_dump(mode="json")) + b"\n"
+            Store(store).write_bytes(THRESHOLDS_FILE, data)
+        if thresholds_out:
+            atomic_write_bytes(thresholds_out, Store(store).read_bytes(THRESHOLDS_FILE))
+        table = Table(title=f"{analysis.experiment}: detection at {analysis.fpr_target:.0%} FPR")
+        for column in ("key", "threshold", "FPR (95% upper)", "mean TPR", "min TPR", "mean AUC"):
+            table.add_column(column, justify="right")
+        for key in analysis.keys:
+            if key.statistic not in ("mean", "worst", "value"):
+                continue
+            table.add_row(
+                key.key,
+                f"{key.threshold:.4g}",
+                f"{key.fpr:.3f} ({key.fpr_upper_95:.3f})",
+                f"{key.mean_tpr:.2f}",
+                f"{min((c.tpr_at_target for c in key.classes), default=0.0):.2f}",
+                f"{key.mean_auc:.3f}",
+            )
+        out.print(table)
+        best = next((k for k in analysis.keys if k.key == analysis.best_key), None)
+        if best is not None:
+            per_class = Table(title=f"best key {best.key}: per malign class")
+            for column in ("class", "n", "TPR", "AUC"):
+                per_class.add_column(column, justify="right")
+            for c in best.classes:
+                per_class.add_row(c.configuration, str(c.n), f"{c.tpr_at_target:.2f}", f"{c.auc:.3f}")
+            out.print(per_class)
+        out.print(f"best key: {analysis.best_key}")
+        for note in analysis.notes:
+            out.print(f"note: {note}")
+        for name, counts in analysis.exact_matches.items():
+            out.print(
+                f"exact matches {name}: video {counts['video_exact']}/{counts['pairs']}, frames "
+                f"{counts['frames_exact']}/{counts['pairs']}, final latent {counts['final_latent_exact']}/{counts['pairs']}"
+            )
+
+
+@experiment_app.command("report")
+def report_command(
+    store: str = STORE,
+    out_dir: Path = typer.Option(..., "--out", help="Folder for report.md, report.html, PNG plots and summaries."),
+) -> None:
+    """Writes the Markdown + HTML report with ROC plots, histograms, divergence and tables."""
+    with reported():
+        from ditproof.experiment.report import write_report
+
+        path = write_report(store, out_dir)
+        out.print(f"report: {path} and {path.with_suffix('.html')}")

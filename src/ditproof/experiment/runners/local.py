@@ -1,0 +1,281 @@
+"""The local runner: one worker process per visible GPU (or CPU worker processes), resumable.
+
+* GPUs: one process per visible GPU (``cuda:0`` … ``cuda:N-1``), each holding its model.
+* CPU: ``workers`` processes sharing the cores (torch threads = cores // workers); ``workers=0``
+  runs in this process (tests, debugging).
+* Jobs that need several GPUs (tensor or context parallelism) run after the others, one at a
+  time, as ``torchrun --standalone --nproc-per-node W -m ditproof.experiment.runners.torchrun_job
+  --store URL --job ID`` (one process per GPU, as the generation code's parallel modes need).
+
+A job that raises is recorded in its ``failure.json`` and retried up to ``retries`` more times,
+then reported as failed; a worker process that dies takes its job down with it the same way and
+is replaced. Jobs already done are never redone, so a killed run restarts where it stopped.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ditproof.experiment.jobs import load_plan, read_result, refresh_manifest
+from ditproof.experiment.plan import Job
+from ditproof.experiment.runners.common import (
+    Event,
+    ProgressCallback,
+    RunSummary,
+    new_run_id,
+    select_jobs,
+)
+from ditproof.experiment.runners.worker import JobWorker, detect_environment, write_failure
+from ditproof.experiment.store import Store
+
+
+def _worker_main(store_url: str, device: str, run_id: str, threads: int | None, tasks: Any, events: Any) -> None:
+    """Body of a worker process: take (job JSON, attempt) from ``tasks`` until None."""
+    worker = JobWorker(store_url, device, run_id, threads)
+    while True:
+        item = tasks.get()
+        if item is None:
+            return
+        job = Job.model_validate_json(item[0])
+        attempt = item[1]
+        events.put(("start", job.job_id, worker.name, ""))
+        started = time.perf_counter()
+        try:
+            worker.run(job, attempt)
+        except Exception as exc:  # the worker's edge: every failure is recorded and reported, never hidden
+            worker.record_failure(job, attempt, exc)
+            events.put(("failed", job.job_id, worker.name, f"{type(exc).__name__}: {exc}"))
+            continue
+        events.put(("done", job.job_id, worker.name, f"{time.perf_counter() - started:.3f}"))
+
+
+def _devices(workers: int | None) -> tuple[list[str], int | None]:
+    """Worker devices and torch threads per worker."""
+    env = detect_environment()
+    if env.cuda:
+        count = env.gpu_count if workers is None else min(workers, env.gpu_count)
+        return [f"cuda:{i}" for i in range(count)], None
+    count = 1 if workers is None else workers
+    cores = os.cpu_count() or 1
+    return ["cpu"] * max(count, 0), max(1, cores // max(count, 1))
+
+
+def torchrun_command(store_url: str, job: Job, run_id: str, attempt: int) -> list[str]:
+    """The command that runs a multi-GPU job, one process per GPU."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={job.world_size}",
+        "-m",
+        "ditproof.experiment.runners.torchrun_job",
+        "--store",
+        store_url,
+        "--job",
+        job.job_id,
+        "--run-id",
+        run_id,
+        "--attempt",
+        str(attempt),
+    ]
+
+
+def run_local(
+    store_url: str,
+    workers: int | None = None,
+    retries: int = 1,
+    configurations: list[str] | None = None,
+    shard: tuple[int, int] | None = None,
+    progress: ProgressCallback | None = None,
+) -> RunSummary:
+    """Runs every pending job of the store's plan that this machine can run.
+
+    Args:
+        store_url: the experiment store (with a plan).
+        workers: worker processes (default: one per GPU, or 1 on a CPU machine; 0: in this process).
+        retries: extra attempts of a failing job before it is reported as failed.
+        configurations: only these configurations (default: all).
+        shard: ``(i, n)``: only jobs whose id modulo n is i (to split a plan across hosts).
+        progress: called after each event.
+    """
+    started = time.perf_counter()
+    store = Store(store_url)
+    jobs = load_plan(store)
+    env = detect_environment()
+    selection = select_jobs(store, jobs, env, configurations, shard)
+    run_id = new_run_id()
+    devices, threads = _devices(workers)
+    total = len(selection.todo) + len(selection.multi_gpu)
+    failed: list[str] = []
+    executed = 0
+
+    def report(event: Event, resolved: int) -> None:
+        if progress is not None:
+            progress(event, resolved, total)
+
+    if selection.todo and not devices:
+        executed, failed = _run_in_process(store_url, selection.todo, run_id, threads, retries, report)
+    elif selection.todo:
+        executed, failed = _run_pool(store_url, selection.todo, devices, run_id, threads, retries, report)
+    for job in selection.multi_gpu:
+        ok = _run_torchrun(store, store_url, job, run_id, retries)
+        executed += ok
+        if not ok:
+            failed.append(job.job_id)
+        report(Event("done" if ok else "gave-up", job.job_id, job.configuration), executed + len(failed))
+    refresh_manifest(store, jobs, selection.skipped)
+    return RunSummary(
+        run_id=run_id,
+        runner="local",
+        planned=len(jobs),
+        already_done=len(selection.done),
+        executed=executed,
+        failed=failed,
+        skipped=selection.skipped,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _run_in_process(
+    store_url: str, jobs: list[Job], run_id: str, threads: int | None, retries: int, report: Any
+) -> tuple[int, list[str]]:
+    worker = JobWorker(store_url, "cpu", run_id, threads)
+    executed, failed = 0, list[str]()
+    for job in jobs:
+        for attempt in range(1, retries + 2):
+            report(Event("start", job.job_id, job.configuration), executed + len(failed))
+            t0 = time.perf_counter()
+            try:
+                worker.run(job, attempt)
+            except Exception as exc:  # recorded in failure.json and retried or reported
+                worker.record_failure(job, attempt, exc)
+                if attempt == retries + 1:
+                    failed.append(job.job_id)
+                    report(Event("gave-up", job.job_id, job.configuration, str(exc)), executed + len(failed))
+                else:
+                    report(Event("failed", job.job_id, job.configuration, str(exc)), executed + len(failed))
+                continue
+            executed += 1
+            report(Event("done", job.job_id, job.configuration, "", time.perf_counter() - t0), executed + len(failed))
+            break
+    return executed, failed
+
+
+def _run_pool(
+    store_url: str,
+    jobs: list[Job],
+    devices: list[str],
+    run_id: str,
+    threads: int | None,
+    retries: int,
+    report: Any,
+) -> tuple[int, list[str]]:
+    ctx = mp.get_context("spawn")  # CUDA cannot be forked; spawn also keeps workers independent
+    tasks: Any = ctx.Queue()
+    events: Any = ctx.Queue()
+    by_id = {j.job_id: j for j in jobs}
+    attempts = dict.fromkeys(by_id, 1)
+    for job in jobs:
+        tasks.put((job.model_dump_json(), 1))
+    processes: dict[str, Any] = {}
+    device_of: dict[str, str] = {}
+    in_flight: dict[str, str] = {}  # worker name -> job id
+
+    def spawn(device: str) -> None:
+        process = ctx.Process(
+            target=_worker_main, args=(store_url, device, run_id, threads, tasks, events), daemon=True
+        )
+        process.start()
+        processes[str(process.pid)] = process
+        device_of[str(process.pid)] = device
+
+    for device in devices:
+        spawn(device)
+    executed, failed = 0, list[str]()
+    remaining = set(by_id)
+
+    def failure(job_id: str, detail: str) -> None:
+        job = by_id[job_id]
+        if attempts[job_id] <= retries:
+            attempts[job_id] += 1
+            tasks.put((job.model_dump_json(), attempts[job_id]))
+            report(Event("failed", job_id, job.configuration, detail), executed + len(failed))
+        else:
+            failed.append(job_id)
+            remaining.discard(job_id)
+            report(Event("gave-up", job_id, job.configuration, detail), executed + len(failed))
+
+    try:
+        while remaining:
+            try:
+                kind, job_id, worker, detail = events.get(timeout=1.0)
+            except queue.Empty:
+                _replace_dead(processes, device_of, in_flight, spawn, failure, by_id, store_url, run_id, attempts)
+                continue
+            pid = worker.split(":")[1]
+            job = by_id[job_id]
+            if job_id not in remaining:  # a late event of a job already resolved
+                continue
+            if kind == "start":
+                in_flight[pid] = job_id
+                report(Event("start", job_id, job.configuration), executed + len(failed))
+            elif kind == "done":
+                in_flight.pop(pid, None)
+                executed += 1
+                remaining.discard(job_id)
+                report(Event("done", job_id, job.configuration, "", float(detail)), executed + len(failed))
+            else:
+                in_flight.pop(pid, None)
+                failure(job_id, detail)
+    finally:
+        for _ in processes:
+            tasks.put(None)
+        for process in processes.values():
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+    return executed, failed
+
+
+def _replace_dead(
+    processes: dict[str, Any],
+    device_of: dict[str, str],
+    in_flight: dict[str, str],
+    spawn: Any,
+    failure: Any,
+    by_id: dict[str, Job],
+    store_url: str,
+    run_id: str,
+    attempts: dict[str, int],
+) -> None:
+    """A worker process that died (killed, out of memory) fails its job and is replaced."""
+    for pid, process in list(processes.items()):
+        if process.is_alive():
+            continue
+        del processes[pid]
+        device = device_of.pop(pid)
+        job_id = in_flight.pop(pid, None)
+        if job_id is not None:
+            detail = f"worker process {pid} on {device} died (exit code {process.exitcode})"
+            write_failure(Store(store_url), by_id[job_id], attempts[job_id], "WorkerDied", detail, f"pid {pid}", run_id)
+            failure(job_id, detail)
+        spawn(device)
+
+
+def _run_torchrun(store: Store, store_url: str, job: Job, run_id: str, retries: int) -> bool:
+    """Runs a multi-GPU job under torchrun; True when it finished."""
+    for attempt in range(1, retries + 2):
+        command = torchrun_command(store_url, job, run_id, attempt)
+        completed = subprocess.run(command, capture_output=True, text=True, check=False)
+        if completed.returncode == 0 and read_result(store, job.job_id) is not None:
+            return True
+        tail = (completed.stderr or completed.stdout)[-1500:]
+        write_failure(store, job, attempt, "TorchrunFailed", f"exit {completed.returncode}: {tail}", "torchrun", run_id)
+    return False

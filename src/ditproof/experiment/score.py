@@ -1,0 +1,194 @@
+"""Scoring: every finished job against the reference job of the same prompt.
+
+Per pair (a deviation's job, its prompt's reference job), one row of ``scores.parquet``:
+
+* exact matches: ``video_exact`` (mp4 bytes), ``frames_exact`` (decoded frames),
+  ``final_latent_exact`` (final latent tensor bytes), ``noise_equal`` (the sanity check that both
+  started from the same noise; false only for seed deviations);
+* every frame metric of the experiment, through ``ditproof.metrics`` exactly as the validator
+  computes it (decoded frames of both encoded videos), as ``"{metric}:{statistic}"`` columns;
+* ``latent_rel_l2:value`` and ``latent_cosine:value`` of the final latents, and
+  ``pre_switch_rel_l2`` of the latents entering the low-noise expert (diagnostic);
+* ``first_divergence_step``: 0 when the initial noise differs, else the first step (1-based:
+  the latent after that many steps) whose JL trajectory fingerprint differs from the reference's;
+  null when all compared steps agree. ``fingerprint_steps`` says how many steps were compared.
+
+A learned metric whose weight files are missing is skipped for the whole run and listed, with
+the reason, in ``scores-meta.json`` (never silently). Scores are queryable with DuckDB::
+
+    duckdb -c "SELECT configuration, avg(\\"psnr:mean\\") FROM 'STORE/scores.parquet' GROUP BY 1"
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import torch
+from safetensors.torch import load as load_safetensors
+
+from ditproof.errors import DitproofError
+from ditproof.experiment.jobs import JobResult, load_experiment_from_store, load_plan, read_result
+from ditproof.experiment.plan import Job
+from ditproof.experiment.store import Store
+from ditproof.metrics import score_latents, score_videos
+from ditproof.metrics.registry import metric_spec, metric_weights, score_key
+from ditproof.metrics.weights import MetricWeightsInvalidError, MetricWeightsMissingError
+from ditproof.protocol.record import InferenceRecord
+from ditproof.video import decode_video
+
+SCORES_FILE = "scores.parquet"
+SCORES_META_FILE = "scores-meta.json"
+LATENT_KEYS = (score_key("latent_rel_l2", "value"), score_key("latent_cosine", "value"))
+
+
+class _Loaded:
+    """A finished job's artifacts, read from the store and verified against its result."""
+
+    def __init__(self, store: Store, result: JobResult):
+        self.result = result
+        video = store.read_bytes(result.artifact("video").path, result.artifact("video").sha256)
+        self.video_sha256 = result.video_sha256
+        self.frames = decode_video(video)
+        record_bytes = store.read_bytes(result.artifact("record").path, result.artifact("record").sha256)
+        self.record = InferenceRecord.model_validate_json(record_bytes)
+        self.latents: dict[str, torch.Tensor] = {}
+        for name in ("final", "pre_switch"):
+            try:
+                artifact = result.artifact(f"latent:{name}")
+            except DitproofError:
+                continue
+            data = store.read_bytes(artifact.path, artifact.sha256)
+            self.latents[name] = load_safetensors(data)["latent"]
+        fingerprints = self.record.fingerprints
+        self.fingerprints = fingerprints.values if fingerprints else []
+
+
+def usable_metrics(metrics: list[str], device: str) -> tuple[list[str], dict[str, str], dict[str, dict[str, str]]]:
+    """The metrics that can run here, the skipped ones with the reason, and learned weights' hashes."""
+    usable, skipped, weights = [], {}, {}
+    for metric in metrics:
+        metric_spec(metric)
+        try:
+            weights[metric] = metric_weights(metric, device)
+        except (MetricWeightsMissingError, MetricWeightsInvalidError) as exc:
+            skipped[metric] = str(exc)
+            continue
+        usable.append(metric)
+    return usable, skipped, weights
+
+
+def first_divergence(reference: _Loaded, job: _Loaded) -> tuple[int | None, int]:
+    """(first diverging step or None, steps compared) from the JL fingerprints (see the module docstring)."""
+    if job.record.noise.sha256 != reference.record.noise.sha256:
+        return 0, 0
+    steps = min(len(reference.fingerprints), len(job.fingerprints))
+    for index in range(steps):
+        if reference.fingerprints[index] != job.fingerprints[index]:
+            return index + 1, steps
+    if len(reference.fingerprints) != len(job.fingerprints):
+        return steps + 1, steps
+    return None, steps
+
+
+def score_pair(reference: _Loaded, job: _Loaded, metrics: list[str], device: str) -> dict[str, Any]:
+    """Every score of one (job, reference) pair."""
+    row: dict[str, Any] = {
+        "video_exact": job.video_sha256 == reference.video_sha256,
+        "frames_exact": bool(job.frames.shape == reference.frames.shape and (job.frames == reference.frames).all()),
+        "final_latent_exact": job.result.final_latent_sha256 == reference.result.final_latent_sha256,
+        "noise_equal": job.record.noise.sha256 == reference.record.noise.sha256,
+    }
+    row.update(score_videos(metrics, job.frames, reference.frames, device=device))
+    row.update(score_latents(job.latents["final"], reference.latents["final"]))
+    if "pre_switch" in job.latents and "pre_switch" in reference.latents:
+        a, b = job.latents["pre_switch"], reference.latents["pre_switch"]
+        row["pre_switch_rel_l2"] = score_latents(a, b)[LATENT_KEYS[0]] if a.shape == b.shape else None
+    else:
+        row["pre_switch_rel_l2"] = None
+    step, compared = first_divergence(reference, job)
+    row["first_divergence_step"] = step
+    row["fingerprint_steps"] = compared
+    return row
+
+
+def score_store(
+    store_url: str,
+    device: str = "cpu",
+    metrics: list[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> pa.Table:
+    """Scores every finished non-reference job whose reference is finished; writes ``scores.parquet``.
+
+    Args:
+        store_url: the experiment store.
+        device: where the frame metrics run.
+        metrics: frame metrics (default: the experiment's ``metrics``).
+        progress: called with (pairs scored, pairs to score).
+
+    Returns:
+        The scores table (also written to the store, with ``scores-meta.json``).
+    """
+    store = Store(store_url)
+    experiment = load_experiment_from_store(store)
+    jobs = load_plan(store)
+    wanted = metrics if metrics is not None else list(experiment.file.metrics)
+    usable, skipped, weights = usable_metrics(wanted, device)
+    results = {job.job_id: read_result(store, job.job_id) for job in jobs}
+    pairs: list[Job] = [
+        job
+        for job in jobs
+        if not job.is_reference and results[job.job_id] is not None and results[job.reference_job_id] is not None
+    ]
+    rows: list[dict[str, Any]] = []
+    cache: dict[str, _Loaded] = {}
+    for index, job in enumerate(pairs):
+        if job.reference_job_id not in cache:
+            cache.clear()  # jobs are in prompt order: keep only the current prompt's reference
+            cache[job.reference_job_id] = _Loaded(store, results[job.reference_job_id])  # type: ignore[arg-type]
+        loaded = _Loaded(store, results[job.job_id])  # type: ignore[arg-type]
+        row = {
+            "job_id": job.job_id,
+            "reference_job_id": job.reference_job_id,
+            "prompt_id": job.prompt_id,
+            "configuration": job.configuration,
+            "label": job.label,
+            "device_name": loaded.result.device_name,
+            "reference_device_name": cache[job.reference_job_id].result.device_name,
+        }
+        row.update(score_pair(cache[job.reference_job_id], loaded, usable, device))
+        rows.append(row)
+        if progress is not None:
+            progress(index + 1, len(pairs))
+    table = pa.Table.from_pylist(rows) if rows else pa.table({"job_id": pa.array([], pa.string())})
+    store.write_parquet(SCORES_FILE, table)
+    store.write_json(
+        SCORES_META_FILE,
+        {
+            "metrics": usable,
+            "skipped_metrics": skipped,
+            "metric_weights": weights,
+            "device": device,
+            "pairs": len(rows),
+            "jobs_without_reference": sum(
+                1 for j in jobs if not j.is_reference and results[j.job_id] and not results[j.reference_job_id]
+            ),
+        },
+    )
+    return table
+
+
+def read_scores(store: Store) -> pa.Table:
+    """The scores table of a store."""
+    return store.read_parquet(SCORES_FILE)
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """The Parquet bytes of a table (for copying scores out of a store)."""
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()

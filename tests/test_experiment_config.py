@@ -1,0 +1,174 @@
+"""Experiment configuration files, prompt sets, and the planner's stable job ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ditproof.errors import InvalidInputError
+from ditproof.experiment.config import DATA_DIR, load_experiment
+from ditproof.experiment.plan import plan_jobs
+from ditproof.experiment.prompts import (
+    PROMPTS_DIR,
+    SHIPPED,
+    freetext_prompts,
+    grammar_prompts,
+    load_prompts,
+    to_jsonl,
+)
+from ditproof.models.vocab import build_tokenizer
+
+BASE = """
+schema_version = "ditproof.experiment/1"
+name = "t"
+model = "wan-tiny-random"
+prompts = "grammar"
+max_prompts = 3
+entropy = "{entropy}"
+
+[reference]
+request = {{ width = 64, height = 48, num_frames = 5, num_inference_steps = 4 }}
+
+[[benign]]
+name = "cfg-batched"
+options = {{ cfg_mode = "batched" }}
+
+[[malign]]
+name = "other-seed"
+seed_salt = "s"
+{extra}
+"""
+
+
+def write(tmp_path: Path, extra: str = "", entropy: str = "ab" * 32, base: str = BASE) -> Path:
+    path = tmp_path / "exp.toml"
+    path.write_text(base.format(entropy=entropy, extra=extra))
+    return path
+
+
+@pytest.mark.parametrize("name", ["stage1", "stage1-tiny-cpu", "proposal"])
+def test_shipped_configurations_load(name: str) -> None:
+    experiment = load_experiment(name)
+    labels = {c.label for c in experiment.configurations}
+    assert labels == {"reference", "benign", "malign"}
+    assert experiment.reference.name == "reference"
+
+
+def test_stage1_has_every_deviation_of_the_design() -> None:
+    experiment = load_experiment("stage1")
+    by_name = {c.name: c for c in experiment.configurations}
+    assert by_name["tp4"].world_size == 4 and by_name["tp2-cp2"].world_size == 4
+    assert by_name["other-gpu"].gpu_model == "H200"
+    assert by_name["steps-39"].request["num_inference_steps"] == 39
+    assert by_name["cfg-off"].request["guidance_scale"] == 1.0
+    assert by_name["fp8"].options.weights == "fp8-e4m3"
+    assert by_name["cache"].options.cache is not None
+    assert by_name["high-noise-only"].options.experts == "high-noise-only"
+    # Deviations inherit the reference's settings and change only their own.
+    assert by_name["tp2"].options.dtype == "bfloat16" and by_name["tp2"].request["width"] == 832
+    malign = {c.name for c in experiment.configurations if c.label == "malign"}
+    assert malign == {"steps-39", "steps-30", "fp8", "cfg-off", "cache", "other-seed", "high-noise-only"}
+
+
+def test_unknown_top_level_key_is_refused_with_allowed_keys(tmp_path: Path) -> None:
+    path = write(tmp_path)
+    path.write_text('colour = "red"\n' + path.read_text())
+    with pytest.raises(InvalidInputError, match=r"colour: unknown key; allowed keys: schema_version, name"):
+        load_experiment(path)
+
+
+def test_unknown_key_in_a_deviation_names_its_path(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        load_experiment(write(tmp_path, extra="stepz = 3\n"))
+    assert "malign.0.stepz: unknown key; allowed keys: name, description, request, options" in str(info.value)
+
+
+def test_unknown_option_and_request_fields_are_refused(tmp_path: Path) -> None:
+    extra = '[[malign]]\nname = "x"\noptions = { attention = "flash" }\n'
+    with pytest.raises(InvalidInputError, match=r"malign\[x\]\.options\.attention: unknown key; allowed keys: dtype"):
+        load_experiment(write(tmp_path, extra=extra))
+    extra = '[[malign]]\nname = "x"\nrequest = { steps = 3 }\n'
+    with pytest.raises(InvalidInputError, match=r"malign\[x\]\.request\.steps: not a configurable request field"):
+        load_experiment(write(tmp_path, extra=extra))
+    extra = '[[malign]]\nname = "x"\noptions = { cache = { kind = "first-block", treshold = 0.1 } }\n'
+    with pytest.raises(
+        InvalidInputError, match=r"options\.cache\.treshold: unknown key; allowed keys: kind, threshold"
+    ):
+        load_experiment(write(tmp_path, extra=extra))
+
+
+def test_bad_values_and_runner_fields_are_refused(tmp_path: Path) -> None:
+    extra = '[[benign]]\nname = "tp0"\noptions = { tp_degree = 0 }\n'
+    with pytest.raises(InvalidInputError, match=r"benign\[tp0\]\.options\.tp_degree: got 0"):
+        load_experiment(write(tmp_path, extra=extra))
+    extra = '[[benign]]\nname = "dev"\noptions = { device = "cuda:1" }\n'
+    with pytest.raises(InvalidInputError, match=r"options\.device: set by the runner"):
+        load_experiment(write(tmp_path, extra=extra))
+    extra = '[[benign]]\nname = "w"\nrequest = { width = 70 }\n'
+    with pytest.raises(InvalidInputError, match=r"width: got 70; allowed: a multiple of 16"):
+        load_experiment(write(tmp_path, extra=extra))
+    extra = '[[benign]]\nname = "cfg-batched"\n'
+    with pytest.raises(InvalidInputError, match="duplicates"):
+        load_experiment(write(tmp_path, extra=extra))
+    with pytest.raises(InvalidInputError, match="entropy"):
+        load_experiment(write(tmp_path, entropy="xyz"))
+    with pytest.raises(InvalidInputError, match="not valid TOML"):
+        bad = tmp_path / "bad.toml"
+        bad.write_text("name = ")
+        load_experiment(bad)
+    with pytest.raises(InvalidInputError, match="cannot be read"):
+        load_experiment(tmp_path / "missing.toml")
+
+
+def test_job_ids_are_stable_and_follow_what_changes_the_numbers(tmp_path: Path) -> None:
+    jobs = plan_jobs(load_experiment(write(tmp_path)))
+    again = plan_jobs(load_experiment(write(tmp_path)))
+    assert [j.job_id for j in jobs] == [j.job_id for j in again]
+    assert len({j.job_id for j in jobs}) == len(jobs) == 3 * 3
+    for job in jobs:
+        reference = next(j for j in jobs if j.job_id == job.reference_job_id)
+        assert reference.configuration == "reference" and reference.prompt_id == job.prompt_id
+    seeded = [j for j in jobs if j.configuration == "other-seed"]
+    assert all(j.request_id == f"{j.prompt_id}.s" for j in seeded)
+    # Another reference step count changes every id (the reference spec is in each id).
+    changed = write(tmp_path, base=BASE.replace("num_inference_steps = 4", "num_inference_steps = 5"))
+    assert not {j.job_id for j in plan_jobs(load_experiment(changed))} & {j.job_id for j in jobs}
+
+
+def test_shipped_prompt_files_equal_a_rebuild() -> None:
+    assert (PROMPTS_DIR / SHIPPED["grammar"]).read_text() == to_jsonl(grammar_prompts())
+    assert (PROMPTS_DIR / SHIPPED["freetext"]).read_text() == to_jsonl(freetext_prompts())
+
+
+def test_grammar_prompts_use_only_the_tiny_vocabulary() -> None:
+    tokenizer = build_tokenizer()
+    unknown = tokenizer.unk_token_id
+    for prompt in load_prompts(PROMPTS_DIR / SHIPPED["grammar"]):
+        assert unknown not in tokenizer(prompt.prompt)["input_ids"], prompt.prompt
+
+
+def test_freetext_set_is_large_diverse_and_unique() -> None:
+    prompts = load_prompts(PROMPTS_DIR / SHIPPED["freetext"])
+    texts = [p.prompt for p in prompts]
+    assert len(prompts) >= 1000 and len(set(texts)) == len(texts)
+    assert len({p.tags["group"] for p in prompts}) == 7
+    assert len({t.split(" ")[1] for t in texts}) > 50  # many different subjects
+
+
+def test_prompt_file_formats_and_errors(tmp_path: Path) -> None:
+    txt = tmp_path / "p.txt"
+    txt.write_text("# comment\na cat\n\na dog\n")
+    assert [(p.id, p.prompt) for p in load_prompts(txt)] == [("p00002", "a cat"), ("p00004", "a dog")]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text(json.dumps({"id": "a", "prompt": "x"}) + "\n" + json.dumps({"id": "a", "prompt": "y"}) + "\n")
+    with pytest.raises(InvalidInputError, match="duplicate ids"):
+        load_prompts(jsonl)
+    jsonl.write_text(json.dumps({"id": "a", "text": "x"}) + "\n")
+    with pytest.raises(InvalidInputError, match="line 1"):
+        load_prompts(jsonl)
+    jsonl.write_text(json.dumps({"id": "a b", "prompt": "x"}) + "\n")
+    with pytest.raises(InvalidInputError, match="id: got 'a b'"):
+        load_prompts(jsonl)
+    assert DATA_DIR.is_dir()
