@@ -195,3 +195,12 @@ def test_policy_accepts_both_names_of_the_threshold():
     with pytest.raises(ValueError):
         PocPolicy.model_validate({"dist_threshold": 0.4, "p_mismatch": 0.1, "fraud_threshold": 0.05, "extra": 1})
     assert load_policy("ml-node") == PocPolicy(dist_threshold=0.02, p_mismatch=0.001, fraud_threshold=0.01)
+
+
+def test_shipped_policies_load():
+    from ditproof.poc.policy import policy_names
+
+    for name in policy_names():
+        policy = load_policy(name)
+        assert policy.dist_threshold > 0 and policy.sample_size == 200
+    assert load_policy("wan-tiny-random-cpu-fp32").dist_threshold == 0.001

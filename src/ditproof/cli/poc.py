@@ -117,7 +117,9 @@ def generate_command(
 @poc_app.command("validate")
 def validate_command(
     artifacts: Path = typer.Option(..., "--artifacts", help="artifacts.json of a round, or its folder."),
-    policy: str = typer.Option("ml-node", "--policy", help="ml-node, chain, wan-tiny-random-cpu-fp32 or a file."),
+    policy: str = typer.Option(
+        "ml-node", "--policy", help="ml-node, chain, wan-tiny-random-cpu-fp32, wan-a14b-shape-bf16 or a file."
+    ),
     dist_threshold: float | None = typer.Option(None, "--dist-threshold"),
     p_mismatch: float | None = typer.Option(None, "--p-mismatch"),
     fraud_threshold: float | None = typer.Option(None, "--fraud-threshold"),
