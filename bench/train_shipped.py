@@ -32,18 +32,8 @@ import torch  # noqa: E402
 
 from ditproof.training.expert_stage import ExpertStageConfig, train_experts  # noqa: E402
 from ditproof.training.report import StageReport  # noqa: E402
+from ditproof.training.smoke import SMOKE_EXPERTS, SMOKE_VAE  # noqa: E402
 from ditproof.training.vae_stage import VaeStageConfig, train_vae  # noqa: E402
-
-SMOKE_VAE: dict[str, Any] = {"size": "smoke", "steps": 3, "batch_size": 2, "stats_clips": 4, "eval_clips": 2}
-SMOKE_EXPERTS: dict[str, Any] = {
-    "size": "smoke",
-    "steps": 4,
-    "batch_size": 4,
-    "dataset_clips": 8,
-    "encode_batch": 4,
-    "warmup_steps": 2,
-    "log_every": 2,
-}
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
