@@ -155,3 +155,22 @@ def test_packaged_coefficients_price_the_proposal_configurations():
     # DESIGN §6: 3.31 s per forward at N = 32,760 on an H100 (within the fit's stated error).
     per_pass = q.experts[0].seconds_per_pass
     assert per_pass == pytest.approx(3.31, rel=h100.experts["transformer"].fit.max_rel_error + 0.05)
+
+
+def test_packaged_entries_are_consistent_with_their_points():
+    # The recorded errors must be those of the recorded coefficients on the recorded timings.
+    for entry in load_coefficients().entries:
+        for fit in entry.experts.values():
+            for point in fit.points:
+                assert point.rel_error == pytest.approx(fit.cost.seconds(point.patches) / point.seconds - 1, abs=1e-9)
+                three = fit.three_term.seconds(point.patches) / point.seconds - 1
+                assert point.three_term_rel_error == pytest.approx(three, abs=1e-9)
+            if fit.points:
+                assert fit.fit.max_rel_error == pytest.approx(max(abs(p.rel_error) for p in fit.points))
+        assert entry.max_patches >= max((p.patches for f in entry.experts.values() for p in f.points), default=1)
+
+
+def test_public_api():
+    import ditproof.pricing
+
+    assert {"quote", "size_request", "next_price", "load_coefficients"} <= set(ditproof.pricing.__all__)

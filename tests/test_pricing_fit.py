@@ -6,7 +6,7 @@ import pytest
 
 from ditproof.errors import InvalidInputError
 from ditproof.pricing.design_figures import DESIGN_H100_POINTS
-from ditproof.pricing.fit import fit_pass_cost, fit_quality, relative_errors
+from ditproof.pricing.fit import fit_floored, fit_pass_cost, fit_quality, relative_errors
 from ditproof.protocol.pricing import PassCost
 
 N = [1, 390, 1_950, 8_190, 17_160, 32_760, 75_600]
@@ -93,3 +93,31 @@ def test_design_figures_reproduce_design_claims():
 def test_bad_inputs(patches, seconds, terms, message):
     with pytest.raises(InvalidInputError, match=message):
         fit_pass_cost(patches, seconds, terms=terms)
+
+
+def test_floor_follows_the_launch_bound_plateau():
+    # Flat at 45 ms for small passes, quadratic above: the shape measured on an H100.
+    truth = PassCost(alpha=1.4e-9, beta=5.7e-5, gamma=0.006, floor=0.045)
+    seconds = [truth.seconds(n) for n in N]
+    assert seconds[0] == seconds[1] == 0.045
+    floored = fit_floored(N, seconds)
+    assert fit_quality(floored, N, seconds).max_rel_error < 1e-6
+    assert floored.floor == pytest.approx(0.045)
+    plain = fit_quality(fit_pass_cost(N, seconds), N, seconds)
+    assert plain.max_rel_error > 0.1  # no quadratic follows both regimes
+
+
+def test_floor_is_not_used_where_none_exists():
+    truth = PassCost(alpha=2.1e-9, beta=4.0e-5, gamma=0.05)
+    seconds = [truth.seconds(n) for n in N]
+    floored = fit_floored(N, seconds)
+    assert floored.floor == 0.0 and floored.gamma == pytest.approx(0.05, rel=1e-6)
+
+
+def test_floored_fit_is_never_worse_than_three_terms():
+    patches = [n for _, n, _ in DESIGN_H100_POINTS]
+    seconds = [t for _, _, t in DESIGN_H100_POINTS]
+    floored = fit_quality(fit_floored(patches, seconds), patches, seconds)
+    plain = fit_quality(fit_pass_cost(patches, seconds), patches, seconds)
+    assert floored.rms_rel_error <= plain.rms_rel_error
+    assert floored.max_rel_error < 0.05

@@ -23,7 +23,15 @@ def synthetic_entry(
 ) -> CoefficientEntry:
     cost = PassCost(alpha=alpha, beta=beta, gamma=gamma)
     quality = FitQuality(max_rel_error=0.0, rms_rel_error=0.0, worst_patches=1)
-    fit = ExpertFit(timed_as="transformer", cost=cost, fit=quality, two_term=cost, two_term_fit=quality)
+    fit = ExpertFit(
+        timed_as="transformer",
+        cost=cost,
+        fit=quality,
+        three_term=cost,
+        three_term_fit=quality,
+        two_term=cost,
+        two_term_fit=quality,
+    )
     return CoefficientEntry(
         models=models,
         gpu=gpu,

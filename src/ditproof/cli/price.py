@@ -128,7 +128,8 @@ def calibrate_command(
             out.print_json(entry.model_dump_json())
             return
         table = Table(title=f"{model} on {entry.gpu}")
-        for column in ("expert", "alpha (s/N²)", "beta (s/N)", "gamma (s)", "worst error", "two-term worst"):
+        columns = ("expert", "alpha (s/N²)", "beta (s/N)", "gamma (s)", "floor (s)", "worst error", "3-term", "2-term")
+        for column in columns:
             table.add_column(column)
         for name, fit in entry.experts.items():
             c = fit.cost
@@ -137,7 +138,9 @@ def calibrate_command(
                 f"{c.alpha:.4g}",
                 f"{c.beta:.4g}",
                 f"{c.gamma:.4g}",
+                f"{c.floor:.4g}",
                 f"{fit.fit.max_rel_error:.1%} at N={fit.fit.worst_patches:,}",
+                f"{fit.three_term_fit.max_rel_error:.1%} at N={fit.three_term_fit.worst_patches:,}",
                 f"{fit.two_term_fit.max_rel_error:.1%} at N={fit.two_term_fit.worst_patches:,}",
             )
         out.print(table)

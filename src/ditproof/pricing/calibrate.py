@@ -4,8 +4,9 @@ For each size of the sweep, one expert is run forward on seeded random inputs of
 latent ``(1, 16, F', H/8, W/8)``, a text context of the preset's full length (generation pads
 prompts to it), batch 1 as in sequential CFG — after ``warmup`` untimed runs, ``repeats``
 times; the median is kept. On a GPU each run is timed with CUDA events, on the CPU with
-``time.perf_counter``. The three-term cost (and the two-term one for comparison) is then fitted
-on relative error (:mod:`ditproof.pricing.fit`).
+``time.perf_counter``. The priced cost (three terms and a floor; the plain three- and two-term
+forms for comparison) is then fitted
+on relative error, with the launch-bound floor of small passes (:mod:`ditproof.pricing.fit`).
 
 An expert can be built with fewer blocks (``layers``) and its times multiplied by
 ``layers_total / layers`` (DESIGN §6's "4 layers × 10"); the entry's method says so, since that
@@ -28,7 +29,7 @@ import torch
 
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
 from ditproof.pricing.cost import HIGH_NOISE, LOW_NOISE, latent_patches, size_request
-from ditproof.pricing.fit import fit_pass_cost, fit_quality, relative_errors
+from ditproof.pricing.fit import fit_floored, fit_pass_cost, fit_quality, relative_errors
 from ditproof.protocol.options import ATTENTION_BACKENDS
 from ditproof.protocol.pricing import CoefficientEntry, ExpertFit, Hardware, TimedPoint, TimingMethod
 from ditproof.protocol.request import GenerationRequest
@@ -162,9 +163,10 @@ def time_forward(
     Inputs are seeded draws (:func:`ditproof.randomness.cpu_normal`), moved to the module's
     device and dtype; CUDA events time each pass on a GPU, ``perf_counter`` on the CPU.
     """
-    parameter = next(module.parameters())
-    device, dtype = parameter.device, parameter.dtype
-    config: Any = module.config
+    # ModelMixin.dtype skips the parameters kept in float32 (scale_shift_table, norms), as
+    # generation does when it casts its inputs to ``transformer.dtype``.
+    wan: Any = module
+    device, dtype, config = wan.device, wan.dtype, wan.config
     latent = request.latent_shape(channels=config.in_channels)
     hidden = cpu_normal(INPUT_SEED, latent).to(device, dtype)
     context = cpu_normal(INPUT_SEED + 1, (1, text_tokens, config.text_dim)).to(device, dtype)
@@ -219,28 +221,34 @@ def hardware(device: str) -> Hardware:
 def fit_expert(
     name: str, sizes: Sequence[str], patches: Sequence[int], samples: Sequence[Sequence[float]], scale: float
 ) -> ExpertFit:
-    """Fits both cost forms to the median times (each multiplied by ``scale``) of one expert."""
+    """Fits the priced form and both comparison forms to the median times (× ``scale``) of one expert."""
     seconds = [statistics.median(s) * scale for s in samples]
-    cost = fit_pass_cost(patches, seconds, terms=3)
-    two = fit_pass_cost(patches, seconds, terms=2)
-    errors, two_errors = relative_errors(cost, patches, seconds), relative_errors(two, patches, seconds)
+    forms = {
+        "cost": fit_floored(patches, seconds),
+        "three_term": fit_pass_cost(patches, seconds, terms=3),
+        "two_term": fit_pass_cost(patches, seconds, terms=2),
+    }
+    errors = {form: relative_errors(cost, patches, seconds) for form, cost in forms.items()}
     points = tuple(
         TimedPoint(
             size=size,
             patches=n,
             seconds=t,
             samples=tuple(raw),
-            rel_error=e,
-            two_term_rel_error=e2,
+            rel_error=errors["cost"][i],
+            three_term_rel_error=errors["three_term"][i],
+            two_term_rel_error=errors["two_term"][i],
         )
-        for size, n, t, raw, e, e2 in zip(sizes, patches, seconds, samples, errors, two_errors, strict=True)
+        for i, (size, n, t, raw) in enumerate(zip(sizes, patches, seconds, samples, strict=True))
     )
     return ExpertFit(
         timed_as=name,
-        cost=cost,
-        fit=fit_quality(cost, patches, seconds),
-        two_term=two,
-        two_term_fit=fit_quality(two, patches, seconds),
+        cost=forms["cost"],
+        fit=fit_quality(forms["cost"], patches, seconds),
+        three_term=forms["three_term"],
+        three_term_fit=fit_quality(forms["three_term"], patches, seconds),
+        two_term=forms["two_term"],
+        two_term_fit=fit_quality(forms["two_term"], patches, seconds),
         points=points,
     )
 
@@ -302,6 +310,8 @@ def calibrate(
             continue
         module = build_expert(model, device, dtype_name, layers=layers, expert=name)
         set_attention(module, attention_backend)
+        # Pay one-time costs (allocator growth, library handles, thread pools) before any timing.
+        time_forward(module, requests[0], shape.text_tokens, warmup=2, repeats=1)
         samples = []
         for label, request, n in zip(labels, requests, patches, strict=True):
             runs = time_forward(module, request, shape.text_tokens, warmup, repeats)

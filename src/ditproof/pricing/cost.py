@@ -10,7 +10,8 @@ when ``guidance_scale > 1``, as in diffusers' ``WanPipeline`` and :func:`ditproo
 One **unit** is one forward pass of the first expert at the minimum supported configuration:
 16×16 px and 1 frame, the smallest a :class:`~ditproof.protocol.request.GenerationRequest`
 allows, which is N = 1 patch. A pass over N patches of expert ``e`` is worth
-``seconds_e(N) / seconds_transformer(1)`` units, and a request is priced at
+``seconds_e(N) / seconds_transformer(1)`` units, where ``seconds(N) = max(floor, alpha·N² +
+beta·N + gamma)`` (:class:`~ditproof.protocol.pricing.PassCost`), and a request is priced at
 ``ceil(Σ passes units) × price_per_unit``.
 """
 

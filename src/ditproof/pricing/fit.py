@@ -8,6 +8,14 @@ an ordinary least-squares problem on rows divided by ``t_i`` with a target of on
 The coefficients are constrained to be non-negative (a price must not fall as N grows): with
 at most three unknowns, every subset of free coefficients is solved and the best feasible one
 kept, which is the exact non-negative solution.
+
+Small passes do not fill a GPU: their time is bound by kernel launches and stays flat (45 ms
+from N = 1 to N ≈ 400 for the A14B expert on an H100) before the quadratic takes over, and no
+quadratic follows both regimes within a few percent. :func:`fit_floored` therefore also fits
+a floor: ``max(floor, alpha·N² + beta·N + gamma)``, trying each split of the sizes (sorted by
+N) into a floor part and a quadratic part and keeping the split with the least relative error
+over all sizes. The split with no floor part is the plain three-term fit, so the floored fit is
+never worse than it.
 """
 
 from __future__ import annotations
@@ -96,3 +104,34 @@ def fit_quality(cost: PassCost, patches: Sequence[int], seconds: Sequence[float]
     worst = max(range(len(errors)), key=lambda i: abs(errors[i]))
     rms = math.sqrt(sum(e * e for e in errors) / len(errors))
     return FitQuality(max_rel_error=abs(errors[worst]), rms_rel_error=rms, worst_patches=int(patches[worst]))
+
+
+def _squared(cost: PassCost, patches: Sequence[int], seconds: Sequence[float]) -> float:
+    return sum(e * e for e in relative_errors(cost, patches, seconds))
+
+
+def fit_floored(patches: Sequence[int], seconds: Sequence[float]) -> PassCost:
+    """Fits ``max(floor, alpha·N² + beta·N + gamma)`` on relative error (see the module doc).
+
+    For a split putting the ``k`` smallest sizes on the floor, the floor is their relative
+    least-squares constant (``Σ 1/t / Σ 1/t²``) and the quadratic is fitted to the others
+    (at least 3 distinct sizes); the split with the least error over all sizes is kept.
+    """
+    _check(patches, seconds, 3)
+    order = sorted(range(len(patches)), key=lambda i: patches[i])
+    n = [int(patches[i]) for i in order]
+    t = [float(seconds[i]) for i in order]
+    best = fit_pass_cost(n, t, terms=3)
+    best_error = _squared(best, n, t)
+    for k in range(1, len(n)):
+        if len(set(n[k:])) < 3:
+            break
+        if n[k] == n[k - 1]:
+            continue  # one size cannot be on both sides
+        floor = sum(1.0 / x for x in t[:k]) / sum(1.0 / (x * x) for x in t[:k])
+        candidate = fit_pass_cost(n[k:], t[k:], terms=3).model_copy(update={"floor": floor})
+        error = _squared(candidate, n, t)
+        # A floor must earn its place: ties (a floor equal to the quadratic) keep the plain form.
+        if error < best_error - 1e-12:
+            best, best_error = candidate, error
+    return best

@@ -1,8 +1,11 @@
 """Pricing data: the per-pass cost coefficients file and the price quote.
 
 A forward pass of an expert over ``N`` latent patches is modelled as taking
-``alpha·N² + beta·N + gamma`` seconds on a given GPU (attention is quadratic in N, the matrix
-products linear, and a constant covers launch and fixed-size work such as the text projection).
+``max(floor, alpha·N² + beta·N + gamma)`` seconds on a given GPU: attention is quadratic in N,
+the matrix products linear, a constant covers fixed-size work (the text projections), and the
+floor is the launch-bound time of small passes, which do not fill the GPU (measured on an H100:
+45 ms from N = 1 to N ≈ 400, where the quadratic cannot follow; ``floor = 0`` is DESIGN §6's
+plain three-term form).
 Coefficients are fitted per (model preset, GPU) by :mod:`ditproof.pricing.calibrate` and kept,
 with their fit error, hardware, date and provenance, in ``ditproof/pricing/coefficients.json``
 (schema ``ditproof.pricing-coefficients/1``). A quote (``ditproof.price-quote/1``) names the
@@ -35,30 +38,31 @@ def _finite_nonnegative(value: float) -> float:
 
 
 class PassCost(_Model):
-    """Seconds of one forward pass over ``N`` patches: ``alpha·N² + beta·N + gamma``.
+    """Seconds of one forward pass over ``N`` patches: ``max(floor, alpha·N² + beta·N + gamma)``.
 
-    All three are non-negative (the fit is constrained so): a price never falls as N grows.
+    All are non-negative (the fit is constrained so): a price never falls as N grows.
     """
 
     alpha: float
     beta: float
     gamma: float
+    floor: float = 0.0
 
-    @field_validator("alpha", "beta", "gamma")
+    @field_validator("alpha", "beta", "gamma", "floor")
     @classmethod
     def _coefficient(cls, value: float) -> float:
         return _finite_nonnegative(value)
 
     @model_validator(mode="after")
     def _not_zero(self) -> PassCost:
-        if self.alpha == self.beta == self.gamma == 0.0:
-            raise ValueError("got alpha = beta = gamma = 0; allowed: at least one coefficient above 0")
+        if self.alpha == self.beta == self.gamma == self.floor == 0.0:
+            raise ValueError("got alpha = beta = gamma = floor = 0; allowed: at least one coefficient above 0")
         return self
 
     def seconds(self, patches: int) -> float:
         """Predicted seconds of one forward pass over ``patches`` latent patches."""
         n = float(patches)
-        return self.alpha * n * n + self.beta * n + self.gamma
+        return max(self.floor, self.alpha * n * n + self.beta * n + self.gamma)
 
 
 class TimedPoint(_Model):
@@ -66,7 +70,9 @@ class TimedPoint(_Model):
 
     ``seconds`` is the median full-model forward time (scaled from ``layers_timed`` to all
     layers when the method says so); ``samples`` are the raw timings of the repeats, as measured.
-    ``rel_error`` and ``two_term_rel_error`` are ``predicted / measured − 1`` of the two fits.
+    ``rel_error``, ``three_term_rel_error`` and ``two_term_rel_error`` are
+    ``predicted / measured − 1`` of the priced fit, the three-term fit without floor and the
+    two-term fit.
     """
 
     size: str
@@ -74,6 +80,7 @@ class TimedPoint(_Model):
     seconds: float = Field(gt=0)
     samples: tuple[float, ...] = ()
     rel_error: float
+    three_term_rel_error: float
     two_term_rel_error: float
 
 
@@ -88,8 +95,9 @@ class FitQuality(_Model):
 class ExpertFit(_Model):
     """The coefficients of one expert.
 
-    ``cost`` is the three-term fit the prices use; ``two_term`` (``gamma`` = 0, the proposal's
-    ``alpha·N² + beta·N``) is kept for comparison only. ``timed_as`` names the expert whose
+    ``cost`` is the fit the prices use (three terms and a floor); ``three_term`` (no floor,
+    DESIGN §6's form) and ``two_term`` (``gamma`` = 0 too, the proposal's ``alpha·N² + beta·N``)
+    are kept for comparison only. ``timed_as`` names the expert whose
     timings were fitted: another expert of the identical shape reuses them instead of being
     timed again.
     """
@@ -97,6 +105,8 @@ class ExpertFit(_Model):
     timed_as: str
     cost: PassCost
     fit: FitQuality
+    three_term: PassCost
+    three_term_fit: FitQuality
     two_term: PassCost
     two_term_fit: FitQuality
     points: tuple[TimedPoint, ...] = ()
@@ -137,7 +147,7 @@ class TimingMethod(_Model):
     warmup: int | None = Field(default=None, ge=0)
     repeats: int | None = Field(default=None, ge=1)
     statistic: Literal["median"] = "median"
-    fit: Literal["least-squares-relative-nonnegative"] = "least-squares-relative-nonnegative"
+    fit: Literal["least-squares-relative-nonnegative-floor"] = "least-squares-relative-nonnegative-floor"
 
     @model_validator(mode="after")
     def _layers(self) -> TimingMethod:
