@@ -244,3 +244,46 @@ def poc_sample_seed_text(block_hash: str, public_key: str, root: str, validator_
     each validator (``validator_key``) draws its own sample.
     """
     return f"{POC_DERIVATION}/sample/{block_hash}/{public_key}/{root}/{validator_key}"
+
+
+# Validation: spot-check segments
+#
+# The validator picks which trajectory segments to re-run after the executor has committed to
+# its checkpoints. The choice mixes the record's sha256 (which covers every checkpoint's file
+# hash, so it cannot change after the executor commits) with the validator's own entropy, which
+# the executor never sees: an executor cannot know which segments will be checked, and a
+# validator cannot steer the choice without revealing the entropy it used (it is written in the
+# verdict, so anyone can recompute the choice).
+
+SPOT_CHECK_DERIVATION = "ditproof-spot-v1"
+"""Name of the spot-check segment choice below; recorded in every spot-check verdict."""
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def spot_check_segments(record_sha256: str, validator_entropy: str, segments: int, k: int) -> list[int]:
+    """The ``k`` segment indices (of ``segments``, ascending) a spot check re-runs.
+
+    :func:`seeded_sample` of ``"ditproof-spot-v1/{record_sha256}/{validator_entropy}"`` (entropy
+    in lower case), sorted: the same record and entropy always give the same segments.
+
+    Args:
+        record_sha256: the record's sha256 (64 lower-case hex digits), the executor's commitment.
+        validator_entropy: the validator's own randomness, hex digits as for :func:`check_entropy`.
+        segments: how many segments the record's checkpoints delimit.
+        k: how many to check (1 to ``segments``).
+
+    Raises:
+        InvalidInputError: a malformed hash or entropy, or ``k`` outside 1 to ``segments``.
+    """
+    if not isinstance(record_sha256, str) or not _SHA256_HEX.match(record_sha256):
+        raise InvalidInputError(f"record_sha256: got {record_sha256!r}; allowed: 64 lower-case hex digits")
+    entropy = check_entropy(validator_entropy)
+    if segments < 1:
+        raise InvalidInputError(
+            f"spot-check segments: got {segments} segment(s) to choose from; allowed: at least 1 (a record with "
+            "checkpoints at two or more distinct steps)"
+        )
+    if not 1 <= k <= segments:
+        raise InvalidInputError(f"spot-check segments: got k={k} of {segments} segment(s); allowed: 1 to {segments}")
+    return sorted(seeded_sample(f"{SPOT_CHECK_DERIVATION}/{record_sha256}/{entropy}", segments, k))

@@ -26,7 +26,7 @@ class MetricSpec:
     """A metric: what it compares, which way is better, whether it needs weight files."""
 
     name: str
-    kind: Literal["frames", "latent"]
+    kind: Literal["frames", "latent", "segment"]
     higher_is_better: bool
     learned: bool
     description: str
@@ -54,6 +54,14 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("dists", "frames", False, True, "DISTS, VGG16 backbone with L2 pooling"),
         MetricSpec("latent_rel_l2", "latent", False, False, "‖x − ref‖ / ‖ref‖ of the final latents"),
         MetricSpec("latent_cosine", "latent", True, False, "cosine similarity of the final latents"),
+        # Decided on by the checkpoint and spot-check modes (ditproof.validation.checkpoints), not step 6.
+        MetricSpec(
+            "latent_rel_l2_segment",
+            "segment",
+            False,
+            False,
+            "worst ‖x − ref‖ / ‖ref‖ over a re-run trajectory segment's end state (latent and solver history)",
+        ),
     )
 }
 

@@ -1,16 +1,22 @@
-"""The validator's verdict on one record and video."""
+"""The validator's verdict on one record and video.
+
+Schema history: ``ditproof.verdict/1`` (full regeneration only); ``ditproof.verdict/2`` adds the
+validation ``mode``, the checked trajectory ``segments``, the spot-check choice, the cost of the
+validation in denoising steps and the first step where the trajectory fingerprints diverge.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ditproof.hashing import atomic_write_bytes, canonical_json
 
-VERDICT_SCHEMA: Literal["ditproof.verdict/1"] = "ditproof.verdict/1"
+VERDICT_SCHEMA: Literal["ditproof.verdict/2"] = "ditproof.verdict/2"
 
 Decision = Literal["valid", "invalid", "delegate", "error"]
+Mode = Literal["full", "checkpoints", "spot-check"]
 
 
 class CheckResult(BaseModel):
@@ -23,6 +29,46 @@ class CheckResult(BaseModel):
     detail: str
 
 
+class SegmentCheck(BaseModel):
+    """One re-run trajectory segment: from the executor's checkpoint ``start`` to ``end``.
+
+    ``exact``: the re-run's end state (latent and solver history) equals the executor's bit for bit.
+    ``latent_rel_l2`` / ``solver_rel_l2``: ‖executor − re-run‖ / ‖re-run‖ of the end latent and the
+    worst of the solver's history tensors (None when not measurable: non-finite values, or a solver
+    state of another structure); the segment's score is the larger of the two.
+    ``divergent_step``: where the record's fingerprints leave the re-run's inside the segment.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: str
+    end: str
+    start_step: int = Field(ge=0)
+    end_step: int = Field(ge=1)
+    exact: bool
+    latent_rel_l2: float | None
+    solver_rel_l2: float | None
+    passed: bool
+    divergent_step: int | None = None
+    detail: str = ""
+
+    @property
+    def label(self) -> str:
+        """``"step_002 (2) → step_004 (4)"``."""
+        return f"{self.start} ({self.start_step}) → {self.end} ({self.end_step})"
+
+
+class SpotCheckChoice(BaseModel):
+    """Which segments a spot check re-ran and how they were chosen (anyone can recompute it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    derivation: str
+    validator_entropy: str
+    segments: int = Field(ge=1)
+    chosen: list[int]
+
+
 class Verdict(BaseModel):
     """The decision, every measurement behind it and the policy used.
 
@@ -30,13 +76,22 @@ class Verdict(BaseModel):
     ``required_runtime_class`` and ``delegate_to`` (URLs of registered validator nodes of that
     class) are set when the decision is ``delegate``. ``scores`` holds every measurement of the
     comparison step keyed ``"metric:statistic"`` (e.g. ``lpips_alex:worst``,
-    ``latent_rel_l2:value``; see ``ditproof.metrics``), ``thresholds`` the thresholds that decided,
-    under the same keys (their sources are in the ``thresholds`` check's detail).
+    ``latent_rel_l2:value``, ``latent_rel_l2_segment:value``; see ``ditproof.metrics``),
+    ``thresholds`` the thresholds that decided, under the same keys (their sources are in the
+    ``thresholds`` check's detail).
+
+    ``mode``: how the validator checked (full regeneration, every checkpoint segment, or a spot
+    check of some). ``segments``: the segments re-run, in order; ``first_failing_segment`` the
+    label of the first that failed. ``divergent_step``: the first step (steps done, 1-based) where
+    the record's trajectory fingerprints leave the regeneration's, when it was located.
+    ``regenerated_steps`` of ``total_steps`` denoising steps were run (``cost_fraction``, their
+    ratio: text encoding and VAE decoding come on top).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal["ditproof.verdict/1"] = VERDICT_SCHEMA
+    schema_version: Literal["ditproof.verdict/2"] = VERDICT_SCHEMA
+    mode: Mode = "full"
     decision: Decision
     reason: str
     checks: list[CheckResult]
@@ -49,6 +104,13 @@ class Verdict(BaseModel):
     validator_runtime_class: str | None = None
     required_runtime_class: str | None = None
     delegate_to: list[str] = []
+    segments: list[SegmentCheck] = []
+    first_failing_segment: str | None = None
+    spot_check: SpotCheckChoice | None = None
+    divergent_step: int | None = None
+    regenerated_steps: int | None = None
+    total_steps: int | None = None
+    cost_fraction: float | None = None
 
     def save(self, path: str) -> None:
         """Writes the verdict atomically as canonical JSON."""

@@ -1,18 +1,32 @@
-"""The validator: integrity → record → class → regenerate → exact match → compare by policy."""
+"""The validator: integrity → record → class → regenerate (whole, or checkpoint segments) → exact
+match → compare by policy."""
 
+from ditproof.validation.checkpoints import (
+    SEGMENT_KEY,
+    choose_spot_segments,
+    validate_checkpoints,
+    validate_spot_check,
+)
 from ditproof.validation.compare import ComparisonOptions
 from ditproof.validation.delegation import ValidatorNode, ValidatorRegistry
+from ditproof.validation.fingerprints import Divergence, first_divergent_step
 from ditproof.validation.policy import Threshold, ThresholdPolicy, ThresholdsFile, parse_threshold
 from ditproof.validation.validate import regeneration_options, validate
 
 __all__ = [
+    "SEGMENT_KEY",
     "ComparisonOptions",
+    "Divergence",
     "Threshold",
     "ThresholdPolicy",
     "ThresholdsFile",
     "ValidatorNode",
     "ValidatorRegistry",
+    "choose_spot_segments",
+    "first_divergent_step",
     "parse_threshold",
     "regeneration_options",
     "validate",
+    "validate_checkpoints",
+    "validate_spot_check",
 ]

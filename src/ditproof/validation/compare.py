@@ -87,6 +87,8 @@ def load_final_latent(record: InferenceRecord, artifacts_dir: Path | None) -> tu
 
 def _required(policy: ThresholdPolicy, record: InferenceRecord, options: ComparisonOptions) -> dict[str, Threshold]:
     thresholds = policy.thresholds_for(record.model.preset, record.model.revision, record.runtime_class)
+    # Segment thresholds belong to the checkpoint modes (ditproof.validation.checkpoints).
+    thresholds = {k: t for k, t in thresholds.items() if METRICS[t.metric].kind != "segment"}
     if options.metrics:
         for metric in options.metrics:
             metric_spec(metric)

@@ -12,12 +12,15 @@ Order of checks, each cheaper than the next:
    different video goes on to step 6);
 6. comparison with metrics against thresholds from a policy (``ditproof.validation.compare``).
 
-The latent-checkpoint and spot-check modes (not built yet) plug in between steps 3 and 6; see
-docs/validation.md for their planned functions.
+Steps 1–3 are :func:`preflight`, shared with the latent-checkpoint and spot-check modes
+(:mod:`ditproof.validation.checkpoints`), which replace step 4's whole regeneration by re-runs of
+trajectory segments. An invalid verdict after a regeneration names the first step where the
+record's trajectory fingerprints leave the regeneration's (:mod:`ditproof.validation.fingerprints`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ditproof.errors import InvalidInputError
@@ -31,6 +34,7 @@ from ditproof.protocol.verdict import CheckResult, Verdict
 from ditproof.randomness import derive_seed, initial_noise
 from ditproof.validation.compare import ComparisonOptions, compare
 from ditproof.validation.delegation import ValidatorRegistry
+from ditproof.validation.fingerprints import fingerprint_tolerance, locate_divergence
 from ditproof.validation.policy import ThresholdPolicy
 from ditproof.video import encode_video
 
@@ -128,35 +132,30 @@ def regeneration_options(record: InferenceRecord, own: RuntimeOptions | None, de
     return record.options.model_copy(update=update)
 
 
-def validate(
+@dataclass
+class Preflight:
+    """What steps 1–3 established: the checks so far, the video bytes, the options to regenerate
+    with and this validator's runtime class (equal to the record's)."""
+
+    checks: _Checks
+    data: bytes
+    options: RuntimeOptions
+    local_class: str
+    artifacts_dir: Path | None
+
+
+def preflight(
     record: InferenceRecord,
     video: bytes | str | Path,
     model: LoadedModel,
     device: str | None = None,
     *,
-    policy: ThresholdPolicy | None = None,
-    comparison: ComparisonOptions | None = None,
     validators: ValidatorRegistry | None = None,
     options: RuntimeOptions | None = None,
     artifacts_dir: str | Path | None = None,
-) -> Verdict:
-    """Validates ``video`` against ``record`` by regenerating it with ``model``.
-
-    Args:
-        record: the executor's inference record.
-        video: the video bytes or path.
-        model: the validator's loaded model (its revision must be the record's).
-        device: where to regenerate (default: ``options.device``, else the record's device).
-        policy: thresholds for step 6 (none: a video that does not match exactly gets ``error``).
-        comparison: metrics to decide on, and where they run.
-        validators: registry of validator nodes, to fill ``delegate_to`` on ``delegate``.
-        options: this validator's runtime options (see :data:`REGENERATION_OPTION_FIELDS`).
-        artifacts_dir: the folder holding the record's latent files (default: the video's folder
-            when ``video`` is a path); the final latent there feeds the latent metrics.
-
-    Returns:
-        The verdict; ``delegate`` when this validator's runtime class differs from the record's.
-    """
+) -> Preflight | Verdict:
+    """Steps 1–3 (integrity, record, runtime class): a verdict when one of them decides, else what
+    the next steps need. Arguments as for :func:`validate`."""
     checks = _Checks(record)
     if isinstance(video, str | Path):
         try:
@@ -206,6 +205,45 @@ def validate(
             delegate_to=[n.url for n in nodes],
         )
 
+    return Preflight(checks, data, options, local_class, Path(artifacts_dir) if artifacts_dir is not None else None)
+
+
+def validate(
+    record: InferenceRecord,
+    video: bytes | str | Path,
+    model: LoadedModel,
+    device: str | None = None,
+    *,
+    policy: ThresholdPolicy | None = None,
+    comparison: ComparisonOptions | None = None,
+    validators: ValidatorRegistry | None = None,
+    options: RuntimeOptions | None = None,
+    artifacts_dir: str | Path | None = None,
+) -> Verdict:
+    """Validates ``video`` against ``record`` by regenerating it with ``model``.
+
+    Args:
+        record: the executor's inference record.
+        video: the video bytes or path.
+        model: the validator's loaded model (its revision must be the record's).
+        device: where to regenerate (default: ``options.device``, else the record's device).
+        policy: thresholds for step 6 (none: a video that does not match exactly gets ``error``).
+        comparison: metrics to decide on, and where they run.
+        validators: registry of validator nodes, to fill ``delegate_to`` on ``delegate``.
+        options: this validator's runtime options (see :data:`REGENERATION_OPTION_FIELDS`).
+        artifacts_dir: the folder holding the record's latent files (default: the video's folder
+            when ``video`` is a path); the final latent there feeds the latent metrics.
+
+    Returns:
+        The verdict; ``delegate`` when this validator's runtime class differs from the record's.
+    """
+    pre = preflight(record, video, model, device, validators=validators, options=options, artifacts_dir=artifacts_dir)
+    if isinstance(pre, Verdict):
+        return pre
+    checks, data, options, local_class = pre.checks, pre.data, pre.options, pre.local_class
+    steps = record.request.num_inference_steps
+    cost = {"regenerated_steps": steps, "total_steps": steps, "cost_fraction": 1.0}
+
     # 4. Regenerate.
     result = generate(record.request, record.seed, model, options)
 
@@ -218,7 +256,11 @@ def validate(
     latent_exact = recorded_final is not None and sha256_tensor(final) == recorded_final
     if checks.add("exact_match", video_exact, f"video {video_exact}, final latent {latent_exact}"):
         return checks.verdict(
-            "valid", "regeneration matched byte for byte", exact_match=True, validator_runtime_class=local_class
+            "valid",
+            "regeneration matched byte for byte",
+            exact_match=True,
+            validator_runtime_class=local_class,
+            **cost,
         )
 
     # 6. Comparison against thresholds (metrics and policy).
@@ -227,15 +269,26 @@ def validate(
             "error",
             "the regeneration did not match exactly and no comparison policy (metric thresholds) is configured",
             validator_runtime_class=local_class,
+            **cost,
         )
-    return compare(
+    verdict = compare(
         record,
         data,
         regenerated,
         final,
-        Path(artifacts_dir) if artifacts_dir is not None else None,
+        pre.artifacts_dir,
         policy,
         comparison or ComparisonOptions(),
         checks,
         validator_runtime_class=local_class,
+        **cost,
+    )
+    if verdict.decision != "invalid":
+        return verdict
+    # Where did it go wrong? The record's per-step fingerprints against the regeneration's.
+    divergence = locate_divergence(record, result.capture.fingerprints, fingerprint_tolerance(policy, record))
+    if divergence is None:
+        return verdict
+    return verdict.model_copy(
+        update={"divergent_step": divergence.step, "reason": f"{verdict.reason}; {divergence.describe()}"}
     )

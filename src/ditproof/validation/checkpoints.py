@@ -1,0 +1,397 @@
+"""Latent-checkpoint and spot-check validation (DESIGN §3.5), with the fingerprint locator (§3.6).
+
+Instead of regenerating the whole video, the validator checks the executor's trajectory piece by
+piece. After steps 1–3 of :func:`ditproof.validation.validate` (integrity, record, runtime class):
+
+4. checkpoint files: the record's list of checkpoints is well formed and every file is the one
+   the record's hashes name (``initial`` is the seed's noise); the record's per-step fingerprints
+   at the checkpoint steps are the projections of those latents (no model run needed);
+5. segments: each segment between consecutive checkpoints (``checkpoints`` mode: all of them;
+   ``spot-check`` mode: k of them, chosen by the validator *after* the executor committed, see
+   :func:`choose_spot_segments`) is re-run from the executor's checkpoint, and its end state
+   (latent and solver history) is compared with the executor's: bitwise equal passes at no
+   metric cost, else the relative L2 must meet the policy's ``latent_rel_l2_segment`` threshold,
+   and the record's fingerprints inside the segment must follow the re-run's. The first failing
+   segment decides (``invalid``), with the step where the fingerprints first diverge;
+6. video: the video must come from the final latent. In ``checkpoints`` mode the last segment's
+   re-run is decoded (the validator's own continuation); in ``spot-check`` mode the same, when the
+   last segment was chosen, else the executor's final latent is decoded by the validator. The
+   encoding must equal the submitted mp4 byte for byte, or pass step 6 of full validation
+   (:func:`ditproof.validation.compare.compare`) with the frame metrics in force.
+
+The cost is the re-run steps over the request's steps (``cost_fraction`` in the verdict); text
+encoding (per segment) and one VAE decode come on top.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ditproof.errors import IntegrityError
+from ditproof.hashing import sha256_bytes
+from ditproof.metrics.registry import METRICS
+from ditproof.models.registry import LoadedModel
+from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.record import InferenceRecord
+from ditproof.protocol.verdict import SegmentCheck, SpotCheckChoice, Verdict
+from ditproof.randomness import SPOT_CHECK_DERIVATION, check_entropy, spot_check_segments
+from ditproof.validation.compare import ComparisonOptions, compare
+from ditproof.validation.delegation import ValidatorRegistry
+from ditproof.validation.fingerprints import (
+    Divergence,
+    fingerprint_commitments,
+    fingerprint_tolerance,
+    first_divergent_step,
+    locate_divergence,
+)
+from ditproof.validation.policy import Threshold, ThresholdPolicy
+from ditproof.validation.segments import (
+    CheckpointMissingError,
+    Segment,
+    SegmentRun,
+    load_checkpoints,
+    rerun_segment,
+    structure_problems,
+    trajectory_segments,
+    trajectory_steps,
+)
+from ditproof.validation.validate import Preflight, _Checks, preflight
+from ditproof.video import encode_video, frames_to_uint8
+
+SEGMENT_METRIC = "latent_rel_l2_segment"
+SEGMENT_KEY = f"{SEGMENT_METRIC}:value"
+"""Score key of the segment checks in verdicts and thresholds files (worst segment)."""
+
+__all__ = [
+    "SEGMENT_KEY",
+    "choose_spot_segments",
+    "first_divergent_step",
+    "validate_checkpoints",
+    "validate_spot_check",
+]
+
+
+def choose_spot_segments(record: InferenceRecord, validator_entropy: str, k: int) -> list[int]:
+    """Which of the record's segments a spot check re-runs (indices, ascending).
+
+    Segments lie between consecutive distinct checkpoint steps of the record. The choice
+    (:func:`ditproof.randomness.spot_check_segments`) mixes the record's sha256, which commits to
+    every checkpoint file, with the validator's entropy: the same inputs always give the same
+    segments, and the executor cannot know them when it commits.
+
+    Raises:
+        InvalidInputError: malformed entropy, or ``k`` outside 1 to the number of segments.
+    """
+    return spot_check_segments(record.sha256(), validator_entropy, len(trajectory_steps(record)) - 1, k)
+
+
+@torch.inference_mode()
+def decode_latent(model: LoadedModel, latent: torch.Tensor) -> np.ndarray:
+    """Decodes a final latent to uint8 frames ``(F, H, W, 3)`` exactly as the generation path's last
+    step does (``ditproof.generation.generate``, step 6; a test holds the two to the same bytes)."""
+    pipe = model.pipeline
+    vae = pipe.vae
+    latents = latent.to(vae.device, dtype=vae.dtype)
+    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(
+        latents.device, latents.dtype
+    )
+    video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+    frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
+    return frames_to_uint8(np.asarray(frames))
+
+
+def validate_checkpoints(
+    record: InferenceRecord,
+    video: bytes | str | Path,
+    model: LoadedModel,
+    device: str | None = None,
+    *,
+    policy: ThresholdPolicy | None = None,
+    comparison: ComparisonOptions | None = None,
+    validators: ValidatorRegistry | None = None,
+    options: RuntimeOptions | None = None,
+    artifacts_dir: str | Path | None = None,
+) -> Verdict:
+    """Validates by re-running every segment between the executor's checkpoints (module docstring).
+
+    Arguments as for :func:`ditproof.validation.validate`; ``artifacts_dir`` must hold the files the
+    record's checkpoints name (default: the video's folder when ``video`` is a path). The policy's
+    ``latent_rel_l2_segment`` threshold decides segments that do not match bit for bit.
+    """
+    pre = preflight(record, video, model, device, validators=validators, options=options, artifacts_dir=artifacts_dir)
+    if isinstance(pre, Verdict):
+        return pre
+    return _validate_segments(record, model, pre, policy, comparison, "checkpoints", None)
+
+
+def validate_spot_check(
+    record: InferenceRecord,
+    video: bytes | str | Path,
+    model: LoadedModel,
+    k: int,
+    validator_entropy: str | None = None,
+    device: str | None = None,
+    *,
+    policy: ThresholdPolicy | None = None,
+    comparison: ComparisonOptions | None = None,
+    validators: ValidatorRegistry | None = None,
+    options: RuntimeOptions | None = None,
+    artifacts_dir: str | Path | None = None,
+) -> Verdict:
+    """Validates by re-running ``k`` segments chosen with the validator's entropy (module docstring).
+
+    Args:
+        k: segments to re-run (at most the record's number of segments).
+        validator_entropy: hex digits (16 to 256); None draws 32 fresh bytes from the operating
+            system. It is written in the verdict, so the choice can be recomputed by anyone.
+        Others: as for :func:`validate_checkpoints`.
+
+    Raises:
+        InvalidInputError: malformed entropy or ``k`` out of range (for a well-formed record).
+    """
+    entropy = check_entropy(validator_entropy) if validator_entropy is not None else secrets.token_hex(32)
+    pre = preflight(record, video, model, device, validators=validators, options=options, artifacts_dir=artifacts_dir)
+    if isinstance(pre, Verdict):
+        return pre
+    return _validate_segments(record, model, pre, policy, comparison, "spot-check", (entropy, k))
+
+
+def _segment_threshold(policy: ThresholdPolicy | None, record: InferenceRecord) -> Threshold | None:
+    if policy is None:
+        return None
+    return policy.thresholds_for(record.model.preset, record.model.revision, record.runtime_class).get(SEGMENT_KEY)
+
+
+def _validate_segments(
+    record: InferenceRecord,
+    model: LoadedModel,
+    pre: Preflight,
+    policy: ThresholdPolicy | None,
+    comparison: ComparisonOptions | None,
+    mode: Literal["checkpoints", "spot-check"],
+    spot: tuple[str, int] | None,
+) -> Verdict:
+    checks = pre.checks
+    total = record.request.num_inference_steps
+    extra: dict[str, object] = {"mode": mode, "validator_runtime_class": pre.local_class, "total_steps": total}
+
+    # 4. Checkpoint files and fingerprint commitments.
+    problems = structure_problems(record)
+    if problems:
+        checks.add("checkpoint_files", False, "; ".join(problems))
+        return checks.verdict("invalid", "the record's checkpoint list is malformed: " + "; ".join(problems), **extra)
+    if pre.artifacts_dir is None:
+        checks.add("checkpoint_files", False, "no artifacts folder given")
+        return checks.verdict(
+            "error",
+            f"{mode} validation needs the executor's checkpoint files: give their folder (--artifacts)",
+            **extra,
+        )
+    try:
+        segments = trajectory_segments(load_checkpoints(record, pre.artifacts_dir))
+    except CheckpointMissingError as exc:
+        checks.add("checkpoint_files", False, str(exc))
+        return checks.verdict("error", str(exc), **extra)
+    except IntegrityError as exc:
+        checks.add("checkpoint_files", False, str(exc))
+        return checks.verdict("invalid", f"a checkpoint file differs from the record: {exc}", **extra)
+    checks.add(
+        "checkpoint_files", True, f"{len(record.checkpoints)} file(s) match the record; {len(segments)} segment(s)"
+    )
+    latents = {s.end.step: s.end.point.latent for s in segments}
+    problems = fingerprint_commitments(record, latents)
+    if problems:
+        checks.add("fingerprints", False, "; ".join(problems))
+        return checks.verdict(
+            "invalid", "the record's fingerprints contradict its checkpoints: " + problems[0], **extra
+        )
+    checks.add("fingerprints", True, "absent" if record.fingerprints is None else "agree with the checkpoint latents")
+
+    # 5. Segments: all, or the validator's choice.
+    chosen = list(range(len(segments)))
+    if spot is not None:
+        entropy, k = spot
+        chosen = spot_check_segments(record.sha256(), entropy, len(segments), k)
+        extra["spot_check"] = SpotCheckChoice(
+            derivation=SPOT_CHECK_DERIVATION, validator_entropy=entropy, segments=len(segments), chosen=chosen
+        )
+        cost = sum(segments[i].steps for i in chosen)
+        checks.add(
+            "spot_selection",
+            True,
+            f"segments {chosen} of {len(segments)} ({cost} of {total} steps) from validator entropy {entropy}",
+        )
+    threshold = _segment_threshold(policy, record)
+    tolerance = fingerprint_tolerance(policy, record)
+    results: list[SegmentCheck] = []
+    last_run: SegmentRun | None = None
+    done = 0
+    for index in chosen:
+        segment = segments[index]
+        run = rerun_segment(record, model, pre.options, segment)
+        done += segment.steps
+        extra.update(regenerated_steps=done, cost_fraction=done / total)
+        verdict = _decide_segment(record, segment, run, threshold, tolerance, checks, results, extra)
+        if verdict is not None:
+            return verdict
+        last_run = run
+    extra["segments"] = results
+    # Passing segments are exact (score 0) or measured; the worst one is the mode's score.
+    extra["scores"] = {SEGMENT_KEY: max(max(r.latent_rel_l2 or 0.0, r.solver_rel_l2 or 0.0) for r in results)}
+    if threshold is not None:
+        extra["thresholds"] = {SEGMENT_KEY: threshold.value}
+
+    # 6. The video comes from the final latent.
+    final_run = last_run if chosen and chosen[-1] == len(segments) - 1 else None
+    return _check_video(record, model, pre, segments[-1], final_run, policy, comparison, extra)
+
+
+def _decide_segment(
+    record: InferenceRecord,
+    segment: Segment,
+    run: SegmentRun,
+    threshold: Threshold | None,
+    tolerance: float,
+    checks: _Checks,
+    results: list[SegmentCheck],
+    extra: dict[str, object],
+) -> Verdict | None:
+    """Adds the segment's check; returns the verdict when it decides (fail or no threshold)."""
+    divergence: Divergence | None = None
+    if run.result is not None:
+        divergence = locate_divergence(record, run.result.capture.fingerprints, tolerance, segment.start.step + 1)
+    score = run.score
+    if run.exact:
+        passed, why = True, "passes at no metric cost"
+    elif score is None:
+        passed, why = False, run.note
+    elif threshold is None:
+        results.append(_segment_check(segment, run, False, None, run.note))
+        checks.add("segment", False, f"{segment.label}: {run.note}; no {SEGMENT_KEY} threshold")
+        return checks.verdict(
+            "error",
+            f"segment {segment.label} is not bitwise equal to its re-run ({run.note}) and there is no "
+            f"{SEGMENT_KEY} threshold for model {record.model.preset}, runtime class {record.runtime_class}; the "
+            f"validator refuses to decide (give a thresholds file with such an entry, or --threshold {SEGMENT_METRIC}=VALUE)",
+            segments=results,
+            first_failing_segment=segment.label,
+            **extra,
+        )
+    else:
+        passed, why = threshold.passes(score), threshold.describe(score)
+    if passed and divergence is not None:
+        passed, why = (
+            False,
+            f"end state {why}, but the record's fingerprints inside the segment differ from the re-run's",
+        )
+    results.append(_segment_check(segment, run, passed, divergence, f"{run.note}; {why}"))
+    checks.add("segment", passed, f"{segment.label}: {run.note}; {why}")
+    if passed:
+        return None
+    reason = f"the trajectory leaves tolerance in segment {segment.label} ({why})"
+    if divergence is not None:
+        reason += f"; {divergence.describe()}"
+    scores = {SEGMENT_KEY: score} if score is not None else {}
+    used = {SEGMENT_KEY: threshold.value} if threshold is not None else {}
+    return checks.verdict(
+        "invalid",
+        reason,
+        segments=results,
+        first_failing_segment=segment.label,
+        divergent_step=divergence.step if divergence is not None else None,
+        scores=scores,
+        thresholds=used,
+        **extra,
+    )
+
+
+def _segment_check(
+    segment: Segment, run: SegmentRun, passed: bool, divergence: Divergence | None, detail: str
+) -> SegmentCheck:
+    return SegmentCheck(
+        start=segment.start.name,
+        end=segment.end.name,
+        start_step=segment.start.step,
+        end_step=segment.end.step,
+        exact=run.exact,
+        latent_rel_l2=run.latent_rel_l2,
+        solver_rel_l2=run.solver_rel_l2,
+        passed=passed,
+        divergent_step=divergence.step if divergence is not None else None,
+        detail=detail,
+    )
+
+
+def _check_video(
+    record: InferenceRecord,
+    model: LoadedModel,
+    pre: Preflight,
+    last: Segment,
+    final_run: SegmentRun | None,
+    policy: ThresholdPolicy | None,
+    comparison: ComparisonOptions | None,
+    extra: dict[str, object],
+) -> Verdict:
+    """Step 6: the submitted video against the decoded final latent (re-run or the executor's)."""
+    checks = pre.checks
+    if final_run is not None and final_run.result is not None and final_run.result.frames is not None:
+        frames, latent, source = final_run.result.frames, final_run.result.capture.latents["final"][1], "re-run"
+    else:
+        frames, latent, source = decode_latent(model, last.end.point.latent), last.end.point.latent, "executor's"
+    regenerated = encode_video(frames, record.request.fps, record.video.encoding)
+    if checks.add(
+        "exact_match",
+        sha256_bytes(regenerated) == record.video.sha256,
+        f"video decoded from the {source} final latent equals the submitted one",
+    ):
+        segments = extra.get("segments", [])
+        return checks.verdict(
+            "valid",
+            f"{len(segments)} segment(s) within tolerance and the video decodes from the final latent "  # type: ignore[arg-type]
+            "byte for byte",
+            exact_match=True,
+            **extra,
+        )
+    if policy is None:
+        return checks.verdict(
+            "error",
+            f"the video decoded from the {source} final latent does not match the submitted one byte for byte and no "
+            "comparison policy (metric thresholds) is configured",
+            **extra,
+        )
+    options = comparison or ComparisonOptions()
+    scores = dict(extra.pop("scores", {}))  # type: ignore[call-overload]
+    thresholds = dict(extra.pop("thresholds", {}))  # type: ignore[call-overload]
+    if source == "executor's":
+        # Decoded from the executor's own latent: latent metrics would compare it with itself, so
+        # only frame metrics can decide.
+        frame_metrics = tuple(
+            t.metric
+            for t in policy.thresholds_for(record.model.preset, record.model.revision, record.runtime_class).values()
+            if METRICS[t.metric].kind == "frames" and (not options.metrics or t.metric in options.metrics)
+        )
+        if not frame_metrics:
+            checks.add("thresholds", False, "no frame-metric threshold")
+            return checks.verdict(
+                "error",
+                "the video decoded from the executor's final latent does not match the submitted one byte for byte "
+                "and no frame-metric threshold is in force to compare them",
+                **extra,
+            )
+        options = ComparisonOptions(
+            metrics=tuple(sorted(set(frame_metrics))), device=options.device, batch=options.batch
+        )
+    verdict = compare(record, pre.data, regenerated, latent, pre.artifacts_dir, policy, options, checks, **extra)
+    if source == "executor's":
+        verdict = verdict.model_copy(
+            update={"scores": {k: v for k, v in verdict.scores.items() if METRICS[k.split(":")[0]].kind != "latent"}}
+        )
+    return verdict.model_copy(
+        update={"scores": {**scores, **verdict.scores}, "thresholds": {**thresholds, **verdict.thresholds}}
+    )
