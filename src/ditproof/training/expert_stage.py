@@ -62,7 +62,7 @@ class ExpertStageConfig(BaseModel):
     size: str = "shipped"
     seed: int = Field(default=0, ge=0)
     steps: int = Field(default=4000, ge=1)
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=128, ge=1)
     learning_rate: float = Field(default=5e-4, gt=0)
     warmup_steps: int = Field(default=200, ge=1)
     weight_decay: float = Field(default=0.01, ge=0)

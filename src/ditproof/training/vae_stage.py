@@ -51,7 +51,7 @@ class VaeStageConfig(BaseModel):
     stats_clips: int = Field(default=256, ge=2)
     eval_clips: int = Field(default=32, ge=1)
     device: str = "cpu"
-    max_seconds: float = Field(default=420.0, gt=0)
+    max_seconds: float = Field(default=450.0, gt=0)
     log_every: int = Field(default=25, ge=1)
 
 
