@@ -1,20 +1,34 @@
-"""``ditproof price``: quote, refusals, calibrate → quote with the new file, import, next."""
+"""``ditproof price``: quote, refusals, calibrate → quote with the new file, import, next.
+
+One test runs the installed entry point in a subprocess (the command is registered); the others
+run the same typer app in-process, which saves a Python start-up (torch, diffusers) per call.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
+
+from typer.testing import CliRunner
+
+from ditproof.cli.main import app
 
 
-def ditproof(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ditproof.cli.main", "price", *args], capture_output=True, text=True, timeout=300
-    )
+def ditproof(*args: str) -> SimpleNamespace:
+    result = CliRunner().invoke(app, ["price", *args])
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
 
 
 def test_quote_json_of_the_default_request():
-    result = ditproof("--json", "--price-per-unit", "3")
+    completed = subprocess.run(
+        [sys.executable, "-m", "ditproof.cli.main", "price", "--json", "--price-per-unit", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    result = completed
     assert result.returncode == 0, result.stderr
     quote = json.loads(result.stdout)
     assert quote["schema_version"] == "ditproof.price-quote/1"
