@@ -19,14 +19,13 @@ Exceptions::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-from ditproof.hashing import atomic_write_bytes, sha256_bytes
 
 __all__ = ["ApiError", "Client", "ClientError", "IntegrityError"]
 
@@ -156,6 +155,9 @@ class Client:
         _check(record_bytes.rstrip(b"\n"), job.get("record_sha256"), "record")
         video = self.content(video_id)
         _check(video, record["video"]["sha256"], "video")
+        # Imported here: ditproof.hashing imports torch, which `ditproof client` needs nowhere else.
+        from ditproof.hashing import atomic_write_bytes
+
         out = Path(out_dir)
         paths = {"video": out / "video.mp4", "record": out / "record.json"}
         atomic_write_bytes(paths["video"], video)
@@ -207,6 +209,39 @@ class Client:
         """``POST /api/v1/stop``."""
         return self._json("POST", "/api/v1/stop")
 
+    # Proof-of-Compute (Gonka's PoC v2 shapes).
+    def pow_init_generate(self, **fields: Any) -> dict[str, Any]:
+        """``POST /api/v1/inference/pow/init/generate``: start a continuous round (block_hash, public_key,
+        block_height, node_id, node_count, batch_size, params {model, seq_len, k_dim}, url)."""
+        return self._json("POST", "/api/v1/inference/pow/init/generate", json=_fields(fields))
+
+    def pow_generate(self, timeout: float = 3600.0, **fields: Any) -> dict[str, Any]:
+        """``POST /api/v1/inference/pow/generate`` (nonces; with ``validation`` and ``stat_test`` to check)."""
+        return self._json("POST", "/api/v1/inference/pow/generate", json=_fields(fields), timeout=timeout)
+
+    def pow_result(self, request_id: str) -> dict[str, Any]:
+        """``GET /api/v1/inference/pow/generate/{id}``."""
+        return self._json("GET", f"/api/v1/inference/pow/generate/{request_id}")
+
+    def pow_wait(self, request_id: str, timeout: float = 3600.0, poll: float = 0.2) -> dict[str, Any]:
+        """Polls a queued PoC request until it is completed, failed or cancelled."""
+        deadline = time.monotonic() + timeout
+        while True:
+            result = self.pow_result(request_id)
+            if result["status"] in ("completed", "failed", "cancelled"):
+                return result
+            if time.monotonic() > deadline:
+                raise ClientError(f"PoC request {request_id}: still {result['status']} after {timeout} s")
+            time.sleep(poll)
+
+    def pow_status(self) -> dict[str, Any]:
+        """``GET /api/v1/inference/pow/status``."""
+        return self._json("GET", "/api/v1/inference/pow/status")
+
+    def pow_stop(self) -> dict[str, Any]:
+        """``POST /api/v1/inference/pow/stop``."""
+        return self._json("POST", "/api/v1/inference/pow/stop")
+
     def health(self) -> dict[str, Any]:
         """``GET /health`` (no token needed)."""
         return self._json("GET", "/health")
@@ -236,7 +271,7 @@ def _fields(fields: dict[str, Any]) -> dict[str, Any]:
 def _check(data: bytes, expected: str | None, what: str) -> None:
     if expected is None:
         raise IntegrityError(f"{what}: the node announced no sha256 to check against")
-    actual = sha256_bytes(data)
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise IntegrityError(f"{what}: sha256 {actual}, the node announced {expected}")
 

@@ -21,7 +21,7 @@ from ditproof.server.config import ServerConfig
 from ditproof.server.errors import install_handlers
 from ditproof.server.jobs import JobStore
 from ditproof.server.loading import resolve_model
-from ditproof.server.routes import management, pricing, validate, videos
+from ditproof.server.routes import management, pow, pricing, validate, videos
 from ditproof.server.routes.validate import ValidationSetup
 from ditproof.server.worker import Engine
 
@@ -61,7 +61,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         version=__version__,
         description=(
             "Verifiable text-to-video inference: a vLLM-Omni-compatible video API, Gonka ML-node "
-            "management, and validation. Every endpoint but the health probes needs "
+            "management, Proof-of-Compute v2 (Gonka's shapes), and validation. Every endpoint but the health probes needs "
             "'Authorization: Bearer <token>'. Errors share one shape: {error: {status, code, message, fields}}."
         ),
         lifespan=lifespan,
@@ -70,6 +70,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(videos.router)
     app.include_router(management.router)
     app.include_router(validate.router)
+    app.include_router(pow.router)
     app.include_router(pricing.router)
     app.include_router(management.health)
     # Added last = outermost: authentication runs before the body is read.

@@ -52,6 +52,7 @@ class ServerConfig(BaseModel):
         thresholds: the validation thresholds file (``ditproof.validation.policy``) for videos that do
             not match exactly; none: such a verdict is ``error``.
         validators: the validator registry named in ``delegate`` verdicts.
+        poc_callback_interval_s: how often a PoC round POSTs its new artifacts to the callback URL.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -73,6 +74,7 @@ class ServerConfig(BaseModel):
     models: dict[str, ModelAlias] = {}
     thresholds: Path | None = None
     validators: Path | None = None
+    poc_callback_interval_s: float = Field(default=5.0, gt=0, le=3600)
 
     @field_validator("api_token")
     @classmethod

@@ -15,6 +15,7 @@ Codes: ``invalid_request`` (422), ``unauthorized`` (401), ``not_found`` (404),
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -132,7 +133,11 @@ def pydantic_fields(exc: ValidationError | RequestValidationError, drop_prefix: 
         kind = error["type"]
         message = str(error["msg"]).removeprefix("Value error, ")
         if kind == "value_error":
-            pass
+            # A check across fields names its field first ("node_id: got 3; ..."): use that name.
+            named = _NAMED.match(message)
+            if named:
+                field = ".".join([*loc, named.group(1)]) if loc and loc != ["body"] else named.group(1)
+                message = named.group(2)
         elif kind == "missing":
             message = "missing; this field is required"
         elif kind == "extra_forbidden":
@@ -141,6 +146,9 @@ def pydantic_fields(exc: ValidationError | RequestValidationError, drop_prefix: 
             message = f"got {_short(error.get('input'))}; {message}"
         problems.append((field, message))
     return problems
+
+
+_NAMED = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*): (.+)$", re.DOTALL)
 
 
 def _short(value: Any, limit: int = 80) -> str:

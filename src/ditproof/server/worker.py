@@ -7,7 +7,11 @@ at once, and a validation never races a generation for GPU memory.
 State machine (Gonka ML-node states; one service at a time)::
 
     STOPPED --inference/up--> INFERENCE (loading, then healthy) --inference/down, stop--> STOPPED
-    (POW and TRAIN are reserved for Proof-of-Compute and training.)
+    INFERENCE --pow init/generate--> POW --pow/stop--> INFERENCE;  POW --stop--> STOPPED
+    (TRAIN is reserved for training.)
+
+PoC (:mod:`ditproof.server.pow`) shares this worker: a round runs one batch at a time whenever
+no task waits, and PoC ``generate`` requests are tasks like validations.
 
 Rules for jobs, so that none is silently lost:
 
@@ -42,6 +46,7 @@ from ditproof.server.config import ServerConfig
 from ditproof.server.errors import ApiError, conflict
 from ditproof.server.jobs import Job, JobSpec, JobStore
 from ditproof.server.loading import ModelChoice
+from ditproof.server.pow import PowService
 
 log = logging.getLogger("ditproof.server")
 
@@ -93,6 +98,17 @@ class Engine:
         self._stopping = False
         self._delete_after: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="ditproof-worker", daemon=True)
+        self.pow = PowService(self)
+
+    @property
+    def cond(self) -> threading.Condition:
+        """The lock (and wake-up signal) of the state, the task queue and the worker."""
+        return self._cond
+
+    @property
+    def loaded_choice(self) -> ModelChoice | None:
+        """The model choice whose weights are in memory now (None while loading or unloaded)."""
+        return self._model_choice
 
     # Life cycle.
     def start(self, startup_model: ModelChoice | None) -> dict[str, list[str]]:
@@ -111,6 +127,7 @@ class Engine:
         """Stops the worker; a running job goes back to the queue (resumed at next start)."""
         with self._cond:
             self._stopping = True
+            self.pow.end_round_locked("the server shut down")
             if self._running is not None:
                 self._cancel = ("the server shut down", True)
             self._cond.notify_all()
@@ -184,7 +201,7 @@ class Engine:
         return {
             "state": self.state,
             "version": __version__,
-            "poc_status": "IDLE" if self.state == "INFERENCE" else None,
+            "poc_status": {"INFERENCE": "IDLE", "POW": "GENERATING"}.get(self.state),
             "inference_healthy": self.healthy if self.state == "INFERENCE" else None,
             "loaded_model": self._model_choice.name if self._model_choice is not None else None,
             "loading": self.loading,
@@ -251,6 +268,7 @@ class Engine:
         self.state = "STOPPED"
         self.choice = None
         self.loading = False
+        self.pow.end_round_locked(reason)
         for job in self.store.with_status("queued"):
             self.store.fail(job.id, "cancelled", f"{reason} before the job started")
         if self._running is not None:
@@ -279,23 +297,37 @@ class Engine:
     def pending_tasks_locked(self) -> int:
         return sum(1 for task in self._tasks if task.counts_in_queue)
 
-    def run_task(self, name: str, fn: Callable[[LoadedModel, RuntimeOptions], T]) -> Future[T]:
+    def run_task(
+        self,
+        name: str,
+        fn: Callable[[LoadedModel, RuntimeOptions], T],
+        states: tuple[ServiceState, ...] = ("INFERENCE",),
+    ) -> Future[T]:
         """Queues ``fn(model, options)`` on the worker ahead of the waiting jobs.
 
+        Args:
+            name: what the task is (``cancel_tasks_locked`` finds tasks by name).
+            fn: the work, given the loaded model and its runtime options.
+            states: service states in which the task may be queued.
+
         Raises:
-            ApiError: 409 when no model is up, 429 when the queue is full.
+            ApiError: 409 when no model is up or in another state, 429 when the queue is full.
         """
         future: Future[T] = Future()
         with self._cond:
-            if self.state != "INFERENCE" or self.choice is None:
+            if self.state not in states or self.choice is None:
                 raise conflict(
-                    f"state: the node is in {self.state}; allowed: INFERENCE (POST /api/v1/inference/up first)",
+                    f"state: the node is in {self.state}; allowed: {' or '.join(states)} "
+                    "(POST /api/v1/inference/up first)",
                     code="not_ready",
                 )
             waiting = self.store.waiting() + self.pending_tasks_locked()
             if waiting >= self.config.max_queue:
                 raise ApiError(
-                    429, "queue_full", f"queue: {waiting} tasks waiting; allowed: at most {self.config.max_queue}"
+                    429,
+                    "queue_full",
+                    f"queue: {waiting} tasks waiting; allowed: at most {self.config.max_queue}",
+                    headers={"Retry-After": "5"},
                 )
 
             def call() -> T:
@@ -307,6 +339,16 @@ class Engine:
             self._tasks.append(_Task(name, call, future, counts_in_queue=True))
             self._cond.notify_all()
         return future
+
+    def count_tasks_locked(self, name: str) -> int:
+        """Waiting tasks called ``name`` (lock held)."""
+        return sum(1 for task in self._tasks if task.name == name)
+
+    def cancel_tasks_locked(self, name: str, reason: str) -> None:
+        """Drops the waiting tasks called ``name``; their callers get a 409 with ``reason`` (lock held)."""
+        for task in [task for task in self._tasks if task.name == name]:
+            self._tasks.remove(task)
+            task.future.set_exception(conflict(f"state: {reason}"))
 
     def delete_job(self, job_id: str) -> bool:
         """Deletes a job and its files.
@@ -330,6 +372,7 @@ class Engine:
             with self._cond:
                 task: _Task | None = None
                 job: Job | None = None
+                pow_batch = False
                 while True:
                     if self._stopping:
                         return
@@ -341,9 +384,14 @@ class Engine:
                         if job is not None:
                             self._running, self._cancel = job.id, None
                             break
+                    if self.pow.has_batch_locked():
+                        pow_batch = True
+                        break
                     self._cond.wait(timeout=1.0)
             if task is not None:
                 self._run_task(task)
+            elif pow_batch:
+                self.pow.run_batch()
             elif job is not None:
                 try:
                     self._run_job(job)
