@@ -1,4 +1,9 @@
-"""Entry point of the ``ditproof`` command."""
+"""Entry point of the ``ditproof`` command.
+
+Commands load on first use (:mod:`ditproof.cli.lazy`): ``ditproof client ...`` imports neither
+torch nor diffusers. Register a command by adding its ``"module:attribute"`` to
+:data:`COMMANDS` (an ``app.command(...)`` line also works, but imports its module at every start).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,25 @@ import traceback
 
 import typer
 
-from ditproof.cli.client_cmds import client_app
 from ditproof.cli.common import EXIT_FAILURE, err
-from ditproof.cli.experiment import experiment_app
-from ditproof.cli.generate import generate_command
-from ditproof.cli.info import info_command
-from ditproof.cli.poc import poc_app
-from ditproof.cli.price import price_app
-from ditproof.cli.serve import serve_command
-from ditproof.cli.validate import demo_command, validate_command
+from ditproof.cli.lazy import LazyGroup
+
+COMMANDS = {
+    "generate": "ditproof.cli.generate:generate_command",
+    "info": "ditproof.cli.info:info_command",
+    "validate": "ditproof.cli.validate:validate_command",
+    "demo": "ditproof.cli.validate:demo_command",
+    "serve": "ditproof.cli.serve:serve_command",
+    "client": "ditproof.cli.client_cmds:client_app",
+    "price": "ditproof.cli.price:price_app",
+    "poc": "ditproof.cli.poc:poc_app",
+    "experiment": "ditproof.cli.experiment:experiment_app",
+}
+
+
+class _Commands(LazyGroup):
+    lazy_commands = COMMANDS
+
 
 app = typer.Typer(
     name="ditproof",
@@ -24,16 +39,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_Commands,
 )
-app.command("generate")(generate_command)
-app.command("info")(info_command)
-app.command("validate")(validate_command)
-app.command("demo")(demo_command)
-app.command("serve")(serve_command)
-app.add_typer(client_app, name="client")
-app.add_typer(price_app, name="price")
-app.add_typer(poc_app, name="poc")
-app.add_typer(experiment_app, name="experiment")
+
+
+@app.callback()
+def _root() -> None:
+    # A callback makes typer build a group even though every command is lazy.
+    pass
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,44 @@
+"""Commands imported when they are used, so ``ditproof client ...`` starts without torch.
+
+A :class:`LazyGroup` subclass names its commands in :attr:`LazyGroup.lazy_commands` as
+``"module:attribute"``: a function becomes a command, a ``typer.Typer`` a command group. The
+module is imported only when click resolves that command (to run it, or to list it in
+``--help``). Commands registered the usual way (``app.command(...)``) still work beside them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import ClassVar
+
+import click
+import typer
+from typer.core import TyperGroup
+
+
+class LazyGroup(TyperGroup):
+    """A typer group whose commands listed in :attr:`lazy_commands` load on first use."""
+
+    lazy_commands: ClassVar[dict[str, str]] = {}
+    """Command name → ``"package.module:attribute"`` (a command function or a ``typer.Typer``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        eager = super().list_commands(ctx)
+        return eager + [name for name in self.lazy_commands if name not in eager]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in self.lazy_commands:
+            return command
+        module_name, _, attribute = self.lazy_commands[cmd_name].partition(":")
+        target = getattr(importlib.import_module(module_name), attribute)
+        if isinstance(target, typer.Typer):
+            # As app.add_typer() builds it: a group without the completion options of a root app.
+            command = typer.main.get_group(target)
+        else:
+            single = typer.Typer(add_completion=False)
+            single.command(cmd_name)(target)
+            command = typer.main.get_command(single)
+        command.name = cmd_name
+        self.commands[cmd_name] = command  # resolved once per process
+        return command
