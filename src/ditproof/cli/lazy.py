@@ -9,11 +9,14 @@ module is imported only when click resolves that command (to run it, or to list 
 from __future__ import annotations
 
 import importlib
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import click
 import typer
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    # typer (0.29) builds its commands on its own copy of click; the types must be those.
+    from typer._click import Command, Context
 
 
 class LazyGroup(TyperGroup):
@@ -22,12 +25,12 @@ class LazyGroup(TyperGroup):
     lazy_commands: ClassVar[dict[str, str]] = {}
     """Command name → ``"package.module:attribute"`` (a command function or a ``typer.Typer``)."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Context) -> list[str]:
         eager = super().list_commands(ctx)
         return eager + [name for name in self.lazy_commands if name not in eager]
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        command = super().get_command(ctx, cmd_name)
+    def get_command(self, ctx: Context, cmd_name: str) -> Command | None:
+        command: Command | None = super().get_command(ctx, cmd_name)
         if command is not None or cmd_name not in self.lazy_commands:
             return command
         module_name, _, attribute = self.lazy_commands[cmd_name].partition(":")

@@ -1,0 +1,35 @@
+"""The CLI loads command modules on first use: `ditproof client ...` runs without torch."""
+
+import subprocess
+import sys
+
+import typer
+
+from ditproof.cli.main import COMMANDS, app
+
+CHECK = """
+import sys
+from ditproof.cli.main import main
+try:
+    main(["client", "state", "--url", "http://127.0.0.1:9"])
+except SystemExit as exc:
+    print("exit", exc.code)
+print("heavy", sorted(m for m in ("torch", "diffusers", "transformers", "numpy") if m in sys.modules))
+"""
+
+
+def test_client_commands_do_not_import_torch():
+    run = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=120)
+    assert "exit 1" in run.stdout and "Connection refused" in run.stderr, run.stdout + run.stderr
+    assert "heavy []" in run.stdout, run.stdout
+
+
+def test_every_registered_command_resolves_under_its_name():
+    group = typer.main.get_command(app)
+    context = group.make_context("ditproof", ["--help"], resilient_parsing=True)
+    assert [name for name in group.list_commands(context) if name in COMMANDS] == list(COMMANDS)
+    for name in COMMANDS:
+        command = group.get_command(context, name)
+        assert command is not None and command.name == name
+        assert command.help or command.callback.__doc__
+    assert group.get_command(context, "no-such-command") is None
