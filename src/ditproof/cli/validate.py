@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 
@@ -26,10 +27,31 @@ def print_verdict(verdict: Verdict) -> None:
             limit = verdict.thresholds.get(key)
             suffix = f"  (threshold {limit:.6g})" if limit is not None else ""
             out.print(f"    {key:<24} {score:.6g}{suffix}", highlight=False)
+    if verdict.segments:
+        out.print("  segments (start → end: latent / solver relative L2):", highlight=False)
+        for seg in verdict.segments:
+            mark = "[green]ok[/]" if seg.passed else "[red]FAIL[/]"
+            measured = "bitwise equal" if seg.exact else f"{_number(seg.latent_rel_l2)} / {_number(seg.solver_rel_l2)}"
+            out.print(f"    {mark} {seg.label:<36} {measured}", highlight=False)
+    if verdict.divergent_step is not None:
+        out.print(f"  fingerprints first diverge after step {verdict.divergent_step}", highlight=False)
+    if verdict.cost_fraction is not None and verdict.mode != "full":
+        out.print(
+            f"  cost: {verdict.regenerated_steps} of {verdict.total_steps} denoising steps "
+            f"({verdict.cost_fraction:.0%} of a full regeneration)",
+            highlight=False,
+        )
     for url in verdict.delegate_to:
         out.print(f"  delegate to: {url}", highlight=False)
     colour = {"valid": "green", "invalid": "red", "delegate": "yellow", "error": "red"}[verdict.decision]
-    out.print(f"verdict: [bold {colour}]{verdict.decision}[/] — {verdict.reason}", highlight=False)
+    out.print(f"verdict ({verdict.mode}): [bold {colour}]{verdict.decision}[/] — {verdict.reason}", highlight=False)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+MODES = ("full", "checkpoints", "spot-check")
 
 
 def validate_command(
@@ -58,8 +80,20 @@ def validate_command(
     artifacts: Path | None = typer.Option(
         None, "--artifacts", help="Folder of the record's latent files (default: the record's folder)."
     ),
+    mode: str = typer.Option(
+        "full",
+        "--mode",
+        help="full: regenerate the whole video; checkpoints: re-run every segment between the executor's "
+        "checkpoints; spot-check: re-run --spot-segments of them, chosen with --validator-entropy.",
+    ),
+    spot_segments: int = typer.Option(1, "--spot-segments", help="Segments a spot check re-runs."),
+    validator_entropy: str | None = typer.Option(
+        None,
+        "--validator-entropy",
+        help="Hex digits (16-256) choosing the spot-checked segments (default: fresh random, shown in the verdict).",
+    ),
 ) -> None:
-    """Validate a video against its inference record by regenerating it.
+    """Validate a video against its inference record by regenerating it (whole or in segments).
 
     Exit codes: 0 valid, 1 invalid, 3 error (for example no threshold for a needed metric),
     4 delegate (another runtime class must validate), 2 invalid input.
@@ -70,13 +104,24 @@ def validate_command(
         from ditproof.metrics.registry import metric_spec
         from ditproof.models.registry import load_model
         from ditproof.protocol.record import InferenceRecord
+        from ditproof.randomness import check_entropy
+        from ditproof.validation.checkpoints import choose_spot_segments, validate_checkpoints, validate_spot_check
         from ditproof.validation.compare import ComparisonOptions
         from ditproof.validation.delegation import ValidatorRegistry
         from ditproof.validation.policy import ThresholdPolicy
+        from ditproof.validation.segments import structure_problems
         from ditproof.validation.validate import regeneration_options, validate
 
         if cfg_mode is not None and cfg_mode not in ("sequential", "batched"):
             raise InvalidInputError(f"cfg-mode: got {cfg_mode!r}; allowed: sequential, batched")
+        if mode not in MODES:
+            raise InvalidInputError(f"mode: got {mode!r}; allowed: {', '.join(MODES)}")
+        if mode != "spot-check" and (validator_entropy is not None or spot_segments != 1):
+            raise InvalidInputError(
+                f"--spot-segments/--validator-entropy: given with mode {mode!r}; allowed: only with --mode spot-check"
+            )
+        if validator_entropy is not None:
+            check_entropy(validator_entropy)
         for name in metric:
             metric_spec(name)
         record = InferenceRecord.load(record_path)
@@ -88,17 +133,39 @@ def validate_command(
         own = regeneration_options(record, None, device).model_copy(update={"cfg_mode": cfg_mode}) if cfg_mode else None
         options = regeneration_options(record, own, device)
         loaded = load_model(model or record.model.preset, options, model_path=model_path)
-        verdict = validate(
-            record,
-            video,
-            loaded,
-            device=device,
-            policy=policy,
-            comparison=comparison,
-            validators=registry,
-            options=own,
-            artifacts_dir=artifacts or record_path.parent,
-        )
+        folder = artifacts or record_path.parent
+        if mode == "spot-check":
+            entropy = validator_entropy or secrets.token_hex(32)
+            if not structure_problems(record):
+                # Fail fast (exit 2) on a --spot-segments the record cannot give; a malformed record is
+                # the executor's fault and gets its verdict below.
+                choose_spot_segments(record, entropy, spot_segments)
+            verdict = validate_spot_check(
+                record,
+                video,
+                loaded,
+                spot_segments,
+                entropy,
+                device,
+                policy=policy,
+                comparison=comparison,
+                validators=registry,
+                options=own,
+                artifacts_dir=folder,
+            )
+        else:
+            run = validate_checkpoints if mode == "checkpoints" else validate
+            verdict = run(
+                record,
+                video,
+                loaded,
+                device,
+                policy=policy,
+                comparison=comparison,
+                validators=registry,
+                options=own,
+                artifacts_dir=folder,
+            )
         print_verdict(verdict)
         if verdict_path:
             verdict.save(str(verdict_path))

@@ -1,0 +1,327 @@
+"""Checkpoint and spot-check validation on the tiny model (CPU): honest records pass, executors whose
+checkpoints are not one consistent trajectory are caught at the first bad segment."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
+
+from ditproof.generation.execute import execute
+from ditproof.hashing import sha256_bytes, sha256_tensor
+from ditproof.models.registry import load_model
+from ditproof.protocol.options import CaptureOptions, RuntimeOptions
+from ditproof.protocol.record import InferenceRecord
+from ditproof.protocol.request import GenerationRequest
+from ditproof.randomness import jl_projection
+from ditproof.validation import (
+    ThresholdPolicy,
+    choose_spot_segments,
+    validate,
+    validate_checkpoints,
+    validate_spot_check,
+)
+
+ENTROPY = "4d" * 32
+REQUEST_ID = "ckpt-1"
+CAPTURE = CaptureOptions(checkpoint_steps=(2, 4))
+# Segments of an 8-step record with checkpoints at 2 and 4 (the tiny model switches experts after 6).
+# Honest flows carry a frame threshold: libx264 here re-encodes the same frames to other bytes now and
+# then (see docs/validation.md), and the video check then falls back to the metrics, as in production.
+# Segments: the tiny model's benign deviations stay below 1e-5 (the batched-CFG test below).
+POLICY = ThresholdPolicy(explicit={"psnr": 35.0, "latent_rel_l2_segment": 1e-4})
+SEGMENTS = [
+    "initial (0) → step_002 (2)",
+    "step_002 (2) → step_004 (4)",
+    "step_004 (4) → pre_switch (6)",
+    "pre_switch (6) → final (8)",
+]
+
+
+def request(steps: int = 8) -> GenerationRequest:
+    return GenerationRequest(
+        prompt="a yellow ball moves down", width=64, height=48, num_frames=5, num_inference_steps=steps
+    )
+
+
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory, tiny_model):
+    out = tmp_path_factory.mktemp("honest")
+    options = RuntimeOptions(capture=CAPTURE)
+    record = execute(request(), tiny_model, options, out, request_id=REQUEST_ID, entropy=ENTROPY)
+    return record, out
+
+
+@pytest.fixture(scope="module")
+def validator_model():
+    # The validator's own load: it shares no objects with the executor.
+    return load_model("wan-tiny-random", RuntimeOptions())
+
+
+def fingerprint(record: InferenceRecord, latent: torch.Tensor) -> list[float]:
+    flat = latent.reshape(-1).to(torch.float64)
+    projection = jl_projection(record.seed, flat.numel(), record.fingerprints.dim).to(torch.float64)
+    return [float(v) for v in (projection @ flat).to(torch.float32)]
+
+
+def forge(
+    record: InferenceRecord,
+    src: Path,
+    dst: Path,
+    files: dict[str, dict[str, torch.Tensor]],
+    *,
+    fix_fingerprints: bool = True,
+    video_from: Path | None = None,
+    prints_from: list[list[float]] | None = None,
+) -> InferenceRecord:
+    """A forged executor output: ``src`` copied to ``dst`` with checkpoint files replaced, and a
+    record whose hashes (and, unless told not to, fingerprints) agree with the new files.
+    ``prints_from``: the fingerprints of the run the forger really did (padded to the record's steps)."""
+    shutil.copytree(src, dst)
+    if video_from is not None:
+        shutil.copy(video_from / "video.mp4", dst / "video.mp4")
+    prints = [list(v) for v in (prints_from or record.fingerprints.values)]
+    prints += [prints[-1]] * (len(record.fingerprints.values) - len(prints))
+    refs = []
+    for ref in record.checkpoints:
+        if ref.name in files:
+            data = save_safetensors(files[ref.name])
+            (dst / ref.file).write_bytes(data)
+            latent = files[ref.name]["latent"]
+            ref = ref.model_copy(update={"sha256": sha256_bytes(data), "tensor_sha256": sha256_tensor(latent)})
+            if fix_fingerprints and ref.step > 0:
+                prints[ref.step - 1] = fingerprint(record, latent)
+        refs.append(ref)
+    video = (dst / "video.mp4").read_bytes()
+    return record.model_copy(
+        update={
+            "checkpoints": refs,
+            "video": record.video.model_copy(update={"sha256": sha256_bytes(video)}),
+            "fingerprints": record.fingerprints.model_copy(update={"values": prints}),
+        }
+    )
+
+
+def tensors(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "latents" / f"{name}.safetensors"))
+
+
+def entropy_choosing(record: InferenceRecord, k: int, wanted) -> str:
+    """The first validator entropy whose spot choice satisfies ``wanted`` (deterministic)."""
+    for i in range(1000):
+        entropy = f"{i:032x}"
+        if wanted(choose_spot_segments(record, entropy, k)):
+            return entropy
+    raise AssertionError("no entropy found")
+
+
+# Honest records.
+
+
+def test_honest_record_passes_checkpoint_mode(honest, validator_model):
+    record, out = honest
+    verdict = validate_checkpoints(record, out / "video.mp4", validator_model, policy=POLICY)
+    assert verdict.decision == "valid", verdict.reason
+    assert verdict.mode == "checkpoints"
+    assert [s.label for s in verdict.segments] == SEGMENTS and all(s.exact and s.passed for s in verdict.segments)
+    assert (verdict.regenerated_steps, verdict.total_steps, verdict.cost_fraction) == (8, 8, 1.0)
+    assert verdict.scores["latent_rel_l2_segment:value"] == 0.0
+    names = [c.name for c in verdict.checks]
+    assert names[:6] == ["integrity", "seed", "noise", "runtime_class", "checkpoint_files", "fingerprints"]
+    assert names[6:11] == ["segment"] * 4 + ["exact_match"]
+
+
+def test_honest_record_passes_spot_check_at_a_fraction_of_the_cost(honest, validator_model):
+    record, out = honest
+    # A choice without the last segment: the validator decodes the executor's final latent itself.
+    entropy = entropy_choosing(record, 2, lambda chosen: 3 not in chosen)
+    verdict = validate_spot_check(record, out / "video.mp4", validator_model, 2, entropy, policy=POLICY)
+    assert verdict.decision == "valid", verdict.reason
+    chosen = choose_spot_segments(record, entropy, 2)
+    assert verdict.spot_check.chosen == chosen and verdict.spot_check.validator_entropy == entropy
+    assert [s.label for s in verdict.segments] == [SEGMENTS[i] for i in chosen]
+    assert verdict.regenerated_steps == 4 and verdict.cost_fraction == 0.5
+    assert "executor's final latent" in next(c.detail for c in verdict.checks if c.name == "exact_match")
+
+
+def test_spot_check_without_entropy_draws_its_own_and_reports_it(honest, validator_model):
+    record, out = honest
+    verdict = validate_spot_check(record, out / "video.mp4", validator_model, 1, policy=POLICY)
+    assert verdict.decision == "valid", verdict.reason
+    entropy = verdict.spot_check.validator_entropy
+    assert len(entropy) == 64 and verdict.spot_check.chosen == choose_spot_segments(record, entropy, 1)
+
+
+# Executors whose checkpoints are not one trajectory.
+
+
+def test_tampered_middle_checkpoint_is_caught_at_its_segment(honest, validator_model, tmp_path):
+    record, out = honest
+    files = tensors(out, "step_004")
+    files["latent"] = files["latent"] * 1.01  # a latent the model did not produce; hashes and fingerprint fixed
+    forged = forge(record, out, tmp_path / "f", {"step_004": files})
+    verdict = validate_checkpoints(forged, tmp_path / "f" / "video.mp4", validator_model, policy=POLICY)
+    assert verdict.decision == "invalid", verdict.reason
+    assert [c.name for c in verdict.checks if c.passed is False] == ["segment"]
+    assert verdict.first_failing_segment == SEGMENTS[1]
+    assert verdict.segments[0].passed and not verdict.segments[1].passed
+    bad = verdict.segments[1]
+    assert bad.latent_rel_l2 == pytest.approx(0.01, rel=1e-3) and bad.solver_rel_l2 == 0.0
+    assert verdict.divergent_step == 4 and "first diverge after step 4" in verdict.reason
+    assert verdict.regenerated_steps == 4  # it stopped at the first failing segment
+
+
+def test_tampered_solver_history_is_caught(honest, validator_model, tmp_path):
+    record, out = honest
+    files = tensors(out, "step_004")
+    files["solver.model_output.0"] = files["solver.model_output.0"] + 0.05
+    forged = forge(record, out, tmp_path / "f", {"step_004": files})
+    verdict = validate_checkpoints(forged, tmp_path / "f" / "video.mp4", validator_model, policy=POLICY)
+    assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[1]
+    assert verdict.segments[1].latent_rel_l2 == 0.0 and verdict.segments[1].solver_rel_l2 > 1e-3
+
+
+def test_tampered_checkpoint_with_stale_fingerprint_is_caught_without_running_the_model(
+    honest, validator_model, tmp_path
+):
+    record, out = honest
+    files = tensors(out, "step_004")
+    files["latent"] = files["latent"] * 1.01
+    forged = forge(record, out, tmp_path / "f", {"step_004": files}, fix_fingerprints=False)
+    verdict = validate_checkpoints(forged, tmp_path / "f" / "video.mp4", validator_model, policy=POLICY)
+    assert verdict.decision == "invalid" and verdict.first_failing_check == "fingerprints"
+    assert "after step 4 is not the projection" in verdict.reason and verdict.segments == []
+
+
+def test_checkpoint_file_that_differs_from_its_record_is_invalid(honest, validator_model, tmp_path):
+    record, out = honest
+    shutil.copytree(out, tmp_path / "f")
+    files = tensors(out, "step_002")
+    files["latent"] = files["latent"] + 1e-3
+    (tmp_path / "f" / "latents" / "step_002.safetensors").write_bytes(save_safetensors(files))
+    verdict = validate_checkpoints(record, tmp_path / "f" / "video.mp4", validator_model, policy=POLICY)
+    assert verdict.decision == "invalid" and verdict.first_failing_check == "checkpoint_files"
+    assert "checkpoint step_002 (latents/step_002.safetensors): file sha256" in verdict.reason
+
+
+def test_fewer_steps_labelled_as_more_are_caught(honest, tiny_model, validator_model, tmp_path):
+    record, out = honest
+    short = tmp_path / "short"
+    done = execute(
+        request(6), tiny_model, RuntimeOptions(capture=CAPTURE), short, request_id=REQUEST_ID, entropy=ENTROPY
+    )
+    files = {}
+    for ref in record.checkpoints:  # the 6-step run's latents under the 8-step record's names and steps
+        data = tensors(short, ref.name)
+        data["solver.step_index"] = torch.tensor(ref.step, dtype=torch.int64)
+        files[ref.name] = data
+    forged = forge(record, out, tmp_path / "f", files, video_from=short, prints_from=done.fingerprints.values)
+    verdict = validate_checkpoints(forged, tmp_path / "f" / "video.mp4", validator_model, policy=POLICY)
+    assert verdict.decision == "invalid", verdict.reason
+    assert verdict.first_failing_segment == SEGMENTS[0] and verdict.divergent_step == 1
+
+
+def test_another_seed_is_caught_in_the_first_segment(honest, tiny_model, validator_model, tmp_path):
+    record, out = honest
+    other = tmp_path / "other"
+    done = execute(
+        request().model_copy(update={"seed": record.seed + 1}), tiny_model, RuntimeOptions(capture=CAPTURE), other
+    )
+    # The honest noise as 'initial' (it must be the seed's), the other seed's trajectory after it.
+    files = {ref.name: tensors(other, ref.name) for ref in record.checkpoints if ref.name != "initial"}
+    forged = forge(record, out, tmp_path / "f", files, video_from=other, prints_from=done.fingerprints.values)
+    verdict = validate_checkpoints(forged, tmp_path / "f" / "video.mp4", validator_model, policy=POLICY)
+    assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[0]
+    assert verdict.divergent_step == 1 and verdict.segments[0].latent_rel_l2 > 0.1
+
+    # With the other seed's noise as 'initial', the cheap file check already refuses it.
+    files["initial"] = tensors(other, "initial")
+    forged = forge(record, out, tmp_path / "g", files, video_from=other, prints_from=done.fingerprints.values)
+    verdict = validate_checkpoints(forged, tmp_path / "g" / "video.mp4", validator_model, policy=POLICY)
+    assert verdict.decision == "invalid" and "is not the noise of the record's seed" in verdict.reason
+
+    # Full regeneration locates the divergence from the fingerprints too.
+    policy = ThresholdPolicy(explicit={"psnr": 35.0})
+    verdict = validate(forged, tmp_path / "g" / "video.mp4", validator_model, policy=policy)
+    assert verdict.decision == "invalid" and verdict.divergent_step == 1
+    assert "first diverge after step 1" in verdict.reason
+
+
+def test_spot_check_catches_a_bad_segment_when_it_is_chosen(honest, validator_model, tmp_path):
+    record, out = honest
+    files = tensors(out, "step_004")
+    files["latent"] = files["latent"] * 1.01
+    forged = forge(record, out, tmp_path / "f", {"step_004": files})
+    hit = entropy_choosing(forged, 1, lambda chosen: chosen == [1])
+    verdict = validate_spot_check(forged, tmp_path / "f" / "video.mp4", validator_model, 1, hit, policy=POLICY)
+    assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[1]
+    assert verdict.cost_fraction == 0.25
+    # A spot check that misses the bad segment passes: the chance of a miss is what k buys down.
+    miss = entropy_choosing(forged, 1, lambda chosen: chosen == [0])
+    verdict = validate_spot_check(forged, tmp_path / "f" / "video.mp4", validator_model, 1, miss, policy=POLICY)
+    assert verdict.decision == "valid", verdict.reason
+
+
+def test_honest_trajectory_with_another_video_is_caught(honest, tiny_model, validator_model, tmp_path):
+    record, out = honest
+    other = tmp_path / "other"
+    execute(request().model_copy(update={"seed": 5}), tiny_model, RuntimeOptions(), other)
+    forged = forge(record, out, tmp_path / "f", {}, video_from=other)
+    last_not_chosen = entropy_choosing(forged, 1, lambda chosen: chosen == [0])
+    verdict = validate_spot_check(
+        forged, tmp_path / "f" / "video.mp4", validator_model, 1, last_not_chosen, policy=POLICY
+    )
+    assert verdict.decision == "invalid" and verdict.first_failing_check == "exact_match"
+    assert verdict.segments[0].passed and "psnr:worst" in verdict.reason
+    assert not any(key.startswith("latent_rel_l2:") for key in verdict.scores)  # no self-comparison of the latent
+
+
+# Thresholds and missing files.
+
+
+def test_benign_deviation_needs_a_segment_threshold(honest, validator_model):
+    record, out = honest
+    batched = RuntimeOptions(cfg_mode="batched")  # benign: the same algebra in another order
+    verdict = validate_checkpoints(record, out / "video.mp4", validator_model, options=batched)
+    assert verdict.decision == "error" and "no latent_rel_l2_segment:value threshold" in verdict.reason
+    assert verdict.first_failing_segment == SEGMENTS[0] and not verdict.segments[0].exact
+
+    strict = ThresholdPolicy(explicit={"latent_rel_l2_segment": 1e-12})
+    verdict = validate_checkpoints(record, out / "video.mp4", validator_model, options=batched, policy=strict)
+    assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[0]
+    assert verdict.thresholds == {"latent_rel_l2_segment:value": 1e-12}
+
+    policy = ThresholdPolicy(explicit={"latent_rel_l2_segment": 1e-4, "psnr": 35.0})
+    verdict = validate_checkpoints(record, out / "video.mp4", validator_model, options=batched, policy=policy)
+    assert verdict.decision == "valid", verdict.reason
+    assert 0.0 < verdict.scores["latent_rel_l2_segment:value"] < 1e-5
+    assert all(s.passed and not s.exact for s in verdict.segments)
+
+
+def test_missing_checkpoint_files_give_a_clear_error(honest, validator_model, tmp_path):
+    record, out = honest
+    shutil.copytree(out, tmp_path / "f")
+    (tmp_path / "f" / "latents" / "step_004.safetensors").unlink()
+    verdict = validate_checkpoints(record, tmp_path / "f" / "video.mp4", validator_model)
+    assert verdict.decision == "error" and verdict.first_failing_check == "checkpoint_files"
+    assert "1 of 5 missing" in verdict.reason and "latents/step_004.safetensors" in verdict.reason
+    assert "--artifacts" in verdict.reason
+
+    video = (out / "video.mp4").read_bytes()
+    verdict = validate_spot_check(record, video, validator_model, 1, "00" * 16)
+    assert verdict.decision == "error" and "give their folder (--artifacts)" in verdict.reason
+
+
+def test_malformed_checkpoint_list_is_invalid(honest, validator_model):
+    record, out = honest
+    refs = [
+        r.model_copy(update={"file": "../../etc/passwd"}) if r.name == "step_002" else r for r in record.checkpoints
+    ]
+    refs = [r for r in refs if r.name != "final"]
+    verdict = validate_checkpoints(
+        record.model_copy(update={"checkpoints": refs}), out / "video.mp4", validator_model, policy=POLICY
+    )
+    assert verdict.decision == "invalid" and verdict.first_failing_check == "checkpoint_files"
+    assert "no 'final' checkpoint" in verdict.reason and "'../../etc/passwd'" in verdict.reason
