@@ -48,7 +48,7 @@ def write(tmp_path: Path, extra: str = "", entropy: str = "ab" * 32, base: str =
     return path
 
 
-@pytest.mark.parametrize("name", ["stage1", "stage1-tiny-cpu", "proposal"])
+@pytest.mark.parametrize("name", ["stage1", "stage1-tiny-cpu", "stage1-shapes-gpu", "proposal"])
 def test_shipped_configurations_load(name: str) -> None:
     experiment = load_experiment(name)
     labels = {c.label for c in experiment.configurations}

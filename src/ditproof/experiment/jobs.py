@@ -1,5 +1,9 @@
 """Jobs in the store: the plan, per-job results and failures, and the Parquet manifest.
 
+The plan is stored twice: ``jobs.json`` (checksummed JSON, what runners read, so running needs no
+pyarrow: GPU hosts may lack it) and ``jobs.parquet`` (for queries). The manifest is rebuilt at the
+end of each run where pyarrow is installed, and by ``score`` otherwise.
+
 A job is done when its ``result.json`` exists and verifies; it is written after every artifact,
 so a run killed at any moment leaves each job either done (all artifacts present and listed with
 their sha256) or not done (redone on the next run). A finished job is never redone.
@@ -7,10 +11,10 @@ their sha256) or not done (redone on the next run). A finished job is never redo
 
 from __future__ import annotations
 
+import importlib.util
 import json
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from ditproof.errors import IntegrityError, InvalidInputError
@@ -19,9 +23,14 @@ from ditproof.experiment.plan import Job
 from ditproof.experiment.store import Store, job_prefix
 from ditproof.hashing import canonical_json
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 EXPERIMENT_FILE = "experiment.json"
-PLAN_FILE = "jobs.parquet"
+PLAN_FILE = "jobs.json"
+PLAN_TABLE_FILE = "jobs.parquet"
 MANIFEST_FILE = "manifest.parquet"
+SKIPPED_FILE = "skipped.json"
 RESULT_SCHEMA: Literal["ditproof.experiment-result/1"] = "ditproof.experiment-result/1"
 
 
@@ -99,6 +108,11 @@ def failure_path(job_id: str) -> str:
 def save_plan(store: Store, experiment: Experiment, jobs: list[Job]) -> None:
     """Writes the experiment and its jobs into the store (replacing an earlier plan)."""
     store.write_json(EXPERIMENT_FILE, experiment.model_dump(mode="json"))
+    store.write_json(PLAN_FILE, [j.model_dump(mode="json") for j in jobs])
+    if not have_pyarrow():
+        return
+    import pyarrow as pa
+
     table = pa.table(
         {
             "job_id": [j.job_id for j in jobs],
@@ -111,7 +125,7 @@ def save_plan(store: Store, experiment: Experiment, jobs: list[Job]) -> None:
             "job_json": [canonical_json(j.model_dump(mode="json")).decode() for j in jobs],
         }
     )
-    store.write_parquet(PLAN_FILE, table)
+    store.write_parquet(PLAN_TABLE_FILE, table)
 
 
 def load_experiment_from_store(store: Store) -> Experiment:
@@ -127,9 +141,20 @@ def load_experiment_from_store(store: Store) -> Experiment:
 
 
 def load_plan(store: Store) -> list[Job]:
-    """The jobs saved by ``plan``, in plan order."""
-    table = store.read_parquet(PLAN_FILE)
-    return [Job.model_validate_json(text) for text in table.column("job_json").to_pylist()]
+    """The jobs saved by ``plan``, in plan order.
+
+    Raises:
+        InvalidInputError: when the store has no plan.
+    """
+    if not store.exists(PLAN_FILE):
+        raise InvalidInputError(f"store {store.url}: no plan here; run `ditproof experiment plan` first")
+    # JSON mode: the strict option models accept JSON arrays for their tuples.
+    return [Job.model_validate_json(json.dumps(job)) for job in store.read_json(PLAN_FILE)]
+
+
+def have_pyarrow() -> bool:
+    """Whether pyarrow is importable (GPU hosts may run jobs without it)."""
+    return importlib.util.find_spec("pyarrow") is not None
 
 
 def read_result(store: Store, job_id: str) -> JobResult | None:
@@ -164,14 +189,22 @@ def verify_result(store: Store, result: JobResult) -> None:
         store.read_bytes(artifact.path, artifact.sha256)
 
 
-def refresh_manifest(store: Store, jobs: list[Job], skipped: dict[str, str] | None = None) -> pa.Table:
+def refresh_manifest(store: Store, jobs: list[Job], skipped: dict[str, str] | None = None) -> pa.Table | None:
     """Rebuilds ``manifest.parquet``: the plan with each job's status, checksums, device and timings.
 
     ``status`` is ``done``, ``failed`` (a failure recorded and no result), ``skipped`` (not runnable
-    where the last run ran: ``reason`` says why) or ``pending``.
+    where the last run ran: ``reason`` says why) or ``pending``. Returns None (and writes nothing)
+    without pyarrow; skip reasons are also kept in ``skipped.json`` so a later rebuild has them.
     """
-    skipped = skipped or {}
-    columns: dict[str, list[object]] = {
+    if skipped is None:
+        skipped = store.read_json(SKIPPED_FILE) if store.exists(SKIPPED_FILE) else {}
+    else:
+        store.write_json(SKIPPED_FILE, skipped)
+    if not have_pyarrow():
+        return None
+    import pyarrow as pa
+
+    columns: dict[str, list[Any]] = {
         name: []
         for name in (
             "job_id",

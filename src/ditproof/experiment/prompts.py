@@ -11,8 +11,9 @@ File format (two forms, chosen by the extension):
 
 Shipped sets (``data/prompts/``), named without extension in an experiment file:
 
-* ``grammar``: 200 captions of the small models' grammar (colored shapes moving on colored
-  backgrounds, every word in the word-level vocabulary of ``ditproof.models.vocab``);
+* ``grammar``: 200 captions of the shipped shapes model's held-out split (caption combinations it
+  never saw in training, from ``ditproof.training.grammar``), e.g. "a red circle moves right on a
+  brown background";
 * ``freetext``: 1,200 diverse free-text prompts for the real model, combined from the lists in
   ``freetext-lists.toml`` (subject, action and setting of one group, then time or light, camera
   and style).
@@ -40,10 +41,6 @@ PROMPTS_DIR = Path(__file__).parent / "data" / "prompts"
 SHIPPED = {"grammar": "grammar.jsonl", "freetext": "freetext.jsonl"}
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
-GRAMMAR_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black", "gray", "brown")
-GRAMMAR_SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "diamond")
-GRAMMAR_DIRECTIONS = ("left", "right", "up", "down")
-GRAMMAR_SIZES = ("", "small ", "large ")
 GRAMMAR_COUNT = 200
 FREETEXT_COUNT = 1200
 
@@ -67,29 +64,23 @@ def _pick(options: list[str] | tuple[str, ...], salt: str, *parts: object) -> st
     return options[int(_rank(salt, *parts), 16) % len(options)]
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+def grammar_prompts(count: int = GRAMMAR_COUNT, salt: str = "ditproof-grammar-v2") -> list[Prompt]:
+    """Captions of the shipped shapes model's held-out split (``ditproof.training.grammar``).
 
+    Single-object combinations (shape, colour, direction, background) that the shipped model never
+    saw in training, ordered by sha256 of the salt and the combination, the first ``count``.
+    """
+    from ditproof.training.grammar import SceneSpec, combinations
 
-def grammar_prompts(count: int = GRAMMAR_COUNT, salt: str = "ditproof-grammar-v1") -> list[Prompt]:
-    """Captions "a|an [size] COLOR SHAPE moves DIRECTION on a|an BACKGROUND background" (background ≠ color)."""
-    combos = [
-        (size, color, shape, direction, background)
-        for size in GRAMMAR_SIZES
-        for color in GRAMMAR_COLORS
-        for shape in GRAMMAR_SHAPES
-        for direction in GRAMMAR_DIRECTIONS
-        for background in GRAMMAR_COLORS
-        if background != color
-    ]
-    combos.sort(key=lambda c: _rank(salt, *c))
+    held_out = combinations("heldout")
+    held_out.sort(key=lambda c: _rank(salt, c[0].shape, c[0].color, c[0].direction, c[1]))
     prompts = []
-    for index, (size, color, shape, direction, background) in enumerate(combos[:count]):
+    for index, (obj, background) in enumerate(held_out[:count]):
         prompts.append(
             Prompt(
                 id=f"g{index + 1:04d}",
-                prompt=f"{_article(size or color)} {size}{color} {shape} moves {direction} on {_article(background)} {background} background",
-                tags={"color": color, "shape": shape, "direction": direction, "background": background},
+                prompt=SceneSpec(objects=(obj,), background=background).caption(),
+                tags={"color": obj.color, "shape": obj.shape, "direction": obj.direction, "background": background},
             )
         )
     return prompts

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from ditproof.errors import DitproofError
-from ditproof.experiment.jobs import JobResult, load_experiment_from_store, load_plan, read_result
+from ditproof.experiment.jobs import JobResult, load_experiment_from_store, load_plan, read_result, refresh_manifest
 from ditproof.experiment.plan import Job
 from ditproof.experiment.store import Store
 from ditproof.metrics import score_latents, score_videos
@@ -162,6 +162,7 @@ def score_store(
         rows.append(row)
         if progress is not None:
             progress(index + 1, len(pairs))
+    refresh_manifest(store, jobs)  # runs on GPU hosts without pyarrow leave it to this step
     table = pa.Table.from_pylist(rows) if rows else pa.table({"job_id": pa.array([], pa.string())})
     store.write_parquet(SCORES_FILE, table)
     store.write_json(

@@ -279,3 +279,39 @@ def _run_torchrun(store: Store, store_url: str, job: Job, run_id: str, retries: 
         tail = (completed.stderr or completed.stdout)[-1500:]
         write_failure(store, job, attempt, "TorchrunFailed", f"exit {completed.returncode}: {tail}", "torchrun", run_id)
     return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ditproof.experiment.runners.local --store URL``: the local runner without the CLI's
+    typer/rich (for GPU hosts that only have torch, diffusers and the carried wheels). Prints one line
+    per event; exit code 1 when a job failed."""
+    import argparse
+
+    from ditproof.experiment.runners.common import parse_shard
+
+    parser = argparse.ArgumentParser(description="Run the pending jobs of an experiment store.")
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--retries", type=int, default=1)
+    parser.add_argument("--configurations", default=None, help="comma-separated")
+    parser.add_argument("--shard", default=None, help="I/N")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+
+    def progress(event: Event, resolved: int, total: int) -> None:
+        if event.kind == "start":
+            return
+        elapsed = time.perf_counter() - started
+        eta = elapsed / resolved * (total - resolved) if resolved else float("nan")
+        print(
+            f"[{resolved}/{total}] {event.kind} {event.configuration} {event.job_id} {event.detail} (ETA {eta:.0f} s)"
+        )
+
+    names = args.configurations.split(",") if args.configurations else None
+    summary = run_local(args.store, args.workers, args.retries, names, parse_shard(args.shard), progress)
+    print(summary.model_dump_json(indent=1))
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,9 +7,10 @@ reports the rest. The store must be reachable from every node (a shared folder o
 
 Authentication: Ray 2.60 turns token authentication on by default.
 
-* ``address=None`` starts a local cluster. Unless ``RAY_AUTH_MODE`` is set, the runner turns token
-  authentication on with a fresh random token in ``RAY_AUTH_TOKEN`` (inherited by the cluster's
-  processes), so Ray never writes ``~/.ray/auth_token`` and nothing on the machine can join.
+* ``address=None`` starts a local cluster. Unless ``RAY_AUTH_MODE``, ``RAY_AUTH_TOKEN`` or
+  ``RAY_AUTH_TOKEN_PATH`` is set, the runner puts a fresh random token in ``RAY_AUTH_TOKEN``
+  (inherited by the cluster's processes): Ray turns token authentication on with it, never writes
+  ``~/.ray/auth_token``, and nothing else on the machine can join.
 * ``address="host:port"`` (``--ray-address``) joins a running cluster. If it uses tokens, set
   ``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN`` (or ``RAY_AUTH_TOKEN_PATH``) as printed by
   ``ray get-auth-token``; a refused connection is reported with that advice.
@@ -52,10 +53,12 @@ def connect(address: str | None, num_cpus: int | None = None) -> Any:
     ray = _import_ray()
     if ray.is_initialized():
         return ray
-    if address is None and "RAY_AUTH_MODE" not in os.environ:
-        os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ.setdefault("RAY_AUTH_TOKEN", uuid.uuid4().hex + uuid.uuid4().hex)
-        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    if address is None and not any(
+        os.environ.get(n) for n in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    ):
+        # Only the token is set: ray.init then turns token mode on itself (refreshing the config it
+        # may have read at import), finds this token, and writes no ~/.ray/auth_token.
+        os.environ["RAY_AUTH_TOKEN"] = uuid.uuid4().hex + uuid.uuid4().hex
     try:
         if address is None:
             ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
@@ -174,8 +177,28 @@ def _dispatch(
     pending = [(job, 1) for job in jobs]
     idle = [start_actor() for _ in range(min(slots, len(jobs)))]
     running: dict[Any, tuple[Any, Job, int]] = {}
+    try:
+        return _loop(ray, pending, idle, running, start_actor, store_url, run_id, retries, progress, len(jobs))
+    finally:
+        # Stop every actor before the cluster goes away: an actor still busy (or importing) when the
+        # raylet stops can outlive it as an orphan process.
+        for actor in idle + [entry[0] for entry in running.values()]:
+            ray.kill(actor, no_restart=True)
+
+
+def _loop(
+    ray: Any,
+    pending: list[tuple[Job, int]],
+    idle: list[Any],
+    running: dict[Any, tuple[Any, Job, int]],
+    start_actor: Any,
+    store_url: str,
+    run_id: str,
+    retries: int,
+    progress: ProgressCallback | None,
+    total: int,
+) -> tuple[int, list[str]]:
     executed, failed = 0, list[str]()
-    total = len(jobs)
 
     def report(event: Event) -> None:
         if progress is not None:

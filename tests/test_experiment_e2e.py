@@ -1,0 +1,240 @@
+"""End to end on the CPU with the tiny model: plan → run (in process, worker pool, Ray) → score →
+analyze → report, plus kill-and-resume and retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from ditproof.experiment.analyze import THRESHOLDS_FILE, analyze_store
+from ditproof.experiment.config import load_experiment
+from ditproof.experiment.jobs import MANIFEST_FILE, load_plan, read_result, result_path, save_plan
+from ditproof.experiment.plan import plan_jobs
+from ditproof.experiment.report import write_report
+from ditproof.experiment.runners.local import run_local
+from ditproof.experiment.score import SCORES_FILE, SCORES_META_FILE, score_store
+from ditproof.experiment.store import Store
+from ditproof.validation.policy import ThresholdPolicy, ThresholdsFile
+
+CONFIG = """
+schema_version = "ditproof.experiment/1"
+name = "e2e"
+model = "wan-tiny-random"
+prompts = "{prompts}"
+max_prompts = {max_prompts}
+entropy = "{entropy}"
+metrics = ["psnr", "ssim", "lpips_alex"]
+
+[reference]
+request = {{ width = 64, height = 48, num_frames = 5, num_inference_steps = 4 }}
+
+[[benign]]
+name = "cfg-batched"
+options = {{ cfg_mode = "batched" }}
+
+[[benign]]
+name = "attn-math"
+options = {{ attention_backend = "sdpa-math" }}
+
+[[benign]]
+name = "tp2"
+options = {{ tp_degree = 2 }}
+
+[[malign]]
+name = "steps-3"
+request = {{ num_inference_steps = 3 }}
+
+[[malign]]
+name = "cfg-off"
+request = {{ guidance_scale = 1.0, guidance_scale_2 = 1.0 }}
+
+[[malign]]
+name = "other-seed"
+seed_salt = "other"
+"""
+
+
+def make_store(tmp_path: Path, name: str, prompts: str = "grammar", max_prompts: int = 2) -> str:
+    config = tmp_path / f"{name}.toml"
+    config.write_text(CONFIG.format(prompts=prompts, max_prompts=max_prompts, entropy="7d" * 32))
+    experiment = load_experiment(config)
+    store = str(tmp_path / name)
+    save_plan(Store(store), experiment, plan_jobs(experiment))
+    return store
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    store = make_store(tmp_path, "local")
+    summary = run_local(store, workers=0)
+    assert summary.executed == 12 and summary.failed == [] and len(summary.skipped) == 2
+    assert all("needs 2 GPUs" in reason for reason in summary.skipped.values())
+    score_store(store)
+    analyze_store(store)
+    write_report(store, tmp_path / "report")
+    return store, tmp_path / "report"
+
+
+def test_local_run_manifest_and_resume_without_redoing(finished: tuple[str, Path]) -> None:
+    store_url, _ = finished
+    store = Store(store_url)
+    manifest = store.read_parquet(MANIFEST_FILE).to_pylist()
+    assert sorted({(m["configuration"], m["status"]) for m in manifest}) == sorted(
+        [(c, "done") for c in ("reference", "cfg-batched", "attn-math", "steps-3", "cfg-off", "other-seed")]
+        + [("tp2", "skipped")]
+    )
+    again = run_local(store_url, workers=0)
+    assert again.executed == 0 and again.already_done == 12
+
+
+def test_scores_are_consistent_and_queryable(finished: tuple[str, Path]) -> None:
+    store_url, _ = finished
+    store = Store(store_url)
+    meta = store.read_json(SCORES_META_FILE)
+    assert meta["pairs"] == 10 and "lpips_alex" in meta["skipped_metrics"]  # no weights here: listed, not hidden
+    assert (
+        "alexnet-owt-7be5be79.pth" in meta["skipped_metrics"]["lpips_alex"]
+        or "lpips" in meta["skipped_metrics"]["lpips_alex"]
+    )
+    path = Path(store_url) / SCORES_FILE
+    rows = duckdb.sql(
+        f'SELECT configuration, bool_and(noise_equal) AS same_noise, min("psnr:mean") AS psnr, '
+        f"min(first_divergence_step) AS div FROM '{path}' GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    by_name = {name: (same_noise, psnr, div) for name, same_noise, psnr, div in rows}
+    assert by_name["other-seed"][0] is False and by_name["other-seed"][2] == 0
+    assert by_name["cfg-off"][0] is True and by_name["cfg-off"][2] >= 1
+    assert set(by_name) == {"cfg-batched", "attn-math", "steps-3", "cfg-off", "other-seed"}
+
+
+def test_thresholds_file_loads_in_the_validator_and_matches_the_scores(finished: tuple[str, Path]) -> None:
+    store_url, report = finished
+    thresholds = ThresholdsFile.load(report / "thresholds.json")
+    assert Path(store_url, THRESHOLDS_FILE).read_bytes() == (report / "thresholds.json").read_bytes()
+    scores = Store(store_url).read_parquet(SCORES_FILE).to_pylist()
+    entry = next(e for e in thresholds.entries if (e.metric, e.statistic) == ("psnr", "mean"))
+    model, runtime_class = entry.model, entry.runtime_class
+    policy = ThresholdPolicy(thresholds).thresholds_for("wan-tiny-random", model, runtime_class)
+    threshold = policy["psnr:mean"]
+    benign = [r["psnr:mean"] for r in scores if r["label"] == "benign"]
+    malign = [r["psnr:mean"] for r in scores if r["configuration"] in ("other-seed", "cfg-off")]
+    # 4 benign pairs at 1% FPR: no false positive allowed, so every benign pair passes.
+    assert all(threshold.passes(v) for v in benign)
+    assert not any(threshold.passes(v) for v in malign)
+    analysis = json.loads((report / "analysis.json").read_text())["data"]
+    key = next(k for k in analysis["keys"] if k["key"] == "psnr:mean")
+    tpr = {c["configuration"]: c["tpr_at_target"] for c in key["classes"]}
+    assert tpr["other-seed"] == 1.0 and tpr["cfg-off"] == 1.0
+    assert thresholds.provisional  # too few benign pairs for the FPR bound: marked provisional
+
+
+def test_report_files(finished: tuple[str, Path]) -> None:
+    _, report = finished
+    md = (report / "report.md").read_text()
+    assert "## Exact matches" in md and "tp2" in md and "needs 2 GPUs" in md and "lpips_alex" in md
+    for name in ("roc-psnr-mean.png", "hist-", "divergence.png"):
+        assert any(p.name.startswith(name) for p in report.iterdir()), name
+    html = (report / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "<table>" in html
+    assert (report / "scores-summary.csv").read_text().count("\n") == 11
+
+
+def test_cli_plan_estimate_and_errors(tmp_path: Path) -> None:
+    from ditproof.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "experiment",
+                "plan",
+                "proposal",
+                "--store",
+                str(tmp_path / "p"),
+                "--dry-run",
+                "--estimate",
+                "--timings",
+                "proposal-timings",
+                "--max-prompts",
+                "10",
+            ]
+        )
+    assert exit_info.value.code in (0, None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["experiment", "run", "--store", str(tmp_path / "nothing")])
+    assert exit_info.value.code == 2
+
+
+def test_failing_job_is_retried_then_reported(tmp_path: Path) -> None:
+    prompts = tmp_path / "long.jsonl"
+    long = " ".join(["red"] * 80)  # more tokens than the tiny text encoder's window of 64
+    prompts.write_text(json.dumps({"id": "long", "prompt": long}) + "\n")
+    store = make_store(tmp_path, "fail", prompts=str(prompts), max_prompts=1)
+    summary = run_local(store, workers=0, retries=1, configurations=["reference"])
+    assert summary.executed == 0 and len(summary.failed) == 1
+    failure = Store(store).read_json(f"jobs/{summary.failed[0][:2]}/{summary.failed[0]}/failure.json")
+    assert failure["attempt"] == 2 and "tokens" in failure["message"]
+    manifest = Store(store).read_parquet(MANIFEST_FILE).to_pylist()
+    assert [m["status"] for m in manifest if m["configuration"] == "reference"] == ["failed"]
+
+
+def test_kill_and_resume_loses_nothing_and_redoes_nothing(tmp_path: Path) -> None:
+    store = make_store(tmp_path, "kill", max_prompts=1)
+    jobs = [j for j in load_plan(Store(store)) if j.world_size == 1]
+    # The runner's own entry point (no typer/rich: what GPU hosts use), with one worker process.
+    command = [sys.executable, "-m", "ditproof.experiment.runners.local", "--store", store, "--workers", "1"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            done = [j for j in jobs if (Path(store) / result_path(j.job_id)).exists()]
+            if len(done) >= 2 or process.poll() is not None:
+                break
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the runner and its worker process, mid-job
+        process.wait()
+    before = {
+        j.job_id: (Path(store) / result_path(j.job_id)).read_bytes()
+        for j in jobs
+        if read_result(Store(store), j.job_id)
+    }
+    assert 2 <= len(before) < len(jobs), "the run should be killed part way"
+    summary = run_local(store, workers=0)
+    assert summary.already_done == len(before) and summary.executed == len(jobs) - len(before)
+    for job_id, data in before.items():
+        assert (Path(store) / result_path(job_id)).read_bytes() == data  # finished jobs untouched
+    assert all(read_result(Store(store), j.job_id) is not None for j in jobs)
+
+
+def test_ray_runner_on_a_local_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finished: tuple[str, Path]
+) -> None:
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'ditproof[ray]')")
+    from ditproof.experiment.runners.ray import run_ray
+
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # Ray must not need (or write) ~/.ray/auth_token
+    store = make_store(tmp_path, "ray", max_prompts=1)
+    summary = run_ray(store, address=None, workers=2, num_cpus=2)
+    assert summary.runner == "ray" and summary.executed == 6 and summary.failed == []
+    assert not (tmp_path / ".ray" / "auth_token").exists()
+    assert os.environ["RAY_AUTH_MODE"] == "token"  # token authentication stays on, with our own token
+    # Same plan, same machine: the Ray run reproduces the local run's final latents bit for bit.
+    local = Store(finished[0])
+    for job in load_plan(Store(store)):
+        ours = read_result(Store(store), job.job_id)
+        theirs = read_result(local, job.job_id)
+        if job.world_size == 1:
+            assert ours is not None and theirs is not None
+            assert ours.final_latent_sha256 == theirs.final_latent_sha256
+            assert ours.worker != theirs.worker
