@@ -44,7 +44,9 @@ def print_verdict(verdict: Verdict) -> None:
     for url in verdict.delegate_to:
         out.print(f"  delegate to: {url}", highlight=False)
     colour = {"valid": "green", "invalid": "red", "delegate": "yellow", "error": "red"}[verdict.decision]
-    out.print(f"verdict ({verdict.mode}): [bold {colour}]{verdict.decision}[/] — {verdict.reason}", highlight=False)
+    if verdict.mode != "full":
+        out.print(f"  mode: {verdict.mode}", highlight=False)
+    out.print(f"verdict: [bold {colour}]{verdict.decision}[/] — {verdict.reason}", highlight=False)
 
 
 def _number(value: float | None) -> str:

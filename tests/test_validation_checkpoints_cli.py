@@ -1,0 +1,95 @@
+"""``ditproof validate --mode checkpoints|spot-check`` (in process, on the tiny model)."""
+
+import json
+
+import pytest
+
+from ditproof.cli.main import main
+from ditproof.generation.execute import execute
+from ditproof.protocol.options import CaptureOptions, RuntimeOptions
+from ditproof.protocol.record import InferenceRecord
+from ditproof.protocol.request import GenerationRequest
+from ditproof.validation import choose_spot_segments
+
+THRESHOLDS = ["--threshold", "psnr=35", "--threshold", "latent_rel_l2_segment=1e-4"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_model):
+    out = tmp_path_factory.mktemp("cli-ckpt")
+    request = GenerationRequest(
+        prompt="a white square moves right", width=64, height=48, num_frames=5, num_inference_steps=6
+    )
+    options = RuntimeOptions(capture=CaptureOptions(checkpoint_steps=(3,)))
+    execute(request, tiny_model, options, out, request_id="cli-ckpt-1", entropy="2f" * 32)
+    return out
+
+
+def validate_cli(*args: str) -> int:
+    with pytest.raises(SystemExit) as info:
+        main(["validate", *args])
+    return int(info.value.code or 0)
+
+
+def test_spot_check_command_prints_choice_segments_and_cost(run, tmp_path, capsys):
+    record = InferenceRecord.load(run / "record.json")
+    entropy = "0badc0de" * 4
+    chosen = choose_spot_segments(record, entropy, 1)
+    verdict_path = tmp_path / "v.json"
+    code = validate_cli(
+        "--record", str(run / "record.json"), "--mode", "spot-check", "--spot-segments", "1",
+        "--validator-entropy", entropy, "--verdict", str(verdict_path), *THRESHOLDS,
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert f"segments {chosen} of" in printed and "mode: spot-check" in printed and "verdict: valid" in printed
+    assert "% of a full regeneration" in printed
+    saved = json.loads(verdict_path.read_text())
+    assert saved["schema_version"] == "ditproof.verdict/2" and saved["mode"] == "spot-check"
+    assert saved["spot_check"]["chosen"] == chosen and saved["spot_check"]["validator_entropy"] == entropy
+
+
+def test_checkpoints_command_exits_1_on_a_tampered_checkpoint_and_3_without_files(run, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save
+
+    from ditproof.hashing import sha256_bytes, sha256_tensor
+
+    folder = tmp_path / "forged"
+    shutil.copytree(run, folder)
+    record = InferenceRecord.load(run / "record.json")
+    files = load_file(str(run / "latents" / "step_003.safetensors"))
+    files["latent"] = files["latent"] * 0.99
+    data = save(files)
+    (folder / "latents" / "step_003.safetensors").write_bytes(data)
+    refs = [
+        r.model_copy(update={"sha256": sha256_bytes(data), "tensor_sha256": sha256_tensor(files["latent"])})
+        if r.name == "step_003"
+        else r
+        for r in record.checkpoints
+    ]
+    # No fingerprints: the forger need not keep them consistent, only the segments can tell.
+    record.model_copy(update={"checkpoints": refs, "fingerprints": None}).save(folder / "record.json")
+    code = validate_cli("--record", str(folder / "record.json"), "--mode", "checkpoints", *THRESHOLDS)
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    assert "FAIL step_003 (3) → " not in printed and "FAIL initial (0) → step_003 (3)" in printed
+
+    shutil.rmtree(folder / "latents")
+    assert validate_cli("--record", str(folder / "record.json"), "--mode", "checkpoints", *THRESHOLDS) == 3
+    assert "missing in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "partial"], "mode: got 'partial'; allowed: full, checkpoints, spot-check"),
+        (["--mode", "spot-check", "--spot-segments", "9"], r"got k=9 of 3 segment(s); allowed: 1 to 3"),
+        (["--validator-entropy", "00" * 16], "only with --mode spot-check"),
+        (["--mode", "spot-check", "--validator-entropy", "zz"], "entropy: got 'zz'"),
+    ],
+)
+def test_bad_mode_options_exit_2(run, capsys, args, message):
+    assert validate_cli("--record", str(run / "record.json"), *args) == 2
+    assert message in capsys.readouterr().err
