@@ -76,7 +76,7 @@ def test_info_lists_presets_and_runtime():
     result = ditproof("info", "--json")
     assert result.returncode == 0
     data = json.loads(result.stdout)
-    assert set(data["presets"]) == {"wan2.2-t2v-a14b", "wan-a14b-shape", "wan-tiny-random"}
+    assert set(data["presets"]) == {"wan2.2-t2v-a14b", "wan-a14b-shape", "wan-shapes-small", "wan-tiny-random"}
     assert data["runtime"]["torch"]
 
 

@@ -13,7 +13,7 @@ from ditproof.protocol.options import RuntimeOptions
 
 
 def test_presets_are_registered():
-    assert set(PRESETS) == {"wan2.2-t2v-a14b", "wan-a14b-shape", "wan-tiny-random"}
+    assert set(PRESETS) == {"wan2.2-t2v-a14b", "wan-a14b-shape", "wan-shapes-small", "wan-tiny-random"}
 
 
 def test_tiny_pipeline_is_a_real_two_expert_wan_pipeline(tiny_model):
