@@ -147,6 +147,11 @@ def generate(
     Returns:
         Frames as uint8 ``(F, H, W, 3)``, the noise hash and the captured trajectory.
     """
+    if options.engine != "diffusers":
+        # Another engine runs the loop (ditproof.engines); it returns the same GenerationResult.
+        from ditproof.engines import run_engine
+
+        return run_engine(request, seed, model, options, on_step, resume=resume, stop_after=stop_after)
     pipe = model.pipeline
     device = torch.device(options.device)
     clock = _Clock(device)

@@ -58,8 +58,18 @@ def _plain(value: object) -> object:
 
 
 def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeFingerprint:
-    """Reads the hardware and software of this process and combines them with the run's options."""
+    """Reads the hardware and software of this process and combines them with the run's options.
+
+    With an engine other than diffusers, what that engine ran on (device, libraries, kernel,
+    solver) replaces this process's own (:func:`ditproof.engines.engine_fingerprint_fields`).
+    """
     from ditproof import __version__
+
+    if options.engine != "diffusers":
+        from ditproof.engines import engine_fingerprint_fields
+
+        local = runtime_fingerprint(model, options.model_copy(update={"engine": "diffusers"}))
+        return local.model_copy(update=engine_fingerprint_fields(model, options))
 
     device = torch.device(options.device)
     cuda: dict[str, object] = {}
@@ -128,7 +138,10 @@ def runtime_class(fp: RuntimeFingerprint) -> str:
     return "/".join(
         (
             arch,
-            f"{fp.engine}-{fp.diffusers}",
+            # diffusers-X.Y.Z for ditproof's own loop; vllm-omni-A.B.C+diffusers-X.Y.Z for an engine.
+            f"{fp.engine}-{fp.diffusers}"
+            if fp.engine_version is None
+            else f"{fp.engine}-{fp.engine_version}+diffusers-{fp.diffusers}",
             f"torch-{fp.torch.split('+')[0]}",
             fp.attention_backend,
             dtypes,

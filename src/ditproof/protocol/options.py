@@ -96,6 +96,9 @@ class RuntimeOptions(BaseModel):
     through float8 e4m3 and back (weight-only FP8, a malign deviation); applied at load time.
     ``tp_degree`` / ``cp_degree``: tensor / context (Ulysses) parallelism over that many GPUs,
     one process per GPU (``torchrun``); 1 means none.
+    ``engine``: what runs the denoising loop: ``diffusers`` (ditproof's own loop on a diffusers
+    pipeline) or ``vllm-omni`` (vLLM-Omni's Wan2.2 pipeline with ditproof's plugin; see
+    :mod:`ditproof.engines` and docs/vllm-omni.md). Part of the runtime class.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -114,6 +117,7 @@ class RuntimeOptions(BaseModel):
     cp_degree: int = Field(default=1, ge=1, le=8)
     capture: CaptureOptions = CaptureOptions()
     encoding: VideoEncoding = VideoEncoding()
+    engine: Literal["diffusers", "vllm-omni"] = "diffusers"
 
     @field_validator("device")
     @classmethod

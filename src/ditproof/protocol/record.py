@@ -46,6 +46,8 @@ class RuntimeFingerprint(_Model):
     ditproof: str
     ftfy: bool
     engine: str = "diffusers"
+    # The engine's own version when it is not diffusers (e.g. vllm-omni 0.30.0); see ditproof.engines.
+    engine_version: str | None = None
     attention_backend: str
     dtype: str
     vae_dtype: str
