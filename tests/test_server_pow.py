@@ -175,6 +175,8 @@ BAD = [
     ({"nonces": []}, "nonces", "at least 1"),
     ({"params": {**PARAMS, "seq_len": 131}}, "params.seq_len", "F × S²"),
     ({"params": {**PARAMS, "k_dim": 1}}, "params.k_dim", "greater than or equal to 2"),
+    ({"params": {**PARAMS, "seq_len": 8192}}, "params.seq_len", "at most 4096 on this node"),
+    ({"batch_size": 1024, "params": {**PARAMS, "seq_len": 4096}}, "batch_size", "at most 65536"),
     ({"params": {**PARAMS, "seq_len": "64"}}, "params.seq_len", "valid integer"),
     ({"block_hash": "TEST_BLOCK"}, "block_hash", "pattern"),
     ({"public_key": "has space"}, "public_key", "pattern"),

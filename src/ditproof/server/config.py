@@ -53,6 +53,9 @@ class ServerConfig(BaseModel):
             not match exactly; none: such a verdict is ``error``.
         validators: the validator registry named in ``delegate`` verdicts.
         poc_callback_interval_s: how often a PoC round POSTs its new artifacts to the callback URL.
+        poc_max_seq_len: largest PoC ``params.seq_len`` (video tokens per nonce) this node computes.
+        poc_max_batch_tokens: largest ``batch_size × seq_len`` of one PoC forward batch (memory).
+        poc_max_nonces: most nonces in one PoC ``generate`` request.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -75,6 +78,9 @@ class ServerConfig(BaseModel):
     thresholds: Path | None = None
     validators: Path | None = None
     poc_callback_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    poc_max_seq_len: int = Field(default=4096, ge=1, le=32 * 128 * 128)
+    poc_max_batch_tokens: int = Field(default=65_536, ge=1)
+    poc_max_nonces: int = Field(default=10_000, ge=1, le=10_000)
 
     @field_validator("api_token")
     @classmethod

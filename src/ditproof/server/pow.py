@@ -126,9 +126,20 @@ class PowService:
         self._lock = threading.Lock()
 
     # Called from the event loop.
-    def _resolve(self, wire: PocWireParams) -> PocParams:
+    def _resolve(self, wire: PocWireParams, batch_size: int) -> PocParams:
         """Checks the node can run ``wire`` now and maps it to PoC parameters (engine lock held)."""
         engine = self.engine
+        limits = engine.config
+        if wire.seq_len > limits.poc_max_seq_len:
+            raise invalid(
+                "params.seq_len", f"got {wire.seq_len}; allowed: at most {limits.poc_max_seq_len} on this node"
+            )
+        if batch_size * wire.seq_len > limits.poc_max_batch_tokens:
+            raise invalid(
+                "batch_size",
+                f"got {batch_size} nonces of {wire.seq_len} tokens; allowed: batch_size × seq_len at most "
+                f"{limits.poc_max_batch_tokens} on this node",
+            )
         model, choice = engine.model, engine.choice
         if (
             engine.state not in ("INFERENCE", "POW")
@@ -168,7 +179,7 @@ class PowService:
                     f"pow: a round is already generating (block_hash {r.block_hash}, node {r.node_id} of "
                     f"{r.node_count}); allowed: POST /api/v1/inference/pow/stop first"
                 )
-            params = self._resolve(body.params)
+            params = self._resolve(body.params, body.batch_size)
             counts = engine.store.counts()
             busy = counts["queued"] + counts["in_progress"]
             if busy:
@@ -238,8 +249,10 @@ class PowService:
             ApiError: 409 (no model, params mismatch), 422 (params, stat_test), 429 (queue full).
         """
         engine = self.engine
+        if len(body.nonces) > engine.config.poc_max_nonces:
+            raise invalid("nonces", f"got {len(body.nonces)} nonces; allowed: at most {engine.config.poc_max_nonces}")
         with engine.cond:
-            params = self._resolve(body.params)
+            params = self._resolve(body.params, body.batch_size)
         policy = None
         if body.validation is not None:
             test = body.stat_test.model_dump() if body.stat_test is not None else {}
