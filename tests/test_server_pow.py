@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -288,6 +291,27 @@ def test_round_generates_assigned_nonces_to_the_callback(node, client, http, lib
     for artifact in delivered:
         if artifact["nonce"] in library:
             assert same_vector(artifact["vector_b64"], library[artifact["nonce"]])
+
+
+def test_openapi_lists_the_pow_endpoints(node):
+    schema = httpx.get(node.url + "/openapi.json", headers=node.headers).json()
+    for path in ("/init/generate", "/generate", "/generate/{request_id}", "/status", "/stop"):
+        assert POW + path in schema["paths"], path
+    generate = schema["components"]["schemas"]["PowGenerateRequest"]["properties"]
+    assert {"nonces", "params", "validation", "stat_test", "wait", "url"} <= set(generate)
+
+
+def test_cli_client_pow_commands(node, client):
+    env = dict(os.environ, DITPROOF_URL=node.url, DITPROOF_API_TOKEN=TOKEN)
+    done = client.pow_generate(**ROUND, nonces=[1], params=PARAMS, wait=True)
+    for args, expected in ((["status"], '"status": "IDLE"'), (["result", done["request_id"]], '"status": "completed"'),
+                           (["stop"], '"STOPPED"')):  # fmt: skip
+        run = subprocess.run([sys.executable, "-m", "ditproof.cli.main", "client", "pow", *args], env=env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert run.returncode == 0 and expected in run.stdout, run.stdout + run.stderr
+    run = subprocess.run([sys.executable, "-m", "ditproof.cli.main", "client", "pow", "result", "poc_" + "0" * 32],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 1 and "404 not_found" in run.stderr
 
 
 def test_round_needs_an_idle_video_queue(node, client, http):

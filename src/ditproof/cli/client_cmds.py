@@ -171,3 +171,32 @@ def down(url: str | None = UrlOption, token_file: Path | None = TokenFileOption)
     """Unload the model (POST /api/v1/inference/down)."""
     with _node(url, token_file) as node:
         _print(node.inference_down())
+
+
+pow_app = typer.Typer(help="Proof-of-Compute on the node (Gonka's PoC v2 API).", no_args_is_help=True)
+client_app.add_typer(pow_app, name="pow")
+
+
+@pow_app.command("status")
+def pow_status(url: str | None = UrlOption, token_file: Path | None = TokenFileOption) -> None:
+    """Show the PoC round (GET /api/v1/inference/pow/status)."""
+    with _node(url, token_file) as node:
+        _print(node.pow_status())
+
+
+@pow_app.command("stop")
+def pow_stop(url: str | None = UrlOption, token_file: Path | None = TokenFileOption) -> None:
+    """End the PoC round and cancel queued PoC requests (POST /api/v1/inference/pow/stop)."""
+    with _node(url, token_file) as node:
+        _print(node.pow_stop())
+
+
+@pow_app.command("result")
+def pow_result(
+    request_id: str = typer.Argument(..., help="A PoC request id (poc_...)."),
+    url: str | None = UrlOption,
+    token_file: Path | None = TokenFileOption,
+) -> None:
+    """Show a PoC generate request and its result (GET /api/v1/inference/pow/generate/{id})."""
+    with _node(url, token_file) as node:
+        _print(node.pow_result(request_id))
