@@ -299,8 +299,8 @@ class PowService:
                 request.error = (
                     str(exc) if isinstance(exc, DitproofError | ApiError) else f"internal error ({type(exc).__name__})"
                 )
-        if body.url is None or body.wait:
-            return
+        if body.url is None or body.wait or request.status != "completed":
+            return  # as Gonka's node: only finished results are reported; failures show in generate/{id}
         # Gonka's queued requests report to {url}/generated or {url}/validated.
         meta = {
             "request_id": request.id,
