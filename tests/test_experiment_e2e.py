@@ -76,8 +76,8 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     tmp_path = tmp_path_factory.mktemp("e2e")
     store = make_store(tmp_path, "local")
     summary = run_local(store, workers=0)
-    assert summary.executed == 12 and summary.failed == [] and len(summary.skipped) == 2
-    assert all("needs 2 GPUs" in reason for reason in summary.skipped.values())
+    # tp2 runs too: under torchrun with 2 CPU processes (gloo), launched by the local runner.
+    assert summary.executed == 14 and summary.failed == [] and summary.skipped == {}
     score_store(store)
     analyze_store(store)
     write_report(store, tmp_path / "report")
@@ -89,18 +89,17 @@ def test_local_run_manifest_and_resume_without_redoing(finished: tuple[str, Path
     store = Store(store_url)
     manifest = store.read_parquet(MANIFEST_FILE).to_pylist()
     assert sorted({(m["configuration"], m["status"]) for m in manifest}) == sorted(
-        [(c, "done") for c in ("reference", "cfg-batched", "attn-math", "steps-3", "cfg-off", "other-seed")]
-        + [("tp2", "skipped")]
+        [(c, "done") for c in ("reference", "cfg-batched", "attn-math", "tp2", "steps-3", "cfg-off", "other-seed")]
     )
     again = run_local(store_url, workers=0)
-    assert again.executed == 0 and again.already_done == 12
+    assert again.executed == 0 and again.already_done == 14
 
 
 def test_scores_are_consistent_and_queryable(finished: tuple[str, Path]) -> None:
     store_url, _ = finished
     store = Store(store_url)
     meta = store.read_json(SCORES_META_FILE)
-    assert meta["pairs"] == 10 and "lpips_alex" in meta["skipped_metrics"]  # no weights here: listed, not hidden
+    assert meta["pairs"] == 12 and "lpips_alex" in meta["skipped_metrics"]  # no weights here: listed, not hidden
     assert (
         "alexnet-owt-7be5be79.pth" in meta["skipped_metrics"]["lpips_alex"]
         or "lpips" in meta["skipped_metrics"]["lpips_alex"]
@@ -113,7 +112,7 @@ def test_scores_are_consistent_and_queryable(finished: tuple[str, Path]) -> None
     by_name = {name: (same_noise, psnr, div) for name, same_noise, psnr, div in rows}
     assert by_name["other-seed"][0] is False and by_name["other-seed"][2] == 0
     assert by_name["cfg-off"][0] is True and by_name["cfg-off"][2] >= 1
-    assert set(by_name) == {"cfg-batched", "attn-math", "steps-3", "cfg-off", "other-seed"}
+    assert set(by_name) == {"cfg-batched", "attn-math", "tp2", "steps-3", "cfg-off", "other-seed"}
 
 
 def test_thresholds_file_loads_in_the_validator_and_matches_the_scores(finished: tuple[str, Path]) -> None:
@@ -127,7 +126,7 @@ def test_thresholds_file_loads_in_the_validator_and_matches_the_scores(finished:
     threshold = policy["psnr:mean"]
     benign = [r["psnr:mean"] for r in scores if r["label"] == "benign"]
     malign = [r["psnr:mean"] for r in scores if r["configuration"] in ("other-seed", "cfg-off")]
-    # 4 benign pairs at 1% FPR: no false positive allowed, so every benign pair passes.
+    # 6 benign pairs at 1% FPR: no false positive allowed, so every benign pair passes.
     assert all(threshold.passes(v) for v in benign)
     assert not any(threshold.passes(v) for v in malign)
     analysis = json.loads((report / "analysis.json").read_text())["data"]
@@ -140,12 +139,12 @@ def test_thresholds_file_loads_in_the_validator_and_matches_the_scores(finished:
 def test_report_files(finished: tuple[str, Path]) -> None:
     _, report = finished
     md = (report / "report.md").read_text()
-    assert "## Exact matches" in md and "tp2" in md and "needs 2 GPUs" in md and "lpips_alex" in md
+    assert "## Exact matches" in md and "tp2" in md and "lpips_alex" in md
     for name in ("roc-psnr-mean.png", "hist-", "divergence.png"):
         assert any(p.name.startswith(name) for p in report.iterdir()), name
     html = (report / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and "<table>" in html
-    assert (report / "scores-summary.csv").read_text().count("\n") == 11
+    assert (report / "scores-summary.csv").read_text().count("\n") == 13
 
 
 def test_cli_plan_estimate_and_errors(tmp_path: Path) -> None:
@@ -186,9 +185,10 @@ def test_failing_job_is_retried_then_reported(tmp_path: Path) -> None:
     assert [m["status"] for m in manifest if m["configuration"] == "reference"] == ["failed"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_loses_nothing_and_redoes_nothing(tmp_path: Path) -> None:
     store = make_store(tmp_path, "kill", max_prompts=1)
-    jobs = [j for j in load_plan(Store(store)) if j.world_size == 1]
+    jobs = load_plan(Store(store))
     # The runner's own entry point (no typer/rich: what GPU hosts use), with one worker process.
     command = [sys.executable, "-m", "ditproof.experiment.runners.local", "--store", store, "--workers", "1"]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -215,6 +215,7 @@ def test_kill_and_resume_loses_nothing_and_redoes_nothing(tmp_path: Path) -> Non
     assert all(read_result(Store(store), j.job_id) is not None for j in jobs)
 
 
+@pytest.mark.slow
 def test_ray_runner_on_a_local_cluster(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, finished: tuple[str, Path]
 ) -> None:
@@ -227,6 +228,7 @@ def test_ray_runner_on_a_local_cluster(
     store = make_store(tmp_path, "ray", max_prompts=1)
     summary = run_ray(store, address=None, workers=2, num_cpus=2)
     assert summary.runner == "ray" and summary.executed == 6 and summary.failed == []
+    assert list(summary.skipped.values()) == ["multi-GPU job: run it with the local runner (torchrun)"]
     assert not (tmp_path / ".ray" / "auth_token").exists()
     assert os.environ["RAY_AUTH_MODE"] == "token"  # token authentication stays on, with our own token
     # Same plan, same machine: the Ray run reproduces the local run's final latents bit for bit.

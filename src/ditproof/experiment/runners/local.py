@@ -3,8 +3,8 @@
 * GPUs: one process per visible GPU (``cuda:0`` … ``cuda:N-1``), each holding its model.
 * CPU: ``workers`` processes sharing the cores (torch threads = cores // workers); ``workers=0``
   runs in this process (tests, debugging).
-* Jobs that need several GPUs (tensor or context parallelism) run after the others, one at a
-  time, as ``torchrun --standalone --nproc-per-node W -m ditproof.experiment.runners.torchrun_job
+* Jobs that need several processes (tensor or context parallelism; on a CPU, tensor parallelism
+  runs over gloo) run after the others, one at a time, as ``torchrun --standalone --nproc-per-node W -m ditproof.experiment.runners.torchrun_job
   --store URL --job ID`` (one process per GPU, as the generation code's parallel modes need).
 
 A job that raises is recorded in its ``failure.json`` and retried up to ``retries`` more times,
@@ -125,11 +125,14 @@ def run_local(
     elif selection.todo:
         executed, failed = _run_pool(store_url, selection.todo, devices, run_id, threads, retries, report)
     for job in selection.multi_gpu:
+        report(Event("start", job.job_id, job.configuration), executed + len(failed))
+        t0 = time.perf_counter()
         ok = _run_torchrun(store, store_url, job, run_id, retries)
         executed += ok
         if not ok:
             failed.append(job.job_id)
-        report(Event("done" if ok else "gave-up", job.job_id, job.configuration), executed + len(failed))
+        seconds = time.perf_counter() - t0
+        report(Event("done" if ok else "gave-up", job.job_id, job.configuration, "", seconds), executed + len(failed))
     refresh_manifest(store, jobs, selection.skipped)
     return RunSummary(
         run_id=run_id,

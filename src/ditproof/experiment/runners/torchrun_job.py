@@ -5,8 +5,9 @@ Launched by the local runner (see :func:`ditproof.experiment.runners.local.torch
     torchrun --standalone --nproc-per-node W -m ditproof.experiment.runners.torchrun_job \\
         --store URL --job JOB_ID --run-id RUN --attempt 1
 
-Each rank uses ``cuda:$LOCAL_RANK``; the generation code sets up tensor or context parallelism
-from the job's ``tp_degree`` / ``cp_degree``. Ranks other than 0 generate into a temporary
+Each rank uses ``cuda:$LOCAL_RANK`` (or the CPU, where tensor parallelism runs over gloo); the
+generation code sets up tensor or context parallelism from the job's ``tp_degree`` /
+``cp_degree``. Ranks other than 0 generate into a temporary
 store that is thrown away, so the experiment store receives one copy of the artifacts.
 """
 
@@ -41,10 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ditproof-rank-") as scratch:
         store_url = args.store if rank == 0 else scratch
         if rank != 0:
-            from ditproof.experiment.jobs import load_experiment_from_store, save_plan
+            from ditproof.experiment.jobs import PLAN_FILE
 
-            save_plan(Store(scratch), load_experiment_from_store(Store(args.store)), [job])
-        worker = JobWorker(store_url, f"cuda:{local_rank}", args.run_id)
+            Store(scratch).write_json(PLAN_FILE, [job.model_dump(mode="json")])
+        device = "cpu" if job.options.device == "cpu" else f"cuda:{local_rank}"
+        worker = JobWorker(store_url, device, args.run_id, threads=1 if device == "cpu" else None)
         try:
             worker.run(job, args.attempt)
         except Exception as exc:  # recorded by rank 0, reported through the exit code

@@ -53,8 +53,15 @@ def why_not_runnable(job: Job, env: Environment) -> str | None:
     )
     if needs_cuda and not env.cuda:
         return f"needs a CUDA GPU (device {job.options.device}, attention {job.options.attention_backend})"
-    if job.world_size > 1 and env.gpu_count < job.world_size:
-        return f"needs {job.world_size} GPUs (tp {job.options.tp_degree} × cp {job.options.cp_degree}); {env.gpu_count} here"
+    tp, cp = job.options.tp_degree, job.options.cp_degree
+    if tp > 1 and cp > 1:
+        return f"tp {tp} with cp {cp}: the generation code runs one kind of parallelism at a time"
+    if cp > 1 and not env.cuda:
+        return f"needs {cp} GPUs (context parallelism uses NCCL all-to-all)"
+    if job.world_size > 1 and env.cuda and env.gpu_count < job.world_size:
+        return f"needs {job.world_size} GPUs (tp {tp} × cp {cp}); {env.gpu_count} here"
+    if job.world_size > 1 and job.options.device == "cuda" and not env.cuda:
+        return f"needs {job.world_size} GPUs (tp {tp} × cp {cp}); none here"
     if job.gpu_model is not None and not any(job.gpu_model.lower() in name.lower() for name in env.gpu_names):
         here = ", ".join(env.gpu_names) or "no GPU"
         return f"needs a GPU whose name contains {job.gpu_model!r} (hardware deviation); here: {here}"
@@ -131,6 +138,11 @@ class JobWorker:
         from ditproof.generation.execute import RECORD_FILE, VIDEO_FILE, execute
 
         options = job.options.model_copy(update={"device": self.device})
+        if job.world_size > 1:
+            from ditproof.generation.parallel import init_parallel
+
+            # Under torchrun: joins the process group (NCCL on GPUs, gloo for CPU tensor parallelism).
+            options = init_parallel(options)
         model = self._model_for(job, options)
         prefix = job_prefix(job.job_id)
         self.store.write_model(f"{prefix}/job.json", job)
