@@ -1,0 +1,126 @@
+"""Cost of the validation modes: full regeneration vs every checkpoint segment vs spot checks.
+
+One executor run with a checkpoint every ``--checkpoint-every`` steps, then each mode validates it
+on the same device and model (a fresh load, as a validator would have). Reports wall seconds, the
+denoising steps re-run, and both as a fraction of the full regeneration.
+
+    PYTHONPATH=src python3 bench/validation_modes.py --out $OUT/validation_modes.json \
+        --preset wan-a14b-shape --device cuda --width 832 --height 480 --frames 17 --steps 40
+    PYTHONPATH=src python3 bench/validation_modes.py --smoke --out /tmp/validation_modes.json   # CPU, tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_info, write_result
+from ditproof.generation.execute import execute
+from ditproof.models.registry import load_model
+from ditproof.protocol.options import CaptureOptions, RuntimeOptions
+from ditproof.protocol.request import GenerationRequest
+from ditproof.validation import ThresholdPolicy, validate, validate_checkpoints, validate_spot_check
+
+ENTROPY = "be" * 32
+
+
+def timed(fn) -> tuple[float, float, object]:
+    """Wall seconds, process CPU seconds (steadier on a shared CPU) and the result of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--preset", default="wan-tiny-random")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--height", type=int, default=48)
+    parser.add_argument("--frames", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--checkpoint-every", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per mode (median reported)")
+    parser.add_argument("--spot", default="1,2", help="spot-check sizes k, comma-separated")
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, 8 steps (tests the script)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.preset, args.device, args.steps, args.checkpoint_every, args.repeats = "wan-tiny-random", "cpu", 8, 2, 1
+
+    dtype = "bfloat16" if args.preset == "wan-a14b-shape" else "float32"
+    steps = tuple(range(args.checkpoint_every, args.steps, args.checkpoint_every))
+    options = RuntimeOptions(device=args.device, dtype=dtype, capture=CaptureOptions(checkpoint_steps=steps))
+    request = GenerationRequest(
+        prompt="a red circle moves left on a blue background",
+        width=args.width,
+        height=args.height,
+        num_frames=args.frames,
+        num_inference_steps=args.steps,
+    )
+    work = Path(tempfile.mkdtemp())
+    executor = load_model(args.preset, options)
+    start = time.perf_counter()
+    record = execute(request, executor, options, work, request_id="bench-1", entropy=ENTROPY)
+    generate_s = time.perf_counter() - start
+    del executor  # the validator loads its own copy (and on a GPU, two A14B-shape copies would not fit)
+    model = load_model(args.preset, options)
+    video = work / "video.mp4"
+    # Honest runs in the same class match bit for bit; the frame threshold only covers an encoder
+    # that re-encodes the same frames differently.
+    policy = ThresholdPolicy(explicit={"psnr": 35.0, "latent_rel_l2_segment": 1e-3})
+
+    modes: dict[str, object] = {"full": lambda: validate(record, video, model, policy=policy)}
+    modes["checkpoints"] = lambda: validate_checkpoints(record, video, model, policy=policy)
+    for k in (int(x) for x in args.spot.split(",")):
+        for i in range(args.repeats):
+            modes[f"spot-check k={k} #{i}"] = lambda k=k, i=i: validate_spot_check(
+                record, video, model, k, f"{i:032x}", policy=policy
+            )
+
+    rows = []
+    for name, fn in modes.items():
+        runs = [timed(fn) for _ in range(1 if name.startswith("spot") else args.repeats)]
+        verdict = runs[-1][2]
+        rows.append(
+            {
+                "mode": name,
+                "seconds": statistics.median(t for t, _, _ in runs),
+                "cpu_seconds": statistics.median(c for _, c, _ in runs),
+                "decision": verdict.decision,
+                "regenerated_steps": verdict.regenerated_steps,
+                "total_steps": verdict.total_steps,
+                "steps_fraction": verdict.cost_fraction,
+                "segments": [s.label for s in verdict.segments],
+            }
+        )
+    full_s, full_cpu = rows[0]["seconds"], rows[0]["cpu_seconds"]
+    for row in rows:
+        row["time_fraction"] = row["seconds"] / full_s
+        row["cpu_fraction"] = row["cpu_seconds"] / full_cpu
+
+    result = {
+        "device": device_info(),
+        "preset": args.preset,
+        "request": request.model_dump(),
+        "checkpoint_steps": list(steps),
+        "generate_s": generate_s,
+        "rows": rows,
+    }
+    write_result(args.out, result)
+    print(f"{args.preset} {args.width}x{args.height}x{args.frames}, {args.steps} steps, checkpoints {list(steps)}")
+    print(f"{'mode':<22} {'seconds':>8} {'time frac':>9} {'cpu frac':>8} {'steps':>7} {'step frac':>9}  decision")
+    for row in rows:
+        print(
+            f"{row['mode']:<22} {row['seconds']:>8.2f} {row['time_fraction']:>9.2f} {row['cpu_fraction']:>8.2f} "
+            f"{row['regenerated_steps']:>3}/{row['total_steps']:<3} {row['steps_fraction']:>9.3f}  {row['decision']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
