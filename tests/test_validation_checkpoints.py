@@ -325,3 +325,13 @@ def test_malformed_checkpoint_list_is_invalid(honest, validator_model):
     )
     assert verdict.decision == "invalid" and verdict.first_failing_check == "checkpoint_files"
     assert "no 'final' checkpoint" in verdict.reason and "'../../etc/passwd'" in verdict.reason
+
+
+def test_fingerprints_of_another_length_are_invalid(honest, validator_model):
+    record, out = honest
+    short = record.fingerprints.model_copy(update={"values": record.fingerprints.values[:7]})
+    verdict = validate_checkpoints(
+        record.model_copy(update={"fingerprints": short}), out / "video.mp4", validator_model, policy=POLICY
+    )
+    assert verdict.decision == "invalid" and verdict.first_failing_check == "fingerprints"
+    assert "7 step(s)" in verdict.reason and "allowed: 8 steps" in verdict.reason

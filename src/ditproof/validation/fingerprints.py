@@ -50,8 +50,11 @@ class Divergence:
 
     def describe(self) -> str:
         """``"the trajectory fingerprints first diverge after step 5 (relative distance 0.12 > 0.001)"``."""
-        distance = "not comparable" if math.isinf(self.distance) else f"relative distance {self.distance:.3g}"
-        return f"the trajectory fingerprints first diverge after step {self.step} ({distance} > {self.tolerance:.3g})"
+        if math.isinf(self.distance):
+            how = "missing or not comparable"
+        else:
+            how = f"relative distance {self.distance:.3g} > tolerance {self.tolerance:.3g}"
+        return f"the trajectory fingerprints first diverge after step {self.step} ({how})"
 
 
 def fingerprint_distance(recorded: Sequence[float], regenerated: Sequence[float]) -> float:
