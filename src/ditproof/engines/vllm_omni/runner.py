@@ -39,7 +39,7 @@ from ditproof.errors import IntegrityError, InvalidInputError, RuntimeUnavailabl
 from ditproof.generation.generate import GenerationResult, StepCallback, check_prompt_length
 from ditproof.generation.solver import SolverState
 from ditproof.generation.trajectory import TrajectoryCapture
-from ditproof.hashing import sha256_tensor
+from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions
 from ditproof.protocol.poc import PocArtifact, PocParams
@@ -142,8 +142,8 @@ def _form(request: GenerationRequest, seed: int, job: dict[str, Any]) -> dict[st
     return {key: str(value) for key, value in fields.items()}
 
 
-def _submit(target: OmniTarget, request: GenerationRequest, seed: int, job: dict[str, Any], dtype: str) -> None:
-    """Sends one job and waits until vLLM-Omni has answered."""
+def _submit(target: OmniTarget, request: GenerationRequest, seed: int, job: dict[str, Any], dtype: str) -> bytes | None:
+    """Sends one job and waits until vLLM-Omni has answered; returns the served bytes (HTTP only)."""
     if target.url:
         import httpx
 
@@ -156,7 +156,7 @@ def _submit(target: OmniTarget, request: GenerationRequest, seed: int, job: dict
             raise RuntimeUnavailableError(
                 f"vllm-omni server {target.url}: HTTP {response.status_code}: {response.text[:2000]}"
             )
-        return
+        return response.content
     from vllm_omni.inputs.data import OmniDiffusionSamplingParams
 
     omni = _in_process(target, dtype)
@@ -176,6 +176,7 @@ def _submit(target: OmniTarget, request: GenerationRequest, seed: int, job: dict
         omni.generate({"prompt": request.prompt, "negative_prompt": request.negative_prompt}, params)
     except RuntimeError as exc:
         raise RuntimeUnavailableError(f"vllm-omni in-process: {exc}") from None
+    return None
 
 
 def engine_info(target: OmniTarget | None = None) -> EngineInfo:
@@ -260,7 +261,7 @@ def generate_via_omni(
         encoding=options.encoding,
     )
     started = time.perf_counter()
-    _submit(target, request, seed, job.model_dump(mode="json"), options.dtype)
+    served = _submit(target, request, seed, job.model_dump(mode="json"), options.dtype)
     folder = artifacts_root(target.artifacts) / job.job_id
     if not (folder / CAPTURE_FILE).is_file():
         raise RuntimeUnavailableError(
@@ -269,6 +270,10 @@ def generate_via_omni(
         )
     bundle = read_model(folder / CAPTURE_FILE, CaptureBundle)
     _check_engine(bundle.engine, model, options)
+    if served is not None and sha256_bytes(served) != bundle.video_sha256:
+        raise IntegrityError(
+            f"video: the server sent an mp4 of sha256 {sha256_bytes(served)}, its capture says {bundle.video_sha256}"
+        )
     shape = request.latent_shape(channels=model.pipeline.transformer.config.in_channels)
     expected = sha256_tensor(initial_noise(seed, shape))
     if bundle.noise_sha256 != expected or tuple(bundle.noise_shape) != shape:

@@ -1,0 +1,147 @@
+"""ditproof through a real vLLM-Omni server on loopback (CPU platform, tiny model folder).
+
+Generation: ditproof's executor with ``engine="vllm-omni"`` sends the request to ``vllm serve
+--omni``; ditproof's plugin draws ditproof's noise, captures the trajectory and encodes; the
+record validates (noise hash recomputed, regeneration through the same engine matches byte for
+byte). PoC: vectors computed on the server's experts equal ditproof's own within the PoC
+distance threshold. Cross-engine: the same request through ditproof's diffusers loop starts
+from the same noise and ends close but not equal (vLLM-Omni's sigma grid differs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from ditproof.engines import configure_vllm_omni
+from ditproof.engines.vllm_omni import runner
+from ditproof.engines.vllm_omni.protocol import GenerateJob
+from ditproof.errors import RuntimeUnavailableError
+from ditproof.generation.execute import execute
+from ditproof.generation.generate import generate
+from ditproof.hashing import sha256_bytes, sha256_tensor
+from ditproof.metrics import latent_relative_l2, psnr_frames
+from ditproof.models.registry import LoadedModel, load_model
+from ditproof.poc.compute import PocModel, compute_vectors, decode_vector
+from ditproof.protocol.options import CaptureOptions, RuntimeOptions, VideoEncoding
+from ditproof.protocol.poc import ML_NODE_POLICY, PocParams
+from ditproof.protocol.request import GenerationRequest
+from ditproof.randomness import initial_noise
+from ditproof.validation.validate import validate
+from test_vllm_omni_support import OmniServer, needs_omni, save_tiny_folder, start_server
+
+pytestmark = [needs_omni, pytest.mark.slow]
+
+ENTROPY = "5e" * 32
+OMNI = RuntimeOptions(engine="vllm-omni")
+REQUEST = GenerationRequest(prompt="a red circle moves left", width=64, height=48, num_frames=5, num_inference_steps=4)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_folder(tmp_path_factory.mktemp("omni") / "tiny-wan")
+
+
+@pytest.fixture(scope="module")
+def server(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OmniServer]:
+    base = tmp_path_factory.mktemp("omni-server")
+    artifacts = base / "artifacts"
+    artifacts.mkdir()
+    yield from start_server(folder, artifacts, base / "vllm-serve.log")
+
+
+@pytest.fixture(scope="module")
+def model(folder: Path) -> LoadedModel:
+    return load_model(str(folder), RuntimeOptions())
+
+
+@pytest.fixture(autouse=True)
+def target(server: OmniServer) -> Iterator[None]:
+    configure_vllm_omni(url=server.url, artifacts=str(server.artifacts))
+    yield
+    configure_vllm_omni()
+
+
+def test_generate_through_server_then_validate(server, model, tmp_path):
+    record = execute(REQUEST, model, OMNI, tmp_path, request_id="omni-1", entropy=ENTROPY)
+
+    noise = sha256_tensor(initial_noise(record.seed, REQUEST.latent_shape()))
+    assert record.noise.sha256 == noise
+    assert record.runtime.engine == "vllm-omni" and record.runtime.engine_version == "0.30.0"
+    assert record.runtime_class.split("/")[1] == f"vllm-omni-0.30.0+diffusers-{record.runtime.diffusers}"
+    assert record.runtime.attention_backend == "vllm-omni:CPU_SDPA"
+    assert record.runtime.solver.startswith("FlowUniPCMultistepScheduler/")
+    assert [c.name for c in record.checkpoints] == ["initial", "pre_switch", "final"]
+    assert record.fingerprints is not None and len(record.fingerprints.values) == REQUEST.num_inference_steps
+    assert record.timings.forward_passes == 2 * REQUEST.num_inference_steps
+
+    verdict = validate(record, tmp_path / "video.mp4", model)
+    assert verdict.decision == "valid", verdict.reason
+    assert verdict.exact_match and verdict.validator_runtime_class == record.runtime_class
+
+
+def test_served_mp4_is_the_records_video(server, model, tmp_path):
+    """A plain client of the video API receives exactly the bytes the record hashes."""
+    seed = 1234
+    request = REQUEST.model_copy(update={"seed": seed})
+    record = execute(request, model, OMNI, tmp_path)
+    job = GenerateJob(
+        job_id="served-bytes",
+        request=request,
+        seed=seed,
+        dtype="float32",
+        capture=CaptureOptions(),
+        encoding=VideoEncoding(),
+    )
+    form = runner._form(request, seed, job.model_dump(mode="json"))
+    response = httpx.post(server.url + "/v1/videos/sync", data=form, timeout=300)
+    assert response.status_code == 200
+    assert sha256_bytes(response.content) == record.video.sha256
+
+
+def test_request_that_differs_from_the_job_is_refused(server):
+    job = GenerateJob(
+        job_id="mismatch", request=REQUEST, seed=5, dtype="float32", capture=CaptureOptions(), encoding=VideoEncoding()
+    )
+    # vLLM-Omni would round 72 down to 64 without a word; the plugin refuses instead.
+    wrong = REQUEST.model_copy(update={"width": 80})
+    with pytest.raises(RuntimeUnavailableError, match="width: got 80, the job says 64"):
+        runner._submit(runner._target_now(), wrong, 5, job.model_dump(mode="json"), "float32")
+
+
+def test_poc_on_served_experts_matches_ditproof(server, model):
+    params = PocParams(latent_frames=1, latent_height=8, latent_width=8, text_len=8)
+    block_hash, key, nonces = "ab" * 32, "node-key-1", list(range(24))
+    served = runner.poc_via_omni(params, block_hash, key, nonces)
+    assert [a.nonce for a in served] == nonces
+    theirs = np.stack([decode_vector(a.vector_bytes(), params.k_dim) for a in served]).astype(np.float64)
+    ours = compute_vectors(PocModel.from_loaded(model), params, block_hash, key, nonces).astype(np.float64)
+    distances = np.linalg.norm(theirs - ours, axis=1)
+    threshold = ML_NODE_POLICY.dist_threshold  # 0.02, the tightest policy shipped
+    assert distances.max() <= threshold, distances
+    # A different round gives different vectors (the hooks and seeds really ran on the server).
+    other = runner.poc_via_omni(params, "cd" * 32, key, nonces[:4])
+    assert [a.vector_b64 for a in other] != [a.vector_b64 for a in served[:4]]
+
+
+def test_cross_engine_same_noise_close_not_equal(server, model):
+    ours = generate(REQUEST, 11, model, RuntimeOptions())
+    theirs = generate(REQUEST, 11, model, OMNI)
+    assert ours.noise_sha256 == theirs.noise_sha256
+    assert ours.capture.latents["initial"][1].equal(theirs.capture.latents["initial"][1])
+    final = latent_relative_l2(theirs.capture.latents["final"][1], ours.capture.latents["final"][1])
+    # vLLM-Omni's UniPC uses the official Wan sigma grid, diffusers' its own: close, never equal.
+    assert 0.0 < final < 0.5, final
+    assert ours.frames is not None and theirs.frames is not None
+    assert psnr_frames(ours.frames, theirs.frames).mean().item() > 20.0
+
+
+def test_engine_json_describes_the_worker(server, model):
+    info = json.loads((server.artifacts / "engine.json").read_text())
+    assert info["engine"] == "vllm-omni" and info["platform"] == "CpuOmniPlatform"
+    assert info["model_revision"] == model.revision
