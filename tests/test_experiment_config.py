@@ -132,6 +132,12 @@ def test_job_ids_are_stable_and_follow_what_changes_the_numbers(tmp_path: Path) 
         assert reference.configuration == "reference" and reference.prompt_id == job.prompt_id
     seeded = [j for j in jobs if j.configuration == "other-seed"]
     assert all(j.request_id == f"{j.prompt_id}.s" for j in seeded)
+    # A new option with its default value (a newer ditproof) keeps the ids of a campaign.
+    from ditproof.experiment.config import ResolvedConfiguration
+
+    config = load_experiment(write(tmp_path)).configurations[1]
+    assert config.spec()["options"] == {"cfg_mode": "batched"}
+    assert isinstance(config, ResolvedConfiguration)
     # Another reference step count changes every id (the reference spec is in each id).
     changed = write(tmp_path, base=BASE.replace("num_inference_steps = 4", "num_inference_steps = 5"))
     assert not {j.job_id for j in plan_jobs(load_experiment(changed))} & {j.job_id for j in jobs}

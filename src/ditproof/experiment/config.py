@@ -115,8 +115,15 @@ class ResolvedConfiguration(_Strict):
         return self.options.tp_degree * self.options.cp_degree
 
     def spec(self) -> dict[str, Any]:
-        """The JSON description hashed into job ids."""
-        return self.model_dump(mode="json")
+        """The JSON description hashed into job ids.
+
+        Options are listed without their default values, so that a new option added to
+        :class:`RuntimeOptions` with a default (which leaves every existing run as it was) does
+        not change the ids of a campaign in progress and send it back to the start.
+        """
+        data = self.model_dump(mode="json", exclude={"options"})
+        data["options"] = self.options.model_dump(mode="json", exclude_defaults=True)
+        return data
 
 
 class ExperimentFile(_Strict):
