@@ -145,3 +145,39 @@ def test_engine_json_describes_the_worker(server, model):
     info = json.loads((server.artifacts / "engine.json").read_text())
     assert info["engine"] == "vllm-omni" and info["platform"] == "CpuOmniPlatform"
     assert info["model_revision"] == model.revision
+
+
+def test_cli_generate_and_validate_through_server(server, folder, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, DITPROOF_VLLM_OMNI_URL=server.url, DITPROOF_OMNI_ARTIFACTS=str(server.artifacts))
+    cli = [sys.executable, "-m", "ditproof.cli.main"]
+    size = ["--width", "64", "--height", "48", "--num-frames", "5", "--steps", "3"]
+    engine = ["--engine", "vllm-omni", "--omni-url", server.url, "--request-id", "cli-1", "--entropy", ENTROPY]
+    generated = subprocess.run(
+        [*cli, "generate", "--prompt", "a green dot", "--out", str(tmp_path), "--model", str(folder), *size, *engine],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert generated.returncode == 0, generated.stderr[-2000:]
+    assert "vllm-omni-0.30.0+diffusers-" in generated.stdout
+    validated = subprocess.run(
+        [*cli, "validate", "--record", str(tmp_path / "record.json"), "--model", str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert validated.returncode == 0, validated.stdout[-2000:] + validated.stderr[-2000:]
+    bad = subprocess.run(
+        [*cli, "generate", "--prompt", "x", "--out", str(tmp_path / "bad"), "--engine", "tensorrt", *size],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "engine" in bad.stderr and "vllm-omni" in bad.stderr
