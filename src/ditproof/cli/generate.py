@@ -120,6 +120,9 @@ def generate_command(
     tp_degree: int = typer.Option(1, "--tp-degree", help="Tensor parallelism (run under torchrun)."),
     cp_degree: int = typer.Option(1, "--cp-degree", help="Context parallelism (run under torchrun)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    engine: str = typer.Option("diffusers", "--engine", help="diffusers, or vllm-omni (docs/vllm-omni.md)."),
+    omni_url: str | None = typer.Option(None, "--omni-url", help="vllm-omni: a `vllm serve DIR --omni` URL."),
+    omni_artifacts: str | None = typer.Option(None, "--omni-artifacts", help="vllm-omni: the plugin's folder."),
 ) -> None:
     """Generate a video deterministically and write its inference record."""
     quiet_libraries()
@@ -157,7 +160,15 @@ def generate_command(
             cache=cache,
             tp_degree=tp_degree,
             cp_degree=cp_degree,
+            engine=engine,
         )
+        if engine == "vllm-omni":
+            from ditproof.engines import configure_vllm_omni
+
+            # Without --omni-url the model folder is loaded in this process (vLLM-Omni environment).
+            configure_vllm_omni(
+                url=omni_url, model_dir=None if omni_url else (model_path or model), artifacts=omni_artifacts
+            )
         options = init_parallel(options)
         if seed is None:
             if tp_degree * cp_degree > 1 and (request_id is None or entropy is None):
