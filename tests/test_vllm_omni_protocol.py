@@ -38,6 +38,8 @@ def test_job_round_trips_through_json_with_strict_models():
         request=REQUEST,
         seed=3,
         dtype="float32",
+        vae_dtype="float32",
+        text_encoder_dtype="float32",
         capture=CaptureOptions(checkpoint_steps=(1,)),
         encoding=VideoEncoding(),
     )

@@ -95,6 +95,8 @@ def test_served_mp4_is_the_records_video(server, model, tmp_path):
         request=request,
         seed=seed,
         dtype="float32",
+        vae_dtype="float32",
+        text_encoder_dtype="float32",
         capture=CaptureOptions(),
         encoding=VideoEncoding(),
     )
@@ -106,7 +108,14 @@ def test_served_mp4_is_the_records_video(server, model, tmp_path):
 
 def test_request_that_differs_from_the_job_is_refused(server):
     job = GenerateJob(
-        job_id="mismatch", request=REQUEST, seed=5, dtype="float32", capture=CaptureOptions(), encoding=VideoEncoding()
+        job_id="mismatch",
+        request=REQUEST,
+        seed=5,
+        dtype="float32",
+        vae_dtype="float32",
+        text_encoder_dtype="float32",
+        capture=CaptureOptions(),
+        encoding=VideoEncoding(),
     )
     # vLLM-Omni would round 72 down to 64 without a word; the plugin refuses instead.
     wrong = REQUEST.model_copy(update={"width": 80})

@@ -213,17 +213,25 @@ class DitproofWan22Pipeline(Wan22Pipeline):
             "sample_solver": resolve_wan_sample_solver(req.requests[0], default=self._sample_solver),
             "num_outputs_per_prompt": sp.num_outputs_per_prompt or 1,
             "image": image is not None,
+            # vLLM-Omni loads every component in one dtype; the record must say what ran.
             "dtype": _DTYPES.get(self.transformer.dtype, str(self.transformer.dtype)),
+            "vae_dtype": _DTYPES.get(self.vae.dtype, str(self.vae.dtype)),
+            "text_encoder_dtype": _DTYPES.get(self.text_encoder.dtype, str(self.text_encoder.dtype)),
             "two_experts": self.transformer is not None and self.transformer_2 is not None,
             "text_to_video": not (self.is_dmd or self.expand_timesteps),
+            # One worker: with several, every rank would run this capture (not built yet).
+            "world_size": int(getattr(getattr(self.od_config, "parallel_config", None), "world_size", 1) or 1),
         }
         expected = want.model_dump(include=set(got)) | {
             "sample_solver": "unipc",
             "num_outputs_per_prompt": 1,
             "image": False,
             "dtype": job.dtype,
+            "vae_dtype": job.vae_dtype,
+            "text_encoder_dtype": job.text_encoder_dtype,
             "two_experts": True,
             "text_to_video": True,
+            "world_size": 1,
         }
         wrong = [f"{k}: got {got[k]!r}, the job says {expected[k]!r}" for k in expected if got[k] != expected[k]]
         if wrong:

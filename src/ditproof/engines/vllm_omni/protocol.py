@@ -61,6 +61,8 @@ class GenerateJob(_Model):
     request: GenerationRequest
     seed: int = Field(ge=0, le=2**63 - 1)
     dtype: Literal["float32", "bfloat16", "float16"]
+    vae_dtype: Literal["float32", "bfloat16", "float16"]
+    text_encoder_dtype: Literal["float32", "bfloat16", "float16"]
     capture: CaptureOptions
     encoding: VideoEncoding
 

@@ -257,6 +257,8 @@ def generate_via_omni(
         request=request,
         seed=seed,
         dtype=options.dtype,
+        vae_dtype=options.vae_dtype,
+        text_encoder_dtype=options.text_encoder_dtype or options.dtype,
         capture=options.capture,
         encoding=options.encoding,
     )
