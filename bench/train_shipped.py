@@ -37,7 +37,7 @@ from ditproof.training.vae_stage import VaeStageConfig, train_vae  # noqa: E402
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("steps", "batch_size", "learning_rate", "max_seconds", "seed", "dataset_clips", "train_shift")
+    names = ("steps", "batch_size", "learning_rate", "time_budget_s", "seed", "dataset_clips", "train_shift")
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--max-seconds", type=float, help="stop training after this long (safety)")
+    parser.add_argument(
+        "--time-budget-s", type=float, help="training seconds: the step count fits it unless --steps is given"
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--dataset-clips", type=int, help="stage experts: clips encoded for training")
     parser.add_argument("--train-shift", type=float, help="stage experts: flow shift of the sigma sampling")

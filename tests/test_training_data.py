@@ -108,3 +108,16 @@ def test_sigmas_stay_in_each_experts_range():
     assert abs(shift_sigma(u_low, 12.0) - 0.875) < 1e-9 and u_high == 1.0
     with pytest.raises(InvalidInputError, match="expert"):
         expert_u_range("middle", 12.0, 0.875)
+
+
+def test_step_plan_fits_the_time_budget():
+    from ditproof.training.common import StepPlan
+
+    plan = StepPlan(None, 100.0, calibrate_at=4, warm_from=2)
+    for done, elapsed in ((1, 5.0), (2, 6.0), (3, 7.0), (4, 8.0)):
+        plan.observe(done, elapsed)
+    assert plan.total == 4 + 92  # one second per step after the warm-up, 92 seconds left
+    assert not plan.over_time(100.0) and plan.over_time(121.0)
+    fixed = StepPlan(10, 5.0)
+    fixed.observe(4, 8.0)
+    assert fixed.total == 10 and fixed.over_time(6.0)

@@ -39,7 +39,7 @@ def _stage_lines(report: StageReport) -> list[str]:
     final = ", ".join(f"{k} {v:.4g}" for k, v in report.final.items())
     lines = [
         f"- hardware: {device} (torch {hw['torch']}, diffusers {hw['diffusers']}), started {report.started_utc}",
-        f"- steps: {report.steps_done} of {config['steps']}, batch {config['batch_size']} clips, "
+        f"- steps: {report.steps_done} of {report.extra.get('planned_steps', config['steps'])} planned, batch {config['batch_size']} clips, "
         f"AdamW lr {config['learning_rate']:g} (warm-up {config['warmup_steps']}, cosine to 10%), seed {config['seed']}"
         + (" — stopped by the time budget" if report.stopped_early else ""),
         f"- time: {report.train_seconds:.0f} s training, {report.wall_seconds:.0f} s for the stage",

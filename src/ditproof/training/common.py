@@ -56,3 +56,36 @@ def synchronize(device: torch.device) -> None:
     """Waits for the device (so wall-clock times are real)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class StepPlan:
+    """How many optimizer steps a stage runs: a fixed count, or as many as fit a time budget.
+
+    With ``steps=None`` the count is set once, after ``calibrate_at`` steps, from the time of the
+    steps since ``warm_from`` (the first steps pay for kernel selection): ``total = done +
+    (budget - elapsed) / seconds_per_step``. The learning-rate schedule reads :attr:`total`;
+    calibration ends inside the warm-up, so no scheduled value changes afterwards. The report
+    records the total, and ``steps=total`` repeats the same schedule.
+    """
+
+    def __init__(self, steps: int | None, budget_s: float, calibrate_at: int = 40, warm_from: int = 10):
+        self.fixed = steps is not None
+        self.total = steps if steps is not None else 10**9
+        self.budget_s = budget_s
+        self.calibrate_at = calibrate_at
+        self.warm_from = warm_from
+        self._warm_time: float | None = None
+
+    def observe(self, done: int, elapsed: float) -> None:
+        """Called after each step with the steps done and the training time so far."""
+        if self.fixed:
+            return
+        if done == self.warm_from:
+            self._warm_time = elapsed
+        if done == self.calibrate_at and self._warm_time is not None:
+            per_step = (elapsed - self._warm_time) / (self.calibrate_at - self.warm_from)
+            self.total = done + max(int((self.budget_s - elapsed) / per_step), 0)
+
+    def over_time(self, elapsed: float) -> bool:
+        """Whether training must stop now: past the budget (fixed count) or well past it (planned)."""
+        return elapsed > (self.budget_s if self.fixed else self.budget_s * 1.1 + 10)

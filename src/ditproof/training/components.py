@@ -62,7 +62,7 @@ SHIPPED = ModelSize(
         "relative_attention_max_distance": 32,
     },
     transformer={"num_attention_heads": 4, "attention_head_dim": 64, "ffn_dim": 768, "num_layers": 4, "freq_dim": 256},
-    vae={"base_dim": 12, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1},
+    vae={"base_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1},
     width=128,
     height=128,
     num_frames=17,
@@ -186,6 +186,7 @@ def save_pipeline(pipe: WanPipeline, folder: Path, storage_dtype: torch.dtype = 
             **casted,
         )
         copy_pipe.save_pretrained(staged, safe_serialization=True)
+        staged.chmod(0o755)  # mkdtemp makes it private; the model is package data anyone may read
         if folder.exists():
             shutil.rmtree(folder)
         staged.rename(folder)

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ditproof.training.bundle import write_bundle
 from ditproof.training.common import (
     Log,
+    StepPlan,
     autocast,
     derived_seed,
     device_generator,
@@ -61,7 +62,7 @@ class ExpertStageConfig(BaseModel):
 
     size: str = "shipped"
     seed: int = Field(default=0, ge=0)
-    steps: int = Field(default=4000, ge=1)
+    steps: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=128, ge=1)
     learning_rate: float = Field(default=5e-4, gt=0)
     warmup_steps: int = Field(default=200, ge=1)
@@ -74,7 +75,7 @@ class ExpertStageConfig(BaseModel):
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
     train_text_encoder: bool = True
     device: str = "cpu"
-    max_seconds: float = Field(default=420.0, gt=0)
+    time_budget_s: float = Field(default=400.0, gt=0)
     log_every: int = Field(default=50, ge=1)
 
 
@@ -140,7 +141,7 @@ def train_experts(config: ExpertStageConfig, vae_dir: Path, out_dir: Path, log: 
     ema = [p.detach().clone().float() for p in params]
     log(
         f"experts: 2 × {count_parameters(high) / 1e6:.2f}M + text encoder {count_parameters(text_encoder) / 1e6:.2f}M "
-        f"parameters, {config.steps} steps of {config.batch_size}"
+        f"parameters, batches of {config.batch_size}"
     )
 
     # 3. Training loop.
@@ -148,12 +149,14 @@ def train_experts(config: ExpertStageConfig, vae_dir: Path, out_dir: Path, log: 
     noise_gen = device_generator(device, derived_seed(config.seed, "experts-noise"))
     sigma_gen = device_generator(device, derived_seed(config.seed, "experts-sigmas"))
     history = LossHistory(config.log_every)
+    plan = StepPlan(config.steps, config.time_budget_s)
     synchronize(device)
     train_start = time.perf_counter()
     steps_done, stopped_early = 0, False
-    for step in range(config.steps):
+    while steps_done < plan.total:
+        step = steps_done
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config.steps, config.learning_rate, config.warmup_steps)
+            group["lr"] = learning_rate(step, plan.total, config.learning_rate, config.warmup_steps)
         index = torch.randint(len(latents), (config.batch_size,), generator=batch_gen, device=device)
         drop = torch.rand(config.batch_size, generator=batch_gen, device=device) < config.uncond_rate
         batch_ids = torch.where(drop[:, None], empty_ids, ids[index])
@@ -177,17 +180,19 @@ def train_experts(config: ExpertStageConfig, vae_dir: Path, out_dir: Path, log: 
             rate = min(config.ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1 - rate)
         steps_done = step + 1
+        elapsed = time.perf_counter() - train_start
+        plan.observe(steps_done, elapsed)
         row = history.add(
             step, {"loss_high": losses["high"].item(), "loss_low": losses["low"].item(), "grad_norm": grad_norm.item()}
         )
         if row is not None:
             log(
-                f"experts step {steps_done}/{config.steps} "
+                f"experts step {steps_done}/{plan.total} "
                 + " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step")
             )
-        if time.perf_counter() - train_start > config.max_seconds:
-            stopped_early = steps_done < config.steps
-            log(f"experts: time budget of {config.max_seconds:.0f} s reached after {steps_done} steps")
+        if plan.over_time(elapsed):
+            stopped_early = steps_done < plan.total
+            log(f"experts: time budget of {config.time_budget_s:.0f} s reached after {steps_done} steps")
             break
     history.flush(steps_done - 1)
     synchronize(device)
@@ -226,7 +231,12 @@ def train_experts(config: ExpertStageConfig, vae_dir: Path, out_dir: Path, log: 
         },
         history=history.rows,
         final=history.final(),
-        extra={"dataset_clips": len(latents), "data_seconds": round(data_seconds, 2), "caption_tokens": CAPTION_TOKENS},
+        extra={
+            "planned_steps": plan.total,
+            "dataset_clips": len(latents),
+            "data_seconds": round(data_seconds, 2),
+            "caption_tokens": CAPTION_TOKENS,
+        },
     )
     write_bundle(pipe, out_dir, {"vae": vae_report, "experts": report})
     return report

@@ -173,6 +173,13 @@ def shape_coverage(shape: str, dx: torch.Tensor, dy: torch.Tensor, radius: float
 
 def render_clips(clips: list[Clip], device: torch.device | str = "cpu") -> torch.Tensor:
     """Renders clips of one size as float frames in [-1, 1], shape ``(B, 3, F, H, W)``."""
+    return render_clips_with_coverage(clips, device)[0]
+
+
+def render_clips_with_coverage(
+    clips: list[Clip], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames as :func:`render_clips`, and the objects' coverage in [0, 1], shape ``(B, 1, F, H, W)``."""
     if not clips:
         raise InvalidInputError("clips: got an empty list; allowed: at least one clip")
     width, height, frames = clips[0].width, clips[0].height, clips[0].num_frames
@@ -183,6 +190,7 @@ def render_clips(clips: list[Clip], device: torch.device | str = "cpu") -> torch
     xs = torch.arange(width, device=device, dtype=torch.float32).view(1, 1, width) + 0.5
     t = torch.arange(frames, device=device, dtype=torch.float32).view(frames, 1, 1)
     out = torch.empty(len(clips), 3, frames, height, width, device=device)
+    coverage = torch.zeros(len(clips), 1, frames, height, width, device=device)
     for b, clip in enumerate(clips):
         image = _color(PALETTE[clip.scene.background], device).view(3, 1, 1, 1).expand(3, frames, height, width)
         for obj, motion in zip(clip.scene.objects, clip.motions, strict=True):
@@ -190,8 +198,9 @@ def render_clips(clips: list[Clip], device: torch.device | str = "cpu") -> torch
             dy = ys - (motion.y0 + motion.vy * t)
             alpha = shape_coverage(obj.shape, dx, dy, motion.radius).unsqueeze(0)
             image = image * (1 - alpha) + _color(PALETTE[obj.color], device).view(3, 1, 1, 1) * alpha
+            coverage[b] = torch.maximum(coverage[b], alpha)
         out[b] = image
-    return out * 2.0 - 1.0
+    return out * 2.0 - 1.0, coverage
 
 
 def _color(rgb: tuple[int, int, int], device: torch.device) -> torch.Tensor:

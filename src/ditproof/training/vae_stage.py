@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ditproof.training.common import (
     Log,
+    StepPlan,
     autocast,
     derived_seed,
     device_generator,
@@ -33,7 +34,7 @@ from ditproof.training.common import (
 )
 from ditproof.training.components import build_vae, count_parameters, model_size
 from ditproof.training.report import LossHistory, StageReport, hardware, utc_now, write_plot
-from ditproof.training.synthetic import render_clips, sample_clip
+from ditproof.training.synthetic import Clip, render_clips, render_clips_with_coverage, sample_clip
 
 
 class VaeStageConfig(BaseModel):
@@ -43,22 +44,26 @@ class VaeStageConfig(BaseModel):
 
     size: str = "shipped"
     seed: int = Field(default=0, ge=0)
-    steps: int = Field(default=1500, ge=1)
-    batch_size: int = Field(default=8, ge=1)
+    steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
     warmup_steps: int = Field(default=100, ge=1)
     kl_weight: float = Field(default=1e-6, ge=0)
+    foreground_weight: float = Field(default=10.0, ge=0)
     stats_clips: int = Field(default=256, ge=2)
     eval_clips: int = Field(default=32, ge=1)
     device: str = "cpu"
-    max_seconds: float = Field(default=450.0, gt=0)
+    time_budget_s: float = Field(default=420.0, gt=0)
     log_every: int = Field(default=25, ge=1)
 
 
-def _batch(seed: int, start: int, count: int, split: str, size_name: str, device: torch.device) -> torch.Tensor:
+def _clips(seed: int, start: int, count: int, split: str, size_name: str) -> list[Clip]:
     size = model_size(size_name)
-    clips = [sample_clip(seed, start + i, split, size.width, size.height, size.num_frames) for i in range(count)]
-    return render_clips(clips, device)
+    return [sample_clip(seed, start + i, split, size.width, size.height, size.num_frames) for i in range(count)]
+
+
+def _batch(seed: int, start: int, count: int, split: str, size_name: str, device: torch.device) -> torch.Tensor:
+    return render_clips(_clips(seed, start, count, split, size_name), device)
 
 
 @torch.no_grad()
@@ -108,21 +113,27 @@ def train_vae(config: VaeStageConfig, out_dir: Path, log: Log = print_log) -> St
     data_seed = derived_seed(config.seed, "vae-data")
     sampler = device_generator(device, derived_seed(config.seed, "vae-posterior"))
     history = LossHistory(config.log_every)
-    log(f"vae: {count_parameters(vae) / 1e6:.2f}M parameters, {config.steps} steps of {config.batch_size} clips")
+    plan = StepPlan(config.steps, config.time_budget_s)
+    log(f"vae: {count_parameters(vae) / 1e6:.2f}M parameters, batches of {config.batch_size} clips")
     synchronize(device)
     train_start = time.perf_counter()
     steps_done, stopped_early = 0, False
-    for step in range(config.steps):
+    while steps_done < plan.total:
+        step = steps_done
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config.steps, config.learning_rate, config.warmup_steps)
-        video = _batch(data_seed, step * config.batch_size, config.batch_size, "train", config.size, device)
+            group["lr"] = learning_rate(step, plan.total, config.learning_rate, config.warmup_steps)
+        clips = _clips(data_seed, step * config.batch_size, config.batch_size, "train", config.size)
+        video, coverage = render_clips_with_coverage(clips, device)
+        # Objects cover a few percent of a frame: weighting their pixels keeps colours, shapes and
+        # motion from being traded for a slightly better background.
+        weight = 1.0 + config.foreground_weight * coverage
         with autocast(device):
             posterior = vae.encode(video).latent_dist
             noise = torch.randn(posterior.mean.shape, generator=sampler, device=device, dtype=posterior.mean.dtype)
             rec = vae.decode(posterior.mean + posterior.std * noise).sample
-        rec = rec.float()
-        mse = F.mse_loss(rec, video)
-        l1 = F.l1_loss(rec, video)
+        error = rec.float() - video
+        mse = (weight * error * error).mean() / weight.mean()
+        l1 = (weight * error.abs()).mean() / weight.mean()
         mean, logvar = posterior.mean.float(), posterior.logvar.float()
         kl = 0.5 * (mean * mean + logvar.exp() - 1.0 - logvar).mean()
         loss = mse + l1 + config.kl_weight * kl
@@ -131,15 +142,16 @@ def train_vae(config: VaeStageConfig, out_dir: Path, log: Log = print_log) -> St
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         steps_done = step + 1
+        elapsed = time.perf_counter() - train_start
+        plan.observe(steps_done, elapsed)
         row = history.add(step, {"loss": loss.item(), "mse": mse.item(), "l1": l1.item(), "kl": kl.item()})
         if row is not None:
             log(
-                f"vae step {steps_done}/{config.steps} "
-                + " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step")
+                f"vae step {steps_done}/{plan.total} " + " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step")
             )
-        if time.perf_counter() - train_start > config.max_seconds:
-            stopped_early = steps_done < config.steps
-            log(f"vae: time budget of {config.max_seconds:.0f} s reached after {steps_done} steps")
+        if plan.over_time(elapsed):
+            stopped_early = steps_done < plan.total
+            log(f"vae: time budget of {config.time_budget_s:.0f} s reached after {steps_done} steps")
             break
     history.flush(steps_done - 1)
     synchronize(device)
@@ -171,7 +183,12 @@ def train_vae(config: VaeStageConfig, out_dir: Path, log: Log = print_log) -> St
         parameters={"vae": count_parameters(vae)},
         history=history.rows,
         final=history.final(),
-        extra={"heldout_psnr_db": round(psnr, 3), "latents_mean": latents_mean, "latents_std": latents_std},
+        extra={
+            "planned_steps": plan.total,
+            "heldout_psnr_db": round(psnr, 3),
+            "latents_mean": latents_mean,
+            "latents_std": latents_std,
+        },
     )
     report.save(out_dir / "vae_report.json")
     write_plot(out_dir / "vae_loss.png", history.rows, f"VAE training ({size.name}, {steps_done} steps)")
