@@ -129,8 +129,9 @@ def render_card(root: Path) -> str:
         "",
         "## Training",
         "",
-        "Stage 1, VAE (reconstruction MSE + L1 + a KL term of weight "
-        f"{vae.config['kl_weight']:g}; held-out reconstruction PSNR {vae.extra.get('heldout_psnr_db')} dB):",
+        "Stage 1, VAE (reconstruction MSE + L1, object pixels weighted "
+        f"×{1 + vae.config.get('foreground_weight', 0.0):g}, + a KL term of weight {vae.config['kl_weight']:g}; "
+        f"held-out reconstruction PSNR {vae.extra.get('heldout_psnr_db')} dB):",
         *_stage_lines(vae),
         "",
         "Stage 2, both experts and the text encoder jointly, flow matching (velocity ε − x₀), each expert on sigmas of "
