@@ -27,6 +27,38 @@ def test_encoding_is_stable_over_many_runs(frames):
         assert len({encode_video(frames, 16, encoding) for _ in range(40)}) == 1
 
 
+def test_encoding_is_stable_across_processes(tmp_path, tiny_model):
+    """Handing PyAV numpy memory (alignment varying per allocation) changed the bytes of these
+    frames in ~1 of 4 encodes across fresh processes (12 of 50 before the fix); the encoder's
+    input now lives in FFmpeg's own aligned frames."""
+    import subprocess
+    import sys
+
+    from ditproof.generation.generate import generate
+    from ditproof.protocol.options import RuntimeOptions
+    from ditproof.protocol.request import GenerationRequest
+
+    request = GenerationRequest(
+        prompt="a red circle moves left", width=64, height=48, num_frames=5, num_inference_steps=6
+    )
+    frames = generate(request, 1, tiny_model, RuntimeOptions()).frames
+    np.save(tmp_path / "frames.npy", frames)
+    code = (
+        "import sys, hashlib, numpy as np\n"
+        "from ditproof.video import encode_video\n"
+        "from ditproof.protocol.options import VideoEncoding\n"
+        "f = np.load(sys.argv[1])\n"
+        "print(' '.join(hashlib.sha256(encode_video(f, 16, VideoEncoding())).hexdigest() for _ in range(5)))\n"
+    )
+    hashes = set()
+    for _ in range(8):
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "frames.npy")], capture_output=True, text=True, check=True
+        )
+        hashes.update(out.stdout.split())
+    assert len(hashes) == 1
+
+
 def test_thread_count_is_part_of_the_output(frames):
     one = encode_video(frames, 16, VideoEncoding(threads=1))
     two = encode_video(frames, 16, VideoEncoding(threads=2))
