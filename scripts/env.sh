@@ -12,7 +12,7 @@ fi
 stamp="$venv/.ditproof-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e ".[dev]"
+  "$venv/bin/python" -m pip install --quiet -e ".[dev,ray]"
   touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
