@@ -27,6 +27,4 @@ def tiny_model(cpu_options: RuntimeOptions) -> LoadedModel:
 
 @pytest.fixture()
 def small_request() -> GenerationRequest:
-    return GenerationRequest(
-        prompt="a red circle moves left", width=64, height=48, num_frames=9, num_inference_steps=6
-    )
+    return GenerationRequest(prompt="a red circle moves left", width=64, height=48, num_frames=9, num_inference_steps=6)

@@ -21,8 +21,18 @@ SMALL = ["--width", "64", "--height", "48", "--num-frames", "5", "--steps", "4",
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    result = ditproof("generate", "--prompt", "a red circle moves left", "--out", str(out), *SMALL,
-                      "--request-id", "cli-1", "--entropy", ENTROPY)
+    result = ditproof(
+        "generate",
+        "--prompt",
+        "a red circle moves left",
+        "--out",
+        str(out),
+        *SMALL,
+        "--request-id",
+        "cli-1",
+        "--entropy",
+        ENTROPY,
+    )
     assert result.returncode == 0, result.stderr
     return out, result
 
@@ -32,15 +42,28 @@ def test_generate_writes_video_record_and_latents(generated):
     record = json.loads((out / "record.json").read_text())
     assert (out / "video.mp4").stat().st_size == record["video"]["size_bytes"]
     assert sorted(p.name for p in (out / "latents").iterdir()) == [
-        "final.safetensors", "initial.safetensors", "pre_switch.safetensors"]
+        "final.safetensors",
+        "initial.safetensors",
+        "pre_switch.safetensors",
+    ]
     assert record["video"]["sha256"] in result.stdout
     assert record["request_id"] == "cli-1"
 
 
 def test_generate_twice_is_byte_identical(generated, tmp_path):
     out, _ = generated
-    again = ditproof("generate", "--prompt", "a red circle moves left", "--out", str(tmp_path), *SMALL,
-                     "--request-id", "cli-1", "--entropy", ENTROPY)
+    again = ditproof(
+        "generate",
+        "--prompt",
+        "a red circle moves left",
+        "--out",
+        str(tmp_path),
+        *SMALL,
+        "--request-id",
+        "cli-1",
+        "--entropy",
+        ENTROPY,
+    )
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "video.mp4").read_bytes() == (out / "video.mp4").read_bytes()
 

@@ -87,8 +87,12 @@ def test_incomplete_folder_names_every_missing_file(saved_folder, tmp_path):
 def test_missing_shard_and_missing_expert_entry(saved_folder, tmp_path):
     broken = tmp_path / "sharded"
     shutil.copytree(saved_folder, broken)
-    index = {"weight_map": {"a": "diffusion_pytorch_model-00001-of-00002.safetensors",
-                            "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}}
+    index = {
+        "weight_map": {
+            "a": "diffusion_pytorch_model-00001-of-00002.safetensors",
+            "b": "diffusion_pytorch_model-00002-of-00002.safetensors",
+        }
+    }
     (broken / "transformer" / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
     model_index = json.loads((broken / "model_index.json").read_text())
     model_index["transformer_2"] = [None, None]
