@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ditproof.errors import InvalidInputError
 from ditproof.hashing import atomic_write_bytes, canonical_json, sha256_bytes
+from ditproof.protocol.files import load_model_file
 from ditproof.protocol.options import RuntimeOptions, VideoEncoding
 from ditproof.protocol.request import GenerationRequest
 
@@ -172,16 +172,4 @@ class InferenceRecord(_Model):
         Raises:
             InvalidInputError: if the file is missing, not JSON, or not a valid record.
         """
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise InvalidInputError(f"record {path}: cannot be read ({exc.strerror})") from None
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InvalidInputError(
-                f"record {path}: not a valid {RECORD_SCHEMA} record ({exc.error_count()} problems; "
-                f"first at {where or '<root>'}: {first['msg']})"
-            ) from None
+        return load_model_file(cls, path, "record", RECORD_SCHEMA)

@@ -19,9 +19,9 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ditproof.errors import InvalidInputError
+from ditproof.protocol.files import load_model_file
 
 VALIDATORS_SCHEMA: Literal["ditproof.validators/1"] = "ditproof.validators/1"
 
@@ -71,16 +71,4 @@ class ValidatorRegistry(BaseModel):
         Raises:
             InvalidInputError: missing file, not JSON, or not a valid registry.
         """
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise InvalidInputError(f"validators {path}: cannot be read ({exc.strerror})") from None
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InvalidInputError(
-                f"validators {path}: not a valid {VALIDATORS_SCHEMA} file ({exc.error_count()} problems; "
-                f"first at {where or '<root>'}: {str(first['msg']).removeprefix('Value error, ')})"
-            ) from None
+        return load_model_file(cls, path, "validators", VALIDATORS_SCHEMA)

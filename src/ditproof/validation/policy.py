@@ -34,11 +34,12 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ditproof.errors import InvalidInputError
 from ditproof.hashing import atomic_write_bytes, canonical_json
 from ditproof.metrics.registry import METRICS, Direction, metric_spec, parse_score_key, score_key
+from ditproof.protocol.files import load_model_file
 
 THRESHOLDS_SCHEMA: Literal["ditproof.thresholds/1"] = "ditproof.thresholds/1"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -120,19 +121,7 @@ class ThresholdsFile(_Model):
         Raises:
             InvalidInputError: missing file, not JSON, or not a valid thresholds file.
         """
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise InvalidInputError(f"thresholds {path}: cannot be read ({exc.strerror})") from None
-        try:
-            return cls.model_validate_json(text)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InvalidInputError(
-                f"thresholds {path}: not a valid {THRESHOLDS_SCHEMA} file ({exc.error_count()} problems; "
-                f"first at {where or '<root>'}: {str(first['msg']).removeprefix('Value error, ')})"
-            ) from None
+        return load_model_file(cls, path, "thresholds", THRESHOLDS_SCHEMA)
 
 
 @dataclass(frozen=True)
