@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from ditproof.errors import InvalidInputError
-from ditproof.experiment.jobs import read_result
+from ditproof.experiment.jobs import read_result, refresh_manifest
 from ditproof.experiment.plan import Job
 from ditproof.experiment.runners.worker import Environment, load_key, why_not_runnable
 from ditproof.experiment.store import Store
@@ -117,3 +117,29 @@ def select_jobs(
 def new_run_id() -> str:
     """A fresh run id."""
     return uuid.uuid4().hex[:12]
+
+
+def finish_run(
+    store: Store,
+    jobs: list[Job],
+    selection: Selection,
+    runner: Literal["local", "ray"],
+    run_id: str,
+    executed: int,
+    failed: list[str],
+    started: float,
+) -> RunSummary:
+    """Rewrites the manifest after a run and summarizes it (shared by the local and Ray runners)."""
+    import time
+
+    refresh_manifest(store, jobs, selection.skipped)
+    return RunSummary(
+        run_id=run_id,
+        runner=runner,
+        planned=len(jobs),
+        already_done=len(selection.done),
+        executed=executed,
+        failed=failed,
+        skipped=selection.skipped,
+        seconds=time.perf_counter() - started,
+    )

@@ -22,12 +22,13 @@ import sys
 import time
 from typing import Any
 
-from ditproof.experiment.jobs import load_plan, read_result, refresh_manifest
+from ditproof.experiment.jobs import load_plan, read_result
 from ditproof.experiment.plan import Job
 from ditproof.experiment.runners.common import (
     Event,
     ProgressCallback,
     RunSummary,
+    finish_run,
     new_run_id,
     select_jobs,
 )
@@ -133,17 +134,7 @@ def run_local(
             failed.append(job.job_id)
         seconds = time.perf_counter() - t0
         report(Event("done" if ok else "gave-up", job.job_id, job.configuration, "", seconds), executed + len(failed))
-    refresh_manifest(store, jobs, selection.skipped)
-    return RunSummary(
-        run_id=run_id,
-        runner="local",
-        planned=len(jobs),
-        already_done=len(selection.done),
-        executed=executed,
-        failed=failed,
-        skipped=selection.skipped,
-        seconds=time.perf_counter() - started,
-    )
+    return finish_run(store, jobs, selection, "local", run_id, executed, failed, started)
 
 
 def _run_in_process(

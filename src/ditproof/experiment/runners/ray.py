@@ -27,9 +27,9 @@ import uuid
 from typing import Any
 
 from ditproof.errors import RuntimeUnavailableError
-from ditproof.experiment.jobs import load_plan, refresh_manifest
+from ditproof.experiment.jobs import load_plan
 from ditproof.experiment.plan import Job
-from ditproof.experiment.runners.common import Event, ProgressCallback, RunSummary, new_run_id, select_jobs
+from ditproof.experiment.runners.common import Event, ProgressCallback, RunSummary, finish_run, new_run_id, select_jobs
 from ditproof.experiment.runners.worker import Environment, write_failure
 from ditproof.experiment.store import Store
 
@@ -119,17 +119,7 @@ def run_ray(
             selection.skipped[job.job_id] = "multi-GPU job: run it with the local runner (torchrun)"
         run_id = new_run_id()
         executed, failed = _dispatch(ray, store_url, selection.todo, env, workers or slots, run_id, retries, progress)
-        refresh_manifest(store, jobs, selection.skipped)
-        return RunSummary(
-            run_id=run_id,
-            runner="ray",
-            planned=len(jobs),
-            already_done=len(selection.done),
-            executed=executed,
-            failed=failed,
-            skipped=selection.skipped,
-            seconds=time.perf_counter() - started,
-        )
+        return finish_run(store, jobs, selection, "ray", run_id, executed, failed, started)
     finally:
         if shutdown:
             ray.shutdown()
