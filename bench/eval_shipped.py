@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--flow-shift", type=float, default=12.0)
+    parser.add_argument("--guidance-scale", type=float, help="both experts' CFG scale (default: the request's)")
     parser.add_argument("--baseline", action="store_true", help="also score a random-weight pipeline")
     parser.add_argument("--baseline-size", default="shipped", help="model size of the baseline")
     parser.add_argument("--sheet", type=Path, help="contact sheet PNG of the first 8 prompts")
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         "num_inference_steps": args.steps,
         "flow_shift": args.flow_shift,
     }
+    if args.guidance_scale is not None:
+        request.update(guidance_scale=args.guidance_scale, guidance_scale_2=args.guidance_scale)
     prompts = heldout_prompts(args.n)
 
     truth = run_ground_truth(prompts, args.width, args.height, args.frames)

@@ -37,7 +37,17 @@ from ditproof.training.vae_stage import VaeStageConfig, train_vae  # noqa: E402
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("steps", "batch_size", "learning_rate", "time_budget_s", "seed", "dataset_clips", "train_shift")
+    names = (
+        "steps",
+        "batch_size",
+        "learning_rate",
+        "time_budget_s",
+        "seed",
+        "dataset_clips",
+        "train_shift",
+        "init_from",
+        "warmup_steps",
+    )
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
@@ -74,6 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--dataset-clips", type=int, help="stage experts: clips encoded for training")
     parser.add_argument("--train-shift", type=float, help="stage experts: flow shift of the sigma sampling")
+    parser.add_argument("--init-from", help="stage experts: continue from this earlier stage-2 bundle folder")
+    parser.add_argument("--warmup-steps", type=int)
+    parser.add_argument("--compile", action="store_true", help="stage experts: torch.compile the experts")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda"):
         # TF32 for the float32 parts (VAE encoding, norms); bf16 autocast does the rest.
@@ -83,15 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     overrides = _overrides(args)
     if args.stage == "vae":
         settings = {**(SMOKE_VAE if args.smoke else {}), **overrides}
-        if "dataset_clips" in settings or "train_shift" in settings:
-            parser.error("--dataset-clips and --train-shift belong to --stage experts")
+        if {"dataset_clips", "train_shift", "init_from"} & settings.keys() or args.compile:
+            parser.error("--dataset-clips, --train-shift, --init-from and --compile belong to --stage experts")
         report = train_vae(VaeStageConfig(device=args.device, **settings), args.out)
     else:
         if args.vae_from is None:
             parser.error("--stage experts needs --vae-from (the stage-1 output folder)")
         if not (args.vae_from / "vae_report.json").is_file():
             parser.error(f"--vae-from: got {args.vae_from}; allowed: a folder holding vae_report.json and vae/")
-        settings = {**(SMOKE_EXPERTS if args.smoke else {}), **overrides}
+        settings = {**(SMOKE_EXPERTS if args.smoke else {}), **overrides, "compile": args.compile}
         report = train_experts(ExpertStageConfig(device=args.device, **settings), args.vae_from, args.out)
     print_table(report, time.perf_counter() - _STARTED)
 

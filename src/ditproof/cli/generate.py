@@ -17,7 +17,7 @@ from ditproof.protocol.options import CaptureOptions, RuntimeOptions, VideoEncod
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.request import GenerationRequest, parse_request
 
-DEFAULT_MODEL = "wan-tiny-random"
+DEFAULT_MODEL = "wan-shapes-small"
 
 
 def build_options(

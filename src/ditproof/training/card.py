@@ -48,6 +48,31 @@ def _stage_lines(report: StageReport) -> list[str]:
     return lines
 
 
+def _continuation_lines(experts: StageReport) -> list[str]:
+    """Stage 2 run in two GPU calls: the first call's figures, then the continuation's below."""
+    earlier = experts.extra.get("continued_from")
+    if not earlier:
+        return []
+    final = ", ".join(f"{k} {v:.4g}" for k, v in earlier["final"].items())
+    return [
+        f"- first call: {earlier['steps_done']} steps, {earlier['train_seconds']:.0f} s training, "
+        f"{earlier['wall_seconds']:.0f} s for the stage; final losses {final}",
+        "- continued in a second call (`--init-from` the first call's bundle, fresh optimizer and schedule"
+        + (", experts through `torch.compile`" if experts.extra.get("compiled") else "")
+        + "), whose figures follow:",
+    ]
+
+
+def _total_lines(vae: StageReport, experts: StageReport) -> list[str]:
+    earlier = experts.extra.get("continued_from") or {}
+    train = vae.train_seconds + experts.train_seconds + earlier.get("train_seconds", 0.0)
+    wall = vae.wall_seconds + experts.wall_seconds + earlier.get("wall_seconds", 0.0)
+    return [
+        f"Total on one GPU: {train:.0f} s of training steps ({train / 60:.1f} min), {wall:.0f} s for the stages "
+        f"({wall / 60:.1f} min, including rendering and encoding the training clips in each stage-2 call)."
+    ]
+
+
 def _eval_lines(evaluation: dict[str, Any]) -> list[str]:
     request = evaluation["request"]
     lines = [
@@ -138,7 +163,10 @@ def render_card(root: Path) -> str:
         f"its own range of the schedule shifted by {experts.config['train_shift']:g}, captions dropped to the empty "
         f"prompt {experts.config['uncond_rate']:.0%} of the time (for CFG), EMA {experts.config['ema_decay']} of the "
         "weights shipped:",
+        *_continuation_lines(experts),
         *_stage_lines(experts),
+        "",
+        *_total_lines(vae, experts),
         "",
         "![loss curves](loss_curves.png)",
         "",
@@ -157,6 +185,8 @@ def render_card(root: Path) -> str:
         "## Limits",
         "",
         "- Only the grammar's words mean anything to it; other words are unknown tokens.",
+        "- Shapes: it draws rounded blobs, so the named shape is recognised little more often than by chance "
+        "(the table above); colour, direction and background are what it follows.",
         f"- Trained at {size['width']}×{size['height']}×{size['frames']}; other sizes run but were not trained.",
         f"- Total weights: {_mb(total)} MB.",
         "",

@@ -13,6 +13,9 @@
    frozen encoder mixes token positions too weakly for the experts to recover that binding; its
    gradient is the sum of both experts' losses, as both read the same embeddings at inference.
 4. An exponential moving average of the weights (decay warmed up from 0) is what ships.
+5. ``init_from`` continues from an earlier stage-2 bundle (its shipped weights; fresh optimizer
+   and schedule), so the stage can run in several GPU calls of bounded length; ``compile`` runs
+   the experts through ``torch.compile`` (falling back to eager when compilation fails).
 
 Output: a bundle (:mod:`ditproof.training.bundle`): weights in float16, configurations, the
 training reports of both stages and the loss-curve image.
@@ -22,10 +25,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 
 from ditproof.training.bundle import write_bundle
 from ditproof.training.common import (
@@ -39,6 +44,7 @@ from ditproof.training.common import (
     synchronize,
 )
 from ditproof.training.components import (
+    ModelSize,
     build_expert,
     build_grammar_tokenizer,
     build_text_encoder,
@@ -74,6 +80,8 @@ class ExpertStageConfig(BaseModel):
     boundary_ratio: float = Field(default=0.875, gt=0, lt=1)
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
     train_text_encoder: bool = True
+    init_from: str | None = None
+    compile: bool = False
     device: str = "cpu"
     time_budget_s: float = Field(default=400.0, gt=0)
     log_every: int = Field(default=50, ge=1)
@@ -102,6 +110,57 @@ def encode_dataset(
     return torch.cat(chunks), captions
 
 
+def _losses(
+    runners: dict[str, Any],
+    text_encoder: nn.Module,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    config: ExpertStageConfig,
+    size: ModelSize,
+    sigma_gen: torch.Generator,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Both experts' flow-matching losses on one batch, each at sigmas of its own range."""
+    losses = {}
+    with autocast(device):
+        text = encode_text(text_encoder, ids, mask, size.text_max_length)
+        for name, expert in runners.items():
+            sigma = sample_sigmas(config.batch_size, name, config.train_shift, config.boundary_ratio, sigma_gen, device)
+            losses[name] = flow_matching_loss(expert, x0, noise, sigma, text)
+    return losses
+
+
+def _continue_from(
+    bundle_dir: str, vae: AutoencoderKLWan, text_encoder: nn.Module, high: nn.Module, low: nn.Module, log: Log
+) -> dict[str, Any]:
+    """Loads an earlier stage-2 bundle's text encoder and experts; returns what it was.
+
+    Raises:
+        ValueError: the bundle was trained on another VAE or has other shapes.
+    """
+    from ditproof.training.bundle import read_bundle
+
+    pipe, reports = read_bundle(Path(bundle_dir))
+    ours, theirs = vae.state_dict(), pipe.vae.state_dict()
+    if ours.keys() != theirs.keys() or any(
+        not torch.equal(ours[k].cpu().half().float(), theirs[k].cpu()) for k in ours
+    ):
+        raise ValueError(f"init_from: the bundle {bundle_dir} was trained on another VAE than --vae-from")
+    for target, source in ((text_encoder, pipe.text_encoder), (high, pipe.transformer), (low, pipe.transformer_2)):
+        target.load_state_dict(source.state_dict(), strict=True)
+    earlier = reports["experts"]
+    log(f"experts: continuing from {bundle_dir} ({earlier.steps_done} steps, {earlier.train_seconds:.0f} s)")
+    return {
+        "bundle": Path(bundle_dir).name,
+        "steps_done": earlier.steps_done,
+        "train_seconds": earlier.train_seconds,
+        "wall_seconds": earlier.wall_seconds,
+        "final": earlier.final,
+    }
+
+
 def train_experts(config: ExpertStageConfig, vae_dir: Path, out_dir: Path, log: Log = print_log) -> StageReport:
     """Runs stage 2 from the stage-1 output folder ``vae_dir`` and writes the bundle to ``out_dir``."""
     started, wall = utc_now(), time.perf_counter()
@@ -125,10 +184,13 @@ def train_experts(config: ExpertStageConfig, vae_dir: Path, out_dir: Path, log: 
     log(f"experts: dataset {tuple(latents.shape)} in {data_seconds:.1f} s")
 
     # 2. Models.
-    text_encoder = build_text_encoder(size, len(tokenizer), config.seed).to(device).train(config.train_text_encoder)
-    text_encoder.requires_grad_(config.train_text_encoder)
-    high = build_expert(size, config.seed, "transformer").to(device).train()
-    low = build_expert(size, config.seed, "transformer_2").to(device).train()
+    text_encoder = build_text_encoder(size, len(tokenizer), config.seed)
+    high = build_expert(size, config.seed, "transformer")
+    low = build_expert(size, config.seed, "transformer_2")
+    earlier = _continue_from(config.init_from, vae, text_encoder, high, low, log) if config.init_from else None
+    text_encoder.to(device).train(config.train_text_encoder).requires_grad_(config.train_text_encoder)
+    high.to(device).train().requires_grad_(True)
+    low.to(device).train().requires_grad_(True)
     modules = [high, low] + ([text_encoder] if config.train_text_encoder else [])
     params = [p for m in modules for p in m.parameters()]
     decay = [p for p in params if p.dim() >= 2]
@@ -137,6 +199,7 @@ def train_experts(config: ExpertStageConfig, vae_dir: Path, out_dir: Path, log: 
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.learning_rate,
         betas=(0.9, 0.99),
+        fused=device.type == "cuda",
     )
     ema = [p.detach().clone().float() for p in params]
     log(
@@ -150,6 +213,10 @@ def train_experts(config: ExpertStageConfig, vae_dir: Path, out_dir: Path, log: 
     sigma_gen = device_generator(device, derived_seed(config.seed, "experts-sigmas"))
     history = LossHistory(config.log_every)
     plan = StepPlan(config.steps, config.time_budget_s)
+    runners: dict[str, Any] = {"high": high, "low": low}
+    if config.compile:
+        runners = {name: torch.compile(expert) for name, expert in runners.items()}
+    compiled = config.compile
     synchronize(device)
     train_start = time.perf_counter()
     steps_done, stopped_early = 0, False
@@ -163,17 +230,20 @@ def train_experts(config: ExpertStageConfig, vae_dir: Path, out_dir: Path, log: 
         batch_mask = torch.where(drop[:, None], empty_mask, mask[index])
         x0 = latents[index].float()
         noise = torch.randn(x0.shape, generator=noise_gen, device=device)
-        losses = {}
-        with autocast(device):
-            text = encode_text(text_encoder, batch_ids, batch_mask, size.text_max_length)
-            for name, expert in (("high", high), ("low", low)):
-                sigma = sample_sigmas(
-                    config.batch_size, name, config.train_shift, config.boundary_ratio, sigma_gen, device
-                )
-                losses[name] = flow_matching_loss(expert, x0, noise, sigma, text)
-        loss = losses["high"] + losses["low"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            losses = _losses(runners, text_encoder, x0, noise, batch_ids, batch_mask, config, size, sigma_gen, device)
+            loss = losses["high"] + losses["low"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        except Exception as exc:  # torch.compile failing on this platform: the same step again, eager
+            if not compiled:
+                raise
+            log(f"experts: torch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); training eager")
+            runners, compiled = {"high": high, "low": low}, False
+            losses = _losses(runners, text_encoder, x0, noise, batch_ids, batch_mask, config, size, sigma_gen, device)
+            loss = losses["high"] + losses["low"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         with torch.no_grad():
@@ -182,9 +252,7 @@ def train_experts(config: ExpertStageConfig, vae_dir: Path, out_dir: Path, log: 
         steps_done = step + 1
         elapsed = time.perf_counter() - train_start
         plan.observe(steps_done, elapsed)
-        row = history.add(
-            step, {"loss_high": losses["high"].item(), "loss_low": losses["low"].item(), "grad_norm": grad_norm.item()}
-        )
+        row = history.add(step, {"loss_high": losses["high"], "loss_low": losses["low"], "grad_norm": grad_norm})
         if row is not None:
             log(
                 f"experts step {steps_done}/{plan.total} "
@@ -236,6 +304,8 @@ def train_experts(config: ExpertStageConfig, vae_dir: Path, out_dir: Path, log: 
             "dataset_clips": len(latents),
             "data_seconds": round(data_seconds, 2),
             "caption_tokens": CAPTION_TOKENS,
+            "compiled": compiled,
+            **({"continued_from": earlier} if earlier else {}),
         },
     )
     write_bundle(pipe, out_dir, {"vae": vae_report, "experts": report})

@@ -80,19 +80,24 @@ def utc_now() -> str:
 
 
 class LossHistory:
-    """Running means of loss terms, one row per ``every`` steps."""
+    """Running means of loss terms, one row per ``every`` steps.
+
+    Values may be tensors on the training device: they are summed there and read back only when a
+    row closes, so logging does not make the host wait for the device every step.
+    """
 
     def __init__(self, every: int):
         self.every = every
         self.rows: list[dict[str, float]] = []
-        self._sums: dict[str, float] = {}
+        self._sums: dict[str, float | torch.Tensor] = {}
         self._count = 0
         self.started = time.perf_counter()
 
-    def add(self, step: int, values: dict[str, float]) -> dict[str, float] | None:
+    def add(self, step: int, values: dict[str, float | torch.Tensor]) -> dict[str, float] | None:
         """Adds one step's values; returns the averaged row when one is complete."""
         for key, value in values.items():
-            self._sums[key] = self._sums.get(key, 0.0) + value
+            value = value.detach().double() if isinstance(value, torch.Tensor) else value
+            self._sums[key] = self._sums[key] + value if key in self._sums else value
         self._count += 1
         if self._count < self.every:
             return None
@@ -102,7 +107,7 @@ class LossHistory:
         """Closes the current row (if any steps are pending)."""
         if not self._count:
             return None
-        row = {"step": float(step + 1), **{k: v / self._count for k, v in self._sums.items()}}
+        row = {"step": float(step + 1), **{k: float(v) / self._count for k, v in self._sums.items()}}
         row["elapsed_s"] = round(time.perf_counter() - self.started, 2)
         self.rows.append(row)
         self._sums, self._count = {}, 0

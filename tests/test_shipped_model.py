@@ -1,0 +1,60 @@
+"""The shipped model: in the package, the default, within its size budget, following prompts."""
+
+from __future__ import annotations
+
+import json
+
+from ditproof.cli.generate import DEFAULT_MODEL
+from ditproof.cli.validate import DEMO_SIZE
+from ditproof.evaluation.heldout import heldout_prompts, run_model
+from ditproof.models.registry import load_model
+from ditproof.models.shipped import DEMO_REQUEST, SHIPPED_DIR, SHIPPED_NAME, SHIPPED_ROOT
+from ditproof.protocol.options import RuntimeOptions
+from ditproof.validation.policy import DEFAULT_THRESHOLDS, ThresholdPolicy
+
+MAX_BYTES = 40_000_000  # issue 4: at most 40 MB of weights
+
+
+def test_shipped_weights_are_in_the_package_and_within_budget() -> None:
+    weights = sorted(SHIPPED_DIR.rglob("*.safetensors"))
+    assert {w.parent.name for w in weights} == {"text_encoder", "transformer", "transformer_2", "vae"}
+    assert sum(w.stat().st_size for w in weights) <= MAX_BYTES
+    for name in ("MODEL_CARD.md", "eval.json", "contact_sheet.png", "loss_curves.png", "training.json"):
+        assert (SHIPPED_ROOT / name).is_file(), name
+
+
+def test_it_is_the_default_model_and_the_demo_runs_at_its_training_size() -> None:
+    assert DEFAULT_MODEL == SHIPPED_NAME
+    assert DEMO_SIZE == DEMO_REQUEST
+
+
+def test_card_reports_the_measured_adherence() -> None:
+    evaluation = json.loads((SHIPPED_ROOT / "eval.json").read_text())
+    model, random = evaluation["summary"]["model"], evaluation["summary"]["random_weights"]
+    assert evaluation["prompts"] >= 100
+    assert model["color_accuracy"] >= 0.9 and model["direction_accuracy"] >= 0.8
+    assert random["color_accuracy"] < 0.3 and random["direction_accuracy"] < 0.3
+    card = (SHIPPED_ROOT / "MODEL_CARD.md").read_text()
+    assert f"| `{SHIPPED_NAME}` | {model['color_accuracy']:.0%} | {model['direction_accuracy']:.0%} |" in card
+
+
+def test_held_out_prompts_come_out_in_the_named_colour_and_direction() -> None:
+    # Two prompts the model never saw, generated as the evaluation does (CPU, training size).
+    loaded = load_model(SHIPPED_NAME, RuntimeOptions())
+    results = run_model(loaded, heldout_prompts(2), dict(DEMO_REQUEST), RuntimeOptions())
+    for item in results:
+        obj = item.score.objects[0]
+        assert obj.color and obj.direction, (item.prompt, obj)
+
+
+def test_default_thresholds_are_the_stage1_gpu_runs_for_this_model() -> None:
+    policy = ThresholdPolicy.from_cli(None, [])
+    assert policy.file is not None and policy.file_label == "default (shipped model)"
+    loaded = load_model(SHIPPED_NAME, RuntimeOptions())
+    entries = policy.file.entries
+    assert entries and {e.model for e in entries} == {loaded.revision}
+    gpu_class = entries[0].runtime_class
+    chosen = policy.thresholds_for(SHIPPED_NAME, loaded.revision, gpu_class)
+    assert {"psnr:mean", "latent_rel_l2:value"} <= set(chosen)
+    assert policy.thresholds_for("wan-tiny-random", "0" * 64, gpu_class) == {}
+    assert DEFAULT_THRESHOLDS.is_file()
