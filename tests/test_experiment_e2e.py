@@ -185,6 +185,24 @@ def test_failing_job_is_retried_then_reported(tmp_path: Path) -> None:
     assert [m["status"] for m in manifest if m["configuration"] == "reference"] == ["failed"]
 
 
+def test_torchrun_group_runs_past_a_failing_job(tmp_path: Path) -> None:
+    # One torchrun launch runs every tp2 job; a job that fails ends the launch, is retried, then
+    # given up, and the group's other job still finishes.
+    prompts = tmp_path / "mixed.jsonl"
+    long = " ".join(["red"] * 80)  # more tokens than the tiny text encoder's window of 64
+    lines = [{"id": "long", "prompt": long}, {"id": "fine", "prompt": "a red circle moves left on a blue background"}]
+    prompts.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    store = make_store(tmp_path, "group", prompts=str(prompts), max_prompts=2)
+    summary = run_local(store, workers=0, retries=1, configurations=["tp2"])
+    assert summary.executed == 1 and len(summary.failed) == 1
+    by_prompt = {job.prompt_id: job for job in load_plan(Store(store)) if job.configuration == "tp2"}
+    assert read_result(Store(store), by_prompt["fine"].job_id) is not None
+    failed = by_prompt["long"].job_id
+    assert summary.failed == [failed]
+    failure = Store(store).read_json(f"jobs/{failed[:2]}/{failed}/failure.json")
+    assert failure["attempt"] == 2 and "tokens" in failure["message"]
+
+
 @pytest.mark.slow
 def test_kill_and_resume_loses_nothing_and_redoes_nothing(tmp_path: Path) -> None:
     store = make_store(tmp_path, "kill", max_prompts=1)

@@ -130,7 +130,10 @@ def run_command(
     ),
     configurations: str | None = typer.Option(None, help="Comma-separated configurations to run (default: all)."),
     retries: int = typer.Option(1, min=0, max=10, help="Extra attempts of a failing job."),
-    shard: str | None = typer.Option(None, help="I/N: run only jobs whose id modulo N is I (split across hosts)."),
+    shard: str | None = typer.Option(
+        None, help="I/N: run only the jobs of prompts in shard I of N (split across hosts; a prompt stays on one)."
+    ),
+    workers_per_gpu: int = typer.Option(1, min=1, help="Local runner: worker processes per GPU (small models)."),
 ) -> None:
     """Runs the plan's pending jobs (resumable: finished jobs are skipped, failed ones retried)."""
     with reported():
@@ -155,7 +158,7 @@ def run_command(
             else:
                 from ditproof.experiment.runners.local import run_local
 
-                summary = run_local(store, workers, retries, names, parts, progress)
+                summary = run_local(store, workers, retries, names, parts, progress, workers_per_gpu)
         reasons: dict[str, int] = {}
         for reason in summary.skipped.values():
             reasons[reason] = reasons.get(reason, 0) + 1
@@ -175,8 +178,11 @@ def score_command(
     store: str = STORE,
     device: str = typer.Option("cpu", help="Where the frame metrics run (cpu, cuda, cuda:N)."),
     metrics: str | None = typer.Option(None, help="Comma-separated frame metrics (default: the experiment's)."),
+    rescore: bool = typer.Option(False, "--rescore", help="Recompute the rows already scored."),
 ) -> None:
-    """Scores every finished deviation against its prompt's reference into scores.parquet."""
+    """Scores every finished deviation against its prompt's reference into scores.parquet.
+
+    Rows already scored from the same results with the same metrics are kept (unless --rescore)."""
     with reported():
         from ditproof.experiment.score import SCORES_META_FILE, score_store
         from ditproof.experiment.store import Store
@@ -184,11 +190,44 @@ def score_command(
         names = [m.strip() for m in metrics.split(",")] if metrics else None
         with _progress() as bar:
             task = bar.add_task("pairs", total=None)
-            table = score_store(store, device, names, lambda done, total: bar.update(task, completed=done, total=total))
+            table = score_store(
+                store, device, names, lambda done, total: bar.update(task, completed=done, total=total), rescore
+            )
         meta = Store(store).read_json(SCORES_META_FILE)
-        out.print(f"scored {table.num_rows} pairs with {', '.join(meta['metrics'])} + latent metrics")
+        out.print(
+            f"{table.num_rows} pairs scored ({meta['pairs_scored_now']} now) with "
+            f"{', '.join(meta['metrics'])} + latent metrics"
+        )
+        if meta["pairs_without_artifacts"]:
+            err.print(
+                f"[yellow]{meta['pairs_without_artifacts']} pairs not scored[/]: their videos or latents are not in "
+                "this store (a thin copy); score them where the artifacts are, then merge"
+            )
         for metric, reason in meta["skipped_metrics"].items():
             err.print(f"[yellow]skipped {metric}[/]: {reason}", highlight=False)
+
+
+@experiment_app.command("merge")
+def merge_command(
+    sources: list[str] = typer.Argument(..., help="Stores of the same plan to merge in (folders or URLs)."),
+    store: str = STORE,
+) -> None:
+    """Merges stores of one plan run on several hosts into --store (docs/experiment.md, "Merging")."""
+    with reported():
+        from ditproof.experiment.merge import merge_stores
+
+        summary = merge_stores(store, sources)
+        out.print(
+            f"merged {len(sources)} stores into {store}: {summary.jobs_copied} jobs copied, "
+            f"{summary.jobs_already_there} already there, {summary.score_rows_kept} score rows kept, "
+            f"{summary.score_rows_dropped} dropped (to be rescored)"
+        )
+        if summary.conflicts:
+            err.print(
+                f"[red]{len(summary.conflicts)} jobs differ between stores[/] (kept the destination's): "
+                + ", ".join(summary.conflicts[:10])
+            )
+            raise typer.Exit(1)
 
 
 @experiment_app.command("analyze")

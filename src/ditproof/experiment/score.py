@@ -33,6 +33,7 @@ from ditproof.errors import DitproofError
 from ditproof.experiment.jobs import JobResult, load_experiment_from_store, load_plan, read_result, refresh_manifest
 from ditproof.experiment.plan import Job
 from ditproof.experiment.store import Store
+from ditproof.hashing import sha256_bytes
 from ditproof.metrics import score_latents, score_videos
 from ditproof.metrics.registry import metric_spec, metric_weights, score_key
 from ditproof.metrics.weights import MetricWeightsInvalidError, MetricWeightsMissingError
@@ -60,6 +61,8 @@ class _Loaded:
                 artifact = result.artifact(f"latent:{name}")
             except DitproofError:
                 continue
+            if name != "final" and not store.exists(artifact.path):
+                continue  # a thin copy may leave out the diagnostic pre-switch latent
             data = store.read_bytes(artifact.path, artifact.sha256)
             self.latents[name] = load_safetensors(data)["latent"]
         fingerprints = self.record.fingerprints
@@ -114,19 +117,80 @@ def score_pair(reference: _Loaded, job: _Loaded, metrics: list[str], device: str
     return row
 
 
+def pair_inputs_sha256(result: JobResult, reference: JobResult) -> str:
+    """What a score row was computed from: both jobs' video and final-latent sha256."""
+    parts = (result.video_sha256, result.final_latent_sha256, reference.video_sha256, reference.final_latent_sha256)
+    return sha256_bytes("|".join(parts).encode())
+
+
+def _has_artifacts(store: Store, result: JobResult) -> bool:
+    needed = [result.artifact("video"), result.artifact("record"), result.artifact("latent:final")]
+    return all(store.exists(a.path) for a in needed)
+
+
+def _valid_rows(
+    tables: list[pa.Table], jobs: list[Job], results: dict[str, JobResult | None]
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Rows (first per job) computed from the results the store holds now, and how many were dropped."""
+    expected = {
+        job.job_id: pair_inputs_sha256(results[job.job_id], results[job.reference_job_id])  # type: ignore[arg-type]
+        for job in jobs
+        if not job.is_reference and results[job.job_id] is not None and results[job.reference_job_id] is not None
+    }
+    kept: dict[str, dict[str, Any]] = {}
+    dropped = 0
+    for table in tables:
+        for row in table.to_pylist():
+            job_id = row.get("job_id")
+            if job_id in kept:
+                continue
+            if job_id in expected and row.get("inputs_sha256") == expected[job_id]:
+                kept[job_id] = row
+            else:
+                dropped += 1
+    return kept, dropped
+
+
+def _write_scores(store: Store, jobs: list[Job], rows: dict[str, dict[str, Any]]) -> pa.Table:
+    ordered = [rows[job.job_id] for job in jobs if job.job_id in rows]  # plan order, whatever the sources
+    table = pa.Table.from_pylist(ordered) if ordered else pa.table({"job_id": pa.array([], pa.string())})
+    store.write_parquet(SCORES_FILE, table)
+    return table
+
+
+def merge_score_rows(
+    store: Store, jobs: list[Job], results: dict[str, JobResult | None], tables: list[pa.Table]
+) -> tuple[int, int]:
+    """Writes the valid rows of ``tables`` (first wins) as the store's scores; returns (kept, dropped).
+
+    Used by :mod:`ditproof.experiment.merge`; the sources' ``scores-meta.json`` must agree on the
+    metrics (the merge checks), and the merged meta is the first source's with the new count.
+    """
+    rows, dropped = _valid_rows(tables, jobs, results)
+    _write_scores(store, jobs, rows)
+    return len(rows), dropped
+
+
 def score_store(
     store_url: str,
     device: str = "cpu",
     metrics: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    rescore: bool = False,
 ) -> pa.Table:
     """Scores every finished non-reference job whose reference is finished; writes ``scores.parquet``.
+
+    Rows already in the store that were computed with the same metrics from the same results (their
+    ``inputs_sha256``) are kept unless ``rescore``; the other pairs are scored, which needs their
+    artifacts: pairs of a thin store (results without videos or latents) that have no valid row are
+    counted in ``scores-meta.json`` as ``pairs_without_artifacts``.
 
     Args:
         store_url: the experiment store.
         device: where the frame metrics run.
         metrics: frame metrics (default: the experiment's ``metrics``).
         progress: called with (pairs scored, pairs to score).
+        rescore: recompute every row.
 
     Returns:
         The scores table (also written to the store, with ``scores-meta.json``).
@@ -142,13 +206,25 @@ def score_store(
         for job in jobs
         if not job.is_reference and results[job.job_id] is not None and results[job.reference_job_id] is not None
     ]
-    rows: list[dict[str, Any]] = []
+    rows: dict[str, dict[str, Any]] = {}
+    reusable = not rescore and store.exists(SCORES_FILE) and store.exists(SCORES_META_FILE)
+    if reusable and store.read_json(SCORES_META_FILE).get("metrics") == usable:
+        rows, _ = _valid_rows([store.read_parquet(SCORES_FILE)], jobs, results)
+    todo = [job for job in pairs if job.job_id not in rows]
+    without_artifacts = [
+        job.job_id
+        for job in todo
+        if not (_has_artifacts(store, results[job.job_id]) and _has_artifacts(store, results[job.reference_job_id]))  # type: ignore[arg-type]
+    ]
+    todo = [job for job in todo if job.job_id not in set(without_artifacts)]
     cache: dict[str, _Loaded] = {}
-    for index, job in enumerate(pairs):
+    for index, job in enumerate(todo):
+        result, reference = results[job.job_id], results[job.reference_job_id]
+        assert result is not None and reference is not None
         if job.reference_job_id not in cache:
             cache.clear()  # jobs are in prompt order: keep only the current prompt's reference
-            cache[job.reference_job_id] = _Loaded(store, results[job.reference_job_id])  # type: ignore[arg-type]
-        loaded = _Loaded(store, results[job.job_id])  # type: ignore[arg-type]
+            cache[job.reference_job_id] = _Loaded(store, reference)
+        loaded = _Loaded(store, result)
         row = {
             "job_id": job.job_id,
             "reference_job_id": job.reference_job_id,
@@ -157,14 +233,14 @@ def score_store(
             "label": job.label,
             "device_name": loaded.result.device_name,
             "reference_device_name": cache[job.reference_job_id].result.device_name,
+            "inputs_sha256": pair_inputs_sha256(result, reference),
         }
         row.update(score_pair(cache[job.reference_job_id], loaded, usable, device))
-        rows.append(row)
+        rows[job.job_id] = row
         if progress is not None:
-            progress(index + 1, len(pairs))
+            progress(index + 1, len(todo))
     refresh_manifest(store, jobs)  # runs on GPU hosts without pyarrow leave it to this step
-    table = pa.Table.from_pylist(rows) if rows else pa.table({"job_id": pa.array([], pa.string())})
-    store.write_parquet(SCORES_FILE, table)
+    table = _write_scores(store, jobs, rows)
     store.write_json(
         SCORES_META_FILE,
         {
@@ -172,7 +248,9 @@ def score_store(
             "skipped_metrics": skipped,
             "metric_weights": weights,
             "device": device,
-            "pairs": len(rows),
+            "pairs": table.num_rows,
+            "pairs_scored_now": len(todo),
+            "pairs_without_artifacts": len(without_artifacts),
             "jobs_without_reference": sum(
                 1 for j in jobs if not j.is_reference and results[j.job_id] and not results[j.reference_job_id]
             ),
@@ -203,9 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", required=True)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--metrics", default=None, help="comma-separated frame metrics")
+    parser.add_argument("--rescore", action="store_true", help="recompute rows already in the store")
     args = parser.parse_args(argv)
     metrics = args.metrics.split(",") if args.metrics else None
-    table = score_store(args.store, args.device, metrics, lambda done, total: print(f"scored {done}/{total}"))
+    table = score_store(
+        args.store, args.device, metrics, lambda done, total: print(f"scored {done}/{total}"), args.rescore
+    )
     meta = Store(args.store).read_json(SCORES_META_FILE)
     print(f"{table.num_rows} pairs; metrics {meta['metrics']}; skipped {meta['skipped_metrics']}")
     return 0

@@ -87,7 +87,7 @@ def load_validation(config: ServerConfig) -> ValidationSetup:
     from ditproof.validation.delegation import ValidatorRegistry
     from ditproof.validation.policy import ThresholdPolicy
 
-    policy = ThresholdPolicy.from_cli(config.thresholds, []) if config.thresholds else None
+    policy = ThresholdPolicy.from_cli(config.thresholds, [])  # no file configured: the shipped defaults
     registry = ValidatorRegistry.load(config.validators) if config.validators else None
     return ValidationSetup(policy, registry)
 

@@ -17,6 +17,11 @@ File format (JSON, schema ``ditproof.thresholds/1``)::
                   "provenance": {"calibration": "stage1-2027-01", "fpr_target": 0.01,
                                  "date": "2027-01-15", "samples": 4000, "notes": ""}}]}
 
+Default: without a file, the validator uses ``DEFAULT_THRESHOLDS``, the thresholds the Stage 1
+GPU run produced for the shipped model ``wan-shapes-small`` (``results/stage1/shapes-gpu``); its
+entries name that model's revision and the runtime classes that were calibrated, so they apply
+to nothing else.
+
 Matching: an entry applies when its ``model`` is the record's revision or preset and its
 ``runtime_class`` equals (or, as a pattern, matches) the executor's runtime class. When several
 entries apply to one metric and statistic, the most specific wins: a revision before a preset,
@@ -182,6 +187,10 @@ def parse_threshold(text: str) -> tuple[str, float]:
     return key, value
 
 
+DEFAULT_THRESHOLDS = Path(__file__).resolve().parents[1] / "models" / "shipped" / "thresholds.json"
+"""The shipped model's thresholds from the Stage 1 GPU run (see the module docstring)."""
+
+
 class ThresholdPolicy:
     """Thresholds from a file and/or explicit values; explicit values override the file's."""
 
@@ -195,9 +204,11 @@ class ThresholdPolicy:
 
     @classmethod
     def from_cli(cls, path: str | Path | None, thresholds: list[str]) -> ThresholdPolicy:
-        """Builds a policy from an optional file and ``METRIC[:STATISTIC]=VALUE`` texts."""
-        file = ThresholdsFile.load(path) if path else None
-        return cls(file, dict(parse_threshold(t) for t in thresholds), file_label=str(path or ""))
+        """Builds a policy from a file (default: ``DEFAULT_THRESHOLDS``) and ``METRIC[:STATISTIC]=VALUE`` texts."""
+        explicit = dict(parse_threshold(t) for t in thresholds)
+        if path:
+            return cls(ThresholdsFile.load(path), explicit, file_label=str(path))
+        return cls(ThresholdsFile.load(DEFAULT_THRESHOLDS), explicit, file_label="default (shipped model)")
 
     def _source(self, entry: ThresholdEntry) -> str:
         assert self.file is not None

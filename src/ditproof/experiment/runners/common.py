@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +74,12 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
+def prompt_shard(prompt_id: str, shards: int) -> int:
+    """The shard of a prompt: its reference and deviations run on the same host, so a host's store
+    can be scored on its own before the stores are merged."""
+    return int.from_bytes(hashlib.sha256(prompt_id.encode()).digest()[:8], "big") % shards
+
+
 def select_jobs(
     store: Store,
     jobs: list[Job],
@@ -97,7 +104,7 @@ def select_jobs(
     for job in jobs:
         if configurations and job.configuration not in configurations:
             continue
-        if shard and int(job.job_id, 16) % shard[1] != shard[0]:
+        if shard and prompt_shard(job.prompt_id, shard[1]) != shard[0]:
             continue
         if read_result(store, job.job_id) is not None:
             selection.done.append(job.job_id)

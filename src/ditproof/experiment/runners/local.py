@@ -1,11 +1,14 @@
 """The local runner: one worker process per visible GPU (or CPU worker processes), resumable.
 
-* GPUs: one process per visible GPU (``cuda:0`` … ``cuda:N-1``), each holding its model.
+* GPUs: one process per visible GPU (``cuda:0`` … ``cuda:N-1``), each holding its model, or
+  ``workers_per_gpu`` processes per GPU for models too small to fill one (CPU threads are then
+  shared out among all worker processes).
 * CPU: ``workers`` processes sharing the cores (torch threads = cores // workers); ``workers=0``
   runs in this process (tests, debugging).
 * Jobs that need several processes (tensor or context parallelism; on a CPU, tensor parallelism
-  runs over gloo) run after the others, one at a time, as ``torchrun --standalone --nproc-per-node W -m ditproof.experiment.runners.torchrun_job
-  --store URL --job ID`` (one process per GPU, as the generation code's parallel modes need).
+  runs over gloo) run after the others, one group of jobs sharing weights and layout per launch
+  of ``torchrun --standalone --nproc-per-node W -m ditproof.experiment.runners.torchrun_job
+  --store URL --job ID ...`` (one process per GPU, as the generation code's parallel modes need).
 
 A job that raises is recorded in its ``failure.json`` and retried up to ``retries`` more times,
 then reported as failed; a worker process that dies takes its job down with it the same way and
@@ -22,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from ditproof.experiment.jobs import load_plan, read_result
+from ditproof.experiment.jobs import load_plan, read_failure, read_result
 from ditproof.experiment.plan import Job
 from ditproof.experiment.runners.common import (
     Event,
@@ -32,7 +35,7 @@ from ditproof.experiment.runners.common import (
     new_run_id,
     select_jobs,
 )
-from ditproof.experiment.runners.worker import JobWorker, detect_environment, write_failure
+from ditproof.experiment.runners.worker import JobWorker, detect_environment, load_key, write_failure
 from ditproof.experiment.store import Store
 
 
@@ -56,31 +59,31 @@ def _worker_main(store_url: str, device: str, run_id: str, threads: int | None, 
         events.put(("done", job.job_id, worker.name, f"{time.perf_counter() - started:.3f}"))
 
 
-def _devices(workers: int | None) -> tuple[list[str], int | None]:
+def _devices(workers: int | None, workers_per_gpu: int = 1) -> tuple[list[str], int | None]:
     """Worker devices and torch threads per worker."""
     env = detect_environment()
+    cores = os.cpu_count() or 1
     if env.cuda:
         count = env.gpu_count if workers is None else min(workers, env.gpu_count)
-        return [f"cuda:{i}" for i in range(count)], None
+        devices = [f"cuda:{i}" for i in range(count) for _ in range(workers_per_gpu)]
+        return devices, (max(1, cores // len(devices)) if workers_per_gpu > 1 and devices else None)
     count = 1 if workers is None else workers
-    cores = os.cpu_count() or 1
     return ["cpu"] * max(count, 0), max(1, cores // max(count, 1))
 
 
-def torchrun_command(store_url: str, job: Job, run_id: str, attempt: int) -> list[str]:
-    """The command that runs a multi-GPU job, one process per GPU."""
+def torchrun_command(store_url: str, jobs: list[Job], run_id: str, attempt: int) -> list[str]:
+    """The command that runs a group of multi-GPU jobs (same weights and layout), one process per GPU."""
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
-        f"--nproc-per-node={job.world_size}",
+        f"--nproc-per-node={jobs[0].world_size}",
         "-m",
         "ditproof.experiment.runners.torchrun_job",
         "--store",
         store_url,
-        "--job",
-        job.job_id,
+        *(arg for job in jobs for arg in ("--job", job.job_id)),
         "--run-id",
         run_id,
         "--attempt",
@@ -95,6 +98,7 @@ def run_local(
     configurations: list[str] | None = None,
     shard: tuple[int, int] | None = None,
     progress: ProgressCallback | None = None,
+    workers_per_gpu: int = 1,
 ) -> RunSummary:
     """Runs every pending job of the store's plan that this machine can run.
 
@@ -103,8 +107,9 @@ def run_local(
         workers: worker processes (default: one per GPU, or 1 on a CPU machine; 0: in this process).
         retries: extra attempts of a failing job before it is reported as failed.
         configurations: only these configurations (default: all).
-        shard: ``(i, n)``: only jobs whose id modulo n is i (to split a plan across hosts).
+        shard: ``(i, n)``: only the jobs of prompts in shard i of n (see ``prompt_shard``).
         progress: called after each event.
+        workers_per_gpu: worker processes sharing each GPU (for small models).
     """
     started = time.perf_counter()
     store = Store(store_url)
@@ -112,7 +117,9 @@ def run_local(
     env = detect_environment()
     selection = select_jobs(store, jobs, env, configurations, shard)
     run_id = new_run_id()
-    devices, threads = _devices(workers)
+    if workers_per_gpu < 1:
+        raise ValueError(f"workers_per_gpu: got {workers_per_gpu}; allowed: 1 or more")
+    devices, threads = _devices(workers, workers_per_gpu)
     total = len(selection.todo) + len(selection.multi_gpu)
     failed: list[str] = []
     executed = 0
@@ -125,15 +132,17 @@ def run_local(
         executed, failed = _run_in_process(store_url, selection.todo, run_id, threads, retries, report)
     elif selection.todo:
         executed, failed = _run_pool(store_url, selection.todo, devices, run_id, threads, retries, report)
-    for job in selection.multi_gpu:
-        report(Event("start", job.job_id, job.configuration), executed + len(failed))
+    for group in _launch_groups(selection.multi_gpu):
         t0 = time.perf_counter()
-        ok = _run_torchrun(store, store_url, job, run_id, retries)
-        executed += ok
-        if not ok:
-            failed.append(job.job_id)
-        seconds = time.perf_counter() - t0
-        report(Event("done" if ok else "gave-up", job.job_id, job.configuration, "", seconds), executed + len(failed))
+        done = _run_torchrun(store, store_url, group, run_id, retries)
+        seconds = (time.perf_counter() - t0) / len(group)
+        for job in group:
+            if job.job_id in done:
+                executed += 1
+                report(Event("done", job.job_id, job.configuration, "", seconds), executed + len(failed))
+            else:
+                failed.append(job.job_id)
+                report(Event("gave-up", job.job_id, job.configuration, ""), executed + len(failed))
     return finish_run(store, jobs, selection, "local", run_id, executed, failed, started)
 
 
@@ -263,16 +272,55 @@ def _replace_dead(
         spawn(device)
 
 
-def _run_torchrun(store: Store, store_url: str, job: Job, run_id: str, retries: int) -> bool:
-    """Runs a multi-GPU job under torchrun; True when it finished."""
-    for attempt in range(1, retries + 2):
-        command = torchrun_command(store_url, job, run_id, attempt)
-        completed = subprocess.run(command, capture_output=True, text=True, check=False)
-        if completed.returncode == 0 and read_result(store, job.job_id) is not None:
-            return True
-        tail = (completed.stderr or completed.stdout)[-1500:]
-        write_failure(store, job, attempt, "TorchrunFailed", f"exit {completed.returncode}: {tail}", "torchrun", run_id)
-    return False
+GIVE_UP_GROUP_AFTER = 2
+"""A multi-GPU group is given up after this many of its jobs in a row failed every attempt."""
+
+
+def _launch_groups(jobs: list[Job]) -> list[list[Job]]:
+    """Multi-GPU jobs grouped by weights and parallel layout: one torchrun launch per group."""
+    groups: dict[tuple[Any, ...], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((*load_key(job), job.world_size), []).append(job)
+    return list(groups.values())
+
+
+def _run_torchrun(store: Store, store_url: str, jobs: list[Job], run_id: str, retries: int) -> set[str]:
+    """Runs a group of multi-GPU jobs under torchrun; returns the ids of those that finished.
+
+    A launch stops at its first failing job (the ranks must stay in step); the jobs not done are
+    relaunched, and a job is given up once it has failed ``retries + 1`` times.
+    """
+    done: set[str] = set()
+    failures = dict.fromkeys((j.job_id for j in jobs), 0)
+    given_up_in_a_row = 0  # jobs given up since the last launch that finished one
+    while True:
+        pending = [j for j in jobs if j.job_id not in done and failures[j.job_id] <= retries]
+        if not pending:
+            return done
+        if given_up_in_a_row >= GIVE_UP_GROUP_AFTER:
+            # The layout itself fails (e.g. a parallel mode this host cannot run): one failure
+            # record per remaining job, no more launches.
+            for job in pending:
+                detail = f"not launched: the {GIVE_UP_GROUP_AFTER} jobs before it in its group failed every attempt"
+                write_failure(store, job, failures[job.job_id] + 1, "GroupGivenUp", detail, "torchrun", run_id)
+            return done
+        attempt = 1 + max(failures[j.job_id] for j in pending)
+        completed = subprocess.run(
+            torchrun_command(store_url, pending, run_id, attempt), capture_output=True, text=True, check=False
+        )
+        finished = {j.job_id for j in pending if read_result(store, j.job_id) is not None}
+        done |= finished
+        if all(j.job_id in done for j in pending):
+            return done
+        # The launch stopped at the first job that is not done.
+        stopped = next(j for j in pending if j.job_id not in done)
+        failures[stopped.job_id] += 1
+        given_up_in_a_row = 0 if finished else given_up_in_a_row + (failures[stopped.job_id] > retries)
+        recorded = read_failure(store, stopped.job_id)
+        if recorded is None or recorded.run_id != run_id or recorded.attempt != attempt:
+            tail = (completed.stderr or completed.stdout)[-1500:]
+            detail = f"exit {completed.returncode}: {tail}"
+            write_failure(store, stopped, attempt, "TorchrunFailed", detail, "torchrun", run_id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the pending jobs of an experiment store.")
     parser.add_argument("--store", required=True)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--workers-per-gpu", type=int, default=1, help="worker processes per GPU (small models)")
     parser.add_argument("--retries", type=int, default=1)
     parser.add_argument("--configurations", default=None, help="comma-separated")
     parser.add_argument("--shard", default=None, help="I/N")
@@ -302,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     names = args.configurations.split(",") if args.configurations else None
-    summary = run_local(args.store, args.workers, args.retries, names, parse_shard(args.shard), progress)
+    summary = run_local(
+        args.store, args.workers, args.retries, names, parse_shard(args.shard), progress, args.workers_per_gpu
+    )
     print(summary.model_dump_json(indent=1))
     return 1 if summary.failed else 0
 

@@ -103,7 +103,7 @@ def run_ray(
         workers: actors to start (default: one per GPU of the cluster, or per CPU).
         retries: extra attempts of a failing job.
         configurations: only these configurations.
-        shard: ``(i, n)``: only jobs whose id modulo n is i.
+        shard: ``(i, n)``: only the jobs of prompts in shard i of n (see ``prompt_shard``).
         progress: called after each event.
         num_cpus: CPUs of a local cluster (default: Ray's choice).
         shutdown: disconnect from (and stop a local) cluster at the end.

@@ -69,9 +69,19 @@ def why_not_runnable(job: Job, env: Environment) -> str | None:
 
 
 def load_key(job: Job) -> tuple[Any, ...]:
-    """What decides the loaded model: jobs with the same key share one load."""
+    """What decides the loaded model: jobs with the same key share one load (sharding happens at load)."""
     o = job.options
-    return (job.model, job.model_path, o.device, o.dtype, o.vae_dtype, o.text_encoder_dtype, o.weights)
+    return (
+        job.model,
+        job.model_path,
+        o.device,
+        o.dtype,
+        o.vae_dtype,
+        o.text_encoder_dtype,
+        o.weights,
+        o.tp_degree,
+        o.cp_degree,
+    )
 
 
 def now() -> str:

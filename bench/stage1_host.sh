@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One host's part of a Stage 1 run whose store cannot be shared (a lent GPU host that sends back
+# at most a few files): plan, run the selected configurations, score, and pack what the merge needs.
+#
+#   bench/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
+#
+# CONFIGURATIONS: comma-separated, or "all"; PACK: which jobs' videos and final latents (besides
+# the thin store) go into OUT/parts/ as 15 MB parts: "references", "all" or "none" (with the
+# shipped model a job packs to about 0.3 MB: its final latent file holds the solver state too).
+# Outputs: OUT/thin.tgz (plan, results, records, scores, manifest: no videos or latents),
+# OUT/parts/artifacts.tgz.part-*, OUT/run.log. Locally:
+#   mkdir host && tar xzf thin.tgz -C host && cat parts/artifacts.tgz.part-* | tar xzf - -C host
+#   ditproof experiment merge --store merged host other_host ...; ditproof experiment score --store merged
+set -euo pipefail
+config=$1 configurations=$2 out=$3 per_gpu=${4:-1} seconds=${5:-540} pack=${6:-references}
+store=${STORE:-/tmp/stage1-store}
+python3 -m ditproof.experiment.plan "$config" --store "$store"
+select=()
+[ "$configurations" != all ] && select=(--configurations "$configurations")
+started=$(date +%s)
+timeout "$seconds" python3 -m ditproof.experiment.runners.local --store "$store" --workers-per-gpu "$per_gpu" \
+  "${select[@]}" > "$out/run.log" 2>&1 || echo "runner stopped: exit $? after $(( $(date +%s) - started )) s"
+grep -v "^\[" "$out/run.log" | tail -n 25 || true
+grep -c " done " "$out/run.log" | sed 's/^/jobs done: /'
+python3 -m ditproof.experiment.score --store "$store" --device "$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')" | tail -n 2
+tar czf "$out/thin.tgz" --exclude='*.mp4' --exclude='*.safetensors' -C "$store" .
+if [ "$pack" != none ]; then
+  python3 - "$store" "$pack" > /tmp/pack-list <<'PY'
+import sys
+from ditproof.experiment.jobs import load_plan, read_result
+from ditproof.experiment.store import Store
+store = Store(sys.argv[1])
+for job in load_plan(store):
+    result = read_result(store, job.job_id)
+    if result is None or (sys.argv[2] == "references" and not job.is_reference):
+        continue
+    for artifact in result.artifacts:
+        if artifact.name in ("video", "latent:final"):
+            print(artifact.path)
+PY
+  mkdir -p "$out/parts"
+  tar cf - -C "$store" -T /tmp/pack-list | gzip -6 | split -b 15M - "$out/parts/artifacts.tgz.part-"
+fi
+ls -la "$out" "$out/parts" 2>/dev/null || true

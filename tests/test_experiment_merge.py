@@ -1,0 +1,97 @@
+"""Merging stores of one plan run in parts (hosts, GPU models), thin copies, incremental scoring."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ditproof.errors import InvalidInputError
+from ditproof.experiment.jobs import load_plan, read_result, result_path
+from ditproof.experiment.merge import merge_stores
+from ditproof.experiment.runners.local import run_local
+from ditproof.experiment.score import SCORES_FILE, SCORES_META_FILE, score_store
+from ditproof.experiment.store import Store
+from test_experiment_e2e import make_store
+
+
+def thin(store_url: str) -> None:
+    """What a GPU host sends back when it cannot send everything: no videos, no latents."""
+    root = Path(store_url)
+    for path in [*root.rglob("*.mp4"), *root.rglob("*.safetensors")]:
+        path.unlink()
+
+
+def test_merge_of_a_full_and_a_thin_store_keeps_scores_and_rescoring_fills_the_rest(tmp_path: Path) -> None:
+    a = make_store(tmp_path, "a")
+    run_local(a, workers=0, configurations=["reference", "cfg-batched", "steps-3"])
+    score_store(a)
+    b = make_store(tmp_path, "b")
+    run_local(b, workers=0, configurations=["reference", "cfg-off"])
+    score_store(b)
+    thin(b)
+
+    merged = str(tmp_path / "merged")
+    summary = merge_stores(merged, [a, b])
+    # 2 prompts: a's 6 jobs copied; b's references agree with a's; b's 2 cfg-off jobs copied.
+    assert (summary.jobs_copied, summary.jobs_already_there, summary.conflicts) == (8, 2, [])
+    assert (summary.score_rows_kept, summary.score_rows_dropped) == (6, 0)
+    store = Store(merged)
+    assert store.read_parquet(SCORES_FILE).num_rows == 6
+    plan = load_plan(store)
+    assert sum(read_result(store, j.job_id) is not None for j in plan) == 8
+
+    # Nothing to recompute: every pair has a row from the results it was computed from.
+    table = score_store(merged)
+    meta = store.read_json(SCORES_META_FILE)
+    assert table.num_rows == 6 and meta["pairs_scored_now"] == 0 and meta["pairs_without_artifacts"] == 0
+
+    # A configuration run into the merged store later is scored alone; the rest is kept.
+    run_local(merged, workers=0, configurations=["other-seed"])
+    table = score_store(merged)
+    meta = store.read_json(SCORES_META_FILE)
+    assert table.num_rows == 8 and meta["pairs_scored_now"] == 2
+    assert sorted(table.column("configuration").to_pylist()).count("other-seed") == 2
+
+    # --rescore recomputes what has artifacts; the thin store's cfg-off pairs cannot be.
+    score_store(merged, rescore=True)
+    meta = store.read_json(SCORES_META_FILE)
+    assert meta["pairs_scored_now"] == 6 and meta["pairs_without_artifacts"] == 2
+
+
+def test_merge_reports_conflicts_and_refuses_another_plan(tmp_path: Path) -> None:
+    a = make_store(tmp_path, "a", max_prompts=1)
+    run_local(a, workers=0, configurations=["reference"])
+    c = str(tmp_path / "c")
+    shutil.copytree(a, c)
+    reference = next(j for j in load_plan(Store(c)) if j.is_reference)
+    result = read_result(Store(c), reference.job_id)
+    assert result is not None
+    Store(c).write_model(result_path(reference.job_id), result.model_copy(update={"video_sha256": "0" * 64}))
+    merged = str(tmp_path / "merged")
+    assert merge_stores(merged, [a]).jobs_copied == 1
+    assert merge_stores(merged, [c]).conflicts == [reference.job_id]
+    assert read_result(Store(merged), reference.job_id) == read_result(Store(a), reference.job_id)
+
+    other = make_store(tmp_path, "other", max_prompts=2)
+    with pytest.raises(InvalidInputError, match="another jobs.json"):
+        merge_stores(merged, [other])
+    with pytest.raises(InvalidInputError, match="no plan"):
+        merge_stores(merged, [str(tmp_path / "nothing")])
+
+
+def test_shards_split_by_prompt_and_keep_a_prompts_jobs_together(tmp_path: Path) -> None:
+    from ditproof.experiment.runners.common import select_jobs
+    from ditproof.experiment.runners.worker import Environment
+
+    store = make_store(tmp_path, "shards", max_prompts=6)
+    jobs = load_plan(Store(store))
+    cpu = Environment(cuda=False, gpu_names=())
+    parts = [select_jobs(Store(store), jobs, cpu, shard=(i, 3)) for i in range(3)]
+    ids = [{j.job_id for j in [*p.todo, *p.multi_gpu]} | set(p.skipped) for p in parts]
+    assert sum(len(part) for part in ids) == len(jobs) and set().union(*ids) == {j.job_id for j in jobs}
+    by_id = {j.job_id: j for j in jobs}
+    prompts = [{by_id[i].prompt_id for i in part} for part in ids]
+    assert all(not (a & b) for k, a in enumerate(prompts) for b in prompts[k + 1 :])
+    assert sum(bool(p) for p in prompts) >= 2  # 6 prompts do not all land in one shard
