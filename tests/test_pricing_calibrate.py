@@ -114,3 +114,21 @@ def test_bad_files_and_arguments(tmp_path):
         calibrate("nope")
     with pytest.raises(InvalidInputError, match="layers: got 9"):
         build_expert("wan-tiny-random", layers=9)
+
+
+def test_sizes_below_fit_min_patches_are_reported_but_not_fitted() -> None:
+    from ditproof.pricing.calibrate import fit_expert
+
+    patches = [1, 390, 1950, 8190, 32760, 75600]
+    # A quadratic cost, except the launch-bound N = 1, timed slower than N = 390.
+    seconds = [0.0711] + [0.04 + 6e-5 * n + 1.4e-9 * n * n for n in patches[1:]]
+    samples = [[t, t] for t in seconds]
+    sizes = [f"s{n}" for n in patches]
+    fitted = fit_expert("transformer", sizes, patches, samples, 1.0, fit_min_patches=300)
+    assert fitted.fit_min_patches == 300
+    assert fitted.fit.max_rel_error < 0.01 and fitted.fit.worst_patches >= 390
+    assert fitted.points[0].rel_error < -0.3  # N = 1 is reported with its (large) error
+    everything = fit_expert("transformer", sizes, patches, samples, 1.0)
+    assert everything.fit.max_rel_error > fitted.fit.max_rel_error
+    with pytest.raises(InvalidInputError, match="fit_min_patches"):
+        fit_expert("transformer", sizes, patches, samples, 1.0, fit_min_patches=30000)

@@ -57,6 +57,12 @@ PointCallback = Callable[[str, str, int, float], None]
 """Called after each timed size with (expert, size, patches, median seconds)."""
 
 
+FIT_MIN_PATCHES = 300
+"""Sizes below this N are timed and reported but not fitted: a pass over a few hundred patches is
+launch-bound, and on the H100 its time moved by up to 60% between sweeps (N = 1 took longer
+than N = 390 in one), so it says nothing about the cost of the sizes that are sold."""
+
+
 @dataclass(frozen=True)
 class ExpertShape:
     """The transformer shape of a model preset and the names that share it."""
@@ -65,6 +71,7 @@ class ExpertShape:
     transformer: dict[str, Any]
     text_tokens: int
     default_sizes: tuple[str, ...]
+    fit_min_patches: int = 1
 
 
 def expert_shapes() -> dict[str, ExpertShape]:
@@ -77,6 +84,7 @@ def expert_shapes() -> dict[str, ExpertShape]:
         A14B_TRANSFORMER,
         PRESETS["wan-a14b-shape"].text_max_length,
         A14B_SIZES,
+        FIT_MIN_PATCHES,
     )
     tiny = ExpertShape(("wan-tiny-random",), TINY_TRANSFORMER, PRESETS["wan-tiny-random"].text_max_length, TINY_SIZES)
     return {name: shape for shape in (a14b, tiny) for name in shape.models}
@@ -219,14 +227,29 @@ def hardware(device: str) -> Hardware:
 
 
 def fit_expert(
-    name: str, sizes: Sequence[str], patches: Sequence[int], samples: Sequence[Sequence[float]], scale: float
+    name: str,
+    sizes: Sequence[str],
+    patches: Sequence[int],
+    samples: Sequence[Sequence[float]],
+    scale: float,
+    fit_min_patches: int = 1,
 ) -> ExpertFit:
-    """Fits the priced form and both comparison forms to the median times (× ``scale``) of one expert."""
+    """Fits the priced form and both comparison forms to the median times (× ``scale``) of one expert.
+
+    Only sizes of at least ``fit_min_patches`` patches are fitted (and count in the fit quality);
+    the errors at every size are reported.
+    """
     seconds = [statistics.median(s) * scale for s in samples]
+    fitted = [i for i, n in enumerate(patches) if n >= fit_min_patches]
+    if len({patches[i] for i in fitted}) < 3:
+        raise InvalidInputError(
+            f"fit_min_patches: got {fit_min_patches}; it leaves {len(fitted)} sizes; allowed: a bound leaving 3 or more"
+        )
+    fit_n, fit_t = [patches[i] for i in fitted], [seconds[i] for i in fitted]
     forms = {
-        "cost": fit_floored(patches, seconds),
-        "three_term": fit_pass_cost(patches, seconds, terms=3),
-        "two_term": fit_pass_cost(patches, seconds, terms=2),
+        "cost": fit_floored(fit_n, fit_t),
+        "three_term": fit_pass_cost(fit_n, fit_t, terms=3),
+        "two_term": fit_pass_cost(fit_n, fit_t, terms=2),
     }
     errors = {form: relative_errors(cost, patches, seconds) for form, cost in forms.items()}
     points = tuple(
@@ -244,12 +267,13 @@ def fit_expert(
     return ExpertFit(
         timed_as=name,
         cost=forms["cost"],
-        fit=fit_quality(forms["cost"], patches, seconds),
+        fit=fit_quality(forms["cost"], fit_n, fit_t),
         three_term=forms["three_term"],
-        three_term_fit=fit_quality(forms["three_term"], patches, seconds),
+        three_term_fit=fit_quality(forms["three_term"], fit_n, fit_t),
         two_term=forms["two_term"],
-        two_term_fit=fit_quality(forms["two_term"], patches, seconds),
+        two_term_fit=fit_quality(forms["two_term"], fit_n, fit_t),
         points=points,
+        fit_min_patches=fit_min_patches,
     )
 
 
@@ -321,7 +345,7 @@ def calibrate(
         del module
         if target.type == "cuda":
             torch.cuda.empty_cache()
-        fits[name] = fit_expert(name, labels, patches, samples, total_layers / timed_layers)
+        fits[name] = fit_expert(name, labels, patches, samples, total_layers / timed_layers, shape.fit_min_patches)
         timed[key] = name
 
     hw = hardware(device)

@@ -104,7 +104,8 @@ class ExpertFit(_Model):
 
     timed_as: str
     cost: PassCost
-    fit: FitQuality
+    fit: FitQuality  # over the fitted sizes (N ≥ fit_min_patches); points report every size
+    fit_min_patches: int = Field(default=1, ge=1)
     three_term: PassCost
     three_term_fit: FitQuality
     two_term: PassCost
