@@ -119,6 +119,12 @@ def generate_command(
     cache_threshold: float | None = typer.Option(None, "--cache-threshold", help="First-block cache (experiments)."),
     tp_degree: int = typer.Option(1, "--tp-degree", help="Tensor parallelism (run under torchrun)."),
     cp_degree: int = typer.Option(1, "--cp-degree", help="Context parallelism (run under torchrun)."),
+    fuse_projections: bool = typer.Option(
+        False, "--fuse-projections", help="Fuse the experts' attention projections (speed; in the runtime class)."
+    ),
+    compile_mode: str = typer.Option(
+        "none", "--compile", help="none, or regional: torch.compile of the repeated blocks (speed; in the class)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     engine: str = typer.Option("diffusers", "--engine", help="diffusers, or vllm-omni (docs/vllm-omni.md)."),
     omni_url: str | None = typer.Option(None, "--omni-url", help="vllm-omni: a `vllm serve DIR --omni` URL."),
@@ -161,6 +167,8 @@ def generate_command(
             tp_degree=tp_degree,
             cp_degree=cp_degree,
             engine=engine,
+            fuse_projections=fuse_projections,
+            compile=compile_mode,
         )
         if engine == "vllm-omni":
             from ditproof.engines import configure_vllm_omni

@@ -169,6 +169,11 @@ def generate(
             f"tp_degree/cp_degree: got {(options.tp_degree, options.cp_degree)} but the model was loaded with "
             f"{model.parallel}; allowed: the loaded model's degrees (pass the options to load_model)"
         )
+    if model.kernels != (options.fuse_projections, options.compile):
+        raise InvalidInputError(
+            f"fuse_projections/compile: got {(options.fuse_projections, options.compile)} but the model was loaded "
+            f"with {model.kernels}; allowed: the loaded model's (pass the options to load_model)"
+        )
     configure_attention(model, options.attention_backend)
     configure_cache(model, options.cache)
 

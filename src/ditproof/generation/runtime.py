@@ -108,6 +108,8 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
         cache=None if options.cache is None else f"{options.cache.kind}:{options.cache.threshold}",
         tp_degree=options.tp_degree,
         cp_degree=options.cp_degree,
+        fuse_projections=options.fuse_projections,
+        compile=options.compile,
         model_preset=model.preset,
         model_revision=model.revision,
         solver=solver_name(dict(model.pipeline.scheduler.config)),
@@ -116,11 +118,22 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
     )
 
 
+def kernels(fp: RuntimeFingerprint) -> str:
+    """The attention backend, then ``+fused`` and ``+compiled-regional`` when those are on."""
+    parts = [fp.attention_backend]
+    if fp.fuse_projections:
+        parts.append("fused")
+    if fp.compile != "none":
+        parts.append(f"compiled-{fp.compile}")
+    return "+".join(parts)
+
+
 def runtime_class(fp: RuntimeFingerprint) -> str:
     """The part of a fingerprint that must match for a validator to regenerate.
 
     Device architecture (CUDA compute capability, or CPU architecture), engine and the versions
-    that select kernels (torch, diffusers), attention backend, dtypes, model revision and solver.
+    that select kernels (torch, diffusers), attention backend with fused projections and
+    compilation, dtypes, model revision and solver.
     Not in the class: GPU model within an architecture (an H100 and an H200 gave bitwise-identical
     forwards), parallel degrees and CFG batching (benign deviations, compared with metrics), and
     the deviations a validator must never adopt from a record (weights mode, cache, experts):
@@ -143,7 +156,7 @@ def runtime_class(fp: RuntimeFingerprint) -> str:
             if fp.engine_version is None
             else f"{fp.engine}-{fp.engine_version}+diffusers-{fp.diffusers}",
             f"torch-{fp.torch.split('+')[0]}",
-            fp.attention_backend,
+            kernels(fp),
             dtypes,
             f"rev-{fp.model_revision[:16]}",
             fp.solver.split("/")[0] + "-" + fp.solver.rsplit("/", 1)[-1],

@@ -74,6 +74,7 @@ class LoadedModel:
     weights: str = "native"
     cache: CacheOptions | None = None
     parallel: tuple[int, int] = (1, 1)
+    kernels: tuple[bool, str] = (False, "none")  # (fused projections, compile mode) applied at load
 
 
 def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None = None) -> LoadedModel:
@@ -100,7 +101,23 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
     if options.tp_degree > 1 or options.cp_degree > 1:
         apply_parallel(experts, options)
         model.parallel = (options.tp_degree, options.cp_degree)
+    apply_kernels(experts, options)
+    model.kernels = (options.fuse_projections, options.compile)
     return model
+
+
+def apply_kernels(experts: tuple[torch.nn.Module, ...], options: RuntimeOptions) -> None:
+    """Fuses the experts' attention projections and compiles their repeated blocks, as asked.
+
+    Compilation happens lazily, at the first forward of each block shape.
+    """
+    for expert in experts:
+        if options.fuse_projections:
+            for module in expert.modules():
+                if hasattr(module, "fuse_projections"):
+                    module.fuse_projections()  # type: ignore[operator]
+        if options.compile == "regional":
+            expert.compile_repeated_blocks(fullgraph=True)  # type: ignore[operator]
 
 
 def fp8_roundtrip_linear_weights(module: torch.nn.Module) -> None:

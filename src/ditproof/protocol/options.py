@@ -96,6 +96,11 @@ class RuntimeOptions(BaseModel):
     through float8 e4m3 and back (weight-only FP8, a malign deviation); applied at load time.
     ``tp_degree`` / ``cp_degree``: tensor / context (Ulysses) parallelism over that many GPUs,
     one process per GPU (``torchrun``); 1 means none.
+    ``fuse_projections``: both experts' attention projections fused into one matrix product per
+    attention (diffusers' ``fuse_projections``); ``compile``: ``regional`` compiles the experts'
+    repeated blocks with ``torch.compile`` (diffusers' ``compile_repeated_blocks``), fusing the
+    elementwise work around the matrix products. Both change the kernels and so the low bits:
+    they are part of the runtime class, and both are applied at load time (issue 9).
     ``engine``: what runs the denoising loop: ``diffusers`` (ditproof's own loop on a diffusers
     pipeline) or ``vllm-omni`` (vLLM-Omni's Wan2.2 pipeline with ditproof's plugin; see
     :mod:`ditproof.engines` and docs/vllm-omni.md). Part of the runtime class.
@@ -118,6 +123,8 @@ class RuntimeOptions(BaseModel):
     capture: CaptureOptions = CaptureOptions()
     encoding: VideoEncoding = VideoEncoding()
     engine: Literal["diffusers", "vllm-omni"] = "diffusers"
+    fuse_projections: bool = False
+    compile: Literal["none", "regional"] = "none"
 
     @field_validator("device")
     @classmethod

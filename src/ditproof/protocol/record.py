@@ -58,6 +58,8 @@ class RuntimeFingerprint(_Model):
     cache: str | None = None
     tp_degree: int = 1
     cp_degree: int = 1
+    fuse_projections: bool = False
+    compile: str = "none"
     model_preset: str
     model_revision: str = Field(pattern=_SHA256)
     solver: str

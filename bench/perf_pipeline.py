@@ -1,0 +1,192 @@
+"""Issue 9: diffusers' defaults vs ditproof's best, whole generations side by side on one GPU.
+
+One process, one card. Per variant: build ``wan-a14b-shape`` with the variant's runtime options
+(the same ``load_model`` as production: fused projections and regional compilation are applied
+there), one untimed 1-step generation per size (compilation, kernel selection), then per size a
+short generation (480p 4 steps, 720p 3 steps by default, CFG on) timed per step by the step
+callback and scaled to 40 steps with each expert's steady step time; text encode and VAE decode
+from the run; the mp4 encode of its frames timed with the variant's encoding; peak GPU memory.
+Seconds per forward = steady step time / passes per step (2 with CFG). Determinism: the first
+size's short run is repeated, and its final latent and mp4 bytes must be equal.
+
+    PYTHONPATH=src python3 bench/perf_pipeline.py --out $OUT/perf_pipeline.json
+    PYTHONPATH=src python3 bench/perf_pipeline.py --smoke --out /tmp/perf_pipeline.json   # CPU, tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from common import device_info, write_result
+from ditproof.generation.generate import generate
+from ditproof.models.registry import load_model
+from ditproof.pricing.cost import expert_steps
+from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.request import GenerationRequest
+from ditproof.video import encode_video
+
+PROMPT = "a red circle moves left on a blue background"
+SEED = 1234
+VARIANTS: dict[str, dict[str, Any]] = {
+    "diffusers-defaults": {"attention_backend": "sdpa"},
+    "ditproof-best": {
+        "attention_backend": "sdpa-cudnn",
+        "fuse_projections": True,
+        "compile": "regional",
+        "encoding": {"threads": 8},
+    },
+}
+"""Overrides of the base options per variant (``encoding`` fields update the pinned encoding)."""
+
+
+def base_options(device: str) -> RuntimeOptions:
+    """The A14B settings of the GPU benches: bf16 everywhere, the 11 GB text encoder offloaded."""
+    if device == "cpu":
+        return RuntimeOptions()
+    return RuntimeOptions(
+        device=device, dtype="bfloat16", vae_dtype="bfloat16", text_encoder_dtype="bfloat16", offload_text_encoder=True
+    )
+
+
+def variant_options(base: RuntimeOptions, overrides: dict[str, Any], device: str) -> RuntimeOptions:
+    """``base`` with a variant's overrides (flash/cuDNN kernels need CUDA: the CPU smoke keeps sdpa)."""
+    update = dict(overrides)
+    if "encoding" in update:
+        update["encoding"] = base.encoding.model_copy(update=update["encoding"])
+    if device == "cpu":
+        update["attention_backend"] = "sdpa"
+    return base.model_copy(update=update)
+
+
+def _request(size: str, steps: int) -> GenerationRequest:
+    width, height, frames = (int(v) for v in size.split("x"))
+    return GenerationRequest(prompt=PROMPT, width=width, height=height, num_frames=frames, num_inference_steps=steps)
+
+
+def _run(model: Any, options: RuntimeOptions, request: GenerationRequest) -> tuple[Any, list[float], float, bytes]:
+    """One generation and its encode: (result, seconds per step, encode seconds, mp4 bytes)."""
+    marks: list[float] = []
+    result = generate(request, SEED, model, options, on_step=lambda done, total: marks.append(time.perf_counter()))
+    denoise = result.timings["high_noise_s"] + result.timings["low_noise_s"]
+    later = [b - a for a, b in itertools.pairwise(marks)]
+    began = time.perf_counter()
+    video = encode_video(result.frames, request.fps, options.encoding)
+    return result, [denoise - sum(later), *later], time.perf_counter() - began, video
+
+
+def measure(model: Any, options: RuntimeOptions, size: str, steps: int, target: int) -> dict[str, Any]:
+    """Times ``steps`` steps at ``size`` and scales them to ``target`` steps (see the module docstring)."""
+    request = _request(size, steps)
+    cuda = options.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    result, step_s, encode_s, video = _run(model, options, request)
+    high, low = expert_steps(steps, request.boundary_ratio, request.flow_shift)
+    kinds = ["high"] * high + ["low"] * low
+    steady: dict[str, float] = {}
+    for kind, other in (("high", "low"), ("low", "high")):
+        own = [t for i, (t, k) in enumerate(zip(step_s, kinds, strict=True)) if k == kind and i > 0]
+        theirs = [t for i, (t, k) in enumerate(zip(step_s, kinds, strict=True)) if k == other and i > 0]
+        steady[kind] = statistics.median(own or theirs)  # same expert shape: the other's rate if none
+    high_t, low_t = expert_steps(target, request.boundary_ratio, request.flow_shift)
+    denoise = sum(step_s) + steady["high"] * (high_t - high) + steady["low"] * (low_t - low)
+    text_s, vae_s = result.timings["text_encode_s"], result.timings["vae_decode_s"]
+    passes = 2 if request.guidance_scale > 1 else 1
+    return {
+        "size": size,
+        "steps": steps,
+        "step_s": step_s,
+        "forward_s": {k: v / passes for k, v in steady.items()},
+        "text_encode_s": text_s,
+        "vae_decode_s": vae_s,
+        "encode_s": encode_s,
+        "target_steps": target,
+        "denoise_target_s": denoise,
+        "whole_target_s": text_s + denoise + vae_s + encode_s,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "final_latent": result.capture.latents["final"][1],
+        "video": video,
+    }
+
+
+def run_variant(
+    preset: str, name: str, options: RuntimeOptions, runs: list[tuple[str, int]], target: int
+) -> dict[str, Any]:
+    """Builds ``preset`` with ``options``, warms up, measures every run, repeats the first."""
+    began = time.perf_counter()
+    model = load_model(preset, options)
+    build_s = time.perf_counter() - began
+    began = time.perf_counter()
+    for size, _ in runs:  # compilation and kernel selection for each shape, untimed
+        generate(_request(size, 1), SEED, model, options)
+    warmup_s = time.perf_counter() - began
+    measured = [measure(model, options, size, steps, target) for size, steps in runs]
+    again = measure(model, options, *runs[0], target)
+    first = measured[0]
+    deterministic = {
+        "final_latent_equal": bool(first["final_latent"].equal(again["final_latent"])),
+        "video_equal": first["video"] == again["video"],
+    }
+    del model
+    if options.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    for row in measured:
+        del row["final_latent"], row["video"]
+    return {
+        "variant": name,
+        "options": options.model_dump(mode="json"),
+        "build_s": build_s,
+        "warmup_s": warmup_s,
+        "runs": measured,
+        "repeat_of_first_run": deterministic,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--runs", default="832x480x81:4,1280x720x81:3", help="SIZE:STEPS,...")
+    parser.add_argument("--target-steps", type=int, default=40)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, tiny sizes")
+    args = parser.parse_args()
+    preset = "wan-a14b-shape"
+    if args.smoke:
+        preset, args.device, args.runs = "wan-tiny-random", "cpu", "64x48x5:3,96x64x9:2"
+    runs = [(size, int(steps)) for size, steps in (item.split(":") for item in args.runs.split(","))]
+    base = base_options(args.device)
+    results = []
+    for name in args.variants.split(","):
+        options = variant_options(base, VARIANTS[name], args.device)
+        print(f"{name}: {options.attention_backend} fused={options.fuse_projections} compile={options.compile}")
+        results.append(run_variant(preset, name, options, runs, args.target_steps))
+    write_result(args.out, {"bench": "perf_pipeline", "device": device_info(), "preset": preset, "variants": results})
+    print(
+        f"{'variant':<20} {'size':>12} {'s/forward':>10} {'text':>6} {'VAE':>6} {'encode':>7} {'video s':>8} {'GiB':>6}"
+    )
+    for variant in results:
+        for row in variant["runs"]:
+            forward = statistics.mean(row["forward_s"].values())
+            peak = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
+            print(
+                f"{variant['variant']:<20} {row['size']:>12} {forward:>10.3f} {row['text_encode_s']:>6.1f} "
+                f"{row['vae_decode_s']:>6.1f} {row['encode_s']:>7.1f} {row['whole_target_s']:>8.1f} {peak:>6}"
+            )
+        print(f"{'':<20} repeat of the first run: {variant['repeat_of_first_run']}")
+
+
+if __name__ == "__main__":
+    main()
