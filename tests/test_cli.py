@@ -121,3 +121,18 @@ def test_validate_refuses_a_broken_record(tmp_path):
     broken.write_text('{"schema_version": "ditproof.record/1"}')
     result = ditproof("validate", "--record", str(broken))
     assert result.returncode == 2 and "not a valid ditproof.record/1 record" in result.stderr
+
+
+def test_validate_against_the_clients_request_file(generated, tmp_path):
+    out, _ = generated
+    record = json.loads((out / "record.json").read_text())
+    client = dict(record["request"])
+    (tmp_path / "same.json").write_text(json.dumps(client))
+    ok = ditproof("validate", "--record", str(out / "record.json"), "--request", str(tmp_path / "same.json"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (tmp_path / "other.json").write_text(json.dumps({**client, "guidance_scale": 5.0}))
+    other = ditproof("validate", "--record", str(out / "record.json"), "--request", str(tmp_path / "other.json"))
+    assert other.returncode == 1 and "guidance_scale: record 4.0, client 5.0" in other.stdout
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    bad = ditproof("validate", "--record", str(out / "record.json"), "--request", str(tmp_path / "bad.json"))
+    assert bad.returncode == 2 and "allowed: a JSON object" in bad.stderr and "Traceback" not in bad.stderr

@@ -64,3 +64,14 @@ def test_other_runtime_class_delegates(executed, validator_model):
     assert verdict.decision == "delegate"
     assert verdict.required_runtime_class == forged.runtime_class
     assert verdict.validator_runtime_class == record.runtime_class
+
+
+def test_record_must_carry_the_clients_request(executed, validator_model):
+    # An executor that records a cheaper request than the client's is caught before regenerating.
+    record, out = executed
+    same = validate(record, out / "video.mp4", validator_model, expected_request=record.request)
+    assert same.decision == "valid" and [c.name for c in same.checks][:2] == ["request", "integrity"]
+    asked = record.request.model_copy(update={"num_inference_steps": 6})
+    verdict = validate(record, out / "video.mp4", validator_model, expected_request=asked)
+    assert verdict.decision == "invalid" and verdict.first_failing_check == "request"
+    assert "num_inference_steps: record 5, client 6" in verdict.reason

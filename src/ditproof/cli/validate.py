@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from ditproof.cli.common import EXIT_FAILURE, out, quiet_libraries, reported
+from ditproof.protocol.request import GenerationRequest
 from ditproof.protocol.verdict import Verdict
 
 VERDICT_EXIT = {"valid": 0, "invalid": 1, "error": 3, "delegate": 4}
@@ -90,6 +91,11 @@ def validate_command(
         help="full: regenerate the whole video; checkpoints: re-run every segment between the executor's "
         "checkpoints; spot-check: re-run --spot-segments of them, chosen with --validator-entropy.",
     ),
+    request_path: Path | None = typer.Option(
+        None,
+        "--request",
+        help="The request the client made (JSON, as sent or as on chain); the record's copy must equal it.",
+    ),
     spot_segments: int = typer.Option(1, "--spot-segments", help="Segments a spot check re-runs."),
     validator_entropy: str | None = typer.Option(
         None,
@@ -129,6 +135,7 @@ def validate_command(
         for name in metric:
             metric_spec(name)
         record = InferenceRecord.load(record_path)
+        expected = load_request_file(request_path) if request_path else None
         policy = ThresholdPolicy.from_cli(thresholds_path, threshold)
         comparison = ComparisonOptions(metrics=tuple(metric), device=metrics_device)
         registry = ValidatorRegistry.load(validators_path) if validators_path else None
@@ -156,6 +163,7 @@ def validate_command(
                 validators=registry,
                 options=own,
                 artifacts_dir=folder,
+                expected_request=expected,
             )
         else:
             run = validate_checkpoints if mode == "checkpoints" else validate
@@ -169,12 +177,35 @@ def validate_command(
                 validators=registry,
                 options=own,
                 artifacts_dir=folder,
+                expected_request=expected,
             )
         print_verdict(verdict)
         if verdict_path:
             verdict.save(str(verdict_path))
         if verdict.decision != "valid":
             raise typer.Exit(VERDICT_EXIT[verdict.decision])
+
+
+def load_request_file(path: Path) -> GenerationRequest:
+    """The client's request from a JSON file (the same fields and checks as ``ditproof generate``).
+
+    Raises:
+        InvalidInputError: unreadable, not a JSON object, or an invalid request.
+    """
+    import json
+
+    from ditproof.errors import InvalidInputError
+    from ditproof.protocol.request import parse_request
+
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidInputError(f"request {path}: cannot be read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise InvalidInputError(f"request {path}: not JSON ({exc}); allowed: a JSON object of request fields") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"request {path}: got a JSON {type(data).__name__}; allowed: a JSON object")
+    return parse_request(data)
 
 
 def demo_command(

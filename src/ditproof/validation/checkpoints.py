@@ -38,6 +38,7 @@ from ditproof.metrics.registry import METRICS
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions
 from ditproof.protocol.record import InferenceRecord
+from ditproof.protocol.request import GenerationRequest
 from ditproof.protocol.verdict import SegmentCheck, SpotCheckChoice, Verdict
 from ditproof.randomness import SPOT_CHECK_DERIVATION, check_entropy, spot_check_segments
 from ditproof.validation.compare import ComparisonOptions, compare
@@ -117,6 +118,7 @@ def validate_checkpoints(
     validators: ValidatorRegistry | None = None,
     options: RuntimeOptions | None = None,
     artifacts_dir: str | Path | None = None,
+    expected_request: GenerationRequest | None = None,
 ) -> Verdict:
     """Validates by re-running every segment between the executor's checkpoints (module docstring).
 
@@ -124,7 +126,16 @@ def validate_checkpoints(
     record's checkpoints name (default: the video's folder when ``video`` is a path). The policy's
     ``latent_rel_l2_segment`` threshold decides segments that do not match bit for bit.
     """
-    pre = preflight(record, video, model, device, validators=validators, options=options, artifacts_dir=artifacts_dir)
+    pre = preflight(
+        record,
+        video,
+        model,
+        device,
+        validators=validators,
+        options=options,
+        artifacts_dir=artifacts_dir,
+        expected_request=expected_request,
+    )
     if isinstance(pre, Verdict):
         return pre
     return _validate_segments(record, model, pre, policy, comparison, "checkpoints", None)
@@ -143,6 +154,7 @@ def validate_spot_check(
     validators: ValidatorRegistry | None = None,
     options: RuntimeOptions | None = None,
     artifacts_dir: str | Path | None = None,
+    expected_request: GenerationRequest | None = None,
 ) -> Verdict:
     """Validates by re-running ``k`` segments chosen with the validator's entropy (module docstring).
 
@@ -156,7 +168,16 @@ def validate_spot_check(
         InvalidInputError: malformed entropy or ``k`` out of range (for a well-formed record).
     """
     entropy = check_entropy(validator_entropy) if validator_entropy is not None else secrets.token_hex(32)
-    pre = preflight(record, video, model, device, validators=validators, options=options, artifacts_dir=artifacts_dir)
+    pre = preflight(
+        record,
+        video,
+        model,
+        device,
+        validators=validators,
+        options=options,
+        artifacts_dir=artifacts_dir,
+        expected_request=expected_request,
+    )
     if isinstance(pre, Verdict):
         return pre
     return _validate_segments(record, model, pre, policy, comparison, "spot-check", (entropy, k))

@@ -30,6 +30,7 @@ from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions
 from ditproof.protocol.record import InferenceRecord
+from ditproof.protocol.request import GenerationRequest
 from ditproof.protocol.verdict import CheckResult, Verdict
 from ditproof.randomness import derive_seed, initial_noise
 from ditproof.validation.compare import ComparisonOptions, compare
@@ -144,6 +145,12 @@ class Preflight:
     artifacts_dir: Path | None
 
 
+def request_differences(recorded: GenerationRequest, expected: GenerationRequest) -> list[str]:
+    """Every field where the record's request differs from the client's, as ``field: record X, client Y``."""
+    ours, theirs = recorded.model_dump(mode="json"), expected.model_dump(mode="json")
+    return [f"{key}: record {ours[key]!r}, client {theirs[key]!r}" for key in ours if ours[key] != theirs.get(key)]
+
+
 def preflight(
     record: InferenceRecord,
     video: bytes | str | Path,
@@ -153,10 +160,16 @@ def preflight(
     validators: ValidatorRegistry | None = None,
     options: RuntimeOptions | None = None,
     artifacts_dir: str | Path | None = None,
+    expected_request: GenerationRequest | None = None,
 ) -> Preflight | Verdict:
     """Steps 1–3 (integrity, record, runtime class): a verdict when one of them decides, else what
     the next steps need. Arguments as for :func:`validate`."""
     checks = _Checks(record)
+    if expected_request is not None:
+        differences = request_differences(record.request, expected_request)
+        detail = "; ".join(differences) if differences else "the record's request is the client's"
+        if not checks.add("request", not differences, detail):
+            return checks.verdict("invalid", f"the record's request is not the one the client made ({detail})")
     if isinstance(video, str | Path):
         try:
             data = Path(video).read_bytes()
@@ -219,6 +232,7 @@ def validate(
     validators: ValidatorRegistry | None = None,
     options: RuntimeOptions | None = None,
     artifacts_dir: str | Path | None = None,
+    expected_request: GenerationRequest | None = None,
 ) -> Verdict:
     """Validates ``video`` against ``record`` by regenerating it with ``model``.
 
@@ -233,11 +247,23 @@ def validate(
         options: this validator's runtime options (see :data:`REGENERATION_OPTION_FIELDS`).
         artifacts_dir: the folder holding the record's latent files (default: the video's folder
             when ``video`` is a path); the final latent there feeds the latent metrics.
+        expected_request: the request the client made (as on chain); the record's copy must
+            equal it, or an executor could record, say, 39 steps for a 40-step request and be
+            checked against its own cheaper request.
 
     Returns:
         The verdict; ``delegate`` when this validator's runtime class differs from the record's.
     """
-    pre = preflight(record, video, model, device, validators=validators, options=options, artifacts_dir=artifacts_dir)
+    pre = preflight(
+        record,
+        video,
+        model,
+        device,
+        validators=validators,
+        options=options,
+        artifacts_dir=artifacts_dir,
+        expected_request=expected_request,
+    )
     if isinstance(pre, Verdict):
         return pre
     checks, data, options, local_class = pre.checks, pre.data, pre.options, pre.local_class
