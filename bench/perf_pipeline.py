@@ -16,7 +16,6 @@ size's short run is repeated, and its final latent and mp4 bytes must be equal.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import statistics
 import sys
@@ -32,13 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from common import device_info, write_result
 from ditproof.generation.generate import generate
 from ditproof.models.registry import load_model
-from ditproof.pricing.cost import expert_steps
 from ditproof.protocol.options import RuntimeOptions
-from ditproof.protocol.request import GenerationRequest
 from ditproof.video import encode_video
+from step_timing import SEED, scale_to_steps, short_request, timed_generation
 
-PROMPT = "a red circle moves left on a blue background"
-SEED = 1234
 VARIANTS: dict[str, dict[str, Any]] = {
     "diffusers-defaults": {"attention_backend": "sdpa"},
     "ditproof-best": {
@@ -70,38 +66,18 @@ def variant_options(base: RuntimeOptions, overrides: dict[str, Any], device: str
     return base.model_copy(update=update)
 
 
-def _request(size: str, steps: int) -> GenerationRequest:
-    width, height, frames = (int(v) for v in size.split("x"))
-    return GenerationRequest(prompt=PROMPT, width=width, height=height, num_frames=frames, num_inference_steps=steps)
-
-
-def _run(model: Any, options: RuntimeOptions, request: GenerationRequest) -> tuple[Any, list[float], float, bytes]:
-    """One generation and its encode: (result, seconds per step, encode seconds, mp4 bytes)."""
-    marks: list[float] = []
-    result = generate(request, SEED, model, options, on_step=lambda done, total: marks.append(time.perf_counter()))
-    denoise = result.timings["high_noise_s"] + result.timings["low_noise_s"]
-    later = [b - a for a, b in itertools.pairwise(marks)]
-    began = time.perf_counter()
-    video = encode_video(result.frames, request.fps, options.encoding)
-    return result, [denoise - sum(later), *later], time.perf_counter() - began, video
-
-
 def measure(model: Any, options: RuntimeOptions, size: str, steps: int, target: int) -> dict[str, Any]:
     """Times ``steps`` steps at ``size`` and scales them to ``target`` steps (see the module docstring)."""
-    request = _request(size, steps)
+    request = short_request(size, steps)
     cuda = options.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    result, step_s, encode_s, video = _run(model, options, request)
-    high, low = expert_steps(steps, request.boundary_ratio, request.flow_shift)
-    kinds = ["high"] * high + ["low"] * low
-    steady: dict[str, float] = {}
-    for kind, other in (("high", "low"), ("low", "high")):
-        own = [t for i, (t, k) in enumerate(zip(step_s, kinds, strict=True)) if k == kind and i > 0]
-        theirs = [t for i, (t, k) in enumerate(zip(step_s, kinds, strict=True)) if k == other and i > 0]
-        steady[kind] = statistics.median(own or theirs)  # same expert shape: the other's rate if none
-    high_t, low_t = expert_steps(target, request.boundary_ratio, request.flow_shift)
-    denoise = sum(step_s) + steady["high"] * (high_t - high) + steady["low"] * (low_t - low)
+    result, step_s = timed_generation(model, options, request)
+    began = time.perf_counter()
+    video = encode_video(result.frames, request.fps, options.encoding)
+    encode_s = time.perf_counter() - began
+    scaled = scale_to_steps(step_s, request, target)
+    steady, denoise = scaled.steady_step_s, scaled.denoise_target_s
     text_s, vae_s = result.timings["text_encode_s"], result.timings["vae_decode_s"]
     passes = 2 if request.guidance_scale > 1 else 1
     return {
@@ -130,7 +106,7 @@ def run_variant(
     build_s = time.perf_counter() - began
     began = time.perf_counter()
     for size, _ in runs:  # compilation and kernel selection for each shape, untimed
-        generate(_request(size, 1), SEED, model, options)
+        generate(short_request(size, 1), SEED, model, options)
     warmup_s = time.perf_counter() - began
     measured = [measure(model, options, size, steps, target) for size, steps in runs]
     again = measure(model, options, *runs[0], target)

@@ -18,7 +18,6 @@ added to both sides for the whole-generation comparison.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import statistics
@@ -33,36 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common import device_info, write_result
-from ditproof.generation.generate import generate
 from ditproof.models.registry import load_model
 from ditproof.pricing.calibrate import calibrate, hardware
 from ditproof.pricing.coefficients import load_coefficients
-from ditproof.pricing.cost import expert_steps, quote
+from ditproof.pricing.cost import quote
 from ditproof.protocol.options import RuntimeOptions
 from ditproof.protocol.pricing import CoefficientEntry, CoefficientsFile
-from ditproof.protocol.request import GenerationRequest
-
-PROMPT = "a red circle moves left on a blue background"
-SEED = 1234
+from step_timing import scale_to_steps, short_request, timed_generation
 
 
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def _request(size: str, steps: int) -> GenerationRequest:
-    width, height, frames = (int(v) for v in size.split("x"))
-    return GenerationRequest(prompt=PROMPT, width=width, height=height, num_frames=frames, num_inference_steps=steps)
-
-
-def run_one(model: Any, options: RuntimeOptions, request: GenerationRequest) -> tuple[Any, list[float]]:
-    """One generation; returns the result and each step's seconds."""
-    marks: list[float] = []
-    result = generate(request, SEED, model, options, on_step=lambda done, total: marks.append(time.perf_counter()))
-    denoise = result.timings["high_noise_s"] + result.timings["low_noise_s"]
-    later = [b - a for a, b in itertools.pairwise(marks)]
-    return result, [denoise - sum(later), *later]
 
 
 def measure(
@@ -72,28 +53,17 @@ def measure(
 
     ``data`` holds the one coefficient entry to quote with.
     """
-    request = _request(size, steps)
+    request = short_request(size, steps)
     if options.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    result, step_s = run_one(model, options, request)
-    high, low = expert_steps(steps, request.boundary_ratio, request.flow_shift)
+    result, step_s = timed_generation(model, options, request)
+    scaled = scale_to_steps(step_s, request, target)
+    high, low = scaled.expert_steps_short
     assert (high, low) == (result.steps["high_noise_steps"], result.steps["low_noise_steps"])
-    kinds = ["high"] * high + ["low"] * low
-    steady = {
-        k: [t for i, (t, kk) in enumerate(zip(step_s, kinds, strict=True)) if kk == k and i > 0]
-        for k in ("high", "low")
-    }
-    rate: dict[str, float] = {}
-    borrowed = []
-    for kind, other in (("high", "low"), ("low", "high")):
-        values = steady[kind] or steady[other]
-        if not steady[kind]:
-            borrowed.append(kind)  # same shape as the other expert in this model: use its step time
-        rate[kind] = statistics.median(values)
+    high_t, low_t = scaled.expert_steps_target
+    rate, borrowed = scaled.steady_step_s, scaled.borrowed
+    measured_short, measured_target = scaled.denoise_short_s, scaled.denoise_target_s
     big = request.model_copy(update={"num_inference_steps": target})
-    high_t, low_t = expert_steps(target, big.boundary_ratio, big.flow_shift)
-    measured_short = sum(step_s)
-    measured_target = measured_short + rate["high"] * (high_t - high) + rate["low"] * (low_t - low)
     quote_short = quote(request, model.preset, coefficients=data)
     quote_target = quote(big, model.preset, coefficients=data)
     text_s, vae_s = result.timings["text_encode_s"], result.timings["vae_decode_s"]
@@ -165,7 +135,7 @@ def main() -> None:
     build_s = time.perf_counter() - begin
     print(f"built {preset} in {build_s:.1f} s", flush=True)
     begin = time.perf_counter()
-    run_one(model, options, _request(warm, 1))
+    timed_generation(model, options, short_request(warm, 1))
     warmup_s = time.perf_counter() - begin
 
     runs = []
