@@ -203,6 +203,37 @@ def test_torchrun_group_runs_past_a_failing_job(tmp_path: Path) -> None:
     assert failure["attempt"] == 2 and "tokens" in failure["message"]
 
 
+def test_a_multi_gpu_group_splits_over_side_by_side_launches(tmp_path: Path) -> None:
+    # Two torchrun launches at once (what a four-GPU host does with cp2: one per pair of GPUs),
+    # here two gloo pairs on the CPU: every job done once, each by one launch.
+    store = make_store(tmp_path, "side", max_prompts=2)
+    summary = run_local(store, workers=0, configurations=["tp2"], parallel_launches=2)
+    assert summary.executed == 2 and summary.failed == []
+    jobs = [job for job in load_plan(Store(store)) if job.configuration == "tp2"]
+    results = [read_result(Store(store), job.job_id) for job in jobs]
+    assert all(r is not None and r.attempt == 1 for r in results)
+    again = run_local(store, workers=0, configurations=["tp2"], parallel_launches=2)
+    assert again.executed == 0 and again.already_done == 2
+
+
+def test_launch_slots_on_a_cpu_host() -> None:
+    from ditproof.experiment.runners.local import launch_slots
+
+    assert launch_slots(2) == [None]  # one launch at a time unless asked
+    assert launch_slots(2, parallel_launches=3) == [None, None, None]
+
+
+def test_gpu_sets_are_disjoint_slices_of_the_visible_gpus() -> None:
+    from ditproof.experiment.runners.local import gpu_sets
+
+    four = ["0", "1", "2", "3"]
+    assert gpu_sets(four, 2) == ["0,1", "2,3"]
+    assert gpu_sets(four, 4) == ["0,1,2,3"]
+    assert gpu_sets(four, 3) == ["0,1,2"]
+    assert gpu_sets(four, 2, cap=1) == ["0,1"]
+    assert gpu_sets(["4", "6"], 2) == ["4,6"]  # ids as CUDA_VISIBLE_DEVICES names them
+
+
 @pytest.mark.slow
 def test_kill_and_resume_loses_nothing_and_redoes_nothing(tmp_path: Path) -> None:
     store = make_store(tmp_path, "kill", max_prompts=1)

@@ -134,6 +134,12 @@ def run_command(
         None, help="I/N: run only the jobs of prompts in shard I of N (split across hosts; a prompt stays on one)."
     ),
     workers_per_gpu: int = typer.Option(1, min=1, help="Local runner: worker processes per GPU (small models)."),
+    parallel_launches: int | None = typer.Option(
+        None,
+        min=1,
+        help="Local runner: torchrun launches of a multi-GPU group side by side (default: as many disjoint GPU sets "
+        "as the host has; 1 on a CPU).",
+    ),
 ) -> None:
     """Runs the plan's pending jobs (resumable: finished jobs are skipped, failed ones retried)."""
     with reported():
@@ -158,7 +164,7 @@ def run_command(
             else:
                 from ditproof.experiment.runners.local import run_local
 
-                summary = run_local(store, workers, retries, names, parts, progress, workers_per_gpu)
+                summary = run_local(store, workers, retries, names, parts, progress, workers_per_gpu, parallel_launches)
         reasons: dict[str, int] = {}
         for reason in summary.skipped.values():
             reasons[reason] = reasons.get(reason, 0) + 1

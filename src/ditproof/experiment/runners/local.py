@@ -9,6 +9,9 @@
   runs over gloo) run after the others, one group of jobs sharing weights and layout per launch
   of ``torchrun --standalone --nproc-per-node W -m ditproof.experiment.runners.torchrun_job
   --store URL --job ID ...`` (one process per GPU, as the generation code's parallel modes need).
+  A host with at least 2·W GPUs splits the group over disjoint sets of W GPUs
+  (``CUDA_VISIBLE_DEVICES``) and runs the launches side by side: ``cp2`` on four GPUs is two
+  launches at once.
 
 A job that raises is recorded in its ``failure.json`` and retried up to ``retries`` more times,
 then reported as failed; a worker process that dies takes its job down with it the same way and
@@ -23,6 +26,7 @@ import queue
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ditproof.experiment.jobs import load_plan, read_failure, read_result
@@ -99,6 +103,7 @@ def run_local(
     shard: tuple[int, int] | None = None,
     progress: ProgressCallback | None = None,
     workers_per_gpu: int = 1,
+    parallel_launches: int | None = None,
 ) -> RunSummary:
     """Runs every pending job of the store's plan that this machine can run.
 
@@ -110,6 +115,8 @@ def run_local(
         shard: ``(i, n)``: only the jobs of prompts in shard i of n (see ``prompt_shard``).
         progress: called after each event.
         workers_per_gpu: worker processes sharing each GPU (for small models).
+        parallel_launches: torchrun launches of a multi-GPU group side by side (default: as many
+            disjoint GPU sets of the group's size as this host has, 1 on a CPU).
     """
     started = time.perf_counter()
     store = Store(store_url)
@@ -133,16 +140,22 @@ def run_local(
     elif selection.todo:
         executed, failed = _run_pool(store_url, selection.todo, devices, run_id, threads, retries, report)
     for group in _launch_groups(selection.multi_gpu):
-        t0 = time.perf_counter()
-        done = _run_torchrun(store, store_url, group, run_id, retries)
-        seconds = (time.perf_counter() - t0) / len(group)
-        for job in group:
-            if job.job_id in done:
-                executed += 1
-                report(Event("done", job.job_id, job.configuration, "", seconds), executed + len(failed))
-            else:
-                failed.append(job.job_id)
-                report(Event("gave-up", job.job_id, job.configuration, ""), executed + len(failed))
+        slots = launch_slots(group[0].world_size, parallel_launches)
+        chunks = [group[i :: len(slots)] for i in range(len(slots)) if group[i :: len(slots)]]
+        with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
+            futures = [
+                pool.submit(_timed_torchrun, store, store_url, chunk, run_id, retries, slot)
+                for chunk, slot in zip(chunks, slots, strict=False)
+            ]
+            for chunk, future in zip(chunks, futures, strict=True):
+                done, seconds = future.result()
+                for job in chunk:
+                    if job.job_id in done:
+                        executed += 1
+                        report(Event("done", job.job_id, job.configuration, "", seconds), executed + len(failed))
+                    else:
+                        failed.append(job.job_id)
+                        report(Event("gave-up", job.job_id, job.configuration, ""), executed + len(failed))
     return finish_run(store, jobs, selection, "local", run_id, executed, failed, started)
 
 
@@ -284,7 +297,41 @@ def _launch_groups(jobs: list[Job]) -> list[list[Job]]:
     return list(groups.values())
 
 
-def _run_torchrun(store: Store, store_url: str, jobs: list[Job], run_id: str, retries: int) -> set[str]:
+def launch_slots(world_size: int, parallel_launches: int | None = None) -> list[str | None]:
+    """The GPU sets that torchrun launches of ``world_size`` processes run on side by side.
+
+    Each entry is a ``CUDA_VISIBLE_DEVICES`` value (a disjoint slice of the GPUs this process sees),
+    or None on a CPU host (the launch inherits the environment). ``parallel_launches`` caps the
+    count on GPUs and sets it on a CPU.
+    """
+    env = detect_environment()
+    if not env.cuda:
+        return [None] * max(1, parallel_launches or 1)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(i) for i in range(env.gpu_count)]
+    return list(gpu_sets(ids[: env.gpu_count], world_size, parallel_launches))
+
+
+def gpu_sets(ids: list[str], world_size: int, cap: int | None = None) -> list[str]:
+    """Disjoint ``CUDA_VISIBLE_DEVICES`` values of ``world_size`` GPUs each, at most ``cap`` of them."""
+    count = max(1, len(ids) // world_size)
+    if cap is not None:
+        count = max(1, min(count, cap))
+    return [",".join(ids[i * world_size : (i + 1) * world_size]) for i in range(count)]
+
+
+def _timed_torchrun(
+    store: Store, store_url: str, jobs: list[Job], run_id: str, retries: int, gpus: str | None
+) -> tuple[set[str], float]:
+    """``_run_torchrun`` on one GPU set; returns the finished ids and the seconds per job."""
+    t0 = time.perf_counter()
+    done = _run_torchrun(store, store_url, jobs, run_id, retries, gpus)
+    return done, (time.perf_counter() - t0) / len(jobs)
+
+
+def _run_torchrun(
+    store: Store, store_url: str, jobs: list[Job], run_id: str, retries: int, gpus: str | None = None
+) -> set[str]:
     """Runs a group of multi-GPU jobs under torchrun; returns the ids of those that finished.
 
     A launch stops at its first failing job (the ranks must stay in step); the jobs not done are
@@ -305,8 +352,9 @@ def _run_torchrun(store: Store, store_url: str, jobs: list[Job], run_id: str, re
                 write_failure(store, job, failures[job.job_id] + 1, "GroupGivenUp", detail, "torchrun", run_id)
             return done
         attempt = 1 + max(failures[j.job_id] for j in pending)
+        env = None if gpus is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpus}
         completed = subprocess.run(
-            torchrun_command(store_url, pending, run_id, attempt), capture_output=True, text=True, check=False
+            torchrun_command(store_url, pending, run_id, attempt), capture_output=True, text=True, check=False, env=env
         )
         finished = {j.job_id for j in pending if read_result(store, j.job_id) is not None}
         done |= finished
@@ -338,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retries", type=int, default=1)
     parser.add_argument("--configurations", default=None, help="comma-separated")
     parser.add_argument("--shard", default=None, help="I/N")
+    parser.add_argument(
+        "--parallel-launches", type=int, default=None, help="multi-GPU launches side by side (default: fill the GPUs)"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
@@ -352,7 +403,14 @@ def main(argv: list[str] | None = None) -> int:
 
     names = args.configurations.split(",") if args.configurations else None
     summary = run_local(
-        args.store, args.workers, args.retries, names, parse_shard(args.shard), progress, args.workers_per_gpu
+        args.store,
+        args.workers,
+        args.retries,
+        names,
+        parse_shard(args.shard),
+        progress,
+        args.workers_per_gpu,
+        args.parallel_launches,
     )
     print(summary.model_dump_json(indent=1))
     return 1 if summary.failed else 0
