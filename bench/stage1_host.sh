@@ -2,7 +2,7 @@
 # One host's part of a Stage 1 run whose store cannot be shared (a lent GPU host that sends back
 # at most a few files): plan, run the selected configurations, score, and pack what the merge needs.
 #
-#   bench/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
+#   [STORE=DIR] [SIDE_BY_SIDE=N] bench/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
 #
 # CONFIGURATIONS: comma-separated, or "all"; PACK: which jobs' videos and final latents (besides
 # the thin store) go into OUT/parts/ as 15 MB parts: "references", "all" or "none" (with the
@@ -18,11 +18,22 @@ python3 -m ditproof.experiment.plan "$config" --store "$store"
 select=()
 [ "$configurations" != all ] && select=(--configurations "$configurations")
 started=$(date +%s)
-timeout "$seconds" python3 -m ditproof.experiment.runners.local --store "$store" --workers-per-gpu "$per_gpu" \
-  "${select[@]}" > "$out/run.log" 2>&1 || echo "runner stopped: exit $? after $(( $(date +%s) - started )) s"
+# SIDE_BY_SIDE=N: N runners at once, one per prompt shard, sharing the GPUs (small models leave a GPU
+# mostly idle; four tp4 launches on four GPUs then take about the time of one).
+side=${SIDE_BY_SIDE:-1}
+for i in $(seq 0 $(( side - 1 ))); do
+  shard=()
+  [ "$side" -gt 1 ] && shard=(--shard "$i/$side")
+  ( timeout "$seconds" python3 -m ditproof.experiment.runners.local --store "$store" --workers-per-gpu "$per_gpu" \
+      "${select[@]}" "${shard[@]}" > "$out/run.$i.log" 2>&1 \
+    || echo "runner $i stopped: exit $? after $(( $(date +%s) - started )) s" ) &
+done
+wait
+cat "$out"/run.*.log > "$out/run.log" && rm "$out"/run.*.log
+echo "runners took $(( $(date +%s) - started )) s"
 grep -v "^\[" "$out/run.log" | tail -n 25 || true
-grep -c " done " "$out/run.log" | sed 's/^/jobs done: /'
-python3 -m ditproof.experiment.score --store "$store" --device "$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')" | tail -n 2
+grep -c " done " "$out/run.log" | sed "s/^/jobs done: /" || true
+timeout "${SCORE_SECONDS:-900}" python3 -m ditproof.experiment.score --store "$store" --device "$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')" | tail -n 2 || echo "score stopped: exit $?"
 tar czf "$out/thin.tgz" --exclude='*.mp4' --exclude='*.safetensors' -C "$store" .
 if [ "$pack" != none ]; then
   python3 - "$store" "$pack" > /tmp/pack-list <<'PY'
