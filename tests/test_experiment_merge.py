@@ -75,10 +75,38 @@ def test_merge_reports_conflicts_and_refuses_another_plan(tmp_path: Path) -> Non
     assert read_result(Store(merged), reference.job_id) == read_result(Store(a), reference.job_id)
 
     other = make_store(tmp_path, "other", max_prompts=2)
-    with pytest.raises(InvalidInputError, match="another jobs.json"):
+    with pytest.raises(InvalidInputError, match="another plan"):
         merge_stores(merged, [other])
     with pytest.raises(InvalidInputError, match="no plan"):
         merge_stores(merged, [str(tmp_path / "nothing")])
+
+
+def test_a_plan_saved_before_an_option_existed_merges_with_the_same_plan_saved_now(tmp_path: Path) -> None:
+    # Session 2's GPU store was planned before `compile` and `fuse_projections` existed: its
+    # jobs.json and experiment.json lack them. A host planning the same experiment today writes
+    # them with their defaults; the job ids agree, so the stores must merge.
+    old = make_store(tmp_path, "old", max_prompts=1)
+    run_local(old, workers=0, configurations=["reference"])
+    store = Store(old)
+    for name in ("jobs.json", "experiment.json"):
+        data = store.read_json(name)
+        rows = data if isinstance(data, list) else data["configurations"]
+        for row in rows:
+            for field_name in ("compile", "fuse_projections"):
+                row["options"].pop(field_name)
+        store.write_json(name, data)
+    new = make_store(tmp_path, "new", max_prompts=1)
+    run_local(new, workers=0, configurations=["cfg-off"])
+    summary = merge_stores(old, [new])
+    assert summary.jobs_copied == 1 and summary.conflicts == []
+    assert all(field_name not in Store(old).read_bytes("jobs.json").decode() for field_name in ("fuse_projections",))
+
+    changed = make_store(tmp_path, "changed", max_prompts=1)
+    data = Store(changed).read_json("experiment.json")
+    data["configurations"][1]["options"]["fuse_projections"] = True  # a real difference stays one
+    Store(changed).write_json("experiment.json", data)
+    with pytest.raises(InvalidInputError, match="another plan"):
+        merge_stores(old, [changed])
 
 
 def test_shards_split_by_prompt_and_keep_a_prompts_jobs_together(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from ditproof.experiment.jobs import (
     PLAN_TABLE_FILE,
     SKIPPED_FILE,
     JobResult,
+    load_experiment_from_store,
     load_plan,
     read_result,
     refresh_manifest,
@@ -53,14 +54,18 @@ class MergeSummary:
 
 
 def _same_plan(dest: Store, source: Store) -> None:
-    for name in (PLAN_FILE, EXPERIMENT_FILE):
-        ours, theirs = dest.read_json(name), source.read_json(name)
-        if name == EXPERIMENT_FILE:  # where each host read the experiment file from may differ
-            ours, theirs = ({k: v for k, v in d.items() if k != "source"} for d in (ours, theirs))
-        if ours != theirs:
-            raise InvalidInputError(
-                f"merge: {source.url} has another {name} than {dest.url}; allowed: stores of the same plan"
-            )
+    # Compared as parsed models, not as bytes: a plan saved by an earlier version lacks option
+    # fields added since (with their defaults), and where each host read the experiment file
+    # from may differ.
+    same = [job.model_dump() for job in load_plan(dest)] == [job.model_dump() for job in load_plan(source)]
+    if same:
+        ours, theirs = (load_experiment_from_store(s).model_dump(exclude={"source"}) for s in (dest, source))
+        same = ours == theirs
+    if not same:
+        raise InvalidInputError(
+            f"merge: {source.url} has another plan ({PLAN_FILE}, {EXPERIMENT_FILE}) than {dest.url}; "
+            "allowed: stores of the same plan"
+        )
 
 
 def _job_files(store: Store, job_id: str) -> list[str]:
