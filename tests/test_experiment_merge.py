@@ -109,6 +109,28 @@ def test_a_plan_saved_before_an_option_existed_merges_with_the_same_plan_saved_n
         merge_stores(old, [changed])
 
 
+def test_a_stopped_scoring_run_keeps_what_it_scored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ditproof.experiment.score as score
+
+    store = make_store(tmp_path, "stopped", max_prompts=1)
+    run_local(store, workers=0, configurations=["reference", "cfg-batched", "steps-3", "cfg-off", "other-seed"])
+    monkeypatch.setattr(score, "SAVE_EVERY_S", 0.0)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(done: int, total: int) -> None:
+        if done == 2:
+            raise Stop  # as a host's time limit would, mid-run
+
+    with pytest.raises(Stop):
+        score_store(store, progress=stop_after_two)
+    assert Store(store).read_parquet(SCORES_FILE).num_rows == 2
+    table = score_store(store)
+    meta = Store(store).read_json(SCORES_META_FILE)
+    assert table.num_rows == 4 and meta["pairs_scored_now"] == 2
+
+
 def test_shards_split_by_prompt_and_keep_a_prompts_jobs_together(tmp_path: Path) -> None:
     from ditproof.experiment.runners.common import select_jobs
     from ditproof.experiment.runners.worker import Environment

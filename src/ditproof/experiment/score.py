@@ -22,6 +22,7 @@ the reason, in ``scores-meta.json`` (never silently). Scores are queryable with 
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,8 @@ from ditproof.protocol.record import InferenceRecord
 from ditproof.video import decode_video
 
 SCORES_FILE = "scores.parquet"
+SAVE_EVERY_S = 30.0
+"""Scores so far are written at least this often, so a stopped scoring run resumes where it was."""
 SCORES_META_FILE = "scores-meta.json"
 LATENT_KEYS = (score_key("latent_rel_l2", "value"), score_key("latent_cosine", "value"))
 
@@ -183,7 +186,9 @@ def score_store(
     Rows already in the store that were computed with the same metrics from the same results (their
     ``inputs_sha256``) are kept unless ``rescore``; the other pairs are scored, which needs their
     artifacts: pairs of a thin store (results without videos or latents) that have no valid row are
-    counted in ``scores-meta.json`` as ``pairs_without_artifacts``.
+    counted in ``scores-meta.json`` as ``pairs_without_artifacts``. Rows are written every
+    ``SAVE_EVERY_S`` seconds too: a scoring run that is stopped (a host's time limit) loses at most
+    that much work, and the next run goes on from there.
 
     Args:
         store_url: the experiment store.
@@ -217,7 +222,29 @@ def score_store(
         if not (_has_artifacts(store, results[job.job_id]) and _has_artifacts(store, results[job.reference_job_id]))  # type: ignore[arg-type]
     ]
     todo = [job for job in todo if job.job_id not in set(without_artifacts)]
+    jobs_without_reference = sum(
+        1 for j in jobs if not j.is_reference and results[j.job_id] and not results[j.reference_job_id]
+    )
+
+    def save(scored_now: int) -> pa.Table:
+        table = _write_scores(store, jobs, rows)
+        store.write_json(
+            SCORES_META_FILE,
+            {
+                "metrics": usable,
+                "skipped_metrics": skipped,
+                "metric_weights": weights,
+                "device": device,
+                "pairs": table.num_rows,
+                "pairs_scored_now": scored_now,
+                "pairs_without_artifacts": len(without_artifacts),
+                "jobs_without_reference": jobs_without_reference,
+            },
+        )
+        return table
+
     cache: dict[str, _Loaded] = {}
+    saved_at = time.monotonic()
     for index, job in enumerate(todo):
         result, reference = results[job.job_id], results[job.reference_job_id]
         assert result is not None and reference is not None
@@ -237,26 +264,13 @@ def score_store(
         }
         row.update(score_pair(cache[job.reference_job_id], loaded, usable, device))
         rows[job.job_id] = row
+        if time.monotonic() - saved_at >= SAVE_EVERY_S and index + 1 < len(todo):
+            save(index + 1)  # a scoring run that is stopped keeps what it scored
+            saved_at = time.monotonic()
         if progress is not None:
             progress(index + 1, len(todo))
     refresh_manifest(store, jobs)  # runs on GPU hosts without pyarrow leave it to this step
-    table = _write_scores(store, jobs, rows)
-    store.write_json(
-        SCORES_META_FILE,
-        {
-            "metrics": usable,
-            "skipped_metrics": skipped,
-            "metric_weights": weights,
-            "device": device,
-            "pairs": table.num_rows,
-            "pairs_scored_now": len(todo),
-            "pairs_without_artifacts": len(without_artifacts),
-            "jobs_without_reference": sum(
-                1 for j in jobs if not j.is_reference and results[j.job_id] and not results[j.reference_job_id]
-            ),
-        },
-    )
-    return table
+    return save(len(todo))
 
 
 def read_scores(store: Store) -> pa.Table:
