@@ -2,9 +2,13 @@
 
 Builds only the high-noise expert of ``wan-a14b-shape`` (exact shape, seeded random bf16 weights
 on the GPU), then times ``forward`` (CUDA events, warm-up, median of repeats) for each variant:
-attention backend (diffusers' dispatcher names), fused QKV projections, and regional
-``torch.compile`` of the repeated blocks. Also checks, per variant, that two forwards on the
-same inputs are bitwise identical (determinism of the kept options).
+attention backend (diffusers' dispatcher names), fused QKV projections, regional
+``torch.compile`` of the repeated blocks (``+compile``; ``+autotune`` compiles with
+``mode="max-autotune-no-cudagraphs"``), and a batch of two (``+cfg2``: CFG's two passes in one
+forward; seconds are per sample). Also checks, per variant, that two forwards on the same inputs
+are bitwise identical (determinism of the kept options). ``--profile VARIANT`` ends with one
+profiled forward of that variant (the last size) and records where its GPU time goes: matrix
+products, attention, the rest.
 
     PYTHONPATH=src python3 bench/perf_forward.py --out $OUT/perf_forward.json [--layers 40]
 """
@@ -77,6 +81,7 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="480p,720p")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--profile", default=None, help="a variant to profile once at the end (last size)")
     args = parser.parse_args()
     device = "cuda"
     config = dict(TINY_TRANSFORMER if args.smoke else A14B_TRANSFORMER, num_layers=args.layers)
@@ -102,11 +107,15 @@ def main() -> None:
                         if hasattr(module, "fuse_projections"):
                             module.fuse_projections()
                     fresh._ditproof_fused = True
-                if "compile" in flags and not getattr(fresh, "_ditproof_compiled", False):
-                    fresh.compile_repeated_blocks(fullgraph=True)
-                    fresh._ditproof_compiled = True
+                mode = "max-autotune-no-cudagraphs" if "autotune" in flags else "default"
+                if ("compile" in flags or "autotune" in flags) and getattr(fresh, "_ditproof_compiled", None) != mode:
+                    torch._dynamo.reset()
+                    fresh.compile_repeated_blocks(fullgraph=True, mode=mode)
+                    fresh._ditproof_compiled = mode
                 compile_start = time.perf_counter()
-                seconds, same = time_forward(fresh, batch, args.repeats)
+                samples = 2 if "cfg2" in flags else 1
+                seconds, same = time_forward(fresh, doubled(batch) if samples == 2 else batch, args.repeats)
+                seconds /= samples
                 note = f"first calls + timing {time.perf_counter() - compile_start:.1f} s"
             except Exception as exc:  # a kernel that does not run here is a result, not a crash
                 rows.append({"size": size_name, "variant": variant, "error": f"{type(exc).__name__}: {exc}"[:300]})
@@ -125,6 +134,10 @@ def main() -> None:
                 }
             )
             print(rows[-1], flush=True)
+    if args.profile:
+        result["profile"] = profile_forward(expert, batch, args.profile)
+        for row in result["profile"]["categories"]:
+            print(f"profile {args.profile}: {row['category']:<10}{row['gpu_s']:>9.3f} s{row['share']:>7.1%}")
     write_result(args.out, result)
     print(f"{'size':<6}{'variant':<20}{'s/fwd (40 layers)':>18}{'TFLOP/s':>9}{'repeatable':>11}")
     for row in rows:
@@ -135,6 +148,54 @@ def main() -> None:
                 f"{row['size']:<6}{row['variant']:<20}{row['s_per_forward_40_layers']:>18.3f}{row['tflops']:>9.0f}"
                 f"{row['bitwise_repeatable']!s:>11}"
             )
+
+
+def doubled(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inputs as a batch of two (CFG's conditional and unconditional pass in one forward)."""
+    return {name: torch.cat([t, t]) for name, t in batch.items()}
+
+
+def kernel_category(name: str) -> str:
+    """Rough class of a CUDA kernel by its name: matrix product, attention, or the rest."""
+    lowered = name.lower()
+    if any(k in lowered for k in ("flash", "fmha", "attention", "sdpa", "cudnn_generated")):
+        return "attention"
+    if any(k in lowered for k in ("gemm", "sm90_xmma", "cutlass", "nvjet", "matmul", "wgmma")):
+        return "gemm"
+    return "other"
+
+
+def profile_forward(expert: torch.nn.Module, batch: dict[str, torch.Tensor], variant: str) -> dict[str, object]:
+    """One profiled forward: GPU time per kernel, summed per category, and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    backend, *flags = variant.split("+")
+    expert.set_attention_backend(backend)
+    args = doubled(batch) if "cfg2" in flags else batch
+    with torch.inference_mode():
+        expert(**args, return_dict=False)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            expert(**args, return_dict=False)
+            torch.cuda.synchronize()
+    kernels: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type.name == "CUDA":
+            kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time / 1e6
+    total = sum(kernels.values()) or 1.0
+    categories: dict[str, float] = {}
+    for name, seconds in kernels.items():
+        categories[kernel_category(name)] = categories.get(kernel_category(name), 0.0) + seconds
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
+    return {
+        "variant": variant,
+        "gpu_s": total,
+        "categories": [
+            {"category": c, "gpu_s": v, "share": v / total}
+            for c, v in sorted(categories.items(), key=lambda kv: -kv[1])
+        ],
+        "top_kernels": [{"name": n[:160], "gpu_s": v, "category": kernel_category(n)} for n, v in top],
+    }
 
 
 def forward_flops(config: dict[str, object], tokens: int, text_tokens: int = 512) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,18 +187,16 @@ def generate(
 
     # 3. Encode the prompt (as WanPipeline: CFG when guidance_scale > 1).
     do_cfg = request.guidance_scale > 1.0
-    if options.offload_text_encoder:
-        pipe.text_encoder.to(device)
-    prompt_embeds, negative_embeds = pipe.encode_prompt(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        do_classifier_free_guidance=do_cfg,
-        num_videos_per_prompt=1,
-        max_sequence_length=model.text_max_length,
-        device=device,
-    )
-    if options.offload_text_encoder:
-        pipe.text_encoder.to("cpu")
+    placement = model.text_encoder_on(device).on(device) if options.offload_text_encoder else nullcontext()
+    with placement:  # offloaded: on the device for this prompt only (see ditproof.models.offload)
+        prompt_embeds, negative_embeds = pipe.encode_prompt(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            do_classifier_free_guidance=do_cfg,
+            num_videos_per_prompt=1,
+            max_sequence_length=model.text_max_length,
+            device=device,
+        )
     transformer_dtype = pipe.transformer.dtype
     prompt_embeds = prompt_embeds.to(transformer_dtype)
     if negative_embeds is not None:

@@ -13,6 +13,7 @@ from ditproof.errors import InvalidInputError, ModelNotFoundError
 from ditproof.hashing import sha256_bytes, sha256_json, tensor_bytes
 from ditproof.models.init import cast_keeping_fp32
 from ditproof.models.local import check_pipeline_folder, folder_revision
+from ditproof.models.offload import HostResident
 from ditproof.protocol.options import CacheOptions, RuntimeOptions
 
 WAN22_PATH_ENV = "DITPROOF_WAN22_PATH"
@@ -75,6 +76,13 @@ class LoadedModel:
     cache: CacheOptions | None = None
     parallel: tuple[int, int] = (1, 1)
     kernels: tuple[bool, str] = (False, "none")  # (fused projections, compile mode) applied at load
+    text_encoder_host: HostResident | None = None  # set at the first generation that offloads it
+
+    def text_encoder_on(self, device: torch.device) -> HostResident:
+        """The text encoder kept in host memory between prompts (``offload_text_encoder``)."""
+        if self.text_encoder_host is None:
+            self.text_encoder_host = HostResident(self.pipeline.text_encoder, pin=device.type == "cuda")
+        return self.text_encoder_host
 
 
 def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None = None) -> LoadedModel:
@@ -224,5 +232,11 @@ def _load_folder(name: str, folder: Path, options: RuntimeOptions, text_max_leng
     pipe = WanPipeline.from_pretrained(folder, vae=vae, text_encoder=text_encoder, dtype=dtype, local_files_only=True)
     for module in (pipe.text_encoder, pipe.vae, pipe.transformer, pipe.transformer_2):
         module.eval().requires_grad_(False)
-    pipe.to(options.device)
+    for module in (pipe.vae, pipe.transformer, pipe.transformer_2):
+        module.to(options.device)
+    if options.offload_text_encoder:  # stays in host memory; on the device only per prompt
+        model = LoadedModel(name, pipe, revision, text_max_length)
+        model.text_encoder_on(torch.device(options.device))
+        return model
+    pipe.text_encoder.to(options.device)
     return LoadedModel(name, pipe, revision, text_max_length)
