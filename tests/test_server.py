@@ -295,6 +295,30 @@ def test_validate_upload_reference_and_tampering(client, finished):
     assert tampered["decision"] == "invalid" and tampered["first_failing_check"] == "integrity"
 
 
+def test_validate_checks_the_record_against_the_clients_request(client, http, finished, tmp_path):
+    record, video = client.record(finished["id"]), client.content(finished["id"])
+    asked = json.loads(record)["request"]  # what the client sent: the record must carry exactly this
+    assert client.validate(record, video=video, request=asked)["decision"] == "valid"
+    # The client had asked for more steps than the record says were run: refused before regenerating.
+    more = {**asked, "num_inference_steps": asked["num_inference_steps"] + 1}
+    verdict = client.validate_stored(finished["id"], request=more)
+    assert verdict["decision"] == "invalid" and verdict["first_failing_check"] == "request"
+    assert "num_inference_steps" in verdict["reason"]
+    path = tmp_path / "asked.json"
+    path.write_text(json.dumps({**asked, "prompt": "another prompt"}))
+    verdict = client.validate(record, video_id=finished["id"], request=path)
+    assert verdict["decision"] == "invalid" and verdict["first_failing_check"] == "request"
+    # A request that is not one is a 422 naming the field, in both forms.
+    response = http.post("/api/v1/validate", json={"video_id": finished["id"], "request": {"width": -3}})
+    assert response.status_code == 422 and "request" in response.text
+    response = http.post(
+        "/api/v1/validate",
+        files={"record": ("r.json", record), "request": ("q.json", b"[1, 2]")},
+        data={"video_id": finished["id"]},
+    )
+    assert response.status_code == 422 and "JSON object" in response.text
+
+
 def test_validate_refuses_bad_input(node, http, client):
     response = http.post("/api/v1/validate", files={"record": ("r.json", b"{}"), "video": ("v.mp4", b"x")})
     assert response.status_code == 422
@@ -403,3 +427,21 @@ def test_cli_client_generate_and_fetch(node, tmp_path):
     record = json.loads((tmp_path / "record.json").read_text())
     assert sha256_bytes((tmp_path / "video.mp4").read_bytes()) == record["video"]["sha256"]
     assert record["seed"] == derive_seed("cli-9", ENTROPY)
+    # The CLI's validate with the client's request: a changed one is refused (exit 1, check request).
+    asked = tmp_path / "asked.json"
+    asked.write_text(json.dumps({**record["request"], "num_frames": 9}))
+    validate = [
+        sys.executable,
+        "-m",
+        "ditproof.cli.main",
+        "client",
+        "validate",
+        "--record",
+        str(tmp_path / "record.json"),
+    ]
+    run = subprocess.run([*validate, "--request", str(asked)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 1 and "request" in run.stdout, run.stdout + run.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text("[")
+    run = subprocess.run([*validate, "--request", str(bad)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 2 and "request: not valid JSON" in run.stderr and "Traceback" not in run.stderr

@@ -170,9 +170,17 @@ class Client:
 
     # Validation.
     def validate(
-        self, record: bytes | str | Path, video: bytes | str | Path | None = None, video_id: str | None = None
+        self,
+        record: bytes | str | Path,
+        video: bytes | str | Path | None = None,
+        video_id: str | None = None,
+        request: dict[str, Any] | Path | None = None,
     ) -> dict[str, Any]:
-        """``POST /api/v1/validate`` with a record and either a video (bytes or path) or a stored video id."""
+        """``POST /api/v1/validate`` with a record and either a video (bytes or path) or a stored video id.
+
+        ``request``: the generation request the client made (a dict or a JSON file); the record's
+        copy must equal it.
+        """
         record_bytes = Path(record).read_bytes() if isinstance(record, str | Path) else record
         files: dict[str, Any] = {"record": ("record.json", record_bytes, "application/json")}
         data: dict[str, str] = {}
@@ -181,11 +189,17 @@ class Client:
             files["video"] = ("video.mp4", video_bytes, "video/mp4")
         if video_id is not None:
             data["video_id"] = video_id
+        if request is not None:
+            request_bytes = request.read_bytes() if isinstance(request, Path) else json.dumps(request).encode()
+            files["request"] = ("request.json", request_bytes, "application/json")
         return self._json("POST", "/api/v1/validate", files=files, data=data, timeout=3600.0)
 
-    def validate_stored(self, video_id: str) -> dict[str, Any]:
-        """``POST /api/v1/validate`` of a stored video against its own record."""
-        return self._json("POST", "/api/v1/validate", json={"video_id": video_id}, timeout=3600.0)
+    def validate_stored(self, video_id: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /api/v1/validate`` of a stored video against its own record (and the client's request)."""
+        body: dict[str, Any] = {"video_id": video_id}
+        if request is not None:
+            body["request"] = request
+        return self._json("POST", "/api/v1/validate", json=body, timeout=3600.0)
 
     # Management.
     def state(self) -> dict[str, Any]:

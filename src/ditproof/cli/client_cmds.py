@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -125,6 +126,9 @@ def validate(
     record: Path | None = typer.Option(None, "--record", help="A record.json to validate."),
     video: Path | None = typer.Option(None, "--video", help="Its video (default: next to the record)."),
     video_id: str | None = typer.Option(None, "--video-id", help="A video in the node's store instead."),
+    request: Path | None = typer.Option(
+        None, "--request", help="The request the client made (JSON); the record's copy must equal it."
+    ),
     url: str | None = UrlOption,
     token_file: Path | None = TokenFileOption,
 ) -> None:
@@ -134,14 +138,29 @@ def validate(
             if video_id is None:
                 err.print("error: record: missing; allowed: --record FILE, or --video-id alone", markup=False)
                 raise typer.Exit(EXIT_INVALID)
-            verdict = node.validate_stored(video_id)
+            verdict = node.validate_stored(video_id, request=_request_json(request))
         elif video_id is not None:
-            verdict = node.validate(record, video_id=video_id)
+            verdict = node.validate(record, video_id=video_id, request=request)
         else:
-            verdict = node.validate(record, video=video or record.parent / "video.mp4")
+            verdict = node.validate(record, video=video or record.parent / "video.mp4", request=request)
         _print(verdict)
         if verdict["decision"] != "valid":
             raise typer.Exit(EXIT_FAILURE)
+
+
+def _request_json(path: Path | None) -> dict[str, Any] | None:
+    """The client's request file as a JSON object (None without one); the node checks its fields."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        err.print(f"error: request {path}: cannot be read as JSON ({exc})", markup=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    if not isinstance(data, dict):
+        err.print(f"error: request {path}: got a JSON {type(data).__name__}; allowed: a JSON object", markup=False)
+        raise typer.Exit(EXIT_INVALID)
+    return data
 
 
 @client_app.command("state")

@@ -161,8 +161,11 @@ class ValidateReference(_Strict):
     """``POST /api/v1/validate`` with JSON: validate a video already in this node's store.
 
     ``record`` defaults to the record stored with the video; give one to check a record received
-    from elsewhere against the stored video.
+    from elsewhere against the stored video. ``request``: the generation request the client made
+    (as sent, or as on chain); the record's copy of it must be equal, checked before anything is
+    regenerated.
     """
 
     video_id: str = Field(pattern=r"^video_[0-9a-f]{32}$")
     record: dict[str, Any] | None = None
+    request: dict[str, Any] | None = None

@@ -7,6 +7,10 @@ Two forms:
 * JSON: ``{"video_id": ..., "record": {...}?}``: validate a stored video against its own record
   or against the given one.
 
+Both forms take an optional ``request``: the generation request the client made. The record's
+copy must equal it (check ``request``, the first one), or an executor could record a cheaper
+request than the one it was paid for and be checked against that.
+
 The regeneration runs on the worker, ahead of waiting jobs, never beside a generation.
 """
 
@@ -22,9 +26,11 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from ditproof.errors import InvalidInputError
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions
 from ditproof.protocol.record import InferenceRecord
+from ditproof.protocol.request import GenerationRequest, parse_request
 from ditproof.protocol.verdict import Verdict
 from ditproof.server.errors import ApiError, conflict, invalid, invalid_fields, pydantic_fields
 from ditproof.server.jobs import is_job_id
@@ -58,6 +64,7 @@ VALIDATE_OPENAPI = {
                         "record": {"type": "string", "format": "binary", "description": "record.json"},
                         "video": {"type": "string", "format": "binary", "description": "the mp4"},
                         "video_id": {"type": "string", "pattern": r"^video_[0-9a-f]{32}$"},
+                        "request": {"type": "string", "description": "the client's request JSON (optional)"},
                     },
                 }
             },
@@ -77,11 +84,25 @@ def _parse_record(data: Any) -> InferenceRecord:
         ) from None
 
 
-Inputs = tuple[InferenceRecord, bytes, Path | None]
-"""The record, the video bytes and, for a stored video, its folder (with the latents)."""
+def _parse_request(data: Any) -> GenerationRequest:
+    try:
+        value = json.loads(data) if isinstance(data, str | bytes) else data
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid("request", f"not valid JSON ({exc}); allowed: a JSON object of request fields") from None
+    if not isinstance(value, dict):
+        raise invalid("request", f"got a JSON {type(value).__name__}; allowed: a JSON object of request fields")
+    try:
+        return parse_request(value)
+    except InvalidInputError as exc:
+        raise invalid("request", str(exc)) from None
 
 
-def _stored(engine: Engine, video_id: str) -> Inputs:
+Inputs = tuple[InferenceRecord, bytes, Path | None, GenerationRequest | None]
+"""The record, the video bytes, for a stored video its folder (with the latents), and the
+client's request when given."""
+
+
+def _stored(engine: Engine, video_id: str) -> tuple[InferenceRecord, bytes, Path]:
     job = _completed(engine, video_id)
     record = engine.artifacts.record(job.id)
     folder = engine.artifacts.path(job.id)
@@ -99,8 +120,9 @@ async def _inputs(request: Request, engine: Engine) -> Inputs:
             ref = ValidateReference.model_validate(body)
         except ValidationError as exc:
             raise invalid_fields(pydantic_fields(exc)) from None
+        expected = _parse_request(ref.request) if ref.request is not None else None
         record, video, folder = _stored(engine, ref.video_id)
-        return (_parse_record(ref.record) if ref.record is not None else record), video, folder
+        return (_parse_record(ref.record) if ref.record is not None else record), video, folder, expected
     if content_type != "multipart/form-data":
         raise ApiError(
             415,
@@ -108,17 +130,24 @@ async def _inputs(request: Request, engine: Engine) -> Inputs:
             f"content-type: got {content_type or 'none'!r}; allowed: multipart/form-data, application/json",
         )
     max_size = engine.config.max_upload_bytes
-    form = await request.form(max_files=2, max_fields=8, max_part_size=1024 * 1024)
+    form = await request.form(max_files=3, max_fields=8, max_part_size=1024 * 1024)
     try:
         fields = dict(form.multi_items())
-        unknown = sorted(set(fields) - {"record", "video", "video_id"})
+        unknown = sorted(set(fields) - {"record", "video", "video_id", "request"})
         if unknown:
-            raise invalid_fields([(name, "unknown field; allowed: record, video, video_id") for name in unknown])
+            raise invalid_fields(
+                [(name, "unknown field; allowed: record, video, video_id, request") for name in unknown]
+            )
         raw_record = fields.get("record")
         if raw_record is None:
             raise invalid("record", "missing; allowed: the record JSON as a file or a text field")
         record_data = await raw_record.read(max_size) if isinstance(raw_record, UploadFile) else raw_record
         record = _parse_record(record_data)
+        raw_request = fields.get("request")
+        expected = None
+        if raw_request is not None:
+            request_data = await raw_request.read(max_size) if isinstance(raw_request, UploadFile) else raw_request
+            expected = _parse_request(request_data)
         video_field, video_id = fields.get("video"), fields.get("video_id")
         if (video_field is None) == (video_id is None):
             raise invalid("video", "allowed: exactly one of a 'video' file or a 'video_id'")
@@ -126,10 +155,10 @@ async def _inputs(request: Request, engine: Engine) -> Inputs:
             if not isinstance(video_id, str) or not is_job_id(video_id):
                 raise invalid("video_id", f"got {video_id!r}; allowed: video_ followed by 32 hex digits")
             _, video, folder = _stored(engine, video_id)
-            return record, video, folder
+            return record, video, folder, expected
         if not isinstance(video_field, UploadFile):
             raise invalid("video", "got a text field; allowed: the mp4 as a file upload")
-        return record, await video_field.read(max_size), None
+        return record, await video_field.read(max_size), None, expected
     finally:
         await form.close()
 
@@ -137,7 +166,7 @@ async def _inputs(request: Request, engine: Engine) -> Inputs:
 @router.post("/validate", response_model=Verdict, responses=ERRORS, openapi_extra=VALIDATE_OPENAPI)
 async def validate_video(request: Request, engine: EngineDep) -> Verdict:
     """Validate a video against its inference record by regenerating it on this node."""
-    record, video, folder = await _inputs(request, engine)
+    record, video, folder, expected = await _inputs(request, engine)
     setup: ValidationSetup = request.app.state.validation
 
     def run(model: LoadedModel, options: RuntimeOptions) -> Verdict:
@@ -157,6 +186,7 @@ async def validate_video(request: Request, engine: EngineDep) -> Verdict:
             validators=setup.validators,
             options=options,
             artifacts_dir=folder,
+            expected_request=expected,
         )
 
     future = engine.run_task("validate", run)
