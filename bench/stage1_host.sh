@@ -2,7 +2,7 @@
 # One host's part of a Stage 1 run whose store cannot be shared (a lent GPU host that sends back
 # at most a few files): plan, run the selected configurations, score, and pack what the merge needs.
 #
-#   [STORE=DIR] [SIDE_BY_SIDE=N] bench/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
+#   [STORE=DIR] [SIDE_BY_SIDE=N | SHARD=I/N] bench/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
 #
 # CONFIGURATIONS: comma-separated, or "all"; PACK: which jobs' videos and final latents (besides
 # the thin store) go into OUT/parts/ as 15 MB parts: "references", "all" or "none" (with the
@@ -20,10 +20,14 @@ select=()
 started=$(date +%s)
 # SIDE_BY_SIDE=N: N runners at once, one per prompt shard, sharing the GPUs (small models leave a GPU
 # mostly idle; four tp4 launches on four GPUs then take about the time of one).
+# SHARD=I/N: only the jobs of prompt shard I of N (one of several calls whose packed artifacts
+# must each fit a host's return limit: an H200 host's other-gpu videos and latents, say).
 side=${SIDE_BY_SIDE:-1}
+if [ -n "${SHARD:-}" ] && [ "$side" -gt 1 ]; then echo "SHARD and SIDE_BY_SIDE: allowed: one of them" >&2; exit 2; fi
 for i in $(seq 0 $(( side - 1 ))); do
   shard=()
   [ "$side" -gt 1 ] && shard=(--shard "$i/$side")
+  [ -n "${SHARD:-}" ] && shard=(--shard "$SHARD")
   ( timeout "$seconds" python3 -m ditproof.experiment.runners.local --store "$store" --workers-per-gpu "$per_gpu" \
       "${select[@]}" "${shard[@]}" > "$out/run.$i.log" 2>&1 \
     || echo "runner $i stopped: exit $? after $(( $(date +%s) - started )) s" ) &
