@@ -55,3 +55,35 @@ def test_an_offloaded_text_encoder_gives_the_same_video_and_stays_on_the_host() 
     assert plain.frames is not None and offloaded.frames is not None
     assert np.array_equal(plain.frames, offloaded.frames)
     assert torch.equal(plain.capture.latents["final"][1], offloaded.capture.latents["final"][1])
+
+
+def test_a_repeated_prompt_is_not_encoded_again_and_gives_the_same_video() -> None:
+    from ditproof.generation.generate import PROMPT_CACHE_SIZE
+
+    options = RuntimeOptions()
+    model = load_model("wan-tiny-random", options)
+    calls: list[str] = []
+    encode_prompt = model.pipeline.encode_prompt
+
+    def counted(**kwargs):  # the real encoder, counted
+        calls.append(kwargs["prompt"])
+        return encode_prompt(**kwargs)
+
+    model.pipeline.encode_prompt = counted
+    request = GenerationRequest(
+        prompt="a red circle moves left on a blue background", width=64, height=48, num_frames=5, num_inference_steps=3
+    )
+    first = generate(request, 5, model, options)
+    second = generate(request, 5, model, options)
+    assert calls == [request.prompt]
+    assert np.array_equal(first.frames, second.frames)
+    fresh = generate(request, 5, load_model("wan-tiny-random", options), options)  # encoded anew
+    assert np.array_equal(first.frames, fresh.frames)
+    # Another negative prompt is another input; the cache keeps only the last few prompts.
+    generate(request.model_copy(update={"negative_prompt": "blurry"}), 5, model, options)
+    assert len(calls) == 2
+    for index in range(PROMPT_CACHE_SIZE + 1):
+        generate(request.model_copy(update={"prompt": f"a blue square moves up {index}"}), 5, model, options)
+    assert len(model.prompt_embeddings) == PROMPT_CACHE_SIZE
+    generate(request, 5, model, options)
+    assert calls[-1] == request.prompt  # pushed out, so encoded again

@@ -121,6 +121,40 @@ def configure_cache(model: LoadedModel, cache: CacheOptions | None) -> None:
     model.cache = cache
 
 
+PROMPT_CACHE_SIZE = 4
+"""Prompts whose text-encoder outputs a loaded model keeps (a validation re-runs one request's
+segments one by one: each would encode the same prompt again)."""
+
+
+def encode(
+    model: LoadedModel, request: GenerationRequest, do_cfg: bool, options: RuntimeOptions, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prompt's (and, with CFG, the negative prompt's) text-encoder outputs, as WanPipeline's.
+
+    The outputs of the last :data:`PROMPT_CACHE_SIZE` prompts are kept on the model: the same
+    text encoder on the same input gives the same tensors, so a repeat is not encoded again.
+    """
+    key = (request.prompt, request.negative_prompt, do_cfg, str(device), options.attention_backend)
+    cache = model.prompt_embeddings
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    placement = model.text_encoder_on(device).on(device) if options.offload_text_encoder else nullcontext()
+    with placement:  # offloaded: on the device for this prompt only (see ditproof.models.offload)
+        embeddings = model.pipeline.encode_prompt(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            do_classifier_free_guidance=do_cfg,
+            num_videos_per_prompt=1,
+            max_sequence_length=model.text_max_length,
+            device=device,
+        )
+    cache[key] = embeddings
+    while len(cache) > PROMPT_CACHE_SIZE:
+        cache.popitem(last=False)
+    return embeddings
+
+
 @torch.inference_mode()
 def generate(
     request: GenerationRequest,
@@ -187,16 +221,7 @@ def generate(
 
     # 3. Encode the prompt (as WanPipeline: CFG when guidance_scale > 1).
     do_cfg = request.guidance_scale > 1.0
-    placement = model.text_encoder_on(device).on(device) if options.offload_text_encoder else nullcontext()
-    with placement:  # offloaded: on the device for this prompt only (see ditproof.models.offload)
-        prompt_embeds, negative_embeds = pipe.encode_prompt(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            do_classifier_free_guidance=do_cfg,
-            num_videos_per_prompt=1,
-            max_sequence_length=model.text_max_length,
-            device=device,
-        )
+    prompt_embeds, negative_embeds = encode(model, request, do_cfg, options, device)
     transformer_dtype = pipe.transformer.dtype
     prompt_embeds = prompt_embeds.to(transformer_dtype)
     if negative_embeds is not None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -77,6 +78,9 @@ class LoadedModel:
     parallel: tuple[int, int] = (1, 1)
     kernels: tuple[bool, str] = (False, "none")  # (fused projections, compile mode) applied at load
     text_encoder_host: HostResident | None = None  # set at the first generation that offloads it
+    prompt_embeddings: OrderedDict[tuple[object, ...], tuple[torch.Tensor, torch.Tensor | None]] = field(
+        default_factory=OrderedDict
+    )  # the last few prompts' text-encoder outputs (see ditproof.generation.generate.encode)
 
     def text_encoder_on(self, device: torch.device) -> HostResident:
         """The text encoder kept in host memory between prompts (``offload_text_encoder``)."""
