@@ -14,6 +14,7 @@ try:
     main(["client", "state", "--url", "http://127.0.0.1:9"])
 except SystemExit as exc:
     print("exit", exc.code)
+import ditproof.hashing  # canonical JSON and file hashes need no torch either
 print("heavy", sorted(m for m in ("torch", "diffusers", "transformers", "numpy") if m in sys.modules))
 """
 

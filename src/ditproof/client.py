@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from ditproof.hashing import atomic_write_bytes
+
 __all__ = ["ApiError", "Client", "ClientError", "IntegrityError"]
 
 
@@ -155,9 +157,6 @@ class Client:
         _check(record_bytes.rstrip(b"\n"), job.get("record_sha256"), "record")
         video = self.content(video_id)
         _check(video, record["video"]["sha256"], "video")
-        # Imported here: ditproof.hashing imports torch, which `ditproof client` needs nowhere else.
-        from ditproof.hashing import atomic_write_bytes
-
         out = Path(out_dir)
         paths = {"video": out / "video.mp4", "record": out / "record.json"}
         atomic_write_bytes(paths["video"], video)

@@ -14,9 +14,10 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is hashed: the client and the CLI's help need none
+    import torch
 
 _CHUNK = 1 << 20
 
@@ -68,6 +69,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
     """The raw little-endian bytes of a CPU-contiguous copy of ``tensor``."""
+    import torch
+
     cpu = tensor.detach().to("cpu").contiguous()
     if cpu.dtype == torch.bfloat16:
         # numpy has no bfloat16: view the same bytes as int16.
