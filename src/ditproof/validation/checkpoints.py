@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Unpack
 
 import numpy as np
 import torch
@@ -36,13 +36,10 @@ from ditproof.errors import IntegrityError
 from ditproof.hashing import sha256_bytes
 from ditproof.metrics.registry import METRICS
 from ditproof.models.registry import LoadedModel
-from ditproof.protocol.options import RuntimeOptions
 from ditproof.protocol.record import InferenceRecord
-from ditproof.protocol.request import GenerationRequest
 from ditproof.protocol.verdict import SegmentCheck, SpotCheckChoice, Verdict
 from ditproof.randomness import SPOT_CHECK_DERIVATION, check_entropy, spot_check_segments
 from ditproof.validation.compare import ComparisonOptions, compare
-from ditproof.validation.delegation import ValidatorRegistry
 from ditproof.validation.fingerprints import (
     Divergence,
     fingerprint_commitments,
@@ -61,7 +58,7 @@ from ditproof.validation.segments import (
     trajectory_segments,
     trajectory_steps,
 )
-from ditproof.validation.validate import Preflight, _Checks, preflight
+from ditproof.validation.validate import Preflight, PreflightInputs, _Checks, preflight
 from ditproof.video import encode_video, frames_to_uint8
 
 SEGMENT_METRIC = "latent_rel_l2_segment"
@@ -115,10 +112,7 @@ def validate_checkpoints(
     *,
     policy: ThresholdPolicy | None = None,
     comparison: ComparisonOptions | None = None,
-    validators: ValidatorRegistry | None = None,
-    options: RuntimeOptions | None = None,
-    artifacts_dir: str | Path | None = None,
-    expected_request: GenerationRequest | None = None,
+    **inputs: Unpack[PreflightInputs],
 ) -> Verdict:
     """Validates by re-running every segment between the executor's checkpoints (module docstring).
 
@@ -126,16 +120,7 @@ def validate_checkpoints(
     record's checkpoints name (default: the video's folder when ``video`` is a path). The policy's
     ``latent_rel_l2_segment`` threshold decides segments that do not match bit for bit.
     """
-    pre = preflight(
-        record,
-        video,
-        model,
-        device,
-        validators=validators,
-        options=options,
-        artifacts_dir=artifacts_dir,
-        expected_request=expected_request,
-    )
+    pre = preflight(record, video, model, device, **inputs)
     if isinstance(pre, Verdict):
         return pre
     return _validate_segments(record, model, pre, policy, comparison, "checkpoints", None)
@@ -151,10 +136,7 @@ def validate_spot_check(
     *,
     policy: ThresholdPolicy | None = None,
     comparison: ComparisonOptions | None = None,
-    validators: ValidatorRegistry | None = None,
-    options: RuntimeOptions | None = None,
-    artifacts_dir: str | Path | None = None,
-    expected_request: GenerationRequest | None = None,
+    **inputs: Unpack[PreflightInputs],
 ) -> Verdict:
     """Validates by re-running ``k`` segments chosen with the validator's entropy (module docstring).
 
@@ -168,16 +150,7 @@ def validate_spot_check(
         InvalidInputError: malformed entropy or ``k`` out of range (for a well-formed record).
     """
     entropy = check_entropy(validator_entropy) if validator_entropy is not None else secrets.token_hex(32)
-    pre = preflight(
-        record,
-        video,
-        model,
-        device,
-        validators=validators,
-        options=options,
-        artifacts_dir=artifacts_dir,
-        expected_request=expected_request,
-    )
+    pre = preflight(record, video, model, device, **inputs)
     if isinstance(pre, Verdict):
         return pre
     return _validate_segments(record, model, pre, policy, comparison, "spot-check", (entropy, k))

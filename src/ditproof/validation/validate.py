@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from ditproof.errors import InvalidInputError
 from ditproof.generation.generate import generate
@@ -151,19 +152,32 @@ def request_differences(recorded: GenerationRequest, expected: GenerationRequest
     return [f"{key}: record {ours[key]!r}, client {theirs[key]!r}" for key in ours if ours[key] != theirs.get(key)]
 
 
+class PreflightInputs(TypedDict, total=False):
+    """The keyword arguments that every validation mode passes on to :func:`preflight` (see
+    :func:`validate` for each)."""
+
+    validators: ValidatorRegistry | None
+    options: RuntimeOptions | None
+    artifacts_dir: str | Path | None
+    expected_request: GenerationRequest | None
+
+
 def preflight(
     record: InferenceRecord,
     video: bytes | str | Path,
     model: LoadedModel,
     device: str | None = None,
-    *,
-    validators: ValidatorRegistry | None = None,
-    options: RuntimeOptions | None = None,
-    artifacts_dir: str | Path | None = None,
-    expected_request: GenerationRequest | None = None,
+    **inputs: Unpack[PreflightInputs],
 ) -> Preflight | Verdict:
     """Steps 1–3 (integrity, record, runtime class): a verdict when one of them decides, else what
     the next steps need. Arguments as for :func:`validate`."""
+    unknown = sorted(set(inputs) - set(PreflightInputs.__annotations__))
+    if unknown:  # **inputs accepts any keyword at run time: a misspelt one must not pass unnoticed
+        raise TypeError(
+            f"unexpected keyword argument(s) {', '.join(unknown)}; allowed: {', '.join(PreflightInputs.__annotations__)}"
+        )
+    validators, artifacts_dir = inputs.get("validators"), inputs.get("artifacts_dir")
+    expected_request = inputs.get("expected_request")
     checks = _Checks(record)
     if expected_request is not None:
         differences = request_differences(record.request, expected_request)
@@ -197,7 +211,7 @@ def preflight(
         )
 
     # 3. Runtime class.
-    options = regeneration_options(record, options, device)
+    options = regeneration_options(record, inputs.get("options"), device)
     local_class = runtime_class(runtime_fingerprint(model, options))
     if not checks.add("runtime_class", local_class == record.runtime_class, f"validator class {local_class}"):
         nodes = (
@@ -229,10 +243,7 @@ def validate(
     *,
     policy: ThresholdPolicy | None = None,
     comparison: ComparisonOptions | None = None,
-    validators: ValidatorRegistry | None = None,
-    options: RuntimeOptions | None = None,
-    artifacts_dir: str | Path | None = None,
-    expected_request: GenerationRequest | None = None,
+    **inputs: Unpack[PreflightInputs],
 ) -> Verdict:
     """Validates ``video`` against ``record`` by regenerating it with ``model``.
 
@@ -254,16 +265,7 @@ def validate(
     Returns:
         The verdict; ``delegate`` when this validator's runtime class differs from the record's.
     """
-    pre = preflight(
-        record,
-        video,
-        model,
-        device,
-        validators=validators,
-        options=options,
-        artifacts_dir=artifacts_dir,
-        expected_request=expected_request,
-    )
+    pre = preflight(record, video, model, device, **inputs)
     if isinstance(pre, Verdict):
         return pre
     checks, data, options, local_class = pre.checks, pre.data, pre.options, pre.local_class
