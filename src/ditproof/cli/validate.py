@@ -192,20 +192,14 @@ def load_request_file(path: Path) -> GenerationRequest:
     Raises:
         InvalidInputError: unreadable, not a JSON object, or an invalid request.
     """
-    import json
-
     from ditproof.errors import InvalidInputError
-    from ditproof.protocol.request import parse_request
+    from ditproof.protocol.request import parse_request_json
 
     try:
-        data = json.loads(path.read_text())
+        text = path.read_bytes()
     except OSError as exc:
         raise InvalidInputError(f"request {path}: cannot be read ({exc.strerror})") from None
-    except ValueError as exc:
-        raise InvalidInputError(f"request {path}: not JSON ({exc}); allowed: a JSON object of request fields") from None
-    if not isinstance(data, dict):
-        raise InvalidInputError(f"request {path}: got a JSON {type(data).__name__}; allowed: a JSON object")
-    return parse_request(data)
+    return parse_request_json(text, f"request {path}")
 
 
 def demo_command(

@@ -7,12 +7,13 @@ flow shift 12). Nothing is ever rounded: a width of 830 is refused, not turned i
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ditproof.errors import InvalidRequestError
+from ditproof.errors import InvalidInputError, InvalidRequestError
 from ditproof.randomness import MAX_SEED
 
 REQUEST_SCHEMA: Literal["ditproof.request/1"] = "ditproof.request/1"
@@ -155,6 +156,22 @@ def parse_request(data: dict[str, Any]) -> GenerationRequest:
         return GenerationRequest.model_validate(data)
     except ValidationError as exc:
         raise request_error(exc) from None
+
+
+def parse_request_json(text: str | bytes, source: str = "request") -> GenerationRequest:
+    """:func:`parse_request` of a JSON text (a request as a client sent it, or as on chain).
+
+    Raises:
+        InvalidInputError: not JSON, or not a JSON object (the message names ``source``).
+        InvalidRequestError: an invalid field.
+    """
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{source}: not valid JSON ({exc}); allowed: a JSON object of request fields") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{source}: got a JSON {type(data).__name__}; allowed: a JSON object of request fields")
+    return parse_request(data)
 
 
 def request_error(exc: ValidationError) -> InvalidRequestError:

@@ -30,7 +30,7 @@ from ditproof.errors import InvalidInputError
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions
 from ditproof.protocol.record import InferenceRecord
-from ditproof.protocol.request import GenerationRequest, parse_request
+from ditproof.protocol.request import GenerationRequest, parse_request, parse_request_json
 from ditproof.protocol.verdict import Verdict
 from ditproof.server.errors import ApiError, conflict, invalid, invalid_fields, pydantic_fields
 from ditproof.server.jobs import is_job_id
@@ -84,17 +84,11 @@ def _parse_record(data: Any) -> InferenceRecord:
         ) from None
 
 
-def _parse_request(data: Any) -> GenerationRequest:
+def _parse_request(data: str | bytes | dict[str, Any]) -> GenerationRequest:
     try:
-        value = json.loads(data) if isinstance(data, str | bytes) else data
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise invalid("request", f"not valid JSON ({exc}); allowed: a JSON object of request fields") from None
-    if not isinstance(value, dict):
-        raise invalid("request", f"got a JSON {type(value).__name__}; allowed: a JSON object of request fields")
-    try:
-        return parse_request(value)
+        return parse_request(data) if isinstance(data, dict) else parse_request_json(data)
     except InvalidInputError as exc:
-        raise invalid("request", str(exc)) from None
+        raise invalid("request", str(exc).removeprefix("request: ")) from None
 
 
 Inputs = tuple[InferenceRecord, bytes, Path | None, GenerationRequest | None]
