@@ -105,6 +105,8 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
     from ditproof.generation.parallel import apply_parallel
 
     model = _load(name, options, model_path)
+    if options.offload_text_encoder:  # in pinned host memory, on the device per prompt only
+        model.text_encoder_on(torch.device(options.device))
     experts = (model.pipeline.transformer, model.pipeline.transformer_2)
     if options.weights == "fp8-e4m3":
         for expert in experts:
@@ -211,9 +213,17 @@ def _place(pipe: WanPipeline, options: RuntimeOptions) -> None:
         (pipe.text_encoder, options.text_encoder_dtype or options.dtype),
         (pipe.vae, options.vae_dtype),
     )
+    resident = _device_resident(pipe, options)
     for module, dtype_name in placements:
         cast_keeping_fp32(module, _dtype(dtype_name))
-        module.to(device)
+        if module in resident:
+            module.to(device)
+
+
+def _device_resident(pipe: WanPipeline, options: RuntimeOptions) -> list[torch.nn.Module]:
+    """The modules loaded onto the device: all but an offloaded text encoder (see load_model)."""
+    modules = [pipe.vae, pipe.transformer, pipe.transformer_2]
+    return modules if options.offload_text_encoder else [*modules, pipe.text_encoder]
 
 
 def _load_folder(name: str, folder: Path, options: RuntimeOptions, text_max_length: int) -> LoadedModel:
@@ -236,11 +246,6 @@ def _load_folder(name: str, folder: Path, options: RuntimeOptions, text_max_leng
     pipe = WanPipeline.from_pretrained(folder, vae=vae, text_encoder=text_encoder, dtype=dtype, local_files_only=True)
     for module in (pipe.text_encoder, pipe.vae, pipe.transformer, pipe.transformer_2):
         module.eval().requires_grad_(False)
-    for module in (pipe.vae, pipe.transformer, pipe.transformer_2):
+    for module in _device_resident(pipe, options):
         module.to(options.device)
-    if options.offload_text_encoder:  # stays in host memory; on the device only per prompt
-        model = LoadedModel(name, pipe, revision, text_max_length)
-        model.text_encoder_on(torch.device(options.device))
-        return model
-    pipe.text_encoder.to(options.device)
     return LoadedModel(name, pipe, revision, text_max_length)
