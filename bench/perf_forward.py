@@ -54,11 +54,26 @@ def inputs(size: tuple[int, int, int], text_dim: int, device: str) -> dict[str, 
     }
 
 
-def time_forward(expert: torch.nn.Module, args: dict[str, torch.Tensor], repeats: int) -> tuple[float, bool]:
+def select_backend(expert: torch.nn.Module, backend: str) -> None:
+    """diffusers' dispatcher name, or ``flash-attn-4`` (ditproof's local FlashAttention-4 kernel)."""
+    from ditproof.generation import flash4
+
+    if backend == flash4.BACKEND:
+        flash4.install([expert], next(expert.parameters()).device)
+    else:
+        expert.set_attention_backend(backend)
+
+
+def time_forward(expert: torch.nn.Module, args: dict[str, torch.Tensor], repeats: int) -> tuple[float, bool, str]:
+    """Median seconds per forward, whether two forwards were bitwise equal, and the output's sha256
+    (compared across processes: each process compiles and picks its kernels itself)."""
+    from ditproof.hashing import sha256_tensor
+
     with torch.inference_mode():
         first = expert(**args, return_dict=False)[0]
         second = expert(**args, return_dict=False)[0]
         same = bool(torch.equal(first, second))
+        digest = sha256_tensor(first)
         times = []
         for _ in range(repeats):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -67,7 +82,7 @@ def time_forward(expert: torch.nn.Module, args: dict[str, torch.Tensor], repeats
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1000)
-    return statistics.median(times), same
+    return statistics.median(times), same, digest
 
 
 def main() -> None:
@@ -81,7 +96,9 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="480p,720p")
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--profile", default=None, help="a variant to profile once at the end (last size)")
+    parser.add_argument(
+        "--profile", default=None, help="variants to profile once at the end (last size), comma-separated"
+    )
     args = parser.parse_args()
     device = "cuda"
     config = dict(TINY_TRANSFORMER if args.smoke else A14B_TRANSFORMER, num_layers=args.layers)
@@ -101,20 +118,26 @@ def main() -> None:
             # variants last, in the order they should accumulate.
             backend, *flags = variant.split("+")
             try:
-                fresh.set_attention_backend(backend)
+                select_backend(fresh, backend)
                 if "fused" in flags and not getattr(fresh, "_ditproof_fused", False):
                     for module in fresh.modules():
                         if hasattr(module, "fuse_projections"):
                             module.fuse_projections()
                     fresh._ditproof_fused = True
                 mode = "max-autotune-no-cudagraphs" if "autotune" in flags else "default"
-                if ("compile" in flags or "autotune" in flags) and getattr(fresh, "_ditproof_compiled", None) != mode:
+                # +det: Inductor's deterministic mode (no timing-based choice of reduction configs).
+                compiled = (mode, "det" in flags)
+                if ("compile" in flags or "autotune" in flags) and getattr(
+                    fresh, "_ditproof_compiled", None
+                ) != compiled:
                     torch._dynamo.reset()
-                    fresh.compile_repeated_blocks(fullgraph=True, mode=mode)
-                    fresh._ditproof_compiled = mode
+                    # torch.compile takes a mode or an options dict, not both.
+                    how = {"options": {"deterministic": True}} if "det" in flags else {"mode": mode}
+                    fresh.compile_repeated_blocks(fullgraph=True, dynamic=False, **how)
+                    fresh._ditproof_compiled = compiled
                 compile_start = time.perf_counter()
                 samples = 2 if "cfg2" in flags else 1
-                seconds, same = time_forward(fresh, doubled(batch) if samples == 2 else batch, args.repeats)
+                seconds, same, digest = time_forward(fresh, doubled(batch) if samples == 2 else batch, args.repeats)
                 seconds /= samples
                 note = f"first calls + timing {time.perf_counter() - compile_start:.1f} s"
             except Exception as exc:  # a kernel that does not run here is a result, not a crash
@@ -130,14 +153,16 @@ def main() -> None:
                     "s_per_forward_40_layers": seconds * 40 / args.layers,
                     "tflops": flops / seconds / 1e12,
                     "bitwise_repeatable": same,
+                    "output_sha256": digest,
                     "note": note,
                 }
             )
             print(rows[-1], flush=True)
     if args.profile:
-        result["profile"] = profile_forward(expert, batch, args.profile)
-        for row in result["profile"]["categories"]:
-            print(f"profile {args.profile}: {row['category']:<10}{row['gpu_s']:>9.3f} s{row['share']:>7.1%}")
+        result["profiles"] = [profile_forward(expert, batch, variant) for variant in args.profile.split(",")]
+        for profiled in result["profiles"]:
+            for row in profiled["categories"]:
+                print(f"profile {profiled['variant']}: {row['category']:<10}{row['gpu_s']:>9.3f} s{row['share']:>7.1%}")
     write_result(args.out, result)
     print(f"{'size':<6}{'variant':<20}{'s/fwd (40 layers)':>18}{'TFLOP/s':>9}{'repeatable':>11}")
     for row in rows:
@@ -170,7 +195,7 @@ def profile_forward(expert: torch.nn.Module, batch: dict[str, torch.Tensor], var
     from torch.profiler import ProfilerActivity, profile
 
     backend, *flags = variant.split("+")
-    expert.set_attention_backend(backend)
+    select_backend(expert, backend)
     args = doubled(batch) if "cfg2" in flags else batch
     with torch.inference_mode():
         expert(**args, return_dict=False)

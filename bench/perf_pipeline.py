@@ -138,6 +138,9 @@ def main() -> None:
     parser.add_argument("--target-steps", type=int, default=40)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, tiny sizes")
+    parser.add_argument(
+        "--best-attention", default=None, help="attention backend of ditproof-best (default: its entry in VARIANTS)"
+    )
     args = parser.parse_args()
     preset = "wan-a14b-shape"
     if args.smoke:
@@ -146,7 +149,10 @@ def main() -> None:
     base = base_options(args.device)
     results = []
     for name in args.variants.split(","):
-        options = variant_options(base, VARIANTS[name], args.device)
+        overrides = dict(VARIANTS[name])
+        if name == "ditproof-best" and args.best_attention:
+            overrides["attention_backend"] = args.best_attention
+        options = variant_options(base, overrides, args.device)
         print(f"{name}: {options.attention_backend} fused={options.fuse_projections} compile={options.compile}")
         results.append(run_variant(preset, name, options, runs, args.target_steps))
     write_result(args.out, {"bench": "perf_pipeline", "device": device_info(), "preset": preset, "variants": results})

@@ -20,16 +20,15 @@ from diffusers import UniPCMultistepScheduler
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
+from ditproof.generation import flash4
 from ditproof.generation.solver import ResumePoint
 from ditproof.generation.trajectory import TrajectoryCapture
 from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel
-from ditproof.protocol.options import ATTENTION_BACKENDS, CacheOptions, RuntimeOptions
+from ditproof.protocol.options import ATTENTION_BACKENDS, GPU_ONLY_BACKENDS, CacheOptions, RuntimeOptions
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import initial_noise
 from ditproof.video import frames_to_uint8
-
-GPU_ONLY_BACKENDS = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn")
 
 StepCallback = Callable[[int, int], None]
 """Called after each denoising step with (steps done, total steps)."""
@@ -79,13 +78,18 @@ def configure_attention(model: LoadedModel, backend: str) -> None:
     if model.attention_backend == backend:
         return
     device = next(model.pipeline.transformer.parameters()).device
+    experts = (model.pipeline.transformer, model.pipeline.transformer_2)
+    if backend == flash4.BACKEND:  # says itself which devices and packages it needs
+        flash4.install(experts, device)
+        model.attention_backend = backend
+        return
     if backend in GPU_ONLY_BACKENDS and device.type != "cuda":
         raise RuntimeUnavailableError(
             f"attention_backend: {backend!r} needs a CUDA device (the model is on {device}); "
             "allowed here: sdpa, sdpa-math, flex"
         )
     name = ATTENTION_BACKENDS[backend]
-    for expert in (model.pipeline.transformer, model.pipeline.transformer_2):
+    for expert in experts:
         try:
             expert.set_attention_backend(name or "native")
         except (ValueError, RuntimeError, ImportError) as exc:

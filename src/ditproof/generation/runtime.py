@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ditproof.generation import flash4
 from ditproof.hashing import sha256_json
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions
@@ -99,6 +100,7 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
         ditproof=__version__,
         ftfy=importlib.util.find_spec("ftfy") is not None,
         attention_backend=options.attention_backend,
+        attention_library=flash4.library_versions() if options.attention_backend == flash4.BACKEND else None,
         dtype=options.dtype,
         vae_dtype=options.vae_dtype,
         text_encoder_dtype=options.text_encoder_dtype or options.dtype,
@@ -119,8 +121,10 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
 
 
 def kernels(fp: RuntimeFingerprint) -> str:
-    """The attention backend, then ``+fused`` and ``+compiled-regional`` when those are on."""
-    parts = [fp.attention_backend]
+    """The attention backend (with its library's versions), then ``+fused`` and ``+compiled-regional``."""
+    parts = [
+        fp.attention_backend if fp.attention_library is None else f"{fp.attention_backend}[{fp.attention_library}]"
+    ]
     if fp.fuse_projections:
         parts.append("fused")
     if fp.compile != "none":

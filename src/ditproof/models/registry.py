@@ -120,10 +120,19 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
     return model
 
 
+COMPILE_OPTIONS = {"deterministic": True}
+"""Inductor settings of ``compile="regional"`` (see :func:`apply_kernels`)."""
+
+
 def apply_kernels(experts: tuple[torch.nn.Module, ...], options: RuntimeOptions) -> None:
     """Fuses the experts' attention projections and compiles their repeated blocks, as asked.
 
-    Compilation happens lazily, at the first forward of each block shape.
+    Compilation happens lazily, at the first forward of each block shape. Each shape gets its own
+    static graph (``dynamic=False``): a process that ran 480p first must pick the same kernels for
+    720p as a fresh one. Inductor runs in its deterministic mode: by default it times candidate
+    configurations of its reduction kernels (block sizes, warps) on the first call and keeps the
+    fastest, which shifts the rounding from one process to the next; an executor and a validator
+    are two processes.
     """
     for expert in experts:
         if options.fuse_projections:
@@ -131,7 +140,9 @@ def apply_kernels(experts: tuple[torch.nn.Module, ...], options: RuntimeOptions)
                 if hasattr(module, "fuse_projections"):
                     module.fuse_projections()  # type: ignore[operator]
         if options.compile == "regional":
-            expert.compile_repeated_blocks(fullgraph=True)  # type: ignore[operator]
+            expert.compile_repeated_blocks(  # type: ignore[operator]
+                fullgraph=True, dynamic=False, options=COMPILE_OPTIONS
+            )
 
 
 def fp8_roundtrip_linear_weights(module: torch.nn.Module) -> None:

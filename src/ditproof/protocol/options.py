@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-AttentionBackend = Literal["sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "flex"]
+AttentionBackend = Literal["sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "flex", "flash-attn-4"]
 DType = Literal["float32", "bfloat16", "float16"]
 
 ATTENTION_BACKENDS: dict[str, str | None] = {
@@ -24,7 +24,10 @@ ATTENTION_BACKENDS: dict[str, str | None] = {
     "sdpa-cudnn": "_native_cudnn",
     "sdpa-math": "_native_math",
     "flex": "flex",
+    # The local flash-attn-4 package in diffusers' flash_4_hub slot (ditproof.generation.flash4).
+    "flash-attn-4": "flash_4_hub",
 }
+GPU_ONLY_BACKENDS = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flash-attn-4")
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 

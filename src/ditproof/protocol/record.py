@@ -49,6 +49,9 @@ class RuntimeFingerprint(_Model):
     # The engine's own version when it is not diffusers (e.g. vllm-omni 0.30.0); see ditproof.engines.
     engine_version: str | None = None
     attention_backend: str
+    # The versions of a kernel library outside torch that the attention backend runs
+    # (flash-attn-4: "flash-attn-4==X,nvidia-cutlass-dsl==Y"); None for torch's own kernels.
+    attention_library: str | None = None
     dtype: str
     vae_dtype: str
     text_encoder_dtype: str

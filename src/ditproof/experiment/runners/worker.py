@@ -19,6 +19,7 @@ from typing import Any
 from ditproof.experiment.jobs import Artifact, JobFailure, JobResult, failure_path, read_result, result_path
 from ditproof.experiment.plan import Job
 from ditproof.experiment.store import Store, job_prefix
+from ditproof.protocol.options import GPU_ONLY_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,7 @@ def detect_environment() -> Environment:
 
 def why_not_runnable(job: Job, env: Environment) -> str | None:
     """None when ``job`` can run here, else the reason it cannot (the job is skipped, not failed)."""
-    needs_cuda = job.options.device == "cuda" or job.options.attention_backend in (
-        "sdpa-flash",
-        "sdpa-efficient",
-        "sdpa-cudnn",
-    )
+    needs_cuda = job.options.device == "cuda" or job.options.attention_backend in GPU_ONLY_BACKENDS
     if needs_cuda and not env.cuda:
         return f"needs a CUDA GPU (device {job.options.device}, attention {job.options.attention_backend})"
     tp, cp = job.options.tp_degree, job.options.cp_degree

@@ -1,0 +1,128 @@
+"""Issue 9: the attention kernels alone at the A14B shapes (40 heads × 128, bf16, no mask).
+
+For 480p and 720p self-attention (32,760 and 75,600 tokens) and the cross-attention to the 512
+text tokens: seconds and TFLOP/s of torch SDPA's cuDNN and flash kernels and of ditproof's
+``flash-attn-4`` operator (CUDA events, median of repeats after warm-up); the largest difference
+of each to cuDNN's output relative to the output's scale; whether two calls give bitwise-equal
+outputs; and the output's sha256 (compared across processes by running the script twice).
+
+    PYTHONPATH=src python3 bench/fa4_check.py --out $OUT/fa4_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_info, write_result
+from ditproof.hashing import sha256_tensor
+
+HEADS, HEAD_DIM = 40, 128
+SHAPES = {"480p-self": (32760, 32760), "720p-self": (75600, 75600), "480p-cross": (32760, 512)}
+
+
+def sdpa(kernel: torch.nn.attention.SDPBackend) -> Callable[..., torch.Tensor]:
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with torch.nn.attention.sdpa_kernel(kernel):
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            )
+        return out.transpose(1, 2)
+
+    return run
+
+
+def flash4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return torch.ops.ditproof.flash_attn4_forward(q, k, v, HEAD_DIM**-0.5)
+
+
+def timed(fn: Callable[[], torch.Tensor], repeats: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    args = parser.parse_args()
+    import ditproof.generation.flash4 as f4
+
+    kernels: dict[str, Callable[..., torch.Tensor]] = {
+        "sdpa-cudnn": sdpa(torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
+        "sdpa-flash": sdpa(torch.nn.attention.SDPBackend.FLASH_ATTENTION),
+        "flash-attn-4": flash4,
+    }
+    result: dict[str, object] = {
+        "device": device_info(),
+        "flash_attn_4": f4.library_versions(),
+        "unavailable": f4.unavailable_reason(torch.device("cuda")),
+        "inductor_has_deterministic_mode": hasattr(torch._inductor.config, "deterministic"),
+        "rows": [],
+    }
+    rows: list[dict[str, object]] = result["rows"]  # type: ignore[assignment]
+    generator = torch.Generator("cuda").manual_seed(0)
+    for shape in args.shapes.split(","):
+        n_q, n_k = SHAPES[shape]
+        q = torch.randn(1, n_q, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=generator)
+        k = torch.randn(1, n_k, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=generator)
+        v = torch.randn(1, n_k, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16, generator=generator)
+        flops = 4 * n_q * n_k * HEADS * HEAD_DIM
+        reference = None
+        for name, fn in kernels.items():
+            try:
+                with torch.inference_mode():
+                    first = fn(q, k, v)
+                    second = fn(q, k, v)
+                    seconds = timed(lambda fn=fn, q=q, k=k, v=v: fn(q, k, v), args.repeats)
+            except Exception as exc:  # a kernel that does not run here is a result
+                rows.append({"shape": shape, "kernel": name, "error": f"{type(exc).__name__}: {exc}"[:400]})
+                print(rows[-1], flush=True)
+                continue
+            if reference is None:
+                reference = first.float()
+            diff = (first.float() - reference).abs().max().item() / reference.abs().max().item()
+            rows.append(
+                {
+                    "shape": shape,
+                    "kernel": name,
+                    "seconds": seconds,
+                    "tflops": flops / seconds / 1e12,
+                    "max_abs_diff_to_cudnn_rel": diff,
+                    "bitwise_repeatable": bool(torch.equal(first, second)),
+                    "output_sha256": sha256_tensor(first),
+                }
+            )
+            print(rows[-1], flush=True)
+        del q, k, v, reference
+        torch.cuda.empty_cache()
+    write_result(args.out, result)
+    print(f"{'shape':<12}{'kernel':<14}{'ms':>9}{'TFLOP/s':>9}{'rel diff':>10}{'repeatable':>11}")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['shape']:<12}{row['kernel']:<14}  error: {str(row['error'])[:70]}")
+        else:
+            print(
+                f"{row['shape']:<12}{row['kernel']:<14}{row['seconds'] * 1e3:>9.2f}{row['tflops']:>9.0f}"
+                f"{row['max_abs_diff_to_cudnn_rel']:>10.1e}{row['bitwise_repeatable']!s:>11}"
+            )
+
+
+if __name__ == "__main__":
+    main()

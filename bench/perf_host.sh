@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Issue 9 on one GPU host: the attention kernels alone, forward passes, whole generations.
+#
+#   bench/perf_host.sh kernels  OUT   # bench/fa4_check.py, run twice (two processes)
+#   bench/perf_host.sh forward  OUT   # bench/perf_forward.py: 480p and 720p, profiles, two processes
+#   bench/perf_host.sh pipeline OUT   # bench/perf_pipeline.py: defaults vs best, the issue's table
+#
+# Packages: the wheels of diffusers and its needs unpacked under SITE (default .fa4site/lite or
+# /tmp/site), and flash-attn-4 with the CUTLASS DSL unpacked under FA4 (default .fa4site), both
+# optional for `kernels` and `forward` (flash-attn-4 rows then record why they did not run).
+# Each process gets its own empty Inductor cache: an executor and a validator compile apart.
+set -euo pipefail
+mode=${1:?kernels, forward or pipeline}
+out=${2:?output folder}
+fa4=${FA4:-$PWD/.fa4site}
+site=${SITE:-$fa4/lite}
+export PYTHONPATH="$site:$fa4:$fa4/nvidia_cutlass_dsl/dsl_packages:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+mkdir -p "$out"
+fresh_cache() { TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) "$@"; }
+
+case $mode in
+kernels)
+    fresh_cache python3 bench/fa4_check.py --out "$out/kernels_a.json"
+    fresh_cache python3 bench/fa4_check.py --out "$out/kernels_b.json" --shapes 480p-self --repeats 2
+    ;;
+forward)
+    variants=${VARIANTS:-_native_cudnn,flash-attn-4,_native_cudnn+fused+compile,_native_cudnn+fused+compile+det,flash-attn-4+fused+compile+det,flash-attn-4+fused+compile+det+cfg2}
+    fresh_cache python3 bench/perf_forward.py --out "$out/forward_480p.json" --layers "${LAYERS:-10}" \
+        --repeats 3 --sizes 480p --variants "$variants" \
+        --profile "${PROFILE:-_native_cudnn+fused+compile+det,flash-attn-4+fused+compile+det}"
+    # A second process: the kept variants must give the same output bytes as in the first.
+    fresh_cache python3 bench/perf_forward.py --out "$out/forward_480p_b.json" --layers "${LAYERS:-10}" \
+        --repeats 1 --sizes 480p --variants "${KEPT:-flash-attn-4+fused+compile+det,_native_cudnn+fused+compile+det}"
+    fresh_cache python3 bench/perf_forward.py --out "$out/forward_720p.json" --layers "${LAYERS:-10}" --repeats 2 \
+        --sizes 720p --variants "${VARIANTS_720P:-_native_cudnn,flash-attn-4,_native_cudnn+fused+compile+det,flash-attn-4+fused+compile+det}"
+    ;;
+pipeline)
+    fresh_cache python3 bench/perf_pipeline.py --out "$out/perf_pipeline.json" \
+        --best-attention "${BEST_ATTENTION:-sdpa-cudnn}"
+    ;;
+*)
+    echo "mode: got $mode; allowed: kernels, forward, pipeline" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,114 @@
+"""FlashAttention-4 (the CuTe DSL kernels of the ``flash-attn-4`` package) as an attention kernel.
+
+The runtime option ``attention_backend="flash-attn-4"`` runs both experts' attention with the
+locally installed ``flash_attn.cute`` forward kernel; nothing is downloaded. diffusers knows this
+kernel only through its Hub slot (``flash_4_hub``, fetched with the ``kernels`` package); ditproof
+fills that slot's kernel function with the local package instead, so diffusers' own dispatch,
+argument handling and attention processors stay as they are.
+
+The kernel call is a ``torch.library`` custom operator, so regional ``torch.compile`` with
+``fullgraph=True`` keeps it as one opaque node. The forward kernel is deterministic: one split
+per query block (``num_splits=1``), tile sizes chosen from the shapes, not by timing. The
+package versions are part of the runtime fingerprint (``attention_library``) and class, since
+another release may pick other tiles and round differently.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from collections.abc import Iterable
+
+import torch
+
+from ditproof.errors import RuntimeUnavailableError
+
+BACKEND = "flash-attn-4"
+PACKAGES = ("flash-attn-4", "nvidia-cutlass-dsl")
+"""Distributions whose versions name the kernels (the Python kernels and their compiler)."""
+INSTALL_HINT = (
+    "install them from local wheels: pip install --no-index --find-links WHEELS "
+    "flash-attn-4 'nvidia-cutlass-dsl[cu13]' (with quack-kernels, apache-tvm-ffi, torch-c-dlpack-ext)"
+)
+SUPPORTED_CAPABILITIES = ((9, 0), (10, 0), (10, 3))
+"""CUDA architectures with a forward kernel in the package (Hopper, Blackwell data-centre parts)."""
+
+
+def library_versions() -> str | None:
+    """``flash-attn-4==X,nvidia-cutlass-dsl==Y`` when both are installed, else None."""
+    found = []
+    for package in PACKAGES:
+        try:
+            found.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            return None
+    return ",".join(found)
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why the kernel cannot run on ``device`` (None when it can)."""
+    if device.type != "cuda":
+        return f"it needs a CUDA device of compute capability 9.0 or 10.x (the model is on {device})"
+    capability = torch.cuda.get_device_capability(device)
+    if capability not in SUPPORTED_CAPABILITIES:
+        allowed = ", ".join(f"{major}.{minor}" for major, minor in SUPPORTED_CAPABILITIES)
+        return f"compute capability {capability[0]}.{capability[1]} has no kernel; allowed: {allowed}"
+    if library_versions() is None or importlib.util.find_spec("flash_attn.cute") is None:
+        return f"the packages {' and '.join(PACKAGES)} are not installed; {INSTALL_HINT}"
+    return None
+
+
+@torch.library.custom_op("ditproof::flash_attn4_forward", mutates_args=())
+def flash_attn4_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """Non-causal attention of (batch, tokens, heads, head_dim) tensors, without a mask."""
+    from flash_attn.cute import flash_attn_func
+
+    out, _lse = flash_attn_func(
+        query.contiguous(), key.contiguous(), value.contiguous(), softmax_scale=scale, causal=False
+    )
+    return out
+
+
+@flash_attn4_forward.register_fake
+def _flash_attn4_forward_shape(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+) -> torch.Tensor:
+    return query.new_empty((*query.shape[:-1], value.shape[-1]))
+
+
+def _kernel(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """The function diffusers' ``flash_4_hub`` backend calls (its keyword names)."""
+    if causal:
+        raise ValueError("flash-attn-4: causal attention is not used by the Wan experts")
+    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
+    return flash_attn4_forward(q, k, v, scale)
+
+
+def install(experts: Iterable[torch.nn.Module], device: torch.device) -> None:
+    """Routes every attention of ``experts`` to the local FlashAttention-4 forward kernel.
+
+    Raises :class:`RuntimeUnavailableError` naming what is missing when it cannot run here.
+    """
+    reason = unavailable_reason(device)
+    if reason is not None:
+        raise RuntimeUnavailableError(f"attention_backend: {BACKEND!r} is not available here: {reason}")
+    from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
+
+    slot = AttentionBackendName.FLASH_4_HUB
+    _HUB_KERNELS_REGISTRY[slot].kernel_fn = _kernel
+    for expert in experts:
+        for module in expert.modules():
+            processor = getattr(module, "processor", None)
+            if processor is not None and hasattr(processor, "_attention_backend"):
+                if getattr(processor, "_parallel_config", None) is not None:
+                    raise RuntimeUnavailableError(
+                        f"attention_backend: {BACKEND!r} does not support context parallelism; "
+                        "allowed with cp_degree > 1: sdpa, sdpa-cudnn, sdpa-flash, sdpa-efficient"
+                    )
+                processor._attention_backend = slot

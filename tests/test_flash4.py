@@ -1,0 +1,102 @@
+"""The flash-attn-4 attention backend (issue 9): refusals, fingerprint, and its routing in diffusers.
+
+The kernel itself needs a Hopper or Blackwell GPU and the flash-attn-4 package; it is checked on
+the GPU by ``bench/fa4_check.py`` (equal to cuDNN's attention within bf16 rounding, bitwise
+repeatable). Here the routing is checked with a stand-in ``flash_attn.cute`` module whose
+``flash_attn_func`` computes attention with torch's math kernel: the experts must send every
+attention through ditproof's custom operator in the (batch, tokens, heads, head_dim) layout.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from ditproof.errors import RuntimeUnavailableError
+from ditproof.generation import flash4
+from ditproof.generation.generate import configure_attention, generate
+from ditproof.generation.runtime import kernels, runtime_fingerprint
+from ditproof.models.registry import load_model
+from ditproof.protocol.options import RuntimeOptions
+
+
+def test_refused_on_the_cpu_naming_the_devices_it_runs_on(tiny_model, small_request):
+    with pytest.raises(RuntimeUnavailableError, match="'flash-attn-4' is not available here: it needs a CUDA device"):
+        generate(small_request, 1, tiny_model, RuntimeOptions(attention_backend="flash-attn-4"))
+    with pytest.raises(RuntimeUnavailableError, match="compute capability 9.0 or 10.x"):
+        flash4.install([tiny_model.pipeline.transformer], torch.device("cpu"))
+    assert tiny_model.attention_backend == "sdpa"
+
+
+def test_missing_packages_are_named_with_how_to_install(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(flash4, "library_versions", lambda: None)
+    reason = flash4.unavailable_reason(torch.device("cuda", 0))
+    assert reason is not None and "flash-attn-4 and nvidia-cutlass-dsl are not installed" in reason
+    assert "--no-index" in reason
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert "compute capability 8.0 has no kernel; allowed: 9.0, 10.0, 10.3" in str(
+        flash4.unavailable_reason(torch.device("cuda", 0))
+    )
+
+
+def test_fake_kernel_gives_the_output_shape_for_compilation():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 300, 4, 64, dtype=torch.bfloat16)
+        kv = torch.empty(2, 512, 4, 64, dtype=torch.bfloat16)
+        out = torch.ops.ditproof.flash_attn4_forward(q, kv, kv, 0.125)
+    assert out.shape == (2, 300, 4, 64) and out.dtype == torch.bfloat16
+
+
+@pytest.fixture()
+def stand_in_flash_attn(monkeypatch):
+    """A ``flash_attn.cute`` module computing attention with torch's math kernel; records layouts."""
+    calls: list[tuple[tuple[int, ...], float]] = []
+
+    def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
+        assert not causal
+        calls.append((tuple(q.shape), softmax_scale))
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale
+        )
+        return out.transpose(1, 2), None
+
+    package = types.ModuleType("flash_attn")
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func = flash_attn_func  # type: ignore[attr-defined]
+    package.cute = cute  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flash_attn", package)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    monkeypatch.setattr(flash4, "unavailable_reason", lambda device: None)
+    monkeypatch.setattr(flash4, "library_versions", lambda: "flash-attn-4==4.0.0b36,nvidia-cutlass-dsl==4.8.1")
+    return calls
+
+
+def test_every_attention_goes_through_the_kernel_in_its_layout(stand_in_flash_attn, small_request):
+    model = load_model("wan-tiny-random", RuntimeOptions())
+    reference = generate(small_request, 3, model, RuntimeOptions()).capture.latents["final"][1]
+    options = RuntimeOptions(attention_backend="flash-attn-4")
+    routed = generate(small_request, 3, model, options).capture.latents["final"][1]
+    assert model.attention_backend == "flash-attn-4"
+    config = model.pipeline.transformer.config
+    heads, head_dim = config.num_attention_heads, config.attention_head_dim
+    layers = config.num_layers
+    # Self- and cross-attention of every block, for both CFG passes of every step.
+    assert len(stand_in_flash_attn) == 2 * layers * 2 * small_request.num_inference_steps
+    shapes = {shape for shape, _ in stand_in_flash_attn}
+    assert all(s[0] == 1 and s[2:] == (heads, head_dim) for s in shapes)
+    assert {scale for _, scale in stand_in_flash_attn} == {head_dim**-0.5}
+    assert torch.allclose(routed, reference, rtol=1e-4, atol=1e-4)
+    fingerprint = runtime_fingerprint(model, options)
+    assert fingerprint.attention_library == "flash-attn-4==4.0.0b36,nvidia-cutlass-dsl==4.8.1"
+    assert kernels(fingerprint) == "flash-attn-4[flash-attn-4==4.0.0b36,nvidia-cutlass-dsl==4.8.1]"
+    assert runtime_fingerprint(model, RuntimeOptions()).attention_library is None
+    configure_attention(model, "sdpa")
+    stand_in_flash_attn.clear()
+    generate(small_request, 1, model, RuntimeOptions())
+    assert stand_in_flash_attn == []
