@@ -27,6 +27,17 @@ def test_encoding_is_stable_over_many_runs(frames):
         assert len({encode_video(frames, 16, encoding) for _ in range(40)}) == 1
 
 
+def test_video_length_frames_repeat_exactly_without_x264s_macroblock_tree():
+    """81 frames of 416x240: with mbtree on, 8 encodes in one process gave 6 different streams
+    (2026-11-27); ditproof's pinned encoding turns it off, for one and for eight threads."""
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 255, size=(81, 30, 52, 3), dtype=np.uint8)
+    long_frames = np.ascontiguousarray(blocks.repeat(8, axis=1).repeat(8, axis=2))
+    for encoding in (VideoEncoding(), VideoEncoding(threads=8)):
+        assert not encoding.mbtree
+        assert len({encode_video(long_frames, 16, encoding) for _ in range(4)}) == 1
+
+
 def test_encoding_is_stable_across_processes(tmp_path, tiny_model):
     """Handing PyAV numpy memory (alignment varying per allocation) changed the bytes of these
     frames in ~1 of 4 encodes across fresh processes (12 of 50 before the fix); the encoder's

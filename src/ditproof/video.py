@@ -86,11 +86,15 @@ def _encode(frames: np.ndarray, fps: int, encoding: VideoEncoding) -> bytes:
         if encoding.codec == "h264-lossless":
             stream = container.add_stream("libx264rgb", rate=fps)
             stream.pix_fmt = "rgb24"
-            codec_options = {"qp": "0", "preset": encoding.preset}
+            codec_options = {"qp": "0", "preset": encoding.preset, "x264-params": f"mbtree={int(encoding.mbtree)}"}
         else:
             stream = container.add_stream("libx264", rate=fps)
             stream.pix_fmt = "yuv420p"
-            codec_options = {"crf": str(encoding.crf), "preset": encoding.preset}
+            codec_options = {
+                "crf": str(encoding.crf),
+                "preset": encoding.preset,
+                "x264-params": f"mbtree={int(encoding.mbtree)}",
+            }
         stream.width = frames.shape[2]
         stream.height = frames.shape[1]
         stream.time_base = Fraction(1, fps)

@@ -45,6 +45,11 @@ class VideoEncoding(BaseModel):
     crf: int = Field(default=18, ge=0, le=51)
     preset: str = "medium"
     threads: int = Field(default=1, ge=1, le=64)
+    # x264's macroblock-tree rate control. Off: with it on, the same frames gave other H.264
+    # bytes from one encode to the next in one process (2026-11-27, PyAV 18.1, medium preset,
+    # 832x480x81: 4 streams in 12 encodes here, and on an H100 host); off, every encode agreed.
+    # Records written before this field existed were encoded with it on.
+    mbtree: bool = False
 
     @field_validator("preset")
     @classmethod
