@@ -42,6 +42,17 @@ def flash4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.ops.ditproof.flash_attn4_forward(q, k, v, HEAD_DIM**-0.5)
 
 
+def flash4_tile(tile_n: int) -> Callable[..., torch.Tensor]:
+    """The package's forward with another key/value tile (its default for head_dim 128 is 128×128)."""
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        from flash_attn.cute.interface import _flash_attn_fwd
+
+        return _flash_attn_fwd(q, k, v, softmax_scale=HEAD_DIM**-0.5, causal=False, tile_mn=(128, tile_n))[0]
+
+    return run
+
+
 def timed(fn: Callable[[], torch.Tensor], repeats: int) -> float:
     fn()
     torch.cuda.synchronize()
@@ -61,6 +72,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--tiles", default="", help="flash-attn-4 key/value tile widths to try, e.g. 144,176")
     args = parser.parse_args()
     import ditproof.generation.flash4 as f4
 
@@ -69,6 +81,8 @@ def main() -> None:
         "sdpa-flash": sdpa(torch.nn.attention.SDPBackend.FLASH_ATTENTION),
         "flash-attn-4": flash4,
     }
+    for tile_n in [int(n) for n in args.tiles.split(",") if n]:
+        kernels[f"fa4-128x{tile_n}"] = flash4_tile(tile_n)
     result: dict[str, object] = {
         "device": device_info(),
         "flash_attn_4": f4.library_versions(),

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result
 from ditproof.models.init import cast_keeping_fp32, fill_seeded
+from ditproof.models.registry import fuse_projections
 from ditproof.models.wan import A14B_TRANSFORMER, TINY_TRANSFORMER, _materialize
 from ditproof.randomness import cpu_normal
 
@@ -120,9 +121,7 @@ def main() -> None:
             try:
                 select_backend(fresh, backend)
                 if "fused" in flags and not getattr(fresh, "_ditproof_fused", False):
-                    for module in fresh.modules():
-                        if hasattr(module, "fuse_projections"):
-                            module.fuse_projections()
+                    fuse_projections(fresh)
                     fresh._ditproof_fused = True
                 mode = "max-autotune-no-cudagraphs" if "autotune" in flags else "default"
                 # +det: Inductor's deterministic mode (no timing-based choice of reduction configs).

@@ -3,7 +3,7 @@
 One process, one card. Per variant: build ``wan-a14b-shape`` with the variant's runtime options
 (the same ``load_model`` as production: fused projections and regional compilation are applied
 there), one untimed 1-step generation per size (compilation, kernel selection), then per size a
-short generation (480p 4 steps, 720p 3 steps by default, CFG on) timed per step by the step
+short generation (480p 4 steps, 720p 2 steps by default, CFG on) timed per step by the step
 callback and scaled to 40 steps with each expert's steady step time; text encode and VAE decode
 from the run; the mp4 encode of its frames timed with the variant's encoding; peak GPU memory.
 Seconds per forward = steady step time / passes per step (2 with CFG). Determinism: the first
@@ -16,6 +16,7 @@ size's short run is repeated, and its final latent and mp4 bytes must be equal.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
@@ -116,6 +117,7 @@ def run_variant(
         "video_equal": first["video"] == again["video"],
     }
     del model
+    gc.collect()
     if options.device.startswith("cuda"):
         torch.cuda.empty_cache()
     for row in measured:
@@ -134,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--runs", default="832x480x81:4,1280x720x81:3", help="SIZE:STEPS,...")
+    parser.add_argument("--runs", default="832x480x81:4,1280x720x81:2", help="SIZE:STEPS,...")
     parser.add_argument("--target-steps", type=int, default=40)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, tiny sizes")
@@ -155,7 +157,10 @@ def main() -> None:
         options = variant_options(base, overrides, args.device)
         print(f"{name}: {options.attention_backend} fused={options.fuse_projections} compile={options.compile}")
         results.append(run_variant(preset, name, options, runs, args.target_steps))
-    write_result(args.out, {"bench": "perf_pipeline", "device": device_info(), "preset": preset, "variants": results})
+        # Written after each variant: a later one that fails leaves the earlier ones on disk.
+        write_result(
+            args.out, {"bench": "perf_pipeline", "device": device_info(), "preset": preset, "variants": results}
+        )
     print(
         f"{'variant':<20} {'size':>12} {'s/forward':>10} {'text':>6} {'VAE':>6} {'encode':>7} {'video s':>8} {'GiB':>6}"
     )

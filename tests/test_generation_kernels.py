@@ -48,3 +48,30 @@ def test_regional_compile_repeats_exactly_and_is_in_the_class(small_request, tmp
     assert first.capture.latents["final"][1].equal(second.capture.latents["final"][1])
     record = execute(small_request, model, options, tmp_path, request_id="k-2", entropy=ENTROPY)
     assert "/sdpa+compiled-regional/" in record.runtime_class
+
+
+def test_fused_projections_share_the_weights_of_the_separate_ones():
+    import torch
+
+    from ditproof.models.registry import fuse_projections
+
+    plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    model = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    storage_bytes = sum(p.untyped_storage().nbytes() for p in model.parameters())
+    fuse_projections(model)
+    assert model.state_dict().keys() >= before.keys()
+    assert all(model.state_dict()[key].equal(value) for key, value in before.items())
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    assert sum(storages.values()) == storage_bytes  # the fused layers took the separate ones' place
+    block = model.blocks[0]
+    assert (
+        block.attn1.to_k.weight.untyped_storage().data_ptr() == block.attn1.to_qkv.weight.untyped_storage().data_ptr()
+    )
+    hidden = torch.randn(1, 16, 3, 6, 8)
+    text = torch.randn(1, 7, plain.config.text_dim)
+    step = torch.tensor([500.0])
+    with torch.inference_mode():
+        fused_out = model(hidden, step, text, return_dict=False)[0]
+        plain_out = plain(hidden, step, text, return_dict=False)[0]
+    assert torch.allclose(fused_out, plain_out, rtol=1e-5, atol=1e-5)

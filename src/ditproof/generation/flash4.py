@@ -63,9 +63,9 @@ def flash_attn4_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     """Non-causal attention of (batch, tokens, heads, head_dim) tensors, without a mask."""
     from flash_attn.cute import flash_attn_func
 
-    out, _lse = flash_attn_func(
-        query.contiguous(), key.contiguous(), value.contiguous(), softmax_scale=scale, causal=False
-    )
+    # Strided inputs are read as they are (the kernel takes any layout whose last dimension is
+    # contiguous), e.g. the value slice of a fused QKV projection, without a copy.
+    out, _lse = flash_attn_func(query, key, value, softmax_scale=scale, causal=False)
     return out
 
 

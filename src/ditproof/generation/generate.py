@@ -290,6 +290,20 @@ def generate(
         return GenerationResult(None, noise_sha256, tuple(noise.shape), capture, timings, steps)
 
     # 6. Decode with the VAE (as WanPipeline), then to uint8 frames.
+    frames = decode_frames(pipe, latents)
+    timings["vae_decode_s"] = clock.lap()
+    return GenerationResult(
+        frames=frames,
+        noise_sha256=noise_sha256,
+        noise_shape=tuple(noise.shape),
+        capture=capture,
+        timings=timings,
+        steps=steps,
+    )
+
+
+def decode_frames(pipe: Any, latents: torch.Tensor) -> np.ndarray:
+    """The final latent through the VAE (un-normalized as WanPipeline does) to uint8 frames."""
     vae = pipe.vae
     latents = latents.to(vae.device, dtype=vae.dtype)
     mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
@@ -298,15 +312,7 @@ def generate(
     )
     video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
     frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
-    timings["vae_decode_s"] = clock.lap()
-    return GenerationResult(
-        frames=frames_to_uint8(np.asarray(frames)),
-        noise_sha256=noise_sha256,
-        noise_shape=tuple(noise.shape),
-        capture=capture,
-        timings=timings,
-        steps=steps,
-    )
+    return frames_to_uint8(np.asarray(frames))
 
 
 def _predict(

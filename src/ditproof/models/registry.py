@@ -136,13 +136,42 @@ def apply_kernels(experts: tuple[torch.nn.Module, ...], options: RuntimeOptions)
     """
     for expert in experts:
         if options.fuse_projections:
-            for module in expert.modules():
-                if hasattr(module, "fuse_projections"):
-                    module.fuse_projections()  # type: ignore[operator]
+            fuse_projections(expert)
         if options.compile == "regional":
             expert.compile_repeated_blocks(  # type: ignore[operator]
                 fullgraph=True, dynamic=False, options=COMPILE_OPTIONS
             )
+
+
+FUSED = {"to_qkv": ("to_q", "to_k", "to_v"), "to_kv": ("to_k", "to_v"), "to_added_kv": ("add_k_proj", "add_v_proj")}
+"""diffusers' fused projection of an attention, and the projections it concatenates, in order."""
+
+
+def fuse_projections(expert: torch.nn.Module) -> None:
+    """diffusers' ``fuse_projections`` on every attention, without a second copy of the weights.
+
+    diffusers concatenates the query/key/value weights into a new fused layer and keeps the
+    separate ones (at A14B size 10.5 GB more per expert, which no longer fits both experts on an
+    80 GB card); here the separate layers' weights and biases become row slices of the fused
+    layer's, so both paths read the same memory and the state dict is unchanged.
+    """
+    with torch.no_grad():
+        for module in expert.modules():
+            if not hasattr(module, "fuse_projections"):
+                continue
+            module.fuse_projections()  # type: ignore[operator]
+            for fused_name, part_names in FUSED.items():
+                fused = getattr(module, fused_name, None)
+                if fused is None:
+                    continue
+                start = 0
+                for part_name in part_names:
+                    part = getattr(module, part_name)
+                    rows = part.weight.shape[0]
+                    part.weight.data = fused.weight.data[start : start + rows]
+                    if part.bias is not None:
+                        part.bias.data = fused.bias.data[start : start + rows]
+                    start += rows
 
 
 def fp8_roundtrip_linear_weights(module: torch.nn.Module) -> None:
