@@ -136,3 +136,26 @@ def test_validate_against_the_clients_request_file(generated, tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     bad = ditproof("validate", "--record", str(out / "record.json"), "--request", str(tmp_path / "bad.json"))
     assert bad.returncode == 2 and "allowed: a JSON object" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_generate_takes_the_speed_options_and_pins_them_in_the_record(tmp_path):
+    result = ditproof(
+        "generate",
+        "--prompt",
+        "a red circle moves left",
+        "--out",
+        str(tmp_path / "fast"),
+        *SMALL,
+        "--encode-threads",
+        "3",
+        "--offload-text-encoder",
+        "--fuse-projections",
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "fast" / "record.json").read_text())
+    assert record["runtime"]["encoding"]["threads"] == 3
+    assert record["runtime"]["encoding"]["mbtree"] is False
+    assert record["runtime"]["fuse_projections"] is True
+    refused = ditproof("generate", "--prompt", "x", "--out", str(tmp_path / "bad"), *SMALL, "--encode-threads", "0")
+    assert refused.returncode != 0 and "threads: got 0" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "bad").exists()

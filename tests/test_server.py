@@ -343,6 +343,16 @@ def test_state_and_model_management(node, client, http, finished):
         ({"model": "wan-tiny-random", "dtype": "int8"}, "dtype"),
         ({"model": "wan-tiny-random", "additional_args": ["--trust-remote-code", "1"]}, "additional_args.0"),
         ({"model": "wan-tiny-random", "additional_args": ["--device", "tpu"]}, "additional_args.device"),
+        (
+            {"model": "wan-tiny-random", "additional_args": ["--fuse-projections", "maybe"]},
+            "additional_args.fuse_projections",
+        ),
+        ({"model": "wan-tiny-random", "additional_args": ["--encode-threads=x"]}, "additional_args.encoding.threads"),
+        (
+            {"model": "wan-tiny-random", "additional_args": ["--encode-threads", "99"]},
+            "additional_args.encoding.threads",
+        ),
+        ({"model": "wan-tiny-random", "additional_args": ["--compile", "full"]}, "additional_args.compile"),
     ):
         response = http.post("/api/v1/inference/up", json=body)
         assert response.status_code == 422, response.text

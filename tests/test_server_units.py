@@ -97,3 +97,14 @@ def test_size_seconds_and_seed_mapping():
     with pytest.raises(ApiError) as info:
         from_form([("prompt", "a"), ("prompt", "b"), ("seed", "1e3")])
     assert {f for f, _ in info.value.fields} == {"prompt", "seed"}
+
+
+def test_model_load_takes_the_speed_options(tmp_path):
+    from ditproof.server.loading import resolve_model
+
+    args = ["--fuse-projections", "true", "--compile=regional", "--offload-text-encoder", "1", "--encode-threads", "8"]
+    options = resolve_model(ServerConfig(data_dir=tmp_path), "wan-tiny-random", None, args).options
+    assert options.fuse_projections and options.compile == "regional" and options.offload_text_encoder
+    assert options.encoding.threads == 8 and not options.encoding.mbtree
+    plain = resolve_model(ServerConfig(data_dir=tmp_path), "wan-tiny-random").options
+    assert not plain.fuse_projections and plain.encoding.threads == 1

@@ -29,6 +29,7 @@ def build_options(
     jl_dim: int,
     checkpoint_steps: str | None,
     model: str,
+    encode_threads: int = 1,
     **deviations: object,
 ) -> RuntimeOptions:
     """Runtime options from CLI flags (dtype defaults to the preset's); ``deviations`` are passed through."""
@@ -45,7 +46,7 @@ def build_options(
         attention_backend=attention_backend,
         cfg_mode=cfg_mode,
         capture=call(CaptureOptions, jl_dim=jl_dim, checkpoint_steps=parse_steps(checkpoint_steps)),
-        encoding=call(VideoEncoding, codec="h264-lossless" if lossless else "h264"),
+        encoding=call(VideoEncoding, codec="h264-lossless" if lossless else "h264", threads=encode_threads),
         **deviations,
     )
 
@@ -125,6 +126,10 @@ def generate_command(
     compile_mode: str = typer.Option(
         "none", "--compile", help="none, or regional: torch.compile of the repeated blocks (speed; in the class)."
     ),
+    offload_text_encoder: bool = typer.Option(
+        False, "--offload-text-encoder", help="Keep the text encoder in pinned host memory between prompts."
+    ),
+    encode_threads: int = typer.Option(1, "--encode-threads", help="x264 threads (pinned in the record)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     engine: str = typer.Option("diffusers", "--engine", help="diffusers, or vllm-omni (docs/vllm-omni.md)."),
     omni_url: str | None = typer.Option(None, "--omni-url", help="vllm-omni: a `vllm serve DIR --omni` URL."),
@@ -161,6 +166,8 @@ def generate_command(
             jl_dim,
             checkpoint_steps,
             model,
+            encode_threads=encode_threads,
+            offload_text_encoder=offload_text_encoder,
             experts=experts,
             weights=weights,
             cache=cache,

@@ -22,7 +22,13 @@ ALLOWED_ARGS = {
     "--attention-backend": "attention_backend",
     "--cfg-mode": "cfg_mode",
     "--vae-dtype": "vae_dtype",
+    "--compile": "compile",
+    "--fuse-projections": "fuse_projections",
+    "--offload-text-encoder": "offload_text_encoder",
+    "--encode-threads": "encoding.threads",
 }
+BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
+"""Values a boolean flag takes (``--fuse-projections true``)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,17 @@ def resolve_model(
                 f"additional_args.{index}",
                 f"got {flag!r}; allowed: {', '.join(ALLOWED_ARGS)} (each followed by a value)",
             )
-        values[ALLOWED_ARGS[flag]] = value
+        field = ALLOWED_ARGS[flag]
+        if field in ("fuse_projections", "offload_text_encoder"):
+            if value.lower() not in BOOLEANS:
+                raise invalid(f"additional_args.{field}", f"got {value!r}; allowed: true, false, 1 or 0")
+            values[field] = BOOLEANS[value.lower()]
+        elif field == "encoding.threads":
+            if not value.isdigit():
+                raise invalid("additional_args.encoding.threads", f"got {value!r}; allowed: a whole number 1 to 64")
+            values["encoding"] = {"threads": int(value)}
+        else:
+            values[field] = value
     chosen = dtype if dtype not in (None, "auto") else (config.dtype or PRESETS[preset].default_dtype)
     values["dtype"] = chosen
     try:
