@@ -34,6 +34,7 @@ from ditproof.generation.generate import generate
 from ditproof.models.registry import load_model
 from ditproof.protocol.options import RuntimeOptions
 from ditproof.video import encode_video
+from perf_forward import forward_flops
 from step_timing import SEED, scale_to_steps, short_request, timed_generation
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -81,7 +82,12 @@ def measure(model: Any, options: RuntimeOptions, size: str, steps: int, target: 
     steady, denoise = scaled.steady_step_s, scaled.denoise_target_s
     text_s, vae_s = result.timings["text_encode_s"], result.timings["vae_decode_s"]
     passes = 2 if request.guidance_scale > 1 else 1
+    config = model.pipeline.transformer.config
+    frames, height, width = request.num_frames, request.height, request.width
+    tokens = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
+    flops = forward_flops(dict(config), tokens)
     return {
+        "tflops_per_expert": {k: flops * passes / v / 1e12 for k, v in steady.items()},
         "size": size,
         "steps": steps,
         "step_s": step_s,
