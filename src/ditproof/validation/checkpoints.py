@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ditproof.errors import IntegrityError
+from ditproof.generation.generate import decode_frames
 from ditproof.hashing import sha256_bytes
 from ditproof.metrics.registry import METRICS
 from ditproof.models.registry import LoadedModel
@@ -59,7 +60,7 @@ from ditproof.validation.segments import (
     trajectory_steps,
 )
 from ditproof.validation.validate import Preflight, PreflightInputs, _Checks, preflight
-from ditproof.video import encode_video, frames_to_uint8
+from ditproof.video import encode_video
 
 SEGMENT_METRIC = "latent_rel_l2_segment"
 SEGMENT_KEY = f"{SEGMENT_METRIC}:value"
@@ -90,18 +91,9 @@ def choose_spot_segments(record: InferenceRecord, validator_entropy: str, k: int
 
 @torch.inference_mode()
 def decode_latent(model: LoadedModel, latent: torch.Tensor) -> np.ndarray:
-    """Decodes a final latent to uint8 frames ``(F, H, W, 3)`` exactly as the generation path's last
-    step does (``ditproof.generation.generate``, step 6; a test holds the two to the same bytes)."""
-    pipe = model.pipeline
-    vae = pipe.vae
-    latents = latent.to(vae.device, dtype=vae.dtype)
-    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(
-        latents.device, latents.dtype
-    )
-    video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-    frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
-    return frames_to_uint8(np.asarray(frames))
+    """Decodes a final latent to uint8 frames ``(F, H, W, 3)`` with the generation path's own last
+    step (:func:`ditproof.generation.generate.decode_frames`)."""
+    return decode_frames(model.pipeline, latent)
 
 
 def validate_checkpoints(
