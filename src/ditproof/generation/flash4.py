@@ -98,10 +98,16 @@ def install(experts: Iterable[torch.nn.Module], device: torch.device) -> None:
     reason = unavailable_reason(device)
     if reason is not None:
         raise RuntimeUnavailableError(f"attention_backend: {BACKEND!r} is not available here: {reason}")
-    from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
+    try:
+        from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
 
-    slot = AttentionBackendName.FLASH_4_HUB
-    _HUB_KERNELS_REGISTRY[slot].kernel_fn = _kernel
+        slot = AttentionBackendName.FLASH_4_HUB
+        _HUB_KERNELS_REGISTRY[slot].kernel_fn = _kernel
+    except (ImportError, AttributeError, KeyError) as exc:  # another diffusers than the pinned one
+        raise RuntimeUnavailableError(
+            f"attention_backend: {BACKEND!r} is not available here: this diffusers has no flash_4_hub "
+            f"attention slot ({type(exc).__name__}: {exc}); allowed: diffusers 0.42.1"
+        ) from None
     for expert in experts:
         for module in expert.modules():
             processor = getattr(module, "processor", None)
