@@ -100,3 +100,10 @@ def test_every_attention_goes_through_the_kernel_in_its_layout(stand_in_flash_at
     stand_in_flash_attn.clear()
     generate(small_request, 1, model, RuntimeOptions())
     assert stand_in_flash_attn == []
+
+
+def test_the_pricing_calibration_selects_it_through_the_same_path(tiny_model):
+    from ditproof.pricing.calibrate import set_attention
+
+    with pytest.raises(RuntimeUnavailableError, match="'flash-attn-4' is not available here: it needs a CUDA device"):
+        set_attention(tiny_model.pipeline.transformer, "flash-attn-4")

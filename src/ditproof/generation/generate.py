@@ -19,13 +19,13 @@ import torch
 from diffusers import UniPCMultistepScheduler
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
-from ditproof.errors import InvalidInputError, RuntimeUnavailableError
-from ditproof.generation import flash4
+from ditproof.errors import InvalidInputError
+from ditproof.generation.attention import select_attention
 from ditproof.generation.solver import ResumePoint
 from ditproof.generation.trajectory import TrajectoryCapture
 from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel
-from ditproof.protocol.options import ATTENTION_BACKENDS, GPU_ONLY_BACKENDS, CacheOptions, RuntimeOptions
+from ditproof.protocol.options import CacheOptions, RuntimeOptions
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import initial_noise
 from ditproof.video import frames_to_uint8
@@ -74,26 +74,11 @@ def check_prompt_length(model: LoadedModel, *texts: str) -> None:
 
 
 def configure_attention(model: LoadedModel, backend: str) -> None:
-    """Selects the attention kernel of both experts (diffusers' attention dispatcher)."""
+    """Selects the attention kernel of both experts (:func:`ditproof.generation.attention.select_attention`)."""
     if model.attention_backend == backend:
         return
     device = next(model.pipeline.transformer.parameters()).device
-    experts = (model.pipeline.transformer, model.pipeline.transformer_2)
-    if backend == flash4.BACKEND:  # says itself which devices and packages it needs
-        flash4.install(experts, device)
-        model.attention_backend = backend
-        return
-    if backend in GPU_ONLY_BACKENDS and device.type != "cuda":
-        raise RuntimeUnavailableError(
-            f"attention_backend: {backend!r} needs a CUDA device (the model is on {device}); "
-            "allowed here: sdpa, sdpa-math, flex"
-        )
-    name = ATTENTION_BACKENDS[backend]
-    for expert in experts:
-        try:
-            expert.set_attention_backend(name or "native")
-        except (ValueError, RuntimeError, ImportError) as exc:
-            raise RuntimeUnavailableError(f"attention_backend: {backend!r} is not available here ({exc})") from None
+    select_attention((model.pipeline.transformer, model.pipeline.transformer_2), backend, device)
     model.attention_backend = backend
 
 

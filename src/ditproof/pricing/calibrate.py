@@ -30,7 +30,6 @@ import torch
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
 from ditproof.pricing.cost import HIGH_NOISE, LOW_NOISE, latent_patches, size_request
 from ditproof.pricing.fit import fit_floored, fit_pass_cost, fit_quality, relative_errors
-from ditproof.protocol.options import ATTENTION_BACKENDS
 from ditproof.protocol.pricing import CoefficientEntry, ExpertFit, Hardware, TimedPoint, TimingMethod
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import cpu_normal
@@ -138,15 +137,9 @@ def build_expert(
 
 def set_attention(module: torch.nn.Module, backend: str) -> None:
     """Selects the attention kernel, as generation does (see ``RuntimeOptions.attention_backend``)."""
-    if backend not in ATTENTION_BACKENDS:
-        raise InvalidInputError(f"attention_backend: got {backend!r}; allowed: {', '.join(ATTENTION_BACKENDS)}")
-    name = ATTENTION_BACKENDS[backend]
-    if name is None:
-        return  # diffusers' default, left untouched as generation leaves it
-    try:
-        module.set_attention_backend(name)  # type: ignore[operator]
-    except (ValueError, RuntimeError, ImportError) as exc:
-        raise RuntimeUnavailableError(f"attention_backend: {backend!r} is not available here ({exc})") from None
+    from ditproof.generation.attention import select_attention
+
+    select_attention([module], backend, next(module.parameters()).device)
 
 
 def parse_size(text: str) -> GenerationRequest:
