@@ -2,7 +2,8 @@
 
 Builds only the high-noise expert of ``wan-a14b-shape`` (exact shape, seeded random bf16 weights
 on the GPU), then times ``forward`` (CUDA events, warm-up, median of repeats) for each variant:
-attention backend (diffusers' dispatcher names), fused QKV projections, regional
+attention backend (diffusers' dispatcher names; ``flash-attn-4-all``: FlashAttention-4 for the
+cross-attention too), fused QKV projections (``+fused``), fused elementwise steps (``+ew``), regional
 ``torch.compile`` of the repeated blocks (``+compile``; ``+autotune`` compiles with
 ``mode="max-autotune-no-cudagraphs"``), and a batch of two (``+cfg2``: CFG's two passes in one
 forward; seconds are per sample). Also checks, per variant, that two forwards on the same inputs
@@ -25,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result
+from ditproof.models.fused import fuse_elementwise
 from ditproof.models.init import cast_keeping_fp32, fill_seeded
 from ditproof.models.registry import fuse_projections
 from ditproof.models.wan import A14B_TRANSFORMER, TINY_TRANSFORMER, _materialize
@@ -59,8 +61,15 @@ def select_backend(expert: torch.nn.Module, backend: str) -> None:
     """diffusers' dispatcher name, or ``flash-attn-4`` (ditproof's local FlashAttention-4 kernel)."""
     from ditproof.generation import flash4
 
-    if backend == flash4.BACKEND:
+    if backend in (flash4.BACKEND, "flash-attn-4-all"):
         flash4.install([expert], next(expert.parameters()).device)
+        if backend == "flash-attn-4-all":  # session 4's kernel: FlashAttention-4 for cross-attention too
+            from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
+
+            def every_attention(q, k, v, softmax_scale=None, causal=False):  # type: ignore[no-untyped-def]
+                return flash4.flash_attn4_forward(q, k, v, float(softmax_scale or q.shape[-1] ** -0.5))
+
+            _HUB_KERNELS_REGISTRY[AttentionBackendName.FLASH_4_HUB].kernel_fn = every_attention
     else:
         expert.set_attention_backend(backend)
 
@@ -123,9 +132,12 @@ def main() -> None:
                 if "fused" in flags and not getattr(fresh, "_ditproof_fused", False):
                     fuse_projections(fresh)
                     fresh._ditproof_fused = True
+                if "ew" in flags:
+                    fuse_elementwise(fresh)
                 mode = "max-autotune-no-cudagraphs" if "autotune" in flags else "default"
                 # +det: Inductor's deterministic mode (no timing-based choice of reduction configs).
-                compiled = (mode, "det" in flags)
+                # Another kernel behind a compiled graph needs a new trace: the key names them all.
+                compiled = (mode, "det" in flags, backend, "ew" in flags, "fused" in flags)
                 if ("compile" in flags or "autotune" in flags) and getattr(
                     fresh, "_ditproof_compiled", None
                 ) != compiled:

@@ -2,6 +2,7 @@
 # Issue 9 on one GPU host: the attention kernels alone, forward passes, whole generations.
 #
 #   bench/perf_host.sh kernels  OUT   # bench/fa4_check.py, run twice (two processes)
+#   bench/perf_host.sh fused    OUT   # bench/fused_check.py: fuse_elementwise's kernels, cuDNN cross-attention
 #   bench/perf_host.sh forward  OUT   # bench/perf_forward.py: 480p and 720p, profiles, two processes
 #   bench/perf_host.sh pipeline OUT   # bench/perf_pipeline.py: defaults vs best, the issue's table
 #
@@ -10,7 +11,7 @@
 # optional for `kernels` and `forward` (flash-attn-4 rows then record why they did not run).
 # Each process gets its own empty Inductor cache: an executor and a validator compile apart.
 set -euo pipefail
-mode=${1:?kernels, forward or pipeline}
+mode=${1:?kernels, fused, forward or pipeline}
 out=${2:?output folder}
 fa4=${FA4:-$PWD/.fa4site}
 site=${SITE:-$fa4/lite}
@@ -24,23 +25,27 @@ kernels)
     fresh_cache python3 bench/fa4_check.py --out "$out/kernels_a.json"
     fresh_cache python3 bench/fa4_check.py --out "$out/kernels_b.json" --shapes 480p-self --repeats 2
     ;;
+fused)
+    fresh_cache python3 bench/fused_check.py --out "$out/fused_check.json"
+    ;;
 forward)
-    variants=${VARIANTS:-_native_cudnn,flash-attn-4,_native_cudnn+fused+compile,_native_cudnn+fused+compile+det,flash-attn-4+fused+compile+det,flash-attn-4+fused+compile+det+cfg2}
+    # flash-attn-4-all: session 4's kept kernel (FlashAttention-4 for the cross-attention too).
+    kept=flash-attn-4+fused+ew+compile+det
+    variants=${VARIANTS:-flash-attn-4-all+fused+compile+det,flash-attn-4+fused+compile+det,$kept}
     fresh_cache python3 bench/perf_forward.py --out "$out/forward_480p.json" --layers "${LAYERS:-10}" \
-        --repeats 3 --sizes 480p --variants "$variants" \
-        --profile "${PROFILE:-_native_cudnn+fused+compile+det,flash-attn-4+fused+compile+det}"
+        --repeats 3 --sizes 480p --variants "$variants" --profile "${PROFILE:-$kept}"
     # A second process: the kept variants must give the same output bytes as in the first.
     fresh_cache python3 bench/perf_forward.py --out "$out/forward_480p_b.json" --layers "${LAYERS:-10}" \
-        --repeats 1 --sizes 480p --variants "${KEPT:-flash-attn-4+fused+compile+det,_native_cudnn+fused+compile+det}"
+        --repeats 1 --sizes 480p --variants "${KEPT:-$kept}"
     fresh_cache python3 bench/perf_forward.py --out "$out/forward_720p.json" --layers "${LAYERS:-10}" --repeats 2 \
-        --sizes 720p --variants "${VARIANTS_720P:-_native_cudnn,flash-attn-4,_native_cudnn+fused+compile+det,flash-attn-4+fused+compile+det}"
+        --sizes 720p --variants "${VARIANTS_720P:-flash-attn-4-all+fused+compile+det,$kept}"
     ;;
 pipeline)
     fresh_cache python3 bench/perf_pipeline.py --out "$out/perf_pipeline.json" \
         --best-attention "${BEST_ATTENTION:-sdpa-cudnn}"
     ;;
 *)
-    echo "mode: got $mode; allowed: kernels, forward, pipeline" >&2
+    echo "mode: got $mode; allowed: kernels, fused, forward, pipeline" >&2
     exit 2
     ;;
 esac

@@ -42,6 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ditproof-best": {
         "attention_backend": "sdpa-cudnn",
         "fuse_projections": True,
+        "fuse_elementwise": True,
         "compile": "regional",
         "encoding": {"threads": 8},
     },
@@ -161,7 +162,10 @@ def main() -> None:
         if name == "ditproof-best" and args.best_attention:
             overrides["attention_backend"] = args.best_attention
         options = variant_options(base, overrides, args.device)
-        print(f"{name}: {options.attention_backend} fused={options.fuse_projections} compile={options.compile}")
+        print(
+            f"{name}: {options.attention_backend} fused={options.fuse_projections} "
+            f"elementwise={options.fuse_elementwise} compile={options.compile}"
+        )
         results.append(run_variant(preset, name, options, runs, args.target_steps))
         # Written after each variant: a later one that fails leaves the earlier ones on disk.
         write_result(

@@ -33,7 +33,7 @@ def test_fused_projections_repeat_exactly_stay_close_and_are_in_the_class(tiny_m
     # The validator regenerates with the record's options: a fused model for a fused record.
     verdict = validate(first, tmp_path / "a" / first.video.file, fused)
     assert verdict.decision == "valid", verdict.reason
-    with pytest.raises(InvalidInputError, match="fuse_projections/compile: got"):
+    with pytest.raises(InvalidInputError, match="fuse_projections/fuse_elementwise/compile: got"):
         generate(small_request, 1, tiny_model, fused_options)
 
 

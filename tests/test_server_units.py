@@ -103,8 +103,10 @@ def test_model_load_takes_the_speed_options(tmp_path):
     from ditproof.server.loading import resolve_model
 
     args = ["--fuse-projections", "true", "--compile=regional", "--offload-text-encoder", "1", "--encode-threads", "8"]
+    args += ["--fuse-elementwise", "true"]
     options = resolve_model(ServerConfig(data_dir=tmp_path), "wan-tiny-random", None, args).options
     assert options.fuse_projections and options.compile == "regional" and options.offload_text_encoder
+    assert options.fuse_elementwise
     assert options.encoding.threads == 8 and not options.encoding.mbtree
     plain = resolve_model(ServerConfig(data_dir=tmp_path), "wan-tiny-random").options
     assert not plain.fuse_projections and plain.encoding.threads == 1

@@ -123,6 +123,11 @@ def generate_command(
     fuse_projections: bool = typer.Option(
         False, "--fuse-projections", help="Fuse the experts' attention projections (speed; in the runtime class)."
     ),
+    fuse_elementwise: bool = typer.Option(
+        False,
+        "--fuse-elementwise",
+        help="GELU in the FFN product, q/k norm + RoPE in one kernel (speed; in the runtime class).",
+    ),
     compile_mode: str = typer.Option(
         "none", "--compile", help="none, or regional: torch.compile of the repeated blocks (speed; in the class)."
     ),
@@ -175,6 +180,7 @@ def generate_command(
             cp_degree=cp_degree,
             engine=engine,
             fuse_projections=fuse_projections,
+            fuse_elementwise=fuse_elementwise,
             compile=compile_mode,
         )
         if engine == "vllm-omni":

@@ -24,7 +24,7 @@ from ditproof.generation.attention import select_attention
 from ditproof.generation.solver import ResumePoint
 from ditproof.generation.trajectory import TrajectoryCapture
 from ditproof.hashing import sha256_tensor
-from ditproof.models.registry import LoadedModel
+from ditproof.models.registry import LoadedModel, kernel_options
 from ditproof.protocol.options import CacheOptions, RuntimeOptions
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import initial_noise
@@ -193,9 +193,9 @@ def generate(
             f"tp_degree/cp_degree: got {(options.tp_degree, options.cp_degree)} but the model was loaded with "
             f"{model.parallel}; allowed: the loaded model's degrees (pass the options to load_model)"
         )
-    if model.kernels != (options.fuse_projections, options.compile):
+    if model.kernels != kernel_options(options):
         raise InvalidInputError(
-            f"fuse_projections/compile: got {(options.fuse_projections, options.compile)} but the model was loaded "
+            f"fuse_projections/fuse_elementwise/compile: got {kernel_options(options)} but the model was loaded "
             f"with {model.kernels}; allowed: the loaded model's (pass the options to load_model)"
         )
     configure_attention(model, options.attention_backend)

@@ -111,6 +111,7 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
         tp_degree=options.tp_degree,
         cp_degree=options.cp_degree,
         fuse_projections=options.fuse_projections,
+        fuse_elementwise=options.fuse_elementwise,
         compile=options.compile,
         model_preset=model.preset,
         model_revision=model.revision,
@@ -121,12 +122,15 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
 
 
 def kernels(fp: RuntimeFingerprint) -> str:
-    """The attention backend (with its library's versions), then ``+fused`` and ``+compiled-regional``."""
+    """The attention backend (with its library's versions), then ``+fused``, ``+fused-elementwise``
+    and ``+compiled-regional``."""
     parts = [
         fp.attention_backend if fp.attention_library is None else f"{fp.attention_backend}[{fp.attention_library}]"
     ]
     if fp.fuse_projections:
         parts.append("fused")
+    if fp.fuse_elementwise:
+        parts.append("fused-elementwise")
     if fp.compile != "none":
         parts.append(f"compiled-{fp.compile}")
     return "+".join(parts)

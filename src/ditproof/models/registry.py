@@ -12,6 +12,7 @@ from diffusers import WanPipeline
 
 from ditproof.errors import InvalidInputError, ModelNotFoundError
 from ditproof.hashing import sha256_bytes, sha256_json, tensor_bytes
+from ditproof.models.fused import fuse_elementwise
 from ditproof.models.init import cast_keeping_fp32
 from ditproof.models.local import check_pipeline_folder, folder_revision
 from ditproof.models.offload import HostResident
@@ -76,7 +77,7 @@ class LoadedModel:
     weights: str = "native"
     cache: CacheOptions | None = None
     parallel: tuple[int, int] = (1, 1)
-    kernels: tuple[bool, str] = (False, "none")  # (fused projections, compile mode) applied at load
+    kernels: tuple[bool, bool, str] = (False, False, "none")  # see kernel_options: applied at load
     text_encoder_host: HostResident | None = None  # set at the first generation that offloads it
     prompt_embeddings: OrderedDict[tuple[object, ...], tuple[torch.Tensor, torch.Tensor | None]] = field(
         default_factory=OrderedDict
@@ -116,8 +117,14 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
         apply_parallel(experts, options)
         model.parallel = (options.tp_degree, options.cp_degree)
     apply_kernels(experts, options)
-    model.kernels = (options.fuse_projections, options.compile)
+    model.kernels = kernel_options(options)
     return model
+
+
+def kernel_options(options: RuntimeOptions) -> tuple[bool, bool, str]:
+    """The options applied at load time that change the experts' kernels: fused projections,
+    fused elementwise steps, compile mode (a request must match the loaded model's)."""
+    return (options.fuse_projections, options.fuse_elementwise, options.compile)
 
 
 COMPILE_OPTIONS = {"deterministic": True}
@@ -125,7 +132,8 @@ COMPILE_OPTIONS = {"deterministic": True}
 
 
 def apply_kernels(experts: tuple[torch.nn.Module, ...], options: RuntimeOptions) -> None:
-    """Fuses the experts' attention projections and compiles their repeated blocks, as asked.
+    """Fuses the experts' attention projections and elementwise steps and compiles their repeated
+    blocks, as asked.
 
     Compilation happens lazily, at the first forward of each block shape. Each shape gets its own
     static graph (``dynamic=False``): a process that ran 480p first must pick the same kernels for
@@ -137,6 +145,8 @@ def apply_kernels(experts: tuple[torch.nn.Module, ...], options: RuntimeOptions)
     for expert in experts:
         if options.fuse_projections:
             fuse_projections(expert)
+        if options.fuse_elementwise:
+            fuse_elementwise(expert)
         if options.compile == "regional":
             expert.compile_repeated_blocks(  # type: ignore[operator]
                 fullgraph=True, dynamic=False, options=COMPILE_OPTIONS

@@ -109,6 +109,10 @@ class RuntimeOptions(BaseModel):
     repeated blocks with ``torch.compile`` (diffusers' ``compile_repeated_blocks``), fusing the
     elementwise work around the matrix products. Both change the kernels and so the low bits:
     they are part of the runtime class, and both are applied at load time (issue 9).
+    ``fuse_elementwise``: the feed-forward's tanh-GELU in its up-projection's epilogue and the
+    self-attention's query/key RMS norm with the rotary embedding in one kernel
+    (:mod:`ditproof.models.fused`); changes the low bits, part of the runtime class, applied at
+    load time.
     ``engine``: what runs the denoising loop: ``diffusers`` (ditproof's own loop on a diffusers
     pipeline) or ``vllm-omni`` (vLLM-Omni's Wan2.2 pipeline with ditproof's plugin; see
     :mod:`ditproof.engines` and docs/vllm-omni.md). Part of the runtime class.
@@ -132,6 +136,7 @@ class RuntimeOptions(BaseModel):
     encoding: VideoEncoding = VideoEncoding()
     engine: Literal["diffusers", "vllm-omni"] = "diffusers"
     fuse_projections: bool = False
+    fuse_elementwise: bool = False
     compile: Literal["none", "regional"] = "none"
 
     @field_validator("device")

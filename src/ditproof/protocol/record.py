@@ -62,6 +62,7 @@ class RuntimeFingerprint(_Model):
     tp_degree: int = 1
     cp_degree: int = 1
     fuse_projections: bool = False
+    fuse_elementwise: bool = False
     compile: str = "none"
     model_preset: str
     model_revision: str = Field(pattern=_SHA256)

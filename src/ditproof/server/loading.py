@@ -24,6 +24,7 @@ ALLOWED_ARGS = {
     "--vae-dtype": "vae_dtype",
     "--compile": "compile",
     "--fuse-projections": "fuse_projections",
+    "--fuse-elementwise": "fuse_elementwise",
     "--offload-text-encoder": "offload_text_encoder",
     "--encode-threads": "encoding.threads",
 }
@@ -73,7 +74,7 @@ def resolve_model(
                 f"got {flag!r}; allowed: {', '.join(ALLOWED_ARGS)} (each followed by a value)",
             )
         field = ALLOWED_ARGS[flag]
-        if field in ("fuse_projections", "offload_text_encoder"):
+        if field in ("fuse_projections", "fuse_elementwise", "offload_text_encoder"):
             if value.lower() not in BOOLEANS:
                 raise invalid(f"additional_args.{field}", f"got {value!r}; allowed: true, false, 1 or 0")
             values[field] = BOOLEANS[value.lower()]

@@ -1,0 +1,275 @@
+"""Elementwise steps of the Wan experts fused into the kernels beside them (``fuse_elementwise``).
+
+Two fusions, both inside every transformer block (issue 9; at A14B size, 480p, each step was a
+separate pass over hundreds of megabytes after regional compilation):
+
+- The feed-forward's up-projection and its tanh-GELU in one matrix product: cuBLASLt applies
+  the GELU in the product's epilogue (``torch._addmm_activation``), so the 32,760 × 13,824
+  activation is written once instead of written, read and written again.
+- The self-attention's query and key RMS norm (across all heads) and the rotary embedding in one
+  Triton kernel per tensor: one read of the projection, one write of the rotated result. Under
+  regional compilation Inductor generated a two-pass reduction for these that ran at about a
+  third of the memory bandwidth.
+
+Both are ``torch.library`` custom operators, so ``torch.compile(fullgraph=True)`` keeps them as
+opaque nodes. They compute in float32 and round once, where the unfused modules round between
+steps: the low bits change, so the option is part of the runtime fingerprint and class. On a
+CPU the operators run the same arithmetic with PyTorch operations (no speed gain; the option
+stays valid there for tests and for validators of a CPU class).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+ROTARY_PAIR = 2
+"""Wan's rotary embedding rotates adjacent channel pairs (x[2i], x[2i+1]) of each head."""
+
+
+@torch.library.custom_op("ditproof::linear_gelu_tanh", mutates_args=())
+def linear_gelu_tanh(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``gelu(x @ weight.T + bias, approximate="tanh")`` as one matrix product with a GELU epilogue.
+
+    On CUDA, cuBLASLt's GELU epilogue (the tanh approximation, as the model's); elsewhere two
+    steps (PyTorch's CPU ``_addmm_activation`` applies the exact GELU, not the model's).
+    """
+    if x.device.type != "cuda":
+        return torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias), approximate="tanh")
+    rows = x.reshape(-1, x.shape[-1])
+    out = torch._addmm_activation(bias, rows, weight.t(), use_gelu=True)
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+@linear_gelu_tanh.register_fake
+def _linear_gelu_tanh_shape(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def rms_norm_rope_reference(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, heads: int
+) -> torch.Tensor:
+    """The fused kernel's arithmetic with PyTorch operations (CPU path, and the tests' reference).
+
+    ``x``: (batch, tokens, heads × head_dim); ``cos``/``sin``: (1, tokens, 1, head_dim) float32,
+    each value repeated for the two channels of a pair (diffusers' Wan rotary tables).
+    """
+    values = x.float()
+    normed = values * torch.rsqrt(values.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    pairs = normed.to(x.dtype).float().unflatten(-1, (heads, -1, ROTARY_PAIR))
+    even, odd = pairs.unbind(-1)
+    cos_pair = cos[..., 0::ROTARY_PAIR].float()
+    sin_pair = sin[..., 1::ROTARY_PAIR].float()
+    rotated = torch.stack((even * cos_pair - odd * sin_pair, even * sin_pair + odd * cos_pair), dim=-1)
+    return rotated.flatten(2).to(x.dtype)
+
+
+@torch.library.custom_op("ditproof::rms_norm_rope", mutates_args=())
+def rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, heads: int
+) -> torch.Tensor:
+    """RMS norm of each token's ``x`` across all heads, scaled by ``weight``, then rotated by RoPE.
+
+    Returns a contiguous (batch, tokens, heads × head_dim) tensor of ``x``'s dtype. ``x`` may be
+    a strided view (the query or key slice of a fused QKV projection) if its last dimension is
+    contiguous.
+    """
+    if x.device.type == "cuda":
+        return launch_rms_norm_rope(x, weight, eps, cos, sin, heads)
+    return rms_norm_rope_reference(x, weight, eps, cos, sin, heads)
+
+
+@rms_norm_rope.register_fake
+def _rms_norm_rope_shape(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, heads: int
+) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+def launch_rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, heads: int
+) -> torch.Tensor:
+    """Runs the Triton kernel (on CPU tensors too, under ``TRITON_INTERPRET=1``: the tests)."""
+    import triton
+
+    batch, tokens, dim = x.shape
+    head_dim = dim // heads
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    cos = cos.reshape(-1, head_dim).contiguous()
+    sin = sin.reshape(-1, head_dim).contiguous()
+    if cos.shape[0] != tokens:
+        raise ValueError(f"rms_norm_rope: rotary tables cover {cos.shape[0]} tokens; x has {tokens}")
+    out = torch.empty((batch, tokens, dim), dtype=x.dtype, device=x.device)
+    half = triton.next_power_of_2(dim // ROTARY_PAIR)
+    _kernel()[(batch * tokens,)](
+        x,
+        weight,
+        cos,
+        sin,
+        out,
+        tokens,
+        x.stride(0),
+        x.stride(1),
+        float(eps),
+        DIM=dim,
+        HEAD_DIM=head_dim,
+        BLOCK=half,
+        num_warps=8 if half >= 2048 else 4,
+    )
+    return out
+
+
+@functools.cache
+def _kernel() -> Any:
+    """The Triton kernel, defined on first use (Triton is imported only where it runs)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rms_norm_rope_kernel(
+        x_ptr,
+        w_ptr,
+        cos_ptr,
+        sin_ptr,
+        out_ptr,
+        tokens,
+        batch_stride,
+        token_stride,
+        eps,
+        DIM: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        # One program per token: its DIM channels as DIM/2 (even, odd) pairs.
+        row = tl.program_id(0)
+        token = row % tokens
+        pair = tl.arange(0, BLOCK)
+        mask = pair < DIM // 2
+        src = x_ptr + (row // tokens).to(tl.int64) * batch_stride + token.to(tl.int64) * token_stride
+        even = tl.load(src + 2 * pair, mask=mask, other=0.0).to(tl.float32)
+        odd = tl.load(src + 2 * pair + 1, mask=mask, other=0.0).to(tl.float32)
+        mean_square = (tl.sum(even * even, axis=0) + tl.sum(odd * odd, axis=0)) / DIM
+        rstd = 1.0 / tl.sqrt(mean_square + eps)
+        w_even = tl.load(w_ptr + 2 * pair, mask=mask, other=0.0).to(tl.float32)
+        w_odd = tl.load(w_ptr + 2 * pair + 1, mask=mask, other=0.0).to(tl.float32)
+        # The norm's output is rounded to the input's dtype, as the norm module's would be.
+        even = (even * rstd * w_even).to(out_ptr.dtype.element_ty).to(tl.float32)
+        odd = (odd * rstd * w_odd).to(out_ptr.dtype.element_ty).to(tl.float32)
+        table = token.to(tl.int64) * HEAD_DIM + 2 * (pair % (HEAD_DIM // 2))
+        cos = tl.load(cos_ptr + table, mask=mask, other=0.0)
+        sin = tl.load(sin_ptr + table + 1, mask=mask, other=0.0)
+        dst = out_ptr + row.to(tl.int64) * DIM
+        tl.store(dst + 2 * pair, (even * cos - odd * sin).to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(dst + 2 * pair + 1, (even * sin + odd * cos).to(out_ptr.dtype.element_ty), mask=mask)
+
+    return rms_norm_rope_kernel
+
+
+@functools.cache
+def _fused_attention_processor() -> type:
+    """diffusers' Wan attention processor with the query/key norm and rotary step fused."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    class FusedNormRopeProcessor(WanAttnProcessor):
+        """Self-attention with RoPE: one kernel each for the query's and the key's norm + rotation.
+
+        Every other call (cross-attention, image keys of I2V models) is diffusers' own.
+        """
+
+        def __call__(
+            self,
+            attn: torch.nn.Module,
+            hidden_states: torch.Tensor,
+            encoder_hidden_states: torch.Tensor | None = None,
+            attention_mask: torch.Tensor | None = None,
+            rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        ) -> torch.Tensor:
+            if rotary_emb is None or encoder_hidden_states is not None or attn.add_k_proj is not None:
+                return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+            if getattr(attn, "fused_projections", False):
+                query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+            else:
+                query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+            cos, sin = rotary_emb
+            query = rms_norm_rope(query, attn.norm_q.weight, _eps(attn.norm_q), cos, sin, attn.heads)
+            key = rms_norm_rope(key, attn.norm_k.weight, _eps(attn.norm_k), cos, sin, attn.heads)
+            out = dispatch_attention_fn(
+                query.unflatten(2, (attn.heads, -1)),
+                key.unflatten(2, (attn.heads, -1)),
+                value.unflatten(2, (attn.heads, -1)),
+                attn_mask=attention_mask,
+                dropout_p=0.0,
+                is_causal=False,
+                backend=self._attention_backend,
+                parallel_config=self._parallel_config,
+            )
+            out = out.flatten(2, 3).type_as(query)
+            return attn.to_out[1](attn.to_out[0](out))
+
+    return FusedNormRopeProcessor
+
+
+def _eps(norm: torch.nn.Module) -> float:
+    eps = getattr(norm, "eps", None)
+    return float(eps) if eps is not None else float(torch.finfo(torch.float32).eps)
+
+
+@functools.cache
+def _fused_gelu_class() -> type:
+    from diffusers.models.activations import GELU
+
+    class FusedGELU(GELU):
+        """diffusers' ``GELU`` (projection, then tanh-GELU) as one product with a GELU epilogue."""
+
+        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+            return linear_gelu_tanh(hidden_states, self.proj.weight, self.proj.bias)
+
+    return FusedGELU
+
+
+def fuse_elementwise(expert: torch.nn.Module) -> int:
+    """Applies both fusions to every block of ``expert`` in place (again: no change).
+
+    Weights and state dict stay as they are. Only tanh-GELU projections (with their bias) and
+    RMS-normed self-attentions with diffusers' processor are changed; a processor's attention
+    backend and parallel configuration are kept.
+
+    Returns:
+        How many modules run fused: GELU projections plus self-attentions.
+
+    Raises:
+        ValueError: an expert with none of the Wan modules these fusions apply to.
+    """
+    from diffusers.models.activations import GELU
+    from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
+
+    processor_class = _fused_attention_processor()
+    gelu_class = _fused_gelu_class()
+    fused = 0
+    for module in expert.modules():
+        proj = getattr(module, "proj", None)
+        if (
+            type(module) is GELU
+            and module.approximate == "tanh"
+            and isinstance(proj, torch.nn.Linear)
+            and proj.bias is not None
+        ):
+            module.__class__ = gelu_class
+        elif isinstance(module, WanAttention) and not module.is_cross_attention:
+            norms = (module.norm_q, module.norm_k)
+            old = module.processor
+            if type(old) is WanAttnProcessor and all(
+                isinstance(n, torch.nn.RMSNorm) and n.weight is not None for n in norms
+            ):
+                new = processor_class()
+                new._attention_backend = old._attention_backend
+                new._parallel_config = old._parallel_config
+                module.processor = new
+        fused += isinstance(module, gelu_class) or isinstance(getattr(module, "processor", None), processor_class)
+    if fused == 0:
+        raise ValueError("fuse_elementwise: no tanh-GELU projection or RMS-normed Wan self-attention found")
+    return fused

@@ -1,0 +1,155 @@
+"""``fuse_elementwise`` (issue 9): the FFN's GELU in its product, q/k norm + RoPE in one kernel.
+
+On this CPU the operators run their PyTorch arithmetic; the Triton kernel itself runs in Triton's
+interpreter (on CPU tensors) where Triton is installed, against the same reference.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from ditproof.errors import InvalidInputError
+from ditproof.generation.execute import execute
+from ditproof.generation.generate import generate
+from ditproof.models.fused import fuse_elementwise, linear_gelu_tanh, rms_norm_rope_reference
+from ditproof.models.registry import load_model
+from ditproof.protocol.options import RuntimeOptions
+from ditproof.validation.validate import validate
+
+ENTROPY = "5e" * 32
+
+
+def _inputs(expert: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(1, 16, 3, 6, 8, generator=generator)
+    text = torch.randn(1, 7, expert.config.text_dim, generator=generator)
+    return hidden, torch.tensor([500.0]), text
+
+
+def test_fused_expert_keeps_its_weights_and_stays_close_to_the_unfused_one():
+    plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    expert = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    before = {key: value.clone() for key, value in expert.state_dict().items()}
+    changed = fuse_elementwise(expert)
+    # Per block: the feed-forward's GELU projection and the self-attention's processor.
+    assert changed == 2 * expert.config.num_layers
+    assert expert.state_dict().keys() == before.keys()
+    assert all(expert.state_dict()[key].equal(value) for key, value in before.items())
+    hidden, step, text = _inputs(expert)
+    with torch.inference_mode():
+        fused_out = expert(hidden, step, text, return_dict=False)[0]
+        plain_out = plain(hidden, step, text, return_dict=False)[0]
+    assert torch.allclose(fused_out, plain_out, rtol=1e-4, atol=1e-4)
+    assert not fused_out.equal(torch.zeros_like(fused_out))
+    with pytest.raises(ValueError, match="no tanh-GELU projection"):
+        fuse_elementwise(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_fused_elementwise_with_fused_projections_reads_the_qkv_slices():
+    from ditproof.models.registry import fuse_projections
+
+    plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    expert = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    fuse_projections(expert)
+    fuse_elementwise(expert)
+    assert fuse_elementwise(expert) == 2 * expert.config.num_layers  # again: nothing more to change
+    hidden, step, text = _inputs(expert)
+    with torch.inference_mode():
+        out = expert(hidden, step, text, return_dict=False)[0]
+        reference = plain(hidden, step, text, return_dict=False)[0]
+    assert torch.allclose(out, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_linear_gelu_is_the_tanh_gelu_of_the_projection():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 12, generator=generator)
+    weight, bias = torch.randn(20, 12, generator=generator), torch.randn(20, generator=generator)
+    expected = torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias), approximate="tanh")
+    assert torch.allclose(linear_gelu_tanh(x, weight, bias), expected, rtol=1e-6, atol=1e-6)
+    # Not the exact (erf) GELU: the approximation is the model's.
+    exact = torch.nn.functional.gelu(torch.nn.functional.linear(x, weight, bias))
+    assert not torch.allclose(linear_gelu_tanh(x, weight, bias), exact, rtol=1e-6, atol=1e-6)
+
+
+def test_norm_rope_reference_matches_diffusers_steps_in_bfloat16():
+    from diffusers.models.embeddings import get_1d_rotary_pos_embed
+
+    heads, head_dim, tokens = 4, 16, 10
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, tokens, heads * head_dim, generator=generator).to(torch.bfloat16)
+    norm = torch.nn.RMSNorm(heads * head_dim, eps=1e-6).to(torch.bfloat16)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.1 * torch.randn(heads * head_dim, generator=generator))
+    cos, sin = get_1d_rotary_pos_embed(head_dim, tokens, use_real=True, repeat_interleave_real=True)
+    cos, sin = cos.float().view(1, tokens, 1, head_dim), sin.float().view(1, tokens, 1, head_dim)
+    # diffusers' steps: the norm module, then each pair rotated.
+    normed = norm(x).unflatten(2, (heads, head_dim))
+    even, odd = normed.unflatten(-1, (-1, 2)).unbind(-1)
+    expected = torch.empty_like(normed)
+    expected[..., 0::2] = even * cos[..., 0::2] - odd * sin[..., 1::2]
+    expected[..., 1::2] = even * sin[..., 1::2] + odd * cos[..., 0::2]
+    got = rms_norm_rope_reference(x, norm.weight, 1e-6, cos, sin, heads)
+    assert got.dtype == torch.bfloat16 and got.shape == x.shape
+    difference = (got.float() - expected.flatten(2).float()).abs()
+    assert difference.max() <= 2**-6 * expected.float().abs().max()  # a few bfloat16 roundings
+    # The rotation matters: without it the result is far off.
+    unrotated = norm(x).float()
+    assert (got.float() - unrotated).abs().max() > 0.1
+
+
+def test_triton_kernel_in_the_interpreter_matches_the_reference(tmp_path: Path):
+    pytest.importorskip("triton")
+    script = textwrap.dedent(
+        """
+        import torch
+        from ditproof.models.fused import launch_rms_norm_rope, rms_norm_rope_reference
+
+        generator = torch.Generator().manual_seed(2)
+        heads, head_dim, tokens = 3, 8, 5
+        dim = heads * head_dim
+        for dtype in (torch.bfloat16, torch.float32):
+            # The query slice of a fused projection: a strided view (row stride 3 * dim).
+            qkv = torch.randn(2, tokens, 3 * dim, generator=generator).to(dtype)
+            query = qkv[..., :dim]
+            weight = (1 + 0.1 * torch.randn(dim, generator=generator)).to(dtype)
+            angles = torch.randn(tokens, head_dim // 2, generator=generator)
+            cos = angles.cos().repeat_interleave(2, -1).view(1, tokens, 1, head_dim)
+            sin = angles.sin().repeat_interleave(2, -1).view(1, tokens, 1, head_dim)
+            got = launch_rms_norm_rope(query, weight, 1e-6, cos, sin, heads)
+            expected = rms_norm_rope_reference(query, weight, 1e-6, cos, sin, heads)
+            assert got.is_contiguous() and got.dtype == dtype
+            error = (got.float() - expected.float()).abs().max().item()
+            # bfloat16: the norm output rounded once more or less differs by one step (2**-7 relative).
+            bound = 1e-5 if dtype == torch.float32 else 2 ** -6 * expected.float().abs().max().item()
+            assert error <= bound, (dtype, error)
+            print(dtype, error)
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch.bfloat16" in result.stdout and "torch.float32" in result.stdout
+
+
+def test_option_is_applied_at_load_in_the_class_and_validates(tiny_model, small_request, tmp_path: Path):
+    options = RuntimeOptions(fuse_elementwise=True)
+    model = load_model("wan-tiny-random", options)
+    first = execute(small_request, model, options, tmp_path / "a", request_id="f-1", entropy=ENTROPY)
+    second = execute(small_request, model, options, tmp_path / "b", request_id="f-1", entropy=ENTROPY)
+    assert first.video.sha256 == second.video.sha256
+    assert first.runtime.fuse_elementwise and "/sdpa+fused-elementwise/" in first.runtime_class
+    verdict = validate(first, tmp_path / "a" / first.video.file, model)
+    assert verdict.decision == "valid", verdict.reason
+    with pytest.raises(InvalidInputError, match="fuse_projections/fuse_elementwise/compile: got"):
+        generate(small_request, 1, tiny_model, options)
+    with pytest.raises(InvalidInputError, match="fuse_projections/fuse_elementwise/compile: got"):
+        generate(small_request, 1, model, RuntimeOptions())
