@@ -39,16 +39,36 @@ def sdpa(kernel: torch.nn.attention.SDPBackend) -> Callable[..., torch.Tensor]:
 
 
 def flash4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return torch.ops.ditproof.flash_attn4_forward(q, k, v, HEAD_DIM**-0.5)
+    from ditproof.generation.flash4 import SELF_ATTENTION_TILE
+
+    return torch.ops.ditproof.flash_attn4_forward(q, k, v, HEAD_DIM**-0.5, *SELF_ATTENTION_TILE)
 
 
-def flash4_tile(tile_n: int) -> Callable[..., torch.Tensor]:
-    """The package's forward with another key/value tile (its default for head_dim 128 is 128×128)."""
+def flash3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """FlashAttention-3's forward (Hopper), when a build is installed: the upstream module name
+    ``flash_attn_interface``, or ``fa3_fwd_interface`` of the forward-only ``fa3-fwd`` wheel."""
+    try:
+        from flash_attn_interface import flash_attn_func
+    except ImportError:
+        from fa3_fwd_interface import flash_attn_func
+    out = flash_attn_func(q, k, v, softmax_scale=HEAD_DIM**-0.5, causal=False)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def flash4_config(config: str) -> Callable[..., torch.Tensor]:
+    """The package's forward with another configuration: ``MxN`` tile (its default for head_dim
+    128 is 128x128), then optional ``/rs0`` (P·V from shared memory, not registers) and ``/ol0``
+    (no intra-warpgroup overlap of softmax and matrix products)."""
+    tile, *flags = config.split("/")
+    tile_m, tile_n = (int(side) for side in tile.split("x"))
+    extra = {"mma_pv_is_rs": "rs0" not in flags, "intra_wg_overlap": "ol0" not in flags}
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         from flash_attn.cute.interface import _flash_attn_fwd
 
-        return _flash_attn_fwd(q, k, v, softmax_scale=HEAD_DIM**-0.5, causal=False, tile_mn=(128, tile_n))[0]
+        return _flash_attn_fwd(q, k, v, softmax_scale=HEAD_DIM**-0.5, causal=False, tile_mn=(tile_m, tile_n), **extra)[
+            0
+        ]
 
     return run
 
@@ -73,6 +93,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--tiles", default="", help="flash-attn-4 key/value tile widths to try, e.g. 144,176")
+    parser.add_argument(
+        "--configs", default="", help="flash-attn-4 configurations to try, e.g. 128x128/rs0,128x128/ol0,192x128"
+    )
     args = parser.parse_args()
     import ditproof.generation.flash4 as f4
 
@@ -80,9 +103,12 @@ def main() -> None:
         "sdpa-cudnn": sdpa(torch.nn.attention.SDPBackend.CUDNN_ATTENTION),
         "sdpa-flash": sdpa(torch.nn.attention.SDPBackend.FLASH_ATTENTION),
         "flash-attn-4": flash4,
+        "flash-attn-3": flash3,
     }
     for tile_n in [int(n) for n in args.tiles.split(",") if n]:
-        kernels[f"fa4-128x{tile_n}"] = flash4_tile(tile_n)
+        kernels[f"fa4-128x{tile_n}"] = flash4_config(f"128x{tile_n}")
+    for config in [c for c in args.configs.split(",") if c]:
+        kernels[f"fa4-{config}"] = flash4_config(config)
     result: dict[str, object] = {
         "device": device_info(),
         "flash_attn_4": f4.library_versions(),
@@ -127,13 +153,13 @@ def main() -> None:
         del q, k, v, reference
         torch.cuda.empty_cache()
     write_result(args.out, result)
-    print(f"{'shape':<12}{'kernel':<14}{'ms':>9}{'TFLOP/s':>9}{'rel diff':>10}{'repeatable':>11}")
+    print(f"{'shape':<12}{'kernel':<20}{'ms':>9}{'TFLOP/s':>9}{'rel diff':>10}{'repeatable':>11}")
     for row in rows:
         if "error" in row:
-            print(f"{row['shape']:<12}{row['kernel']:<14}  error: {str(row['error'])[:70]}")
+            print(f"{row['shape']:<12}{row['kernel']:<20}  error: {str(row['error'])[:70]}")
         else:
             print(
-                f"{row['shape']:<12}{row['kernel']:<14}{row['seconds'] * 1e3:>9.2f}{row['tflops']:>9.0f}"
+                f"{row['shape']:<12}{row['kernel']:<20}{row['seconds'] * 1e3:>9.2f}{row['tflops']:>9.0f}"
                 f"{row['max_abs_diff_to_cudnn_rel']:>10.1e}{row['bitwise_repeatable']!s:>11}"
             )
 

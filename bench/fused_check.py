@@ -207,7 +207,7 @@ def cross_rows(repeats: int) -> list[dict[str, Any]]:
             row(
                 "cross-attention",
                 "flash_attn4_forward",
-                lambda: flash4.flash_attn4_forward(q, k, v, scale),
+                lambda: flash4.flash_attn4_forward(q, k, v, scale, *flash4.SELF_ATTENTION_TILE),
                 reference,
                 repeats,
                 flops=flops,

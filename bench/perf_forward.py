@@ -2,8 +2,8 @@
 
 Builds only the high-noise expert of ``wan-a14b-shape`` (exact shape, seeded random bf16 weights
 on the GPU), then times ``forward`` (CUDA events, warm-up, median of repeats) for each variant:
-attention backend (diffusers' dispatcher names; ``flash-attn-4-all``: FlashAttention-4 for the
-cross-attention too), fused QKV projections (``+fused``), fused elementwise steps (``+ew``), regional
+attention backend (diffusers' dispatcher names; ``flash-attn-4``, and for comparison
+``flash-attn-4-all`` and ``flash-attn-4-tMxN``, see :func:`override_flash4`), fused QKV projections (``+fused``), fused elementwise steps (``+ew``), regional
 ``torch.compile`` of the repeated blocks (``+compile``; ``+autotune`` compiles with
 ``mode="max-autotune-no-cudagraphs"``), and a batch of two (``+cfg2``: CFG's two passes in one
 forward; seconds are per sample). Also checks, per variant, that two forwards on the same inputs
@@ -61,17 +61,32 @@ def select_backend(expert: torch.nn.Module, backend: str) -> None:
     """diffusers' dispatcher name, or ``flash-attn-4`` (ditproof's local FlashAttention-4 kernel)."""
     from ditproof.generation import flash4
 
-    if backend in (flash4.BACKEND, "flash-attn-4-all"):
+    if backend.startswith(flash4.BACKEND):
         flash4.install([expert], next(expert.parameters()).device)
-        if backend == "flash-attn-4-all":  # session 4's kernel: FlashAttention-4 for cross-attention too
-            from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
-
-            def every_attention(q, k, v, softmax_scale=None, causal=False):  # type: ignore[no-untyped-def]
-                return flash4.flash_attn4_forward(q, k, v, float(softmax_scale or q.shape[-1] ** -0.5))
-
-            _HUB_KERNELS_REGISTRY[AttentionBackendName.FLASH_4_HUB].kernel_fn = every_attention
+        if backend != flash4.BACKEND:
+            override_flash4(backend)
     else:
         expert.set_attention_backend(backend)
+
+
+def override_flash4(backend: str) -> None:
+    """Earlier flash-attn-4 kernels, for comparison: ``flash-attn-4-all`` is session 4's (the
+    package's 128×128 tile, FlashAttention-4 for cross-attention too); ``flash-attn-4-tMxN`` takes
+    another self-attention tile (cross-attention with cuDNN, as ditproof's)."""
+    from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
+
+    from ditproof.generation import flash4
+
+    variant = backend.removeprefix(flash4.BACKEND + "-")
+    tile = (128, 128) if variant == "all" else tuple(int(side) for side in variant.removeprefix("t").split("x"))
+
+    def kernel(q, k, v, softmax_scale=None, causal=False):  # type: ignore[no-untyped-def]
+        scale = float(softmax_scale or q.shape[-1] ** -0.5)
+        if variant != "all" and k.shape[1] != q.shape[1]:
+            return flash4.cudnn_attention_forward(q, k, v, scale)
+        return flash4.flash_attn4_forward(q, k, v, scale, *tile)
+
+    _HUB_KERNELS_REGISTRY[AttentionBackendName.FLASH_4_HUB].kernel_fn = kernel
 
 
 def time_forward(expert: torch.nn.Module, args: dict[str, torch.Tensor], repeats: int) -> tuple[float, bool, str]:

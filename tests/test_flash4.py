@@ -2,9 +2,10 @@
 
 The kernel itself needs a Hopper or Blackwell GPU and the flash-attn-4 package; it is checked on
 the GPU by ``bench/fa4_check.py`` (equal to cuDNN's attention within bf16 rounding, bitwise
-repeatable). Here the routing is checked with a stand-in ``flash_attn.cute`` module whose
-``flash_attn_func`` computes attention with torch's math kernel: the experts must send every
-attention through ditproof's custom operator in the (batch, tokens, heads, head_dim) layout.
+repeatable). Here the routing is checked with a stand-in ``flash_attn.cute.interface`` module whose
+``_flash_attn_fwd`` computes attention with torch's math kernel: the experts must send every
+self-attention through ditproof's custom operator in the (batch, tokens, heads, head_dim) layout,
+with the pinned tile.
 """
 
 from __future__ import annotations
@@ -43,13 +44,21 @@ def test_missing_packages_are_named_with_how_to_install(monkeypatch):
     )
 
 
+def test_library_versions_name_the_packages_the_tile_and_the_cross_attention_kernel(monkeypatch):
+    versions = {"flash-attn-4": "4.0.0b36", "nvidia-cutlass-dsl": "4.8.1"}
+    monkeypatch.setattr(flash4.importlib.metadata, "version", lambda name: versions[name])
+    assert flash4.library_versions() == (
+        "flash-attn-4==4.0.0b36,nvidia-cutlass-dsl==4.8.1,tile=128x128,cross-attention=cudnn"
+    )
+
+
 def test_fake_kernel_gives_the_output_shape_for_compilation():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
         q = torch.empty(2, 300, 4, 64, dtype=torch.bfloat16)
         kv = torch.empty(2, 512, 4, 64, dtype=torch.bfloat16)
-        out = torch.ops.ditproof.flash_attn4_forward(q, kv, kv, 0.125)
+        out = torch.ops.ditproof.flash_attn4_forward(q, kv, kv, 0.125, 128, 128)
     assert out.shape == (2, 300, 4, 64) and out.dtype == torch.bfloat16
 
 
@@ -58,20 +67,23 @@ def stand_in_flash_attn(monkeypatch):
     """A ``flash_attn.cute`` module computing attention with torch's math kernel; records layouts."""
     calls: list[tuple[tuple[int, ...], float]] = []
 
-    def flash_attn_func(q, k, v, softmax_scale=None, causal=False):
-        assert not causal
+    def _flash_attn_fwd(q, k, v, softmax_scale=None, causal=False, tile_mn=None):
+        assert not causal and tile_mn == flash4.SELF_ATTENTION_TILE
         calls.append((tuple(q.shape), softmax_scale))
         out = torch.nn.functional.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale
         )
-        return out.transpose(1, 2), None
+        return out.transpose(1, 2), None, None, None, None
 
     package = types.ModuleType("flash_attn")
     cute = types.ModuleType("flash_attn.cute")
-    cute.flash_attn_func = flash_attn_func  # type: ignore[attr-defined]
+    interface = types.ModuleType("flash_attn.cute.interface")
+    interface._flash_attn_fwd = _flash_attn_fwd  # type: ignore[attr-defined]
+    cute.interface = interface  # type: ignore[attr-defined]
     package.cute = cute  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "flash_attn", package)
     monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", interface)
     monkeypatch.setattr(flash4, "unavailable_reason", lambda device: None)
     monkeypatch.setattr(flash4, "library_versions", lambda: "flash-attn-4==4.0.0b36,nvidia-cutlass-dsl==4.8.1")
     return calls

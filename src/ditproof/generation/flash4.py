@@ -40,19 +40,28 @@ SUPPORTED_CAPABILITIES = ((9, 0), (10, 0), (10, 3))
 """CUDA architectures with a forward kernel in the package (Hopper, Blackwell data-centre parts)."""
 
 
+SELF_ATTENTION_TILE = (128, 128)
+"""Query × key tile of the FlashAttention-4 kernel: pinned, so a later release's heuristic cannot
+change it under a runtime class. Part of ``attention_library``: another tile sums the keys in
+another order. 128×128 is the package's own choice for head_dim 128; at the A14B shapes on H100
+96, 112 and 144 were no faster in whole forwards (within the ±2% between runs; 104 and 120 do
+not compile), see docs/performance.md.
+"""
 CROSS_ATTENTION = "cross-attention=cudnn"
 """How attention with another number of keys than of queries runs (part of ``attention_library``)."""
 
 
 def library_versions() -> str | None:
-    """``flash-attn-4==X,nvidia-cutlass-dsl==Y,cross-attention=cudnn`` when both are installed, else None."""
+    """``flash-attn-4==X,nvidia-cutlass-dsl==Y,tile=MxN,cross-attention=cudnn`` when both are
+    installed, else None."""
     found = []
     for package in PACKAGES:
         try:
             found.append(f"{package}=={importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:
             return None
-    return ",".join([*found, CROSS_ATTENTION])
+    tile = "x".join(str(side) for side in SELF_ATTENTION_TILE)
+    return ",".join([*found, f"tile={tile}", CROSS_ATTENTION])
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -69,19 +78,25 @@ def unavailable_reason(device: torch.device) -> str | None:
 
 
 @torch.library.custom_op("ditproof::flash_attn4_forward", mutates_args=())
-def flash_attn4_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    """Non-causal attention of (batch, tokens, heads, head_dim) tensors, without a mask."""
-    from flash_attn.cute import flash_attn_func
+def flash_attn4_forward(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, tile_m: int, tile_n: int
+) -> torch.Tensor:
+    """Non-causal attention of (batch, tokens, heads, head_dim) tensors, without a mask.
+
+    The package's forward entry with an explicit tile (its public ``flash_attn_func`` takes
+    none); one split per query block, as there.
+    """
+    from flash_attn.cute.interface import _flash_attn_fwd
 
     # Strided inputs are read as they are (the kernel takes any layout whose last dimension is
     # contiguous), e.g. the value slice of a fused QKV projection, without a copy.
-    out, _lse = flash_attn_func(query, key, value, softmax_scale=scale, causal=False)
+    out = _flash_attn_fwd(query, key, value, softmax_scale=scale, causal=False, tile_mn=(tile_m, tile_n))[0]
     return out
 
 
 @flash_attn4_forward.register_fake
 def _flash_attn4_forward_shape(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, tile_m: int, tile_n: int
 ) -> torch.Tensor:
     return query.new_empty((*query.shape[:-1], value.shape[-1]))
 
@@ -132,7 +147,7 @@ def _kernel(
     scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
     if k.shape[1] != q.shape[1]:  # cross-attention: see the module's note
         return cudnn_attention_forward(q, k, v, scale)
-    return flash_attn4_forward(q, k, v, scale)
+    return flash_attn4_forward(q, k, v, scale, *SELF_ATTENTION_TILE)
 
 
 def install(experts: Iterable[torch.nn.Module], device: torch.device) -> None:
