@@ -59,9 +59,11 @@ def inputs(size: tuple[int, int, int], text_dim: int, device: str) -> dict[str, 
 
 def select_backend(expert: torch.nn.Module, backend: str) -> None:
     """diffusers' dispatcher name, or ``flash-attn-4`` (ditproof's local FlashAttention-4 kernel)."""
-    from ditproof.generation import flash4
+    from ditproof.generation import flash3, flash4
 
-    if backend.startswith(flash4.BACKEND):
+    if backend == flash3.BACKEND:
+        flash3.install([expert], next(expert.parameters()).device)
+    elif backend.startswith(flash4.BACKEND):
         flash4.install([expert], next(expert.parameters()).device)
         if backend != flash4.BACKEND:
             override_flash4(backend)

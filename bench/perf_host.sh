@@ -8,14 +8,16 @@
 #
 # Packages: the wheels of diffusers and its needs unpacked under SITE (default .fa4site/lite or
 # /tmp/site), and flash-attn-4 with the CUTLASS DSL unpacked under FA4 (default .fa4site), both
-# optional for `kernels` and `forward` (flash-attn-4 rows then record why they did not run).
+# optional for `kernels` and `forward` (flash-attn-4 rows then record why they did not run); a
+# FlashAttention-3 build (e.g. the fa3-fwd wheel unzipped) under FA3 (default .fa3site), optional.
 # Each process gets its own empty Inductor cache: an executor and a validator compile apart.
 set -euo pipefail
 mode=${1:?kernels, fused, forward or pipeline}
 out=${2:?output folder}
 fa4=${FA4:-$PWD/.fa4site}
+fa3=${FA3:-$PWD/.fa3site}
 site=${SITE:-$fa4/lite}
-export PYTHONPATH="$site:$fa4:$fa4/nvidia_cutlass_dsl/dsl_packages:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$site:$fa4:$fa4/nvidia_cutlass_dsl/dsl_packages:$fa3:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 mkdir -p "$out"
 fresh_cache() { TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) "$@"; }

@@ -2,8 +2,8 @@
 
 One place for generation (both experts of a loaded model) and the pricing calibration (one
 expert built alone): the names of ``RuntimeOptions.attention_backend`` map to diffusers'
-attention dispatcher, except ``flash-attn-4``, which is installed from the local package
-(:mod:`ditproof.generation.flash4`).
+attention dispatcher, except ``flash-attn-4`` and ``flash-attn-3``, installed from local packages
+(:mod:`ditproof.generation.flash4`, :mod:`ditproof.generation.flash3`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
-from ditproof.generation import flash4
+from ditproof.generation import flash3, flash4
 from ditproof.protocol.options import ATTENTION_BACKENDS, GPU_ONLY_BACKENDS
 
 
@@ -27,8 +27,9 @@ def select_attention(modules: Iterable[torch.nn.Module], backend: str, device: t
     if backend not in ATTENTION_BACKENDS:
         raise InvalidInputError(f"attention_backend: got {backend!r}; allowed: {', '.join(ATTENTION_BACKENDS)}")
     modules = tuple(modules)
-    if backend == flash4.BACKEND:  # says itself which devices and packages it needs
-        flash4.install(modules, device)
+    local = {flash4.BACKEND: flash4.install, flash3.BACKEND: flash3.install}
+    if backend in local:  # says itself which devices and packages it needs
+        local[backend](modules, device)
         return
     if backend in GPU_ONLY_BACKENDS and device.type != "cuda":
         raise RuntimeUnavailableError(

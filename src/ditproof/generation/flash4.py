@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -158,14 +158,21 @@ def install(experts: Iterable[torch.nn.Module], device: torch.device) -> None:
     reason = unavailable_reason(device)
     if reason is not None:
         raise RuntimeUnavailableError(f"attention_backend: {BACKEND!r} is not available here: {reason}")
+    route_through_slot(experts, _kernel, BACKEND)
+
+
+def route_through_slot(experts: Iterable[torch.nn.Module], kernel: Callable[..., torch.Tensor], backend: str) -> None:
+    """Puts ``kernel`` into diffusers' ``flash_4_hub`` slot and sends every attention of ``experts``
+    there (the local kernels of ``flash-attn-4`` and ``flash-attn-3`` share the slot: one process
+    runs one attention backend)."""
     try:
         from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
 
         slot = AttentionBackendName.FLASH_4_HUB
-        _HUB_KERNELS_REGISTRY[slot].kernel_fn = _kernel
+        _HUB_KERNELS_REGISTRY[slot].kernel_fn = kernel
     except (ImportError, AttributeError, KeyError) as exc:  # another diffusers than the pinned one
         raise RuntimeUnavailableError(
-            f"attention_backend: {BACKEND!r} is not available here: this diffusers has no flash_4_hub "
+            f"attention_backend: {backend!r} is not available here: this diffusers has no flash_4_hub "
             f"attention slot ({type(exc).__name__}: {exc}); allowed: diffusers 0.42.1"
         ) from None
     for expert in experts:
@@ -174,7 +181,7 @@ def install(experts: Iterable[torch.nn.Module], device: torch.device) -> None:
             if processor is not None and hasattr(processor, "_attention_backend"):
                 if getattr(processor, "_parallel_config", None) is not None:
                     raise RuntimeUnavailableError(
-                        f"attention_backend: {BACKEND!r} does not support context parallelism; "
+                        f"attention_backend: {backend!r} does not support context parallelism; "
                         "allowed with cp_degree > 1: sdpa, sdpa-cudnn, sdpa-flash, sdpa-efficient"
                     )
                 processor._attention_backend = slot

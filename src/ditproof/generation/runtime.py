@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ditproof.generation import flash4
+from ditproof.generation import flash3, flash4
 from ditproof.hashing import sha256_json
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions
@@ -58,6 +58,12 @@ def _plain(value: object) -> object:
     return repr(value)
 
 
+def attention_library(backend: str) -> str | None:
+    """The versions behind a local attention kernel (None for PyTorch's own kernels)."""
+    local = {flash4.BACKEND: flash4.library_versions, flash3.BACKEND: flash3.library_versions}
+    return local[backend]() if backend in local else None
+
+
 def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeFingerprint:
     """Reads the hardware and software of this process and combines them with the run's options.
 
@@ -100,7 +106,7 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
         ditproof=__version__,
         ftfy=importlib.util.find_spec("ftfy") is not None,
         attention_backend=options.attention_backend,
-        attention_library=flash4.library_versions() if options.attention_backend == flash4.BACKEND else None,
+        attention_library=attention_library(options.attention_backend),
         dtype=options.dtype,
         vae_dtype=options.vae_dtype,
         text_encoder_dtype=options.text_encoder_dtype or options.dtype,

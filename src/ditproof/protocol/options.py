@@ -12,7 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-AttentionBackend = Literal["sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "flex", "flash-attn-4"]
+AttentionBackend = Literal[
+    "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "flex", "flash-attn-4", "flash-attn-3"
+]
 DType = Literal["float32", "bfloat16", "float16"]
 
 ATTENTION_BACKENDS: dict[str, str | None] = {
@@ -26,8 +28,10 @@ ATTENTION_BACKENDS: dict[str, str | None] = {
     "flex": "flex",
     # The local flash-attn-4 package in diffusers' flash_4_hub slot (ditproof.generation.flash4).
     "flash-attn-4": "flash_4_hub",
+    # A local FlashAttention-3 build, through the same slot (ditproof.generation.flash3).
+    "flash-attn-3": "flash_4_hub",
 }
-GPU_ONLY_BACKENDS = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flash-attn-4")
+GPU_ONLY_BACKENDS = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flash-attn-4", "flash-attn-3")
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 

@@ -50,7 +50,8 @@ class RuntimeFingerprint(_Model):
     engine_version: str | None = None
     attention_backend: str
     # The versions of a kernel library outside torch that the attention backend runs
-    # (flash-attn-4: "flash-attn-4==X,nvidia-cutlass-dsl==Y"); None for torch's own kernels.
+    # (flash-attn-4: "flash-attn-4==X,nvidia-cutlass-dsl==Y,tile=MxN,cross-attention=cudnn";
+    # flash-attn-3: "fa3-fwd==X,cross-attention=cudnn"); None for torch's own kernels.
     attention_library: str | None = None
     dtype: str
     vae_dtype: str
