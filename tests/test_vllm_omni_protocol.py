@@ -61,7 +61,15 @@ def test_both_targets_at_once_are_refused():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("experts", "high-noise-only"), ("cfg_mode", "batched"), ("attention_backend", "sdpa-math"), ("tp_degree", 2)],
+    [
+        ("experts", "high-noise-only"),
+        ("cfg_mode", "batched"),
+        ("attention_backend", "sdpa-math"),
+        ("tp_degree", 2),
+        ("fuse_projections", True),
+        ("fuse_elementwise", True),
+        ("compile", "regional"),
+    ],
 )
 def test_diffusers_only_options_are_refused_for_vllm_omni(tiny_model, field, value):
     configure_vllm_omni(url="http://127.0.0.1:1", artifacts="/nonexistent")

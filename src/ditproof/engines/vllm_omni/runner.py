@@ -319,6 +319,10 @@ def _refuse_unsupported(options: RuntimeOptions) -> None:
         "cp_degree": (options.cp_degree, 1),
         "cfg_mode": (options.cfg_mode, "sequential"),
         "attention_backend": (options.attention_backend, "sdpa"),
+        # Kernel options of ditproof's loop: the record would claim them, vLLM-Omni never ran them.
+        "fuse_projections": (options.fuse_projections, False),
+        "fuse_elementwise": (options.fuse_elementwise, False),
+        "compile": (options.compile, "none"),
     }
     for name, (value, allowed) in deviations.items():
         if value != allowed:
