@@ -12,7 +12,6 @@ outputs; and the output's sha256 (compared across processes by running the scrip
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, write_result
+from common import device_info, timed, write_result
 from ditproof.hashing import sha256_tensor
 
 HEADS, HEAD_DIM = 40, 128
@@ -71,20 +70,6 @@ def flash4_config(config: str) -> Callable[..., torch.Tensor]:
         ]
 
     return run
-
-
-def timed(fn: Callable[[], torch.Tensor], repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -23,7 +23,6 @@ float32 reference relative to its scale, whether two calls are bitwise equal.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,23 +32,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, write_result
+from common import device_info, timed, write_result
 
 TOKENS, DIM, FFN, HEADS, HEAD_DIM, TEXT = 32760, 5120, 13824, 40, 128, 512
-
-
-def timed(fn: Callable[[], torch.Tensor], repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    return statistics.median(times)
 
 
 def row(

@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, write_result
-from fused_check import timed
+from common import device_info, timed, write_result
 
 TOKENS = 32760
 PRODUCTS = {"qkv": (5120, 15360), "out": (5120, 5120), "ffn-up": (5120, 13824), "ffn-down": (13824, 5120)}

@@ -82,12 +82,13 @@ def override_flash4(backend: str) -> None:
     variant = backend.removeprefix(flash4.BACKEND + "-")
     tile = (128, 128) if variant == "all" else tuple(int(side) for side in variant.removeprefix("t").split("x"))
 
-    def kernel(q, k, v, softmax_scale=None, causal=False):  # type: ignore[no-untyped-def]
-        scale = float(softmax_scale or q.shape[-1] ** -0.5)
-        if variant != "all" and k.shape[1] != q.shape[1]:
-            return flash4.cudnn_attention_forward(q, k, v, scale)
+    def with_tile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         return flash4.flash_attn4_forward(q, k, v, scale, *tile)
 
+    def every_attention(q, k, v, softmax_scale=None, causal=False):  # type: ignore[no-untyped-def]
+        return with_tile(q, k, v, float(softmax_scale or q.shape[-1] ** -0.5))
+
+    kernel = every_attention if variant == "all" else flash4.slot_kernel(flash4.BACKEND, with_tile)
     _HUB_KERNELS_REGISTRY[AttentionBackendName.FLASH_4_HUB].kernel_fn = kernel
 
 

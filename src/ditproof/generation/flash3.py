@@ -91,20 +91,7 @@ def _flash_attn3_forward_shape(
     return query.new_empty((*query.shape[:-1], value.shape[-1]))
 
 
-def _kernel(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    softmax_scale: float | None = None,
-    causal: bool = False,
-) -> torch.Tensor:
-    """The function diffusers' slot calls (its keyword names)."""
-    if causal:
-        raise ValueError("flash-attn-3: causal attention is not used by the Wan experts")
-    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
-    if k.shape[1] != q.shape[1]:  # cross-attention: cuDNN, as with flash-attn-4
-        return flash4.cudnn_attention_forward(q, k, v, scale)
-    return flash_attn3_forward(q, k, v, scale)
+_kernel = flash4.slot_kernel(BACKEND, flash_attn3_forward)
 
 
 def install(experts: Iterable[torch.nn.Module], device: torch.device) -> None:

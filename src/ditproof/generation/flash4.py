@@ -134,20 +134,35 @@ def _cudnn_attention_forward_shape(
     return query.new_empty((*query.shape[:-1], value.shape[-1]))
 
 
-def _kernel(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    softmax_scale: float | None = None,
-    causal: bool = False,
-) -> torch.Tensor:
-    """The function diffusers' ``flash_4_hub`` backend calls (its keyword names)."""
-    if causal:
-        raise ValueError("flash-attn-4: causal attention is not used by the Wan experts")
-    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
-    if k.shape[1] != q.shape[1]:  # cross-attention: see the module's note
-        return cudnn_attention_forward(q, k, v, scale)
+SelfAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def slot_kernel(backend: str, self_attention: SelfAttention) -> Callable[..., torch.Tensor]:
+    """The function diffusers' slot calls (its keyword names): self-attention with
+    ``self_attention(q, k, v, scale)``, cross-attention with cuDNN (see the module's note)."""
+
+    def kernel(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        softmax_scale: float | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        if causal:
+            raise ValueError(f"{backend}: causal attention is not used by the Wan experts")
+        scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
+        if k.shape[1] != q.shape[1]:  # cross-attention
+            return cudnn_attention_forward(q, k, v, scale)
+        return self_attention(q, k, v, scale)
+
+    return kernel
+
+
+def _self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     return flash_attn4_forward(q, k, v, scale, *SELF_ATTENTION_TILE)
+
+
+_kernel = slot_kernel(BACKEND, _self_attention)
 
 
 def install(experts: Iterable[torch.nn.Module], device: torch.device) -> None:
