@@ -67,6 +67,18 @@ def test_fused_elementwise_with_fused_projections_reads_the_qkv_slices():
     assert torch.allclose(out, reference, rtol=1e-4, atol=1e-4)
 
 
+def test_refused_on_cuda_without_triton_naming_it(monkeypatch):
+    from ditproof.errors import RuntimeUnavailableError
+    from ditproof.models import fused
+
+    assert fused.unavailable_reason(torch.device("cpu")) is None
+    monkeypatch.setattr(fused.importlib.util, "find_spec", lambda name: None)
+    assert "needs Triton on CUDA" in str(fused.unavailable_reason(torch.device("cuda")))
+    monkeypatch.setattr(fused, "unavailable_reason", lambda device: "the norm + RoPE kernel needs Triton")
+    with pytest.raises(RuntimeUnavailableError, match="fuse_elementwise: not available here: .*Triton"):
+        fuse_elementwise(torch.nn.Linear(2, 2))
+
+
 def test_linear_gelu_is_the_tanh_gelu_of_the_projection():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 12, generator=generator)

@@ -21,9 +21,12 @@ stays valid there for tests and for validators of a CPU class).
 from __future__ import annotations
 
 import functools
+import importlib.util
 from typing import Any
 
 import torch
+
+from ditproof.errors import RuntimeUnavailableError
 
 ROTARY_PAIR = 2
 """Wan's rotary embedding rotates adjacent channel pairs (x[2i], x[2i+1]) of each head."""
@@ -231,6 +234,13 @@ def _fused_gelu_class() -> type:
     return FusedGELU
 
 
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why the fused kernels cannot run on ``device`` (None when they can)."""
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "the norm + RoPE kernel needs Triton on CUDA (the version PyTorch's CUDA wheels depend on)"
+    return None
+
+
 def fuse_elementwise(expert: torch.nn.Module) -> int:
     """Applies both fusions to every block of ``expert`` in place (again: no change).
 
@@ -243,8 +253,14 @@ def fuse_elementwise(expert: torch.nn.Module) -> int:
 
     Raises:
         ValueError: an expert with none of the Wan modules these fusions apply to.
+        RuntimeUnavailableError: the kernels cannot run where the expert is (Triton missing).
     """
     from diffusers.models.activations import GELU
+
+    device = next(expert.parameters(), torch.empty(0)).device
+    reason = unavailable_reason(device)
+    if reason is not None:
+        raise RuntimeUnavailableError(f"fuse_elementwise: not available here: {reason}")
     from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
 
     processor_class = _fused_attention_processor()
