@@ -5,10 +5,18 @@ low-noise step), ``final`` (after the last step, before the VAE), and ``step_NNN
 steps asked for in :class:`CaptureOptions` (the latent after NNN steps). Each checkpoint file
 holds the latent (key ``latent``) and the solver state at that point (keys ``solver.*``), so a
 generation can resume from it (:mod:`ditproof.generation.solver`).
+
+The per-step fingerprints are computed on the CPU in float64 (the same values on any machine).
+That work runs on one background thread: on a GPU the latent is copied to pinned host memory
+without waiting, and the next step's forward passes run while the previous step is projected
+(the GPU would otherwise idle for the copy and the projection, tens of milliseconds per step at
+480p). The values and their order are those of computing them in line.
 """
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +41,7 @@ class TrajectoryCapture:
     solver: dict[str, SolverState] = field(default_factory=dict)
     fingerprints: list[list[float]] = field(default_factory=list)
     _projection: torch.Tensor | None = None
+    _pending: list[Future[list[float]]] = field(default_factory=list)
 
     def start(self, step: int, latents: torch.Tensor, scheduler: object, name: str = "initial") -> None:
         """Records the starting latent (the noise, or a resume point) and the solver state."""
@@ -62,27 +71,62 @@ class TrajectoryCapture:
             self.latents[f"step_{done:03d}"] = (done, on_cpu())
             self.solver[f"step_{done:03d}"] = SolverState.capture(scheduler)
         if self.options.jl_dim:
-            flat = on_cpu().reshape(-1).to(torch.float64)
-            if self._projection is None:
-                self._projection = jl_projection(self.seed, flat.numel(), self.options.jl_dim).to(torch.float64)
-            self.fingerprints.append([float(v) for v in (self._projection @ flat).to(torch.float32)])
+            snapshot, ready = (cpu, None) if cpu is not None else _snapshot(latents)
+            self._pending.append(_fingerprint_worker().submit(self._fingerprint, snapshot, ready))
+
+    def _fingerprint(self, latent: torch.Tensor, ready: torch.cuda.Event | None) -> list[float]:
+        """One step's JL fingerprint (on the background thread, in step order)."""
+        if ready is not None:
+            ready.synchronize()
+        flat = latent.reshape(-1).to(torch.float64)
+        if self._projection is None:
+            self._projection = jl_projection(self.seed, flat.numel(), self.options.jl_dim).to(torch.float64)
+        return [float(v) for v in (self._projection @ flat).to(torch.float32)]
+
+    def _collect(self) -> None:
+        """Waits for the fingerprints in flight and appends them in step order."""
+        self.fingerprints.extend(future.result() for future in self._pending)
+        self._pending.clear()
 
     def finish(self, step_count: int, latents: torch.Tensor, scheduler: object, name: str = "final") -> None:
         """Records the last latent (``final``, or the end of a partial run)."""
         self.latents[name] = (step_count, latents.detach().to("cpu", torch.float32).clone())
         self.solver[name] = SolverState.capture(scheduler)
+        self._collect()
         self._projection = None
 
     def fingerprint_record(self) -> TrajectoryFingerprints | None:
         """The fingerprints as stored in the record (None when disabled)."""
         if not self.options.jl_dim:
             return None
+        self._collect()
         return TrajectoryFingerprints(
             derivation=JL_DERIVATION,
             dim=self.options.jl_dim,
             projection_seed=jl_seed(self.seed),
             values=self.fingerprints,
         )
+
+
+@functools.cache
+def _fingerprint_worker() -> ThreadPoolExecutor:
+    """The one thread that projects every capture's latents (first in, first out)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ditproof-fingerprint")
+
+
+def _snapshot(latents: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """A float32 copy of ``latents`` on the CPU, and on CUDA the event after which it is complete.
+
+    On CUDA the copy goes to pinned memory without blocking: the device keeps working on what is
+    queued after it, and the reader waits for the event instead.
+    """
+    if latents.device.type != "cuda":
+        return latents.detach().to(torch.float32).clone(), None
+    host = torch.empty(latents.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(latents.detach(), non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
 
 
 def save_checkpoints(capture: TrajectoryCapture, folder: Path, prefix: str) -> list[CheckpointRef]:
