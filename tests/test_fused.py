@@ -67,6 +67,11 @@ def test_fused_elementwise_with_fused_projections_reads_the_qkv_slices():
     assert torch.allclose(out, reference, rtol=1e-4, atol=1e-4)
 
 
+def test_refused_with_tensor_parallelism_before_loading():
+    with pytest.raises(InvalidInputError, match="fuse_elementwise: not with tp_degree=2"):
+        load_model("wan-tiny-random", RuntimeOptions(fuse_elementwise=True, tp_degree=2))
+
+
 def test_refused_on_cuda_without_triton_naming_it(monkeypatch):
     from ditproof.errors import RuntimeUnavailableError
     from ditproof.models import fused

@@ -102,9 +102,17 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
 
     Raises:
         ModelNotFoundError: unknown preset, or a missing or incomplete folder.
+        InvalidInputError: options that cannot be applied together (fuse_elementwise with tp_degree > 1).
     """
     from ditproof.generation.parallel import apply_parallel
 
+    if options.fuse_elementwise and options.tp_degree > 1:
+        # Tensor parallelism splits the FFN's up-projection across ranks (DTensor weights and
+        # hooks on the projection module), which the fused product would bypass.
+        raise InvalidInputError(
+            f"fuse_elementwise: not with tp_degree={options.tp_degree}; allowed: fuse_elementwise with "
+            "tp_degree 1 (context parallelism is fine), or tensor parallelism without it"
+        )
     model = _load(name, options, model_path)
     if options.offload_text_encoder:  # in pinned host memory, on the device per prompt only
         model.text_encoder_on(torch.device(options.device))
