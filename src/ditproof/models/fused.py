@@ -198,8 +198,8 @@ def _fused_attention_processor() -> type:
             else:
                 query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
             cos, sin = rotary_emb
-            query = rms_norm_rope(query, attn.norm_q.weight, _eps(attn.norm_q), cos, sin, attn.heads)
-            key = rms_norm_rope(key, attn.norm_k.weight, _eps(attn.norm_k), cos, sin, attn.heads)
+            query = rms_norm_rope(query, attn.norm_q.weight, _eps(attn.norm_q, query), cos, sin, attn.heads)
+            key = rms_norm_rope(key, attn.norm_k.weight, _eps(attn.norm_k, key), cos, sin, attn.heads)
             out = dispatch_attention_fn(
                 query.unflatten(2, (attn.heads, -1)),
                 key.unflatten(2, (attn.heads, -1)),
@@ -216,9 +216,10 @@ def _fused_attention_processor() -> type:
     return FusedNormRopeProcessor
 
 
-def _eps(norm: torch.nn.Module) -> float:
+def _eps(norm: torch.nn.Module, x: torch.Tensor) -> float:
+    """The norm's epsilon; unset, PyTorch's RMSNorm takes the input dtype's machine epsilon."""
     eps = getattr(norm, "eps", None)
-    return float(eps) if eps is not None else float(torch.finfo(torch.float32).eps)
+    return float(eps) if eps is not None else float(torch.finfo(x.dtype).eps)
 
 
 @functools.cache
