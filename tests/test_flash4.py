@@ -122,3 +122,14 @@ def test_the_pricing_calibration_selects_it_through_the_same_path(tiny_model):
 
     with pytest.raises(RuntimeUnavailableError, match="'flash-attn-4' is not available here: it needs a CUDA device"):
         set_attention(tiny_model.pipeline.transformer, "flash-attn-4")
+
+
+def test_kernel_modules_load_without_the_video_encoder():
+    import subprocess
+
+    check = (
+        "import sys; import ditproof.generation.flash4, ditproof.generation.flash3, ditproof.models.fused; "
+        "print('av' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0 and run.stdout.strip() == "False", run.stdout + run.stderr
