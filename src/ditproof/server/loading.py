@@ -30,6 +30,8 @@ ALLOWED_ARGS = {
 }
 BOOLEANS = {"true": True, "false": False, "1": True, "0": False}
 """Values a boolean flag takes (``--fuse-projections true``)."""
+BOOLEAN_FIELDS = frozenset(name for name, info in RuntimeOptions.model_fields.items() if info.annotation is bool)
+"""The runtime options whose flags take one of :data:`BOOLEANS` (read from the options model)."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def resolve_model(
                 f"got {flag!r}; allowed: {', '.join(ALLOWED_ARGS)} (each followed by a value)",
             )
         field = ALLOWED_ARGS[flag]
-        if field in ("fuse_projections", "fuse_elementwise", "offload_text_encoder"):
+        if field in BOOLEAN_FIELDS:
             if value.lower() not in BOOLEANS:
                 raise invalid(f"additional_args.{field}", f"got {value!r}; allowed: true, false, 1 or 0")
             values[field] = BOOLEANS[value.lower()]
