@@ -9,12 +9,21 @@ attention dispatcher, except ``flash-attn-4`` and ``flash-attn-3``, installed fr
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import ModuleType
 
 import torch
 
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
 from ditproof.generation import flash3, flash4
 from ditproof.protocol.options import ATTENTION_BACKENDS, GPU_ONLY_BACKENDS
+
+LOCAL_KERNELS: dict[str, ModuleType] = {flash4.BACKEND: flash4, flash3.BACKEND: flash3}
+"""Backends run from local packages: each module has ``install`` and ``library_versions``."""
+
+
+def attention_library(backend: str) -> str | None:
+    """The versions behind a local attention kernel (None for PyTorch's own kernels)."""
+    return LOCAL_KERNELS[backend].library_versions() if backend in LOCAL_KERNELS else None
 
 
 def select_attention(modules: Iterable[torch.nn.Module], backend: str, device: torch.device) -> None:
@@ -27,9 +36,8 @@ def select_attention(modules: Iterable[torch.nn.Module], backend: str, device: t
     if backend not in ATTENTION_BACKENDS:
         raise InvalidInputError(f"attention_backend: got {backend!r}; allowed: {', '.join(ATTENTION_BACKENDS)}")
     modules = tuple(modules)
-    local = {flash4.BACKEND: flash4.install, flash3.BACKEND: flash3.install}
-    if backend in local:  # says itself which devices and packages it needs
-        local[backend](modules, device)
+    if backend in LOCAL_KERNELS:  # says itself which devices and packages it needs
+        LOCAL_KERNELS[backend].install(modules, device)
         return
     if backend in GPU_ONLY_BACKENDS and device.type != "cuda":
         raise RuntimeUnavailableError(

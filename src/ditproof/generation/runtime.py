@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ditproof.generation import flash3, flash4
+from ditproof.generation.attention import attention_library
 from ditproof.hashing import sha256_json
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions
@@ -56,12 +56,6 @@ def _plain(value: object) -> object:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return repr(value)
-
-
-def attention_library(backend: str) -> str | None:
-    """The versions behind a local attention kernel (None for PyTorch's own kernels)."""
-    local = {flash4.BACKEND: flash4.library_versions, flash3.BACKEND: flash3.library_versions}
-    return local[backend]() if backend in local else None
 
 
 def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeFingerprint:
