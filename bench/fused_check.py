@@ -11,6 +11,10 @@ At 480p (32,760 tokens, dim 5,120, FFN 13,824, 40 heads × 128, 512 text keys; b
 - ``qk-norm-rope``: one tensor's RMS norm + rotary embedding, read from the query slice of a
   fused QKV projection: diffusers' steps eager, the same steps compiled by Inductor
   (deterministic mode), and the Triton kernel of ``ditproof::rms_norm_rope``.
+- ``norm-modulate``: the block's first norm with its modulation, and the cross-attention's
+  residual add with the third norm and its modulation: diffusers' steps compiled by Inductor
+  (deterministic mode) vs the Triton kernel of ``ditproof::layer_norm_modulate`` /
+  ``add_layer_norm_modulate``, at 4, 8 and 16 warps (the kernel's warps are fixed per release).
 - ``cross-attention``: FlashAttention-4 (when installed) vs ``ditproof::cudnn_attention_forward``
   on the (batch, tokens, heads, head_dim) strided layout the processor passes.
 
@@ -118,7 +122,7 @@ def diffusers_norm_rope(x: torch.Tensor, norm: torch.nn.RMSNorm, cos: torch.Tens
 
 
 def norm_rope_rows(repeats: int) -> list[dict[str, Any]]:
-    from ditproof.models.fused import rms_norm_rope, rms_norm_rope_reference
+    from ditproof.models.fused import launch_rms_norm_rope, rms_norm_rope, rms_norm_rope_reference
 
     g = torch.Generator(device="cuda").manual_seed(1)
     qkv = torch.randn(1, TOKENS, 3 * DIM, device="cuda", generator=g).bfloat16()
@@ -161,7 +165,98 @@ def norm_rope_rows(repeats: int) -> list[dict[str, Any]]:
                 repeats,
                 bytes=traffic,
             ),
+            *(
+                row(
+                    "qk-norm-rope",
+                    f"triton, {warps} warps",
+                    lambda warps=warps: launch_rms_norm_rope(query, norm.weight, 1e-6, cos, sin, HEADS, warps=warps),
+                    reference,
+                    repeats,
+                    bytes=traffic,
+                )
+                for warps in (4, 16)
+            ),
         ]
+
+
+def diffusers_norm1(x: torch.Tensor, table: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    """diffusers' Wan block: the modulation's chunks, the first norm, modulated."""
+    shift, scale = (table + temb.float()).chunk(6, dim=1)[:2]
+    return (F.layer_norm(x.float(), (DIM,), eps=1e-6) * (1 + scale) + shift).type_as(x)
+
+
+def diffusers_add_norm3(
+    x: torch.Tensor, residual: torch.Tensor, table: torch.Tensor, temb: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' Wan block: the cross-attention's residual add, the third norm, modulated."""
+    c_shift, c_scale = (table + temb.float()).chunk(6, dim=1)[3:5]
+    summed = x + residual
+    return (F.layer_norm(summed.float(), (DIM,), eps=1e-6) * (1 + c_scale) + c_shift).type_as(x), summed
+
+
+def norm_modulate_rows(repeats: int) -> list[dict[str, Any]]:
+    from ditproof.models.fused import launch_layer_norm_modulate, layer_norm_modulate_reference
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    x = (2 * torch.randn(1, TOKENS, DIM, device="cuda", generator=g) + 0.5).bfloat16()
+    residual = torch.randn(1, TOKENS, DIM, device="cuda", generator=g).bfloat16()
+    table = torch.randn(1, 6, DIM, device="cuda", generator=g) / DIM**0.5
+    temb = torch.randn(1, 6, DIM, device="cuda", generator=g)
+    mod = (table + temb).chunk(6, dim=1)
+    reference_1 = layer_norm_modulate_reference(x.float(), None, mod[1], mod[0], 1e-6)[0]
+    reference_3 = layer_norm_modulate_reference(x.float(), residual.float(), mod[4], mod[3], 1e-6)[0]
+    element = TOKENS * DIM * 2  # one bf16 pass
+
+    def fused_1(warps: int | None) -> torch.Tensor:
+        shift, scale = (table + temb.float()).chunk(6, dim=1)[:2]
+        return launch_layer_norm_modulate(x, None, scale, shift, 1e-6, warps=warps)[0]
+
+    def fused_3(warps: int | None) -> torch.Tensor:
+        c_shift, c_scale = (table + temb.float()).chunk(6, dim=1)[3:5]
+        return launch_layer_norm_modulate(x, residual, c_scale, c_shift, 1e-6, warps=warps)[0]
+
+    torch._dynamo.reset()
+    options = {"deterministic": True}
+    compiled_1 = torch.compile(diffusers_norm1, fullgraph=True, dynamic=False, options=options)
+    compiled_3 = torch.compile(diffusers_add_norm3, fullgraph=True, dynamic=False, options=options)
+    rows = []
+    with torch.inference_mode():
+        rows.append(
+            row(
+                "norm-modulate",
+                "norm1 compiled",
+                lambda: compiled_1(x, table, temb),
+                reference_1,
+                repeats,
+                bytes=2 * element,
+            )
+        )
+        rows += [
+            row("norm-modulate", f"norm1 triton {w}w", lambda w=w: fused_1(w), reference_1, repeats, bytes=2 * element)
+            for w in (4, 8, 16)
+        ]
+        rows.append(
+            row(
+                "norm-modulate",
+                "add+norm3 compiled",
+                lambda: compiled_3(x, residual, table, temb)[0],
+                reference_3,
+                repeats,
+                bytes=4 * element,
+            )
+        )
+        rows += [
+            row(
+                "norm-modulate",
+                f"add+norm3 triton {w}w",
+                lambda w=w: fused_3(w),
+                reference_3,
+                repeats,
+                bytes=4 * element,
+            )
+            for w in (4, 8, 16)
+        ]
+    return rows
 
 
 def cross_rows(repeats: int) -> list[dict[str, Any]]:
@@ -207,12 +302,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--groups", default="gelu-epilogue,ffn-up,qk-norm-rope,cross-attention")
+    parser.add_argument("--groups", default="gelu-epilogue,ffn-up,qk-norm-rope,norm-modulate,cross-attention")
     args = parser.parse_args()
     parts = {
         "gelu-epilogue": gelu_epilogue_rows,
         "ffn-up": ffn_rows,
         "qk-norm-rope": norm_rope_rows,
+        "norm-modulate": norm_modulate_rows,
         "cross-attention": cross_rows,
     }
     rows: list[dict[str, Any]] = []

@@ -3,9 +3,10 @@
 Builds only the high-noise expert of ``wan-a14b-shape`` (exact shape, seeded random bf16 weights
 on the GPU), then times ``forward`` (CUDA events, warm-up, median of repeats) for each variant:
 attention backend (diffusers' dispatcher names; ``flash-attn-4``, and for comparison
-``flash-attn-4-all`` and ``flash-attn-4-tMxN``, see :func:`override_flash4`), fused QKV projections (``+fused``), fused elementwise steps (``+ew``), regional
-``torch.compile`` of the repeated blocks (``+compile``; ``+autotune`` compiles with
-``mode="max-autotune-no-cudagraphs"``), and a batch of two (``+cfg2``: CFG's two passes in one
+``flash-attn-4-all`` and ``flash-attn-4-tMxN``, see :func:`override_flash4`), fused QKV
+projections (``+fused``), fused elementwise steps (``+ew``; ``+ew5``: without the blocks' norm +
+modulation kernels, as in session 5), regional ``torch.compile`` of the repeated blocks
+(``+compile``; ``+autotune`` compiles with ``mode="max-autotune-no-cudagraphs"``), and a batch of two (``+cfg2``: CFG's two passes in one
 forward; seconds are per sample). Also checks, per variant, that two forwards on the same inputs
 are bitwise identical (determinism of the kept options). ``--profile VARIANT`` ends with one
 profiled forward of that variant (the last size) and records where its GPU time goes: matrix
@@ -150,12 +151,14 @@ def main() -> None:
                 if "fused" in flags and not getattr(fresh, "_ditproof_fused", False):
                     fuse_projections(fresh)
                     fresh._ditproof_fused = True
-                if "ew" in flags:
+                if "ew" in flags or "ew5" in flags:
                     fuse_elementwise(fresh)
+                if "ew5" in flags:  # session 5's fused steps: the blocks' norms as diffusers runs them
+                    unfuse_blocks(fresh)
                 mode = "max-autotune-no-cudagraphs" if "autotune" in flags else "default"
                 # +det: Inductor's deterministic mode (no timing-based choice of reduction configs).
                 # Another kernel behind a compiled graph needs a new trace: the key names them all.
-                compiled = (mode, "det" in flags, backend, "ew" in flags, "fused" in flags)
+                compiled = (mode, "det" in flags, backend, "ew" in flags, "ew5" in flags, "fused" in flags)
                 if ("compile" in flags or "autotune" in flags) and getattr(
                     fresh, "_ditproof_compiled", None
                 ) != compiled:
@@ -217,6 +220,14 @@ def kernel_category(name: str) -> str:
     if any(k in lowered for k in ("gemm", "sm90_xmma", "cutlass", "nvjet", "matmul", "wgmma")):
         return "gemm"
     return "other"
+
+
+def unfuse_blocks(expert: torch.nn.Module) -> None:
+    """The blocks back to diffusers' forward (their attention processors and GELUs stay fused)."""
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
+    for block in expert.blocks:  # type: ignore[union-attr]
+        block.__class__ = WanTransformerBlock
 
 
 def profile_forward(expert: torch.nn.Module, batch: dict[str, torch.Tensor], variant: str) -> dict[str, object]:

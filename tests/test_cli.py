@@ -157,7 +157,7 @@ def test_generate_takes_the_speed_options_and_pins_them_in_the_record(tmp_path):
     assert record["runtime"]["encoding"]["threads"] == 3
     assert record["runtime"]["encoding"]["mbtree"] is False
     assert record["runtime"]["fuse_projections"] is True and record["runtime"]["fuse_elementwise"] is True
-    assert "+fused+fused-elementwise/" in record["runtime_class"]
+    assert "+fused+fused-elementwise[gelu-epilogue,norm-rope,norm-modulate]/" in record["runtime_class"]
     refused = ditproof("generate", "--prompt", "x", "--out", str(tmp_path / "bad"), *SMALL, "--encode-threads", "0")
     assert refused.returncode != 0 and "threads: got 0" in refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "bad").exists()

@@ -1,4 +1,5 @@
-"""``fuse_elementwise`` (issue 9): the FFN's GELU in its product, q/k norm + RoPE in one kernel.
+"""``fuse_elementwise`` (issue 9): the FFN's GELU in its product, q/k norm + RoPE in one kernel,
+the blocks' layer norms with their modulation (and the residual add before one) in one kernel.
 
 On this CPU the operators run their PyTorch arithmetic; the Triton kernel itself runs in Triton's
 interpreter (on CPU tensors) where Triton is installed, against the same reference.
@@ -18,7 +19,14 @@ import torch
 from ditproof.errors import InvalidInputError
 from ditproof.generation.execute import execute
 from ditproof.generation.generate import generate
-from ditproof.models.fused import fuse_elementwise, linear_gelu_tanh, rms_norm_rope_reference
+from ditproof.models.fused import (
+    add_layer_norm_modulate,
+    fuse_elementwise,
+    layer_norm_modulate,
+    layer_norm_modulate_reference,
+    linear_gelu_tanh,
+    rms_norm_rope_reference,
+)
 from ditproof.models.registry import load_model
 from ditproof.protocol.options import RuntimeOptions
 from ditproof.validation.validate import validate
@@ -38,8 +46,11 @@ def test_fused_expert_keeps_its_weights_and_stays_close_to_the_unfused_one():
     expert = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
     before = {key: value.clone() for key, value in expert.state_dict().items()}
     changed = fuse_elementwise(expert)
-    # Per block: the feed-forward's GELU projection and the self-attention's processor.
-    assert changed == 2 * expert.config.num_layers
+    # Per block: the block itself, the feed-forward's GELU projection, the self-attention's processor.
+    assert changed == 3 * expert.config.num_layers
+    assert all(type(block).__name__ == "FusedWanBlock" for block in expert.blocks)
+    # diffusers' regional compilation finds blocks by class name: the fused class is listed too.
+    assert "FusedWanBlock" in expert._repeated_blocks and "FusedWanBlock" not in type(expert)._repeated_blocks
     assert expert.state_dict().keys() == before.keys()
     assert all(expert.state_dict()[key].equal(value) for key, value in before.items())
     hidden, step, text = _inputs(expert)
@@ -52,6 +63,19 @@ def test_fused_expert_keeps_its_weights_and_stays_close_to_the_unfused_one():
         fuse_elementwise(torch.nn.Sequential(torch.nn.Linear(4, 4)))
 
 
+def test_fused_blocks_compile_regionally_in_one_graph_and_match_eager():
+    # compile="regional" compiles each block with fullgraph=True: the fused operators must trace.
+    options = RuntimeOptions(fuse_elementwise=True, compile="regional")
+    expert = load_model("wan-tiny-random", options).pipeline.transformer
+    assert all(block._compiled_call_impl is not None for block in expert.blocks)
+    plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    hidden, step, text = _inputs(expert)
+    with torch.inference_mode():
+        compiled_out = expert(hidden, step, text, return_dict=False)[0]
+        plain_out = plain(hidden, step, text, return_dict=False)[0]
+    assert torch.allclose(compiled_out, plain_out, rtol=1e-4, atol=1e-4)
+
+
 def test_fused_elementwise_with_fused_projections_reads_the_qkv_slices():
     from ditproof.models.registry import fuse_projections
 
@@ -59,7 +83,7 @@ def test_fused_elementwise_with_fused_projections_reads_the_qkv_slices():
     expert = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
     fuse_projections(expert)
     fuse_elementwise(expert)
-    assert fuse_elementwise(expert) == 2 * expert.config.num_layers  # again: nothing more to change
+    assert fuse_elementwise(expert) == 3 * expert.config.num_layers  # again: nothing more to change
     hidden, step, text = _inputs(expert)
     with torch.inference_mode():
         out = expert(hidden, step, text, return_dict=False)[0]
@@ -157,13 +181,81 @@ def test_triton_kernel_in_the_interpreter_matches_the_reference(tmp_path: Path):
     assert "torch.bfloat16" in result.stdout and "torch.float32" in result.stdout
 
 
+def _block_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(5)
+    x = (3 * torch.randn(2, 6, 40, generator=generator) + 1).to(dtype)
+    residual = torch.randn(2, 6, 40, generator=generator).to(dtype)
+    table = torch.randn(1, 6, 40, generator=generator) / 40**0.5
+    temb = torch.randn(2, 6, 40, generator=generator)
+    return x, residual, table, temb
+
+
+def test_layer_norm_modulate_reference_is_the_blocks_own_steps_in_bfloat16():
+    from diffusers.models.normalization import FP32LayerNorm
+
+    x, residual, table, temb = _block_inputs(torch.bfloat16)
+    shift, scale, _, c_shift, c_scale, _ = (table + temb.float()).chunk(6, dim=1)
+    norm = FP32LayerNorm(40, 1e-6, elementwise_affine=False)
+    # diffusers' WanTransformerBlock: the first norm, then the cross-attention's residual and the third.
+    expected = (norm(x.float()) * (1 + scale) + shift).type_as(x)
+    summed_expected = x + residual
+    expected_3 = (norm(summed_expected.float()) * (1 + c_scale) + c_shift).type_as(x)
+    normed, summed = layer_norm_modulate_reference(x, None, scale, shift, 1e-6)
+    assert normed.equal(expected) and summed is x
+    assert layer_norm_modulate(x, scale, shift, 1e-6).equal(expected)
+    normed_3, summed_3 = add_layer_norm_modulate(x, residual, c_scale, c_shift, 1e-6)
+    assert summed_3.equal(summed_expected) and normed_3.equal(expected_3)
+    assert not normed_3.equal(layer_norm_modulate(x, c_scale, c_shift, 1e-6))  # the residual counts
+
+
+def test_layer_norm_kernel_in_the_interpreter_matches_the_reference():
+    pytest.importorskip("triton")
+    script = textwrap.dedent(
+        """
+        import torch
+        from ditproof.models.fused import launch_layer_norm_modulate, layer_norm_modulate_reference
+
+        generator = torch.Generator().manual_seed(6)
+        for dtype in (torch.bfloat16, torch.float32):
+            # A strided view for x (a slice of a wider tensor); scale/shift chunks of (batch, 6, dim).
+            wide = (3 * torch.randn(2, 5, 48, generator=generator) + 1).to(dtype)
+            x = wide[..., :40]
+            residual = torch.randn(2, 5, 40, generator=generator).to(dtype)
+            modulation = torch.randn(2, 6, 40, generator=generator).chunk(6, dim=1)
+            scale, shift = modulation[1], modulation[0]
+            for extra in (None, residual):
+                normed, summed = launch_layer_norm_modulate(x, extra, scale, shift, 1e-6)
+                want_normed, want_summed = layer_norm_modulate_reference(x, extra, scale, shift, 1e-6)
+                assert normed.is_contiguous() and normed.dtype == dtype
+                # Triton's interpreter truncates float32 to bfloat16 (the GPU rounds to nearest
+                # even, as PyTorch does): one bfloat16 step apart at most there.
+                step = 0.0 if dtype == torch.float32 else 2 ** -7 * want_summed.float().abs()
+                assert ((summed.float() - want_summed.float()).abs() <= step).all()
+                error = (normed.float() - want_normed.float()).abs().max().item()
+                # bfloat16: one rounding step of the output (2**-8 relative) at most.
+                bound = 1e-5 if dtype == torch.float32 else 2 ** -7 * want_normed.float().abs().max().item()
+                assert error <= bound, (dtype, extra is None, error)
+                print(dtype, extra is None, error)
+        """
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("torch.bfloat16") == 2 and result.stdout.count("torch.float32") == 2
+
+
 def test_option_is_applied_at_load_in_the_class_and_validates(tiny_model, small_request, tmp_path: Path):
     options = RuntimeOptions(fuse_elementwise=True)
     model = load_model("wan-tiny-random", options)
     first = execute(small_request, model, options, tmp_path / "a", request_id="f-1", entropy=ENTROPY)
     second = execute(small_request, model, options, tmp_path / "b", request_id="f-1", entropy=ENTROPY)
     assert first.video.sha256 == second.video.sha256
-    assert first.runtime.fuse_elementwise and "/sdpa+fused-elementwise/" in first.runtime_class
+    assert (
+        first.runtime.fuse_elementwise
+        and "/sdpa+fused-elementwise[gelu-epilogue,norm-rope,norm-modulate]/" in first.runtime_class
+    )
     verdict = validate(first, tmp_path / "a" / first.video.file, model)
     assert verdict.decision == "valid", verdict.reason
     with pytest.raises(InvalidInputError, match="fuse_projections/fuse_elementwise/compile: got"):

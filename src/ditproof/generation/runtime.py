@@ -12,6 +12,7 @@ import torch
 
 from ditproof.generation.attention import attention_library
 from ditproof.hashing import sha256_json
+from ditproof.models.fused import STEPS as FUSED_STEPS
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions
 from ditproof.protocol.record import RuntimeFingerprint
@@ -112,6 +113,7 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
         cp_degree=options.cp_degree,
         fuse_projections=options.fuse_projections,
         fuse_elementwise=options.fuse_elementwise,
+        elementwise_steps=FUSED_STEPS if options.fuse_elementwise else None,
         compile=options.compile,
         model_preset=model.preset,
         model_revision=model.revision,
@@ -122,15 +124,16 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
 
 
 def kernels(fp: RuntimeFingerprint) -> str:
-    """The attention backend (with its library's versions), then ``+fused``, ``+fused-elementwise``
-    and ``+compiled-regional``."""
+    """The attention backend (with its library's versions), then ``+fused``,
+    ``+fused-elementwise[steps]`` and ``+compiled-regional``."""
     parts = [
         fp.attention_backend if fp.attention_library is None else f"{fp.attention_backend}[{fp.attention_library}]"
     ]
     if fp.fuse_projections:
         parts.append("fused")
     if fp.fuse_elementwise:
-        parts.append("fused-elementwise")
+        steps = "" if fp.elementwise_steps is None else f"[{fp.elementwise_steps}]"
+        parts.append(f"fused-elementwise{steps}")
     if fp.compile != "none":
         parts.append(f"compiled-{fp.compile}")
     return "+".join(parts)

@@ -1,6 +1,6 @@
 """Elementwise steps of the Wan experts fused into the kernels beside them (``fuse_elementwise``).
 
-Two fusions, both inside every transformer block (issue 9; at A14B size, 480p, each step was a
+Three fusions, all inside every transformer block (issue 9; at A14B size, 480p, each step was a
 separate pass over hundreds of megabytes after regional compilation):
 
 - The feed-forward's up-projection and its tanh-GELU in one matrix product: cuBLASLt applies
@@ -10,12 +10,17 @@ separate pass over hundreds of megabytes after regional compilation):
   Triton kernel per tensor: one read of the projection, one write of the rotated result. Under
   regional compilation Inductor generated a two-pass reduction for these that ran at about a
   third of the memory bandwidth.
+- The block's layer norms before the self-attention and before the feed-forward, each with its
+  modulation (``* (1 + scale) + shift``) and the second with the cross-attention's residual add,
+  in one Triton kernel per step. Inductor's kernels for these (its deterministic mode picks their
+  launch configuration without timing) ran at 1.6 and 2.3 TB/s.
 
-Both are ``torch.library`` custom operators, so ``torch.compile(fullgraph=True)`` keeps them as
+All are ``torch.library`` custom operators, so ``torch.compile(fullgraph=True)`` keeps them as
 opaque nodes. They compute in float32 and round once, where the unfused modules round between
-steps: the low bits change, so the option is part of the runtime fingerprint and class. On a
-CPU the operators run the same arithmetic with PyTorch operations (no speed gain; the option
-stays valid there for tests and for validators of a CPU class).
+steps: the low bits change, so the option is part of the runtime fingerprint and class (with
+:data:`STEPS`, the list of fused steps). On a CPU the operators run the same arithmetic with
+PyTorch operations (no speed gain; the option stays valid there for tests and for validators of
+a CPU class).
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ from typing import Any
 import torch
 
 from ditproof.errors import RuntimeUnavailableError
+
+STEPS = "gelu-epilogue,norm-rope,norm-modulate"
+"""The steps ``fuse_elementwise`` fuses, as the runtime fingerprint records them: a release that
+fuses other steps computes other low bits, so it must be another runtime class."""
 
 ROTARY_PAIR = 2
 """Wan's rotary embedding rotates adjacent channel pairs (x[2i], x[2i+1]) of each head."""
@@ -91,8 +100,19 @@ def _rms_norm_rope_shape(
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
+WARPS = 8
+"""Warps per token of both Triton kernels at A14B width (fixed: the sums' order depends on it;
+rows padded to fewer than 4,096 channels use 4). ``warps=`` of the launchers overrides it for benches."""
+
+
 def launch_rms_norm_rope(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, heads: int
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    heads: int,
+    warps: int | None = None,
 ) -> torch.Tensor:
     """Runs the Triton kernel (on CPU tensors too, under ``TRITON_INTERPRET=1``: the tests)."""
     import triton
@@ -120,7 +140,7 @@ def launch_rms_norm_rope(
         DIM=dim,
         HEAD_DIM=head_dim,
         BLOCK=half,
-        num_warps=8 if half >= 2048 else 4,
+        num_warps=warps or (WARPS if half >= 2048 else 4),
     )
     return out
 
@@ -146,29 +166,202 @@ def _kernel() -> Any:
         HEAD_DIM: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
-        # One program per token: its DIM channels as DIM/2 (even, odd) pairs.
+        # One program per token: its DIM channels read and written contiguously, split into
+        # (even, odd) pairs on chip (the rotation mixes each pair).
         row = tl.program_id(0)
         token = row % tokens
-        pair = tl.arange(0, BLOCK)
-        mask = pair < DIM // 2
+        cols = tl.arange(0, 2 * BLOCK)
+        mask = cols < DIM
         src = x_ptr + (row // tokens).to(tl.int64) * batch_stride + token.to(tl.int64) * token_stride
-        even = tl.load(src + 2 * pair, mask=mask, other=0.0).to(tl.float32)
-        odd = tl.load(src + 2 * pair + 1, mask=mask, other=0.0).to(tl.float32)
-        mean_square = (tl.sum(even * even, axis=0) + tl.sum(odd * odd, axis=0)) / DIM
-        rstd = 1.0 / tl.sqrt(mean_square + eps)
-        w_even = tl.load(w_ptr + 2 * pair, mask=mask, other=0.0).to(tl.float32)
-        w_odd = tl.load(w_ptr + 2 * pair + 1, mask=mask, other=0.0).to(tl.float32)
+        values = tl.load(src + cols, mask=mask, other=0.0).to(tl.float32)
+        weight = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(values * values, axis=0) / DIM + eps)
         # The norm's output is rounded to the input's dtype, as the norm module's would be.
-        even = (even * rstd * w_even).to(out_ptr.dtype.element_ty).to(tl.float32)
-        odd = (odd * rstd * w_odd).to(out_ptr.dtype.element_ty).to(tl.float32)
+        normed = (values * rstd * weight).to(out_ptr.dtype.element_ty).to(tl.float32)
+        even, odd = tl.split(tl.reshape(normed, (BLOCK, 2)))
+        pair = tl.arange(0, BLOCK)
         table = token.to(tl.int64) * HEAD_DIM + 2 * (pair % (HEAD_DIM // 2))
-        cos = tl.load(cos_ptr + table, mask=mask, other=0.0)
-        sin = tl.load(sin_ptr + table + 1, mask=mask, other=0.0)
-        dst = out_ptr + row.to(tl.int64) * DIM
-        tl.store(dst + 2 * pair, (even * cos - odd * sin).to(out_ptr.dtype.element_ty), mask=mask)
-        tl.store(dst + 2 * pair + 1, (even * sin + odd * cos).to(out_ptr.dtype.element_ty), mask=mask)
+        cos = tl.load(cos_ptr + table, mask=pair < DIM // 2, other=0.0)
+        sin = tl.load(sin_ptr + table + 1, mask=pair < DIM // 2, other=0.0)
+        rotated = tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), (2 * BLOCK,))
+        tl.store(out_ptr + row.to(tl.int64) * DIM + cols, rotated.to(out_ptr.dtype.element_ty), mask=mask)
 
     return rms_norm_rope_kernel
+
+
+def layer_norm_modulate_reference(
+    x: torch.Tensor, residual: torch.Tensor | None, scale: torch.Tensor, shift: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Wan block's steps that the fused kernel runs, with PyTorch operations (CPU path, tests).
+
+    ``summed = x + residual`` in ``x``'s dtype (or ``x``), then ``layer_norm(summed.float()) *
+    (1 + scale) + shift`` rounded to ``x``'s dtype; ``scale``/``shift``: float32 (batch, 1, dim).
+    Returns ``(normed, summed)``.
+    """
+    summed = x if residual is None else x + residual
+    normed = torch.nn.functional.layer_norm(summed.float(), (summed.shape[-1],), eps=eps) * (1 + scale) + shift
+    return normed.to(x.dtype), summed
+
+
+@torch.library.custom_op("ditproof::layer_norm_modulate", mutates_args=())
+def layer_norm_modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
+    """``layer_norm(x.float()) * (1 + scale) + shift`` in ``x``'s dtype, in one pass (the blocks'
+    first norm and its modulation)."""
+    if x.device.type == "cuda":
+        return launch_layer_norm_modulate(x, None, scale, shift, eps)[0]
+    return layer_norm_modulate_reference(x, None, scale, shift, eps)[0]
+
+
+@layer_norm_modulate.register_fake
+def _layer_norm_modulate_shape(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("ditproof::add_layer_norm_modulate", mutates_args=())
+def add_layer_norm_modulate(
+    x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``summed = x + residual``, then its layer norm modulated: ``(normed, summed)`` in one pass
+    (the cross-attention's residual and the feed-forward's norm)."""
+    if x.device.type == "cuda":
+        return launch_layer_norm_modulate(x, residual, scale, shift, eps)
+    normed, summed = layer_norm_modulate_reference(x, residual, scale, shift, eps)
+    return normed, summed
+
+
+@add_layer_norm_modulate.register_fake
+def _add_layer_norm_modulate_shape(
+    x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device), torch.empty(x.shape, dtype=x.dtype, device=x.device))
+
+
+def launch_layer_norm_modulate(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    scale: torch.Tensor,
+    shift: torch.Tensor,
+    eps: float,
+    warps: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs the Triton kernel of both operators (on CPU tensors under ``TRITON_INTERPRET=1``).
+
+    Returns ``(normed, summed)``; without ``residual``, ``summed`` is ``x`` itself.
+    """
+    import triton
+
+    batch, tokens, dim = x.shape
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    if residual is not None and (residual.shape != x.shape or residual.stride(2) != 1):
+        residual = residual.expand(x.shape).contiguous()
+    scale = scale.float().expand(batch, 1, dim).contiguous()
+    shift = shift.float().expand(batch, 1, dim).contiguous()
+    normed = torch.empty((batch, tokens, dim), dtype=x.dtype, device=x.device)
+    summed = x if residual is None else torch.empty((batch, tokens, dim), dtype=x.dtype, device=x.device)
+    block = triton.next_power_of_2(dim)
+    _layer_norm_kernel()[(batch * tokens,)](
+        x,
+        x if residual is None else residual,
+        scale,
+        shift,
+        normed,
+        summed,
+        tokens,
+        x.stride(0),
+        x.stride(1),
+        0 if residual is None else residual.stride(0),
+        0 if residual is None else residual.stride(1),
+        float(eps),
+        DIM=dim,
+        BLOCK=block,
+        HAS_RESIDUAL=residual is not None,
+        num_warps=warps or (WARPS if block >= 4096 else 4),
+    )
+    return normed, summed
+
+
+@functools.cache
+def _layer_norm_kernel() -> Any:
+    """The layer norm + modulation kernel, defined on first use."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def layer_norm_modulate_kernel(
+        x_ptr,
+        r_ptr,
+        scale_ptr,
+        shift_ptr,
+        out_ptr,
+        sum_ptr,
+        tokens,
+        x_batch_stride,
+        x_token_stride,
+        r_batch_stride,
+        r_token_stride,
+        eps,
+        DIM: tl.constexpr,
+        BLOCK: tl.constexpr,
+        HAS_RESIDUAL: tl.constexpr,
+    ):
+        # One program per token: one read of x (and the residual), one write of each output.
+        row = tl.program_id(0)
+        batch = (row // tokens).to(tl.int64)
+        token = (row % tokens).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < DIM
+        values = tl.load(x_ptr + batch * x_batch_stride + token * x_token_stride + cols, mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            other = tl.load(r_ptr + batch * r_batch_stride + token * r_token_stride + cols, mask=mask, other=0.0)
+            # The residual add rounds to the activations' dtype, as the block's own add does.
+            values = (values.to(tl.float32) + other.to(tl.float32)).to(sum_ptr.dtype.element_ty)
+            tl.store(sum_ptr + row.to(tl.int64) * DIM + cols, values, mask=mask)
+        values = values.to(tl.float32)
+        mean = tl.sum(values, axis=0) / DIM
+        centered = tl.where(mask, values - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=0) / DIM + eps)
+        scale = tl.load(scale_ptr + batch * DIM + cols, mask=mask, other=0.0)
+        shift = tl.load(shift_ptr + batch * DIM + cols, mask=mask, other=0.0)
+        normed = centered * rstd * (1.0 + scale) + shift
+        tl.store(out_ptr + row.to(tl.int64) * DIM + cols, normed.to(out_ptr.dtype.element_ty), mask=mask)
+
+    return layer_norm_modulate_kernel
+
+
+@functools.cache
+def _fused_block_class() -> type:
+    """diffusers' Wan transformer block with its first and third norm (and their modulation) fused."""
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
+    class FusedWanBlock(WanTransformerBlock):
+        """The block's steps as diffusers' forward runs them, with two of its passes fused:
+        the self-attention's norm + modulation, and the cross-attention's residual add with the
+        feed-forward's norm + modulation (:func:`add_layer_norm_modulate`). Blocks with
+        per-token modulation (Wan2.2 TI2V-5B) run diffusers' forward."""
+
+        def forward(
+            self,
+            hidden_states: torch.Tensor,
+            encoder_hidden_states: torch.Tensor,
+            temb: torch.Tensor,
+            rotary_emb: torch.Tensor,
+        ) -> torch.Tensor:
+            if temb.ndim != 3:  # (batch, 6, dim); TI2V-5B: (batch, tokens, 6, dim)
+                return super().forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
+            shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table + temb.float()).chunk(6, dim=1)
+            normed = layer_norm_modulate(hidden_states, scale, shift, self.norm1.eps)
+            attn_output = self.attn1(normed, None, None, rotary_emb)
+            hidden_states = (hidden_states.float() + attn_output * gate).type_as(hidden_states)
+            normed = self.norm2(hidden_states.float()).type_as(hidden_states)
+            attn_output = self.attn2(normed, encoder_hidden_states, None, None)
+            normed, hidden_states = add_layer_norm_modulate(
+                hidden_states, attn_output, c_scale, c_shift, self.norm3.eps
+            )
+            ff_output = self.ffn(normed)
+            return (hidden_states.float() + ff_output.float() * c_gate).type_as(hidden_states)
+
+    return FusedWanBlock
 
 
 @functools.cache
@@ -243,14 +436,15 @@ def unavailable_reason(device: torch.device) -> str | None:
 
 
 def fuse_elementwise(expert: torch.nn.Module) -> int:
-    """Applies both fusions to every block of ``expert`` in place (again: no change).
+    """Applies the fusions (:data:`STEPS`) to every block of ``expert`` in place (again: no change).
 
-    Weights and state dict stay as they are. Only tanh-GELU projections (with their bias) and
-    RMS-normed self-attentions with diffusers' processor are changed; a processor's attention
-    backend and parallel configuration are kept.
+    Weights and state dict stay as they are. Only tanh-GELU projections (with their bias),
+    RMS-normed self-attentions with diffusers' processor and Wan blocks with affine-free first
+    and third norms are changed; a processor's attention backend and parallel configuration are
+    kept.
 
     Returns:
-        How many modules run fused: GELU projections plus self-attentions.
+        How many modules run fused: blocks, GELU projections and self-attentions.
 
     Raises:
         ValueError: an expert with none of the Wan modules these fusions apply to.
@@ -262,12 +456,19 @@ def fuse_elementwise(expert: torch.nn.Module) -> int:
     reason = unavailable_reason(device)
     if reason is not None:
         raise RuntimeUnavailableError(f"fuse_elementwise: not available here: {reason}")
-    from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor
+    from diffusers.models.normalization import FP32LayerNorm
+    from diffusers.models.transformers.transformer_wan import WanAttention, WanAttnProcessor, WanTransformerBlock
 
     processor_class = _fused_attention_processor()
     gelu_class = _fused_gelu_class()
+    block_class = _fused_block_class()
     fused = 0
     for module in expert.modules():
+        if type(module) is WanTransformerBlock and all(
+            isinstance(norm, FP32LayerNorm) and type(norm) is FP32LayerNorm and not norm.elementwise_affine
+            for norm in (module.norm1, module.norm3)
+        ):
+            module.__class__ = block_class
         proj = getattr(module, "proj", None)
         if (
             type(module) is GELU
@@ -286,7 +487,13 @@ def fuse_elementwise(expert: torch.nn.Module) -> int:
                 new._attention_backend = old._attention_backend
                 new._parallel_config = old._parallel_config
                 module.processor = new
-        fused += isinstance(module, gelu_class) or isinstance(getattr(module, "processor", None), processor_class)
+        fused += isinstance(module, (gelu_class, block_class)) or isinstance(
+            getattr(module, "processor", None), processor_class
+        )
     if fused == 0:
         raise ValueError("fuse_elementwise: no tanh-GELU projection or RMS-normed Wan self-attention found")
+    repeated = tuple(getattr(expert, "_repeated_blocks", ()) or ())
+    if repeated and block_class.__name__ not in repeated:
+        # diffusers' regional compilation finds the blocks by class name.
+        setattr(expert, "_repeated_blocks", (*repeated, block_class.__name__))  # noqa: B010 - an instance attribute
     return fused

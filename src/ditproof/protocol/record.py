@@ -64,6 +64,9 @@ class RuntimeFingerprint(_Model):
     cp_degree: int = 1
     fuse_projections: bool = False
     fuse_elementwise: bool = False
+    # Which steps fuse_elementwise fused (ditproof.models.fused.STEPS), e.g.
+    # "gelu-epilogue,norm-rope,norm-modulate"; None in records made before the list was recorded.
+    elementwise_steps: str | None = None
     compile: str = "none"
     model_preset: str
     model_revision: str = Field(pattern=_SHA256)
