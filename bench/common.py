@@ -6,6 +6,7 @@ import datetime
 import json
 import platform
 import statistics
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,24 @@ def device_info() -> dict[str, Any]:
     else:
         info["gpu"] = None
     return info
+
+
+def gpu_state() -> dict[str, float] | None:
+    """The card's temperature (C), SM clock (MHz) and power draw (W) now, from ``nvidia-smi``
+    (None where it does not answer): clocks fall under sustained load, so timings carry them."""
+    fields = ("temperature.gpu", "clocks.sm", "power.draw")
+    try:
+        answer = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits", "--id=0"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+        values = [float(v) for v in answer.strip().split(",")]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return dict(zip(("temperature_c", "sm_clock_mhz", "power_w"), values, strict=True))
 
 
 def write_result(path: str | Path, data: dict[str, Any]) -> None:

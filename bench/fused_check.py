@@ -174,7 +174,7 @@ def norm_rope_rows(repeats: int) -> list[dict[str, Any]]:
                     repeats,
                     bytes=traffic,
                 )
-                for warps in (4, 16)
+                for warps in (8, 16)
             ),
         ]
 

@@ -9,6 +9,11 @@ from the run; the mp4 encode of its frames timed with the variant's encoding; pe
 Seconds per forward = steady step time / passes per step (2 with CFG). Determinism: the first
 size's short run is repeated, and its final latent and mp4 bytes must be equal.
 
+Each variant starts from an idle card: ``--pause`` seconds without GPU work before it (the SM
+clock falls under sustained load, so a variant measured right after another one's minutes at
+700 W ran ~2-4% slower than the same variant first). The card's temperature, SM clock and power
+are recorded before each variant and after each run.
+
     PYTHONPATH=src python3 bench/perf_pipeline.py --out $OUT/perf_pipeline.json
     PYTHONPATH=src python3 bench/perf_pipeline.py --smoke --out /tmp/perf_pipeline.json   # CPU, tiny
 """
@@ -29,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common import device_info, write_result
+from common import device_info, gpu_state, write_result
 from ditproof.generation.generate import generate
 from ditproof.models.registry import load_model
 from ditproof.protocol.options import RuntimeOptions
@@ -106,9 +111,11 @@ def measure(model: Any, options: RuntimeOptions, size: str, steps: int, target: 
 
 
 def run_variant(
-    preset: str, name: str, options: RuntimeOptions, runs: list[tuple[str, int]], target: int
+    preset: str, name: str, options: RuntimeOptions, runs: list[tuple[str, int]], target: int, pause: float
 ) -> dict[str, Any]:
-    """Builds ``preset`` with ``options``, warms up, measures every run, repeats the first."""
+    """Pauses, builds ``preset`` with ``options``, warms up, measures every run, repeats the first."""
+    time.sleep(pause)
+    before = gpu_state()
     began = time.perf_counter()
     model = load_model(preset, options)
     build_s = time.perf_counter() - began
@@ -116,7 +123,10 @@ def run_variant(
     for size, _ in runs:  # compilation and kernel selection for each shape, untimed
         generate(short_request(size, 1), SEED, model, options)
     warmup_s = time.perf_counter() - began
-    measured = [measure(model, options, size, steps, target) for size, steps in runs]
+    measured = []
+    for size, steps in runs:
+        measured.append(measure(model, options, size, steps, target))
+        measured[-1]["gpu_after"] = gpu_state()
     again = measure(model, options, *runs[0], target)
     first = measured[0]
     deterministic = {
@@ -131,6 +141,8 @@ def run_variant(
         del row["final_latent"], row["video"]
     return {
         "variant": name,
+        "pause_s": pause,
+        "gpu_before": before,
         "options": options.model_dump(mode="json"),
         "build_s": build_s,
         "warmup_s": warmup_s,
@@ -147,13 +159,14 @@ def main() -> None:
     parser.add_argument("--target-steps", type=int, default=40)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU, tiny sizes")
+    parser.add_argument("--pause", type=float, default=60.0, help="idle seconds before each variant (module docstring)")
     parser.add_argument(
         "--best-attention", default=None, help="attention backend of ditproof-best (default: its entry in VARIANTS)"
     )
     args = parser.parse_args()
     preset = "wan-a14b-shape"
     if args.smoke:
-        preset, args.device, args.runs = "wan-tiny-random", "cpu", "64x48x5:3,96x64x9:2"
+        preset, args.device, args.runs, args.pause = "wan-tiny-random", "cpu", "64x48x5:3,96x64x9:2", 0.0
     runs = [(size, int(steps)) for size, steps in (item.split(":") for item in args.runs.split(","))]
     base = base_options(args.device)
     results = []
@@ -166,7 +179,7 @@ def main() -> None:
             f"{name}: {options.attention_backend} fused={options.fuse_projections} "
             f"elementwise={options.fuse_elementwise} compile={options.compile}"
         )
-        results.append(run_variant(preset, name, options, runs, args.target_steps))
+        results.append(run_variant(preset, name, options, runs, args.target_steps, args.pause))
         # Written after each variant: a later one that fails leaves the earlier ones on disk.
         write_result(
             args.out, {"bench": "perf_pipeline", "device": device_info(), "preset": preset, "variants": results}
@@ -183,6 +196,8 @@ def main() -> None:
                 f"{row['vae_decode_s']:>6.1f} {row['encode_s']:>7.1f} {row['whole_target_s']:>8.1f} {peak:>6}"
             )
         print(f"{'':<20} repeat of the first run: {variant['repeat_of_first_run']}")
+        after = [row["gpu_after"] for row in variant["runs"]]
+        print(f"{'':<20} card before: {variant['gpu_before']}; after each run: {after}")
 
 
 if __name__ == "__main__":

@@ -100,9 +100,11 @@ def _rms_norm_rope_shape(
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
-WARPS = 8
-"""Warps per token of both Triton kernels at A14B width (fixed: the sums' order depends on it;
-rows padded to fewer than 4,096 channels use 4). ``warps=`` of the launchers overrides it for benches."""
+WARPS = 4
+"""Warps per token of both Triton kernels (fixed: the sums' order depends on it). At A14B width,
+480p, on an H100: norm + RoPE 0.366 ms with 4, 0.395 with 8, 0.439 with 16; first norm 0.335 /
+0.354 / 0.392; residual + third norm 0.578 / 0.568 / 0.618 (``bench/fused_check.py``).
+``warps=`` of the launchers overrides it for benches."""
 
 
 def launch_rms_norm_rope(
@@ -140,7 +142,7 @@ def launch_rms_norm_rope(
         DIM=dim,
         HEAD_DIM=head_dim,
         BLOCK=half,
-        num_warps=warps or (WARPS if half >= 2048 else 4),
+        num_warps=warps or WARPS,
     )
     return out
 
@@ -276,7 +278,7 @@ def launch_layer_norm_modulate(
         DIM=dim,
         BLOCK=block,
         HAS_RESIDUAL=residual is not None,
-        num_warps=warps or (WARPS if block >= 4096 else 4),
+        num_warps=warps or WARPS,
     )
     return normed, summed
 
