@@ -6,8 +6,12 @@ there), one untimed 1-step generation per size (compilation, kernel selection), 
 short generation (480p 4 steps, 720p 2 steps by default, CFG on) timed per step by the step
 callback and scaled to 40 steps with each expert's steady step time; text encode and VAE decode
 from the run; the mp4 encode of its frames timed with the variant's encoding; peak GPU memory.
-Seconds per forward = steady step time / passes per step (2 with CFG). Determinism: the first
-size's short run is repeated, and its final latent and mp4 bytes must be equal.
+Seconds per forward: each expert's forward calls timed on the device (CUDA events around the
+transformer's ``forward``, recorded without synchronizing; the first call of each expert per run
+left out), the median per expert; ``step_per_pass_s`` = steady step time / passes per step (2 with
+CFG) also counts what a step does besides its forwards (CFG combination, solver step, trajectory
+capture, the step boundary's synchronization). Determinism: the first size's short run is
+repeated, and its final latent and mp4 bytes must be equal.
 
 Each variant starts from an idle card: ``--pause`` seconds without GPU work before it (the SM
 clock falls under sustained load, so a variant measured right after another one's minutes at
@@ -74,13 +78,52 @@ def variant_options(base: RuntimeOptions, overrides: dict[str, Any], device: str
     return base.model_copy(update=update)
 
 
+class ForwardTimer:
+    """Times every forward call of the given experts: CUDA events recorded around each call (no
+    synchronization in between; read after the run), or the host clock on a CPU."""
+
+    def __init__(self, experts: dict[str, torch.nn.Module], cuda: bool) -> None:
+        self.cuda = cuda
+        self.marks: dict[str, list[tuple[Any, Any]]] = {name: [] for name in experts}
+        self.handles = []
+        for name, expert in experts.items():
+            self.handles.append(expert.register_forward_pre_hook(lambda *_, name=name: self._mark(name, start=True)))
+            self.handles.append(expert.register_forward_hook(lambda *_, name=name: self._mark(name, start=False)))
+
+    def _now(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def _mark(self, name: str, start: bool) -> None:
+        if start:
+            self.marks[name].append((self._now(), None))
+        else:
+            began, _ = self.marks[name][-1]
+            self.marks[name][-1] = (began, self._now())
+
+    def seconds(self) -> dict[str, list[float]]:
+        """Each expert's forward seconds in call order (after the run; removes the hooks)."""
+        for handle in self.handles:
+            handle.remove()
+        if self.cuda:
+            torch.cuda.synchronize()
+            return {k: [a.elapsed_time(b) / 1e3 for a, b in v] for k, v in self.marks.items()}
+        return {k: [b - a for a, b in v] for k, v in self.marks.items()}
+
+
 def measure(model: Any, options: RuntimeOptions, size: str, steps: int, target: int) -> dict[str, Any]:
     """Times ``steps`` steps at ``size`` and scales them to ``target`` steps (see the module docstring)."""
     request = short_request(size, steps)
     cuda = options.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    pipe = model.pipeline
+    timer = ForwardTimer({"high": pipe.transformer, "low": pipe.transformer_2}, cuda)
     result, step_s = timed_generation(model, options, request)
+    calls = timer.seconds()
     began = time.perf_counter()
     video = encode_video(result.frames, request.fps, options.encoding)
     encode_s = time.perf_counter() - began
@@ -92,12 +135,15 @@ def measure(model: Any, options: RuntimeOptions, size: str, steps: int, target: 
     frames, height, width = request.num_frames, request.height, request.width
     tokens = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
     flops = forward_flops(dict(config), tokens)
+    forward_s = {k: statistics.median(v[1:] or v) for k, v in calls.items() if v}
     return {
-        "tflops_per_expert": {k: flops * passes / v / 1e12 for k, v in steady.items()},
+        "tflops_per_expert": {k: flops / v / 1e12 for k, v in forward_s.items()},
         "size": size,
         "steps": steps,
         "step_s": step_s,
-        "forward_s": {k: v / passes for k, v in steady.items()},
+        "forward_s": forward_s,
+        "forward_calls_s": calls,
+        "step_per_pass_s": {k: v / passes for k, v in steady.items()},
         "text_encode_s": text_s,
         "vae_decode_s": vae_s,
         "encode_s": encode_s,
@@ -185,14 +231,16 @@ def main() -> None:
             args.out, {"bench": "perf_pipeline", "device": device_info(), "preset": preset, "variants": results}
         )
     print(
-        f"{'variant':<20} {'size':>12} {'s/forward':>10} {'text':>6} {'VAE':>6} {'encode':>7} {'video s':>8} {'GiB':>6}"
+        f"{'variant':<20} {'size':>12} {'s/forward':>10} {'step/pass':>10} {'text':>6} {'VAE':>6} {'encode':>7} "
+        f"{'video s':>8} {'GiB':>6}"
     )
     for variant in results:
         for row in variant["runs"]:
             forward = statistics.mean(row["forward_s"].values())
+            per_pass = statistics.mean(row["step_per_pass_s"].values())
             peak = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
             print(
-                f"{variant['variant']:<20} {row['size']:>12} {forward:>10.3f} {row['text_encode_s']:>6.1f} "
+                f"{variant['variant']:<20} {row['size']:>12} {forward:>10.3f} {per_pass:>10.3f} {row['text_encode_s']:>6.1f} "
                 f"{row['vae_decode_s']:>6.1f} {row['encode_s']:>7.1f} {row['whole_target_s']:>8.1f} {peak:>6}"
             )
         print(f"{'':<20} repeat of the first run: {variant['repeat_of_first_run']}")
