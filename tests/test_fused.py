@@ -19,6 +19,7 @@ import torch
 from ditproof.errors import InvalidInputError
 from ditproof.generation.execute import execute
 from ditproof.generation.generate import generate
+from ditproof.generation.runtime import runtime_class
 from ditproof.models.fused import (
     add_layer_norm_modulate,
     fuse_elementwise,
@@ -258,6 +259,9 @@ def test_option_is_applied_at_load_in_the_class_and_validates(tiny_model, small_
     )
     verdict = validate(first, tmp_path / "a" / first.video.file, model)
     assert verdict.decision == "valid", verdict.reason
+    # A record that fused other steps (session 5's, which did not list them) is another class.
+    older = first.runtime.model_copy(update={"elementwise_steps": None})
+    assert "+fused-elementwise/" in runtime_class(older) and runtime_class(older) != first.runtime_class
     with pytest.raises(InvalidInputError, match="fuse_projections/fuse_elementwise/compile: got"):
         generate(small_request, 1, tiny_model, options)
     with pytest.raises(InvalidInputError, match="fuse_projections/fuse_elementwise/compile: got"):
