@@ -10,7 +10,12 @@ bf16): median seconds and TFLOP/s of
   the state dict is unchanged, cuBLAS gets "NN" and may pick another kernel);
 - for FFN up, the GELU epilogue (``ditproof::linear_gelu_tanh``) in both layouts.
 
-Each row also gives the largest difference to ``linear+bias`` (0: the same kernel numerics).
+Each row also gives the largest difference to ``linear+bias`` (0: the same kernel numerics) and
+the names of the kernels the variant launched (one profiled call). ``ffn-pair`` runs the block's
+feed-forward as it runs there, the up-projection with its GELU epilogue then the down-projection
+on its output, timed as one; its row gives the pair's seconds beside the two products' alone (in
+the forward the down-projection ran ≈ 10% slower than alone; this shows whether running it right
+after the up-projection is the cause).
 ``CUBLASLT_WORKSPACE_SIZE`` (KiB, read by PyTorch at its first cuBLASLt call) can be set outside
 to see whether a larger workspace lets cuBLASLt pick faster kernels.
 
@@ -54,16 +59,64 @@ def products(
     return variants
 
 
+def kernel_names(fn: Callable[[], torch.Tensor]) -> list[str]:
+    """The CUDA kernels one call of ``fn`` launches, in order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name[:120] for e in prof.events() if e.device_type.name == "CUDA"]
+
+
+def ffn_pair_row(repeats: int, g: torch.Generator) -> dict[str, Any]:
+    """The feed-forward's two products back to back, and each alone (module docstring)."""
+    from ditproof.models.fused import linear_gelu_tanh
+
+    (dim, ffn), (_, out) = PRODUCTS["ffn-up"], PRODUCTS["ffn-down"]
+    x = torch.randn(TOKENS, dim, device="cuda", generator=g).bfloat16()
+    w_up = (torch.randn(ffn, dim, device="cuda", generator=g) * dim**-0.5).bfloat16()
+    b_up = (torch.randn(ffn, device="cuda", generator=g) * 0.1).bfloat16()
+    w_down = (torch.randn(out, ffn, device="cuda", generator=g) * ffn**-0.5).bfloat16()
+    b_down = (torch.randn(out, device="cuda", generator=g) * 0.1).bfloat16()
+    hidden = linear_gelu_tanh(x, w_up, b_up)
+
+    def pair() -> torch.Tensor:
+        return F.linear(linear_gelu_tanh(x, w_up, b_up), w_down, b_down)
+
+    up_s = timed(lambda: linear_gelu_tanh(x, w_up, b_up), repeats)
+    down_s = timed(lambda: F.linear(hidden, w_down, b_down), repeats)
+    pair_s = timed(pair, repeats)
+    flops = 2.0 * TOKENS * dim * ffn + 2.0 * TOKENS * ffn * out
+    return {
+        "product": "ffn-pair",
+        "variant": "up (GELU epilogue) then down",
+        "seconds": pair_s,
+        "tflops": flops / pair_s / 1e12,
+        "up_alone_s": up_s,
+        "down_alone_s": down_s,
+        "pair_minus_alone_s": pair_s - up_s - down_s,
+        "max_diff_to_linear": 0.0,
+        "kernels": kernel_names(pair),
+    }
+
+
 def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--products", default=",".join(PRODUCTS))
+    parser.add_argument("--products", default=",".join([*PRODUCTS, "ffn-pair"]))
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
     g = torch.Generator(device="cuda").manual_seed(0)
     for name in args.products.split(","):
+        if name == "ffn-pair":
+            rows.append(ffn_pair_row(args.repeats, g))
+            print(rows[-1], flush=True)
+            continue
         k, n = PRODUCTS[name]
         x = torch.randn(TOKENS, k, device="cuda", generator=g).bfloat16()
         w = (torch.randn(n, k, device="cuda", generator=g) * k**-0.5).bfloat16()
@@ -82,6 +135,7 @@ def main() -> None:
                     "seconds": seconds,
                     "tflops": 2.0 * TOKENS * k * n / seconds / 1e12,
                     "max_diff_to_linear": diff,
+                    "kernels": kernel_names(fn),
                 }
             )
             print(rows[-1], flush=True)
@@ -94,6 +148,7 @@ def main() -> None:
             f"{r['product']:<10}{r['variant']:<28}{r['seconds'] * 1e3:>8.3f}{r['tflops']:>9.0f}"
             f"{r['max_diff_to_linear']:>10.1e}"
         )
+        print(f"{'':<10}kernels: {'; '.join(name[:60] for name in r['kernels'])}")
 
 
 if __name__ == "__main__":
