@@ -222,9 +222,10 @@ def test_layer_norm_kernel_in_the_interpreter_matches_the_reference():
             wide = (3 * torch.randn(2, 5, 48, generator=generator) + 1).to(dtype)
             x = wide[..., :40]
             residual = torch.randn(2, 5, 40, generator=generator).to(dtype)
-            modulation = torch.randn(2, 6, 40, generator=generator).chunk(6, dim=1)
-            scale, shift = modulation[1], modulation[0]
-            for extra in (None, residual):
+            # Per-sample modulation (read through the chunk's batch stride) and one shared row.
+            per_sample = torch.randn(2, 6, 40, generator=generator).chunk(6, dim=1)
+            shared = torch.randn(1, 6, 40, generator=generator).chunk(6, dim=1)
+            for extra, (shift, scale) in ((None, per_sample[:2]), (residual, per_sample[:2]), (residual, shared[:2])):
                 normed, summed = launch_layer_norm_modulate(x, extra, scale, shift, 1e-6)
                 want_normed, want_summed = layer_norm_modulate_reference(x, extra, scale, shift, 1e-6)
                 assert normed.is_contiguous() and normed.dtype == dtype
@@ -244,7 +245,7 @@ def test_layer_norm_kernel_in_the_interpreter_matches_the_reference():
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("torch.bfloat16") == 2 and result.stdout.count("torch.float32") == 2
+    assert result.stdout.count("torch.bfloat16") == 3 and result.stdout.count("torch.float32") == 3
 
 
 def test_option_is_applied_at_load_in_the_class_and_validates(tiny_model, small_request, tmp_path: Path):

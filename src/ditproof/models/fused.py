@@ -227,8 +227,7 @@ def add_layer_norm_modulate(
     (the cross-attention's residual and the feed-forward's norm)."""
     if x.device.type == "cuda":
         return launch_layer_norm_modulate(x, residual, scale, shift, eps)
-    normed, summed = layer_norm_modulate_reference(x, residual, scale, shift, eps)
-    return normed, summed
+    return layer_norm_modulate_reference(x, residual, scale, shift, eps)
 
 
 @add_layer_norm_modulate.register_fake
@@ -257,8 +256,10 @@ def launch_layer_norm_modulate(
         x = x.contiguous()
     if residual is not None and (residual.shape != x.shape or residual.stride(2) != 1):
         residual = residual.expand(x.shape).contiguous()
-    scale = scale.float().expand(batch, 1, dim).contiguous()
-    shift = shift.float().expand(batch, 1, dim).contiguous()
+    # The block passes its chunks of (batch, 6, dim) as they are: read through their batch
+    # stride (0 where one row serves the whole batch), no copy per call.
+    scale, shift = (v.float().expand(batch, 1, dim) for v in (scale, shift))
+    scale, shift = (v if v.stride(2) == 1 else v.contiguous() for v in (scale, shift))
     normed = torch.empty((batch, tokens, dim), dtype=x.dtype, device=x.device)
     summed = x if residual is None else torch.empty((batch, tokens, dim), dtype=x.dtype, device=x.device)
     block = triton.next_power_of_2(dim)
@@ -274,6 +275,8 @@ def launch_layer_norm_modulate(
         x.stride(1),
         0 if residual is None else residual.stride(0),
         0 if residual is None else residual.stride(1),
+        scale.stride(0),
+        shift.stride(0),
         float(eps),
         DIM=dim,
         BLOCK=block,
@@ -302,6 +305,8 @@ def _layer_norm_kernel() -> Any:
         x_token_stride,
         r_batch_stride,
         r_token_stride,
+        scale_batch_stride,
+        shift_batch_stride,
         eps,
         DIM: tl.constexpr,
         BLOCK: tl.constexpr,
@@ -323,8 +328,8 @@ def _layer_norm_kernel() -> Any:
         mean = tl.sum(values, axis=0) / DIM
         centered = tl.where(mask, values - mean, 0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=0) / DIM + eps)
-        scale = tl.load(scale_ptr + batch * DIM + cols, mask=mask, other=0.0)
-        shift = tl.load(shift_ptr + batch * DIM + cols, mask=mask, other=0.0)
+        scale = tl.load(scale_ptr + batch * scale_batch_stride + cols, mask=mask, other=0.0)
+        shift = tl.load(shift_ptr + batch * shift_batch_stride + cols, mask=mask, other=0.0)
         normed = centered * rstd * (1.0 + scale) + shift
         tl.store(out_ptr + row.to(tl.int64) * DIM + cols, normed.to(out_ptr.dtype.element_ty), mask=mask)
 
