@@ -180,18 +180,22 @@ def norm_rope_rows(repeats: int) -> list[dict[str, Any]]:
 
 
 def diffusers_norm1(x: torch.Tensor, table: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-    """diffusers' Wan block: the modulation's chunks, the first norm, modulated."""
+    """diffusers' Wan block: the modulation's chunks, the first norm, modulated (the reference is
+    the block's own steps; a test checks it against diffusers')."""
+    from ditproof.models.fused import layer_norm_modulate_reference
+
     shift, scale = (table + temb.float()).chunk(6, dim=1)[:2]
-    return (F.layer_norm(x.float(), (DIM,), eps=1e-6) * (1 + scale) + shift).type_as(x)
+    return layer_norm_modulate_reference(x, None, scale, shift, 1e-6)[0]
 
 
 def diffusers_add_norm3(
     x: torch.Tensor, residual: torch.Tensor, table: torch.Tensor, temb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """diffusers' Wan block: the cross-attention's residual add, the third norm, modulated."""
+    from ditproof.models.fused import layer_norm_modulate_reference
+
     c_shift, c_scale = (table + temb.float()).chunk(6, dim=1)[3:5]
-    summed = x + residual
-    return (F.layer_norm(summed.float(), (DIM,), eps=1e-6) * (1 + c_scale) + c_shift).type_as(x), summed
+    return layer_norm_modulate_reference(x, residual, c_scale, c_shift, 1e-6)
 
 
 def norm_modulate_rows(repeats: int) -> list[dict[str, Any]]:
