@@ -42,8 +42,18 @@ def _inputs(expert: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.
     return hidden, torch.tensor([500.0]), text
 
 
-def test_fused_expert_keeps_its_weights_and_stays_close_to_the_unfused_one():
+def _assert_close_to_plain(expert: torch.nn.Module) -> torch.Tensor:
+    """Runs ``expert`` and an unfused tiny expert on the same inputs; they must agree closely."""
     plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    hidden, step, text = _inputs(expert)
+    with torch.inference_mode():
+        out = expert(hidden, step, text, return_dict=False)[0]
+        reference = plain(hidden, step, text, return_dict=False)[0]
+    assert torch.allclose(out, reference, rtol=1e-4, atol=1e-4)
+    return out
+
+
+def test_fused_expert_keeps_its_weights_and_stays_close_to_the_unfused_one():
     expert = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
     before = {key: value.clone() for key, value in expert.state_dict().items()}
     changed = fuse_elementwise(expert)
@@ -54,11 +64,7 @@ def test_fused_expert_keeps_its_weights_and_stays_close_to_the_unfused_one():
     assert "FusedWanBlock" in expert._repeated_blocks and "FusedWanBlock" not in type(expert)._repeated_blocks
     assert expert.state_dict().keys() == before.keys()
     assert all(expert.state_dict()[key].equal(value) for key, value in before.items())
-    hidden, step, text = _inputs(expert)
-    with torch.inference_mode():
-        fused_out = expert(hidden, step, text, return_dict=False)[0]
-        plain_out = plain(hidden, step, text, return_dict=False)[0]
-    assert torch.allclose(fused_out, plain_out, rtol=1e-4, atol=1e-4)
+    fused_out = _assert_close_to_plain(expert)
     assert not fused_out.equal(torch.zeros_like(fused_out))
     with pytest.raises(ValueError, match="no tanh-GELU projection"):
         fuse_elementwise(torch.nn.Sequential(torch.nn.Linear(4, 4)))
@@ -69,27 +75,17 @@ def test_fused_blocks_compile_regionally_in_one_graph_and_match_eager():
     options = RuntimeOptions(fuse_elementwise=True, compile="regional")
     expert = load_model("wan-tiny-random", options).pipeline.transformer
     assert all(block._compiled_call_impl is not None for block in expert.blocks)
-    plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
-    hidden, step, text = _inputs(expert)
-    with torch.inference_mode():
-        compiled_out = expert(hidden, step, text, return_dict=False)[0]
-        plain_out = plain(hidden, step, text, return_dict=False)[0]
-    assert torch.allclose(compiled_out, plain_out, rtol=1e-4, atol=1e-4)
+    _assert_close_to_plain(expert)
 
 
 def test_fused_elementwise_with_fused_projections_reads_the_qkv_slices():
     from ditproof.models.registry import fuse_projections
 
-    plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
     expert = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
     fuse_projections(expert)
     fuse_elementwise(expert)
     assert fuse_elementwise(expert) == 3 * expert.config.num_layers  # again: nothing more to change
-    hidden, step, text = _inputs(expert)
-    with torch.inference_mode():
-        out = expert(hidden, step, text, return_dict=False)[0]
-        reference = plain(hidden, step, text, return_dict=False)[0]
-    assert torch.allclose(out, reference, rtol=1e-4, atol=1e-4)
+    _assert_close_to_plain(expert)
 
 
 def test_refused_with_tensor_parallelism_before_loading():
