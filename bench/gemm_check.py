@@ -8,6 +8,8 @@ bf16): median seconds and TFLOP/s of
 - ``mm``: the product without the bias (the bias would go to the following elementwise kernel);
 - ``linear+bias col-major W``: the same weight values stored column-major (``W.t().contiguous().t()``:
   the state dict is unchanged, cuBLAS gets "NN" and may pick another kernel);
+- ``addmm full C``: the bias given as a whole output-sized matrix that cuBLAS reads in its epilogue
+  (what adding a residual stream inside the product would cost);
 - for FFN up, the GELU epilogue (``ditproof::linear_gelu_tanh``) in both layouts.
 
 Each row also gives the largest difference to ``linear+bias`` (0: the same kernel numerics) and
@@ -48,10 +50,12 @@ def products(
     from ditproof.models.fused import linear_gelu_tanh
 
     w_col = w.t().contiguous().t()
+    full_bias = b.expand(x.shape[0], -1).contiguous()
     variants: dict[str, Callable[[], torch.Tensor]] = {
         "linear+bias": lambda: F.linear(x, w, b),
         "mm": lambda: torch.mm(x, w.t()),
         "linear+bias col-major W": lambda: F.linear(x, w_col, b),
+        "addmm full C": lambda: torch.addmm(full_bias, x, w.t()),
     }
     if with_gelu:
         variants["gelu epilogue"] = lambda: linear_gelu_tanh(x, w, b)

@@ -7,7 +7,9 @@ attention backend (diffusers' dispatcher names; ``flash-attn-4``, and for compar
 projections (``+fused``), fused elementwise steps (``+ew``; ``+ew5``: without the blocks' norm +
 modulation kernels, as in session 5), regional ``torch.compile`` of the repeated blocks
 (``+compile``; ``+autotune`` compiles with ``mode="max-autotune-no-cudagraphs"``), and a batch of two (``+cfg2``: CFG's two passes in one
-forward; seconds are per sample). Also checks, per variant, that two forwards on the same inputs
+forward; seconds are per sample), CFG's two passes one after the other (``+pair``) or on two
+CUDA streams (``+streams``; seconds per pass, outputs checked equal to ``+pair``'s), the Triton
+kernels at one token per program (``+r1``, session 6's). Also checks, per variant, that two forwards on the same inputs
 are bitwise identical (determinism of the kept options). ``--profile VARIANT`` ends with one
 profiled forward of that variant (the last size) and records where its GPU time goes: matrix
 products, attention, the rest.
@@ -27,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result
+from ditproof.models import fused
 from ditproof.models.fused import fuse_elementwise
 from ditproof.models.init import cast_keeping_fp32, fill_seeded
 from ditproof.models.registry import fuse_projections
@@ -93,25 +96,50 @@ def override_flash4(backend: str) -> None:
     _HUB_KERNELS_REGISTRY[AttentionBackendName.FLASH_4_HUB].kernel_fn = kernel
 
 
-def time_forward(expert: torch.nn.Module, args: dict[str, torch.Tensor], repeats: int) -> tuple[float, bool, str]:
+def time_forward(
+    expert: torch.nn.Module, args: dict[str, torch.Tensor], repeats: int, pair: str | None = None
+) -> tuple[float, bool, str]:
     """Median seconds per forward, whether two forwards were bitwise equal, and the output's sha256
-    (compared across processes: each process compiles and picks its kernels itself)."""
+    (compared across processes: each process compiles and picks its kernels itself).
+
+    ``pair`` runs CFG's two passes (the second with another text) per timed call: ``"sequential"``
+    one after the other, ``"streams"`` the second on its own CUDA stream, so that the GPU may run
+    one pass's kernels beside the other's; seconds are per pass, and the streams' outputs must
+    equal the sequential ones bit for bit.
+    """
     from ditproof.hashing import sha256_tensor
 
+    other = dict(args, encoder_hidden_states=args["encoder_hidden_states"].flip(1))
+
+    def run(how: str | None) -> torch.Tensor:
+        if how is None:
+            return expert(**args, return_dict=False)[0]
+        if how == "sequential":
+            return torch.cat([expert(**args, return_dict=False)[0], expert(**other, return_dict=False)[0]])
+        main, side = torch.cuda.current_stream(), torch.cuda.Stream()
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            uncond = expert(**other, return_dict=False)[0]
+        cond = expert(**args, return_dict=False)[0]
+        main.wait_stream(side)
+        return torch.cat([cond, uncond])
+
     with torch.inference_mode():
-        first = expert(**args, return_dict=False)[0]
-        second = expert(**args, return_dict=False)[0]
+        first = run(pair)
+        second = run(pair)
         same = bool(torch.equal(first, second))
+        if pair == "streams":
+            same = same and bool(torch.equal(first, run("sequential")))
         digest = sha256_tensor(first)
         times = []
         for _ in range(repeats):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            expert(**args, return_dict=False)
+            run(pair)
             end.record()
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1000)
-    return statistics.median(times), same, digest
+    return statistics.median(times) / (1 if pair is None else 2), same, digest
 
 
 def main() -> None:
@@ -133,6 +161,7 @@ def main() -> None:
     config = dict(TINY_TRANSFORMER if args.smoke else A14B_TRANSFORMER, num_layers=args.layers)
     result: dict[str, object] = {"device": device_info(), "layers": args.layers, "rows": []}
     rows: list[dict[str, object]] = result["rows"]  # type: ignore[assignment]
+    rows_default = fused.ROWS
     started = time.perf_counter()
     expert = build_expert(device, config)
     result["build_s"] = time.perf_counter() - started
@@ -169,7 +198,13 @@ def main() -> None:
                     fresh._ditproof_compiled = compiled
                 compile_start = time.perf_counter()
                 samples = 2 if "cfg2" in flags else 1
-                seconds, same, digest = time_forward(fresh, doubled(batch) if samples == 2 else batch, args.repeats)
+                pair = "streams" if "streams" in flags else "sequential" if "pair" in flags else None
+                # +r1: the Triton kernels one token per program (session 6); read at each call.
+                fused.ROWS = 1 if "r1" in flags else rows_default
+                seconds, same, digest = time_forward(
+                    fresh, doubled(batch) if samples == 2 else batch, args.repeats, pair
+                )
+                fused.ROWS = rows_default
                 seconds /= samples
                 note = f"first calls + timing {time.perf_counter() - compile_start:.1f} s"
             except Exception as exc:  # a kernel that does not run here is a result, not a crash

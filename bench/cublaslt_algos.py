@@ -1,0 +1,296 @@
+"""Issue 9: which cuBLASLt algorithms could run the block's matrix products, and how fast each is.
+
+PyTorch asks cuBLASLt's heuristic for one algorithm per product and runs it; on CUDA it offers no
+way to choose another (TunableOp tunes only ROCm's libraries). This bench asks the same
+heuristic for up to ``--algos`` candidates for each product of an A14B block at 480p (the
+layouts and epilogues PyTorch uses: row-major weight, "TN", bias or GELU+bias in the epilogue,
+bf16 in and out, float32 compute), runs each candidate through the library PyTorch loaded (via
+ctypes), and records its median time, its configuration (tile, stages, split-K, swizzle, cluster),
+its kernel name and whether its output equals ``F.linear``'s bit for bit. A candidate faster than
+the heuristic's first by more than the run-to-run spread is what a pinned-algorithm product
+would gain.
+
+    PYTHONPATH=src python3 bench/cublaslt_algos.py --out $OUT/cublaslt_algos.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import functools
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_info, write_result
+
+TOKENS = 32760
+# name: (in features, out features, epilogue)
+PRODUCTS = {
+    "qkv": (5120, 15360, "bias"),
+    "out": (5120, 5120, "bias"),
+    "ffn-up": (5120, 13824, "gelu-bias"),
+    "ffn-down": (13824, 5120, "bias"),
+}
+# cublasLt.h values (CUDA 12/13).
+CUBLAS_COMPUTE_32F = 68
+CUDA_R_32F = 0
+CUDA_R_16BF = 14
+CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
+EPILOGUE = {"bias": 4, "gelu-bias": 36}
+PREF_MAX_WORKSPACE_BYTES = 1
+CONFIG_ATTRIBUTES = {
+    "algo_id": 0,
+    "tile": 1,
+    "split_k": 2,
+    "reduction": 3,
+    "swizzle": 4,
+    "custom": 5,
+    "stages": 6,
+    "inner_shape": 7,
+    "cluster_shape": 8,
+}
+WORKSPACE_BYTES = 32 * 1024 * 1024
+
+
+class Algo(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_uint64 * 8)]
+
+
+class HeuristicResult(ctypes.Structure):
+    _fields_ = [
+        ("algo", Algo),
+        ("workspace_size", ctypes.c_size_t),
+        ("state", ctypes.c_int),
+        ("waves_count", ctypes.c_float),
+        ("reserved", ctypes.c_int * 4),
+    ]
+
+
+def load_cublaslt() -> ctypes.CDLL:
+    """The cuBLASLt library this process already loaded for PyTorch's products."""
+    a = torch.ones(64, 64, device="cuda", dtype=torch.bfloat16)
+    F.linear(a, a, a[0])
+    torch.cuda.synchronize()
+    with open("/proc/self/maps") as maps:
+        paths = {line.split()[-1] for line in maps if "libcublasLt" in line}
+    if not paths:
+        raise SystemExit("libcublasLt is not loaded in this process: PyTorch did not use cuBLASLt")
+    return ctypes.CDLL(sorted(paths)[0])
+
+
+def check(status: int, what: str) -> None:
+    if status != 0:
+        raise RuntimeError(f"{what}: cuBLAS status {status}")
+
+
+class Product:
+    """One product D = epilogue(x @ W^T + b) as PyTorch hands it to cuBLASLt (column-major view)."""
+
+    def __init__(self, lt: ctypes.CDLL, handle: ctypes.c_void_p, k: int, n: int, epilogue: str) -> None:
+        self.lt, self.handle = lt, handle
+        g = torch.Generator(device="cuda").manual_seed(k * 7 + n)
+        self.x = torch.randn(TOKENS, k, device="cuda", generator=g).bfloat16()
+        self.w = (torch.randn(n, k, device="cuda", generator=g) * k**-0.5).bfloat16()
+        self.b = (torch.randn(n, device="cuda", generator=g) * 0.1).bfloat16()
+        self.out = torch.empty(TOKENS, n, device="cuda", dtype=torch.bfloat16)
+        self.workspace = torch.empty(WORKSPACE_BYTES, device="cuda", dtype=torch.uint8)
+        self.k, self.n, self.epilogue = k, n, epilogue
+        self.desc = ctypes.c_void_p()
+        check(lt.cublasLtMatmulDescCreate(ctypes.byref(self.desc), CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc")
+        for attribute, value in (
+            (DESC_TRANSA, ctypes.c_int32(CUBLAS_OP_T)),
+            (DESC_TRANSB, ctypes.c_int32(CUBLAS_OP_N)),
+            (DESC_EPILOGUE, ctypes.c_uint32(EPILOGUE[epilogue])),
+            (DESC_BIAS_POINTER, ctypes.c_void_p(self.b.data_ptr())),
+        ):
+            check(
+                lt.cublasLtMatmulDescSetAttribute(self.desc, attribute, ctypes.byref(value), ctypes.sizeof(value)),
+                f"desc attribute {attribute}",
+            )
+        # Column-major: A = W as k x n (ld k, transposed), B = x as k x TOKENS (ld k), D n x TOKENS.
+        self.a_layout, self.b_layout, self.d_layout = (ctypes.c_void_p() for _ in range(3))
+        for layout, rows, cols in ((self.a_layout, k, n), (self.b_layout, k, TOKENS), (self.d_layout, n, TOKENS)):
+            check(
+                lt.cublasLtMatrixLayoutCreate(
+                    ctypes.byref(layout),
+                    CUDA_R_16BF,
+                    ctypes.c_uint64(rows),
+                    ctypes.c_uint64(cols),
+                    ctypes.c_int64(rows),
+                ),
+                "layout",
+            )
+
+    def candidates(self, count: int) -> list[HeuristicResult]:
+        pref = ctypes.c_void_p()
+        check(self.lt.cublasLtMatmulPreferenceCreate(ctypes.byref(pref)), "preference")
+        size = ctypes.c_uint64(WORKSPACE_BYTES)
+        check(
+            self.lt.cublasLtMatmulPreferenceSetAttribute(
+                pref, PREF_MAX_WORKSPACE_BYTES, ctypes.byref(size), ctypes.sizeof(size)
+            ),
+            "preference workspace",
+        )
+        results = (HeuristicResult * count)()
+        returned = ctypes.c_int(0)
+        check(
+            self.lt.cublasLtMatmulAlgoGetHeuristic(
+                self.handle,
+                self.desc,
+                self.a_layout,
+                self.b_layout,
+                self.d_layout,
+                self.d_layout,
+                pref,
+                count,
+                results,
+                ctypes.byref(returned),
+            ),
+            "heuristic",
+        )
+        self.lt.cublasLtMatmulPreferenceDestroy(pref)
+        return [results[i] for i in range(returned.value) if results[i].state == 0]
+
+    def config(self, algo: Algo) -> dict[str, int]:
+        values = {}
+        for name, attribute in CONFIG_ATTRIBUTES.items():
+            value, written = ctypes.c_uint64(0), ctypes.c_size_t(0)
+            status = self.lt.cublasLtMatmulAlgoConfigGetAttribute(
+                ctypes.byref(algo), attribute, ctypes.byref(value), ctypes.sizeof(value), ctypes.byref(written)
+            )
+            if status == 0:
+                values[name] = int(value.value)
+        return values
+
+    def run(self, algo: Algo) -> None:
+        alpha, beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
+        check(
+            self.lt.cublasLtMatmul(
+                self.handle,
+                self.desc,
+                ctypes.byref(alpha),
+                ctypes.c_void_p(self.w.data_ptr()),
+                self.a_layout,
+                ctypes.c_void_p(self.x.data_ptr()),
+                self.b_layout,
+                ctypes.byref(beta),
+                ctypes.c_void_p(self.out.data_ptr()),
+                self.d_layout,
+                ctypes.c_void_p(self.out.data_ptr()),
+                self.d_layout,
+                ctypes.byref(algo),
+                ctypes.c_void_p(self.workspace.data_ptr()),
+                ctypes.c_size_t(WORKSPACE_BYTES),
+                ctypes.c_void_p(torch.cuda.current_stream().cuda_stream),
+            ),
+            "matmul",
+        )
+
+    def torch_call(self) -> torch.Tensor:
+        """The product as the model runs it in PyTorch (``fuse_elementwise``'s GELU epilogue for FFN up)."""
+        from ditproof.models.fused import linear_gelu_tanh
+
+        if self.epilogue == "gelu-bias":
+            return linear_gelu_tanh(self.x, self.w, self.b)
+        return F.linear(self.x, self.w, self.b)
+
+    def reference(self) -> torch.Tensor:
+        y = F.linear(self.x, self.w, self.b)
+        return F.gelu(y, approximate="tanh") if self.epilogue == "gelu-bias" else y
+
+
+def kernel_name(fn: Any) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return "; ".join(e.name[:100] for e in prof.events() if e.device_type.name == "CUDA")
+
+
+def interleaved_seconds(calls: dict[Any, Any], rounds: int) -> dict[Any, float]:
+    """Median seconds of each call, timed in rounds that rotate their order.
+
+    The card's clock drifts by several percent over a minute of back-to-back products (power and
+    temperature); timing the candidates one after another would rank them by when they ran.
+    """
+    labels = list(calls)
+    for fn in calls.values():
+        fn()
+    torch.cuda.synchronize()
+    times: dict[Any, list[float]] = {label: [] for label in labels}
+    for r in range(rounds):
+        for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            calls[label]()
+            end.record()
+            end.synchronize()
+            times[label].append(start.elapsed_time(end) / 1e3)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--algos", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--products", default=",".join(PRODUCTS))
+    args = parser.parse_args()
+    lt = load_cublaslt()
+    handle = ctypes.c_void_p()
+    check(lt.cublasLtCreate(ctypes.byref(handle)), "create")
+    rows: list[dict[str, Any]] = []
+    for name in args.products.split(","):
+        k, n, epilogue = PRODUCTS[name]
+        product = Product(lt, handle, k, n, epilogue)
+        flops = 2.0 * TOKENS * k * n
+        torch_out = product.torch_call()
+        reference = product.reference()
+        calls: dict[Any, Any] = {"torch": product.torch_call}
+        described: dict[Any, dict[str, Any]] = {"torch": {"kernel": kernel_name(product.torch_call)}}
+        for index, result in enumerate(product.candidates(args.algos)):
+            run = functools.partial(product.run, result.algo)
+            try:
+                run()
+            except RuntimeError as error:
+                rows.append({"product": name, "candidate": index, "error": str(error)})
+                continue
+            calls[index] = run
+            described[index] = {
+                "config": product.config(result.algo),
+                "workspace": int(result.workspace_size),
+                "waves": float(result.waves_count),
+                "equal_to_torch": bool(torch.equal(product.out, torch_out)),
+                "max_diff_to_reference": float((product.out.float() - reference.float()).abs().max()),
+                "kernel": kernel_name(run),
+                "algo_words": [int(word) for word in result.algo.data],
+            }
+        for label, seconds in interleaved_seconds(calls, args.rounds).items():
+            rows.append(
+                {"product": name, "candidate": label, "seconds": seconds, "tflops": flops / seconds / 1e12}
+                | described[label]
+            )
+            print(rows[-1], flush=True)
+    write_result(
+        args.out,
+        {"device": device_info(), "workspace_bytes": WORKSPACE_BYTES, "rounds": args.rounds, "rows": rows},
+    )
+    print(f"{'product':<10}{'cand':>6}{'ms':>8}{'TFLOP/s':>9}  {'same':<6}kernel")
+    for r in rows:
+        if "seconds" in r:
+            print(
+                f"{r['product']:<10}{r['candidate']!s:>6}{r['seconds'] * 1e3:>8.3f}{r['tflops']:>9.0f}  "
+                f"{r.get('equal_to_torch', '')!s:<6}{r.get('kernel', '')[:70]}"
+            )
+
+
+if __name__ == "__main__":
+    main()
