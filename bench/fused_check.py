@@ -14,8 +14,7 @@ At 480p (32,760 tokens, dim 5,120, FFN 13,824, 40 heads × 128, 512 text keys; b
 - ``norm-modulate``: the block's first norm with its modulation, and the cross-attention's
   residual add with the third norm and its modulation: diffusers' steps compiled by Inductor
   (deterministic mode) vs the Triton kernel of ``ditproof::layer_norm_modulate`` /
-  ``add_layer_norm_modulate``, at several warps and tokens per program (both fixed per release;
-  rows at 4 warps also say whether their output equals one token per program's bit for bit).
+  ``add_layer_norm_modulate``, at 4, 8 and 16 warps (the kernel's warps are fixed per release).
 - ``cross-attention``: FlashAttention-4 (when installed) vs ``ditproof::cudnn_attention_forward``
   on the (batch, tokens, heads, head_dim) strided layout the processor passes.
 
@@ -42,20 +41,9 @@ from common import device_info, timed, write_result
 TOKENS, DIM, FFN, HEADS, HEAD_DIM, TEXT = 32760, 5120, 13824, 40, 128, 512
 
 
-CONFIGS = ((4, 1), (4, 2), (4, 4), (4, 8), (8, 8))
-"""(warps, tokens per program) of the Triton kernels' rows; session 6's kernels: (4, 1)."""
-
-
 def row(
-    group: str,
-    name: str,
-    fn: Callable[[], torch.Tensor],
-    reference: torch.Tensor,
-    repeats: int,
-    same_as: torch.Tensor | None = None,
-    **work: float,
+    group: str, name: str, fn: Callable[[], torch.Tensor], reference: torch.Tensor, repeats: int, **work: float
 ) -> dict[str, Any]:
-    """One kernel's timing and accuracy; ``same_as``: an output it must equal bit for bit."""
     out = fn()
     same = bool(torch.equal(out, fn()))
     scale = reference.abs().max().item()
@@ -67,8 +55,6 @@ def row(
         "max_diff_rel": (out.float() - reference).abs().max().item() / scale,
         "bitwise_repeatable": same,
     }
-    if same_as is not None:
-        result["equal_to_one_token_per_program"] = bool(torch.equal(out, same_as))
     if "bytes" in work:
         result["gb_per_s"] = work["bytes"] / seconds / 1e9
     if "flops" in work:
@@ -150,7 +136,6 @@ def norm_rope_rows(repeats: int) -> list[dict[str, Any]]:
     # The same arithmetic in float32 throughout, without the bf16 roundings.
     reference = rms_norm_rope_reference(query.float(), norm.weight.float(), 1e-6, cos, sin, HEADS)
     traffic = 2.0 * TOKENS * DIM * 2  # read once, write once, bf16
-    one_per_program = launch_rms_norm_rope(query, norm.weight, 1e-6, cos, sin, HEADS, warps=4, rows=1)
 
     torch._dynamo.reset()
     compiled = torch.compile(diffusers_norm_rope, fullgraph=True, dynamic=False, options={"deterministic": True})
@@ -183,16 +168,13 @@ def norm_rope_rows(repeats: int) -> list[dict[str, Any]]:
             *(
                 row(
                     "qk-norm-rope",
-                    f"triton {warps}w {rows}r",
-                    lambda warps=warps, rows=rows: launch_rms_norm_rope(
-                        query, norm.weight, 1e-6, cos, sin, HEADS, warps=warps, rows=rows
-                    ),
+                    f"triton, {warps} warps",
+                    lambda warps=warps: launch_rms_norm_rope(query, norm.weight, 1e-6, cos, sin, HEADS, warps=warps),
                     reference,
                     repeats,
-                    same_as=one_per_program if warps == 4 else None,
                     bytes=traffic,
                 )
-                for warps, rows in CONFIGS
+                for warps in (8, 16)
             ),
         ]
 
@@ -229,15 +211,13 @@ def norm_modulate_rows(repeats: int) -> list[dict[str, Any]]:
     reference_3 = layer_norm_modulate_reference(x.float(), residual.float(), mod[4], mod[3], 1e-6)[0]
     element = TOKENS * DIM * 2  # one bf16 pass
 
-    def fused_1(warps: int, rows: int) -> torch.Tensor:
+    def fused_1(warps: int | None) -> torch.Tensor:
         shift, scale = (table + temb.float()).chunk(6, dim=1)[:2]
-        return launch_layer_norm_modulate(x, None, scale, shift, 1e-6, warps=warps, rows=rows)[0]
+        return launch_layer_norm_modulate(x, None, scale, shift, 1e-6, warps=warps)[0]
 
-    def fused_3(warps: int, rows: int) -> torch.Tensor:
+    def fused_3(warps: int | None) -> torch.Tensor:
         c_shift, c_scale = (table + temb.float()).chunk(6, dim=1)[3:5]
-        return launch_layer_norm_modulate(x, residual, c_scale, c_shift, 1e-6, warps=warps, rows=rows)[0]
-
-    one_per_program_1, one_per_program_3 = fused_1(4, 1), fused_3(4, 1)
+        return launch_layer_norm_modulate(x, residual, c_scale, c_shift, 1e-6, warps=warps)[0]
 
     torch._dynamo.reset()
     options = {"deterministic": True}
@@ -256,16 +236,8 @@ def norm_modulate_rows(repeats: int) -> list[dict[str, Any]]:
             )
         )
         rows += [
-            row(
-                "norm-modulate",
-                f"norm1 triton {w}w {r}r",
-                lambda w=w, r=r: fused_1(w, r),
-                reference_1,
-                repeats,
-                same_as=one_per_program_1 if w == 4 else None,
-                bytes=2 * element,
-            )
-            for w, r in CONFIGS
+            row("norm-modulate", f"norm1 triton {w}w", lambda w=w: fused_1(w), reference_1, repeats, bytes=2 * element)
+            for w in (4, 8, 16)
         ]
         rows.append(
             row(
@@ -280,14 +252,13 @@ def norm_modulate_rows(repeats: int) -> list[dict[str, Any]]:
         rows += [
             row(
                 "norm-modulate",
-                f"add+norm3 triton {w}w {r}r",
-                lambda w=w, r=r: fused_3(w, r),
+                f"add+norm3 triton {w}w",
+                lambda w=w: fused_3(w),
                 reference_3,
                 repeats,
-                same_as=one_per_program_3 if w == 4 else None,
                 bytes=4 * element,
             )
-            for w, r in CONFIGS
+            for w in (4, 8, 16)
         ]
     return rows
 

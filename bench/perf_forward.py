@@ -8,8 +8,7 @@ projections (``+fused``), fused elementwise steps (``+ew``; ``+ew5``: without th
 modulation kernels, as in session 5), regional ``torch.compile`` of the repeated blocks
 (``+compile``; ``+autotune`` compiles with ``mode="max-autotune-no-cudagraphs"``), and a batch of two (``+cfg2``: CFG's two passes in one
 forward; seconds are per sample), CFG's two passes one after the other (``+pair``) or on two
-CUDA streams (``+streams``; seconds per pass, outputs checked equal to ``+pair``'s), the Triton
-kernels at one token per program (``+r1``, session 6's). Also checks, per variant, that two forwards on the same inputs
+CUDA streams (``+streams``; seconds per pass, outputs checked equal to ``+pair``'s). Also checks, per variant, that two forwards on the same inputs
 are bitwise identical (determinism of the kept options). ``--profile VARIANT`` ends with one
 profiled forward of that variant (the last size) and records where its GPU time goes: matrix
 products, attention, the rest.
@@ -29,7 +28,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result
-from ditproof.models import fused
 from ditproof.models.fused import fuse_elementwise
 from ditproof.models.init import cast_keeping_fp32, fill_seeded
 from ditproof.models.registry import fuse_projections
@@ -161,7 +159,6 @@ def main() -> None:
     config = dict(TINY_TRANSFORMER if args.smoke else A14B_TRANSFORMER, num_layers=args.layers)
     result: dict[str, object] = {"device": device_info(), "layers": args.layers, "rows": []}
     rows: list[dict[str, object]] = result["rows"]  # type: ignore[assignment]
-    rows_default = fused.ROWS
     started = time.perf_counter()
     expert = build_expert(device, config)
     result["build_s"] = time.perf_counter() - started
@@ -199,12 +196,9 @@ def main() -> None:
                 compile_start = time.perf_counter()
                 samples = 2 if "cfg2" in flags else 1
                 pair = "streams" if "streams" in flags else "sequential" if "pair" in flags else None
-                # +r1: the Triton kernels one token per program (session 6); read at each call.
-                fused.ROWS = 1 if "r1" in flags else rows_default
                 seconds, same, digest = time_forward(
                     fresh, doubled(batch) if samples == 2 else batch, args.repeats, pair
                 )
-                fused.ROWS = rows_default
                 seconds /= samples
                 note = f"first calls + timing {time.perf_counter() - compile_start:.1f} s"
             except Exception as exc:  # a kernel that does not run here is a result, not a crash

@@ -150,8 +150,7 @@ def test_triton_kernel_in_the_interpreter_matches_the_reference(tmp_path: Path):
         from ditproof.models.fused import launch_rms_norm_rope, rms_norm_rope_reference
 
         generator = torch.Generator().manual_seed(2)
-        # 12 tokens: 4 per program (the launcher's rows per program must divide the count).
-        heads, head_dim, tokens = 3, 8, 12
+        heads, head_dim, tokens = 3, 8, 5
         dim = heads * head_dim
         for dtype in (torch.bfloat16, torch.float32):
             # The query slice of a fused projection: a strided view (row stride 3 * dim).
@@ -164,8 +163,6 @@ def test_triton_kernel_in_the_interpreter_matches_the_reference(tmp_path: Path):
             got = launch_rms_norm_rope(query, weight, 1e-6, cos, sin, heads)
             expected = rms_norm_rope_reference(query, weight, 1e-6, cos, sin, heads)
             assert got.is_contiguous() and got.dtype == dtype
-            # One token per program computes each token the same way.
-            assert got.equal(launch_rms_norm_rope(query, weight, 1e-6, cos, sin, heads, rows=1))
             error = (got.float() - expected.float()).abs().max().item()
             # bfloat16: the norm output rounded once more or less differs by one step (2**-7 relative).
             bound = 1e-5 if dtype == torch.float32 else 2 ** -6 * expected.float().abs().max().item()
@@ -218,10 +215,9 @@ def test_layer_norm_kernel_in_the_interpreter_matches_the_reference():
         generator = torch.Generator().manual_seed(6)
         for dtype in (torch.bfloat16, torch.float32):
             # A strided view for x (a slice of a wider tensor); scale/shift chunks of (batch, 6, dim).
-            # 12 tokens: 4 per program, three programs per sample.
-            wide = (3 * torch.randn(2, 12, 48, generator=generator) + 1).to(dtype)
+            wide = (3 * torch.randn(2, 5, 48, generator=generator) + 1).to(dtype)
             x = wide[..., :40]
-            residual = torch.randn(2, 12, 40, generator=generator).to(dtype)
+            residual = torch.randn(2, 5, 40, generator=generator).to(dtype)
             # Per-sample modulation (read through the chunk's batch stride) and one shared row.
             per_sample = torch.randn(2, 6, 40, generator=generator).chunk(6, dim=1)
             shared = torch.randn(1, 6, 40, generator=generator).chunk(6, dim=1)
@@ -229,8 +225,6 @@ def test_layer_norm_kernel_in_the_interpreter_matches_the_reference():
                 normed, summed = launch_layer_norm_modulate(x, extra, scale, shift, 1e-6)
                 want_normed, want_summed = layer_norm_modulate_reference(x, extra, scale, shift, 1e-6)
                 assert normed.is_contiguous() and normed.dtype == dtype
-                one_per_program = launch_layer_norm_modulate(x, extra, scale, shift, 1e-6, rows=1)
-                assert normed.equal(one_per_program[0]) and summed.equal(one_per_program[1])
                 # Triton's interpreter truncates float32 to bfloat16 (the GPU rounds to nearest
                 # even, as PyTorch does): one bfloat16 step apart at most there.
                 step = 0.0 if dtype == torch.float32 else 2 ** -7 * want_summed.float().abs()

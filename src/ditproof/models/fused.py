@@ -106,22 +106,6 @@ WARPS = 4
 0.354 / 0.392; residual + third norm 0.578 / 0.568 / 0.618 (``bench/fused_check.py``).
 ``warps=`` of the launchers overrides it for benches."""
 
-ROWS = 8
-"""Tokens per program of both Triton kernels, at most: each program loads the rows shared by its
-tokens (the norm's weight; the modulation's scale and shift, float32) once, where one token per
-program read them from L2 again for every token (4× the token's own bytes at A14B width). A
-token's arithmetic is the same either way (same bits); the launchers take the largest of
-8, 4, 2, 1 that divides the token count, so a program never spans two samples. ``rows=``
-overrides it for benches."""
-
-
-def _rows(tokens: int, rows: int | None) -> int:
-    """Tokens per program: ``rows`` (or :data:`ROWS`) halved until it divides ``tokens``."""
-    per_program = rows or ROWS
-    while tokens % per_program:
-        per_program //= 2
-    return per_program
-
 
 def launch_rms_norm_rope(
     x: torch.Tensor,
@@ -131,7 +115,6 @@ def launch_rms_norm_rope(
     sin: torch.Tensor,
     heads: int,
     warps: int | None = None,
-    rows: int | None = None,
 ) -> torch.Tensor:
     """Runs the Triton kernel (on CPU tensors too, under ``TRITON_INTERPRET=1``: the tests)."""
     import triton
@@ -146,8 +129,7 @@ def launch_rms_norm_rope(
         raise ValueError(f"rms_norm_rope: rotary tables cover {cos.shape[0]} tokens; x has {tokens}")
     out = torch.empty((batch, tokens, dim), dtype=x.dtype, device=x.device)
     half = triton.next_power_of_2(dim // ROTARY_PAIR)
-    per_program = _rows(tokens, rows)
-    _kernel()[(batch * tokens // per_program,)](
+    _kernel()[(batch * tokens,)](
         x,
         weight,
         cos,
@@ -160,7 +142,6 @@ def launch_rms_norm_rope(
         DIM=dim,
         HEAD_DIM=head_dim,
         BLOCK=half,
-        ROWS=per_program,
         num_warps=warps or WARPS,
     )
     return out
@@ -186,28 +167,26 @@ def _kernel() -> Any:
         DIM: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         BLOCK: tl.constexpr,
-        ROWS: tl.constexpr,
     ):
-        # ROWS tokens per program, one after the other: each token's DIM channels read and
-        # written contiguously, split into (even, odd) pairs on chip (the rotation mixes each pair).
+        # One program per token: its DIM channels read and written contiguously, split into
+        # (even, odd) pairs on chip (the rotation mixes each pair).
+        row = tl.program_id(0)
+        token = row % tokens
         cols = tl.arange(0, 2 * BLOCK)
         mask = cols < DIM
+        src = x_ptr + (row // tokens).to(tl.int64) * batch_stride + token.to(tl.int64) * token_stride
+        values = tl.load(src + cols, mask=mask, other=0.0).to(tl.float32)
         weight = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(values * values, axis=0) / DIM + eps)
+        # The norm's output is rounded to the input's dtype, as the norm module's would be.
+        normed = (values * rstd * weight).to(out_ptr.dtype.element_ty).to(tl.float32)
+        even, odd = tl.split(tl.reshape(normed, (BLOCK, 2)))
         pair = tl.arange(0, BLOCK)
-        for i in range(ROWS):
-            row = tl.program_id(0) * ROWS + i
-            token = row % tokens
-            src = x_ptr + (row // tokens).to(tl.int64) * batch_stride + token.to(tl.int64) * token_stride
-            values = tl.load(src + cols, mask=mask, other=0.0).to(tl.float32)
-            rstd = 1.0 / tl.sqrt(tl.sum(values * values, axis=0) / DIM + eps)
-            # The norm's output is rounded to the input's dtype, as the norm module's would be.
-            normed = (values * rstd * weight).to(out_ptr.dtype.element_ty).to(tl.float32)
-            even, odd = tl.split(tl.reshape(normed, (BLOCK, 2)))
-            table = token.to(tl.int64) * HEAD_DIM + 2 * (pair % (HEAD_DIM // 2))
-            cos = tl.load(cos_ptr + table, mask=pair < DIM // 2, other=0.0)
-            sin = tl.load(sin_ptr + table + 1, mask=pair < DIM // 2, other=0.0)
-            rotated = tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), (2 * BLOCK,))
-            tl.store(out_ptr + row.to(tl.int64) * DIM + cols, rotated.to(out_ptr.dtype.element_ty), mask=mask)
+        table = token.to(tl.int64) * HEAD_DIM + 2 * (pair % (HEAD_DIM // 2))
+        cos = tl.load(cos_ptr + table, mask=pair < DIM // 2, other=0.0)
+        sin = tl.load(sin_ptr + table + 1, mask=pair < DIM // 2, other=0.0)
+        rotated = tl.reshape(tl.join(even * cos - odd * sin, even * sin + odd * cos), (2 * BLOCK,))
+        tl.store(out_ptr + row.to(tl.int64) * DIM + cols, rotated.to(out_ptr.dtype.element_ty), mask=mask)
 
     return rms_norm_rope_kernel
 
@@ -265,7 +244,6 @@ def launch_layer_norm_modulate(
     shift: torch.Tensor,
     eps: float,
     warps: int | None = None,
-    rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Runs the Triton kernel of both operators (on CPU tensors under ``TRITON_INTERPRET=1``).
 
@@ -285,8 +263,7 @@ def launch_layer_norm_modulate(
     normed = torch.empty((batch, tokens, dim), dtype=x.dtype, device=x.device)
     summed = x if residual is None else torch.empty((batch, tokens, dim), dtype=x.dtype, device=x.device)
     block = triton.next_power_of_2(dim)
-    per_program = _rows(tokens, rows)
-    _layer_norm_kernel()[(batch * tokens // per_program,)](
+    _layer_norm_kernel()[(batch * tokens,)](
         x,
         x if residual is None else residual,
         scale,
@@ -304,7 +281,6 @@ def launch_layer_norm_modulate(
         DIM=dim,
         BLOCK=block,
         HAS_RESIDUAL=residual is not None,
-        ROWS=per_program,
         num_warps=warps or WARPS,
     )
     return normed, summed
@@ -335,31 +311,27 @@ def _layer_norm_kernel() -> Any:
         DIM: tl.constexpr,
         BLOCK: tl.constexpr,
         HAS_RESIDUAL: tl.constexpr,
-        ROWS: tl.constexpr,
     ):
-        # ROWS tokens of one sample per program (the launcher picks ROWS dividing the token
-        # count): the sample's scale and shift read once; per token one read of x (and the
-        # residual), one write of each output.
-        batch = (tl.program_id(0) * ROWS // tokens).to(tl.int64)
+        # One program per token: one read of x (and the residual), one write of each output.
+        row = tl.program_id(0)
+        batch = (row // tokens).to(tl.int64)
+        token = (row % tokens).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < DIM
+        values = tl.load(x_ptr + batch * x_batch_stride + token * x_token_stride + cols, mask=mask, other=0.0)
+        if HAS_RESIDUAL:
+            other = tl.load(r_ptr + batch * r_batch_stride + token * r_token_stride + cols, mask=mask, other=0.0)
+            # The residual add rounds to the activations' dtype, as the block's own add does.
+            values = (values.to(tl.float32) + other.to(tl.float32)).to(sum_ptr.dtype.element_ty)
+            tl.store(sum_ptr + row.to(tl.int64) * DIM + cols, values, mask=mask)
+        values = values.to(tl.float32)
+        mean = tl.sum(values, axis=0) / DIM
+        centered = tl.where(mask, values - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=0) / DIM + eps)
         scale = tl.load(scale_ptr + batch * scale_batch_stride + cols, mask=mask, other=0.0)
         shift = tl.load(shift_ptr + batch * shift_batch_stride + cols, mask=mask, other=0.0)
-        for i in range(ROWS):
-            row = tl.program_id(0) * ROWS + i
-            token = (row % tokens).to(tl.int64)
-            values = tl.load(x_ptr + batch * x_batch_stride + token * x_token_stride + cols, mask=mask, other=0.0)
-            if HAS_RESIDUAL:
-                other = tl.load(r_ptr + batch * r_batch_stride + token * r_token_stride + cols, mask=mask, other=0.0)
-                # The residual add rounds to the activations' dtype, as the block's own add does.
-                values = (values.to(tl.float32) + other.to(tl.float32)).to(sum_ptr.dtype.element_ty)
-                tl.store(sum_ptr + row.to(tl.int64) * DIM + cols, values, mask=mask)
-            values = values.to(tl.float32)
-            mean = tl.sum(values, axis=0) / DIM
-            centered = tl.where(mask, values - mean, 0.0)
-            rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=0) / DIM + eps)
-            normed = centered * rstd * (1.0 + scale) + shift
-            tl.store(out_ptr + row.to(tl.int64) * DIM + cols, normed.to(out_ptr.dtype.element_ty), mask=mask)
+        normed = centered * rstd * (1.0 + scale) + shift
+        tl.store(out_ptr + row.to(tl.int64) * DIM + cols, normed.to(out_ptr.dtype.element_ty), mask=mask)
 
     return layer_norm_modulate_kernel
 
