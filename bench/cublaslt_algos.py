@@ -257,11 +257,13 @@ def kernel_name(fn: Any) -> str:
     return "; ".join(e.name[:100] for e in prof.events() if e.device_type.name == "CUDA")
 
 
-def interleaved_seconds(calls: dict[Any, Any], rounds: int) -> dict[Any, float]:
+def interleaved_seconds(calls: dict[Any, Any], rounds: int, per_sample: int = 4) -> dict[Any, float]:
     """Median seconds of each call, timed in rounds that rotate their order.
 
     The card's clock drifts by several percent over a minute of back-to-back products (power and
-    temperature); timing the candidates one after another would rank them by when they ran.
+    temperature); timing the candidates one after another would rank them by when they ran. Each
+    sample times ``per_sample`` calls queued back to back (the CPU's launch of the first one is
+    in the sample, as it would not be inside a forward) and divides.
     """
     labels = list(calls)
     for fn in calls.values():
@@ -272,10 +274,11 @@ def interleaved_seconds(calls: dict[Any, Any], rounds: int) -> dict[Any, float]:
         for label in labels[r % len(labels) :] + labels[: r % len(labels)]:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            calls[label]()
+            for _ in range(per_sample):
+                calls[label]()
             end.record()
             end.synchronize()
-            times[label].append(start.elapsed_time(end) / 1e3)
+            times[label].append(start.elapsed_time(end) / 1e3 / per_sample)
     return {label: statistics.median(values) for label, values in times.items()}
 
 
