@@ -224,6 +224,11 @@ def main() -> None:
         for profiled in result["profiles"]:
             for row in profiled["categories"]:
                 print(f"profile {profiled['variant']}: {row['category']:<10}{row['gpu_s']:>9.3f} s{row['share']:>7.1%}")
+            for kernel in profiled["top_kernels"]:
+                launcher = kernel["launched_by"][0] if kernel["launched_by"] else ""
+                print(
+                    f"  {kernel['gpu_s'] * 1e3:9.2f} ms {kernel['calls']:>4}x {kernel['name'][:60]:<60} {launcher[:90]}"
+                )
     write_result(args.out, result)
     print(f"{'size':<6}{'variant':<20}{'s/fwd (40 layers)':>18}{'TFLOP/s':>9}{'repeatable':>11}")
     for row in rows:
@@ -260,7 +265,10 @@ def unfuse_blocks(expert: torch.nn.Module) -> None:
 
 
 def profile_forward(expert: torch.nn.Module, batch: dict[str, torch.Tensor], variant: str) -> dict[str, object]:
-    """One profiled forward: GPU time per kernel, summed per category, and the top kernels."""
+    """One profiled forward: GPU time per kernel, summed per category, and the top kernels with
+    how often each ran and which operators launched it (the innermost one and two around it)."""
+    from collections import Counter
+
     from torch.profiler import ProfilerActivity, profile
 
     backend, *flags = variant.split("+")
@@ -269,18 +277,28 @@ def profile_forward(expert: torch.nn.Module, batch: dict[str, torch.Tensor], var
     with torch.inference_mode():
         expert(**args, return_dict=False)
         torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             expert(**args, return_dict=False)
             torch.cuda.synchronize()
     kernels: dict[str, float] = {}
+    calls: Counter[str] = Counter()
+    launchers: dict[str, Counter[str]] = {}
     for event in prof.events():
         if event.device_type.name == "CUDA":
             kernels[event.name] = kernels.get(event.name, 0.0) + event.device_time / 1e6
+            calls[event.name] += 1
+        elif event.kernels:
+            chain, parent = [event.name], event.cpu_parent
+            while parent is not None and len(chain) < 3:
+                chain.append(parent.name)
+                parent = parent.cpu_parent
+            for kernel in event.kernels:
+                launchers.setdefault(kernel.name, Counter())[" < ".join(chain)] += 1
     total = sum(kernels.values()) or 1.0
     categories: dict[str, float] = {}
     for name, seconds in kernels.items():
         categories[kernel_category(name)] = categories.get(kernel_category(name), 0.0) + seconds
-    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:25]
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:30]
     return {
         "variant": variant,
         "gpu_s": total,
@@ -288,7 +306,16 @@ def profile_forward(expert: torch.nn.Module, batch: dict[str, torch.Tensor], var
             {"category": c, "gpu_s": v, "share": v / total}
             for c, v in sorted(categories.items(), key=lambda kv: -kv[1])
         ],
-        "top_kernels": [{"name": n[:160], "gpu_s": v, "category": kernel_category(n)} for n, v in top],
+        "top_kernels": [
+            {
+                "name": n[:160],
+                "gpu_s": v,
+                "calls": calls[n],
+                "category": kernel_category(n),
+                "launched_by": [chain[:200] for chain, _ in launchers.get(n, Counter()).most_common(3)],
+            }
+            for n, v in top
+        ],
     }
 
 
