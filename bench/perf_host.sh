@@ -5,6 +5,7 @@
 #   bench/perf_host.sh fused    OUT   # bench/fused_check.py: fuse_elementwise's kernels, cuDNN cross-attention
 #   bench/perf_host.sh forward  OUT   # bench/perf_forward.py: 480p and 720p, profiles, two processes
 #   bench/perf_host.sh gemm     OUT   # bench/gemm_check.py: the block's matrix products, their kernels
+#   bench/perf_host.sh algos    OUT   # bench/cublaslt_algos.py: cuBLASLt's candidates, the gated-residual epilogue
 #   bench/perf_host.sh pipeline OUT   # bench/perf_pipeline.py: defaults vs best, the issue's table
 #
 # Packages: the wheels of diffusers and its needs unpacked under SITE (default .fa4site/lite or
@@ -13,7 +14,7 @@
 # FlashAttention-3 build (e.g. the fa3-fwd wheel unzipped) under FA3 (default .fa3site), optional.
 # Each process gets its own empty Inductor cache: an executor and a validator compile apart.
 set -euo pipefail
-mode=${1:?kernels, fused, gemm, forward or pipeline}
+mode=${1:?kernels, fused, gemm, algos, forward or pipeline}
 out=${2:?output folder}
 fa4=${FA4:-$PWD/.fa4site}
 fa3=${FA3:-$PWD/.fa3site}
@@ -34,6 +35,9 @@ fused)
 gemm)
     fresh_cache python3 bench/gemm_check.py --out "$out/gemm_check.json"
     ;;
+algos)
+    fresh_cache python3 bench/cublaslt_algos.py --out "$out/cublaslt_algos.json" ${PRODUCTS:+--products "$PRODUCTS"}
+    ;;
 forward)
     # flash-attn-4-all: session 4's kept kernel (FlashAttention-4 for the cross-attention too).
     kept=flash-attn-4+fused+ew+compile+det
@@ -51,7 +55,7 @@ pipeline)
         --best-attention "${BEST_ATTENTION:-sdpa-cudnn}" --pause "${PAUSE:-40}" ${RUNS:+--runs "$RUNS"}
     ;;
 *)
-    echo "mode: got $mode; allowed: kernels, fused, gemm, forward, pipeline" >&2
+    echo "mode: got $mode; allowed: kernels, fused, gemm, algos, forward, pipeline" >&2
     exit 2
     ;;
 esac
