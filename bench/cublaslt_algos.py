@@ -14,8 +14,10 @@ would gain. The candidates are timed in rounds that rotate their order (:func:`i
 gate per output channel) in the product's epilogue: cuBLASLt's per-row alpha vector
 (``CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST``), the residual as C (beta 1, C apart from
 D) and ``gate * b`` as the bias; against the two passes the block runs now (the product with its
-bias, then Inductor's residual kernel). Whether cuBLASLt has a fast kernel for it, and the
-difference of each to a float32 reference (the epilogue rounds once, the two passes twice).
+bias, then Inductor's residual kernel), and the operator the blocks would call
+(``ditproof::linear_gated_residual``, row ``ditproof op``). Whether cuBLASLt has a fast kernel
+for it, and the difference of each to a float32 reference (the epilogue rounds once, the two
+passes twice).
 
     PYTHONPATH=src python3 bench/cublaslt_algos.py --out $OUT/cublaslt_algos.json
 """
@@ -35,6 +37,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result
+from ditproof.models import cublaslt
+from ditproof.models.cublaslt import Algo, HeuristicResult, check
 
 TOKENS = 32760
 # name: (in features, out features, epilogue)
@@ -46,15 +50,8 @@ PRODUCTS = {
     "out+gate": (5120, 5120, "gated-residual"),
     "ffn-down+gate": (13824, 5120, "gated-residual"),
 }
-# cublasLt.h values (CUDA 12/13).
-CUBLAS_COMPUTE_32F = 68
-CUDA_R_32F = 0
-CUDA_R_16BF = 14
-CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
-DESC_POINTER_MODE, DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 2, 3, 4, 7, 8
-POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST = 4
-EPILOGUE = {"bias": 4, "gelu-bias": 36, "gated-residual": 4}
-PREF_MAX_WORKSPACE_BYTES = 1
+EPILOGUE = {"bias": cublaslt.EPILOGUE_BIAS, "gelu-bias": 36, "gated-residual": cublaslt.EPILOGUE_BIAS}
+"""cuBLASLt epilogues: bias; GELU then bias (``CUBLASLT_EPILOGUE_GELU_BIAS``)."""
 CONFIG_ATTRIBUTES = {
     "algo_id": 0,
     "tile": 1,
@@ -66,21 +63,7 @@ CONFIG_ATTRIBUTES = {
     "inner_shape": 7,
     "cluster_shape": 8,
 }
-WORKSPACE_BYTES = 32 * 1024 * 1024
-
-
-class Algo(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_uint64 * 8)]
-
-
-class HeuristicResult(ctypes.Structure):
-    _fields_ = [
-        ("algo", Algo),
-        ("workspace_size", ctypes.c_size_t),
-        ("state", ctypes.c_int),
-        ("waves_count", ctypes.c_float),
-        ("reserved", ctypes.c_int * 4),
-    ]
+WORKSPACE_BYTES = cublaslt.WORKSPACE_BYTES
 
 
 def load_cublaslt() -> ctypes.CDLL:
@@ -88,16 +71,7 @@ def load_cublaslt() -> ctypes.CDLL:
     a = torch.ones(64, 64, device="cuda", dtype=torch.bfloat16)
     F.linear(a, a, a[0])
     torch.cuda.synchronize()
-    with open("/proc/self/maps") as maps:
-        paths = {line.split()[-1] for line in maps if "libcublasLt" in line}
-    if not paths:
-        raise SystemExit("libcublasLt is not loaded in this process: PyTorch did not use cuBLASLt")
-    return ctypes.CDLL(sorted(paths)[0])
-
-
-def check(status: int, what: str) -> None:
-    if status != 0:
-        raise RuntimeError(f"{what}: cuBLAS status {status}")
+    return cublaslt.library()
 
 
 class Product:
@@ -118,15 +92,17 @@ class Product:
         self.residual = torch.randn(TOKENS, n, device="cuda", generator=g).bfloat16()
         self.gated_bias = (self.gate * self.b.float()).bfloat16()
         self.desc = ctypes.c_void_p()
-        check(lt.cublasLtMatmulDescCreate(ctypes.byref(self.desc), CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc")
+        check(lt.cublasLtMatmulDescCreate(ctypes.byref(self.desc), cublaslt.COMPUTE_32F, cublaslt.R_32F), "desc")
         attributes: list[tuple[int, Any]] = [
-            (DESC_TRANSA, ctypes.c_int32(CUBLAS_OP_T)),
-            (DESC_TRANSB, ctypes.c_int32(CUBLAS_OP_N)),
-            (DESC_EPILOGUE, ctypes.c_uint32(EPILOGUE[epilogue])),
-            (DESC_BIAS_POINTER, ctypes.c_void_p((self.gated_bias if self.gated else self.b).data_ptr())),
+            (cublaslt.DESC_TRANSA, ctypes.c_int32(cublaslt.OP_T)),
+            (cublaslt.DESC_TRANSB, ctypes.c_int32(cublaslt.OP_N)),
+            (cublaslt.DESC_EPILOGUE, ctypes.c_uint32(EPILOGUE[epilogue])),
+            (cublaslt.DESC_BIAS_POINTER, ctypes.c_void_p((self.gated_bias if self.gated else self.b).data_ptr())),
         ]
         if self.gated:
-            attributes.append((DESC_POINTER_MODE, ctypes.c_int32(POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST)))
+            attributes.append(
+                (cublaslt.DESC_POINTER_MODE, ctypes.c_int32(cublaslt.POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST))
+            )
         for attribute, value in attributes:
             check(
                 lt.cublasLtMatmulDescSetAttribute(self.desc, attribute, ctypes.byref(value), ctypes.sizeof(value)),
@@ -138,7 +114,7 @@ class Product:
             check(
                 lt.cublasLtMatrixLayoutCreate(
                     ctypes.byref(layout),
-                    CUDA_R_16BF,
+                    cublaslt.R_16BF,
                     ctypes.c_uint64(rows),
                     ctypes.c_uint64(cols),
                     ctypes.c_int64(rows),
@@ -152,7 +128,7 @@ class Product:
         size = ctypes.c_uint64(WORKSPACE_BYTES)
         check(
             self.lt.cublasLtMatmulPreferenceSetAttribute(
-                pref, PREF_MAX_WORKSPACE_BYTES, ctypes.byref(size), ctypes.sizeof(size)
+                pref, cublaslt.PREF_MAX_WORKSPACE_BYTES, ctypes.byref(size), ctypes.sizeof(size)
             ),
             "preference workspace",
         )
@@ -306,6 +282,27 @@ def main() -> None:
                 "max_diff_to_reference": float((torch_out.float() - reference.float()).abs().max()),
             }
         }
+        if product.gated:  # the operator the blocks would call (ditproof.models.cublaslt's plan)
+            from ditproof.models.fused import linear_gated_residual
+
+            op = functools.partial(
+                linear_gated_residual,
+                product.x[None],
+                product.w,
+                product.b,
+                product.gate.view(1, 1, -1),
+                product.residual[None],
+            )
+            try:
+                op_out = op()[0]
+            except RuntimeError as error:
+                rows.append({"product": name, "candidate": "ditproof op", "error": str(error)})
+            else:
+                calls["ditproof op"] = op
+                described["ditproof op"] = {
+                    "kernel": kernel_name(op),
+                    "max_diff_to_reference": float((op_out.float() - reference.float()).abs().max()),
+                }
         try:
             candidates = product.candidates(args.algos)
         except RuntimeError as error:  # no kernel for this epilogue here: a result, not a crash

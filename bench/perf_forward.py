@@ -8,7 +8,9 @@ projections (``+fused``), fused elementwise steps (``+ew``; ``+ew5``: without th
 modulation kernels, as in session 5), regional ``torch.compile`` of the repeated blocks
 (``+compile``; ``+autotune`` compiles with ``mode="max-autotune-no-cudagraphs"``), and a batch of two (``+cfg2``: CFG's two passes in one
 forward; seconds are per sample), CFG's two passes one after the other (``+pair``) or on two
-CUDA streams (``+streams``; seconds per pass, outputs checked equal to ``+pair``'s). Also checks, per variant, that two forwards on the same inputs
+CUDA streams (``+streams``; seconds per pass, outputs checked equal to ``+pair``'s), and with
+``+ew+gre`` the gated residuals in the output projections' epilogue (``fuse_elementwise``'s
+``gated_residual_epilogue``; a variant without ``gre`` turns it off again). Also checks, per variant, that two forwards on the same inputs
 are bitwise identical (determinism of the kept options). ``--profile VARIANT`` ends with one
 profiled forward of that variant (the last size) and records where its GPU time goes: matrix
 products, attention, the rest.
@@ -178,13 +180,24 @@ def main() -> None:
                     fuse_projections(fresh)
                     fresh._ditproof_fused = True
                 if "ew" in flags or "ew5" in flags:
-                    fuse_elementwise(fresh)
+                    fuse_elementwise(fresh, gated_residual_epilogue="gre" in flags)
+                    for block in fresh.blocks:  # type: ignore[union-attr]
+                        if "gre" not in flags and getattr(block, "gated_residual_epilogue", False):
+                            block.gated_residual_epilogue = False  # a later variant without it
                 if "ew5" in flags:  # session 5's fused steps: the blocks' norms as diffusers runs them
                     unfuse_blocks(fresh)
                 mode = "max-autotune-no-cudagraphs" if "autotune" in flags else "default"
                 # +det: Inductor's deterministic mode (no timing-based choice of reduction configs).
                 # Another kernel behind a compiled graph needs a new trace: the key names them all.
-                compiled = (mode, "det" in flags, backend, "ew" in flags, "ew5" in flags, "fused" in flags)
+                compiled = (
+                    mode,
+                    "det" in flags,
+                    backend,
+                    "ew" in flags,
+                    "ew5" in flags,
+                    "fused" in flags,
+                    "gre" in flags,
+                )
                 if ("compile" in flags or "autotune" in flags) and getattr(
                     fresh, "_ditproof_compiled", None
                 ) != compiled:

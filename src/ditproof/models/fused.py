@@ -37,6 +37,11 @@ STEPS = "gelu-epilogue,norm-rope,norm-modulate"
 """The steps ``fuse_elementwise`` fuses, as the runtime fingerprint records them: a release that
 fuses other steps computes other low bits, so it must be another runtime class."""
 
+GATED_RESIDUAL_STEP = "gated-residual-epilogue"
+"""The step ``fuse_elementwise(..., gated_residual_epilogue=True)`` adds: the self-attention's and
+the feed-forward's output projections with the block's gated residual in the product's epilogue
+(:func:`linear_gated_residual`). Measured in the benches only, not yet part of :data:`STEPS`."""
+
 ROTARY_PAIR = 2
 """Wan's rotary embedding rotates adjacent channel pairs (x[2i], x[2i+1]) of each head."""
 
@@ -336,6 +341,48 @@ def _layer_norm_kernel() -> Any:
     return layer_norm_modulate_kernel
 
 
+def linear_gated_residual_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor
+) -> torch.Tensor:
+    """``residual + gate * (x @ weight.T) + gate * bias``, accumulated in float32, rounded once to
+    ``residual``'s dtype; ``gate * bias`` is rounded to the bias's dtype first, as the product's
+    epilogue reads it. ``gate``: float32 (batch, 1, out); the rest as the block has them."""
+    product = torch.nn.functional.linear(x.float(), weight.float())
+    gated_bias = (gate * bias.float()).to(bias.dtype).float()
+    return (residual.float() + gate * product + gated_bias).to(residual.dtype)
+
+
+@torch.library.custom_op("ditproof::linear_gated_residual", mutates_args=())
+def linear_gated_residual(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor
+) -> torch.Tensor:
+    """The block's ``residual + gate * linear(x)`` as one product (:mod:`ditproof.models.cublaslt`
+    on CUDA; :func:`linear_gated_residual_reference` elsewhere)."""
+    if x.device.type != "cuda":
+        return linear_gated_residual_reference(x, weight, bias, gate, residual)
+    from ditproof.models import cublaslt
+
+    def aligned(t: torch.Tensor) -> torch.Tensor:  # a view may start off cuBLASLt's alignment
+        t = t.contiguous()
+        return t if t.data_ptr() % cublaslt.ALIGNMENT == 0 else t.clone()
+
+    batch = x.shape[0]
+    gate = gate.float().expand(batch, 1, weight.shape[0])
+    samples = []
+    for b in range(batch):  # the alpha vector is per sample
+        row = aligned(gate[b, 0])
+        gated_bias = (row * bias.float()).to(bias.dtype)
+        samples.append(cublaslt.gated_linear_residual(aligned(x[b]), weight, gated_bias, row, aligned(residual[b])))
+    return torch.stack(samples) if batch > 1 else samples[0].unsqueeze(0)
+
+
+@linear_gated_residual.register_fake
+def _linear_gated_residual_shape(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor
+) -> torch.Tensor:
+    return torch.empty(residual.shape, dtype=residual.dtype, device=residual.device)
+
+
 @functools.cache
 def _fused_block_class() -> type:
     """diffusers' Wan transformer block with its first and third norm (and their modulation) fused."""
@@ -345,7 +392,11 @@ def _fused_block_class() -> type:
         """The block's steps as diffusers' forward runs them, with two of its passes fused:
         the self-attention's norm + modulation, and the cross-attention's residual add with the
         feed-forward's norm + modulation (:func:`add_layer_norm_modulate`). Blocks with
-        per-token modulation (Wan2.2 TI2V-5B) run diffusers' forward."""
+        per-token modulation (Wan2.2 TI2V-5B) run diffusers' forward. With
+        ``gated_residual_epilogue`` set, the self-attention's and the feed-forward's output
+        projections add the gated residual in their epilogue (:func:`linear_gated_residual`)."""
+
+        gated_residual_epilogue = False
 
         def forward(
             self,
@@ -358,13 +409,21 @@ def _fused_block_class() -> type:
                 return super().forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
             shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table + temb.float()).chunk(6, dim=1)
             normed = layer_norm_modulate(hidden_states, scale, shift, self.norm1.eps)
-            attn_output = self.attn1(normed, None, None, rotary_emb)
-            hidden_states = (hidden_states.float() + attn_output * gate).type_as(hidden_states)
+            if self.gated_residual_epilogue:
+                out_proj = self.attn1.to_out[0]
+                attended = self.attn1.processor.attend(self.attn1, normed, rotary_emb)
+                hidden_states = linear_gated_residual(attended, out_proj.weight, out_proj.bias, gate, hidden_states)
+            else:
+                attn_output = self.attn1(normed, None, None, rotary_emb)
+                hidden_states = (hidden_states.float() + attn_output * gate).type_as(hidden_states)
             normed = self.norm2(hidden_states.float()).type_as(hidden_states)
             attn_output = self.attn2(normed, encoder_hidden_states, None, None)
             normed, hidden_states = add_layer_norm_modulate(
                 hidden_states, attn_output, c_scale, c_shift, self.norm3.eps
             )
+            if self.gated_residual_epilogue:
+                up, dropout, down = self.ffn.net[0], self.ffn.net[1], self.ffn.net[2]
+                return linear_gated_residual(dropout(up(normed)), down.weight, down.bias, c_gate, hidden_states)
             ff_output = self.ffn(normed)
             return (hidden_states.float() + ff_output.float() * c_gate).type_as(hidden_states)
 
@@ -380,7 +439,7 @@ def _fused_attention_processor() -> type:
     class FusedNormRopeProcessor(WanAttnProcessor):
         """Self-attention with RoPE: one kernel each for the query's and the key's norm + rotation.
 
-        Every other call (cross-attention, image keys of I2V models) is diffusers' own.
+        Every other call (cross-attention, image keys of I2V models, a mask) is diffusers' own.
         """
 
         def __call__(
@@ -391,8 +450,19 @@ def _fused_attention_processor() -> type:
             attention_mask: torch.Tensor | None = None,
             rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
         ) -> torch.Tensor:
-            if rotary_emb is None or encoder_hidden_states is not None or attn.add_k_proj is not None:
+            if (
+                rotary_emb is None
+                or encoder_hidden_states is not None
+                or attention_mask is not None
+                or attn.add_k_proj is not None
+            ):
                 return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
+            return attn.to_out[1](attn.to_out[0](self.attend(attn, hidden_states, rotary_emb)))
+
+        def attend(
+            self, attn: Any, hidden_states: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor]
+        ) -> torch.Tensor:
+            """The self-attention's output before its output projection, (batch, tokens, dim)."""
             if getattr(attn, "fused_projections", False):
                 query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
             else:
@@ -404,14 +474,13 @@ def _fused_attention_processor() -> type:
                 query.unflatten(2, (attn.heads, -1)),
                 key.unflatten(2, (attn.heads, -1)),
                 value.unflatten(2, (attn.heads, -1)),
-                attn_mask=attention_mask,
+                attn_mask=None,
                 dropout_p=0.0,
                 is_causal=False,
                 backend=self._attention_backend,
                 parallel_config=self._parallel_config,
             )
-            out = out.flatten(2, 3).type_as(query)
-            return attn.to_out[1](attn.to_out[0](out))
+            return out.flatten(2, 3).type_as(query)
 
     return FusedNormRopeProcessor
 
@@ -435,6 +504,20 @@ def _fused_gelu_class() -> type:
     return FusedGELU
 
 
+def _takes_gated_residual(block: Any, processor_class: type, gelu_class: type) -> bool:
+    """Whether a fused block's self-attention runs fused and its feed-forward is (GELU, dropout,
+    linear with bias): the layout :data:`GATED_RESIDUAL_STEP` computes."""
+    net: Any = getattr(block.ffn, "net", ())
+    return (
+        isinstance(block.attn1.processor, processor_class)
+        and len(net) == 3
+        and isinstance(net[0], gelu_class)
+        and isinstance(net[1], torch.nn.Dropout)
+        and isinstance(net[2], torch.nn.Linear)
+        and net[2].bias is not None
+    )
+
+
 def unavailable_reason(device: torch.device) -> str | None:
     """Why the fused kernels cannot run on ``device`` (None when they can)."""
     if device.type == "cuda" and importlib.util.find_spec("triton") is None:
@@ -442,25 +525,31 @@ def unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
-def fuse_elementwise(expert: torch.nn.Module) -> int:
+def fuse_elementwise(expert: torch.nn.Module, gated_residual_epilogue: bool = False) -> int:
     """Applies the fusions (:data:`STEPS`) to every block of ``expert`` in place (again: no change).
 
     Weights and state dict stay as they are. Only tanh-GELU projections (with their bias),
     RMS-normed self-attentions with diffusers' processor and Wan blocks with affine-free first
     and third norms are changed; a processor's attention backend and parallel configuration are
-    kept.
+    kept. ``gated_residual_epilogue`` adds :data:`GATED_RESIDUAL_STEP` to the blocks whose
+    self-attention runs fused and whose feed-forward is (GELU, dropout, linear with bias).
 
     Returns:
         How many modules run fused: blocks, GELU projections and self-attentions.
 
     Raises:
         ValueError: an expert with none of the Wan modules these fusions apply to.
-        RuntimeUnavailableError: the kernels cannot run where the expert is (Triton missing).
+        RuntimeUnavailableError: the kernels cannot run where the expert is (Triton missing;
+            cuBLASLt's gated-residual product, where asked for).
     """
     from diffusers.models.activations import GELU
 
     device = next(expert.parameters(), torch.empty(0)).device
     reason = unavailable_reason(device)
+    if reason is None and gated_residual_epilogue and device.type == "cuda":
+        from ditproof.models import cublaslt
+
+        reason = cublaslt.unavailable_reason()
     if reason is not None:
         raise RuntimeUnavailableError(f"fuse_elementwise: not available here: {reason}")
     from diffusers.models.normalization import FP32LayerNorm
@@ -499,6 +588,10 @@ def fuse_elementwise(expert: torch.nn.Module) -> int:
         )
     if fused == 0:
         raise ValueError("fuse_elementwise: no tanh-GELU projection or RMS-normed Wan self-attention found")
+    if gated_residual_epilogue:
+        for block in expert.modules():
+            if type(block) is block_class and _takes_gated_residual(block, processor_class, gelu_class):
+                setattr(block, "gated_residual_epilogue", True)  # noqa: B010 - an instance attribute
     repeated = tuple(getattr(expert, "_repeated_blocks", ()) or ())
     if repeated and block_class.__name__ not in repeated:
         # diffusers' regional compilation finds the blocks by class name.
