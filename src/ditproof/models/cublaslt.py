@@ -187,12 +187,18 @@ def _aligned(tensor: torch.Tensor) -> bool:
 
 
 def gated_linear_residual(
-    x: torch.Tensor, weight: torch.Tensor, gated_bias: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    gated_bias: torch.Tensor,
+    gate: torch.Tensor,
+    residual: torch.Tensor,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``gate * (x @ weight.T) + residual + gated_bias`` in one cuBLASLt product, rounded once.
 
-    ``x`` (tokens, k), ``weight`` (n, k), ``residual`` (tokens, n), ``gated_bias`` (n): bfloat16,
-    contiguous, on one CUDA device; ``gate`` (n): float32. Runs on the current stream.
+    ``x`` (tokens, k), ``weight`` (n, k), ``residual`` and ``out`` (tokens, n), ``gated_bias``
+    (n): bfloat16, contiguous, aligned, on one CUDA device; ``gate`` (n): float32. Runs on the
+    current stream; writes ``out`` (a new tensor when not given) and returns it.
     """
     tokens, k = x.shape
     n = weight.shape[0]
@@ -213,11 +219,14 @@ def gated_linear_residual(
             f"gated_linear_residual: shapes x {tuple(x.shape)}, weight {tuple(weight.shape)}, residual "
             f"{tuple(residual.shape)}, bias {tuple(gated_bias.shape)}, gate {tuple(gate.shape)} do not fit"
         )
+    if out is None:
+        out = torch.empty((tokens, n), dtype=torch.bfloat16, device=x.device)
+    elif out.shape != (tokens, n) or out.dtype != torch.bfloat16 or not out.is_contiguous() or not _aligned(out):
+        raise ValueError(f"gated_linear_residual: out must be a contiguous, aligned bf16 ({tokens}, {n}) tensor")
     state = _state()
-    out = torch.empty((tokens, n), dtype=torch.bfloat16, device=x.device)
-    workspace = state.workspace(x.device)
     beta = ctypes.c_float(1.0)
     with torch.cuda.device(x.device), state.lock:  # the bias pointer sits on the shared descriptor
+        workspace = state.workspace(x.device)
         plan = state.plan(tokens, k, n)
         plan.set(DESC_BIAS_POINTER, ctypes.c_void_p(gated_bias.data_ptr()))
         check(

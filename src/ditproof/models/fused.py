@@ -366,14 +366,16 @@ def linear_gated_residual(
         t = t.contiguous()
         return t if t.data_ptr() % cublaslt.ALIGNMENT == 0 else t.clone()
 
-    batch = x.shape[0]
-    gate = gate.float().expand(batch, 1, weight.shape[0])
-    samples = []
-    for b in range(batch):  # the alpha vector is per sample
+    out = torch.empty(residual.shape, dtype=residual.dtype, device=residual.device)
+    gate = gate.float().expand(x.shape[0], 1, weight.shape[0])
+    for b in range(x.shape[0]):  # the alpha vector is per sample
         row = aligned(gate[b, 0])
         gated_bias = (row * bias.float()).to(bias.dtype)
-        samples.append(cublaslt.gated_linear_residual(aligned(x[b]), weight, gated_bias, row, aligned(residual[b])))
-    return torch.stack(samples) if batch > 1 else samples[0].unsqueeze(0)
+        target = out[b] if out[b].data_ptr() % cublaslt.ALIGNMENT == 0 else None
+        result = cublaslt.gated_linear_residual(aligned(x[b]), weight, gated_bias, row, aligned(residual[b]), target)
+        if target is None:
+            out[b].copy_(result)
+    return out
 
 
 @linear_gated_residual.register_fake
