@@ -197,6 +197,21 @@ def run_variant(
     }
 
 
+def refuse_missing_kernels(planned: dict[str, RuntimeOptions], device: torch.device) -> None:
+    """Exits before any work when a variant's attention kernel or fused steps cannot run here (a
+    missing build would otherwise surface only after the variants before it had run for minutes)."""
+    from ditproof.generation.attention import LOCAL_KERNELS
+    from ditproof.models import fused
+
+    for name, options in planned.items():
+        kernels = LOCAL_KERNELS.get(options.attention_backend)
+        reason = kernels.unavailable_reason(device) if kernels is not None else None
+        if reason is None and options.fuse_elementwise:
+            reason = fused.unavailable_reason(device)
+        if reason is not None:
+            raise SystemExit(f"perf_pipeline: variant {name} cannot run here: {reason}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -215,12 +230,15 @@ def main() -> None:
         preset, args.device, args.runs, args.pause = "wan-tiny-random", "cpu", "64x48x5:3,96x64x9:2", 0.0
     runs = [(size, int(steps)) for size, steps in (item.split(":") for item in args.runs.split(","))]
     base = base_options(args.device)
-    results = []
+    planned = {}
     for name in args.variants.split(","):
         overrides = dict(VARIANTS[name])
         if name == "ditproof-best" and args.best_attention:
             overrides["attention_backend"] = args.best_attention
-        options = variant_options(base, overrides, args.device)
+        planned[name] = variant_options(base, overrides, args.device)
+    refuse_missing_kernels(planned, torch.device(args.device))
+    results = []
+    for name, options in planned.items():
         print(
             f"{name}: {options.attention_backend} fused={options.fuse_projections} "
             f"elementwise={options.fuse_elementwise} compile={options.compile}"

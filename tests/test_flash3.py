@@ -26,6 +26,9 @@ def test_refused_on_the_cpu_and_without_a_build_naming_what_to_install(tiny_mode
     with pytest.raises(RuntimeUnavailableError, match="'flash-attn-3' is not available here: it needs a CUDA device"):
         generate(small_request, 1, tiny_model, RuntimeOptions(attention_backend="flash-attn-3"))
     assert tiny_model.attention_backend == "sdpa"
+    if not torch.cuda.is_available():  # this machine: a clear reason, not PyTorch's assertion
+        assert "sees no CUDA device" in str(flash3.unavailable_reason(torch.device("cuda")))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(flash3, "installed_build", lambda: None)
     reason = str(flash3.unavailable_reason(torch.device("cuda", 0)))

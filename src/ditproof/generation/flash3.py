@@ -62,11 +62,9 @@ def library_versions() -> str | None:
 
 def unavailable_reason(device: torch.device) -> str | None:
     """Why the kernel cannot run on ``device`` (None when it can)."""
-    if device.type != "cuda":
-        return f"it needs a CUDA device of compute capability 9.0 (the model is on {device})"
-    capability = torch.cuda.get_device_capability(device)
-    if capability not in SUPPORTED_CAPABILITIES:
-        return f"compute capability {capability[0]}.{capability[1]} has no kernel; allowed: 9.0"
+    reason = flash4.device_reason(device, SUPPORTED_CAPABILITIES, "9.0")
+    if reason is not None:
+        return reason
     if installed_build() is None:
         modules = " or ".join(module for module, _ in BUILDS)
         return f"no FlashAttention-3 build is installed (module {modules}); {INSTALL_HINT}"

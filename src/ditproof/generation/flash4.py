@@ -64,14 +64,26 @@ def library_versions() -> str | None:
     return ",".join([*found, f"tile={tile}", CROSS_ATTENTION])
 
 
+def device_reason(device: torch.device, supported: tuple[tuple[int, int], ...], wanted: str) -> str | None:
+    """Why a kernel built for the compute capabilities ``supported`` (``wanted``, in words) cannot
+    run on ``device``: not a CUDA device, none visible to this PyTorch, or another capability."""
+    if device.type != "cuda":
+        return f"it needs a CUDA device of compute capability {wanted} (the model is on {device})"
+    if not torch.cuda.is_available():
+        build = "a CPU build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        return f"it needs a CUDA device of compute capability {wanted}; PyTorch ({build}) sees no CUDA device"
+    capability = torch.cuda.get_device_capability(device)
+    if capability not in supported:
+        allowed = ", ".join(f"{major}.{minor}" for major, minor in supported)
+        return f"compute capability {capability[0]}.{capability[1]} has no kernel; allowed: {allowed}"
+    return None
+
+
 def unavailable_reason(device: torch.device) -> str | None:
     """Why the kernel cannot run on ``device`` (None when it can)."""
-    if device.type != "cuda":
-        return f"it needs a CUDA device of compute capability 9.0 or 10.x (the model is on {device})"
-    capability = torch.cuda.get_device_capability(device)
-    if capability not in SUPPORTED_CAPABILITIES:
-        allowed = ", ".join(f"{major}.{minor}" for major, minor in SUPPORTED_CAPABILITIES)
-        return f"compute capability {capability[0]}.{capability[1]} has no kernel; allowed: {allowed}"
+    reason = device_reason(device, SUPPORTED_CAPABILITIES, "9.0 or 10.x")
+    if reason is not None:
+        return reason
     if library_versions() is None or importlib.util.find_spec("flash_attn.cute") is None:
         return f"the packages {' and '.join(PACKAGES)} are not installed; {INSTALL_HINT}"
     return None
