@@ -328,3 +328,21 @@ def test_cublaslt_product_checks_its_inputs_and_says_what_is_missing():
         assert "needs a CUDA build of PyTorch" in str(cublaslt.unavailable_reason())
         with pytest.raises(RuntimeUnavailableError, match="CUDA build"):
             cublaslt.gated_linear_residual(x, weight, bias, gate, residual)
+
+
+def test_linears_the_fused_steps_read_directly_are_named_and_weight_swapping_refuses_them():
+    from ditproof.models.fused import bypassed_linears
+    from ditproof.poc.compute import PocModel
+    from ditproof.poc.deviations import perturb_transform, swapped_weights
+
+    loaded = load_model("wan-tiny-random", RuntimeOptions(fuse_elementwise=True))
+    expert, layers = loaded.pipeline.transformer, loaded.pipeline.transformer.config.num_layers
+    assert bypassed_linears(expert) == [f"blocks.{i}.ffn.net.0.proj" for i in range(layers)]
+    fuse_elementwise(expert, gated_residual_epilogue=True)
+    assert len(bypassed_linears(expert)) == 3 * layers and "blocks.0.attn1.to_out.0" in bypassed_linears(expert)
+    # PoC's simulated cheats swap weights in forward hooks, which these layers never run.
+    with pytest.raises(ValueError, match="run fused .*load the model without fuse_elementwise"):
+        with swapped_weights(PocModel.from_loaded(loaded), perturb_transform(0.01)):
+            pass
+    plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    assert bypassed_linears(plain) == []

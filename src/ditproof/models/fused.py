@@ -520,6 +520,20 @@ def _takes_gated_residual(block: Any, processor_class: type, gelu_class: type) -
     )
 
 
+def bypassed_linears(expert: torch.nn.Module) -> list[str]:
+    """Names of the ``nn.Linear`` modules whose weights the fused steps read without calling the
+    module (its hooks do not run): the GELU projections, and with :data:`GATED_RESIDUAL_STEP` the
+    blocks' self-attention output and feed-forward down projections."""
+    gelu_class, block_class = _fused_gelu_class(), _fused_block_class()
+    names = []
+    for name, module in expert.named_modules():
+        if isinstance(module, gelu_class):
+            names.append(f"{name}.proj")
+        elif isinstance(module, block_class) and getattr(module, "gated_residual_epilogue", False):
+            names += [f"{name}.attn1.to_out.0", f"{name}.ffn.net.2"]
+    return names
+
+
 def unavailable_reason(device: torch.device) -> str | None:
     """Why the fused kernels cannot run on ``device`` (None when they can)."""
     if device.type == "cuda" and importlib.util.find_spec("triton") is None:

@@ -46,6 +46,14 @@ def swapped_weights(model: PocModel, transform: WeightTransform) -> Iterator[Non
     The transformed weight exists only during that module's forward (a pre-hook swaps it in, a
     hook swaps the original back), so the extra memory is one weight matrix at a time.
     """
+    from ditproof.models.fused import bypassed_linears
+
+    bypassed = [name for expert in model.experts for name in bypassed_linears(expert)]
+    if bypassed:
+        raise ValueError(
+            f"swapped_weights: {len(bypassed)} linear layers (e.g. {bypassed[0]}) run fused (fuse_elementwise), "
+            "so their forward hooks would not swap their weights; load the model without fuse_elementwise"
+        )
     handles = []
     saved: dict[int, torch.Tensor] = {}
     try:
