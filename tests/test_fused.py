@@ -341,8 +341,10 @@ def test_linears_the_fused_steps_read_directly_are_named_and_weight_swapping_ref
     fuse_elementwise(expert, gated_residual_epilogue=True)
     assert len(bypassed_linears(expert)) == 3 * layers and "blocks.0.attn1.to_out.0" in bypassed_linears(expert)
     # PoC's simulated cheats swap weights in forward hooks, which these layers never run.
-    with pytest.raises(ValueError, match="run fused .*load the model without fuse_elementwise"):
-        with swapped_weights(PocModel.from_loaded(loaded), perturb_transform(0.01)):
-            pass
+    with (
+        pytest.raises(ValueError, match="run fused .*load the model without fuse_elementwise"),
+        swapped_weights(PocModel.from_loaded(loaded), perturb_transform(0.01)),
+    ):
+        pass
     plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
     assert bypassed_linears(plain) == []

@@ -128,7 +128,7 @@ def encode(
     if key in cache:
         cache.move_to_end(key)
         return cache[key]
-    placement = model.text_encoder_on(device).on(device) if options.offload_text_encoder else nullcontext()
+    placement = model.offloaded_text_encoder(device).on(device) if options.offload_text_encoder else nullcontext()
     with placement:  # offloaded: on the device for this prompt only (see ditproof.models.offload)
         embeddings = model.pipeline.encode_prompt(
             prompt=request.prompt,

@@ -83,7 +83,7 @@ class LoadedModel:
         default_factory=OrderedDict
     )  # the last few prompts' text-encoder outputs (see ditproof.generation.generate.encode)
 
-    def text_encoder_on(self, device: torch.device) -> HostResident:
+    def offloaded_text_encoder(self, device: torch.device) -> HostResident:
         """The text encoder kept in host memory between prompts (``offload_text_encoder``)."""
         if self.text_encoder_host is None:
             self.text_encoder_host = HostResident(self.pipeline.text_encoder, pin=device.type == "cuda")
@@ -115,7 +115,7 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
         )
     model = _load(name, options, model_path)
     if options.offload_text_encoder:  # in pinned host memory, on the device per prompt only
-        model.text_encoder_on(torch.device(options.device))
+        model.offloaded_text_encoder(torch.device(options.device))
     experts = (model.pipeline.transformer, model.pipeline.transformer_2)
     if options.weights == "fp8-e4m3":
         for expert in experts:

@@ -29,7 +29,6 @@ import secrets
 from pathlib import Path
 from typing import Literal, Unpack
 
-import numpy as np
 import torch
 
 from ditproof.errors import IntegrityError
@@ -90,12 +89,6 @@ def choose_spot_segments(record: InferenceRecord, validator_entropy: str, k: int
 
 
 @torch.inference_mode()
-def decode_latent(model: LoadedModel, latent: torch.Tensor) -> np.ndarray:
-    """Decodes a final latent to uint8 frames ``(F, H, W, 3)`` with the generation path's own last
-    step (:func:`ditproof.generation.generate.decode_frames`)."""
-    return decode_frames(model.pipeline, latent)
-
-
 def validate_checkpoints(
     record: InferenceRecord,
     video: bytes | str | Path,
@@ -329,7 +322,11 @@ def _check_video(
     if final_run is not None and final_run.result is not None and final_run.result.frames is not None:
         frames, latent, source = final_run.result.frames, final_run.result.capture.latents["final"][1], "re-run"
     else:
-        frames, latent, source = decode_latent(model, last.end.point.latent), last.end.point.latent, "executor's"
+        frames, latent, source = (
+            decode_frames(model.pipeline, last.end.point.latent),
+            last.end.point.latent,
+            "executor's",
+        )
     regenerated = encode_video(frames, record.request.fps, record.video.encoding)
     if checks.add(
         "exact_match",
