@@ -322,7 +322,7 @@ def test_cublaslt_product_checks_its_inputs_and_says_what_is_missing():
         cublaslt.gated_linear_residual(x, weight, bias, gate.bfloat16(), residual)
     with pytest.raises(ValueError, match="shapes x .* do not fit"):
         cublaslt.gated_linear_residual(x, weight, bias, gate, residual[:, :3].contiguous())
-    with pytest.raises(ValueError, match=r"out must be a contiguous, aligned bf16 \(8, 4\) tensor"):
+    with pytest.raises(ValueError, match=r"out must be a contiguous bf16 \(8, 4\) tensor"):
         cublaslt.gated_linear_residual(x, weight, bias, gate, residual, out=torch.zeros(8, 4))
     if torch.version.cuda is None:  # this machine's CPU build
         assert "needs a CUDA build of PyTorch" in str(cublaslt.unavailable_reason())

@@ -37,10 +37,12 @@ DESC_POINTER_MODE, DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 
 POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST = 4
 EPILOGUE_BIAS = 4
 PREF_MAX_WORKSPACE_BYTES = 1
+PREF_MIN_ALIGNMENT_BYTES = (5, 6, 7, 8)  # A, B, C, D
 WORKSPACE_BYTES = 32 * 1024 * 1024
 """cuBLASLt's workspace per device (PyTorch's default size on Hopper)."""
-ALIGNMENT = 16
-"""Bytes every pointer and row must be aligned to (the heuristic assumes it)."""
+ALIGNMENT = 256
+"""Bytes every pointer must be aligned to: the heuristic is asked for kernels that need it (as
+PyTorch asks for tensors of its allocator, which aligns to 512), so a view off it is copied."""
 
 
 class Algo(ctypes.Structure):
@@ -110,12 +112,16 @@ class _Plan:
         preference = ctypes.c_void_p()
         check(lib.cublasLtMatmulPreferenceCreate(ctypes.byref(preference)), "preference")
         size = ctypes.c_uint64(WORKSPACE_BYTES)
-        check(
-            lib.cublasLtMatmulPreferenceSetAttribute(
-                preference, PREF_MAX_WORKSPACE_BYTES, ctypes.byref(size), ctypes.sizeof(size)
-            ),
-            "preference",
-        )
+        alignment = ctypes.c_uint32(ALIGNMENT)
+        settings: list[tuple[int, Any]] = [(PREF_MAX_WORKSPACE_BYTES, size)]
+        settings += [(pref, alignment) for pref in PREF_MIN_ALIGNMENT_BYTES]
+        for pref, setting in settings:
+            check(
+                lib.cublasLtMatmulPreferenceSetAttribute(
+                    preference, pref, ctypes.byref(setting), ctypes.sizeof(setting)
+                ),
+                "preference",
+            )
         result, returned = HeuristicResult(), ctypes.c_int(0)
         status = lib.cublasLtMatmulAlgoGetHeuristic(
             handle,
@@ -202,28 +208,27 @@ def gated_linear_residual(
     """
     tokens, k = x.shape
     n = weight.shape[0]
-    for name, tensor, dtype in (
-        ("x", x, torch.bfloat16),
-        ("weight", weight, torch.bfloat16),
-        ("gated_bias", gated_bias, torch.bfloat16),
-        ("gate", gate, torch.float32),
-        ("residual", residual, torch.bfloat16),
-    ):
-        if tensor.dtype != dtype or not tensor.is_contiguous() or not _aligned(tensor) or tensor.device != x.device:
+    inputs = {"x": x, "weight": weight, "gated_bias": gated_bias, "gate": gate, "residual": residual}
+    for name, tensor in inputs.items():
+        dtype = torch.float32 if name == "gate" else torch.bfloat16
+        if tensor.dtype != dtype or not tensor.is_contiguous() or tensor.device != x.device:
             raise ValueError(
-                f"gated_linear_residual: {name} must be contiguous {dtype}, {ALIGNMENT}-byte aligned, on "
-                f"{x.device}; got {tensor.dtype}, contiguous={tensor.is_contiguous()}, on {tensor.device}"
+                f"gated_linear_residual: {name} must be contiguous {dtype} on {x.device}; got {tensor.dtype}, "
+                f"contiguous={tensor.is_contiguous()}, on {tensor.device}"
             )
     if weight.shape[1] != k or residual.shape != (tokens, n) or gated_bias.shape != (n,) or gate.shape != (n,):
         raise ValueError(
             f"gated_linear_residual: shapes x {tuple(x.shape)}, weight {tuple(weight.shape)}, residual "
             f"{tuple(residual.shape)}, bias {tuple(gated_bias.shape)}, gate {tuple(gate.shape)} do not fit"
         )
+    if out is not None and (out.shape != (tokens, n) or out.dtype != torch.bfloat16 or not out.is_contiguous()):
+        raise ValueError(f"gated_linear_residual: out must be a contiguous bf16 ({tokens}, {n}) tensor")
+    state = _state()  # off a CUDA build: says so
     if out is None:
         out = torch.empty((tokens, n), dtype=torch.bfloat16, device=x.device)
-    elif out.shape != (tokens, n) or out.dtype != torch.bfloat16 or not out.is_contiguous() or not _aligned(out):
-        raise ValueError(f"gated_linear_residual: out must be a contiguous, aligned bf16 ({tokens}, {n}) tensor")
-    state = _state()
+    misaligned = [name for name, tensor in {**inputs, "out": out}.items() if not _aligned(tensor)]
+    if misaligned:
+        raise ValueError(f"gated_linear_residual: {', '.join(misaligned)} must start {ALIGNMENT}-byte aligned")
     beta = ctypes.c_float(1.0)
     with torch.cuda.device(x.device), state.lock:  # the bias pointer sits on the shared descriptor
         workspace = state.workspace(x.device)
