@@ -6,11 +6,12 @@ attention backend (diffusers' dispatcher names; ``flash-attn-4``, and for compar
 ``flash-attn-4-all`` and ``flash-attn-4-tMxN``, see :func:`override_flash4`), fused QKV
 projections (``+fused``), fused elementwise steps (``+ew``; ``+ew5``: without the blocks' norm +
 modulation kernels, as in session 5), regional ``torch.compile`` of the repeated blocks
-(``+compile``; ``+autotune`` compiles with ``mode="max-autotune-no-cudagraphs"``), and a batch of two (``+cfg2``: CFG's two passes in one
-forward; seconds are per sample), CFG's two passes one after the other (``+pair``) or on two
-CUDA streams (``+streams``; seconds per pass, outputs checked equal to ``+pair``'s), and with
-``+ew+gre`` the gated residuals in the output projections' epilogue (``fuse_elementwise``'s
-``gated_residual_epilogue``; a variant without ``gre`` turns it off again). Also checks, per variant, that two forwards on the same inputs
+(``+compile``; ``+autotune`` compiles with ``mode="max-autotune-no-cudagraphs"``), a batch of
+two (``+cfg2``: CFG's two passes in one forward; seconds are per sample), CFG's two passes one
+after the other (``+pair``) or on two CUDA streams (``+streams``; seconds per pass, outputs
+checked equal to ``+pair``'s), and with ``+ew+gre`` the gated residuals in the output
+projections' epilogue (``fuse_elementwise``'s ``gated_residual_epilogue``; a variant without
+``gre`` turns it off again). Also checks, per variant, that two forwards on the same inputs
 are bitwise identical (determinism of the kept options). ``--profile VARIANT`` ends with one
 profiled forward of that variant (the last size) and records where its GPU time goes: matrix
 products, attention, the rest.
