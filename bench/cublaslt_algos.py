@@ -13,11 +13,12 @@ would gain. The candidates are timed in rounds that rotate their order (:func:`i
 ``out+gate`` and ``ffn-down+gate``: the block's gated residual (``residual + gate * (x W^T + b)``,
 gate per output channel) in the product's epilogue: cuBLASLt's per-row alpha vector
 (``CUBLASLT_POINTER_MODE_ALPHA_DEVICE_VECTOR_BETA_HOST``), the residual as C (beta 1, C apart from
-D) and ``gate * b`` as the bias; against the two passes the block runs now (the product with its
-bias, then Inductor's residual kernel), and the operator the blocks would call
-(``ditproof::linear_gated_residual``, row ``ditproof op``). Whether cuBLASLt has a fast kernel
-for it, and the difference of each to a float32 reference (the epilogue rounds once, the two
-passes twice).
+D) and ``gate * b`` as the bias; ``out+residual``: the cross-attention's plain residual the same
+way (alpha 1). Against the two passes the block runs now (the product with its bias, then a
+residual pass: the ``torch`` row), and the operator the blocks would call
+(``ditproof::linear_residual``, row ``ditproof op``). Whether cuBLASLt has a fast kernel for
+it, and the difference of each to a float32 reference (the epilogue rounds once, the two passes
+twice).
 
     PYTHONPATH=src python3 bench/cublaslt_algos.py --out $OUT/cublaslt_algos.json
 """
@@ -48,9 +49,15 @@ PRODUCTS = {
     "ffn-up": (5120, 13824, "gelu-bias"),
     "ffn-down": (13824, 5120, "bias"),
     "out+gate": (5120, 5120, "gated-residual"),
+    "out+residual": (5120, 5120, "residual"),
     "ffn-down+gate": (13824, 5120, "gated-residual"),
 }
-EPILOGUE = {"bias": cublaslt.EPILOGUE_BIAS, "gelu-bias": 36, "gated-residual": cublaslt.EPILOGUE_BIAS}
+EPILOGUE = {
+    "bias": cublaslt.EPILOGUE_BIAS,
+    "gelu-bias": 36,
+    "gated-residual": cublaslt.EPILOGUE_BIAS,
+    "residual": cublaslt.EPILOGUE_BIAS,
+}
 """cuBLASLt epilogues: bias; GELU then bias (``CUBLASLT_EPILOGUE_GELU_BIAS``)."""
 CONFIG_ATTRIBUTES = {
     "algo_id": 0,
@@ -87,6 +94,7 @@ class Product:
         self.workspace = torch.empty(WORKSPACE_BYTES, device="cuda", dtype=torch.uint8)
         self.k, self.n, self.epilogue = k, n, epilogue
         self.gated = epilogue == "gated-residual"
+        self.adds_residual = epilogue in ("gated-residual", "residual")
         # The gated residual: gate per output channel (Wan's gates are small), the residual stream.
         self.gate = (torch.randn(n, device="cuda", generator=g) * 0.1).float()
         self.residual = torch.randn(TOKENS, n, device="cuda", generator=g).bfloat16()
@@ -167,13 +175,13 @@ class Product:
         return values
 
     def run(self, algo: Algo) -> None:
-        scalar_alpha, beta = ctypes.c_float(1.0), ctypes.c_float(1.0 if self.gated else 0.0)
+        scalar_alpha, beta = ctypes.c_float(1.0), ctypes.c_float(1.0 if self.adds_residual else 0.0)
         alpha = (
             ctypes.c_void_p(self.gate.data_ptr())
             if self.gated
             else ctypes.cast(ctypes.byref(scalar_alpha), ctypes.c_void_p)
         )
-        c = self.residual if self.gated else self.out
+        c = self.residual if self.adds_residual else self.out
         check(
             self.lt.cublasLtMatmul(
                 self.handle,
@@ -202,26 +210,30 @@ class Product:
 
         if self.epilogue == "gelu-bias":
             return linear_gelu_tanh(self.x, self.w, self.b)
-        if self.gated:
-            return _gated_residual(F.linear(self.x, self.w, self.b), self.residual, self.gate)
+        if self.adds_residual:
+            return _residual_pass(F.linear(self.x, self.w, self.b), self.residual, self.scale())
         return F.linear(self.x, self.w, self.b)
 
+    def scale(self) -> torch.Tensor:
+        """The gate, or ones for the plain residual."""
+        return self.gate if self.gated else torch.ones_like(self.gate)
+
     def reference(self) -> torch.Tensor:
-        """``F.linear``'s output (GELU'd for FFN up); the gated residual in float32."""
-        if self.gated:
+        """``F.linear``'s output (GELU'd for FFN up); the residual sums in float32."""
+        if self.adds_residual:
             product = F.linear(self.x.float(), self.w.float(), self.b.float())
-            return self.residual.float() + product * self.gate
+            return self.residual.float() + product * self.scale()
         y = F.linear(self.x, self.w, self.b)
         return F.gelu(y, approximate="tanh") if self.epilogue == "gelu-bias" else y
 
 
-def _gated_residual_steps(product: torch.Tensor, residual: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """The Wan block's gated residual after a product, as diffusers writes it."""
+def _residual_steps(product: torch.Tensor, residual: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """The Wan block's (gated) residual after a product, as diffusers writes it."""
     return (residual.float() + product.float() * gate).type_as(residual)
 
 
 # As the model's regional compilation runs it: one Inductor kernel, deterministic mode.
-_gated_residual = torch.compile(_gated_residual_steps, fullgraph=True, dynamic=False, options={"deterministic": True})
+_residual_pass = torch.compile(_residual_steps, fullgraph=True, dynamic=False, options={"deterministic": True})
 
 
 def kernel_name(fn: Any) -> str:
@@ -282,16 +294,16 @@ def main() -> None:
                 "max_diff_to_reference": float((torch_out.float() - reference.float()).abs().max()),
             }
         }
-        if product.gated:  # the operator the blocks would call (ditproof.models.cublaslt's plan)
-            from ditproof.models.fused import linear_gated_residual
+        if product.adds_residual:  # the operator the blocks would call (ditproof.models.cublaslt's plan)
+            from ditproof.models.fused import linear_residual
 
             op = functools.partial(
-                linear_gated_residual,
+                linear_residual,
                 product.x[None],
                 product.w,
                 product.b,
-                product.gate.view(1, 1, -1),
                 product.residual[None],
+                product.gate.view(1, 1, -1) if product.gated else None,
             )
             try:
                 op_out = op()[0]

@@ -9,9 +9,9 @@ modulation kernels, as in session 5), regional ``torch.compile`` of the repeated
 (``+compile``; ``+autotune`` compiles with ``mode="max-autotune-no-cudagraphs"``), a batch of
 two (``+cfg2``: CFG's two passes in one forward; seconds are per sample), CFG's two passes one
 after the other (``+pair``) or on two CUDA streams (``+streams``; seconds per pass, outputs
-checked equal to ``+pair``'s), and with ``+ew+gre`` the gated residuals in the output
-projections' epilogue (``fuse_elementwise``'s ``gated_residual_epilogue``; a variant without
-``gre`` turns it off again). Also checks, per variant, that two forwards on the same inputs
+checked equal to ``+pair``'s), and with ``+ew+re`` the residual adds in the output
+projections' epilogue (``fuse_elementwise``'s ``residual_epilogue``; a variant without ``re``
+turns it off again). Also checks, per variant, that two forwards on the same inputs
 are bitwise identical (determinism of the kept options). ``--profile VARIANT`` ends with one
 profiled forward of that variant (the last size) and records where its GPU time goes: matrix
 products, attention, the rest.
@@ -181,10 +181,10 @@ def main() -> None:
                     fuse_projections(fresh)
                     fresh._ditproof_fused = True
                 if "ew" in flags or "ew5" in flags:
-                    fuse_elementwise(fresh, gated_residual_epilogue="gre" in flags)
+                    fuse_elementwise(fresh, residual_epilogue="re" in flags)
                     for block in fresh.blocks:  # type: ignore[union-attr]
-                        if "gre" not in flags and getattr(block, "gated_residual_epilogue", False):
-                            block.gated_residual_epilogue = False  # a later variant without it
+                        if "re" not in flags and getattr(block, "residual_epilogue", False):
+                            block.residual_epilogue = False  # a later variant without it
                 if "ew5" in flags:  # session 5's fused steps: the blocks' norms as diffusers runs them
                     unfuse_blocks(fresh)
                 mode = "max-autotune-no-cudagraphs" if "autotune" in flags else "default"
@@ -197,7 +197,7 @@ def main() -> None:
                     "ew" in flags,
                     "ew5" in flags,
                     "fused" in flags,
-                    "gre" in flags,
+                    "re" in flags,
                 )
                 if ("compile" in flags or "autotune" in flags) and getattr(
                     fresh, "_ditproof_compiled", None

@@ -37,10 +37,10 @@ STEPS = "gelu-epilogue,norm-rope,norm-modulate"
 """The steps ``fuse_elementwise`` fuses, as the runtime fingerprint records them: a release that
 fuses other steps computes other low bits, so it must be another runtime class."""
 
-GATED_RESIDUAL_STEP = "gated-residual-epilogue"
-"""The step ``fuse_elementwise(..., gated_residual_epilogue=True)`` adds: the self-attention's and
-the feed-forward's output projections with the block's gated residual in the product's epilogue
-(:func:`linear_gated_residual`). Measured in the benches only, not yet part of :data:`STEPS`."""
+RESIDUAL_STEP = "residual-epilogue"
+"""The step ``fuse_elementwise(..., residual_epilogue=True)`` adds: the block's three residual
+adds (gated after the self-attention and the feed-forward) in the output projections' epilogue
+(:func:`linear_residual`). Measured in the benches only, not yet part of :data:`STEPS`."""
 
 ROTARY_PAIR = 2
 """Wan's rotary embedding rotates adjacent channel pairs (x[2i], x[2i+1]) of each head."""
@@ -341,25 +341,28 @@ def _layer_norm_kernel() -> Any:
     return layer_norm_modulate_kernel
 
 
-def linear_gated_residual_reference(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor
+def linear_residual_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, gate: torch.Tensor | None
 ) -> torch.Tensor:
-    """``residual + gate * (x @ weight.T) + gate * bias``, accumulated in float32, rounded once to
-    ``residual``'s dtype; ``gate * bias`` is rounded to the bias's dtype first, as the product's
-    epilogue reads it. ``gate``: float32 (batch, 1, out); the rest as the block has them."""
+    """``residual + gate * (x @ weight.T) + gate * bias`` (without ``gate``: ``residual + x @
+    weight.T + bias``), accumulated in float32, rounded once to ``residual``'s dtype; ``gate *
+    bias`` is rounded to the bias's dtype first, as the product's epilogue reads it. ``gate``:
+    float32 (batch, 1, out); the rest as the block has them."""
     product = torch.nn.functional.linear(x.float(), weight.float())
+    if gate is None:
+        return (residual.float() + product + bias.float()).to(residual.dtype)
     gated_bias = (gate * bias.float()).to(bias.dtype).float()
     return (residual.float() + gate * product + gated_bias).to(residual.dtype)
 
 
-@torch.library.custom_op("ditproof::linear_gated_residual", mutates_args=())
-def linear_gated_residual(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor
+@torch.library.custom_op("ditproof::linear_residual", mutates_args=())
+def linear_residual(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, gate: torch.Tensor | None
 ) -> torch.Tensor:
-    """The block's ``residual + gate * linear(x)`` as one product (:mod:`ditproof.models.cublaslt`
-    on CUDA; :func:`linear_gated_residual_reference` elsewhere)."""
+    """The block's ``residual + gate * linear(x)`` (or ``residual + linear(x)``) as one product
+    (:mod:`ditproof.models.cublaslt` on CUDA; :func:`linear_residual_reference` elsewhere)."""
     if x.device.type != "cuda":
-        return linear_gated_residual_reference(x, weight, bias, gate, residual)
+        return linear_residual_reference(x, weight, bias, residual, gate)
     from ditproof.models import cublaslt
 
     def aligned(t: torch.Tensor) -> torch.Tensor:  # a view may start off cuBLASLt's alignment
@@ -367,22 +370,46 @@ def linear_gated_residual(
         return t if t.data_ptr() % cublaslt.ALIGNMENT == 0 else t.clone()
 
     out = torch.empty(residual.shape, dtype=residual.dtype, device=residual.device)
-    gate = gate.float().expand(x.shape[0], 1, weight.shape[0])
+    gates = None if gate is None else gate.float().expand(x.shape[0], 1, weight.shape[0])
     for b in range(x.shape[0]):  # the alpha vector is per sample
-        row = aligned(gate[b, 0])
-        gated_bias = (row * bias.float()).to(bias.dtype)
+        row = None if gates is None else aligned(gates[b, 0])
+        sample_bias = bias if row is None else (row * bias.float()).to(bias.dtype)
         target = out[b] if out[b].data_ptr() % cublaslt.ALIGNMENT == 0 else None
-        result = cublaslt.gated_linear_residual(aligned(x[b]), weight, gated_bias, row, aligned(residual[b]), target)
+        result = cublaslt.linear_residual(
+            aligned(x[b]), weight, aligned(sample_bias), aligned(residual[b]), row, target
+        )
         if target is None:
             out[b].copy_(result)
     return out
 
 
-@linear_gated_residual.register_fake
-def _linear_gated_residual_shape(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gate: torch.Tensor, residual: torch.Tensor
+@linear_residual.register_fake
+def _linear_residual_shape(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, gate: torch.Tensor | None
 ) -> torch.Tensor:
     return torch.empty(residual.shape, dtype=residual.dtype, device=residual.device)
+
+
+def cross_attend(attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    """A text cross-attention's output before its output projection, (batch, tokens, dim): the
+    steps of diffusers' Wan processor for it (projections, query and key norms, its attention
+    backend), which the processor then hands to ``to_out``."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+    from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+    query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    out = dispatch_attention_fn(
+        query.unflatten(2, (attn.heads, -1)),
+        key.unflatten(2, (attn.heads, -1)),
+        value.unflatten(2, (attn.heads, -1)),
+        attn_mask=None,
+        dropout_p=0.0,
+        is_causal=False,
+        backend=attn.processor._attention_backend,
+        parallel_config=None,  # as diffusers' processor: cross-attention is not split
+    )
+    return out.flatten(2, 3).type_as(query)
 
 
 @functools.cache
@@ -395,10 +422,10 @@ def _fused_block_class() -> type:
         the self-attention's norm + modulation, and the cross-attention's residual add with the
         feed-forward's norm + modulation (:func:`add_layer_norm_modulate`). Blocks with
         per-token modulation (Wan2.2 TI2V-5B) run diffusers' forward. With
-        ``gated_residual_epilogue`` set, the self-attention's and the feed-forward's output
-        projections add the gated residual in their epilogue (:func:`linear_gated_residual`)."""
+        ``residual_epilogue`` set, the three output projections add the residual (gated after the
+        self-attention and the feed-forward) in their epilogue (:func:`linear_residual`)."""
 
-        gated_residual_epilogue = False
+        residual_epilogue = False
 
         def forward(
             self,
@@ -411,23 +438,41 @@ def _fused_block_class() -> type:
                 return super().forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
             shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table + temb.float()).chunk(6, dim=1)
             normed = layer_norm_modulate(hidden_states, scale, shift, self.norm1.eps)
-            if self.gated_residual_epilogue:
-                out_proj = self.attn1.to_out[0]
-                attended = self.attn1.processor.attend(self.attn1, normed, rotary_emb)
-                hidden_states = linear_gated_residual(attended, out_proj.weight, out_proj.bias, gate, hidden_states)
-            else:
-                attn_output = self.attn1(normed, None, None, rotary_emb)
-                hidden_states = (hidden_states.float() + attn_output * gate).type_as(hidden_states)
+            if self.residual_epilogue:
+                return self._forward_residual_epilogue(
+                    hidden_states, normed, encoder_hidden_states, rotary_emb, gate, c_shift, c_scale, c_gate
+                )
+            attn_output = self.attn1(normed, None, None, rotary_emb)
+            hidden_states = (hidden_states.float() + attn_output * gate).type_as(hidden_states)
             normed = self.norm2(hidden_states.float()).type_as(hidden_states)
             attn_output = self.attn2(normed, encoder_hidden_states, None, None)
             normed, hidden_states = add_layer_norm_modulate(
                 hidden_states, attn_output, c_scale, c_shift, self.norm3.eps
             )
-            if self.gated_residual_epilogue:
-                up, dropout, down = self.ffn.net[0], self.ffn.net[1], self.ffn.net[2]
-                return linear_gated_residual(dropout(up(normed)), down.weight, down.bias, c_gate, hidden_states)
             ff_output = self.ffn(normed)
             return (hidden_states.float() + ff_output.float() * c_gate).type_as(hidden_states)
+
+        def _forward_residual_epilogue(
+            self,
+            hidden_states: torch.Tensor,
+            normed: torch.Tensor,
+            encoder_hidden_states: torch.Tensor,
+            rotary_emb: torch.Tensor,
+            gate: torch.Tensor,
+            c_shift: torch.Tensor,
+            c_scale: torch.Tensor,
+            c_gate: torch.Tensor,
+        ) -> torch.Tensor:
+            """The rest of the block after the first norm, with :data:`RESIDUAL_STEP`."""
+            attn1, attn2, (up, dropout, down) = self.attn1, self.attn2, self.ffn.net
+            attended = attn1.processor.attend(attn1, normed, rotary_emb)
+            out1, out2 = attn1.to_out[0], attn2.to_out[0]
+            hidden_states = linear_residual(attended, out1.weight, out1.bias, hidden_states, gate)
+            normed = self.norm2(hidden_states.float()).type_as(hidden_states)
+            attended = cross_attend(attn2, normed, encoder_hidden_states)
+            hidden_states = linear_residual(attended, out2.weight, out2.bias, hidden_states, None)
+            normed = layer_norm_modulate(hidden_states, c_scale, c_shift, self.norm3.eps)
+            return linear_residual(dropout(up(normed)), down.weight, down.bias, hidden_states, c_gate)
 
     return FusedWanBlock
 
@@ -506,12 +551,17 @@ def _fused_gelu_class() -> type:
     return FusedGELU
 
 
-def _takes_gated_residual(block: Any, processor_class: type, gelu_class: type) -> bool:
-    """Whether a fused block's self-attention runs fused and its feed-forward is (GELU, dropout,
-    linear with bias): the layout :data:`GATED_RESIDUAL_STEP` computes."""
+def _takes_residual_epilogue(block: Any, processor_class: type, gelu_class: type) -> bool:
+    """Whether a fused block has the layout :data:`RESIDUAL_STEP` computes: its self-attention runs
+    fused, its cross-attention is diffusers' text-only one, its feed-forward is (GELU, dropout,
+    linear with bias)."""
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
     net: Any = getattr(block.ffn, "net", ())
     return (
         isinstance(block.attn1.processor, processor_class)
+        and type(block.attn2.processor) is WanAttnProcessor
+        and block.attn2.add_k_proj is None
         and len(net) == 3
         and isinstance(net[0], gelu_class)
         and isinstance(net[1], torch.nn.Dropout)
@@ -522,15 +572,15 @@ def _takes_gated_residual(block: Any, processor_class: type, gelu_class: type) -
 
 def bypassed_linears(expert: torch.nn.Module) -> list[str]:
     """Names of the ``nn.Linear`` modules whose weights the fused steps read without calling the
-    module (its hooks do not run): the GELU projections, and with :data:`GATED_RESIDUAL_STEP` the
-    blocks' self-attention output and feed-forward down projections."""
+    module (its hooks do not run): the GELU projections, and with :data:`RESIDUAL_STEP` the blocks'
+    output projections of both attentions and the feed-forward."""
     gelu_class, block_class = _fused_gelu_class(), _fused_block_class()
     names = []
     for name, module in expert.named_modules():
         if isinstance(module, gelu_class):
             names.append(f"{name}.proj")
-        elif isinstance(module, block_class) and getattr(module, "gated_residual_epilogue", False):
-            names += [f"{name}.attn1.to_out.0", f"{name}.ffn.net.2"]
+        elif isinstance(module, block_class) and getattr(module, "residual_epilogue", False):
+            names += [f"{name}.attn1.to_out.0", f"{name}.attn2.to_out.0", f"{name}.ffn.net.2"]
     return names
 
 
@@ -541,14 +591,15 @@ def unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
-def fuse_elementwise(expert: torch.nn.Module, gated_residual_epilogue: bool = False) -> int:
+def fuse_elementwise(expert: torch.nn.Module, residual_epilogue: bool = False) -> int:
     """Applies the fusions (:data:`STEPS`) to every block of ``expert`` in place (again: no change).
 
     Weights and state dict stay as they are. Only tanh-GELU projections (with their bias),
     RMS-normed self-attentions with diffusers' processor and Wan blocks with affine-free first
     and third norms are changed; a processor's attention backend and parallel configuration are
-    kept. ``gated_residual_epilogue`` adds :data:`GATED_RESIDUAL_STEP` to the blocks whose
-    self-attention runs fused and whose feed-forward is (GELU, dropout, linear with bias).
+    kept. ``residual_epilogue`` adds :data:`RESIDUAL_STEP` to the blocks of that layout
+    (self-attention fused, text-only cross-attention, feed-forward of GELU, dropout and a linear
+    with bias).
 
     Returns:
         How many modules run fused: blocks, GELU projections and self-attentions.
@@ -556,13 +607,13 @@ def fuse_elementwise(expert: torch.nn.Module, gated_residual_epilogue: bool = Fa
     Raises:
         ValueError: an expert with none of the Wan modules these fusions apply to.
         RuntimeUnavailableError: the kernels cannot run where the expert is (Triton missing;
-            cuBLASLt's gated-residual product, where asked for).
+            cuBLASLt's residual product, where asked for).
     """
     from diffusers.models.activations import GELU
 
     device = next(expert.parameters(), torch.empty(0)).device
     reason = unavailable_reason(device)
-    if reason is None and gated_residual_epilogue and device.type == "cuda":
+    if reason is None and residual_epilogue and device.type == "cuda":
         from ditproof.models import cublaslt
 
         reason = cublaslt.unavailable_reason()
@@ -604,10 +655,10 @@ def fuse_elementwise(expert: torch.nn.Module, gated_residual_epilogue: bool = Fa
         )
     if fused == 0:
         raise ValueError("fuse_elementwise: no tanh-GELU projection or RMS-normed Wan self-attention found")
-    if gated_residual_epilogue:
+    if residual_epilogue:
         for block in expert.modules():
-            if type(block) is block_class and _takes_gated_residual(block, processor_class, gelu_class):
-                setattr(block, "gated_residual_epilogue", True)  # noqa: B010 - an instance attribute
+            if type(block) is block_class and _takes_residual_epilogue(block, processor_class, gelu_class):
+                setattr(block, "residual_epilogue", True)  # noqa: B010 - an instance attribute
     repeated = tuple(getattr(expert, "_repeated_blocks", ()) or ())
     if repeated and block_class.__name__ not in repeated:
         # diffusers' regional compilation finds the blocks by class name.
