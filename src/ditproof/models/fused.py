@@ -394,11 +394,21 @@ def cross_attend(attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: 
     """A text cross-attention's output before its output projection, (batch, tokens, dim): the
     steps of diffusers' Wan processor for it (projections, query and key norms, its attention
     backend), which the processor then hands to ``to_out``."""
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
     from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
     query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
     query, key = attn.norm_q(query), attn.norm_k(key)
+    # As diffusers' processor: a cross-attention is not split by context parallelism.
+    return _attend_heads(attn, query, key, value, attn.processor._attention_backend, None)
+
+
+def _attend_heads(
+    attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, backend: Any, parallel_config: Any
+) -> torch.Tensor:
+    """diffusers' attention dispatch over ``attn``'s heads of (batch, tokens, dim) projections,
+    without a mask; (batch, tokens, dim) out, in the query's dtype."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
     out = dispatch_attention_fn(
         query.unflatten(2, (attn.heads, -1)),
         key.unflatten(2, (attn.heads, -1)),
@@ -406,8 +416,8 @@ def cross_attend(attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: 
         attn_mask=None,
         dropout_p=0.0,
         is_causal=False,
-        backend=attn.processor._attention_backend,
-        parallel_config=None,  # as diffusers' processor: cross-attention is not split
+        backend=backend,
+        parallel_config=parallel_config,
     )
     return out.flatten(2, 3).type_as(query)
 
@@ -480,7 +490,6 @@ def _fused_block_class() -> type:
 @functools.cache
 def _fused_attention_processor() -> type:
     """diffusers' Wan attention processor with the query/key norm and rotary step fused."""
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
     class FusedNormRopeProcessor(WanAttnProcessor):
@@ -517,17 +526,7 @@ def _fused_attention_processor() -> type:
             cos, sin = rotary_emb
             query = rms_norm_rope(query, attn.norm_q.weight, _eps(attn.norm_q, query), cos, sin, attn.heads)
             key = rms_norm_rope(key, attn.norm_k.weight, _eps(attn.norm_k, key), cos, sin, attn.heads)
-            out = dispatch_attention_fn(
-                query.unflatten(2, (attn.heads, -1)),
-                key.unflatten(2, (attn.heads, -1)),
-                value.unflatten(2, (attn.heads, -1)),
-                attn_mask=None,
-                dropout_p=0.0,
-                is_causal=False,
-                backend=self._attention_backend,
-                parallel_config=self._parallel_config,
-            )
-            return out.flatten(2, 3).type_as(query)
+            return _attend_heads(attn, query, key, value, self._attention_backend, self._parallel_config)
 
     return FusedNormRopeProcessor
 
