@@ -352,3 +352,20 @@ def test_linears_the_fused_steps_read_directly_are_named_and_weight_swapping_ref
         pass
     plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
     assert bypassed_linears(plain) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (cuBLASLt)")
+def test_linear_residual_on_cuda_is_the_reference_within_a_rounding_step():
+    from ditproof.models.fused import linear_residual, linear_residual_reference
+
+    generator = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 256, 128, generator=generator).bfloat16()
+    weight = (torch.randn(192, 128, generator=generator) / 128**0.5).bfloat16()
+    bias = torch.randn(192, generator=generator).bfloat16()
+    residual = (4 * torch.randn(2, 256, 192, generator=generator)).bfloat16()
+    for gate in (torch.randn(2, 1, 192, generator=generator), None):
+        expected = linear_residual_reference(x, weight, bias, residual, gate).float()
+        on_gpu = [t.cuda() if t is not None else None for t in (x, weight, bias, residual, gate)]
+        got = linear_residual(*on_gpu).cpu().float()
+        # The product's sum order differs from the CPU's: at most one bfloat16 step apart.
+        assert ((got - expected).abs() <= 2**-7 * expected.abs() + 1e-3).all(), gate is None
