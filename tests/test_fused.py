@@ -291,16 +291,22 @@ def test_residual_epilogue_blocks_stay_close_to_the_unfused_ones_eager_and_compi
     assert not any(block.residual_epilogue for block in plain_fused.blocks)
 
 
+def _product_inputs(seed: int, tokens: int, k: int, n: int) -> tuple[torch.Tensor, ...]:
+    """x, weight, bias, residual in bfloat16 (batch 2) and a float32 gate, for the residual product."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, tokens, k, generator=generator).bfloat16()
+    weight = (torch.randn(n, k, generator=generator) / k**0.5).bfloat16()
+    bias = torch.randn(n, generator=generator).bfloat16()
+    residual = (4 * torch.randn(2, tokens, n, generator=generator)).bfloat16()
+    return x, weight, bias, residual, torch.randn(2, 1, n, generator=generator)
+
+
 def test_linear_residual_rounds_once_with_and_without_a_gate():
     from ditproof.models.fused import linear_residual, linear_residual_reference
 
-    generator = torch.Generator().manual_seed(8)
-    x = torch.randn(2, 24, 32, generator=generator).bfloat16()
-    weight = (torch.randn(48, 32, generator=generator) / 32**0.5).bfloat16()
-    bias = torch.randn(48, generator=generator).bfloat16()
-    residual = (4 * torch.randn(2, 24, 48, generator=generator)).bfloat16()
+    x, weight, bias, residual, gated = _product_inputs(8, 24, 32, 48)
     product = x.double() @ weight.double().T + bias.double()
-    for gate in (torch.randn(2, 1, 48, generator=generator), None):
+    for gate in (gated, None):
         got = linear_residual(x, weight, bias, residual, gate)
         assert got.dtype == torch.bfloat16 and got.shape == residual.shape
         assert got.equal(linear_residual_reference(x, weight, bias, residual, gate))
@@ -358,12 +364,8 @@ def test_linears_the_fused_steps_read_directly_are_named_and_weight_swapping_ref
 def test_linear_residual_on_cuda_is_the_reference_within_a_rounding_step():
     from ditproof.models.fused import linear_residual, linear_residual_reference
 
-    generator = torch.Generator().manual_seed(9)
-    x = torch.randn(2, 256, 128, generator=generator).bfloat16()
-    weight = (torch.randn(192, 128, generator=generator) / 128**0.5).bfloat16()
-    bias = torch.randn(192, generator=generator).bfloat16()
-    residual = (4 * torch.randn(2, 256, 192, generator=generator)).bfloat16()
-    for gate in (torch.randn(2, 1, 192, generator=generator), None):
+    x, weight, bias, residual, gated = _product_inputs(9, 256, 128, 192)
+    for gate in (gated, None):
         expected = linear_residual_reference(x, weight, bias, residual, gate).float()
         on_gpu = [t.cuda() if t is not None else None for t in (x, weight, bias, residual, gate)]
         got = linear_residual(*on_gpu).cpu().float()
