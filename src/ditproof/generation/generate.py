@@ -287,6 +287,7 @@ def generate(
     )
 
 
+@torch.inference_mode()
 def decode_frames(pipe: Any, latents: torch.Tensor) -> np.ndarray:
     """The final latent through the VAE (un-normalized as WanPipeline does) to uint8 frames."""
     vae = pipe.vae

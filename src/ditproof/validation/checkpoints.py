@@ -29,8 +29,6 @@ import secrets
 from pathlib import Path
 from typing import Literal, Unpack
 
-import torch
-
 from ditproof.errors import IntegrityError
 from ditproof.generation.generate import decode_frames
 from ditproof.hashing import sha256_bytes
@@ -88,7 +86,6 @@ def choose_spot_segments(record: InferenceRecord, validator_entropy: str, k: int
     return spot_check_segments(record.sha256(), validator_entropy, len(trajectory_steps(record)) - 1, k)
 
 
-@torch.inference_mode()
 def validate_checkpoints(
     record: InferenceRecord,
     video: bytes | str | Path,
