@@ -194,8 +194,16 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def _aligned(tensor: torch.Tensor) -> bool:
+def is_aligned(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` starts on an :data:`ALIGNMENT` boundary."""
     return tensor.data_ptr() % ALIGNMENT == 0
+
+
+def aligned(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` contiguous and aligned: itself where it is, else a copy (a view may start off
+    the boundary)."""
+    tensor = tensor.contiguous()
+    return tensor if is_aligned(tensor) else tensor.clone()
 
 
 def linear_residual(
@@ -239,7 +247,7 @@ def linear_residual(
     state = _state()  # off a CUDA build: says so
     if out is None:
         out = torch.empty((tokens, n), dtype=torch.bfloat16, device=x.device)
-    misaligned = [name for name, tensor in {**inputs, "out": out}.items() if not _aligned(tensor)]
+    misaligned = [name for name, tensor in {**inputs, "out": out}.items() if not is_aligned(tensor)]
     if misaligned:
         raise ValueError(f"linear_residual: {', '.join(misaligned)} must start {ALIGNMENT}-byte aligned")
     one = ctypes.c_float(1.0)

@@ -363,21 +363,16 @@ def linear_residual(
     (:mod:`ditproof.models.cublaslt` on CUDA; :func:`linear_residual_reference` elsewhere)."""
     if x.device.type != "cuda":
         return linear_residual_reference(x, weight, bias, residual, gate)
-    from ditproof.models import cublaslt
-
-    def aligned(t: torch.Tensor) -> torch.Tensor:  # a view may start off cuBLASLt's alignment
-        t = t.contiguous()
-        return t if t.data_ptr() % cublaslt.ALIGNMENT == 0 else t.clone()
+    from ditproof.models.cublaslt import aligned, is_aligned
+    from ditproof.models.cublaslt import linear_residual as product
 
     out = torch.empty(residual.shape, dtype=residual.dtype, device=residual.device)
     gates = None if gate is None else gate.float().expand(x.shape[0], 1, weight.shape[0])
     for b in range(x.shape[0]):  # the alpha vector is per sample
         row = None if gates is None else aligned(gates[b, 0])
         sample_bias = bias if row is None else (row * bias.float()).to(bias.dtype)
-        target = out[b] if out[b].data_ptr() % cublaslt.ALIGNMENT == 0 else None
-        result = cublaslt.linear_residual(
-            aligned(x[b]), weight, aligned(sample_bias), aligned(residual[b]), row, target
-        )
+        target = out[b] if is_aligned(out[b]) else None
+        result = product(aligned(x[b]), weight, aligned(sample_bias), aligned(residual[b]), row, target)
         if target is None:
             out[b].copy_(result)
     return out
@@ -450,7 +445,7 @@ def _fused_block_class() -> type:
             normed = layer_norm_modulate(hidden_states, scale, shift, self.norm1.eps)
             if self.residual_epilogue:
                 return self._forward_residual_epilogue(
-                    hidden_states, normed, encoder_hidden_states, rotary_emb, gate, c_shift, c_scale, c_gate
+                    hidden_states, normed, encoder_hidden_states, rotary_emb, (gate, c_shift, c_scale, c_gate)
                 )
             attn_output = self.attn1(normed, None, None, rotary_emb)
             hidden_states = (hidden_states.float() + attn_output * gate).type_as(hidden_states)
@@ -468,12 +463,11 @@ def _fused_block_class() -> type:
             normed: torch.Tensor,
             encoder_hidden_states: torch.Tensor,
             rotary_emb: torch.Tensor,
-            gate: torch.Tensor,
-            c_shift: torch.Tensor,
-            c_scale: torch.Tensor,
-            c_gate: torch.Tensor,
+            modulation: tuple[torch.Tensor, ...],
         ) -> torch.Tensor:
-            """The rest of the block after the first norm, with :data:`RESIDUAL_STEP`."""
+            """The rest of the block after the first norm, with :data:`RESIDUAL_STEP`;
+            ``modulation``: the gate and the cross-attention's shift, scale and gate chunks."""
+            gate, c_shift, c_scale, c_gate = modulation
             attn1, attn2, (up, dropout, down) = self.attn1, self.attn2, self.ffn.net
             attended = attn1.processor.attend(attn1, normed, rotary_emb)
             out1, out2 = attn1.to_out[0], attn2.to_out[0]
