@@ -54,6 +54,19 @@ def gpu_state() -> dict[str, float] | None:
     return dict(zip(("temperature_c", "sm_clock_mhz", "power_w"), values, strict=True))
 
 
+def kernel_names(fn: Callable[[], Any]) -> list[str]:
+    """The CUDA kernels one call of ``fn`` launches, in order (after one unprofiled call)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name[:120] for e in prof.events() if e.device_type.name == "CUDA"]
+
+
 def write_result(path: str | Path, data: dict[str, Any]) -> None:
     """Writes a result JSON (sorted keys, indented) and makes its folder."""
     target = Path(path)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, write_result
+from common import device_info, kernel_names, write_result
 from ditproof.models import cublaslt
 from ditproof.models.cublaslt import Algo, HeuristicResult, check
 
@@ -236,15 +236,6 @@ def _residual_steps(product: torch.Tensor, residual: torch.Tensor, gate: torch.T
 _residual_pass = torch.compile(_residual_steps, fullgraph=True, dynamic=False, options={"deterministic": True})
 
 
-def kernel_name(fn: Any) -> str:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return "; ".join(e.name[:100] for e in prof.events() if e.device_type.name == "CUDA")
-
-
 def interleaved_seconds(calls: dict[Any, Any], rounds: int, per_sample: int = 4) -> dict[Any, float]:
     """Median seconds of each call, timed in rounds that rotate their order.
 
@@ -290,7 +281,7 @@ def main() -> None:
         calls: dict[Any, Any] = {"torch": product.torch_call}
         described: dict[Any, dict[str, Any]] = {
             "torch": {
-                "kernel": kernel_name(product.torch_call),
+                "kernel": "; ".join(kernel_names(product.torch_call)),
                 "max_diff_to_reference": float((torch_out.float() - reference.float()).abs().max()),
             }
         }
@@ -312,7 +303,7 @@ def main() -> None:
             else:
                 calls["ditproof op"] = op
                 described["ditproof op"] = {
-                    "kernel": kernel_name(op),
+                    "kernel": "; ".join(kernel_names(op)),
                     "max_diff_to_reference": float((op_out.float() - reference.float()).abs().max()),
                 }
         try:
@@ -336,7 +327,7 @@ def main() -> None:
                 "waves": float(result.waves_count),
                 "equal_to_torch": bool(torch.equal(product.out, torch_out)),
                 "max_diff_to_reference": float((product.out.float() - reference.float()).abs().max()),
-                "kernel": kernel_name(run),
+                "kernel": "; ".join(kernel_names(run)),
                 "algo_words": [int(word) for word in result.algo.data],
             }
         for label, seconds in interleaved_seconds(calls, args.rounds).items():

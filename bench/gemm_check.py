@@ -15,9 +15,8 @@ bf16): median seconds and TFLOP/s of
 Each row also gives the largest difference to ``linear+bias`` (0: the same kernel numerics) and
 the names of the kernels the variant launched (one profiled call). ``ffn-pair`` runs the block's
 feed-forward as it runs there, the up-projection with its GELU epilogue then the down-projection
-on its output, timed as one; its row gives the pair's seconds beside the two products' alone (in
-the forward the down-projection ran ≈ 10% slower than alone; this shows whether running it right
-after the up-projection is the cause).
+on its output, timed as one; its row gives the pair's seconds beside the two products' alone
+(whether running one right after the other slows it).
 ``CUBLASLT_WORKSPACE_SIZE`` (KiB, read by PyTorch at its first cuBLASLt call) can be set outside
 to see whether a larger workspace lets cuBLASLt pick faster kernels.
 
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, timed, write_result
+from common import device_info, kernel_names, timed, write_result
 
 TOKENS = 32760
 PRODUCTS = {"qkv": (5120, 15360), "out": (5120, 5120), "ffn-up": (5120, 13824), "ffn-down": (13824, 5120)}
@@ -61,18 +60,6 @@ def products(
         variants["gelu epilogue"] = lambda: linear_gelu_tanh(x, w, b)
         variants["gelu epilogue col-major W"] = lambda: linear_gelu_tanh(x, w_col, b)
     return variants
-
-
-def kernel_names(fn: Callable[[], torch.Tensor]) -> list[str]:
-    """The CUDA kernels one call of ``fn`` launches, in order."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return [e.name[:120] for e in prof.events() if e.device_type.name == "CUDA"]
 
 
 def ffn_pair_row(repeats: int, g: torch.Generator) -> dict[str, Any]:
