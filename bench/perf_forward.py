@@ -9,9 +9,7 @@ modulation kernels, as in session 5), regional ``torch.compile`` of the repeated
 (``+compile``; ``+autotune`` compiles with ``mode="max-autotune-no-cudagraphs"``), a batch of
 two (``+cfg2``: CFG's two passes in one forward; seconds are per sample), CFG's two passes one
 after the other (``+pair``) or on two CUDA streams (``+streams``; seconds per pass, outputs
-checked equal to ``+pair``'s), and with ``+ew+re`` the residual adds in the output
-projections' epilogue (``fuse_elementwise``'s ``residual_epilogue``; a variant without ``re``
-turns it off again). Also checks, per variant, that two forwards on the same inputs
+checked equal to ``+pair``'s). Also checks, per variant, that two forwards on the same inputs
 are bitwise identical (determinism of the kept options). ``--profile VARIANT`` ends with one
 profiled forward of that variant (the last size) and records where its GPU time goes: matrix
 products, attention, the rest.
@@ -26,6 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -181,10 +180,7 @@ def main() -> None:
                     fuse_projections(fresh)
                     fresh._ditproof_fused = True
                 if "ew" in flags or "ew5" in flags:
-                    fuse_elementwise(fresh, residual_epilogue="re" in flags)
-                    for block in fresh.blocks:  # type: ignore[union-attr]
-                        if "re" not in flags and getattr(block, "residual_epilogue", False):
-                            block.residual_epilogue = False  # a later variant without it
+                    fuse_elementwise(fresh)
                 if "ew5" in flags:  # session 5's fused steps: the blocks' norms as diffusers runs them
                     unfuse_blocks(fresh)
                 mode = "max-autotune-no-cudagraphs" if "autotune" in flags else "default"
@@ -197,7 +193,6 @@ def main() -> None:
                     "ew" in flags,
                     "ew5" in flags,
                     "fused" in flags,
-                    "re" in flags,
                 )
                 if ("compile" in flags or "autotune" in flags) and getattr(
                     fresh, "_ditproof_compiled", None
@@ -238,6 +233,14 @@ def main() -> None:
         for profiled in result["profiles"]:
             for row in profiled["categories"]:
                 print(f"profile {profiled['variant']}: {row['category']:<10}{row['gpu_s']:>9.3f} s{row['share']:>7.1%}")
+            idle = profiled["idle"]
+            print(
+                f"profile {profiled['variant']}: GPU idle {idle['idle_s'] * 1e3:.2f} ms of {idle['span_s'] * 1e3:.1f} ms"
+            )
+            for gap in idle["longest_gaps"]:
+                print(f"  gap {gap['ms']:7.3f} ms after {gap['after'][:50]} before {gap['before'][:50]}")
+            for call in profiled["synchronizing_calls"]:
+                print(f"  synchronizes: {call}")
             for kernel in profiled["top_kernels"]:
                 launcher = kernel["launched_by"][0] if kernel["launched_by"] else ""
                 print(
@@ -309,6 +312,7 @@ def profile_forward(expert: torch.nn.Module, batch: dict[str, torch.Tensor], var
             for kernel in event.kernels:
                 launchers.setdefault(kernel.name, Counter())[" < ".join(chain)] += 1
     total = sum(kernels.values()) or 1.0
+    idle = device_idle([e for e in prof.events() if e.device_type.name == "CUDA"])
     categories: dict[str, float] = {}
     for name, seconds in kernels.items():
         categories[kernel_category(name)] = categories.get(kernel_category(name), 0.0) + seconds
@@ -316,6 +320,8 @@ def profile_forward(expert: torch.nn.Module, batch: dict[str, torch.Tensor], var
     return {
         "variant": variant,
         "gpu_s": total,
+        "idle": idle,
+        "synchronizing_calls": synchronizing_calls(expert, args),
         "categories": [
             {"category": c, "gpu_s": v, "share": v / total}
             for c, v in sorted(categories.items(), key=lambda kv: -kv[1])
@@ -331,6 +337,48 @@ def profile_forward(expert: torch.nn.Module, batch: dict[str, torch.Tensor], var
             for n, v in top
         ],
     }
+
+
+def device_idle(kernels: list[Any]) -> dict[str, object]:
+    """How long the GPU sat without a kernel between the profiled forward's first kernel and its
+    last, and the longest such gaps with the kernels on either side (a gap means the host was
+    late: a synchronization, or launches slower than the kernels)."""
+    spans = sorted((k.time_range.start, k.time_range.end, k.name) for k in kernels)
+    if not spans:
+        return {"span_s": 0.0, "idle_s": 0.0, "longest_gaps": []}
+    gaps, reach, before = [], spans[0][1], spans[0][2]
+    for start, end, name in spans[1:]:
+        if start > reach:
+            gaps.append((start - reach, before, name))
+        if end > reach:
+            reach, before = end, name
+    gaps.sort(key=lambda gap: -gap[0])
+    return {
+        "span_s": (reach - spans[0][0]) / 1e6,
+        "idle_s": sum(gap for gap, _, _ in gaps) / 1e6,
+        "gaps": len(gaps),
+        "longest_gaps": [
+            {"ms": gap / 1e3, "after": after[:100], "before": name[:100]} for gap, after, name in gaps[:12]
+        ],
+    }
+
+
+def synchronizing_calls(expert: torch.nn.Module, args: dict[str, torch.Tensor]) -> list[str]:
+    """Where one forward makes PyTorch wait for the GPU (PyTorch's sync debug mode; a library that
+    synchronizes inside its own C code is not seen here, only as idle time in the profile)."""
+    import warnings
+
+    with torch.inference_mode(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            expert(**args, return_dict=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+    return sorted(
+        {f"{w.filename}:{w.lineno}: {str(w.message)[:120]}" for w in caught if "prototype" not in str(w.message)}
+    )
 
 
 def forward_flops(config: dict[str, object], tokens: int, text_tokens: int = 512) -> float:
