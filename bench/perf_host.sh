@@ -6,7 +6,7 @@
 #   bench/perf_host.sh forward  OUT   # bench/perf_forward.py: 480p and 720p, profiles, two processes
 #   bench/perf_host.sh gemm     OUT   # bench/gemm_check.py: the block's matrix products, their kernels
 #   bench/perf_host.sh algos    OUT   # bench/cublaslt_algos.py: cuBLASLt's candidates, the residual epilogue
-#   bench/perf_host.sh residual OUT   # the residual epilogue: its products alone, then 480p forwards with and without
+#   bench/perf_host.sh gaps     OUT   # bench/generation_gaps.py: forwards inside a generation vs back to back
 #   bench/perf_host.sh pipeline OUT   # bench/perf_pipeline.py: defaults vs best, the issue's table
 #
 # Packages: the wheels of diffusers and its needs unpacked under SITE (default .fa4site/lite or
@@ -15,7 +15,7 @@
 # FlashAttention-3 build (e.g. the fa3-fwd wheel unzipped) under FA3 (default .fa3site), optional.
 # Each process gets its own empty Inductor cache: an executor and a validator compile apart.
 set -euo pipefail
-mode=${1:?kernels, fused, gemm, algos, residual, forward or pipeline}
+mode=${1:?kernels, fused, gemm, algos, gaps, forward or pipeline}
 out=${2:?output folder}
 fa4=${FA4:-$PWD/.fa4site}
 fa3=${FA3:-$PWD/.fa3site}
@@ -39,12 +39,8 @@ gemm)
 algos)
     fresh_cache python3 bench/cublaslt_algos.py --out "$out/cublaslt_algos.json" ${PRODUCTS:+--products "$PRODUCTS"}
     ;;
-residual)
-    fresh_cache python3 bench/cublaslt_algos.py --out "$out/cublaslt_residual.json" \
-        --products out,out+gate,out+residual,ffn-down,ffn-down+gate
-    kept=flash-attn-3+fused+ew+compile+det
-    fresh_cache python3 bench/perf_forward.py --out "$out/forward_residual.json" --layers "${LAYERS:-10}" \
-        --repeats 3 --sizes 480p --variants "$kept,$kept+re,$kept,$kept+re" --profile "$kept+re"
+gaps)
+    fresh_cache python3 bench/generation_gaps.py --out "$out/generation_gaps.json" --best-attention "${BEST_ATTENTION:-flash-attn-3}"
     ;;
 forward)
     # flash-attn-4-all: session 4's kept kernel (FlashAttention-4 for the cross-attention too).
@@ -63,7 +59,7 @@ pipeline)
         --best-attention "${BEST_ATTENTION:-sdpa-cudnn}" --pause "${PAUSE:-40}" ${RUNS:+--runs "$RUNS"}
     ;;
 *)
-    echo "mode: got $mode; allowed: kernels, fused, gemm, algos, residual, forward, pipeline" >&2
+    echo "mode: got $mode; allowed: kernels, fused, gemm, algos, gaps, forward, pipeline" >&2
     exit 2
     ;;
 esac

@@ -37,11 +37,6 @@ STEPS = "gelu-epilogue,norm-rope,norm-modulate"
 """The steps ``fuse_elementwise`` fuses, as the runtime fingerprint records them: a release that
 fuses other steps computes other low bits, so it must be another runtime class."""
 
-RESIDUAL_STEP = "residual-epilogue"
-"""The step ``fuse_elementwise(..., residual_epilogue=True)`` adds: the block's three residual
-adds (gated after the self-attention and the feed-forward) in the output projections' epilogue
-(:func:`linear_residual`). Measured in the benches only, not yet part of :data:`STEPS`."""
-
 ROTARY_PAIR = 2
 """Wan's rotary embedding rotates adjacent channel pairs (x[2i], x[2i+1]) of each head."""
 
@@ -341,82 +336,6 @@ def _layer_norm_kernel() -> Any:
     return layer_norm_modulate_kernel
 
 
-def linear_residual_reference(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, gate: torch.Tensor | None
-) -> torch.Tensor:
-    """``residual + gate * (x @ weight.T) + gate * bias`` (without ``gate``: ``residual + x @
-    weight.T + bias``), accumulated in float32, rounded once to ``residual``'s dtype; ``gate *
-    bias`` is rounded to the bias's dtype first, as the product's epilogue reads it. ``gate``:
-    float32 (batch, 1, out); the rest as the block has them."""
-    product = torch.nn.functional.linear(x.float(), weight.float())
-    if gate is None:
-        return (residual.float() + product + bias.float()).to(residual.dtype)
-    gated_bias = (gate * bias.float()).to(bias.dtype).float()
-    return (residual.float() + gate * product + gated_bias).to(residual.dtype)
-
-
-@torch.library.custom_op("ditproof::linear_residual", mutates_args=())
-def linear_residual(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, gate: torch.Tensor | None
-) -> torch.Tensor:
-    """The block's ``residual + gate * linear(x)`` (or ``residual + linear(x)``) as one product
-    (:mod:`ditproof.models.cublaslt` on CUDA; :func:`linear_residual_reference` elsewhere)."""
-    if x.device.type != "cuda":
-        return linear_residual_reference(x, weight, bias, residual, gate)
-    from ditproof.models.cublaslt import aligned, is_aligned
-    from ditproof.models.cublaslt import linear_residual as product
-
-    out = torch.empty(residual.shape, dtype=residual.dtype, device=residual.device)
-    gates = None if gate is None else gate.float().expand(x.shape[0], 1, weight.shape[0])
-    for b in range(x.shape[0]):  # the alpha vector is per sample
-        row = None if gates is None else aligned(gates[b, 0])
-        sample_bias = bias if row is None else (row * bias.float()).to(bias.dtype)
-        target = out[b] if is_aligned(out[b]) else None
-        result = product(aligned(x[b]), weight, aligned(sample_bias), aligned(residual[b]), row, target)
-        if target is None:
-            out[b].copy_(result)
-    return out
-
-
-@linear_residual.register_fake
-def _linear_residual_shape(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, residual: torch.Tensor, gate: torch.Tensor | None
-) -> torch.Tensor:
-    return torch.empty(residual.shape, dtype=residual.dtype, device=residual.device)
-
-
-def cross_attend(attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-    """A text cross-attention's output before its output projection, (batch, tokens, dim): the
-    steps of diffusers' Wan processor for it (projections, query and key norms, its attention
-    backend), which the processor then hands to ``to_out``."""
-    from diffusers.models.transformers.transformer_wan import _get_qkv_projections
-
-    query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-    query, key = attn.norm_q(query), attn.norm_k(key)
-    # As diffusers' processor: a cross-attention is not split by context parallelism.
-    return _attend_heads(attn, query, key, value, attn.processor._attention_backend, None)
-
-
-def _attend_heads(
-    attn: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, backend: Any, parallel_config: Any
-) -> torch.Tensor:
-    """diffusers' attention dispatch over ``attn``'s heads of (batch, tokens, dim) projections,
-    without a mask; (batch, tokens, dim) out, in the query's dtype."""
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-    out = dispatch_attention_fn(
-        query.unflatten(2, (attn.heads, -1)),
-        key.unflatten(2, (attn.heads, -1)),
-        value.unflatten(2, (attn.heads, -1)),
-        attn_mask=None,
-        dropout_p=0.0,
-        is_causal=False,
-        backend=backend,
-        parallel_config=parallel_config,
-    )
-    return out.flatten(2, 3).type_as(query)
-
-
 @functools.cache
 def _fused_block_class() -> type:
     """diffusers' Wan transformer block with its first and third norm (and their modulation) fused."""
@@ -426,11 +345,7 @@ def _fused_block_class() -> type:
         """The block's steps as diffusers' forward runs them, with two of its passes fused:
         the self-attention's norm + modulation, and the cross-attention's residual add with the
         feed-forward's norm + modulation (:func:`add_layer_norm_modulate`). Blocks with
-        per-token modulation (Wan2.2 TI2V-5B) run diffusers' forward. With
-        ``residual_epilogue`` set, the three output projections add the residual (gated after the
-        self-attention and the feed-forward) in their epilogue (:func:`linear_residual`)."""
-
-        residual_epilogue = False
+        per-token modulation (Wan2.2 TI2V-5B) run diffusers' forward."""
 
         def forward(
             self,
@@ -443,10 +358,6 @@ def _fused_block_class() -> type:
                 return super().forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
             shift, scale, gate, c_shift, c_scale, c_gate = (self.scale_shift_table + temb.float()).chunk(6, dim=1)
             normed = layer_norm_modulate(hidden_states, scale, shift, self.norm1.eps)
-            if self.residual_epilogue:
-                return self._forward_residual_epilogue(
-                    hidden_states, normed, encoder_hidden_states, rotary_emb, (gate, c_shift, c_scale, c_gate)
-                )
             attn_output = self.attn1(normed, None, None, rotary_emb)
             hidden_states = (hidden_states.float() + attn_output * gate).type_as(hidden_states)
             normed = self.norm2(hidden_states.float()).type_as(hidden_states)
@@ -457,33 +368,13 @@ def _fused_block_class() -> type:
             ff_output = self.ffn(normed)
             return (hidden_states.float() + ff_output.float() * c_gate).type_as(hidden_states)
 
-        def _forward_residual_epilogue(
-            self,
-            hidden_states: torch.Tensor,
-            normed: torch.Tensor,
-            encoder_hidden_states: torch.Tensor,
-            rotary_emb: torch.Tensor,
-            modulation: tuple[torch.Tensor, ...],
-        ) -> torch.Tensor:
-            """The rest of the block after the first norm, with :data:`RESIDUAL_STEP`;
-            ``modulation``: the gate and the cross-attention's shift, scale and gate chunks."""
-            gate, c_shift, c_scale, c_gate = modulation
-            attn1, attn2, (up, dropout, down) = self.attn1, self.attn2, self.ffn.net
-            attended = attn1.processor.attend(attn1, normed, rotary_emb)
-            out1, out2 = attn1.to_out[0], attn2.to_out[0]
-            hidden_states = linear_residual(attended, out1.weight, out1.bias, hidden_states, gate)
-            normed = self.norm2(hidden_states.float()).type_as(hidden_states)
-            attended = cross_attend(attn2, normed, encoder_hidden_states)
-            hidden_states = linear_residual(attended, out2.weight, out2.bias, hidden_states, None)
-            normed = layer_norm_modulate(hidden_states, c_scale, c_shift, self.norm3.eps)
-            return linear_residual(dropout(up(normed)), down.weight, down.bias, hidden_states, c_gate)
-
     return FusedWanBlock
 
 
 @functools.cache
 def _fused_attention_processor() -> type:
     """diffusers' Wan attention processor with the query/key norm and rotary step fused."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
     class FusedNormRopeProcessor(WanAttnProcessor):
@@ -507,12 +398,6 @@ def _fused_attention_processor() -> type:
                 or attn.add_k_proj is not None
             ):
                 return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)
-            return attn.to_out[1](attn.to_out[0](self.attend(attn, hidden_states, rotary_emb)))
-
-        def attend(
-            self, attn: Any, hidden_states: torch.Tensor, rotary_emb: tuple[torch.Tensor, torch.Tensor]
-        ) -> torch.Tensor:
-            """The self-attention's output before its output projection, (batch, tokens, dim)."""
             if getattr(attn, "fused_projections", False):
                 query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
             else:
@@ -520,7 +405,18 @@ def _fused_attention_processor() -> type:
             cos, sin = rotary_emb
             query = rms_norm_rope(query, attn.norm_q.weight, _eps(attn.norm_q, query), cos, sin, attn.heads)
             key = rms_norm_rope(key, attn.norm_k.weight, _eps(attn.norm_k, key), cos, sin, attn.heads)
-            return _attend_heads(attn, query, key, value, self._attention_backend, self._parallel_config)
+            out = dispatch_attention_fn(
+                query.unflatten(2, (attn.heads, -1)),
+                key.unflatten(2, (attn.heads, -1)),
+                value.unflatten(2, (attn.heads, -1)),
+                attn_mask=None,
+                dropout_p=0.0,
+                is_causal=False,
+                backend=self._attention_backend,
+                parallel_config=self._parallel_config,
+            )
+            out = out.flatten(2, 3).type_as(query)
+            return attn.to_out[1](attn.to_out[0](out))
 
     return FusedNormRopeProcessor
 
@@ -544,37 +440,11 @@ def _fused_gelu_class() -> type:
     return FusedGELU
 
 
-def _takes_residual_epilogue(block: Any, processor_class: type, gelu_class: type) -> bool:
-    """Whether a fused block has the layout :data:`RESIDUAL_STEP` computes: its self-attention runs
-    fused, its cross-attention is diffusers' text-only one, its feed-forward is (GELU, dropout,
-    linear with bias)."""
-    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
-
-    net: Any = getattr(block.ffn, "net", ())
-    return (
-        isinstance(block.attn1.processor, processor_class)
-        and type(block.attn2.processor) is WanAttnProcessor
-        and block.attn2.add_k_proj is None
-        and len(net) == 3
-        and isinstance(net[0], gelu_class)
-        and isinstance(net[1], torch.nn.Dropout)
-        and isinstance(net[2], torch.nn.Linear)
-        and net[2].bias is not None
-    )
-
-
 def bypassed_linears(expert: torch.nn.Module) -> list[str]:
     """Names of the ``nn.Linear`` modules whose weights the fused steps read without calling the
-    module (its hooks do not run): the GELU projections, and with :data:`RESIDUAL_STEP` the blocks'
-    output projections of both attentions and the feed-forward."""
-    gelu_class, block_class = _fused_gelu_class(), _fused_block_class()
-    names = []
-    for name, module in expert.named_modules():
-        if isinstance(module, gelu_class):
-            names.append(f"{name}.proj")
-        elif isinstance(module, block_class) and getattr(module, "residual_epilogue", False):
-            names += [f"{name}.attn1.to_out.0", f"{name}.attn2.to_out.0", f"{name}.ffn.net.2"]
-    return names
+    module (its hooks do not run): the GELU projections."""
+    gelu_class = _fused_gelu_class()
+    return [f"{name}.proj" for name, module in expert.named_modules() if isinstance(module, gelu_class)]
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -584,32 +454,25 @@ def unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
-def fuse_elementwise(expert: torch.nn.Module, residual_epilogue: bool = False) -> int:
+def fuse_elementwise(expert: torch.nn.Module) -> int:
     """Applies the fusions (:data:`STEPS`) to every block of ``expert`` in place (again: no change).
 
     Weights and state dict stay as they are. Only tanh-GELU projections (with their bias),
     RMS-normed self-attentions with diffusers' processor and Wan blocks with affine-free first
     and third norms are changed; a processor's attention backend and parallel configuration are
-    kept. ``residual_epilogue`` adds :data:`RESIDUAL_STEP` to the blocks of that layout
-    (self-attention fused, text-only cross-attention, feed-forward of GELU, dropout and a linear
-    with bias).
+    kept.
 
     Returns:
         How many modules run fused: blocks, GELU projections and self-attentions.
 
     Raises:
         ValueError: an expert with none of the Wan modules these fusions apply to.
-        RuntimeUnavailableError: the kernels cannot run where the expert is (Triton missing;
-            cuBLASLt's residual product, where asked for).
+        RuntimeUnavailableError: the kernels cannot run where the expert is (Triton missing).
     """
     from diffusers.models.activations import GELU
 
     device = next(expert.parameters(), torch.empty(0)).device
     reason = unavailable_reason(device)
-    if reason is None and residual_epilogue and device.type == "cuda":
-        from ditproof.models import cublaslt
-
-        reason = cublaslt.unavailable_reason()
     if reason is not None:
         raise RuntimeUnavailableError(f"fuse_elementwise: not available here: {reason}")
     from diffusers.models.normalization import FP32LayerNorm
@@ -648,10 +511,6 @@ def fuse_elementwise(expert: torch.nn.Module, residual_epilogue: bool = False) -
         )
     if fused == 0:
         raise ValueError("fuse_elementwise: no tanh-GELU projection or RMS-normed Wan self-attention found")
-    if residual_epilogue:
-        for block in expert.modules():
-            if type(block) is block_class and _takes_residual_epilogue(block, processor_class, gelu_class):
-                setattr(block, "residual_epilogue", True)  # noqa: B010 - an instance attribute
     repeated = tuple(getattr(expert, "_repeated_blocks", ()) or ())
     if repeated and block_class.__name__ not in repeated:
         # diffusers' regional compilation finds the blocks by class name.
