@@ -11,8 +11,9 @@ two (``+cfg2``: CFG's two passes in one forward; seconds are per sample), CFG's 
 after the other (``+pair``) or on two CUDA streams (``+streams``; seconds per pass, outputs
 checked equal to ``+pair``'s). Also checks, per variant, that two forwards on the same inputs
 are bitwise identical (determinism of the kept options). ``--profile VARIANT`` ends with one
-profiled forward of that variant (the last size) and records where its GPU time goes: matrix
-products, attention, the rest.
+profiled forward of that variant (the last size) and records where its GPU time goes (matrix
+products, attention, the rest), how long the GPU sat idle between kernels, and any call that
+made PyTorch wait for the GPU.
 
     PYTHONPATH=src python3 bench/perf_forward.py --out $OUT/perf_forward.json [--layers 40]
 """
@@ -340,12 +341,12 @@ def profile_forward(expert: torch.nn.Module, batch: dict[str, torch.Tensor], var
 
 
 def device_idle(kernels: list[Any]) -> dict[str, object]:
-    """How long the GPU sat without a kernel between the profiled forward's first kernel and its
-    last, and the longest such gaps with the kernels on either side (a gap means the host was
+    """How long the GPU sat without a kernel between the first of ``kernels`` (profiler events)
+    and the last, and the longest such gaps with the kernels on either side (a gap means the host was
     late: a synchronization, or launches slower than the kernels)."""
     spans = sorted((k.time_range.start, k.time_range.end, k.name) for k in kernels)
     if not spans:
-        return {"span_s": 0.0, "idle_s": 0.0, "longest_gaps": []}
+        return {"span_s": 0.0, "idle_s": 0.0, "gaps": 0, "longest_gaps": []}
     gaps, reach, before = [], spans[0][1], spans[0][2]
     for start, end, name in spans[1:]:
         if start > reach:
