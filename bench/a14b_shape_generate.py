@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, TypedDict
 
 import torch
 
@@ -30,6 +31,14 @@ from ditproof.randomness import derive_seed, initial_noise
 REQUEST_ID, ENTROPY = "bench-a14b-1", "c0ffee" * 10 + "0123"
 
 
+class Size(TypedDict, total=False):
+    """The request's size fields the smoke run sets (none: the request's 480p defaults)."""
+
+    width: int
+    height: int
+    num_frames: int
+
+
 def noise_hash_480p() -> str:
     seed = derive_seed(REQUEST_ID, ENTROPY)
     return sha256_tensor(initial_noise(seed, GenerationRequest(prompt="x").latent_shape()))
@@ -41,17 +50,19 @@ def tiny_cpu_vs_gpu(work: Path) -> dict[str, object]:
         prompt="a red circle moves left", width=64, height=48, num_frames=9, num_inference_steps=4
     )
     out: dict[str, object] = {}
+    noise: dict[str, str] = {}
     for device in ("cpu", "cuda"):
         options = RuntimeOptions(device=device)
         model = load_model("wan-tiny-random", options)
         record = execute(request, model, options, work / f"tiny-{device}", request_id="tiny-1", entropy=ENTROPY)
+        noise[device] = record.noise.sha256
         out[device] = {
             "noise_sha256": record.noise.sha256,
             "video_sha256": record.video.sha256,
             "final_latent": next(c.tensor_sha256 for c in record.checkpoints if c.name == "final"),
             "runtime_class": record.runtime_class,
         }
-    out["noise_equal"] = out["cpu"]["noise_sha256"] == out["cuda"]["noise_sha256"]  # type: ignore[index]
+    out["noise_equal"] = noise["cpu"] == noise["cuda"]
     return out
 
 
@@ -67,17 +78,21 @@ def main() -> None:
         return
     result: dict[str, object] = {"device": device_info()}
     local_noise = noise_hash_480p()
-    result["noise_480p"] = {
+    noise_480p = {
         "here": local_noise,
         "expected": args.expected_noise_sha256,
         "equal": args.expected_noise_sha256 in (None, local_noise),
     }
+    result["noise_480p"] = noise_480p
     work = Path(tempfile.mkdtemp())
+    size: Size
+    tiny: dict[str, object] | None = None
     if args.smoke:
         preset, options = "wan-tiny-random", RuntimeOptions()
         size = {"width": 64, "height": 48, "num_frames": 9}
     else:
-        result["tiny_cpu_vs_gpu"] = tiny_cpu_vs_gpu(work)
+        tiny = tiny_cpu_vs_gpu(work)
+        result["tiny_cpu_vs_gpu"] = tiny
         preset = "wan-a14b-shape"
         options = RuntimeOptions(device="cuda", dtype="bfloat16", vae_dtype="bfloat16", offload_text_encoder=True)
         size = {}
@@ -88,7 +103,7 @@ def main() -> None:
     result["build_s"] = time.perf_counter() - started
     result["model_revision"] = model.revision
 
-    runs = []
+    runs: list[dict[str, Any]] = []
     # Default boundary: both steps fall on the high-noise expert (t = 999, 923 with shift 12).
     # boundary_ratio 0.95: one step on each expert.
     plans = [("default-boundary", 0.875), ("boundary-0.95-a", 0.95), ("boundary-0.95-b", 0.95)]
@@ -132,18 +147,19 @@ def main() -> None:
 
     print(f"{'run':<20}{'high s/fwd':>12}{'low s/fwd':>12}{'text s':>9}{'vae s':>8}{'enc s':>8}{'peak GiB':>10}")
     for r in runs:
-        t = r["timings"]
+        timings = r["timings"]
         fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"  # noqa: E731
         print(
             f"{r['name']:<20}{fmt(r['high_s_per_forward']):>12}{fmt(r['low_s_per_forward']):>12}"
-            f"{t['text_encode_s']:>9.2f}{t['vae_decode_s']:>8.2f}{t['encode_s']:>8.2f}{fmt(r['peak_gib']):>10}"
+            f"{timings['text_encode_s']:>9.2f}{timings['vae_decode_s']:>8.2f}{timings['encode_s']:>8.2f}"
+            f"{fmt(r['peak_gib']):>10}"
         )
     print(
         f"build {result['build_s']:.1f} s; deterministic run to run: {result['deterministic']}; "
-        f"noise 480p here {local_noise[:16]} equal to expected: {result['noise_480p']['equal']}"
+        f"noise 480p here {local_noise[:16]} equal to expected: {noise_480p['equal']}"
     )
-    if "tiny_cpu_vs_gpu" in result:
-        print(f"tiny model CPU vs CUDA noise hash equal: {result['tiny_cpu_vs_gpu']['noise_equal']}")
+    if tiny is not None:
+        print(f"tiny model CPU vs CUDA noise hash equal: {tiny['noise_equal']}")
 
 
 if __name__ == "__main__":

@@ -26,11 +26,12 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result  # noqa: E402
-from ditproof.evaluation.adherence import summarize  # noqa: E402
+from ditproof.evaluation.adherence import AdherenceScore, summarize  # noqa: E402
 from ditproof.evaluation.heldout import Generated, heldout_prompts, run_ground_truth, run_model, score_record  # noqa: E402
 from ditproof.evaluation.sheet import contact_sheet  # noqa: E402
 from ditproof.hashing import atomic_write_bytes  # noqa: E402
@@ -73,8 +74,9 @@ def random_baseline(options: RuntimeOptions, size: str) -> LoadedModel:
     for module in (pipe.text_encoder, pipe.vae, pipe.transformer, pipe.transformer_2):
         module.eval().requires_grad_(False)
     pipe.to(options.device)
-    description = {"model": f"random-{size}", "seed": seed}
-    return LoadedModel(description["model"], pipe, state_revision(pipe, description), spec.text_max_length)
+    name = f"random-{size}"
+    description = {"model": name, "seed": seed}
+    return LoadedModel(name, pipe, state_revision(pipe, description), spec.text_max_length)
 
 
 def progress(label: str) -> Any:
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         summaries["random_weights"] = summarize([g.score for g in baseline])
 
     seconds = [g.seconds for g in generated]
+    per_generation = {"mean": sum(seconds) / len(seconds), "max": max(seconds), "min": min(seconds)}
     result = {
         "schema_version": "ditproof.shapes-eval/1",
         "device": device_info(),
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         "request": request,
         "prompts": len(prompts),
         "summary": summaries,
-        "seconds_per_generation": {"mean": sum(seconds) / len(seconds), "max": max(seconds), "min": min(seconds)},
+        "seconds_per_generation": per_generation,
         "results": {
             "model": [score_record(g) for g in generated],
             **({"random_weights": [score_record(g) for g in baseline]} if baseline else {}),
@@ -145,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         "script_seconds": round(time.perf_counter() - _STARTED, 1),
     }
     write_result(args.out, result)
-    rows = [(g.prompt, g.frames, g.score) for g in generated[:8]]
+    rows: list[tuple[str, np.ndarray, AdherenceScore | None]] = [(g.prompt, g.frames, g.score) for g in generated[:8]]
     sheet = contact_sheet(rows, columns=5, scale=1, title=f"{args.model}: first 8 held-out prompts")
     if args.sheet:
         atomic_write_bytes(args.sheet, sheet)
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{name:<16}{summary['color_accuracy']:>8.2f}{summary['direction_accuracy']:>11.2f}"
             f"{summary['shape_accuracy']:>8.2f}{summary['background_accuracy']:>12.2f}"
         )
-    print(f"seconds per generation: mean {result['seconds_per_generation']['mean']:.2f} on {args.device}")
+    print(f"seconds per generation: mean {per_generation['mean']:.2f} on {args.device}")
 
 
 if __name__ == "__main__":

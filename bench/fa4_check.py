@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,14 +96,14 @@ def main() -> None:
         kernels[f"fa4-128x{tile_n}"] = flash4_config(f"128x{tile_n}")
     for config in [c for c in args.configs.split(",") if c]:
         kernels[f"fa4-{config}"] = flash4_config(config)
+    rows: list[dict[str, Any]] = []
     result: dict[str, object] = {
         "device": device_info(),
         "flash_attn_4": f4.library_versions(),
         "unavailable": f4.unavailable_reason(torch.device("cuda")),
         "inductor_has_deterministic_mode": hasattr(torch._inductor.config, "deterministic"),
-        "rows": [],
+        "rows": rows,
     }
-    rows: list[dict[str, object]] = result["rows"]  # type: ignore[assignment]
     generator = torch.Generator("cuda").manual_seed(0)
     for shape in args.shapes.split(","):
         n_q, n_k = SHAPES[shape]
@@ -115,7 +117,7 @@ def main() -> None:
                 with torch.inference_mode():
                     first = fn(q, k, v)
                     second = fn(q, k, v)
-                    seconds = timed(lambda fn=fn, q=q, k=k, v=v: fn(q, k, v), args.repeats)
+                    seconds = timed(partial(fn, q, k, v), args.repeats)
             except Exception as exc:  # a kernel that does not run here is a result
                 rows.append({"shape": shape, "kernel": name, "error": f"{type(exc).__name__}: {exc}"[:400]})
                 print(rows[-1], flush=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,7 @@ def norm_rope_rows(repeats: int) -> list[dict[str, Any]]:
                 row(
                     "qk-norm-rope",
                     f"triton, {warps} warps",
-                    lambda warps=warps: launch_rms_norm_rope(query, norm.weight, 1e-6, cos, sin, HEADS, warps=warps),
+                    partial(launch_rms_norm_rope, query, norm.weight, 1e-6, cos, sin, HEADS, warps=warps),
                     reference,
                     repeats,
                     bytes=traffic,
@@ -220,7 +221,7 @@ def norm_modulate_rows(repeats: int) -> list[dict[str, Any]]:
         return launch_layer_norm_modulate(x, residual, c_scale, c_shift, 1e-6, warps=warps)[0]
 
     torch._dynamo.reset()
-    options = {"deterministic": True}
+    options: dict[str, str | int | bool | Callable[..., Any]] = {"deterministic": True}
     compiled_1 = torch.compile(diffusers_norm1, fullgraph=True, dynamic=False, options=options)
     compiled_3 = torch.compile(diffusers_add_norm3, fullgraph=True, dynamic=False, options=options)
     rows = []
@@ -236,7 +237,7 @@ def norm_modulate_rows(repeats: int) -> list[dict[str, Any]]:
             )
         )
         rows += [
-            row("norm-modulate", f"norm1 triton {w}w", lambda w=w: fused_1(w), reference_1, repeats, bytes=2 * element)
+            row("norm-modulate", f"norm1 triton {w}w", partial(fused_1, w), reference_1, repeats, bytes=2 * element)
             for w in (4, 8, 16)
         ]
         rows.append(
@@ -253,7 +254,7 @@ def norm_modulate_rows(repeats: int) -> list[dict[str, Any]]:
             row(
                 "norm-modulate",
                 f"add+norm3 triton {w}w",
-                lambda w=w: fused_3(w),
+                partial(fused_3, w),
                 reference_3,
                 repeats,
                 bytes=4 * element,

@@ -58,7 +58,7 @@ def main() -> None:
     from ditproof.metrics.registry import frame_values
 
     a, b = _video(args.frames, args.height, args.width, seed=1)
-    rows = []
+    rows: list[dict[str, str | float | None]] = []
     for metric in METRICS:
         try:
             frame_values(metric, a[: args.batch], b[: args.batch], device, args.batch)  # warm-up and load
@@ -103,8 +103,8 @@ def main() -> None:
         if "skipped" in row:
             print(f"{row['metric']:<12} skipped ({row['skipped']})")
         else:
-            peak = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.2f}"
-            print(f"{row['metric']:<12} {row['video_s']:>9.3f} {row['per_frame_ms']:>9.2f} {peak:>9}")
+            peak_text = "-" if row["peak_gib"] is None else f"{row['peak_gib']:.2f}"
+            print(f"{row['metric']:<12} {row['video_s']:>9.3f} {row['per_frame_ms']:>9.2f} {peak_text:>9}")
 
 
 if __name__ == "__main__":

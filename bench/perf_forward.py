@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -38,6 +38,18 @@ from ditproof.models.wan import A14B_TRANSFORMER, TINY_TRANSFORMER, _materialize
 from ditproof.randomness import cpu_normal
 
 SIZES = {"480p": (832, 480, 81), "720p": (1280, 720, 81)}
+
+
+class DiffusersExpert(Protocol):
+    """What this bench uses of diffusers' transformer beyond ``torch.nn.Module`` (mypy does not
+    follow diffusers), and the markers it sets on the expert."""
+
+    _ditproof_fused: bool
+    _ditproof_compiled: tuple[str, bool, str, bool, bool, bool]
+
+    def set_attention_backend(self, backend: str) -> None: ...
+
+    def compile_repeated_blocks(self, *, fullgraph: bool, dynamic: bool, **how: Any) -> None: ...
 
 
 def build_expert(device: str, config: dict[str, object]) -> torch.nn.Module:
@@ -73,7 +85,7 @@ def select_backend(expert: torch.nn.Module, backend: str) -> None:
         if backend != flash4.BACKEND:
             override_flash4(backend)
     else:
-        expert.set_attention_backend(backend)
+        cast(DiffusersExpert, expert).set_attention_backend(backend)
 
 
 def override_flash4(backend: str) -> None:
@@ -90,7 +102,9 @@ def override_flash4(backend: str) -> None:
     def with_tile(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         return flash4.flash_attn4_forward(q, k, v, scale, *tile)
 
-    def every_attention(q, k, v, softmax_scale=None, causal=False):  # type: ignore[no-untyped-def]
+    def every_attention(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_scale: float | None = None, causal: bool = False
+    ) -> torch.Tensor:
         return with_tile(q, k, v, float(softmax_scale or q.shape[-1] ** -0.5))
 
     kernel = every_attention if variant == "all" else flash4.slot_kernel(flash4.BACKEND, with_tile)
@@ -160,17 +174,18 @@ def main() -> None:
     args = parser.parse_args()
     device = "cuda"
     config = dict(TINY_TRANSFORMER if args.smoke else A14B_TRANSFORMER, num_layers=args.layers)
-    result: dict[str, object] = {"device": device_info(), "layers": args.layers, "rows": []}
-    rows: list[dict[str, object]] = result["rows"]  # type: ignore[assignment]
+    rows: list[dict[str, Any]] = []
+    result: dict[str, object] = {"device": device_info(), "layers": args.layers, "rows": rows}
     started = time.perf_counter()
     expert = build_expert(device, config)
     result["build_s"] = time.perf_counter() - started
     for size_name in args.sizes.split(","):
         size = SIZES[size_name] if not args.smoke else (64, 48, 5)
-        batch = inputs(size, int(config["text_dim"]), device)  # type: ignore[arg-type]
+        batch = inputs(size, int(config["text_dim"]), device)
         tokens = ((size[2] - 1) // 4 + 1) * (size[1] // 16) * (size[0] // 16)
         for variant in args.variants.split(","):
             fresh = expert
+            marked = cast(DiffusersExpert, fresh)
             note = ""
             # "backend[+fused][+compile]": fusing and compiling cannot be undone, so list such
             # variants last, in the order they should accumulate.
@@ -179,7 +194,7 @@ def main() -> None:
                 select_backend(fresh, backend)
                 if "fused" in flags and not getattr(fresh, "_ditproof_fused", False):
                     fuse_projections(fresh)
-                    fresh._ditproof_fused = True
+                    marked._ditproof_fused = True
                 if "ew" in flags or "ew5" in flags:
                     fuse_elementwise(fresh)
                 if "ew5" in flags:  # session 5's fused steps: the blocks' norms as diffusers runs them
@@ -201,8 +216,8 @@ def main() -> None:
                     torch._dynamo.reset()
                     # torch.compile takes a mode or an options dict, not both.
                     how = {"options": {"deterministic": True}} if "det" in flags else {"mode": mode}
-                    fresh.compile_repeated_blocks(fullgraph=True, dynamic=False, **how)
-                    fresh._ditproof_compiled = compiled
+                    marked.compile_repeated_blocks(fullgraph=True, dynamic=False, **how)
+                    marked._ditproof_compiled = compiled
                 compile_start = time.perf_counter()
                 samples = 2 if "cfg2" in flags else 1
                 pair = "streams" if "streams" in flags else "sequential" if "pair" in flags else None
@@ -230,8 +245,9 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     if args.profile:
-        result["profiles"] = [profile_forward(expert, batch, variant) for variant in args.profile.split(",")]
-        for profiled in result["profiles"]:
+        profiles = [profile_forward(expert, batch, variant) for variant in args.profile.split(",")]
+        result["profiles"] = profiles
+        for profiled in profiles:
             for row in profiled["categories"]:
                 print(f"profile {profiled['variant']}: {row['category']:<10}{row['gpu_s']:>9.3f} s{row['share']:>7.1%}")
             idle = profiled["idle"]
@@ -282,7 +298,7 @@ def unfuse_blocks(expert: torch.nn.Module) -> None:
         block.__class__ = WanTransformerBlock
 
 
-def profile_forward(expert: torch.nn.Module, batch: dict[str, torch.Tensor], variant: str) -> dict[str, object]:
+def profile_forward(expert: torch.nn.Module, batch: dict[str, torch.Tensor], variant: str) -> dict[str, Any]:
     """One profiled forward: GPU time per kernel, summed per category, and the top kernels with
     how often each ran and which operators launched it (the innermost one and two around it)."""
     from collections import Counter

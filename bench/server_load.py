@@ -187,7 +187,8 @@ def main() -> None:
         proc, url, log = start_server(Path(folder), args.max_queue)
         startup_s = time.monotonic() - started
         try:
-            recorder, jobs = Recorder(), []
+            recorder = Recorder()
+            jobs: list[str] = []
             deadline = time.monotonic() + args.duration
             threads = [
                 threading.Thread(target=client_loop, args=(i, url, deadline, recorder, jobs))

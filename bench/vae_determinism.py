@@ -73,7 +73,7 @@ def main() -> None:
         with torch.inference_mode():
             frames_u8 = decode_frames(_Pipe(vae), latent)
         torch.cuda.synchronize()
-        result = {"frames_sha256": sha256_bytes(frames_u8.tobytes()), "shape": list(frames_u8.shape)}
+        result: dict[str, object] = {"frames_sha256": sha256_bytes(frames_u8.tobytes()), "shape": list(frames_u8.shape)}
     except torch.OutOfMemoryError as exc:
         result = {"error": f"OutOfMemoryError: {str(exc)[:200]}"}
     seconds = time.perf_counter() - began

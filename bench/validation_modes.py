@@ -16,20 +16,26 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result
 from ditproof.generation.execute import execute
 from ditproof.models.registry import load_model
-from ditproof.protocol.options import CaptureOptions, RuntimeOptions
+from ditproof.protocol.options import CaptureOptions, DType, RuntimeOptions
 from ditproof.protocol.request import GenerationRequest
+from ditproof.protocol.verdict import Verdict
 from ditproof.validation import ThresholdPolicy, validate, validate_checkpoints, validate_spot_check
 
 ENTROPY = "be" * 32
 
+T = TypeVar("T")
 
-def timed(fn) -> tuple[float, float, object]:
+
+def timed(fn: Callable[[], T]) -> tuple[float, float, T]:
     """Wall seconds, process CPU seconds (steadier on a shared CPU) and the result of ``fn()``."""
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
@@ -53,7 +59,7 @@ def main() -> None:
     if args.smoke:
         args.preset, args.device, args.steps, args.checkpoint_every, args.repeats = "wan-tiny-random", "cpu", 8, 2, 1
 
-    dtype = "bfloat16" if args.preset == "wan-a14b-shape" else "float32"
+    dtype: DType = "bfloat16" if args.preset == "wan-a14b-shape" else "float32"
     steps = tuple(range(args.checkpoint_every, args.steps, args.checkpoint_every))
     options = RuntimeOptions(device=args.device, dtype=dtype, capture=CaptureOptions(checkpoint_steps=steps))
     request = GenerationRequest(
@@ -75,15 +81,15 @@ def main() -> None:
     # that re-encodes the same frames differently.
     policy = ThresholdPolicy(explicit={"psnr": 35.0, "latent_rel_l2_segment": 1e-3})
 
-    modes: dict[str, object] = {"full": lambda: validate(record, video, model, policy=policy)}
+    modes: dict[str, Callable[[], Verdict]] = {"full": lambda: validate(record, video, model, policy=policy)}
     modes["checkpoints"] = lambda: validate_checkpoints(record, video, model, policy=policy)
     for k in (int(x) for x in args.spot.split(",")):
         for i in range(args.repeats):
-            modes[f"spot-check k={k} #{i}"] = lambda k=k, i=i: validate_spot_check(
-                record, video, model, k, f"{i:032x}", policy=policy
+            modes[f"spot-check k={k} #{i}"] = partial(
+                validate_spot_check, record, video, model, k, f"{i:032x}", policy=policy
             )
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, fn in modes.items():
         runs = [timed(fn) for _ in range(1 if name.startswith("spot") else args.repeats)]
         verdict = runs[-1][2]

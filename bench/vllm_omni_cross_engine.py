@@ -135,7 +135,7 @@ def main() -> None:
                 for engine in ("diffusers", "vllm-omni"):
                     for _ in range(2):
                         t0 = time.perf_counter()
-                        runs[engine].append(generate(request, seed, model, RuntimeOptions(engine=engine)))  # type: ignore[arg-type]
+                        runs[engine].append(generate(request, seed, model, RuntimeOptions(engine=engine)))
                         seconds[engine] += time.perf_counter() - t0
                 pairs["diffusers_vs_vllm_omni"].append(compare(runs["diffusers"][0], runs["vllm-omni"][0], request.fps))
                 pairs["diffusers_repeat"].append(compare(runs["diffusers"][0], runs["diffusers"][1], request.fps))
