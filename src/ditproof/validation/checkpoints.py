@@ -319,11 +319,8 @@ def _check_video(
     if final_run is not None and final_run.result is not None and final_run.result.frames is not None:
         frames, latent, source = final_run.result.frames, final_run.result.capture.latents["final"][1], "re-run"
     else:
-        frames, latent, source = (
-            decode_frames(model.pipeline, last.end.point.latent),
-            last.end.point.latent,
-            "executor's",
-        )
+        latent, source = last.end.point.latent, "executor's"
+        frames = decode_frames(model.pipeline, latent)
     regenerated = encode_video(frames, record.request.fps, record.video.encoding)
     if checks.add(
         "exact_match",
