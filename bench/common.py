@@ -7,6 +7,7 @@ import json
 import platform
 import statistics
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -74,16 +75,27 @@ def write_result(path: str | Path, data: dict[str, Any]) -> None:
     target.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of ``fn`` on the GPU (CUDA events), after one warm-up call."""
-    fn()
-    torch.cuda.synchronize()
+def call_seconds(fn: Callable[[], object], repeats: int, cuda: bool = True) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn``, no warm-up: CUDA events around each call
+    (``cuda``), else the host clock."""
     times = []
     for _ in range(repeats):
+        if not cuda:
+            began = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - began)
+            continue
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1000)
-    return statistics.median(times)
+    return times
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``fn`` on the GPU (CUDA events), after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    return statistics.median(call_seconds(fn, repeats))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import device_info, gpu_state, write_result
+from common import call_seconds, device_info, gpu_state, write_result
 from ditproof.generation.generate import generate
 from ditproof.models.registry import load_model
 from perf_forward import device_idle, kernel_category
@@ -84,28 +84,6 @@ class CallProfiler:
         return {"gpu_s": classes, "idle": device_idle(kernels)}
 
 
-def replay(
-    module: torch.nn.Module, inputs: tuple[tuple[Any, ...], dict[str, Any]], repeats: int, cuda: bool
-) -> list[float]:
-    """``repeats`` back-to-back calls on the kept inputs, each timed (CUDA events, or the host clock)."""
-    args, kwargs = inputs
-    seconds = []
-    with torch.inference_mode():
-        for _ in range(repeats):
-            if cuda:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                module(*args, **kwargs)
-                end.record()
-                torch.cuda.synchronize()
-                seconds.append(start.elapsed_time(end) / 1e3)
-            else:
-                began = time.perf_counter()
-                module(*args, **kwargs)
-                seconds.append(time.perf_counter() - began)
-    return seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -133,7 +111,9 @@ def main() -> None:
     calls = timer.seconds()
     inside = profiled.summary()
     assert profiled.inputs is not None, inside
-    replays = replay(pipe.transformer, profiled.inputs, args.replays, cuda)
+    args_in, kwargs_in = profiled.inputs
+    with torch.inference_mode():
+        replays = call_seconds(partial(pipe.transformer, *args_in, **kwargs_in), args.replays, cuda)
     result = {
         "bench": "generation_gaps",
         "device": device_info(),
