@@ -8,8 +8,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from collections.abc import Callable
+from typing import Any
+
+from ditproof.generation.runtime import runtime_class
 from ditproof.models.registry import LoadedModel, load_model
 from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.request import GenerationRequest
 
 ENTROPY = "5e" * 32
@@ -28,3 +33,40 @@ def tiny_model(cpu_options: RuntimeOptions) -> LoadedModel:
 @pytest.fixture()
 def small_request() -> GenerationRequest:
     return GenerationRequest(prompt="a red circle moves left", width=64, height=48, num_frames=9, num_inference_steps=6)
+
+
+def declaring(record: InferenceRecord, options: dict[str, Any] | None = None, **runtime: Any) -> InferenceRecord:
+    """The record with other options and fingerprint fields and its runtime class recomputed: a
+    record that declares another class consistently (as a careful forger would)."""
+    fingerprint = record.runtime.model_copy(update=runtime)
+    return record.model_copy(
+        update={
+            "options": record.options.model_copy(update=options or {}),
+            "runtime": fingerprint,
+            "runtime_class": runtime_class(fingerprint),
+        }
+    )
+
+
+GPU_CLASS = {
+    "device_type": "cuda",
+    "compute_capability": "9.0",
+    "sm_count": 132,
+    "cudnn_version": 91900,
+    "cublas": "13.1.0.3",
+    "triton": "3.6.0",
+    "cpu_threads": None,
+}
+"""Fingerprint fields of an H100-class GPU run (with ``{"device": "cuda"}`` options)."""
+
+
+@pytest.fixture()
+def declare() -> Callable[..., InferenceRecord]:
+    """:func:`declaring`, for tests that forge a record of another class."""
+    return declaring
+
+
+@pytest.fixture()
+def gpu_class() -> dict[str, Any]:
+    """:data:`GPU_CLASS`."""
+    return dict(GPU_CLASS)

@@ -83,11 +83,13 @@ def test_fingerprints_follow_the_trajectory(tiny_model, small_request, cpu_optio
     assert a != b and len(a) == len(b) == small_request.num_inference_steps
 
 
-def test_extra_checkpoints_and_no_fingerprints(tiny_model, small_request, cpu_options, tmp_path):
-    options = cpu_options.model_copy(update={"capture": CaptureOptions(checkpoint_steps=(2, 4), jl_dim=0)})
+def test_extra_checkpoints_and_mandatory_fingerprints(tiny_model, small_request, cpu_options, tmp_path):
+    options = cpu_options.model_copy(update={"capture": CaptureOptions(checkpoint_steps=(2, 4), jl_dim=1)})
     record = execute(small_request, tiny_model, options, tmp_path, request_id="r-3", entropy=ENTROPY)
     assert {c.name: c.step for c in record.checkpoints}.keys() >= {"step_002", "step_004"}
-    assert record.fingerprints is None
+    assert record.fingerprints is not None and all(len(v) == 1 for v in record.fingerprints.values)
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        CaptureOptions(jl_dim=0)
 
 
 def test_options_change_the_result_as_documented(tiny_model, small_request, cpu_options):

@@ -295,6 +295,18 @@ def test_validate_upload_reference_and_tampering(client, finished):
     assert tampered["decision"] == "invalid" and tampered["first_failing_check"] == "integrity"
 
 
+def test_validate_an_edited_prompt_is_invalid_by_bytes_alone(client, finished):
+    # Same runtime class, different bytes: invalid over HTTP too, with the first divergent step, and
+    # no threshold consulted (the node has the shipped thresholds configured).
+    record, video = client.record(finished["id"]), client.content(finished["id"])
+    edited = json.loads(record)
+    edited["request"]["prompt"] = "a green cube moves down"
+    verdict = client.validate(json.dumps(edited).encode(), video=video)
+    assert verdict["decision"] == "invalid" and verdict["first_failing_check"] == "exact_match"
+    assert verdict["comparison"] == "same-class" and verdict["divergent_step"] == 1
+    assert verdict["thresholds"] == {} and "same runtime class, different bytes" in verdict["reason"]
+
+
 def test_validate_checks_the_record_against_the_clients_request(client, http, finished, tmp_path):
     record, video = client.record(finished["id"]), client.content(finished["id"])
     asked = json.loads(record)["request"]  # what the client sent: the record must carry exactly this

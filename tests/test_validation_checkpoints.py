@@ -129,8 +129,17 @@ def test_honest_record_passes_checkpoint_mode(honest, validator_model):
     assert (verdict.regenerated_steps, verdict.total_steps, verdict.cost_fraction) == (8, 8, 1.0)
     assert verdict.scores["latent_rel_l2_segment:value"] == 0.0
     names = [c.name for c in verdict.checks]
-    assert names[:6] == ["integrity", "seed", "noise", "runtime_class", "checkpoint_files", "fingerprints"]
-    assert names[6:11] == ["segment"] * 4 + ["exact_match"]
+    assert names[:8] == [
+        "integrity",
+        "seed",
+        "noise",
+        "record",
+        "allowed_class",
+        "runtime_class",
+        "checkpoint_files",
+        "fingerprints",
+    ]
+    assert names[8:13] == ["segment"] * 4 + ["exact_match"]
 
 
 def test_honest_record_passes_spot_check_at_a_fraction_of_the_cost(honest, validator_model):
@@ -274,8 +283,9 @@ def test_honest_trajectory_with_another_video_is_caught(honest, tiny_model, vali
         forged, tmp_path / "f" / "video.mp4", validator_model, 1, last_not_chosen, policy=POLICY
     )
     assert verdict.decision == "invalid" and verdict.first_failing_check == "exact_match"
-    assert verdict.segments[0].passed and "psnr:worst" in verdict.reason
-    assert not any(key.startswith("latent_rel_l2:") for key in verdict.scores)  # no self-comparison of the latent
+    # In the executor's class the bytes alone decide: no metric, no threshold.
+    assert verdict.segments[0].passed and "same runtime class, different bytes" in verdict.reason
+    assert verdict.comparison == "same-class" and not verdict.thresholds.keys() - {"latent_rel_l2_segment:value"}
 
 
 # Thresholds and missing files.
@@ -319,12 +329,18 @@ def test_malformed_checkpoint_list_is_invalid(honest, validator_model):
     refs = [
         r.model_copy(update={"file": "../../etc/passwd"}) if r.name == "step_002" else r for r in record.checkpoints
     ]
-    refs = [r for r in refs if r.name != "final"]
     verdict = validate_checkpoints(
         record.model_copy(update={"checkpoints": refs}), out / "video.mp4", validator_model, policy=POLICY
     )
     assert verdict.decision == "invalid" and verdict.first_failing_check == "checkpoint_files"
-    assert "no 'final' checkpoint" in verdict.reason and "'../../etc/passwd'" in verdict.reason
+    assert "'../../etc/passwd'" in verdict.reason
+    # Every record commits to its final latent: without it the record itself is incomplete.
+    refs = [r for r in refs if r.name != "final"]
+    verdict = validate_checkpoints(
+        record.model_copy(update={"checkpoints": refs}), out / "video.mp4", validator_model, policy=POLICY
+    )
+    assert verdict.decision == "invalid" and verdict.first_failing_check == "record"
+    assert "checkpoint 'final': absent" in verdict.reason
 
 
 def test_fingerprints_of_another_length_are_invalid(honest, validator_model):
@@ -333,5 +349,5 @@ def test_fingerprints_of_another_length_are_invalid(honest, validator_model):
     verdict = validate_checkpoints(
         record.model_copy(update={"fingerprints": short}), out / "video.mp4", validator_model, policy=POLICY
     )
-    assert verdict.decision == "invalid" and verdict.first_failing_check == "fingerprints"
-    assert "7 step(s)" in verdict.reason and "allowed: 8 steps" in verdict.reason
+    assert verdict.decision == "invalid" and verdict.first_failing_check == "record"
+    assert "fingerprints: 7 step(s); allowed: 8" in verdict.reason

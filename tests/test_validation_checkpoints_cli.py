@@ -69,8 +69,18 @@ def test_checkpoints_command_exits_1_on_a_tampered_checkpoint_and_3_without_file
         else r
         for r in record.checkpoints
     ]
-    # No fingerprints: the forger need not keep them consistent, only the segments can tell.
-    record.model_copy(update={"checkpoints": refs, "fingerprints": None}).save(folder / "record.json")
+    # The forger keeps its fingerprints consistent (the projection of its latent is cheap to
+    # compute): only the segments can tell.
+    import torch
+
+    from ditproof.randomness import jl_projection
+
+    flat = files["latent"].to(torch.float64).reshape(-1)
+    projection = jl_projection(record.seed, flat.numel(), record.fingerprints.dim).to(torch.float64)
+    values = list(record.fingerprints.values)
+    values[2] = [float(v) for v in (projection @ flat).to(torch.float32)]
+    prints = record.fingerprints.model_copy(update={"values": values})
+    record.model_copy(update={"checkpoints": refs, "fingerprints": prints}).save(folder / "record.json")
     code = validate_cli("--record", str(folder / "record.json"), "--mode", "checkpoints", *THRESHOLDS)
     printed = capsys.readouterr().out
     assert code == 1, printed

@@ -147,7 +147,10 @@ def test_undecodable_video_committed_in_the_record_is_invalid(executed, tiny_mod
     garbage = b"\x00\x00\x00\x18ftypmp42" + bytes(200)
     video = record.video.model_copy(update={"sha256": sha256_bytes(garbage), "size_bytes": len(garbage)})
     forged = record.model_copy(update={"video": video})
-    verdict = validate(forged, garbage, tiny_model, policy=POLICY, artifacts_dir=tmp_path)
+    # In the executor's class the mismatch alone is invalid; across classes the decode check says why.
+    same = validate(forged, garbage, tiny_model, policy=POLICY, artifacts_dir=tmp_path)
+    assert same.decision == "invalid" and same.checks[-1].name == "exact_match"
+    verdict = validate(forged, garbage, tiny_model, options=BATCHED, policy=POLICY, artifacts_dir=tmp_path)
     assert verdict.decision == "invalid" and verdict.first_failing_check == "exact_match"
     assert verdict.checks[-1].name == "decode" and "cannot be decoded" in verdict.reason
 
@@ -163,18 +166,20 @@ def test_tampered_latent_file_is_invalid(executed, tiny_model, tmp_path):
     assert verdict.decision == "invalid" and verdict.checks[-1].name == "final_latent"
 
 
-def test_a_record_stating_a_malign_deviation_is_invalid_at_once(executed, tiny_model):
+def test_a_record_stating_a_malign_deviation_is_invalid_at_once(executed, tiny_model, declare):
     record, out = executed
-    stated = record.model_copy(update={"options": record.options.model_copy(update={"experts": "high-noise-only"})})
+    stated = declare(record, {"experts": "high-noise-only"}, experts="high-noise-only")
     verdict = validate(stated, out / "video.mp4", tiny_model, policy=POLICY)
     assert verdict.decision == "invalid" and verdict.first_failing_check == "algorithm"
     assert "experts='high-noise-only'" in verdict.reason
 
 
-def test_delegate_lists_the_nodes_of_the_executor_class(executed, tiny_model):
+def test_delegate_lists_the_nodes_of_the_executor_class(executed, tiny_model, declare, gpu_class):
     record, out = executed
-    other = "cuda-sm90/diffusers-0.42.1/torch-2.11.0/sdpa/bfloat16/rev-0123456789abcdef/UniPC-x"
-    forged = record.model_copy(update={"runtime_class": other})
+    # A record of a GPU class, declared consistently; this validator has no such GPU.
+    forged = declare(record, {"device": "cuda"}, **gpu_class)
+    other = forged.runtime_class
+    assert other.startswith("cuda-sm90/132sms/")
     registry = ValidatorRegistry.model_validate(
         {
             "nodes": [

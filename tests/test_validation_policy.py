@@ -151,10 +151,9 @@ def test_validate_command_exit_codes(lossless_run, tmp_path, capsys):
     assert run_cli(*args, "--thresholds", str(tmp_path / "none.json")) == 2
 
 
-def test_validate_command_delegates(lossless_run, tmp_path, capsys):
+def test_validate_command_delegates(lossless_run, tmp_path, capsys, declare, gpu_class):
     record, out = lossless_run
-    other = "cuda-sm90/diffusers-0.42.1/torch-2.11.0/sdpa/bfloat16/rev-0123456789abcdef/UniPC-x"
-    forged = record.model_copy(update={"runtime_class": other})
+    forged = declare(record, {"device": "cuda"}, **gpu_class)
     folder = tmp_path / "forged"
     folder.mkdir()
     forged.save(folder / "record.json")

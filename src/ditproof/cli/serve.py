@@ -25,6 +25,9 @@ def serve_command(
     max_queue: int | None = typer.Option(None, "--max-queue", help="Waiting jobs before 429 (default 16)."),
     thresholds: Path | None = typer.Option(None, "--thresholds", help="Validation thresholds file (step 6)."),
     validators: Path | None = typer.Option(None, "--validators", help="Validator registry for delegate verdicts."),
+    allowed_classes: Path | None = typer.Option(
+        None, "--allowed-classes", help="The network's allowed runtime classes (default: the packaged list)."
+    ),
     print_openapi: bool = typer.Option(False, "--print-openapi", help="Print the OpenAPI schema and exit."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
@@ -49,6 +52,7 @@ def serve_command(
             max_queue=max_queue,
             thresholds=thresholds,
             validators=validators,
+            allowed_classes=allowed_classes,
         )
         if print_openapi:
             # The schema does not depend on the token; a placeholder lets it print without one.

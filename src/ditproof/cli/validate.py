@@ -80,7 +80,13 @@ def validate_command(
         None, "--validators", help="Validator registry (ditproof.validators/1), to name nodes on delegate."
     ),
     cfg_mode: str | None = typer.Option(
-        None, "--cfg-mode", help="This validator's CFG mode (sequential|batched; benign). Default: the record's."
+        None,
+        "--cfg-mode",
+        help="Regenerate in this CFG mode (sequential|batched) instead of the record's: another runtime class, "
+        "decided by thresholds. Default: the record's (exact match decides).",
+    ),
+    allowed_classes: Path | None = typer.Option(
+        None, "--allowed-classes", help="The network's allowed runtime classes (default: the packaged list)."
     ),
     artifacts: Path | None = typer.Option(
         None, "--artifacts", help="Folder of the record's latent files (default: the record's folder)."
@@ -115,12 +121,13 @@ def validate_command(
         from ditproof.models.registry import load_model
         from ditproof.protocol.record import InferenceRecord
         from ditproof.randomness import check_entropy
+        from ditproof.validation.allowed import AllowedClasses
         from ditproof.validation.checkpoints import choose_spot_segments, validate_checkpoints, validate_spot_check
         from ditproof.validation.compare import ComparisonOptions
         from ditproof.validation.delegation import ValidatorRegistry
         from ditproof.validation.policy import ThresholdPolicy
         from ditproof.validation.segments import structure_problems
-        from ditproof.validation.validate import regeneration_options, validate
+        from ditproof.validation.validate import preflight, regeneration_options, validate
 
         if cfg_mode is not None and cfg_mode not in ("sequential", "batched"):
             raise InvalidInputError(f"cfg-mode: got {cfg_mode!r}; allowed: sequential, batched")
@@ -139,12 +146,29 @@ def validate_command(
         policy = ThresholdPolicy.from_cli(thresholds_path, threshold)
         comparison = ComparisonOptions(metrics=tuple(metric), device=metrics_device)
         registry = ValidatorRegistry.load(validators_path) if validators_path else None
+        allowed = AllowedClasses.load(allowed_classes)
         video = video_path or record_path.parent / record.video.file
-        # Only the CFG mode is this validator's own here; the rest follows the record (reference algorithm).
+        # The record's declared choices (exact match decides); --cfg-mode alone regenerates in another class.
         own = regeneration_options(record, None, device).model_copy(update={"cfg_mode": cfg_mode}) if cfg_mode else None
         options = regeneration_options(record, own, device)
-        loaded = load_model(model or record.model.preset, options, model_path=model_path)
         folder = artifacts or record_path.parent
+        if not runnable_here(options.device):
+            # Nothing to load: the checks before the regeneration decide (delegate at the latest).
+            verdict = preflight(
+                record,
+                video,
+                None,
+                device,
+                options=own,
+                validators=registry,
+                artifacts_dir=folder,
+                expected_request=expected,
+                allowed=allowed,
+            )
+            assert isinstance(verdict, Verdict)
+            finish(verdict, verdict_path)
+            return
+        loaded = load_model(model or record.model.preset, options, model_path=model_path)
         if mode == "spot-check":
             entropy = validator_entropy or secrets.token_hex(32)
             if not structure_problems(record):
@@ -164,6 +188,7 @@ def validate_command(
                 options=own,
                 artifacts_dir=folder,
                 expected_request=expected,
+                allowed=allowed,
             )
         else:
             run = validate_checkpoints if mode == "checkpoints" else validate
@@ -178,12 +203,26 @@ def validate_command(
                 options=own,
                 artifacts_dir=folder,
                 expected_request=expected,
+                allowed=allowed,
             )
-        print_verdict(verdict)
-        if verdict_path:
-            verdict.save(str(verdict_path))
-        if verdict.decision != "valid":
-            raise typer.Exit(VERDICT_EXIT[verdict.decision])
+        finish(verdict, verdict_path)
+
+
+def runnable_here(device: str) -> bool:
+    """Whether this machine has the device a regeneration needs (a CUDA record on a CPU-only host
+    is delegated without loading a model)."""
+    import torch
+
+    return not device.startswith("cuda") or torch.cuda.is_available()
+
+
+def finish(verdict: Verdict, verdict_path: Path | None) -> None:
+    """Prints the verdict, writes it when asked, and exits with its code."""
+    print_verdict(verdict)
+    if verdict_path:
+        verdict.save(str(verdict_path))
+    if verdict.decision != "valid":
+        raise typer.Exit(VERDICT_EXIT[verdict.decision])
 
 
 def load_request_file(path: Path) -> GenerationRequest:

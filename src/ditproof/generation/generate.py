@@ -9,8 +9,8 @@ options.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,21 @@ def configure_cache(model: LoadedModel, cache: CacheOptions | None) -> None:
     model.cache = cache
 
 
+@contextmanager
+def cpu_threads(options: RuntimeOptions) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``options.cpu_threads`` for a run on the CPU, and
+    restored after (nothing on a GPU, or when the options leave it to the process)."""
+    wanted, before = options.cpu_threads, torch.get_num_threads()
+    if wanted is None or torch.device(options.device).type != "cpu" or wanted == before:
+        yield
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 PROMPT_CACHE_SIZE = 4
 """Prompts whose text-encoder outputs a loaded model keeps (a validation re-runs one request's
 segments one by one: each would encode the same prompt again)."""
@@ -144,7 +159,6 @@ def encode(
     return embeddings
 
 
-@torch.inference_mode()
 def generate(
     request: GenerationRequest,
     seed: int,
@@ -171,6 +185,21 @@ def generate(
     Returns:
         Frames as uint8 ``(F, H, W, 3)``, the noise hash and the captured trajectory.
     """
+    with cpu_threads(options):
+        return _generate(request, seed, model, options, on_step, resume=resume, stop_after=stop_after)
+
+
+@torch.inference_mode()
+def _generate(
+    request: GenerationRequest,
+    seed: int,
+    model: LoadedModel,
+    options: RuntimeOptions,
+    on_step: StepCallback | None = None,
+    *,
+    resume: ResumePoint | None = None,
+    stop_after: int | None = None,
+) -> GenerationResult:
     if options.engine != "diffusers":
         # Another engine runs the loop (ditproof.engines); it returns the same GenerationResult.
         from ditproof.engines import run_engine

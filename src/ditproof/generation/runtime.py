@@ -25,6 +25,15 @@ def _version(package: str) -> str:
         return "absent"
 
 
+def _cublas_version() -> str | None:
+    """The cuBLAS package's version (CUDA 13 and 12 wheels name it differently), else None."""
+    for package in ("nvidia-cublas", "nvidia-cublas-cu12"):
+        version = _version(package)
+        if version != "absent":
+            return version
+    return None
+
+
 def _nvidia_driver_version() -> str | None:
     """The NVIDIA kernel driver version from /proc (None where it cannot be read)."""
     try:
@@ -89,10 +98,14 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
         }
     else:
         cuda = {"device_name": platform.processor() or platform.machine(), "device_count": 1}
+    on_gpu = device.type == "cuda"
     return RuntimeFingerprint(
-        device_type="cuda" if device.type == "cuda" else "cpu",
+        device_type="cuda" if on_gpu else "cpu",
         cpu_arch=platform.machine(),
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        cpu_threads=None if on_gpu else (options.cpu_threads or torch.get_num_threads()),
+        triton=_version("triton") if on_gpu else None,
+        cublas=_cublas_version() if on_gpu else None,
         python=platform.python_version(),
         torch=torch.__version__,
         diffusers=_version("diffusers"),
@@ -139,37 +152,60 @@ def kernels(fp: RuntimeFingerprint) -> str:
     return "+".join(parts)
 
 
-def runtime_class(fp: RuntimeFingerprint) -> str:
-    """The part of a fingerprint that must match for a validator to regenerate.
-
-    Device architecture (CUDA compute capability, or CPU architecture), engine and the versions
-    that select kernels (torch, diffusers), attention backend with fused projections and
-    compilation, dtypes, model revision and solver.
-    Not in the class: GPU model within an architecture (an H100 and an H200 gave bitwise-identical
-    forwards), parallel degrees and CFG batching (benign deviations, compared with metrics), and
-    the deviations a validator must never adopt from a record (weights mode, cache, experts):
-    those are checked against the network's policy, not matched.
-    """
+def class_parts(fp: RuntimeFingerprint) -> dict[str, str]:
+    """The runtime class part by part, in order (see :func:`runtime_class`)."""
     if fp.device_type == "cuda":
         arch = f"cuda-sm{(fp.compute_capability or '0.0').replace('.', '')}"
+        hardware = f"{fp.sm_count}sms"
+        libraries = f"torch-{fp.torch}+cudnn-{fp.cudnn_version}+cublas-{fp.cublas}+triton-{fp.triton}"
     else:
         arch = f"cpu-{fp.cpu_arch}"
+        hardware = f"{fp.cpu_capability.lower()}-{fp.cpu_threads}threads"
+        libraries = f"torch-{fp.torch}"
     dtypes = (
         fp.dtype
         if fp.dtype == fp.vae_dtype == fp.text_encoder_dtype
         else (f"{fp.dtype}+te-{fp.text_encoder_dtype}+vae-{fp.vae_dtype}")
     )
-    return "/".join(
-        (
-            arch,
-            # diffusers-X.Y.Z for ditproof's own loop; vllm-omni-A.B.C+diffusers-X.Y.Z for an engine.
-            f"{fp.engine}-{fp.diffusers}"
-            if fp.engine_version is None
-            else f"{fp.engine}-{fp.engine_version}+diffusers-{fp.diffusers}",
-            f"torch-{fp.torch.split('+')[0]}",
-            kernels(fp),
-            dtypes,
-            f"rev-{fp.model_revision[:16]}",
-            fp.solver.split("/")[0] + "-" + fp.solver.rsplit("/", 1)[-1],
-        )
-    )
+    enc = fp.encoding
+    encoder = f"{enc.codec}-crf{enc.crf}-{enc.preset}-{enc.threads}threads-mbtree{int(enc.mbtree)}+av-{fp.av}"
+    return {
+        "architecture": arch,
+        "hardware": hardware,
+        # diffusers-X.Y.Z for ditproof's own loop; vllm-omni-A.B.C+diffusers-X.Y.Z for an engine.
+        "engine": f"{fp.engine}-{fp.diffusers}"
+        if fp.engine_version is None
+        else f"{fp.engine}-{fp.engine_version}+diffusers-{fp.diffusers}",
+        "libraries": f"{libraries}+transformers-{fp.transformers}",
+        "kernels": kernels(fp),
+        "execution": f"cfg-{fp.cfg_mode}+tp{fp.tp_degree}",
+        "dtypes": dtypes,
+        "model": f"rev-{fp.model_revision[:16]}",
+        "solver": fp.solver.split("/")[0] + "-" + fp.solver.rsplit("/", 1)[-1],
+        "encoder": encoder,
+    }
+
+
+def runtime_class(fp: RuntimeFingerprint) -> str:
+    """The part of a fingerprint that fixes the output bytes: a promise that two runs of one
+    request in one class give the same latents and the same mp4.
+
+    In the class (each measured or argued in docs/determinism.md): device architecture (CUDA
+    compute capability and SM count, or CPU architecture, its vector capability and PyTorch's
+    thread count), engine, the library versions that choose kernels (torch with its CUDA build,
+    cuDNN, cuBLAS, Triton, transformers), the attention kernel with fused projections, fused
+    elementwise steps and compilation, CFG mode and tensor-parallel degree, dtypes, model revision,
+    solver, and the encoder with its settings and PyAV version (which pins libx264).
+    Not in the class: the GPU model within an architecture and SM count (an H100 and an H200 gave
+    the same latents), device memory, the driver, text-encoder offload, the context-parallel
+    degree (bitwise equal to one GPU), and the deviations a validator never adopts from a record
+    (weights mode, cache, experts), which the allowed-class policy refuses instead.
+    """
+    return "/".join(class_parts(fp).values())
+
+
+def class_differences(recorded: RuntimeFingerprint, local: RuntimeFingerprint) -> list[str]:
+    """Each part of the runtime class where ``local`` differs from ``recorded``, as
+    ``part: record X, here Y``."""
+    ours, theirs = class_parts(recorded), class_parts(local)
+    return [f"{name}: record {ours[name]}, here {theirs[name]}" for name in ours if ours[name] != theirs[name]]

@@ -9,8 +9,9 @@ the preset seed and the parameter's name, so a weight does not depend on constru
 - other 1-D parameters: N(0, 0.02²).
 
 On the CPU the draw is :func:`ditproof.randomness.cpu_normal` (the same on every CPU). On a GPU
-it is a CUDA generator, fast enough for 14B parameters but tied to the GPU model (CUDA's Philox
-mapping depends on the SM count), so a GPU-built preset's revision names the GPU.
+it is a CUDA generator, fast enough for 14B parameters; its mapping may depend on the GPU (CUDA's
+Philox mapping depends on the SM count for large tensors), so a GPU-built preset's revision is the
+hash of the weights it drew (equal on two cards exactly when the weights are).
 """
 
 from __future__ import annotations
@@ -51,14 +52,6 @@ def fill_seeded(module: nn.Module, seed: int) -> None:
             values = torch.randn(param.shape, generator=generator, device=param.device, dtype=torch.float32)
             param.copy_(values.mul_(std))
             del values
-
-
-def device_generator_name(device: torch.device) -> str:
-    """Names the generator that :func:`fill_seeded` uses on ``device`` (part of the revision)."""
-    if device.type == "cpu":
-        return "cpu-float64"
-    props = torch.cuda.get_device_properties(device)
-    return f"cuda-philox/{props.name}/sm{props.multi_processor_count}"
 
 
 def cast_keeping_fp32(module: torch.nn.Module, dtype: torch.dtype) -> None:

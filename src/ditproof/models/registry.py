@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,7 +237,9 @@ def _load(name: str, options: RuntimeOptions, model_path: str | Path | None) -> 
             raise InvalidInputError(f"dtype: got {options.dtype!r} for wan-a14b-shape; allowed: bfloat16")
         pipe, description = build_a14b_shape(options.device, options.dtype)
         _place(pipe, options)
-        return LoadedModel(name, pipe, sha256_json(description), preset.text_max_length)
+        # The weights themselves, not the card that drew them: two cards whose generators give the
+        # same weights give the same revision.
+        return LoadedModel(name, pipe, state_revision(pipe, description), preset.text_max_length)
     from ditproof.models.wan import build_tiny_random, tiny_description
 
     pipe = build_tiny_random()
@@ -245,17 +248,26 @@ def _load(name: str, options: RuntimeOptions, model_path: str | Path | None) -> 
     return LoadedModel(name, pipe, revision, preset.text_max_length)
 
 
-def state_revision(pipe: WanPipeline, description: dict[str, object]) -> str:
+def state_revision(pipe: WanPipeline, description: dict[str, object], workers: int = 8) -> str:
     """Revision of an in-memory pipeline: sha256 over its weights and the preset's own description.
 
     Library-serialized configs are left out on purpose: they gain keys between transformers
     versions, while the weights and ditproof's declared configuration are what fix the model.
+    Tensors are hashed on ``workers`` threads (hashlib and the device-to-host copies release the
+    GIL): at A14B size that is about 67 GB.
     """
+    items = [
+        (f"{component}/{key}", tensor)
+        for component in ("text_encoder", "vae", "transformer", "transformer_2")
+        for key, tensor in sorted(getattr(pipe, component).state_dict().items())
+    ]
+
+    def digest(tensor: torch.Tensor) -> str:
+        return f"{tensor.dtype}|{tuple(tensor.shape)}|" + sha256_bytes(tensor_bytes(tensor))
+
     parts: dict[str, object] = {"description": description}
-    for component in ("text_encoder", "vae", "transformer", "transformer_2"):
-        module = getattr(pipe, component)
-        for key, tensor in sorted(module.state_dict().items()):
-            parts[f"{component}/{key}"] = f"{tensor.dtype}|{tuple(tensor.shape)}|" + sha256_bytes(tensor_bytes(tensor))
+    with ThreadPoolExecutor(workers) as pool:
+        parts.update(zip((name for name, _ in items), pool.map(digest, (t for _, t in items)), strict=True))
     return sha256_json(parts)
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import UMT5Config, UMT5EncoderModel
 
 from ditproof.hashing import sha256_json
-from ditproof.models.init import WEIGHT_INIT, cast_keeping_fp32, device_generator_name, fill_seeded
+from ditproof.models.init import WEIGHT_INIT, cast_keeping_fp32, fill_seeded
 from ditproof.models.vocab import build_tokenizer
 
 BOUNDARY_RATIO = 0.875
@@ -180,7 +180,8 @@ def build_a14b_shape(device: str, dtype: str = "bfloat16", seed: int = 0) -> tup
     ``_keep_in_fp32_modules`` stay in float32 as when diffusers loads the real weights in bf16.
 
     Returns:
-        The pipeline and the description its revision is hashed from.
+        The pipeline and the description its revision is hashed from, with its weights
+        (:func:`ditproof.models.registry.state_revision`).
     """
     target = torch.device(device)
     torch_dtype = _dtype(dtype)
@@ -214,7 +215,6 @@ def build_a14b_shape(device: str, dtype: str = "bfloat16", seed: int = 0) -> tup
         "init": WEIGHT_INIT,
         "seed": seed,
         "dtype": dtype,
-        "generator": device_generator_name(target),
         "transformer": _plain(A14B_TRANSFORMER),
         "text_encoder": UMT5_XXL,
         "vae": A14B_VAE,

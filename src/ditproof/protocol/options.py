@@ -68,13 +68,15 @@ class CaptureOptions(BaseModel):
 
     ``checkpoint_steps``: indices of extra steps whose output latent is saved, besides the
     initial noise, the latent just before the expert switch and the final latent.
-    ``jl_dim``: values per step of the Johnson–Lindenstrauss trajectory fingerprint (0: none).
+    ``jl_dim``: values per step of the Johnson–Lindenstrauss trajectory fingerprint (1 to 256).
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     checkpoint_steps: tuple[int, ...] = ()
-    jl_dim: int = Field(default=8, ge=0, le=256)
+    # At least one value per step: the fingerprints are mandatory in a record (a validator uses
+    # them to name the step where a regeneration first differs).
+    jl_dim: int = Field(default=8, ge=1, le=256)
 
     @field_validator("checkpoint_steps")
     @classmethod
@@ -120,6 +122,9 @@ class RuntimeOptions(BaseModel):
     ``engine``: what runs the denoising loop: ``diffusers`` (ditproof's own loop on a diffusers
     pipeline) or ``vllm-omni`` (vLLM-Omni's Wan2.2 pipeline with ditproof's plugin; see
     :mod:`ditproof.engines` and docs/vllm-omni.md). Part of the runtime class.
+    ``cpu_threads``: PyTorch's intra-op threads for a run on the CPU (None: the process's current
+    count). The CPU VAE decode's bytes depend on it (docs/determinism.md), so it is recorded and
+    part of a CPU runtime class; a validator runs with the record's count. Ignored on a GPU.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -142,6 +147,7 @@ class RuntimeOptions(BaseModel):
     fuse_projections: bool = False
     fuse_elementwise: bool = False
     compile: Literal["none", "regional"] = "none"
+    cpu_threads: int | None = Field(default=None, ge=1, le=256)
 
     @field_validator("device")
     @classmethod

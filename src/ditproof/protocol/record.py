@@ -38,6 +38,13 @@ class RuntimeFingerprint(_Model):
     cudnn_version: int | None = None
     cpu_arch: str
     cpu_capability: str
+    # PyTorch's intra-op threads of a CPU run (None on a GPU, and in records made before it was
+    # recorded): the CPU VAE decode's bytes depend on it.
+    cpu_threads: int | None = None
+    # Kernel libraries of a GPU run besides torch's own version: Triton (compiled and fused
+    # kernels) and cuBLAS (the matrix products); None on the CPU or when not installed.
+    triton: str | None = None
+    cublas: str | None = None
     python: str
     torch: str
     diffusers: str

@@ -111,6 +111,9 @@ class Verdict(BaseModel):
     regenerated_steps: int | None = None
     total_steps: int | None = None
     cost_fraction: float | None = None
+    # What decided after the regeneration: "same-class" (bytes alone: a mismatch is invalid) or
+    # "cross-class" (the validator ran another class on purpose; thresholds decide).
+    comparison: Literal["same-class", "cross-class"] | None = None
 
     def save(self, path: str) -> None:
         """Writes the verdict atomically as canonical JSON."""

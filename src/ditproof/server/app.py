@@ -83,13 +83,15 @@ def create_app(config: ServerConfig) -> FastAPI:
 
 
 def load_validation(config: ServerConfig) -> ValidationSetup:
-    """The thresholds policy and validator registry of ``/api/v1/validate`` (checked at start-up)."""
+    """The thresholds policy, validator registry and allowed classes of ``/api/v1/validate``
+    (checked at start-up)."""
+    from ditproof.validation.allowed import AllowedClasses
     from ditproof.validation.delegation import ValidatorRegistry
     from ditproof.validation.policy import ThresholdPolicy
 
     policy = ThresholdPolicy.from_cli(config.thresholds, [])  # no file configured: the shipped defaults
     registry = ValidatorRegistry.load(config.validators) if config.validators else None
-    return ValidationSetup(policy, registry)
+    return ValidationSetup(policy, registry, AllowedClasses.load(config.allowed_classes))
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:

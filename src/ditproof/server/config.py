@@ -52,6 +52,8 @@ class ServerConfig(BaseModel):
         thresholds: the validation thresholds file (``ditproof.validation.policy``) for videos that do
             not match exactly; none: such a verdict is ``error``.
         validators: the validator registry named in ``delegate`` verdicts.
+        allowed_classes: the network's allowed runtime classes (``ditproof.validation.allowed``);
+            none: the packaged list.
         poc_callback_interval_s: how often a PoC round POSTs its new artifacts to the callback URL.
         poc_max_seq_len: largest PoC ``params.seq_len`` (video tokens per nonce) this node computes.
         poc_max_batch_tokens: largest ``batch_size × seq_len`` of one PoC forward batch (memory).
@@ -77,6 +79,7 @@ class ServerConfig(BaseModel):
     models: dict[str, ModelAlias] = {}
     thresholds: Path | None = None
     validators: Path | None = None
+    allowed_classes: Path | None = None
     poc_callback_interval_s: float = Field(default=5.0, gt=0, le=3600)
     poc_max_seq_len: int = Field(default=4096, ge=1, le=32 * 128 * 128)
     poc_max_batch_tokens: int = Field(default=65_536, ge=1)

@@ -9,14 +9,17 @@ piece. After steps 1–3 of :func:`ditproof.validation.validate` (integrity, rec
 5. segments: each segment between consecutive checkpoints (``checkpoints`` mode: all of them;
    ``spot-check`` mode: k of them, chosen by the validator *after* the executor committed, see
    :func:`choose_spot_segments`) is re-run from the executor's checkpoint, and its end state
-   (latent and solver history) is compared with the executor's: bitwise equal passes at no
-   metric cost, else the relative L2 must meet the policy's ``latent_rel_l2_segment`` threshold,
-   and the record's fingerprints inside the segment must follow the re-run's. The first failing
-   segment decides (``invalid``), with the step where the fingerprints first diverge;
+   (latent and solver history) is compared with the executor's: bitwise equal passes. In the
+   executor's runtime class that is the only way to pass (a class is a promise of bytes: any
+   difference is ``invalid``, no threshold consulted); only a validator that re-runs in another
+   class on purpose measures the relative L2 against the policy's ``latent_rel_l2_segment``
+   threshold, and the record's fingerprints inside the segment must follow the re-run's. The
+   first failing segment decides (``invalid``), with the step where the fingerprints first diverge;
 6. video: the video must come from the final latent. In ``checkpoints`` mode the last segment's
    re-run is decoded (the validator's own continuation); in ``spot-check`` mode the same, when the
    last segment was chosen, else the executor's final latent is decoded by the validator. The
-   encoding must equal the submitted mp4 byte for byte, or pass step 6 of full validation
+   encoding must equal the submitted mp4 byte for byte (in the executor's class nothing else
+   passes), or, across classes, pass step 6 of full validation
    (:func:`ditproof.validation.compare.compare`) with the frame metrics in force.
 
 The cost is the re-run steps over the request's steps (``cost_fraction`` in the verdict); text
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Literal, Unpack
 
 from ditproof.errors import IntegrityError
-from ditproof.generation.generate import decode_frames
+from ditproof.generation.generate import cpu_threads, decode_frames
 from ditproof.hashing import sha256_bytes
 from ditproof.metrics.registry import METRICS
 from ditproof.models.registry import LoadedModel
@@ -56,7 +59,14 @@ from ditproof.validation.segments import (
     trajectory_segments,
     trajectory_steps,
 )
-from ditproof.validation.validate import Preflight, PreflightInputs, _Checks, preflight
+from ditproof.validation.validate import (
+    SAME_CLASS_FINGERPRINT_TOLERANCE,
+    Preflight,
+    PreflightInputs,
+    _Checks,
+    preflight,
+    same_class_mismatch,
+)
 from ditproof.video import encode_video
 
 SEGMENT_METRIC = "latent_rel_l2_segment"
@@ -155,7 +165,12 @@ def _validate_segments(
 ) -> Verdict:
     checks = pre.checks
     total = record.request.num_inference_steps
-    extra: dict[str, object] = {"mode": mode, "validator_runtime_class": pre.local_class, "total_steps": total}
+    extra: dict[str, object] = {
+        "mode": mode,
+        "validator_runtime_class": pre.local_class,
+        "total_steps": total,
+        "comparison": "same-class" if pre.same_class else "cross-class",
+    }
 
     # 4. Checkpoint files and fingerprint commitments.
     problems = structure_problems(record)
@@ -203,8 +218,10 @@ def _validate_segments(
             True,
             f"segments {chosen} of {len(segments)} ({cost} of {total} steps) from validator entropy {entropy}",
         )
-    threshold = _segment_threshold(policy, record)
-    tolerance = fingerprint_tolerance(policy, record)
+    # In the executor's class only bitwise equality passes: no threshold, and the fingerprints
+    # locate the first step that differs at all.
+    threshold = _segment_threshold(policy, record) if not pre.same_class else None
+    tolerance = fingerprint_tolerance(policy, record) if not pre.same_class else SAME_CLASS_FINGERPRINT_TOLERANCE
     results: list[SegmentCheck] = []
     last_run: SegmentRun | None = None
     done = 0
@@ -213,7 +230,7 @@ def _validate_segments(
         run = rerun_segment(record, model, pre.options, segment)
         done += segment.steps
         extra.update(regenerated_steps=done, cost_fraction=done / total)
-        verdict = _decide_segment(record, segment, run, threshold, tolerance, checks, results, extra)
+        verdict = _decide_segment(record, segment, run, threshold, tolerance, pre.same_class, checks, results, extra)
         if verdict is not None:
             return verdict
         last_run = run
@@ -234,6 +251,7 @@ def _decide_segment(
     run: SegmentRun,
     threshold: Threshold | None,
     tolerance: float,
+    same_class: bool,
     checks: _Checks,
     results: list[SegmentCheck],
     extra: dict[str, object],
@@ -245,6 +263,11 @@ def _decide_segment(
     score = run.score
     if run.exact:
         passed, why = True, "passes at no metric cost"
+    elif same_class:
+        passed, why = (
+            False,
+            "not bitwise equal to its re-run in the executor's runtime class (any difference is a deviation)",
+        )
     elif score is None:
         passed, why = False, run.note
     elif threshold is None:
@@ -320,7 +343,8 @@ def _check_video(
         frames, latent, source = final_run.result.frames, final_run.result.capture.latents["final"][1], "re-run"
     else:
         latent, source = last.end.point.latent, "executor's"
-        frames = decode_frames(model.pipeline, latent)
+        with cpu_threads(pre.options):
+            frames = decode_frames(model.pipeline, latent)
     regenerated = encode_video(frames, record.request.fps, record.video.encoding)
     if checks.add(
         "exact_match",
@@ -333,6 +357,15 @@ def _check_video(
             f"{len(segments)} segment(s) within tolerance and the video decodes from the final latent "  # type: ignore[arg-type]
             "byte for byte",
             exact_match=True,
+            **extra,
+        )
+    if pre.same_class:
+        fingerprints = final_run.result.capture.fingerprints if final_run and final_run.result else []
+        first = last.start.step + 1
+        return checks.verdict(
+            "invalid",
+            f"the video decoded from the {source} final latent is not the submitted one; "
+            + same_class_mismatch(record, fingerprints, first),
             **extra,
         )
     if policy is None:

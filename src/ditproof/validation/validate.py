@@ -3,19 +3,26 @@
 Order of checks, each cheaper than the next:
 
 1. integrity: the video's sha256 equals the record's (the on-chain hash);
-2. record: the seed follows from request id and entropy, the noise hash is recomputed;
-3. runtime class: a validator of another class does not regenerate, it delegates;
+2. record: the seed follows from request id and entropy, the noise hash is recomputed; the
+   record holds what every record must (per-step fingerprints, initial and final checkpoints)
+   and does not contradict itself (its runtime class is its fingerprint's, its fingerprint its
+   options'); it states the published algorithm and a runtime class the network allows
+   (:mod:`ditproof.validation.allowed`);
+3. runtime class: the validator reproduces the executor's declared choices (attention kernel, CFG
+   mode, fusions, compilation, dtypes, CPU threads, encoder). Where it cannot (another
+   architecture or library stack, a kernel not installed, tensor parallelism, a model loaded
+   with other load-time options) it delegates, naming each part of the class that differs;
 4. regeneration through the same :func:`ditproof.generation.generate`;
-5. exact match: the re-encoded video equals the executor's byte for byte (the final latent is
-   compared too and reported, but a matching latent alone does not make the video valid: the
-   video, not the latent, is what the record commits to on chain, so a latent match with a
-   different video goes on to step 6);
-6. comparison with metrics against thresholds from a policy (``ditproof.validation.compare``).
+5. exact match: the re-encoded video equals the executor's byte for byte → valid. Inside one
+   runtime class that is the only way to be valid: a class is a promise of bytes, so any other
+   outcome is ``invalid``, with the first step where the record's trajectory fingerprints leave
+   the regeneration's; no threshold is consulted;
+6. only when the validator regenerated in another class on purpose (its own ``options``), the
+   comparison with metrics against thresholds from a policy (``ditproof.validation.compare``).
 
 Steps 1–3 are :func:`preflight`, shared with the latent-checkpoint and spot-check modes
 (:mod:`ditproof.validation.checkpoints`), which replace step 4's whole regeneration by re-runs of
-trajectory segments. An invalid verdict after a regeneration names the first step where the
-record's trajectory fingerprints leave the regeneration's (:mod:`ditproof.validation.fingerprints`).
+trajectory segments.
 """
 
 from __future__ import annotations
@@ -24,19 +31,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, Unpack
 
+import torch
+
 from ditproof.errors import InvalidInputError
-from ditproof.generation.generate import generate
-from ditproof.generation.runtime import runtime_class, runtime_fingerprint
+from ditproof.generation.generate import check_prompt_length, generate
+from ditproof.generation.runtime import class_differences, runtime_class, runtime_fingerprint
 from ditproof.hashing import sha256_bytes, sha256_tensor
-from ditproof.models.registry import LoadedModel
+from ditproof.models.registry import LoadedModel, kernel_options
 from ditproof.protocol.options import RuntimeOptions
-from ditproof.protocol.record import InferenceRecord
+from ditproof.protocol.record import InferenceRecord, RuntimeFingerprint
 from ditproof.protocol.request import GenerationRequest
 from ditproof.protocol.verdict import CheckResult, Verdict
 from ditproof.randomness import derive_seed, initial_noise
+from ditproof.validation.allowed import AllowedClasses
 from ditproof.validation.compare import ComparisonOptions, compare
 from ditproof.validation.delegation import ValidatorRegistry
-from ditproof.validation.fingerprints import fingerprint_tolerance, locate_divergence
+from ditproof.validation.fingerprints import COMMITMENT_TOLERANCE, fingerprint_tolerance, locate_divergence
 from ditproof.validation.policy import ThresholdPolicy
 from ditproof.video import encode_video
 
@@ -47,9 +57,10 @@ REFERENCE_ALGORITHM: dict[str, object] = {
     "tp_degree": 1,
     "cp_degree": 1,
 }
-"""What the validator always regenerates with: the published model, run whole. A record is never
-allowed to lower this (a record that states a malign deviation is invalid at once; one that hides
-it is caught by the comparison). Parallel degrees are the validator's own (benign)."""
+"""What the validator always regenerates with: the published model, run whole, in one process. A
+record is never allowed to lower this (a record that states a malign deviation is invalid at once;
+one that hides it is caught by the comparison). The context-parallel degree is not part of the
+class (bitwise equal to one GPU); a tensor-parallel record is delegated (its degree is its class)."""
 
 REGENERATION_OPTION_FIELDS = (
     "device",
@@ -61,11 +72,16 @@ REGENERATION_OPTION_FIELDS = (
     "offload_text_encoder",
     "tp_degree",
     "cp_degree",
+    "cpu_threads",
 )
-"""Fields of the validator's own RuntimeOptions used for regeneration. Those in the runtime class
-(dtypes, attention backend) must then match the record's class; the others (device, CFG batching,
-text-encoder offload, parallel degrees) are benign deviations. Everything else (capture, encoding)
-is the record's."""
+"""Fields of a validator's own RuntimeOptions that replace the record's when it regenerates in
+another runtime class on purpose (``options=``; then thresholds decide). Everything else (capture,
+encoding, fusions) is the record's."""
+
+SAME_CLASS_FINGERPRINT_TOLERANCE = COMMITMENT_TOLERANCE
+"""Where a same-class regeneration's fingerprints count as departed from the record's: in one class
+they are equal (the JL product runs on the CPU in float64 and is rounded to float32, so at most a
+last bit of another host's matrix product differs); any real departure is far larger."""
 
 
 def _present(values: dict[str, object]) -> dict[str, object]:
@@ -121,13 +137,80 @@ def check_record(record: InferenceRecord, checks: _Checks) -> bool:
     return checks.add("noise", noise_hash == record.noise.sha256, f"recomputed {noise_hash}")
 
 
+def declared_from_options(options: RuntimeOptions) -> dict[str, object]:
+    """The fingerprint fields that a run's options fix (what a record's fingerprint must state)."""
+    return {
+        "attention_backend": options.attention_backend,
+        "dtype": options.dtype,
+        "vae_dtype": options.vae_dtype,
+        "text_encoder_dtype": options.text_encoder_dtype or options.dtype,
+        "cfg_mode": options.cfg_mode,
+        "experts": options.experts,
+        "weights": options.weights,
+        "cache": None if options.cache is None else f"{options.cache.kind}:{options.cache.threshold}",
+        "tp_degree": options.tp_degree,
+        "cp_degree": options.cp_degree,
+        "fuse_projections": options.fuse_projections,
+        "fuse_elementwise": options.fuse_elementwise,
+        "compile": options.compile,
+        "engine": options.engine,
+        "encoding": options.encoding,
+    }
+
+
+def record_problems(record: InferenceRecord) -> list[str]:
+    """What the record lacks of what every record must hold, or where it contradicts itself.
+
+    Mandatory: one trajectory fingerprint per step, and the ``initial`` and ``final`` checkpoints
+    with their hashes. Consistent: the runtime class is the one its fingerprint gives, and the
+    fingerprint states the record's options, model and encoder (an executor cannot declare one
+    class and run another's options through the validator).
+    """
+    problems = []
+    steps = record.request.num_inference_steps
+    if record.fingerprints is None:
+        problems.append("fingerprints: absent; allowed: one per denoising step (every record must hold them)")
+    elif len(record.fingerprints.values) != steps:
+        problems.append(f"fingerprints: {len(record.fingerprints.values)} step(s); allowed: {steps} (the request's)")
+    names = {c.name: c.step for c in record.checkpoints}
+    for name, step in (("initial", 0), ("final", steps)):
+        if names.get(name) != step:
+            problems.append(
+                f"checkpoint {name!r}: {'absent' if name not in names else f'at step {names[name]}'}; "
+                f"allowed: at step {step} (every record commits to it)"
+            )
+    derived = runtime_class(record.runtime)
+    if record.runtime_class != derived:
+        problems.append(f"runtime_class: got {record.runtime_class!r}; its own fingerprint gives {derived!r}")
+    stated = record.runtime.model_dump()
+    for name, value in declared_from_options(record.options).items():
+        if stated[name] != (value.model_dump() if hasattr(value, "model_dump") else value):
+            problems.append(f"runtime.{name}: {stated[name]!r}, but the record's options say {value!r}")
+    if record.options.device.partition(":")[0] != record.runtime.device_type:
+        problems.append(
+            f"runtime.device_type: {record.runtime.device_type!r}, options.device {record.options.device!r}"
+        )
+    if (record.runtime.model_preset, record.runtime.model_revision) != (record.model.preset, record.model.revision):
+        problems.append("runtime.model_preset/model_revision: not the record's model")
+    if record.video.encoding != record.options.encoding:
+        problems.append("video.encoding: not the record's options.encoding")
+    threads = record.options.cpu_threads
+    if threads is not None and record.runtime.device_type == "cpu" and record.runtime.cpu_threads != threads:
+        problems.append(f"runtime.cpu_threads: {record.runtime.cpu_threads}, options.cpu_threads {threads}")
+    return problems
+
+
 def regeneration_options(record: InferenceRecord, own: RuntimeOptions | None, device: str | None) -> RuntimeOptions:
     """The options the validator regenerates with.
 
-    The record's options, with the reference algorithm forced (:data:`REFERENCE_ALGORITHM`) and the
-    validator's own fields (:data:`REGENERATION_OPTION_FIELDS`) when ``own`` is given.
+    The record's declared choices (kernel, CFG mode, fusions, compilation, dtypes, encoder, and on the
+    CPU its thread count), with the reference algorithm forced (:data:`REFERENCE_ALGORITHM`). With
+    ``own`` (a validator regenerating in another class on purpose), its
+    :data:`REGENERATION_OPTION_FIELDS` replace the record's.
     """
     update = _present(REFERENCE_ALGORITHM)
+    if record.runtime.device_type == "cpu" and record.runtime.cpu_threads is not None:
+        update["cpu_threads"] = record.runtime.cpu_threads
     if own is not None:
         update.update(_present({name: getattr(own, name, None) for name in REGENERATION_OPTION_FIELDS}))
     update["device"] = device or (own.device if own is not None else record.options.device)
@@ -137,13 +220,15 @@ def regeneration_options(record: InferenceRecord, own: RuntimeOptions | None, de
 @dataclass
 class Preflight:
     """What steps 1–3 established: the checks so far, the video bytes, the options to regenerate
-    with and this validator's runtime class (equal to the record's)."""
+    with, this validator's runtime class and whether it is the record's (``same_class``: bytes
+    decide, no threshold)."""
 
     checks: _Checks
     data: bytes
     options: RuntimeOptions
     local_class: str
     artifacts_dir: Path | None
+    same_class: bool = True
 
 
 def request_differences(recorded: GenerationRequest, expected: GenerationRequest) -> list[str]:
@@ -160,17 +245,62 @@ class PreflightInputs(TypedDict, total=False):
     options: RuntimeOptions | None
     artifacts_dir: str | Path | None
     expected_request: GenerationRequest | None
+    allowed: AllowedClasses | None
+
+
+def local_fingerprint(model: LoadedModel, options: RuntimeOptions) -> tuple[RuntimeFingerprint | None, str]:
+    """This validator's fingerprint when it runs ``options`` (None and why, when its model was loaded
+    with other load-time options)."""
+    unloaded = []
+    loaded_dtype = str(model.pipeline.transformer.dtype).removeprefix("torch.")
+    if loaded_dtype != options.dtype:
+        unloaded.append(f"dtype {loaded_dtype}")
+    if model.weights != options.weights:
+        unloaded.append(f"weights {model.weights!r}")
+    if model.parallel != (options.tp_degree, options.cp_degree):
+        unloaded.append(f"parallel degrees {model.parallel}")
+    if model.kernels != kernel_options(options):
+        unloaded.append(f"fuse_projections/fuse_elementwise/compile {model.kernels}")
+    if unloaded:
+        return None, (
+            f"this validator's model was loaded with {', '.join(unloaded)}; the record's class needs dtype "
+            f"{options.dtype}, weights {options.weights!r}, degrees {(options.tp_degree, options.cp_degree)} and "
+            f"{kernel_options(options)} (a validator loaded with the record's options can reproduce it)"
+        )
+    return runtime_fingerprint(model, options), ""
+
+
+def _delegate(
+    record: InferenceRecord, checks: _Checks, why: str, local_class: str | None, validators: ValidatorRegistry | None
+) -> Verdict:
+    nodes = validators.nodes_for(record.runtime_class, record.model.preset, record.model.revision) if validators else []
+    if validators is None:
+        where = "no validator registry given"
+    elif nodes:
+        where = f"{len(nodes)} registered node(s) can: {', '.join(n.id for n in nodes)}"
+    else:
+        where = "no registered node runs that class"
+    return checks.verdict(
+        "delegate",
+        f"this validator cannot reproduce the executor's runtime class ({why}); a validator of that class must "
+        f"regenerate ({where})",
+        validator_runtime_class=local_class,
+        required_runtime_class=record.runtime_class,
+        delegate_to=[n.url for n in nodes],
+    )
 
 
 def preflight(
     record: InferenceRecord,
     video: bytes | str | Path,
-    model: LoadedModel,
+    model: LoadedModel | None,
     device: str | None = None,
     **inputs: Unpack[PreflightInputs],
 ) -> Preflight | Verdict:
     """Steps 1–3 (integrity, record, runtime class): a verdict when one of them decides, else what
-    the next steps need. Arguments as for :func:`validate`."""
+    the next steps need. Arguments as for :func:`validate`; ``model`` may be None when the record's
+    class needs a device this validator lacks (a caller need not load a model only to delegate):
+    the verdict is then decided here."""
     unknown = sorted(set(inputs) - set(PreflightInputs.__annotations__))
     if unknown:  # **inputs accepts any keyword at run time: a misspelt one must not pass unnoticed
         raise TypeError(
@@ -199,40 +329,66 @@ def preflight(
     if not checks.add("integrity", video_hash == record.video.sha256, f"video sha256 {video_hash}"):
         return checks.verdict("invalid", "the video's sha256 differs from the record's")
 
-    # 2. Record consistency.
+    # 2. Record: consistency, completeness, the algorithm and class the network allows.
     if not check_record(record, checks):
         return checks.verdict("invalid", "the record is inconsistent (seed or noise)")
-
+    problems = record_problems(record)
+    if not checks.add("record", not problems, "; ".join(problems) or "complete and consistent"):
+        return checks.verdict("invalid", "the record is incomplete or contradicts itself: " + "; ".join(problems))
     deviations = stated_deviations(record)
     if deviations:
         checks.add("algorithm", False, f"the record states {', '.join(deviations)}; allowed: the reference model")
         return checks.verdict(
             "invalid", f"the record states a deviation from the reference model ({', '.join(deviations)})"
         )
-
-    # 3. Runtime class.
-    options = regeneration_options(record, inputs.get("options"), device)
-    local_class = runtime_class(runtime_fingerprint(model, options))
-    if not checks.add("runtime_class", local_class == record.runtime_class, f"validator class {local_class}"):
-        nodes = (
-            validators.nodes_for(record.runtime_class, record.model.preset, record.model.revision) if validators else []
-        )
-        if validators is None:
-            where = "no validator registry given"
-        elif nodes:
-            where = f"{len(nodes)} registered node(s) can: {', '.join(n.id for n in nodes)}"
-        else:
-            where = "no registered node runs that class"
+    allowed = inputs.get("allowed") or AllowedClasses.load()
+    problems = allowed.problems(record)
+    if not checks.add("allowed_class", not problems, "; ".join(problems) or "allowed by the network's list"):
         return checks.verdict(
-            "delegate",
-            "this validator's runtime class differs from the executor's; a validator of that class must regenerate"
-            f" ({where})",
-            validator_runtime_class=local_class,
-            required_runtime_class=record.runtime_class,
-            delegate_to=[n.url for n in nodes],
+            "invalid", "the record declares a runtime class the network does not allow: " + "; ".join(problems)
         )
 
-    return Preflight(checks, data, options, local_class, Path(artifacts_dir) if artifacts_dir is not None else None)
+    # 3. Runtime class: reproduce the executor's declared choices, or delegate.
+    own = inputs.get("options")
+    options = regeneration_options(record, own, device)
+    if options.device.startswith("cuda") and not torch.cuda.is_available():
+        why = f"the record's class runs on CUDA ({options.device}); this validator has no CUDA device"
+        checks.add("runtime_class", False, why)
+        return _delegate(record, checks, why, None, validators)
+    if model is None:
+        raise TypeError("model: got None for a class this validator can run; allowed: a loaded model")
+    try:
+        check_prompt_length(model, record.request.prompt, record.request.negative_prompt)
+    except InvalidInputError as exc:
+        checks.add("request", False, str(exc))
+        return checks.verdict("invalid", f"the record's request cannot have run on its model ({exc})")
+    fingerprint, why = local_fingerprint(model, options)
+    if fingerprint is None:
+        checks.add("runtime_class", False, why)
+        return _delegate(record, checks, why, None, validators)
+    local_class = runtime_class(fingerprint)
+    same_class = local_class == record.runtime_class
+    if not same_class and own is None:
+        why = "; ".join(class_differences(record.runtime, fingerprint)) or "the class strings differ"
+        checks.add("runtime_class", False, why)
+        return _delegate(record, checks, why, local_class, validators)
+    detail = "the executor's class, reproduced" if same_class else f"another class on purpose: {local_class}"
+    checks.add("runtime_class", True, detail)
+    folder = Path(artifacts_dir) if artifacts_dir is not None else None
+    return Preflight(checks, data, options, local_class, folder, same_class=same_class)
+
+
+def same_class_mismatch(record: InferenceRecord, fingerprints: list[list[float]], first_step: int = 1) -> str:
+    """Why a same-class regeneration that differs from the record proves a deviation: where its
+    trajectory first leaves the record's, or that the trajectory agrees and the video does not."""
+    divergence = locate_divergence(record, fingerprints, SAME_CLASS_FINGERPRINT_TOLERANCE, first_step)
+    where = (
+        divergence.describe()
+        if divergence is not None
+        else "the trajectory fingerprints agree at every step, so the video (or the final latent) is not the one "
+        "this trajectory decodes to"
+    )
+    return f"same runtime class, different bytes: a regeneration in the executor's class must match exactly; {where}"
 
 
 def validate(
@@ -250,27 +406,31 @@ def validate(
     Args:
         record: the executor's inference record.
         video: the video bytes or path.
-        model: the validator's loaded model (its revision must be the record's).
+        model: the validator's loaded model (its revision must be the record's; loaded with the
+            record's load-time options: fusions, compilation, weights mode).
         device: where to regenerate (default: ``options.device``, else the record's device).
-        policy: thresholds for step 6 (none: a video that does not match exactly gets ``error``).
-        comparison: metrics to decide on, and where they run.
+        policy: thresholds for step 6 (used only for a regeneration in another class, ``options``).
+        comparison: metrics to decide on, and where they run (step 6).
         validators: registry of validator nodes, to fill ``delegate_to`` on ``delegate``.
-        options: this validator's runtime options (see :data:`REGENERATION_OPTION_FIELDS`).
+        options: regenerate in this validator's own class instead of the record's (see
+            :data:`REGENERATION_OPTION_FIELDS`): a cross-class validation, decided by thresholds.
         artifacts_dir: the folder holding the record's latent files (default: the video's folder
             when ``video`` is a path); the final latent there feeds the latent metrics.
         expected_request: the request the client made (as on chain); the record's copy must
             equal it, or an executor could record, say, 39 steps for a 40-step request and be
             checked against its own cheaper request.
+        allowed: the network's allowed runtime classes (default: the packaged list).
 
     Returns:
-        The verdict; ``delegate`` when this validator's runtime class differs from the record's.
+        The verdict; ``delegate`` when this validator cannot reproduce the record's runtime class.
     """
     pre = preflight(record, video, model, device, **inputs)
     if isinstance(pre, Verdict):
         return pre
     checks, data, options, local_class = pre.checks, pre.data, pre.options, pre.local_class
     steps = record.request.num_inference_steps
-    cost = {"regenerated_steps": steps, "total_steps": steps, "cost_fraction": 1.0}
+    basis = "same-class" if pre.same_class else "cross-class"
+    cost = {"regenerated_steps": steps, "total_steps": steps, "cost_fraction": 1.0, "comparison": basis}
 
     # 4. Regenerate.
     result = generate(record.request, record.seed, model, options)
@@ -290,12 +450,23 @@ def validate(
             validator_runtime_class=local_class,
             **cost,
         )
+    if pre.same_class:
+        reason = same_class_mismatch(record, result.capture.fingerprints)
+        departed = locate_divergence(record, result.capture.fingerprints, SAME_CLASS_FINGERPRINT_TOLERANCE)
+        return checks.verdict(
+            "invalid",
+            f"{reason} (final latent {'equal' if latent_exact else 'different'})",
+            validator_runtime_class=local_class,
+            divergent_step=departed.step if departed is not None else None,
+            **cost,
+        )
 
-    # 6. Comparison against thresholds (metrics and policy).
+    # 6. Another class on purpose: comparison against thresholds (metrics and policy).
     if policy is None:
         return checks.verdict(
             "error",
-            "the regeneration did not match exactly and no comparison policy (metric thresholds) is configured",
+            "the regeneration ran in another runtime class than the executor's, did not match exactly, and no "
+            "comparison policy (metric thresholds) is configured",
             validator_runtime_class=local_class,
             **cost,
         )

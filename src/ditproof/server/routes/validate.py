@@ -37,6 +37,7 @@ from ditproof.server.jobs import is_job_id
 from ditproof.server.routes.videos import ERRORS, EngineDep, _completed
 from ditproof.server.schemas import ValidateReference
 from ditproof.server.worker import Engine
+from ditproof.validation.allowed import AllowedClasses
 from ditproof.validation.delegation import ValidatorRegistry
 from ditproof.validation.policy import ThresholdPolicy
 
@@ -45,10 +46,12 @@ router = APIRouter(prefix="/api/v1", tags=["validation"])
 
 @dataclass(frozen=True)
 class ValidationSetup:
-    """What the operator configured for step 6 and delegation (see ``ServerConfig``)."""
+    """What the operator configured for step 6, delegation and the allowed classes (see
+    ``ServerConfig``)."""
 
     policy: ThresholdPolicy | None
     validators: ValidatorRegistry | None
+    allowed: AllowedClasses | None = None
 
 
 VALIDATE_OPENAPI = {
@@ -178,7 +181,7 @@ async def validate_video(request: Request, engine: EngineDep) -> Verdict:
             device=options.device,
             policy=setup.policy,
             validators=setup.validators,
-            options=options,
+            allowed=setup.allowed,
             artifacts_dir=folder,
             expected_request=expected,
         )
