@@ -199,3 +199,15 @@ def test_record_must_carry_the_clients_request(executed, validator_model):
     verdict = validate(record, out / "video.mp4", validator_model, expected_request=asked)
     assert verdict.decision == "invalid" and verdict.first_failing_check == "request"
     assert "num_inference_steps: record 5, client 6" in verdict.reason
+
+
+def test_a_record_of_an_older_ditproof_with_its_own_class_naming_is_delegated(executed, validator_model):
+    record, out = executed
+    older = record.model_copy(
+        update={
+            "runtime": record.runtime.model_copy(update={"ditproof": "0.1.0"}),
+            "runtime_class": "cpu-x86_64/diffusers-0.42.1/torch-2.13.0/sdpa/float32/rev-0/UniPC-1",
+        }
+    )
+    verdict = validate(older, out / "video.mp4", validator_model)
+    assert verdict.decision == "delegate" and "made by ditproof 0.1.0" in verdict.reason

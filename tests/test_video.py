@@ -103,3 +103,83 @@ def test_encoding_settings_are_checked():
 def test_frames_to_uint8_clips_and_rounds():
     out = frames_to_uint8(np.array([-0.5, 0.0, 0.5, 1.0, 2.0]))
     assert out.tolist() == [0, 0, 128, 255, 255]
+
+
+def _exact_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """BT.601 limited range by exact rational arithmetic (Python's round: half to even)."""
+    from fractions import Fraction
+
+    coefficients = [(65481, 128553, 24966, 16), (-37797, -74203, 112000, 128), (112000, -93786, -18214, 128)]
+    height, width, _ = frame.shape
+    pixels = frame.astype(int).tolist()
+
+    def value(row: int, col: int, k: int) -> Fraction:
+        a, b, c, offset = coefficients[k]
+        r, g, bl = pixels[row][col]
+        return Fraction(a * r + b * g + c * bl, 255000) + offset
+
+    luma = [round(value(i, j, 0)) for i in range(height) for j in range(width)]
+    chroma = [
+        [
+            round(sum(value(2 * i + di, 2 * j + dj, k) for di in (0, 1) for dj in (0, 1)) / 4)
+            for i in range(height // 2)
+            for j in range(width // 2)
+        ]
+        for k in (1, 2)
+    ]
+    planes = np.clip(np.array(luma + chroma[0] + chroma[1]), 0, 255).astype(np.uint8)
+    return planes.reshape(height * 3 // 2, width)
+
+
+def test_integer_colour_conversion_is_exact_on_rounding_ties():
+    from ditproof.video import rgb_to_yuv420p
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, size=(8, 12, 3), dtype=np.uint8)
+    # Pixels whose exact luma lies on a .5 tie (65481 R + 128553 G + 24966 B ≡ 127500 mod 255000).
+    frame[0, :5] = [[0, 204, 68], [1, 173, 225], [2, 44, 141], [4, 194, 109], [5, 65, 25]]
+    assert np.array_equal(rgb_to_yuv420p(frame), _exact_yuv420p(frame))
+    # The float64 conversion of older records agrees away from ties.
+    assert rgb_to_yuv420p(frame[4:], "bt601-float64").shape == rgb_to_yuv420p(frame[4:]).shape
+
+
+def test_colour_conversion_does_not_depend_on_the_cpus_blas_kernel():
+    # numpy hands a float64 matrix product to OpenBLAS, which picks its kernel per CPU; forcing two
+    # kernels (no FMA, FMA) in two processes shows the float64 conversion depends on it (measured
+    # on 20 random 832x480 frames) and the integer one does not.
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, numpy as np\n"
+        "from ditproof.video import rgb_to_yuv420p\n"
+        "frames = np.random.default_rng(0).integers(0, 256, size=(20, 480, 832, 3), dtype=np.uint8)\n"
+        "for method in ('bt601-integer', 'bt601-float64'):\n"
+        "    h = hashlib.sha256()\n"
+        "    for f in frames: h.update(rgb_to_yuv420p(f, method).tobytes())\n"
+        "    print(h.hexdigest())\n"
+    )
+    outputs = []
+    for kernel in ("Prescott", "Haswell"):
+        env = {**__import__("os").environ, "OPENBLAS_CORETYPE": kernel}
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+        assert run.returncode == 0, run.stderr
+        outputs.append(run.stdout.split())
+    assert outputs[0][0] == outputs[1][0]
+    if outputs[0][1] == outputs[1][1]:
+        pytest.skip("this numpy's BLAS ignores OPENBLAS_CORETYPE: the float64 dependence cannot be shown here")
+
+
+def test_records_made_before_the_integer_conversion_keep_theirs(tmp_path, tiny_model, small_request, cpu_options):
+    import json
+
+    from ditproof.generation.execute import execute
+    from ditproof.protocol.record import InferenceRecord
+
+    record = execute(small_request, tiny_model, cpu_options, tmp_path, request_id="yuv-1", entropy="ab" * 32)
+    assert record.video.encoding.yuv == "bt601-integer"
+    data = json.loads(record.canonical())
+    for part in ("options", "runtime", "video"):
+        del data[part]["encoding"]["yuv"]
+    old = InferenceRecord.model_validate_json(json.dumps(data))
+    assert old.video.encoding.yuv == old.options.encoding.yuv == old.runtime.encoding.yuv == "bt601-float64"

@@ -1,5 +1,5 @@
 """ditproof: verifiable text-to-video inference for decentralized compute networks."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

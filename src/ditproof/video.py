@@ -11,8 +11,13 @@ different H.264 stream in about 1 encode out of 8 for the same frames (PyAV 18.1
 identical. Decoding likewise reads the yuv420p planes and converts them here.
 
 Colour: BT.601 limited range ("studio swing"), chroma subsampled by the mean of each 2×2 block
-and upsampled by repetition; all in float64 with round-half-to-even, so the result is the same
-on every machine.
+and upsampled by repetition, rounded half to even. ``VideoEncoding.yuv`` names how the encoder's
+input is computed: ``bt601-integer`` (the default) in exact integer arithmetic, the same bytes on
+every CPU; ``bt601-float64`` (records made before 2026-12) by a float64 matrix product, which
+numpy hands to the BLAS library, whose kernel is chosen per CPU: on this project's machine
+(2026-12-05) 20 random 832×480 frames converted to other bytes under OpenBLAS's Prescott and
+Sandybridge kernels than under Haswell, SkylakeX and Zen (no FMA vs FMA: a last bit decides
+values that lie on a rounding tie), so two hosts could encode the same frames differently.
 """
 
 from __future__ import annotations
@@ -47,8 +52,42 @@ _YUV_OFFSET = np.array([16.0, 128.0, 128.0])
 _YUV_TO_RGB = np.linalg.inv(_RGB_TO_YUV)
 
 
-def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
-    """One RGB frame ``(H, W, 3)`` uint8 → yuv420p planes stacked as ``(H * 3 // 2, W)`` uint8."""
+_YUV_SCALE = 255_000
+_RGB_TO_YUV_INT = np.array(
+    [[65_481, 128_553, 24_966], [-37_797, -74_203, 112_000], [112_000, -93_786, -18_214]], dtype=np.int32
+)
+""":data:`_RGB_TO_YUV` × 255,000: the same coefficients as integers (each has three decimals). In
+int32: a pixel's sums stay below 2^26 in magnitude, a 2×2 block's with its offset below 2^29."""
+
+
+def rgb_to_yuv420p(frame: np.ndarray, method: str = "bt601-integer") -> np.ndarray:
+    """One RGB frame ``(H, W, 3)`` uint8 → yuv420p planes stacked as ``(H * 3 // 2, W)`` uint8.
+
+    ``method``: ``bt601-integer`` (exact, the same on every machine) or ``bt601-float64`` (the
+    conversion of records made before it; see the module docstring).
+    """
+    if method == "bt601-float64":
+        return _rgb_to_yuv420p_float64(frame)
+    height, width, _ = frame.shape
+    # Y·255000 − 16·255000 and U, V likewise, exactly (numpy's integer matrix product is exact).
+    scaled = frame.astype(np.int32) @ _RGB_TO_YUV_INT.T
+    luma = _round_half_even(scaled[..., 0] + 16 * _YUV_SCALE, _YUV_SCALE)
+    blocks = scaled[..., 1:].reshape(height // 2, 2, width // 2, 2, 2).sum(axis=(1, 3))
+    chroma = _round_half_even(blocks + 4 * 128 * _YUV_SCALE, 4 * _YUV_SCALE)
+    planes = [luma.reshape(-1), chroma[..., 0].reshape(-1), chroma[..., 1].reshape(-1)]
+    return np.clip(np.concatenate(planes), 0, 255).astype(np.uint8).reshape(height * 3 // 2, width)
+
+
+def _round_half_even(numerator: np.ndarray, denominator: int) -> np.ndarray:
+    """``numerator / denominator`` (``denominator`` even and positive) rounded to the nearest
+    integer, ties to even, exactly."""
+    shifted = numerator + denominator // 2
+    quotient = shifted // denominator  # round half up
+    tie = (shifted - quotient * denominator == 0) & (quotient % 2 == 1)
+    return quotient - tie
+
+
+def _rgb_to_yuv420p_float64(frame: np.ndarray) -> np.ndarray:
     height, width, _ = frame.shape
     yuv = frame.astype(np.float64) @ _RGB_TO_YUV.T + _YUV_OFFSET
     luma = np.rint(yuv[..., 0])
@@ -105,7 +144,7 @@ def _encode(frames: np.ndarray, fps: int, encoding: VideoEncoding) -> bytes:
         stream.codec_context.options = codec_options
         lossless = encoding.codec == "h264-lossless"
         for index, array in enumerate(frames):
-            frame = _input_frame(array, lossless)
+            frame = _input_frame(array, lossless, encoding.yuv)
             frame.pts = index
             frame.time_base = Fraction(1, fps)
             for packet in stream.encode(frame):
@@ -117,7 +156,7 @@ def _encode(frames: np.ndarray, fps: int, encoding: VideoEncoding) -> bytes:
     return buffer.getvalue()
 
 
-def _input_frame(array: np.ndarray, lossless: bool) -> av.VideoFrame:
+def _input_frame(array: np.ndarray, lossless: bool, yuv: str) -> av.VideoFrame:
     """An encoder input frame in FFmpeg's own aligned buffers, every byte written by us.
 
     ``VideoFrame.from_ndarray`` may hand the encoder numpy's memory, whose alignment changes
@@ -131,7 +170,7 @@ def _input_frame(array: np.ndarray, lossless: bool) -> av.VideoFrame:
         planes = [np.ascontiguousarray(array).reshape(height, width * 3)]
     else:
         frame = av.VideoFrame(width, height, "yuv420p")
-        packed = rgb_to_yuv420p(array).reshape(-1)
+        packed = rgb_to_yuv420p(array, yuv).reshape(-1)
         luma, quarter = height * width, (height // 2) * (width // 2)
         planes = [
             packed[:luma].reshape(height, width),

@@ -168,7 +168,7 @@ def class_parts(fp: RuntimeFingerprint) -> dict[str, str]:
         else (f"{fp.dtype}+te-{fp.text_encoder_dtype}+vae-{fp.vae_dtype}")
     )
     enc = fp.encoding
-    encoder = f"{enc.codec}-crf{enc.crf}-{enc.preset}-{enc.threads}threads-mbtree{int(enc.mbtree)}+av-{fp.av}"
+    encoder = f"{enc.codec}-crf{enc.crf}-{enc.preset}-{enc.threads}threads-mbtree{int(enc.mbtree)}-{enc.yuv}+av-{fp.av}"
     return {
         "architecture": arch,
         "hardware": hardware,

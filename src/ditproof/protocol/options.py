@@ -54,6 +54,10 @@ class VideoEncoding(BaseModel):
     # 832x480x81: 4 streams in 12 encodes here, and on an H100 host); off, every encode agreed.
     # Records written before this field existed were encoded with it on.
     mbtree: bool = False
+    # How the encoder's yuv420p input is computed from RGB (ditproof.video): exact integers, or
+    # the float64 matrix product of records made before 2026-12, whose last bits follow the CPU's
+    # BLAS kernel. Records without the field are read as "bt601-float64".
+    yuv: Literal["bt601-integer", "bt601-float64"] = "bt601-integer"
 
     @field_validator("preset")
     @classmethod

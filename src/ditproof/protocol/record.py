@@ -7,8 +7,9 @@ the same request on the same runtime.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -165,6 +166,15 @@ class InferenceRecord(_Model):
     fingerprints: TrajectoryFingerprints | None
     timings: PhaseTimings
 
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> InferenceRecord:
+        """Validates a JSON record; one made before ``VideoEncoding.yuv`` existed is read with the
+        colour conversion it was encoded with (``bt601-float64``)."""
+        data = json.loads(json_data) if isinstance(json_data, str | bytes | bytearray) else None
+        if isinstance(data, dict) and _upgrade_encodings(data):
+            json_data = json.dumps(data)
+        return super().model_validate_json(json_data, **kwargs)
+
     def canonical(self) -> bytes:
         """Canonical JSON bytes of the record."""
         return canonical_json(self.model_dump(mode="json"))
@@ -190,3 +200,15 @@ class InferenceRecord(_Model):
             InvalidInputError: if the file is missing, not JSON, or not a valid record.
         """
         return load_model_file(cls, path, "record", RECORD_SCHEMA)
+
+
+def _upgrade_encodings(data: dict[str, Any]) -> bool:
+    """Adds ``yuv: bt601-float64`` to the record's encodings that lack it (records made before the
+    field); True when something was added."""
+    changed = False
+    for key in ("options", "runtime", "video"):
+        encoding = data.get(key, {}).get("encoding") if isinstance(data.get(key), dict) else None
+        if isinstance(encoding, dict) and "yuv" not in encoding:
+            encoding["yuv"] = "bt601-float64"
+            changed = True
+    return changed

@@ -33,6 +33,7 @@ from typing import TypedDict, Unpack
 
 import torch
 
+from ditproof import __version__
 from ditproof.errors import InvalidInputError
 from ditproof.generation.generate import check_prompt_length, generate
 from ditproof.generation.runtime import class_differences, runtime_class, runtime_fingerprint
@@ -332,6 +333,12 @@ def preflight(
     # 2. Record: consistency, completeness, the algorithm and class the network allows.
     if not check_record(record, checks):
         return checks.verdict("invalid", "the record is inconsistent (seed or noise)")
+    if record.runtime_class != runtime_class(record.runtime) and record.runtime.ditproof != __version__:
+        # Another ditproof named its classes otherwise: only a validator of that version can tell
+        # whether the record is consistent, and reproduce it.
+        why = f"the record was made by ditproof {record.runtime.ditproof}, this validator is {__version__}"
+        checks.add("runtime_class", False, why)
+        return _delegate(record, checks, why, None, validators)
     problems = record_problems(record)
     if not checks.add("record", not problems, "; ".join(problems) or "complete and consistent"):
         return checks.verdict("invalid", "the record is incomplete or contradicts itself: " + "; ".join(problems))
