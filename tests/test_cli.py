@@ -161,3 +161,25 @@ def test_generate_takes_the_speed_options_and_pins_them_in_the_record(tmp_path):
     refused = ditproof("generate", "--prompt", "x", "--out", str(tmp_path / "bad"), *SMALL, "--encode-threads", "0")
     assert refused.returncode != 0 and "threads: got 0" in refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "bad").exists()
+
+
+def test_a_prompt_that_is_not_utf8_is_invalid_input(tmp_path):
+    # Bytes that are not UTF-8 reach Python as lone surrogates: refused before the model loads.
+    run = subprocess.run(
+        [
+            sys.executable.encode(),
+            b"-m",
+            b"ditproof.cli.main",
+            b"generate",
+            b"--prompt",
+            b"a red \xff\xfe circle",
+            b"--out",
+            str(tmp_path / "o").encode(),
+            b"--quiet",
+        ],
+        capture_output=True,
+        timeout=300,
+    )
+    assert run.returncode == 2, run.stderr[-500:]
+    assert b"not valid Unicode" in run.stdout + run.stderr and b"Traceback" not in run.stdout + run.stderr
+    assert not (tmp_path / "o").exists()

@@ -467,3 +467,21 @@ def test_cli_client_generate_and_fetch(node, tmp_path):
     bad.write_text("[")
     run = subprocess.run([*validate, "--request", str(bad)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 2 and "request: not valid JSON" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_text_that_is_not_unicode_is_refused_not_a_server_error(http):
+    # JSON may carry a lone surrogate ("\ud800"): the request check refuses it (was HTTP 500 from
+    # the tokenizer), on both video endpoints and for both text fields.
+    for path in ("/v1/videos", "/v1/videos/sync"):
+        for field in ("prompt", "negative_prompt"):
+            body = {"prompt": "a red circle", "seed": 1, **TINY, field: "a red \ud800 circle"}
+            response = http.post(path, content=json.dumps(body), headers={"Content-Type": "application/json"})
+            assert response.status_code == 422, (path, field, response.text)
+            assert "not valid Unicode" in response.text
+
+
+def test_a_url_encoded_prompt_that_is_not_utf8_is_refused(http):
+    # %FF%FE is not UTF-8: refused, not recorded as U+FFFD (what the client never sent).
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = http.post("/v1/videos", content=b"prompt=a+red+%FF%FE+circle&seed=1", headers=headers)
+    assert response.status_code == 422 and "UTF-8" in response.text

@@ -178,3 +178,16 @@ def test_shipped_provisional_thresholds_apply_to_the_tiny_model_on_cpu(lossless_
     assert set(found) == {"psnr:worst", "latent_rel_l2:value"}
     assert found["psnr:worst"].source.startswith("provisional thresholds")
     assert run_cli("--record", str(out / "record.json"), "--cfg-mode", "batched", "--thresholds", str(path)) == 0
+
+
+def test_a_record_naming_a_video_outside_its_folder_is_refused(lossless_run, tmp_path, capsys):
+    # The validator opens record.video.file beside the record: a path there could read any file.
+    import json as _json
+
+    record, _ = lossless_run
+    data = _json.loads(record.canonical())
+    data["video"]["file"] = "../../../../etc/passwd"
+    (tmp_path / "record.json").write_text(_json.dumps(data))
+    assert run_cli("--record", str(tmp_path / "record.json")) == 2
+    printed = capsys.readouterr()
+    assert "video.file" in printed.out + printed.err and "Traceback" not in printed.out + printed.err

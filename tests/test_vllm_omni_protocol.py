@@ -88,11 +88,11 @@ def test_runtime_class_names_engine_and_version(tiny_model, cpu_options):
 
     fp = runtime_fingerprint(tiny_model, cpu_options)
     assert fp.engine == "diffusers" and fp.engine_version is None
-    assert runtime_class(fp).split("/")[1] == f"diffusers-{fp.diffusers}"
+    assert runtime_class(fp).split("/")[2] == f"diffusers-{fp.diffusers}"
     omni = RuntimeFingerprint.model_validate(
         fp.model_dump() | {"engine": "vllm-omni", "engine_version": "0.30.0", "diffusers": "0.40.0"}
     )
-    assert runtime_class(omni).split("/")[1] == "vllm-omni-0.30.0+diffusers-0.40.0"
+    assert runtime_class(omni).split("/")[2] == "vllm-omni-0.30.0+diffusers-0.40.0"
     assert runtime_class(omni) != runtime_class(fp)
 
 

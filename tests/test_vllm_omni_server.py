@@ -82,7 +82,7 @@ def test_generate_through_server_then_validate(server, model, tmp_path):
     noise = sha256_tensor(initial_noise(record.seed, REQUEST.latent_shape()))
     assert record.noise.sha256 == noise
     assert record.runtime.engine == "vllm-omni" and record.runtime.engine_version == "0.30.0"
-    assert record.runtime_class.split("/")[1] == f"vllm-omni-0.30.0+diffusers-{record.runtime.diffusers}"
+    assert record.runtime_class.split("/")[2] == f"vllm-omni-0.30.0+diffusers-{record.runtime.diffusers}"
     assert record.runtime.attention_backend == "vllm-omni:CPU_SDPA"
     assert record.runtime.solver.startswith("FlowUniPCMultistepScheduler/")
     assert [c.name for c in record.checkpoints] == ["initial", "pre_switch", "final"]

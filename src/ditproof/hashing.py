@@ -84,6 +84,57 @@ def sha256_tensor(tensor: torch.Tensor) -> str:
     return sha256_bytes(tensor_bytes(tensor))
 
 
+STAGING_BYTES = 64 << 20
+"""Bytes of one pinned host buffer through which :func:`sha256_tensors` copies GPU tensors."""
+
+
+def sha256_tensors(tensors: list[torch.Tensor], workers: int = 8) -> list[str]:
+    """:func:`sha256_tensor` of each tensor, on ``workers`` threads.
+
+    GPU tensors travel to the host in :data:`STAGING_BYTES` pieces through one pinned buffer and
+    CUDA stream per thread: whole-tensor pageable copies reached about 1.3 GB/s over 16 threads on
+    an H100 host (56 s for the 73 GB of ``wan-a14b-shape``), pinned pieces about 15 GB/s (4.9 s).
+    The digest is of the raw little-endian bytes, as :func:`tensor_bytes` gives them.
+    """
+    import queue
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    if sys.byteorder != "little":  # raw bytes equal tensor_bytes' little-endian ones only here
+        return [sha256_tensor(t) for t in tensors]
+    devices = sorted({t.device for t in tensors if t.device.type == "cuda"}, key=str)
+    buffers: queue.Queue[tuple[torch.Tensor, torch.cuda.Stream]] = queue.Queue()
+    if devices:
+        torch.cuda.synchronize(devices[0])
+        for _ in range(workers):
+            pinned = torch.empty(STAGING_BYTES, dtype=torch.uint8, pin_memory=True)
+            buffers.put((pinned, torch.cuda.Stream(devices[0])))
+
+    def digest(tensor: torch.Tensor) -> str:
+        flat = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+        hasher = hashlib.sha256()
+        if flat.device.type != "cuda" or len(devices) != 1:
+            hasher.update(flat.cpu().numpy().data)
+            return hasher.hexdigest()
+        pinned, stream = buffers.get()
+        try:
+            for start in range(0, flat.numel(), STAGING_BYTES):
+                piece = flat[start : start + STAGING_BYTES]
+                host = pinned[: piece.numel()]
+                with torch.cuda.stream(stream):
+                    host.copy_(piece, non_blocking=True)
+                stream.synchronize()
+                hasher.update(host.numpy().data)
+        finally:
+            buffers.put((pinned, stream))
+        return hasher.hexdigest()
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(digest, tensors))
+
+
 def sha256_tree(root: Path, files: Iterable[Path]) -> str:
     """Hash of several files under ``root``: sha256 of the canonical JSON of {relative path: sha256}."""
     listing = {str(path.relative_to(root).as_posix()): sha256_file(path) for path in sorted(files)}

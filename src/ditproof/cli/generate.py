@@ -39,10 +39,14 @@ def build_options(
     chosen_dtype = dtype or (
         preset.default_dtype if preset else ("bfloat16" if device.startswith("cuda") else "float32")
     )
+    # A bfloat16 model decodes with a bfloat16 VAE (the network's classes at A14B size: a float32
+    # decode with cuDNN picks its plan by the GPU memory left free; docs/determinism.md).
+    vae_dtype = "bfloat16" if preset is not None and preset.default_dtype == "bfloat16" else "float32"
     return call(
         RuntimeOptions,
         device=device,
         dtype=chosen_dtype,
+        vae_dtype=vae_dtype,
         attention_backend=attention_backend,
         cfg_mode=cfg_mode,
         capture=call(CaptureOptions, jl_dim=jl_dim, checkpoint_steps=parse_steps(checkpoint_steps)),

@@ -129,7 +129,9 @@ class PhaseTimings(_Model):
 class VideoInfo(_Model):
     """The encoded video file."""
 
-    file: str = "video.mp4"
+    # A file name beside the record, never a path: a validator opens it relative to the record's
+    # folder, so "../../etc/passwd" must not be expressible.
+    file: str = Field(default="video.mp4", pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
     sha256: str = Field(pattern=_SHA256)
     size_bytes: int
     width: int
@@ -170,7 +172,10 @@ class InferenceRecord(_Model):
     def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> InferenceRecord:
         """Validates a JSON record; one made before ``VideoEncoding.yuv`` existed is read with the
         colour conversion it was encoded with (``bt601-float64``)."""
-        data = json.loads(json_data) if isinstance(json_data, str | bytes | bytearray) else None
+        try:
+            data = json.loads(json_data)
+        except ValueError:  # not JSON, or not UTF-8: pydantic's own error says so
+            data = None
         if isinstance(data, dict) and _upgrade_encodings(data):
             json_data = json.dumps(data)
         return super().model_validate_json(json_data, **kwargs)

@@ -137,6 +137,14 @@ def _text(value: str) -> str:
         raise ValueError(f"got a text of {len(value)} characters; allowed: at most {MAX_PROMPT_CHARS}")
     if "\x00" in value:
         raise ValueError("got a text with a NUL character; allowed: text without NUL characters")
+    surrogate = next((i for i, char in enumerate(value) if "\ud800" <= char <= "\udfff"), None)
+    if surrogate is not None:
+        # A lone surrogate (JSON "\ud800", or bytes that are not UTF-8 decoded with surrogateescape,
+        # as Python does for command-line arguments) cannot be encoded, tokenized or hashed as text.
+        raise ValueError(
+            f"got a text that is not valid Unicode (a lone surrogate U+{ord(value[surrogate]):04X} at character "
+            f"{surrogate}, e.g. bytes that are not UTF-8); allowed: UTF-8 text"
+        )
     return value
 
 

@@ -225,6 +225,8 @@ def fingerprint_fields(model: LoadedModel, options: RuntimeOptions) -> dict[str,
         "cudnn_version": None,
         "cpu_arch": info.cpu_arch,
         "cpu_capability": info.cpu_capability,
+        # The worker's thread count is its own, not this process's: not known here.
+        "cpu_threads": None,
         "python": info.python,
         "torch": info.torch,
         "diffusers": info.diffusers,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, Response
@@ -75,6 +76,15 @@ async def read_create_request(request: Request) -> VideoCreateRequest:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise invalid_fields([("body", f"not valid JSON ({exc})")]) from None
         return from_json(data)
+    if content_type == "application/x-www-form-urlencoded":
+        # Parsed here, strictly: Starlette's parser turns bytes that are not UTF-8 into U+FFFD, so a
+        # prompt would be recorded as something the client never sent.
+        body = await request.body()
+        try:
+            items = parse_qsl(body.decode("ascii"), keep_blank_values=True, errors="strict", max_num_fields=64)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise invalid_fields([("body", f"not a URL-encoded form of UTF-8 text ({exc})")]) from None
+        return from_form(items)
     if content_type in FORM_TYPES:
         form = await request.form(max_files=4, max_fields=64, max_part_size=256 * 1024)
         try:
