@@ -19,6 +19,9 @@ from ditproof.protocol.request import GenerationRequest
 
 ENTROPY = "5e" * 32
 
+PREFLIGHT_CHECKS = ["integrity", "seed", "noise", "record", "allowed_class", "runtime_class"]
+"""The checks of every validation mode before anything is regenerated, in order, when all pass."""
+
 
 @pytest.fixture(scope="session")
 def cpu_options() -> RuntimeOptions:

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
+from conftest import PREFLIGHT_CHECKS
 from ditproof.generation.execute import execute
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import load_model
@@ -129,16 +130,7 @@ def test_honest_record_passes_checkpoint_mode(honest, validator_model):
     assert (verdict.regenerated_steps, verdict.total_steps, verdict.cost_fraction) == (8, 8, 1.0)
     assert verdict.scores["latent_rel_l2_segment:value"] == 0.0
     names = [c.name for c in verdict.checks]
-    assert names[:8] == [
-        "integrity",
-        "seed",
-        "noise",
-        "record",
-        "allowed_class",
-        "runtime_class",
-        "checkpoint_files",
-        "fingerprints",
-    ]
+    assert names[:8] == [*PREFLIGHT_CHECKS, "checkpoint_files", "fingerprints"]
     assert names[8:13] == ["segment"] * 4 + ["exact_match"]
 
 

@@ -8,11 +8,12 @@ options.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -125,6 +126,24 @@ def cpu_threads(options: RuntimeOptions) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def with_cpu_threads(function: Callable[P, R]) -> Callable[P, R]:
+    """Runs ``function(request, seed, model, options, ...)`` under :func:`cpu_threads` of its
+    options (the fourth argument, or ``options=``)."""
+
+    @functools.wraps(function)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        options = kwargs["options"] if "options" in kwargs else args[3]
+        assert isinstance(options, RuntimeOptions)
+        with cpu_threads(options):
+            return function(*args, **kwargs)
+
+    return run
+
+
 PROMPT_CACHE_SIZE = 4
 """Prompts whose text-encoder outputs a loaded model keeps (a validation re-runs one request's
 segments one by one: each would encode the same prompt again)."""
@@ -159,6 +178,8 @@ def encode(
     return embeddings
 
 
+@with_cpu_threads
+@torch.inference_mode()
 def generate(
     request: GenerationRequest,
     seed: int,
@@ -175,7 +196,8 @@ def generate(
         request: the validated request (its ``seed`` field is ignored: ``seed`` is authoritative).
         seed: the seed of the initial noise (derived by the caller).
         model: a loaded two-expert pipeline.
-        options: device, dtypes, kernels, deviations and capture settings.
+        options: device, dtypes, kernels, deviations and capture settings (on the CPU, with the
+            thread count ``options.cpu_threads``: see :func:`with_cpu_threads`).
         on_step: progress callback.
         resume: start from a checkpoint (latent and solver state after ``resume.step`` steps)
             instead of the noise.
@@ -185,21 +207,6 @@ def generate(
     Returns:
         Frames as uint8 ``(F, H, W, 3)``, the noise hash and the captured trajectory.
     """
-    with cpu_threads(options):
-        return _generate(request, seed, model, options, on_step, resume=resume, stop_after=stop_after)
-
-
-@torch.inference_mode()
-def _generate(
-    request: GenerationRequest,
-    seed: int,
-    model: LoadedModel,
-    options: RuntimeOptions,
-    on_step: StepCallback | None = None,
-    *,
-    resume: ResumePoint | None = None,
-    stop_after: int | None = None,
-) -> GenerationResult:
     if options.engine != "diffusers":
         # Another engine runs the loop (ditproof.engines); it returns the same GenerationResult.
         from ditproof.engines import run_engine
