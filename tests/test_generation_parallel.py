@@ -63,3 +63,54 @@ def test_parallel_options_are_checked():
     with pytest.raises(RuntimeUnavailableError, match="launch with torchrun --nproc-per-node 2"):
         init_parallel(RuntimeOptions(tp_degree=2))
     assert torch.distributed.is_available()
+
+
+def test_fixed_order_ffn_slices_make_tp2_give_the_bytes_of_one_process(tmp_path):
+    # With --ffn-chunks the ranks compute whole slices and sum every partial output in one order:
+    # TP-2 equals one process bit for bit (latents and mp4), the degree leaves the runtime class,
+    # and a validator in one process reproduces the record exactly.
+    import json
+    import os
+
+    sliced = [*ARGS, "--ffn-chunks", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun gives each rank one thread
+    single = subprocess.run(
+        [sys.executable, "-m", "ditproof.cli.main", "generate", "--out", str(tmp_path / "tp1"), *sliced],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert single.returncode == 0, single.stderr
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29519"]
+    parallel = subprocess.run(
+        [*launcher, "-m", "ditproof.cli.main", "generate", "--out", str(tmp_path / "tp2"), "--tp-degree", "2", *sliced],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name / "record.json").read_text()) for name in ("tp1", "tp2"))
+    assert two["options"]["tp_degree"] == 2 and two["runtime"]["ffn_chunks"] == 4
+    assert one["video"]["sha256"] == two["video"]["sha256"]
+    assert [c["tensor_sha256"] for c in one["checkpoints"]] == [c["tensor_sha256"] for c in two["checkpoints"]]
+    assert one["runtime_class"] == two["runtime_class"] and "+ffn4/" in two["runtime_class"]
+    validated = subprocess.run(
+        [sys.executable, "-m", "ditproof.cli.main", "validate", "--record", str(tmp_path / "tp2" / "record.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert validated.returncode == 0, validated.stdout[-2000:]
+    assert "matched byte for byte" in validated.stdout
+
+
+def test_ffn_slices_are_checked(tiny_model):
+    from ditproof.models.registry import load_model
+
+    with pytest.raises(InvalidInputError, match="ffn_chunks"):
+        load_model("wan-tiny-random", RuntimeOptions(ffn_chunks=4, fuse_elementwise=True))
+    with pytest.raises(InvalidInputError, match="a multiple of tp_degree"):
+        load_model("wan-tiny-random", RuntimeOptions(ffn_chunks=3, tp_degree=2))
+    with pytest.raises(InvalidInputError, match="a divisor of the FFN width"):
+        load_model("wan-tiny-random", RuntimeOptions(ffn_chunks=7))

@@ -124,6 +124,11 @@ def generate_command(
     cache_threshold: float | None = typer.Option(None, "--cache-threshold", help="First-block cache (experiments)."),
     tp_degree: int = typer.Option(1, "--tp-degree", help="Tensor parallelism (run under torchrun)."),
     cp_degree: int = typer.Option(1, "--cp-degree", help="Context parallelism (run under torchrun)."),
+    ffn_chunks: int = typer.Option(
+        1,
+        "--ffn-chunks",
+        help="Feed-forward slices summed in a fixed order: with them a --tp-degree run gives the bytes of one process.",
+    ),
     fuse_projections: bool = typer.Option(
         False, "--fuse-projections", help="Fuse the experts' attention projections (speed; in the runtime class)."
     ),
@@ -182,6 +187,7 @@ def generate_command(
             cache=cache,
             tp_degree=tp_degree,
             cp_degree=cp_degree,
+            ffn_chunks=ffn_chunks,
             engine=engine,
             fuse_projections=fuse_projections,
             fuse_elementwise=fuse_elementwise,

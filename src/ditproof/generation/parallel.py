@@ -10,6 +10,13 @@ Launch with ``torchrun --nproc-per-node N`` (the CLI's ``generate --tp-degree N`
   across all heads, so sharding heads would need the norm's statistics reduced across ranks.
 - context parallelism (``cp_degree``) with diffusers' Ulysses attention
   (``enable_parallelism(ContextParallelConfig(ulysses_degree=N))``, Wan's ``_cp_plan``).
+- fixed-order feed-forward slices (``ffn_chunks`` C, :func:`slice_feed_forwards`): each block's
+  FFN becomes C independent slices of its hidden units, each a contiguous up-projection, GELU and
+  down-projection of the same shape; their partial outputs are summed in slice order in float32,
+  then the down-projection's bias is added. With tensor parallelism each rank keeps C/N whole
+  slices and the ranks gather every partial output before summing, so every rank, and one
+  process without parallelism, computes the same matrix products on the same shapes and adds
+  them in the same order: TP-N gives the bytes of TP-1 (measured on CPU processes, tests).
 
 Only one of the two per run for now. Ranks other than 0 compute but write nothing. On CPUs the
 process group uses gloo (tensor parallelism only), which is how the tests run it.
@@ -18,6 +25,7 @@ process group uses gloo (tensor parallelism only), which is how the tests run it
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -85,7 +93,7 @@ def ffn_plan(expert: torch.nn.Module) -> dict[str, object]:
 
 def apply_parallel(experts: tuple[torch.nn.Module, ...], options: RuntimeOptions) -> None:
     """Shards the experts in place for the run's tensor or context parallelism."""
-    if options.tp_degree > 1:
+    if options.tp_degree > 1 and options.ffn_chunks == 1:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.tensor.parallel import parallelize_module
 
@@ -98,3 +106,72 @@ def apply_parallel(experts: tuple[torch.nn.Module, ...], options: RuntimeOptions
 
         for expert in experts:
             expert.enable_parallelism(config=ContextParallelConfig(ulysses_degree=options.cp_degree))  # type: ignore[operator]
+
+
+class SlicedFeedForward(torch.nn.Module):
+    """A Wan block's feed-forward network as fixed-order slices (see the module docstring).
+
+    ``up_weight`` ``(slices, width, dim)``, ``up_bias`` ``(slices, width)`` and ``down_weight``
+    ``(slices, dim, width)`` hold this rank's slices, each contiguous; ``down_bias`` the
+    down-projection's bias. ``world`` ranks hold ``slices × world`` slices between them.
+    """
+
+    def __init__(self, ffn: Any, chunks: int, rank: int, world: int) -> None:
+        super().__init__()
+        up, down = ffn.net[0].proj, ffn.net[2]
+        inner = up.weight.shape[0]
+        if inner % chunks:
+            raise InvalidInputError(f"ffn_chunks: got {chunks}; allowed: a divisor of the FFN width {inner}")
+        width, local = inner // chunks, chunks // world
+        first = rank * local
+        with torch.no_grad():
+            up_w = up.weight.reshape(chunks, width, -1)[first : first + local]
+            up_b = up.bias.reshape(chunks, width)[first : first + local]
+            down_w = down.weight.reshape(down.weight.shape[0], chunks, width).permute(1, 0, 2)[first : first + local]
+            self.up_weight = torch.nn.Parameter(up_w.contiguous(), requires_grad=False)
+            self.up_bias = torch.nn.Parameter(up_b.contiguous(), requires_grad=False)
+            self.down_weight = torch.nn.Parameter(down_w.contiguous(), requires_grad=False)
+            self.down_bias = torch.nn.Parameter(down.bias.detach().clone(), requires_grad=False)
+        self.approximate: str = ffn.net[0].approximate
+        self.world = world
+
+    def forward(self, hidden_states: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        partials = [
+            torch.nn.functional.linear(
+                torch.nn.functional.gelu(
+                    torch.nn.functional.linear(hidden_states, up_w, up_b), approximate=self.approximate
+                ),
+                down_w,
+            ).float()
+            for up_w, up_b, down_w in zip(self.up_weight, self.up_bias, self.down_weight, strict=True)
+        ]
+        if self.world > 1:
+            local = torch.stack(partials)
+            gathered = [torch.empty_like(local) for _ in range(self.world)]
+            dist.all_gather(gathered, local)
+            partials = [partial for rank_partials in gathered for partial in rank_partials]
+        total = partials[0]
+        for partial in partials[1:]:
+            total = total + partial
+        return (total + self.down_bias.float()).to(hidden_states.dtype)
+
+
+def slice_feed_forwards(experts: tuple[torch.nn.Module, ...], options: RuntimeOptions) -> None:
+    """Replaces every block's FFN by :class:`SlicedFeedForward` of ``options.ffn_chunks`` slices,
+    keeping this rank's share under tensor parallelism."""
+    rank, world = world_rank_for(options)
+    for expert in experts:
+        for block in expert.blocks:  # type: ignore[union-attr]
+            block.ffn = SlicedFeedForward(block.ffn, options.ffn_chunks, rank, world)
+
+
+def world_rank_for(options: RuntimeOptions) -> tuple[int, int]:
+    """(rank, ranks) among which the FFN slices are shared: the tensor-parallel group, or (0, 1)."""
+    if options.tp_degree == 1:
+        return 0, 1
+    rank, size = world()
+    if size != options.tp_degree:
+        raise RuntimeUnavailableError(
+            f"tp_degree {options.tp_degree}: the process group has {size} processes; launch with torchrun"
+        )
+    return rank, size

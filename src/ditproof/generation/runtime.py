@@ -124,6 +124,7 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
         cache=None if options.cache is None else f"{options.cache.kind}:{options.cache.threshold}",
         tp_degree=options.tp_degree,
         cp_degree=options.cp_degree,
+        ffn_chunks=options.ffn_chunks,
         fuse_projections=options.fuse_projections,
         fuse_elementwise=options.fuse_elementwise,
         elementwise_steps=FUSED_STEPS if options.fuse_elementwise else None,
@@ -178,7 +179,8 @@ def class_parts(fp: RuntimeFingerprint) -> dict[str, str]:
         else f"{fp.engine}-{fp.engine_version}+diffusers-{fp.diffusers}",
         "libraries": f"{libraries}+transformers-{fp.transformers}",
         "kernels": kernels(fp),
-        "execution": f"cfg-{fp.cfg_mode}+tp{fp.tp_degree}",
+        # With fixed-order feed-forward slices the tensor-parallel degree leaves the bytes alone.
+        "execution": f"cfg-{fp.cfg_mode}+" + (f"tp{fp.tp_degree}" if fp.ffn_chunks == 1 else f"ffn{fp.ffn_chunks}"),
         "dtypes": dtypes,
         "model": f"rev-{fp.model_revision[:16]}",
         "solver": fp.solver.split("/")[0] + "-" + fp.solver.rsplit("/", 1)[-1],

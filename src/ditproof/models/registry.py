@@ -77,7 +77,7 @@ class LoadedModel:
     weights: str = "native"
     cache: CacheOptions | None = None
     parallel: tuple[int, int] = (1, 1)
-    kernels: tuple[bool, bool, str] = (False, False, "none")  # see kernel_options: applied at load
+    kernels: tuple[bool, bool, str, int] = (False, False, "none", 1)  # see kernel_options: applied at load
     text_encoder_host: HostResident | None = None  # set at the first generation that offloads it
     prompt_embeddings: OrderedDict[tuple[object, ...], tuple[torch.Tensor, torch.Tensor | None]] = field(
         default_factory=OrderedDict
@@ -104,7 +104,7 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
         ModelNotFoundError: unknown preset, or a missing or incomplete folder.
         InvalidInputError: options that cannot be applied together (fuse_elementwise with tp_degree > 1).
     """
-    from ditproof.generation.parallel import apply_parallel
+    from ditproof.generation.parallel import apply_parallel, slice_feed_forwards
 
     if options.fuse_elementwise and options.tp_degree > 1:
         # Tensor parallelism splits the FFN's up-projection across ranks (DTensor weights and
@@ -112,6 +112,17 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
         raise InvalidInputError(
             f"fuse_elementwise: not with tp_degree={options.tp_degree}; allowed: fuse_elementwise with "
             "tp_degree 1 (context parallelism is fine), or tensor parallelism without it"
+        )
+    if options.ffn_chunks > 1 and (options.fuse_elementwise or options.compile != "none"):
+        # Both rewrite the feed-forward network the slices replace; not measured together.
+        raise InvalidInputError(
+            f"ffn_chunks: {options.ffn_chunks} with fuse_elementwise={options.fuse_elementwise}, "
+            f"compile={options.compile!r}; allowed: ffn_chunks 1, or neither of the two"
+        )
+    if options.ffn_chunks > 1 and options.ffn_chunks % options.tp_degree:
+        raise InvalidInputError(
+            f"ffn_chunks: got {options.ffn_chunks} with tp_degree {options.tp_degree}; allowed: 1, or a multiple "
+            "of tp_degree (each rank runs whole slices)"
         )
     model = _load(name, options, model_path)
     if options.offload_text_encoder:  # in pinned host memory, on the device per prompt only
@@ -121,6 +132,8 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
         for expert in experts:
             fp8_roundtrip_linear_weights(expert)
         model.weights = "fp8-e4m3"
+    if options.ffn_chunks > 1:
+        slice_feed_forwards(experts, options)
     if options.tp_degree > 1 or options.cp_degree > 1:
         apply_parallel(experts, options)
         model.parallel = (options.tp_degree, options.cp_degree)
@@ -129,10 +142,11 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
     return model
 
 
-def kernel_options(options: RuntimeOptions) -> tuple[bool, bool, str]:
+def kernel_options(options: RuntimeOptions) -> tuple[bool, bool, str, int]:
     """The options applied at load time that change the experts' kernels: fused projections,
-    fused elementwise steps, compile mode (a request must match the loaded model's)."""
-    return (options.fuse_projections, options.fuse_elementwise, options.compile)
+    fused elementwise steps, compile mode, feed-forward slices (a request must match the loaded
+    model's)."""
+    return (options.fuse_projections, options.fuse_elementwise, options.compile, options.ffn_chunks)
 
 
 COMPILE_OPTIONS = {"deterministic": True}

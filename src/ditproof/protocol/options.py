@@ -129,6 +129,12 @@ class RuntimeOptions(BaseModel):
     ``cpu_threads``: PyTorch's intra-op threads for a run on the CPU (None: the process's current
     count). The CPU VAE decode's bytes depend on it (docs/determinism.md), so it is recorded and
     part of a CPU runtime class; a validator runs with the record's count. Ignored on a GPU.
+    ``ffn_chunks``: above 1, every block's feed-forward network runs as that many independent
+    slices of its hidden units (each its own up-projection, GELU and down-projection), whose
+    partial outputs are summed in one fixed order (:mod:`ditproof.generation.parallel`). Tensor
+    parallelism then hands whole slices to the ranks and gathers the partial outputs, so a run
+    with ``tp_degree`` N (dividing ``ffn_chunks``) gives the bytes of one process: the degree
+    leaves the runtime class. Applied at load time; not with ``fuse_elementwise``.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -152,6 +158,7 @@ class RuntimeOptions(BaseModel):
     fuse_elementwise: bool = False
     compile: Literal["none", "regional"] = "none"
     cpu_threads: int | None = Field(default=None, ge=1, le=256)
+    ffn_chunks: int = Field(default=1, ge=1, le=64)
 
     @field_validator("device")
     @classmethod

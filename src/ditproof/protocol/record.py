@@ -70,6 +70,7 @@ class RuntimeFingerprint(_Model):
     cache: str | None = None
     tp_degree: int = 1
     cp_degree: int = 1
+    ffn_chunks: int = 1
     fuse_projections: bool = False
     fuse_elementwise: bool = False
     # Which steps fuse_elementwise fused (ditproof.models.fused.STEPS), e.g.

@@ -151,6 +151,7 @@ def declared_from_options(options: RuntimeOptions) -> dict[str, object]:
         "cache": None if options.cache is None else f"{options.cache.kind}:{options.cache.threshold}",
         "tp_degree": options.tp_degree,
         "cp_degree": options.cp_degree,
+        "ffn_chunks": options.ffn_chunks,
         "fuse_projections": options.fuse_projections,
         "fuse_elementwise": options.fuse_elementwise,
         "compile": options.compile,
