@@ -104,3 +104,67 @@ def test_calibrate_proposes_a_policy(tmp_path):
     assert max(c["max"] for c in honest) < calibration["proposed"]["dist_threshold"]
     assert all(c["mismatch_rate"] > 0.3 for c in calibration["cheats"])
     assert "proposed: dist_threshold" in result.output
+
+
+def _generate(out, count: str = "40", *extra: str):
+    return runner.invoke(
+        app,
+        [
+            "poc",
+            "generate",
+            "--block-hash",
+            BLOCK,
+            "--public-key",
+            "node-1",
+            "--out",
+            str(out),
+            "--count",
+            count,
+            *SMALL,
+            *list(extra),
+        ],
+    )
+
+
+def test_count_has_an_upper_bound_and_a_finished_round_is_not_overwritten(round_dir):
+    from ditproof.poc.node import MAX_ROUND_NONCES
+
+    result = _generate(round_dir.parent / "huge", str(MAX_ROUND_NONCES + 1))
+    assert result.exit_code == 2 and f"count from 1 to {MAX_ROUND_NONCES}" in result.output
+    before = (round_dir / "artifacts.json").read_bytes()
+    refused = _generate(round_dir, "8")
+    assert refused.exit_code == 2 and "already holds a finished round" in refused.output
+    assert (round_dir / "artifacts.json").read_bytes() == before
+
+
+def test_an_interrupted_round_keeps_its_batches_and_resumes(tmp_path, tiny_model):
+    # The batches finished before an interruption are on disk; the same round again computes only
+    # the rest and commits to the same root as an uninterrupted run.
+    from ditproof.poc.node import PARTIAL_FILE, generate_round_in
+    from ditproof.protocol.poc import PocParams
+
+    params = PocParams(latent_frames=1, latent_height=16, latent_width=16, text_len=32)
+    whole = generate_round_in(tmp_path / "whole", tiny_model, params, BLOCK, "node-1", range(40), batch_size=8)
+
+    def interrupt(done: int, total: int) -> None:
+        if done >= 24:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_round_in(tmp_path / "cut", tiny_model, params, BLOCK, "node-1", range(40), 8, interrupt)
+    lines = (tmp_path / "cut" / PARTIAL_FILE).read_text().splitlines()
+    assert len(lines) == 1 + 24 and not (tmp_path / "cut" / "artifacts.json").exists()
+    with (tmp_path / "cut" / PARTIAL_FILE).open("a") as handle:
+        handle.write('{"nonce": 24, "vector_b')  # a line an interruption cut short
+    seen: list[int] = []
+    resumed = generate_round_in(
+        tmp_path / "cut", tiny_model, params, BLOCK, "node-1", range(40), 8, lambda done, total: seen.append(done)
+    )
+    assert seen[0] == 24 and resumed.commitment.root == whole.commitment.root
+    assert not (tmp_path / "cut" / PARTIAL_FILE).exists()
+    other = generate_round_in(tmp_path / "cut2", tiny_model, params, BLOCK, "node-1", range(8), 8)
+    assert other.commitment.count == 8
+    (tmp_path / "cut2" / PARTIAL_FILE).write_text('{"block_hash": "other"}\n')
+    (tmp_path / "cut2" / "artifacts.json").unlink()
+    result = _generate(tmp_path / "cut2", "8")
+    assert result.exit_code == 2 and "unfinished round of another" in result.output

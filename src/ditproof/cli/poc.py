@@ -19,7 +19,6 @@ from pydantic import ValidationError
 
 from ditproof.cli.common import EXIT_FAILURE, call, err, out, quiet_libraries, reported
 from ditproof.errors import InvalidInputError
-from ditproof.hashing import atomic_write_bytes, canonical_json
 
 if TYPE_CHECKING:
     from ditproof.protocol.options import RuntimeOptions
@@ -31,9 +30,6 @@ poc_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-ARTIFACTS_FILE = "artifacts.json"
-COMMITMENT_FILE = "commitment.json"
 
 
 def _params(latent_frames: int, latent_height: int, latent_width: int, text_len: int) -> PocParams:
@@ -60,7 +56,7 @@ def _options(device: str, dtype: str | None, model: str) -> RuntimeOptions:
 def _read_store(path: Path) -> PocArtifacts:
     from ditproof.protocol.poc import PocArtifacts
 
-    file = path / ARTIFACTS_FILE if path.is_dir() else path
+    file = path / "artifacts.json" if path.is_dir() else path
     try:
         return PocArtifacts.model_validate_json(file.read_bytes())
     except OSError as exc:
@@ -88,30 +84,60 @@ def generate_command(
     latent_height: int = typer.Option(32, "--latent-height"),
     latent_width: int = typer.Option(32, "--latent-width"),
     text_len: int = typer.Option(32, "--text-len", help="Tokens of the random text input."),
+    force: bool = typer.Option(False, "--force", help="Replace a finished round already in --out."),
 ) -> None:
-    """Compute PoC nonces and commit to them (Merkle mountain range root and count)."""
+    """Compute PoC nonces and commit to them (Merkle mountain range root and count).
+
+    Finished batches are kept in OUT/artifacts.partial.jsonl as they are computed: an interrupted
+    run keeps them, and the same command again resumes after them.
+    """
     quiet_libraries()
     with reported():
-        if count < 1 or start < 0 or start + count > 2**32:
+        from ditproof.poc.node import MAX_ROUND_NONCES
+
+        if not 1 <= count <= MAX_ROUND_NONCES or start < 0 or start + count > 2**32:
             raise InvalidInputError(
-                f"count/start: got count={count}, start={start}; allowed: count >= 1, start >= 0, start+count <= 2**32"
+                f"count/start: got count={count}, start={start}; allowed: count from 1 to {MAX_ROUND_NONCES}, "
+                "start >= 0, start+count <= 2**32"
             )
         params = _params(latent_frames, latent_height, latent_width, text_len)
         options = _options(device, dtype, model)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         from ditproof.models.registry import load_model
-        from ditproof.poc.node import generate_round
+        from ditproof.poc.node import generate_round_in
 
         loaded = load_model(model, options, model_path=model_path)
         started = time.perf_counter()
-        store = generate_round(
-            loaded, params, block_hash, public_key, list(range(start, start + count)), batch_size=batch_size
-        )
+        with Progress(
+            TextColumn("nonces"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err, transient=True
+        ) as progress:  # drawn only on a terminal
+            task = progress.add_task("nonces", total=count)
+            first: list[int] = []
+
+            def on_batch(done: int, total: int) -> None:
+                if not first:
+                    first.append(done)
+                    if done:
+                        err.print(f"resuming: {done} of {total} nonces were computed by an earlier run")
+                progress.update(task, completed=done, total=total)
+
+            store = generate_round_in(
+                out_dir,
+                loaded,
+                params,
+                block_hash,
+                public_key,
+                range(start, start + count),
+                batch_size=batch_size,
+                on_batch=on_batch,
+                force=force,
+            )
         seconds = time.perf_counter() - started
-        atomic_write_bytes(out_dir / ARTIFACTS_FILE, canonical_json(store.model_dump(mode="json")) + b"\n")
-        atomic_write_bytes(out_dir / COMMITMENT_FILE, canonical_json(store.commitment.model_dump(mode="json")) + b"\n")
+        fresh = count - (first[0] if first else 0)
         out.print(f"root {store.commitment.root}  count {store.commitment.count}")
-        out.print(f"artifacts {out_dir / ARTIFACTS_FILE}")
-        out.print(f"{count} nonces in {seconds:.2f} s ({count / seconds:.1f} nonces/s, {params.tokens()} tokens each)")
+        out.print(f"artifacts {out_dir / 'artifacts.json'}")
+        out.print(f"{fresh} nonces in {seconds:.2f} s ({fresh / seconds:.1f} nonces/s, {params.tokens()} tokens each)")
 
 
 @poc_app.command("validate")

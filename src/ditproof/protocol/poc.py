@@ -89,6 +89,12 @@ class PocParams(BaseModel):
         return self.latent_frames * (self.latent_height // 2) * (self.latent_width // 2)
 
 
+ARTIFACTS_FILE = "artifacts.json"
+"""A node's store of one round (:class:`PocArtifacts`) in its round folder."""
+COMMITMENT_FILE = "commitment.json"
+"""The round's :class:`PocCommitment` beside it."""
+
+
 class PocArtifact(BaseModel):
     """One nonce and its vector (little-endian float16, standard base64), as Gonka sends it."""
 
