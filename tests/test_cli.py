@@ -183,3 +183,11 @@ def test_a_prompt_that_is_not_utf8_is_invalid_input(tmp_path):
     assert run.returncode == 2, run.stderr[-500:]
     assert b"not valid Unicode" in run.stdout + run.stderr and b"Traceback" not in run.stdout + run.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_an_earlier_run_is_not_overwritten_without_force(generated):
+    out, _ = generated
+    record = (out / "record.json").read_bytes()
+    refused = ditproof("generate", "--prompt", "another", "--out", str(out), *SMALL)
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr and "--force" in refused.stderr
+    assert (out / "record.json").read_bytes() == record

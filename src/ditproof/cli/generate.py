@@ -148,10 +148,15 @@ def generate_command(
     engine: str = typer.Option("diffusers", "--engine", help="diffusers, or vllm-omni (docs/vllm-omni.md)."),
     omni_url: str | None = typer.Option(None, "--omni-url", help="vllm-omni: a `vllm serve DIR --omni` URL."),
     omni_artifacts: str | None = typer.Option(None, "--omni-artifacts", help="vllm-omni: the plugin's folder."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier run's files in --out."),
 ) -> None:
     """Generate a video deterministically and write its inference record."""
     quiet_libraries()
     with reported():
+        if (out_dir / "record.json").exists() and not force:
+            raise InvalidInputError(
+                f"out: {out_dir} already holds a run (record.json); allowed: another folder, or --force to replace it"
+            )
         request = parse_request(
             {
                 "prompt": prompt,
