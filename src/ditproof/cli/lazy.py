@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, ClassVar
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 if TYPE_CHECKING:
     # typer (0.29) builds its commands on its own copy of click; the types must be those.
@@ -25,6 +25,19 @@ class LazyGroup(TyperGroup):
     lazy_commands: ClassVar[dict[str, str]] = {}
     """Command name → ``"package.module:attribute"`` (a command function or a ``typer.Typer``)."""
 
+    lazy_help: ClassVar[dict[str, str]] = {}
+    """Command name → its one-line help, shown by ``--help`` without importing the command."""
+
+    _loading = False
+
+    def resolve_command(self, ctx: Context, args: list[str]) -> tuple[str | None, Command | None, list[str]]:
+        """The command a command line names, imported (only listing it in ``--help`` is not)."""
+        self._loading = True
+        try:
+            return super().resolve_command(ctx, args)
+        finally:
+            self._loading = False
+
     def list_commands(self, ctx: Context) -> list[str]:
         eager = super().list_commands(ctx)
         return eager + [name for name in self.lazy_commands if name not in eager]
@@ -33,6 +46,9 @@ class LazyGroup(TyperGroup):
         command: Command | None = super().get_command(ctx, cmd_name)
         if command is not None or cmd_name not in self.lazy_commands:
             return command
+        if not self._loading and cmd_name in self.lazy_help:
+            # Listed in the group's --help: its line, without importing its module.
+            return TyperCommand(cmd_name, help=self.lazy_help[cmd_name])
         module_name, _, attribute = self.lazy_commands[cmd_name].partition(":")
         target = getattr(importlib.import_module(module_name), attribute)
         if isinstance(target, typer.Typer):

@@ -29,8 +29,24 @@ COMMANDS = {
 }
 
 
+COMMAND_HELP = {
+    "generate": "Generate a video deterministically and write its inference record.",
+    "info": "Presets, this machine's runtime and its runtime class.",
+    "validate": "Validate a video against its inference record by regenerating it.",
+    "demo": "Generate a video with the default model, then validate it.",
+    "serve": "Serve the video API, ML-node management and validation over HTTP.",
+    "client": "Talk to a running ditproof node over HTTP.",
+    "price": "Price a request from calibrated coefficients.",
+    "poc": "Proof-of-Compute rounds: generate, validate, calibrate.",
+    "experiment": "The Stage 1 experiment: plan, run, merge, score, analyze, report.",
+}
+"""One line per command for ``ditproof --help``, which then imports none of them (torch and
+diffusers take seconds to import); each command's own ``--help`` has its full text."""
+
+
 class _Commands(LazyGroup):
     lazy_commands = COMMANDS
+    lazy_help = COMMAND_HELP
 
 
 app = typer.Typer(
