@@ -71,10 +71,10 @@ def test_generate_twice_is_byte_identical(generated, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--width", "830"], "width: got 830; allowed: a multiple of 16"),
-        (["--num-frames", "80"], "num_frames: got 80; allowed: 4k+1"),
-        (["--steps", "0"], "num_inference_steps: got 0"),
-        (["--guidance-scale", "nan"], "guidance_scale: got nan"),
+        (["--width", "830"], "--width: got 830; allowed: a multiple of 16"),
+        (["--num-frames", "80"], "--num-frames: got 80; allowed: 4k+1"),
+        (["--steps", "0"], "--steps: got 0"),
+        (["--guidance-scale", "nan"], "--guidance-scale: got nan"),
         (["--entropy", "xyz", "--request-id", "a"], "entropy: got 'xyz'"),
         (["--model", "wan2.2-t2v-a14b", "--model-path", "/nonexistent"], "model folder /nonexistent does not exist"),
         (["--dtype", "int8"], "dtype: got 'int8'"),
@@ -191,3 +191,11 @@ def test_an_earlier_run_is_not_overwritten_without_force(generated):
     refused = ditproof("generate", "--prompt", "another", "--out", str(out), *SMALL)
     assert refused.returncode == 2 and "already holds a run" in refused.stderr and "--force" in refused.stderr
     assert (out / "record.json").read_bytes() == record
+
+
+def test_messages_name_the_flag_once_and_count_problems_in_english(tmp_path):
+    refused = ditproof("generate", "--prompt", "x", "--out", str(tmp_path / "o"), "--device", "bogus")
+    assert refused.returncode == 2 and refused.stderr.count("got 'bogus'") == 1
+    (tmp_path / "r.json").write_text("{}")
+    broken = ditproof("validate", "--record", str(tmp_path / "r.json"))
+    assert broken.returncode == 2 and "problems; first" in broken.stderr and "(1 problems" not in broken.stderr

@@ -66,8 +66,10 @@ def call(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
     try:
         return fn(*args, **kwargs)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: got {e.get('input')!r}; {str(e['msg']).removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        raise InvalidInputError(problems) from None
+        problems = []
+        for e in exc.errors():
+            message = str(e["msg"]).removeprefix("Value error, ")
+            # ditproof's own checks already say what they got; pydantic's built-in ones do not.
+            got = "" if message.startswith("got ") else f"got {e.get('input')!r}; "
+            problems.append(f"{'.'.join(str(p) for p in e['loc'])}: {got}{message}")
+        raise InvalidInputError("; ".join(problems)) from None

@@ -55,6 +55,26 @@ def build_options(
     )
 
 
+FLAG_OF_FIELD = {"num_inference_steps": "--steps"}
+"""Request fields whose flag is not the field's name with dashes."""
+
+
+def request_from_flags(values: dict[str, object]) -> GenerationRequest:
+    """:func:`parse_request` with each problem named by the flag that was typed (``--steps``,
+    not ``num_inference_steps``).
+
+    Raises:
+        InvalidRequestError: one ``(flag, message)`` pair per problem.
+    """
+    from ditproof.errors import InvalidRequestError
+
+    try:
+        return parse_request(values)
+    except InvalidRequestError as exc:
+        flags = [(FLAG_OF_FIELD.get(field, "--" + field.replace("_", "-")), message) for field, message in exc.errors]
+        raise InvalidRequestError(flags) from None
+
+
 def run_generation(
     request: GenerationRequest,
     options: RuntimeOptions,
@@ -157,7 +177,7 @@ def generate_command(
             raise InvalidInputError(
                 f"out: {out_dir} already holds a run (record.json); allowed: another folder, or --force to replace it"
             )
-        request = parse_request(
+        request = request_from_flags(
             {
                 "prompt": prompt,
                 "negative_prompt": negative_prompt,

@@ -37,5 +37,6 @@ def load_model_file(cls: type[M], path: str | Path, kind: str, schema: str) -> M
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InvalidInputError(
             f"{kind} {path}: not a valid {schema} {'record' if kind == 'record' else 'file'} "
-            f"({exc.error_count()} problems; first at {where or '<root>'}: {message})"
+            f"({exc.error_count()} problem{'s' if exc.error_count() != 1 else ''}; first at {where or '<root>'}: "
+            f"{message})"
         ) from None
