@@ -199,3 +199,10 @@ def test_messages_name_the_flag_once_and_count_problems_in_english(tmp_path):
     (tmp_path / "r.json").write_text("{}")
     broken = ditproof("validate", "--record", str(tmp_path / "r.json"))
     assert broken.returncode == 2 and "problems; first" in broken.stderr and "(1 problems" not in broken.stderr
+
+
+def test_the_demo_generates_validates_and_says_where_the_video_is(tmp_path):
+    run = ditproof("demo", "--out", str(tmp_path / "demo"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "verdict: valid" in run.stdout and "matched byte for byte" in run.stdout
+    assert f"the video: {(tmp_path / 'demo' / 'video.mp4').resolve()}" in run.stdout.replace("\n", "")

@@ -269,6 +269,10 @@ def demo_command(
         verdict.save(str(out_dir / "verdict.json"))
         print_verdict(verdict)
         out.print(f"demo done in {time.perf_counter() - started:.1f} s; files in {out_dir}/")
+        out.print(
+            f"the video: {(out_dir / record.video.file).resolve()} (H.264 mp4: open it in any video player "
+            "or a web browser)"
+        )
         if verdict.decision != "valid":
             raise typer.Exit(EXIT_FAILURE)
 
