@@ -12,10 +12,8 @@ SMALL = ["--latent-frames", "1", "--latent-height", "16", "--latent-width", "16"
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def round_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("poc") / "round"
-    result = runner.invoke(
+def _generate(out, count: str = "40", *extra: str):
+    return runner.invoke(
         app,
         [
             "poc",
@@ -27,10 +25,17 @@ def round_dir(tmp_path_factory):
             "--out",
             str(out),
             "--count",
-            "240",
+            count,
             *SMALL,
+            *list(extra),
         ],
     )
+
+
+@pytest.fixture(scope="module")
+def round_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("poc") / "round"
+    result = _generate(out, "240")
     assert result.exit_code == 0, result.output
     return out
 
@@ -104,26 +109,6 @@ def test_calibrate_proposes_a_policy(tmp_path):
     assert max(c["max"] for c in honest) < calibration["proposed"]["dist_threshold"]
     assert all(c["mismatch_rate"] > 0.3 for c in calibration["cheats"])
     assert "proposed: dist_threshold" in result.output
-
-
-def _generate(out, count: str = "40", *extra: str):
-    return runner.invoke(
-        app,
-        [
-            "poc",
-            "generate",
-            "--block-hash",
-            BLOCK,
-            "--public-key",
-            "node-1",
-            "--out",
-            str(out),
-            "--count",
-            count,
-            *SMALL,
-            *list(extra),
-        ],
-    )
 
 
 def test_count_has_an_upper_bound_and_a_finished_round_is_not_overwritten(round_dir):

@@ -52,6 +52,13 @@ def generate_round(
     check_round(model, params, block_hash, public_key, nonces)
     runner = poc_model or PocModel.from_loaded(model)
     artifacts = compute_artifacts(runner, params, block_hash, public_key, nonces, batch_size, on_batch)
+    return commit_round(model, params, block_hash, public_key, artifacts)
+
+
+def commit_round(
+    model: LoadedModel, params: PocParams, block_hash: str, public_key: str, artifacts: list[PocArtifact]
+) -> PocArtifacts:
+    """The store of a round: its artifacts and the commitment to them (MMR root and count)."""
     mmr = build_mmr(artifacts)
     commitment = PocCommitment(
         block_hash=block_hash,
@@ -180,19 +187,9 @@ def generate_round_in(
             done.extend(fresh)
             if on_batch is not None:
                 on_batch(len(done), total)
-    mmr = build_mmr(done)
-    commitment = PocCommitment(
-        block_hash=block_hash,
-        public_key=public_key,
-        model=model.preset,
-        model_revision=model.revision,
-        params=params,
-        root=mmr.root(),
-        count=mmr.count,
-    )
-    store = PocArtifacts(commitment=commitment, artifacts=done)
+    store = commit_round(model, params, block_hash, public_key, done)
     atomic_write_bytes(store_path, canonical_json(store.model_dump(mode="json")) + b"\n")
-    atomic_write_bytes(commitment_path, canonical_json(commitment.model_dump(mode="json")) + b"\n")
+    atomic_write_bytes(commitment_path, canonical_json(store.commitment.model_dump(mode="json")) + b"\n")
     partial.unlink()
     return store
 
