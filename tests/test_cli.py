@@ -206,3 +206,31 @@ def test_the_demo_generates_validates_and_says_where_the_video_is(tmp_path):
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "verdict: valid" in run.stdout and "matched byte for byte" in run.stdout
     assert f"the video: {(tmp_path / 'demo' / 'video.mp4').resolve()}" in run.stdout.replace("\n", "")
+
+
+def test_generate_uses_the_models_native_size_unless_told(tmp_path):
+    # Without size flags a model runs at the size it was made for (the shipped one at 128x128x17,
+    # 20 steps: not 832x480x81 at 40 steps, over an hour on a CPU); a flag given wins.
+    from ditproof.cli.generate import native_sizes
+
+    assert native_sizes(
+        "wan-shapes-small", dict.fromkeys(("width", "height", "num_frames", "num_inference_steps"))
+    ) == {
+        "width": 128,
+        "height": 128,
+        "num_frames": 17,
+        "num_inference_steps": 20,
+    }
+    assert native_sizes("wan-a14b-shape", {"width": None, "num_inference_steps": 3}) == {
+        "width": 832,
+        "num_inference_steps": 3,
+    }
+    run = ditproof("generate", "--prompt", "x", "--out", str(tmp_path / "o"), "--model", "wan-tiny-random", "--quiet")
+    assert run.returncode == 0, run.stderr
+    request = json.loads((tmp_path / "o" / "record.json").read_text())["request"]
+    assert (request["width"], request["height"], request["num_frames"], request["num_inference_steps"]) == (
+        64,
+        48,
+        5,
+        4,
+    )

@@ -26,6 +26,9 @@ def test_shipped_weights_are_in_the_package_and_within_budget() -> None:
 def test_it_is_the_default_model_and_the_demo_runs_at_its_training_size() -> None:
     assert DEFAULT_MODEL == SHIPPED_NAME
     assert DEMO_SIZE == DEMO_REQUEST
+    from ditproof.models.registry import PRESETS
+
+    assert dict(PRESETS[SHIPPED_NAME].native_request) == DEMO_REQUEST
 
 
 def test_card_reports_the_measured_adherence() -> None:

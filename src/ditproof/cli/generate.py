@@ -55,6 +55,18 @@ def build_options(
     )
 
 
+def native_sizes(model: str, given: dict[str, int | None]) -> dict[str, int]:
+    """The size, frame count and steps to request: each flag given, else the model's native value
+    (:attr:`ditproof.models.registry.ModelPreset.native_request`), else the request's default."""
+    from ditproof.models.registry import PRESETS
+
+    native = dict(PRESETS[model].native_request) if model in PRESETS else {}
+    defaults = GenerationRequest.model_fields
+    return {
+        name: value if value is not None else native.get(name, defaults[name].default) for name, value in given.items()
+    }
+
+
 FLAG_OF_FIELD = {"num_inference_steps": "--steps"}
 """Request fields whose flag is not the field's name with dashes."""
 
@@ -120,11 +132,11 @@ def generate_command(
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="A preset (see `ditproof info`) or a model folder."),
     model_path: str | None = typer.Option(None, "--model-path", help="Folder of the wan2.2-t2v-a14b preset."),
     negative_prompt: str = typer.Option("", "--negative-prompt"),
-    width: int = typer.Option(832, "--width"),
-    height: int = typer.Option(480, "--height"),
-    num_frames: int = typer.Option(81, "--num-frames"),
+    width: int | None = typer.Option(None, "--width", help="Default: the model's native width, else 832."),
+    height: int | None = typer.Option(None, "--height", help="Default: the model's native height, else 480."),
+    num_frames: int | None = typer.Option(None, "--num-frames", help="Default: the model's native count, else 81."),
     fps: int = typer.Option(16, "--fps"),
-    steps: int = typer.Option(40, "--steps"),
+    steps: int | None = typer.Option(None, "--steps", help="Default: the model's native count, else 40."),
     guidance_scale: float = typer.Option(4.0, "--guidance-scale", help="High-noise expert's CFG scale."),
     guidance_scale_2: float = typer.Option(3.0, "--guidance-scale-2", help="Low-noise expert's CFG scale."),
     boundary_ratio: float = typer.Option(0.875, "--boundary-ratio"),
@@ -177,15 +189,15 @@ def generate_command(
             raise InvalidInputError(
                 f"out: {out_dir} already holds a run (record.json); allowed: another folder, or --force to replace it"
             )
+        sizes = native_sizes(
+            model, {"width": width, "height": height, "num_frames": num_frames, "num_inference_steps": steps}
+        )
         request = request_from_flags(
             {
                 "prompt": prompt,
                 "negative_prompt": negative_prompt,
-                "width": width,
-                "height": height,
-                "num_frames": num_frames,
+                **sizes,
                 "fps": fps,
-                "num_inference_steps": steps,
                 "guidance_scale": guidance_scale,
                 "guidance_scale_2": guidance_scale_2,
                 "boundary_ratio": boundary_ratio,

@@ -278,4 +278,5 @@ def demo_command(
 
 
 DEMO_SIZE = {"width": 128, "height": 128, "num_frames": 17, "num_inference_steps": 20}
-"""The shipped model's training size; 20 steps keep the demo under a minute on two CPU cores."""
+"""The shipped model's training size (its native request); 20 steps keep the demo under a minute
+on two CPU cores."""

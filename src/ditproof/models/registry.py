@@ -29,6 +29,9 @@ class ModelPreset:
     description: str
     text_max_length: int
     default_dtype: str
+    # Request fields the model was made for, where they differ from the request's defaults (the
+    # official Wan2.2 ones): the CLI uses them unless told otherwise.
+    native_request: tuple[tuple[str, int], ...] = ()
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -54,12 +57,14 @@ PRESETS: dict[str, ModelPreset] = {
             "(src/ditproof/models/shipped/MODEL_CARD.md; CPU, float32)",
             512,
             "float32",
+            (("width", 128), ("height", 128), ("num_frames", 17), ("num_inference_steps", 20)),
         ),
         ModelPreset(
             "wan-tiny-random",
             "a tiny two-expert Wan2.2 pipeline with seeded random weights, for tests (CPU, float32)",
             64,
             "float32",
+            (("width", 64), ("height", 48), ("num_frames", 5), ("num_inference_steps", 4)),
         ),
     )
 }
