@@ -234,3 +234,15 @@ def test_generate_uses_the_models_native_size_unless_told(tmp_path):
         5,
         4,
     )
+
+
+def test_entropy_drawn_by_the_executor_is_recorded_and_can_be_refused(generated, tmp_path):
+    # Without --entropy the CLI draws it: the record says so, and a validator that needs public
+    # randomness refuses the record (exit 1). The module's run gave --entropy: "client".
+    out, _ = generated
+    assert json.loads((out / "record.json").read_text())["entropy_source"] == "client"
+    drawn = ditproof("generate", "--prompt", "x", "--out", str(tmp_path / "d"), *SMALL)
+    assert drawn.returncode == 0, drawn.stderr
+    assert json.loads((tmp_path / "d" / "record.json").read_text())["entropy_source"] == "executor"
+    refused = ditproof("validate", "--record", str(tmp_path / "d" / "record.json"), "--require-client-entropy")
+    assert refused.returncode == 1 and "not the client's" in refused.stdout

@@ -485,3 +485,18 @@ def test_a_url_encoded_prompt_that_is_not_utf8_is_refused(http):
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     response = http.post("/v1/videos", content=b"prompt=a+red+%FF%FE+circle&seed=1", headers=headers)
     assert response.status_code == 422 and "UTF-8" in response.text
+
+
+def test_the_official_openai_sdk_creates_polls_and_downloads(node):
+    # A stock client brings neither seed nor entropy: the node draws them and says so in the record.
+    import openai
+
+    sdk = openai.OpenAI(api_key=TOKEN, base_url=node.url + "/v1", max_retries=0)
+    video = sdk.videos.create(prompt="a red circle moves left", size="64x48", seconds="1")
+    done = sdk.videos.poll(video.id, poll_interval_ms=200)
+    assert done.status == "completed", done
+    content = sdk.videos.download_content(video.id).read()
+    assert content[4:8] == b"ftyp"
+    record = json.loads(httpx.get(f"{node.url}/v1/videos/{video.id}/record", headers=node.headers).text)
+    assert record["entropy_source"] == "executor" and len(record["entropy"]) == 64
+    assert record["request"]["num_frames"] == 17 and record["request_id"].startswith("node-")

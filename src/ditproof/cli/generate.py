@@ -6,6 +6,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -96,6 +97,7 @@ def run_generation(
     entropy: str | None,
     show_progress: bool = True,
     load_seconds: float = 0.0,
+    entropy_source: Literal["client", "executor"] = "client",
 ) -> InferenceRecord:
     """Runs the executor with a progress bar."""
     from ditproof.generation.execute import execute
@@ -123,6 +125,7 @@ def run_generation(
             entropy=entropy,
             on_step=on_step,
             load_seconds=load_seconds,
+            entropy_source=entropy_source,
         )
 
 
@@ -238,10 +241,12 @@ def generate_command(
                 url=omni_url, model_dir=None if omni_url else (model_path or model), artifacts=omni_artifacts
             )
         options = init_parallel(options)
+        drawn = False
         if seed is None:
             if tp_degree * cp_degree > 1 and (request_id is None or entropy is None):
                 raise InvalidInputError("request_id and entropy: a parallel run needs both given (all ranks agree)")
             request_id = request_id or f"local-{uuid.uuid4().hex}"
+            drawn = entropy is None
             entropy = entropy or os.urandom(32).hex()
         from ditproof.models.registry import load_model
 
@@ -255,7 +260,10 @@ def generate_command(
 
             generate(request, resolve_seed(request, request_id, entropy)[0], loaded, options)
             return
-        record = run_generation(request, options, loaded, out_dir, request_id, entropy, not quiet, load_seconds)
+        source: Literal["client", "executor"] = "executor" if drawn else "client"
+        record = run_generation(
+            request, options, loaded, out_dir, request_id, entropy, not quiet, load_seconds, entropy_source=source
+        )
         out.print(f"video   {out_dir / record.video.file}  sha256 {record.video.sha256}")
         out.print(f"record  {out_dir / 'record.json'}  sha256 {record.sha256()}")
         out.print(f"seed {record.seed} ({record.seed_derivation}), noise sha256 {record.noise.sha256}")

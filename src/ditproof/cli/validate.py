@@ -88,6 +88,11 @@ def validate_command(
     allowed_classes: Path | None = typer.Option(
         None, "--allowed-classes", help="The network's allowed runtime classes (default: the packaged list)."
     ),
+    require_client_entropy: bool = typer.Option(
+        False,
+        "--require-client-entropy",
+        help="Refuse a record whose entropy the executor drew itself (a network that needs public randomness).",
+    ),
     artifacts: Path | None = typer.Option(
         None, "--artifacts", help="Folder of the record's latent files (default: the record's folder)."
     ),
@@ -164,6 +169,7 @@ def validate_command(
                 artifacts_dir=folder,
                 expected_request=expected,
                 allowed=allowed,
+                require_client_entropy=require_client_entropy,
             )
             assert isinstance(verdict, Verdict)
             finish(verdict, verdict_path)
@@ -189,6 +195,7 @@ def validate_command(
                 artifacts_dir=folder,
                 expected_request=expected,
                 allowed=allowed,
+                require_client_entropy=require_client_entropy,
             )
         else:
             run = validate_checkpoints if mode == "checkpoints" else validate
@@ -204,6 +211,7 @@ def validate_command(
                 artifacts_dir=folder,
                 expected_request=expected,
                 allowed=allowed,
+                require_client_entropy=require_client_entropy,
             )
         finish(verdict, verdict_path)
 

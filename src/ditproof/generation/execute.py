@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Literal
 
 from ditproof.errors import InvalidInputError
 from ditproof.generation.generate import StepCallback, generate
@@ -64,8 +65,11 @@ def execute(
     entropy: str | None = None,
     on_step: StepCallback | None = None,
     load_seconds: float = 0.0,
+    entropy_source: Literal["client", "executor"] = "client",
 ) -> InferenceRecord:
     """Generates the video of ``request`` into ``out_dir`` and writes its inference record.
+
+    ``entropy_source`` says who chose ``entropy`` (recorded; see ``InferenceRecord.entropy_source``).
 
     Files are written atomically; the record is written last, so a folder with a record is whole.
     """
@@ -91,6 +95,7 @@ def execute(
     record = InferenceRecord(
         request_id=request_id,
         entropy=entropy,
+        entropy_source=entropy_source if entropy is not None else None,
         request=request,
         seed=seed,
         seed_derivation=derivation,  # type: ignore[arg-type]

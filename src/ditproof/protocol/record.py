@@ -156,6 +156,11 @@ class InferenceRecord(_Model):
     schema_version: Literal["ditproof.record/1"] = RECORD_SCHEMA
     request_id: str | None
     entropy: str | None
+    # Who chose the entropy: "client" (the requester or the network: public randomness such as a
+    # block hash) or "executor" (drawn by the executor itself, e.g. for a client that brought none;
+    # a network that needs seeds no executor can choose refuses those). None: explicit-seed
+    # experiment records, and records made before the field.
+    entropy_source: Literal["client", "executor"] | None = None
     request: GenerationRequest
     seed: int
     seed_derivation: Literal["ditproof-seed-v1", "explicit"]

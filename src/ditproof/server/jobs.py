@@ -40,6 +40,8 @@ class JobSpec(BaseModel):
     request: GenerationRequest
     request_id: str | None
     entropy: str | None
+    # "executor": the node drew the entropy for a client that brought neither seed nor entropy.
+    entropy_source: Literal["client", "executor"] = "client"
     seed: int
     seed_derivation: Literal["ditproof-seed-v1", "explicit"]
     model: str

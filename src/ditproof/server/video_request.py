@@ -8,7 +8,9 @@ one 422.
 from __future__ import annotations
 
 import math
+import os
 import re
+import uuid
 from fractions import Fraction
 from typing import Any
 
@@ -100,8 +102,13 @@ def to_job_spec(req: VideoCreateRequest, model: str | None) -> JobSpec:
             f"model: got {req.model!r}; this node serves {model!r} (POST /api/v1/inference/up to change)",
         )
     entropy = check_entropy(req.entropy) if req.entropy is not None else None
+    request_id, source = req.request_id, "client"
+    if request.seed is None and request_id is None and entropy is None:
+        # A stock client (the OpenAI SDK) brings none: the node draws them, as `ditproof generate`
+        # does, and the record says the entropy was the node's own.
+        request_id, entropy, source = f"node-{uuid.uuid4().hex}", os.urandom(32).hex(), "executor"
     try:
-        seed, derivation = resolve_seed(request, req.request_id, entropy)
+        seed, derivation = resolve_seed(request, request_id, entropy)
     except InvalidInputError as exc:
         field, _, rest = str(exc).partition(": ")
         if field not in VideoCreateRequest.model_fields:
@@ -110,8 +117,9 @@ def to_job_spec(req: VideoCreateRequest, model: str | None) -> JobSpec:
         raise invalid_fields([(field, rest)]) from None
     return JobSpec(
         request=request,
-        request_id=req.request_id,
+        request_id=request_id,
         entropy=entropy,
+        entropy_source=source,  # type: ignore[arg-type]
         seed=seed,
         seed_derivation=derivation,  # type: ignore[arg-type]
         model=model or "",

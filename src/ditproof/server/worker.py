@@ -481,6 +481,7 @@ class Engine:
                 request_id=job.spec.request_id,
                 entropy=job.spec.entropy,
                 on_step=on_step,
+                entropy_source=job.spec.entropy_source,
             )
             if record.seed != job.spec.seed:
                 raise IntegrityError(

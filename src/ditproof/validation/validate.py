@@ -251,6 +251,7 @@ class PreflightInputs(TypedDict, total=False):
     artifacts_dir: str | Path | None
     expected_request: GenerationRequest | None
     allowed: AllowedClasses | None
+    require_client_entropy: bool
 
 
 def local_fingerprint(model: LoadedModel, options: RuntimeOptions) -> tuple[RuntimeFingerprint | None, str]:
@@ -337,6 +338,14 @@ def preflight(
     # 2. Record: consistency, completeness, the algorithm and class the network allows.
     if not check_record(record, checks):
         return checks.verdict("invalid", "the record is inconsistent (seed or noise)")
+    if inputs.get("require_client_entropy") and record.entropy_source != "client":
+        source = record.entropy_source or "not stated"
+        checks.add("entropy", False, f"entropy source {source}; allowed: client (public randomness)")
+        return checks.verdict(
+            "invalid",
+            f"the seed's entropy was not the client's (source: {source}); this validator requires public "
+            "randomness the executor cannot choose",
+        )
     if record.runtime_class != runtime_class(record.runtime) and record.runtime.ditproof != __version__:
         # Another ditproof named its classes otherwise: only a validator of that version can tell
         # whether the record is consistent, and reproduce it.
@@ -431,6 +440,8 @@ def validate(
             equal it, or an executor could record, say, 39 steps for a 40-step request and be
             checked against its own cheaper request.
         allowed: the network's allowed runtime classes (default: the packaged list).
+        require_client_entropy: refuse a record whose entropy the executor drew itself
+            (``entropy_source`` not ``client``): a network that derives seeds from public randomness.
 
     Returns:
         The verdict; ``delegate`` when this validator cannot reproduce the record's runtime class.
