@@ -57,3 +57,15 @@ def test_help_lists_every_command_without_importing_them():
     assert set(COMMAND_HELP) == set(COMMANDS)
     for name in COMMANDS:
         assert name in run.stdout
+
+
+def test_the_protocol_models_import_without_torch():
+    # Reading a request, record, verdict or PoC file needs pydantic, not torch.
+    code = (
+        "import sys\n"
+        "import ditproof.protocol.request, ditproof.protocol.record, ditproof.protocol.verdict\n"
+        "import ditproof.protocol.options, ditproof.protocol.poc, ditproof.protocol.pricing\n"
+        "print('heavy', sorted(m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "heavy []" in run.stdout, run.stdout + run.stderr

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from ditproof.errors import InvalidInputError
+from ditproof.protocol.request import MAX_SEED
 
 SEED_DERIVATION = "ditproof-seed-v1"
 """Name of the seed derivation below; recorded in every inference record."""
@@ -31,7 +32,6 @@ NOISE_DERIVATION = "torch-cpu-mt19937-randn-float64-to-float32-v1"
 JL_DERIVATION = "ditproof-jl-v1"
 """Name of the trajectory-fingerprint projection below."""
 
-MAX_SEED = 2**63 - 1
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 

@@ -14,9 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ditproof.errors import InvalidInputError, InvalidRequestError
-from ditproof.randomness import MAX_SEED
 
 REQUEST_SCHEMA: Literal["ditproof.request/1"] = "ditproof.request/1"
+
+MAX_SEED = 2**63 - 1
+"""The largest seed: a non-negative int64 (``ditproof.randomness`` derives seeds below it)."""
 
 MAX_PROMPT_CHARS = 2000
 MIN_SIDE, MAX_SIDE = 16, 2048
