@@ -19,14 +19,19 @@ from ditproof.generation.runtime import runtime_class, runtime_fingerprint
 from ditproof.generation.trajectory import save_checkpoints
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions
-from ditproof.protocol.record import InferenceRecord, ModelInfo, NoiseInfo, PhaseTimings, VideoInfo
+from ditproof.protocol.record import (
+    LATENTS_DIR,
+    RECORD_FILE,
+    VIDEO_FILE,
+    InferenceRecord,
+    ModelInfo,
+    NoiseInfo,
+    PhaseTimings,
+    VideoInfo,
+)
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import NOISE_DERIVATION, check_entropy, check_request_id, derive_seed
 from ditproof.video import write_video
-
-VIDEO_FILE = "video.mp4"
-RECORD_FILE = "record.json"
-LATENTS_DIR = "latents"
 
 
 def resolve_seed(request: GenerationRequest, request_id: str | None, entropy: str | None) -> tuple[int, str]:

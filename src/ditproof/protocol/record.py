@@ -19,6 +19,11 @@ from ditproof.protocol.options import RuntimeOptions, VideoEncoding
 from ditproof.protocol.request import GenerationRequest
 
 RECORD_SCHEMA: Literal["ditproof.record/1"] = "ditproof.record/1"
+
+VIDEO_FILE = "video.mp4"
+RECORD_FILE = "record.json"
+LATENTS_DIR = "latents"
+"""A generation's folder: the video, its record, and the trajectory checkpoints named in it."""
 _SHA256 = r"^[0-9a-f]{64}$"
 
 

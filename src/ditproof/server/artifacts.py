@@ -19,9 +19,8 @@ import shutil
 from pathlib import Path
 
 from ditproof.errors import IntegrityError, InvalidInputError
-from ditproof.generation.execute import RECORD_FILE
 from ditproof.hashing import sha256_file
-from ditproof.protocol.record import InferenceRecord
+from ditproof.protocol.record import RECORD_FILE, InferenceRecord
 from ditproof.server.jobs import is_job_id
 
 _TMP, _TRASH = ".tmp-", ".trash-"

@@ -142,7 +142,8 @@ class JobWorker:
         existing = read_result(self.store, job.job_id)
         if existing is not None:
             return existing
-        from ditproof.generation.execute import RECORD_FILE, VIDEO_FILE, execute
+        from ditproof.generation.execute import execute
+        from ditproof.protocol.record import RECORD_FILE, VIDEO_FILE
 
         options = job.options.model_copy(update={"device": self.device})
         if job.world_size > 1:

@@ -16,8 +16,8 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, Response
 
-from ditproof.generation.execute import RECORD_FILE
 from ditproof.generation.generate import check_prompt_length
+from ditproof.protocol.record import RECORD_FILE
 from ditproof.server.errors import ApiError, ErrorResponse, conflict, invalid_fields, not_found
 from ditproof.server.jobs import JOB_ID_PATTERN, Job, QueueFullError
 from ditproof.server.schemas import VideoCreateRequest, VideoDeleted, VideoList, VideoObject
