@@ -131,8 +131,9 @@ def validate_command(
         from ditproof.validation.compare import ComparisonOptions
         from ditproof.validation.delegation import ValidatorRegistry
         from ditproof.validation.policy import ThresholdPolicy
+        from ditproof.validation.preflight import preflight, regeneration_options
         from ditproof.validation.segments import structure_problems
-        from ditproof.validation.validate import preflight, regeneration_options, validate
+        from ditproof.validation.validate import validate
 
         if cfg_mode is not None and cfg_mode not in ("sequential", "batched"):
             raise InvalidInputError(f"cfg-mode: got {cfg_mode!r}; allowed: sequential, batched")

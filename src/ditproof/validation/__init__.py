@@ -11,7 +11,8 @@ from ditproof.validation.compare import ComparisonOptions
 from ditproof.validation.delegation import ValidatorNode, ValidatorRegistry
 from ditproof.validation.fingerprints import Divergence, first_divergent_step
 from ditproof.validation.policy import Threshold, ThresholdPolicy, ThresholdsFile, parse_threshold
-from ditproof.validation.validate import regeneration_options, validate
+from ditproof.validation.preflight import regeneration_options
+from ditproof.validation.validate import validate
 
 __all__ = [
     "SEGMENT_KEY",

@@ -49,6 +49,14 @@ from ditproof.validation.fingerprints import (
     locate_divergence,
 )
 from ditproof.validation.policy import Threshold, ThresholdPolicy
+from ditproof.validation.preflight import (
+    SAME_CLASS_FINGERPRINT_TOLERANCE,
+    Checks,
+    Preflight,
+    PreflightInputs,
+    preflight,
+    same_class_mismatch,
+)
 from ditproof.validation.segments import (
     CheckpointMissingError,
     Segment,
@@ -58,14 +66,6 @@ from ditproof.validation.segments import (
     structure_problems,
     trajectory_segments,
     trajectory_steps,
-)
-from ditproof.validation.validate import (
-    SAME_CLASS_FINGERPRINT_TOLERANCE,
-    Preflight,
-    PreflightInputs,
-    _Checks,
-    preflight,
-    same_class_mismatch,
 )
 from ditproof.video import encode_video
 
@@ -252,7 +252,7 @@ def _decide_segment(
     threshold: Threshold | None,
     tolerance: float,
     same_class: bool,
-    checks: _Checks,
+    checks: Checks,
     results: list[SegmentCheck],
     extra: dict[str, object],
 ) -> Verdict | None:

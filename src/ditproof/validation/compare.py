@@ -35,7 +35,7 @@ from ditproof.validation.policy import Threshold, ThresholdPolicy
 from ditproof.video import decode_video
 
 if TYPE_CHECKING:
-    from ditproof.validation.validate import _Checks
+    from ditproof.validation.preflight import Checks
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def compare(
     artifacts_dir: Path | None,
     policy: ThresholdPolicy,
     options: ComparisonOptions,
-    checks: _Checks,
+    checks: Checks,
     **extra: object,
 ) -> Verdict:
     """Runs step 6 and returns the verdict (see the module docstring)."""
