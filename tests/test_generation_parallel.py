@@ -31,22 +31,33 @@ ARGS = [
 ]
 
 
+def one_process(out, *args: str, env: dict[str, str] | None = None) -> None:
+    """``ditproof generate`` in one process; fails the test if it fails."""
+    run = subprocess.run(
+        [sys.executable, "-m", "ditproof.cli.main", "generate", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+def two_processes(out, port: int, *args: str) -> None:
+    """``ditproof generate --tp-degree 2`` under torchrun (gloo); fails the test if it fails."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    run = subprocess.run(
+        [*launcher, "-m", "ditproof.cli.main", "generate", "--out", str(out), "--tp-degree", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 def test_tp2_on_two_processes_is_close_to_one_process(tmp_path):
-    single = subprocess.run(
-        [sys.executable, "-m", "ditproof.cli.main", "generate", "--out", str(tmp_path / "tp1"), *ARGS],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
-    parallel = subprocess.run(
-        [*launcher, "-m", "ditproof.cli.main", "generate", "--out", str(tmp_path / "tp2"), "--tp-degree", "2", *ARGS],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    one_process(tmp_path / "tp1", *ARGS)
+    two_processes(tmp_path / "tp2", 29517, *ARGS)
     a = load_file(tmp_path / "tp1" / "latents" / "final.safetensors")["latent"]
     b = load_file(tmp_path / "tp2" / "latents" / "final.safetensors")["latent"]
     relative = float((a - b).norm() / a.norm())
@@ -73,23 +84,8 @@ def test_fixed_order_ffn_slices_make_tp2_give_the_bytes_of_one_process(tmp_path)
     import os
 
     sliced = [*ARGS, "--ffn-chunks", "4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun gives each rank one thread
-    single = subprocess.run(
-        [sys.executable, "-m", "ditproof.cli.main", "generate", "--out", str(tmp_path / "tp1"), *sliced],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert single.returncode == 0, single.stderr
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29519"]
-    parallel = subprocess.run(
-        [*launcher, "-m", "ditproof.cli.main", "generate", "--out", str(tmp_path / "tp2"), "--tp-degree", "2", *sliced],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    one_process(tmp_path / "tp1", *sliced, env={**os.environ, "OMP_NUM_THREADS": "1"})  # a rank's one thread
+    two_processes(tmp_path / "tp2", 29519, *sliced)
     one, two = (json.loads((tmp_path / name / "record.json").read_text()) for name in ("tp1", "tp2"))
     assert two["options"]["tp_degree"] == 2 and two["runtime"]["ffn_chunks"] == 4
     assert one["video"]["sha256"] == two["video"]["sha256"]

@@ -163,9 +163,8 @@ def generate_round_in(
             "model": model.preset,
             "model_revision": model.revision,
             "params": params.model_dump(mode="json"),
-            "nonces": [nonces[0], len(nonces)]
-            if list(nonces) == list(range(nonces[0], nonces[0] + len(nonces)))
-            else list(nonces),
+            # A range as its start and count (a round of a million nonces has a short header).
+            "nonces": [nonces.start, len(nonces)] if isinstance(nonces, range) and nonces.step == 1 else list(nonces),
         }
     ).decode()
     partial = folder / PARTIAL_FILE

@@ -183,6 +183,9 @@ class InferenceRecord(_Model):
     def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> InferenceRecord:
         """Validates a JSON record; one made before ``VideoEncoding.yuv`` existed is read with the
         colour conversion it was encoded with (``bt601-float64``)."""
+        current = '"yuv"' in json_data if isinstance(json_data, str) else b'"yuv"' in json_data
+        if current:  # a record with the field: parsed once
+            return super().model_validate_json(json_data, **kwargs)
         try:
             data = json.loads(json_data)
         except ValueError:  # not JSON, or not UTF-8: pydantic's own error says so

@@ -361,12 +361,9 @@ def _check_video(
         )
     if pre.same_class:
         fingerprints = final_run.result.capture.fingerprints if final_run and final_run.result else []
-        first = last.start.step + 1
+        reason, _ = same_class_mismatch(record, fingerprints, last.start.step + 1)
         return checks.verdict(
-            "invalid",
-            f"the video decoded from the {source} final latent is not the submitted one; "
-            + same_class_mismatch(record, fingerprints, first),
-            **extra,
+            "invalid", f"the video decoded from the {source} final latent is not the submitted one; {reason}", **extra
         )
     if policy is None:
         return checks.verdict(

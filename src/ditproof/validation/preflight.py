@@ -34,7 +34,7 @@ from ditproof.protocol.verdict import CheckResult, Verdict
 from ditproof.randomness import derive_seed, initial_noise
 from ditproof.validation.allowed import AllowedClasses
 from ditproof.validation.delegation import ValidatorRegistry
-from ditproof.validation.fingerprints import COMMITMENT_TOLERANCE, locate_divergence
+from ditproof.validation.fingerprints import COMMITMENT_TOLERANCE, Divergence, locate_divergence
 
 REFERENCE_ALGORITHM: dict[str, object] = {
     "experts": "both",
@@ -385,9 +385,11 @@ def preflight(
     return Preflight(checks, data, options, local_class, folder, same_class=same_class)
 
 
-def same_class_mismatch(record: InferenceRecord, fingerprints: list[list[float]], first_step: int = 1) -> str:
-    """Why a same-class regeneration that differs from the record proves a deviation: where its
-    trajectory first leaves the record's, or that the trajectory agrees and the video does not."""
+def same_class_mismatch(
+    record: InferenceRecord, fingerprints: list[list[float]], first_step: int = 1
+) -> tuple[str, Divergence | None]:
+    """Why a same-class regeneration that differs from the record proves a deviation, and the first
+    step where its trajectory leaves the record's (None: the trajectory agrees, the video does not)."""
     divergence = locate_divergence(record, fingerprints, SAME_CLASS_FINGERPRINT_TOLERANCE, first_step)
     where = (
         divergence.describe()
@@ -395,4 +397,5 @@ def same_class_mismatch(record: InferenceRecord, fingerprints: list[list[float]]
         else "the trajectory fingerprints agree at every step, so the video (or the final latent) is not the one "
         "this trajectory decodes to"
     )
-    return f"same runtime class, different bytes: a regeneration in the executor's class must match exactly; {where}"
+    reason = f"same runtime class, different bytes: a regeneration in the executor's class must match exactly; {where}"
+    return reason, divergence

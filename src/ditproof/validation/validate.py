@@ -39,7 +39,6 @@ from ditproof.validation.compare import ComparisonOptions, compare
 from ditproof.validation.fingerprints import fingerprint_tolerance, locate_divergence
 from ditproof.validation.policy import ThresholdPolicy
 from ditproof.validation.preflight import (
-    SAME_CLASS_FINGERPRINT_TOLERANCE,
     PreflightInputs,
     preflight,
     same_class_mismatch,
@@ -109,8 +108,7 @@ def validate(
             **cost,
         )
     if pre.same_class:
-        reason = same_class_mismatch(record, result.capture.fingerprints)
-        departed = locate_divergence(record, result.capture.fingerprints, SAME_CLASS_FINGERPRINT_TOLERANCE)
+        reason, departed = same_class_mismatch(record, result.capture.fingerprints)
         return checks.verdict(
             "invalid",
             f"{reason} (final latent {'equal' if latent_exact else 'different'})",
