@@ -92,6 +92,13 @@ GPU_CONFIGS: dict[str, Config] = {
     "fused": Config(FUSED_GPU),
     "compiled": Config({**FUSED_GPU, "compile": "regional"}),
     "offload": Config({"offload_text_encoder": True}),
+    # FlashAttention-3 (the fa3-fwd build on the host's path), alone and in the performance
+    # table's kept configuration (docs/performance.md "What is kept").
+    "flash-attn-3": Config({"attention_backend": "flash-attn-3"}),
+    "kept": Config({"attention_backend": "flash-attn-3", **FUSED_GPU, "compile": "regional"}),
+    # The feed-forward in 4 fixed-order slices: the class a tensor-parallel executor shares with
+    # one GPU (docs/determinism.md); its cost on one GPU is the seconds beside "sdpa".
+    "ffn-chunks-4": Config({"ffn_chunks": 4}),
 }
 SMOKE = {
     "preset": "wan-tiny-random",
