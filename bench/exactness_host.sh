@@ -23,15 +23,16 @@ ex() { fresh_cache python3 bench/exactness.py "$@"; }
 case $mode in
 a14b)
     python3 bench/yuv_speed.py --out "$out/yuv_speed.json" || true
-    ex generate --preset wan-a14b-shape --device cuda --prompts "${PROMPTS:-3}" --steps 3 \
-        --width 832 --height 480 --frames "${FRAMES:-17}" --store /tmp/exact-a14b \
-        --configs "${CONFIGS:-sdpa-cudnn,sdpa-flash,sdpa-efficient,cfg-batched,compiled,flash-attn-3,kept,ffn-chunks-4}" || true
+    timeout "${BUDGET:-480}" bash -c "$(declare -f fresh_cache ex); ex generate --preset wan-a14b-shape --device cuda --prompts ${PROMPTS:-3} --steps 3 \
+        --width 832 --height 480 --frames ${FRAMES:-17} --store /tmp/exact-a14b \
+        --configs ${CONFIGS:-sdpa-cudnn,sdpa-flash,sdpa-efficient,cfg-batched,compiled,flash-attn-3,kept,ffn-chunks-4}" || true
     ex table --store /tmp/exact-a14b --out "$out/executor-a14b.json" || true
     ex pack --store /tmp/exact-a14b --no-videos --out "$out/exact-a14b.tgz"
     ;;
 small)
-    ex generate --preset wan-shapes-small --device cuda --prompts "${PROMPTS:-50}" --steps 20 \
-        --width 128 --height 128 --frames 17 --store /tmp/exact-small ${CONFIGS:+--configs "$CONFIGS"} || true
+    timeout "${BUDGET:-480}" bash -c "$(declare -f fresh_cache ex); ex generate --preset wan-shapes-small \
+        --device cuda --prompts ${PROMPTS:-50} --steps 20 --width 128 --height 128 --frames 17 \
+        --store /tmp/exact-small ${CONFIGS:+--configs $CONFIGS}" || true
     ex table --store /tmp/exact-small --out "$out/executor-small.json" || true
     ex pack --store /tmp/exact-small --no-videos --out "$out/exact-small.tgz"
     ;;
@@ -39,7 +40,7 @@ validate)
     for store in ${STORES:-a14b small}; do
         [ -e "${PACKS:?folder of packs}/exact-$store.tgz.part00" ] || continue
         ex unpack "$PACKS/exact-$store.tgz" --store "/tmp/exact-$store"
-        ex validate --store "/tmp/exact-$store" --device cuda || true
+        timeout "${BUDGET:-480}" bash -c "$(declare -f fresh_cache ex); ex validate --store /tmp/exact-$store --device cuda" || true
         ex table --store "/tmp/exact-$store" --out "$out/table-$store.json" || true
         ex pack --store "/tmp/exact-$store" --no-videos --out "$out/validated-$store.tgz"
     done
