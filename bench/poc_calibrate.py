@@ -1,14 +1,16 @@
-"""Issue 6 GPU run: PoC throughput and distance calibration with wan-a14b-shape (bf16).
+"""PoC throughput and per-nonce distance calibration with wan-a14b-shape (bf16) on one GPU.
 
 Measures, on one GPU:
 1. nonces per second of the PoC forward at the chosen PoC shape, for several batch sizes;
 2. honest distances (batch sizes, attention kernels) and cheating distances (one expert, 1% of
-   weights perturbed, FP8 weights, fewer layers) against a bf16 batch-16 reference, and the
-   policy they suggest;
+   weights perturbed, FP8 weights, fewer layers) against a bf16 batch-16 reference, every nonce's
+   distance kept, and the policy derived from them for the target error rates
+   (:mod:`ditproof.poc.derive`);
 3. the tiny model on the CPU (float32) against CUDA float32 and bfloat16.
 
 The reference vectors go into the JSON; ``--compare other.json`` (a result of this script on
-another card, e.g. an H200) adds the honest cross-card distances, if the weights are the same.
+another card, e.g. an H200) adds the honest cross-card distances, if the weights are the same,
+and derives the policy again with them as one more honest runtime.
 
     PYTHONPATH=src python3 bench/poc_calibrate.py --out $OUT/poc_calibrate.json
     PYTHONPATH=src python3 bench/poc_calibrate.py --out $OUT/poc_h200.json --compare poc_calibrate.json
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result
 from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel, load_model
-from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, format_table, l2_distances
+from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, format_table, l2_distances, rederive
 from ditproof.poc.compute import PocModel, compute_vectors
 from ditproof.poc.deviations import fewer_layers
 from ditproof.protocol.options import RuntimeOptions
@@ -91,7 +93,13 @@ def compare_with(previous_path: str, key: str, calibration: PocCalibration, fing
         return np.stack([np.frombuffer(base64.b64decode(v), dtype="<f2") for v in items[:n]]).astype(np.float32)
 
     distances = l2_distances(decode(calibration.reference_vectors), decode(other["calibration"]["reference_vectors"]))
+    derived: dict[str, Any] | None = None
+    if same_round and same_weights and n == calibration.nonces and calibration.derivation is not None:
+        # The other card's reference is one more honest runtime: derive the policy with it.
+        name = f"{previous.get('device', {}).get('gpu')} reference (another card)"
+        derived = rederive(calibration, calibration.derivation.targets, {name: distances}).model_dump(mode="json")
     return {
+        "derivation_with_other_card": derived,
         "other_device": previous.get("device", {}).get("gpu"),
         "same_round": same_round,
         "same_weights": same_weights,
@@ -108,7 +116,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, small shape (tests the script)")
-    parser.add_argument("--nonces", type=int, default=256, help="Nonces per runtime in the calibration.")
+    parser.add_argument(
+        "--nonces", type=int, default=2048, help="Nonces per runtime (the honest rate is bounded over them)."
+    )
     parser.add_argument("--latent", default="16,2,32,32", help="PoC latent C,F,H,W.")
     parser.add_argument("--text-len", type=int, default=32)
     parser.add_argument("--batch-sizes", default="1,8,32,64", help="Throughput batch sizes.")

@@ -108,7 +108,41 @@ def test_calibrate_proposes_a_policy(tmp_path):
     honest = [c for c in calibration["comparisons"] if c["kind"] == "honest"]
     assert max(c["max"] for c in honest) < calibration["proposed"]["dist_threshold"]
     assert all(c["mismatch_rate"] > 0.3 for c in calibration["cheats"])
-    assert "proposed: dist_threshold" in result.output
+    # Every nonce's distance is kept, per runtime, so the policy can be derived again.
+    assert {d["name"] for d in calibration["distances"]} == set(kinds)
+    assert all(len(d["values"]) == 32 for d in calibration["distances"])
+    assert calibration["derivation"]["nonces"] == 32
+    assert "policy: dist_threshold" in result.output and "smallest f" in result.output
+    # 32 nonces cannot bound the honest rate well: the output says which targets are missed.
+    assert "warning:" in result.output
+
+    # Derived again from the kept distances for other targets: no model run, a policy file with
+    # Gonka's parameter names.
+    policy_file = tmp_path / "policy.json"
+    again = runner.invoke(
+        app,
+        ["poc", "calibrate", "--from", str(out), "--cheat-fraction", "0.5", "--detection", "0.9",
+         "--policy-out", str(policy_file)],
+    )  # fmt: skip
+    assert again.exit_code == 0, again.output
+    written = json.loads(policy_file.read_text())
+    assert {"dist_threshold", "p_mismatch", "p_value_threshold", "validation_sample_size"} <= set(written)
+    from ditproof.protocol.poc import PocPolicy
+
+    assert PocPolicy.model_validate(written).fraud_threshold == 0.001
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--detection", "1.5"], "--detection"),
+        (["--cheat-fraction", "0"], "--cheat-fraction"),
+        (["--from", "/nonexistent/calibration.json"], "--from: cannot read"),
+    ],
+)
+def test_calibrate_refuses_bad_targets_and_files(args, message):
+    result = runner.invoke(app, ["poc", "calibrate", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_count_has_an_upper_bound_and_a_finished_round_is_not_overwritten(round_dir):

@@ -204,3 +204,33 @@ def test_shipped_policies_load():
         policy = load_policy(name)
         assert policy.dist_threshold > 0 and policy.sample_size == 200
     assert load_policy("wan-tiny-random-cpu-fp32").dist_threshold == 0.001
+
+
+def test_a_node_cheating_on_five_percent_of_its_nonces_is_caught_at_the_policy_sample_size(
+    honest, cheaters, tiny_model, poc_model
+):
+    """Every 20th nonce computed with the last layer skipped, the rest honest, all committed: the
+    tiny model's derived policy (200 sampled nonces) calls it fraud whichever validator samples."""
+    cheat = cheaters["last layer skipped"].artifacts
+    artifacts = [cheat[i] if i % 20 == 0 else a for i, a in enumerate(honest.artifacts)]
+    store = _recommit(honest, artifacts)
+    for key in ("validator-a", "validator-b", "validator-c", "validator-d"):
+        verdict = _validate(store, tiny_model, poc_model, TINY_POLICY, key)
+        assert verdict.decision == "fraud", verdict.reason
+        assert verdict.checked == 200 and verdict.mismatches >= 5
+
+
+@pytest.mark.parametrize(("batch_size", "threads"), [(1, None), (7, None), (32, 1)])
+def test_an_honest_node_passes_a_validator_on_another_cpu_runtime(honest, tiny_model, poc_model, batch_size, threads):
+    """The node computed in batches of 32 with the process's threads; validators recompute in other
+    batch sizes or with one thread: no mismatch under the derived policy."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        verdict = validate_store(honest, poc_model, tiny_model.revision, TINY_POLICY, "v", batch_size=batch_size)
+    finally:
+        torch.set_num_threads(previous)
+    assert verdict.decision == "valid" and verdict.mismatches == 0, verdict.reason

@@ -22,7 +22,7 @@ from ditproof.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from ditproof.protocol.options import RuntimeOptions
-    from ditproof.protocol.poc import PocArtifacts, PocParams
+    from ditproof.protocol.poc import PocArtifacts, PocCalibration, PocParams, PolicyTargets
 
 poc_app = typer.Typer(
     help="Proof-of-Compute (Gonka PoC v2 for two-expert Wan DiTs): generate, validate, calibrate.",
@@ -205,7 +205,7 @@ def calibrate_command(
     model_path: str | None = typer.Option(None, "--model-path"),
     device: str = typer.Option("cpu", "--device"),
     dtype: str | None = typer.Option(None, "--dtype", help="The reference dtype (default: preset's)."),
-    nonces: int = typer.Option(256, "--nonces", help="Nonces per runtime."),
+    nonces: int = typer.Option(2048, "--nonces", help="Nonces per runtime (the honest rate is bounded over them)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Reference batch size."),
     batch_sizes: str = typer.Option("1,4", "--batch-sizes", help="Other batch sizes (honest)."),
     attention: str | None = typer.Option(
@@ -218,53 +218,167 @@ def calibrate_command(
         "--cross-dtype",
         help="Another dtype to compare (reported apart); default bfloat16 for a float32 reference.",
     ),
+    threads: str | None = typer.Option(
+        None, "--threads", help="Other torch CPU thread counts to run the reference with (honest), e.g. 1,2."
+    ),
     skip_layers: int = typer.Option(1, "--skip-layers", help="Blocks the 'fewer layers' cheat drops."),
     perturb_fraction: float = typer.Option(0.01, "--perturb-fraction"),
     latent_frames: int = typer.Option(2, "--latent-frames"),
     latent_height: int = typer.Option(32, "--latent-height"),
     latent_width: int = typer.Option(32, "--latent-width"),
     text_len: int = typer.Option(32, "--text-len"),
+    honest_round_rate: float = typer.Option(
+        0.001, "--honest-round-rate", help="Target: the largest share of rounds an honest node is called fraud."
+    ),
+    cheat_fraction: float = typer.Option(
+        0.05, "--cheat-fraction", help="Target: a node cheating on this share of its nonces ..."
+    ),
+    detection: float = typer.Option(0.99, "--detection", help="... is called fraud in at least this share of rounds."),
+    sample_size: int = typer.Option(200, "--sample-size", help="Nonces a validator samples per round."),
+    from_file: Path | None = typer.Option(
+        None, "--from", help="Derive the policy again from a calibration file's per-nonce distances (no model run)."
+    ),
     out_path: Path | None = typer.Option(None, "--out", help="Where to write the calibration JSON."),
+    policy_out: Path | None = typer.Option(
+        None, "--policy-out", help="Where to write the derived policy file (Gonka's parameter names)."
+    ),
 ) -> None:
-    """Measure honest and cheating PoC distances here and propose dist_threshold and p_mismatch."""
+    """Measure honest and cheating PoC distances per nonce and derive the policy that meets the targets."""
     quiet_libraries()
     with reported():
-        if nonces < 1:
-            raise InvalidInputError(f"--nonces: got {nonces}; allowed: at least 1")
-        try:
-            sizes = [int(part) for part in batch_sizes.split(",") if part]
-        except ValueError:
-            raise InvalidInputError(f"--batch-sizes: got {batch_sizes!r}; allowed: comma-separated integers") from None
-        params = _params(latent_frames, latent_height, latent_width, text_len)
-        options = _options(device, dtype, model)
-        from ditproof.models.registry import load_model
-        from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, format_table
-
-        loaded = load_model(model, options, model_path=model_path)
-        on_cuda = device.startswith("cuda")
-        kernels = (
-            attention.split(",")
-            if attention
-            else (["sdpa-flash", "sdpa-efficient", "sdpa-cudnn"] if on_cuda else ["sdpa-math"])
-        )
-        reference = RuntimeSpec(f"{device} {options.dtype} batch {batch_size}", "honest", loaded, batch_size)
-        others = [RuntimeSpec(f"{device} {options.dtype} batch {s}", "honest", loaded, s) for s in sizes]
-        others += [RuntimeSpec(f"{device} {options.dtype} {k}", "honest", loaded, batch_size, k) for k in kernels if k]
-        other_dtype = cross_dtype or ("bfloat16" if options.dtype == "float32" else None)
-        if other_dtype and other_dtype != options.dtype:
-            second = load_model(model, _options(device, other_dtype, model), model_path=model_path)
-            others.append(RuntimeSpec(f"{device} {other_dtype} batch {batch_size}", "cross-dtype", second, batch_size))
-        settings = CalibrationSettings(nonces=nonces, skip_layers=skip_layers, perturb_fraction=perturb_fraction)
-        result = calibrate(
-            reference,
-            others,
-            params,
-            settings,
-            on_run=lambda name, s: err.print(f"  {name}: {s:.1f} s", highlight=False),
-        )
+        targets = _targets(honest_round_rate, cheat_fraction, detection, sample_size)
+        if from_file is not None:
+            result = _rederived(from_file, targets)
+        else:
+            result = _measure(
+                model, model_path, device, dtype, nonces, batch_size, batch_sizes, attention, cross_dtype, threads,
+                skip_layers, perturb_fraction, _params(latent_frames, latent_height, latent_width, text_len), targets,
+            )  # fmt: skip
         if out_path is not None:
             result.save(out_path)
+        from ditproof.poc.calibrate import format_table
+
         for line in format_table(result):
             out.print(line, highlight=False, markup=False)
-        proposed = result.proposed.model_dump(mode="json")
-        out.print(f"policy file: {json.dumps(proposed, sort_keys=True)}", highlight=False, markup=False)
+        policy = result.proposed.gonka_form()
+        if policy_out is not None:
+            from ditproof.hashing import atomic_write_bytes
+
+            atomic_write_bytes(policy_out, (json.dumps(policy, sort_keys=True) + "\n").encode())
+        out.print(f"policy file: {json.dumps(policy, sort_keys=True)}", highlight=False, markup=False)
+
+
+def _targets(honest_round_rate: float, cheat_fraction: float, detection: float, sample_size: int) -> PolicyTargets:
+    from ditproof.protocol.poc import PolicyTargets
+
+    flags = {
+        "honest_round_rate": "--honest-round-rate",
+        "cheat_fraction": "--cheat-fraction",
+        "detection": "--detection",
+        "sample_size": "--sample-size",
+    }
+    try:
+        return PolicyTargets(
+            honest_round_rate=honest_round_rate,
+            cheat_fraction=cheat_fraction,
+            detection=detection,
+            sample_size=sample_size,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        raise InvalidInputError(
+            f"{flags.get(field, field)}: got {first.get('input')!r}; allowed: {first['msg'].lower()}"
+        ) from None
+
+
+def _rederived(path: Path, targets: PolicyTargets) -> PocCalibration:
+    from ditproof.poc.calibrate import rederive
+    from ditproof.protocol.poc import PocCalibration
+
+    try:
+        calibration = PocCalibration.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise InvalidInputError(
+            f"--from: cannot read {path} ({exc.strerror}); allowed: a calibration JSON file"
+        ) from None
+    except ValidationError as exc:
+        raise InvalidInputError(
+            f"--from: {path} is not a ditproof calibration ({exc.error_count()} problem"
+            f"{'s' if exc.error_count() != 1 else ''}; first: {exc.errors()[0]['msg']}); allowed: a file written by "
+            "`ditproof poc calibrate --out`"
+        ) from None
+    try:
+        derivation = rederive(calibration, targets)
+    except ValueError as exc:
+        raise InvalidInputError(f"--from: {path}: {exc}") from None
+    cheats = {c.name: c for c in calibration.cheats}
+    return calibration.model_copy(
+        update={
+            "derivation": derivation,
+            "proposed": derivation.policy,
+            "critical_mismatches": derivation.critical_mismatches,
+            "honest_mismatches": derivation.honest_exceeding,
+            "honest_checked": derivation.nonces,
+            "cheats": [cheats[c.name] for c in derivation.curves if c.name in cheats],
+            "warnings": derivation.warnings,
+        }
+    )
+
+
+def _measure(
+    model: str,
+    model_path: str | None,
+    device: str,
+    dtype: str | None,
+    nonces: int,
+    batch_size: int,
+    batch_sizes: str,
+    attention: str | None,
+    cross_dtype: str | None,
+    threads: str | None,
+    skip_layers: int,
+    perturb_fraction: float,
+    params: PocParams,
+    targets: PolicyTargets,
+) -> PocCalibration:
+    if nonces < 1 or nonces > 1_000_000:
+        raise InvalidInputError(f"--nonces: got {nonces}; allowed: 1 to 1000000")
+    try:
+        sizes = [int(part) for part in batch_sizes.split(",") if part]
+        thread_counts = [int(part) for part in threads.split(",") if part] if threads else []
+    except ValueError:
+        raise InvalidInputError(
+            f"--batch-sizes/--threads: got {batch_sizes!r}/{threads!r}; allowed: comma-separated integers"
+        ) from None
+    if any(s < 1 for s in [*sizes, batch_size]) or any(t < 1 for t in thread_counts):
+        raise InvalidInputError("--batch-size/--batch-sizes/--threads: allowed: positive integers")
+    options = _options(device, dtype, model)
+    from ditproof.models.registry import load_model
+    from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, torch_threads
+
+    loaded = load_model(model, options, model_path=model_path)
+    on_cuda = device.startswith("cuda")
+    kernels = (
+        attention.split(",")
+        if attention
+        else (["sdpa-flash", "sdpa-efficient", "sdpa-cudnn"] if on_cuda else ["sdpa-math"])
+    )
+    name = f"{device} {options.dtype}"
+    reference = RuntimeSpec(f"{name} batch {batch_size}", "honest", loaded, batch_size)
+    others = [RuntimeSpec(f"{name} batch {s}", "honest", loaded, s) for s in sizes]
+    others += [RuntimeSpec(f"{name} {k}", "honest", loaded, batch_size, k) for k in kernels if k]
+    others += [
+        RuntimeSpec(f"{name} batch {batch_size} {t} threads", "honest", loaded, batch_size, context=torch_threads(t))
+        for t in thread_counts
+    ]
+    other_dtype = cross_dtype or ("bfloat16" if options.dtype == "float32" else None)
+    if other_dtype and other_dtype != options.dtype:
+        second = load_model(model, _options(device, other_dtype, model), model_path=model_path)
+        others.append(RuntimeSpec(f"{device} {other_dtype} batch {batch_size}", "cross-dtype", second, batch_size))
+    settings = CalibrationSettings(
+        nonces=nonces, skip_layers=skip_layers, perturb_fraction=perturb_fraction, targets=targets
+    )
+    return calibrate(
+        reference, others, params, settings, on_run=lambda n, s: err.print(f"  {n}: {s:.1f} s", highlight=False)
+    )

@@ -1,20 +1,14 @@
-"""Calibration: honest and cheating distances, and the policy they suggest.
+"""Calibration: honest and cheating distances per nonce, and the policy the targets ask for.
 
 Every runtime computes the same nonces; each is compared with a reference run nonce by nonce
 (L2 distance of the float16 vectors). Honest runtimes (another batch size, attention kernel or
-device, same dtype) bound what an honest node can differ by; cross-dtype runs are reported
-apart; cheats (:mod:`ditproof.poc.deviations`) show what the threshold must catch.
-
-Proposal rule (a measurement-driven starting point, reviewed by a person before it becomes a
-policy file):
-
-- ``dist_threshold = max(floor, headroom × largest honest distance)`` — headroom (default 4)
-  for runtimes not measured; the floor (default 1e-3) stays above float16 rounding of a unit
-  12-vector (about 2.4e-4 per value);
-- ``p_mismatch`` = the larger of 0.001 and the 95% upper confidence bound of the honest
-  mismatch rate at that threshold;
-- for each cheat: its mismatch rate at the threshold, and the probability that a validator
-  sampling ``sample_size`` nonces flags it (binomial power at the policy's critical count).
+device, same dtype) show how far an honest node can be; cross-dtype runs are reported apart;
+cheats (:mod:`ditproof.poc.deviations`) show what the threshold must catch. Every per-nonce
+distance is kept in the result, and the policy is derived from them and the target error rates
+by :func:`ditproof.poc.derive.derive_policy` (honest rounds called fraud at most
+``honest_round_rate``; a node cheating on ``cheat_fraction`` of its nonces caught in
+``detection`` of rounds), so it can be derived again for other targets without recomputing
+(``ditproof poc calibrate --from FILE``).
 """
 
 from __future__ import annotations
@@ -30,9 +24,17 @@ import torch
 from ditproof.generation.generate import configure_attention
 from ditproof.models.registry import LoadedModel
 from ditproof.poc.compute import PocModel, compute_vectors, encode_vector
+from ditproof.poc.derive import derive_policy, detection_probability
 from ditproof.poc.deviations import fewer_layers, fp8_transform, high_noise_only, perturb_transform, swapped_weights
-from ditproof.poc.validate import binomial_p_value
-from ditproof.protocol.poc import CheatDetection, DistanceSummary, PocCalibration, PocParams, PocPolicy
+from ditproof.protocol.poc import (
+    CheatDetection,
+    DistanceSummary,
+    NonceDistances,
+    PocCalibration,
+    PocParams,
+    PolicyDerivation,
+    PolicyTargets,
+)
 
 ContextFactory = Callable[[], AbstractContextManager[object]]
 
@@ -56,14 +58,10 @@ class CalibrationSettings:
 
     block_hash: str = "c0ffee" * 10 + "abcd"
     public_key: str = "calibration-node"
-    nonces: int = 256
-    sample_size: int = 200
-    fraud_threshold: float = 0.01
-    headroom: float = 4.0
-    floor: float = 1e-3
+    nonces: int = 2048
+    targets: PolicyTargets = field(default_factory=PolicyTargets)
     perturb_fraction: float = 0.01
     skip_layers: int = 1
-    max_porosity: float = 0.05
     extra_cheats: list[RuntimeSpec] = field(default_factory=list)
 
 
@@ -96,40 +94,6 @@ def summarize(name: str, kind: str, reference: str, distances: np.ndarray) -> Di
     )
 
 
-def upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
-    """One-sided Clopper–Pearson upper bound of a rate seen ``k`` times in ``n`` (bisection)."""
-    if k >= n:
-        return 1.0
-    low, high = k / n, 1.0
-    for _ in range(60):
-        mid = (low + high) / 2
-        # P(X <= k | mid) = 1 - P(X >= k + 1 | mid); the bound is where this equals 1 - confidence.
-        if 1.0 - binomial_p_value(k + 1, n, mid) > 1.0 - confidence:
-            low = mid
-        else:
-            high = mid
-    return high
-
-
-def critical_count(n: int, p_mismatch: float, fraud_threshold: float) -> int:
-    """The fewest mismatches of ``n`` whose p-value falls below ``fraud_threshold`` (n + 1 if none)."""
-    for k in range(n + 1):
-        if binomial_p_value(k, n, p_mismatch) < fraud_threshold:
-            return k
-    return n + 1
-
-
-def detection_probability(rate: float, n: int, critical: int) -> float:
-    """``P(Binomial(n, rate) ≥ critical)``: how often a sample of ``n`` flags a node mismatching at ``rate``."""
-    if critical > n:
-        return 0.0
-    if rate <= 0.0:
-        return 0.0 if critical > 0 else 1.0
-    if rate >= 1.0:
-        return 1.0
-    return binomial_p_value(critical, n, rate)
-
-
 @contextmanager
 def _attention(model: LoadedModel, backend: str) -> Iterator[None]:
     previous = model.attention_backend
@@ -138,6 +102,21 @@ def _attention(model: LoadedModel, backend: str) -> Iterator[None]:
         yield
     finally:
         configure_attention(model, previous)
+
+
+def torch_threads(count: int) -> Callable[[PocModel], AbstractContextManager[object]]:
+    """A runtime context that computes with ``count`` torch CPU threads (another honest CPU runtime)."""
+
+    @contextmanager
+    def threads(_: PocModel) -> Iterator[None]:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(count)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+    return threads
 
 
 def run_spec(spec: RuntimeSpec, params: PocParams, settings: CalibrationSettings, nonces: list[int]) -> np.ndarray:
@@ -206,6 +185,7 @@ def calibrate(
     ref = timed(reference)
     comparisons: list[DistanceSummary] = []
     honest: list[np.ndarray] = []
+    all_distances: dict[str, np.ndarray] = {}
     cheat_distances: dict[str, np.ndarray] = {}
     warnings: list[str] = []
     for spec in [*others, *standard_cheats(reference, settings), *settings.extra_cheats]:
@@ -217,30 +197,38 @@ def calibrate(
             continue
         distances = l2_distances(vectors, ref)
         comparisons.append(summarize(spec.name, spec.kind, reference.name, distances))
+        all_distances[spec.name] = distances
         if spec.kind == "honest":
             honest.append(distances)
         elif spec.kind == "cheat":
             cheat_distances[spec.name] = distances
 
-    pooled = np.concatenate(honest) if honest else np.zeros(0)
-    honest_max = float(pooled.max()) if pooled.size else 0.0
-    if not pooled.size:
-        warnings.append("no honest runtime was compared: the threshold rests on the floor alone")
-    if pooled.size and not np.isfinite(pooled).all():
+    honest_names = [c.name for c in comparisons if c.kind == "honest"]
+    honest_by_name = dict(zip(honest_names, honest, strict=True))
+    if not honest_by_name:
+        warnings.append("no honest runtime was compared: the reference run stands for the honest distances (zeros)")
+        honest_by_name = {reference.name: np.zeros(len(nonces))}
+    if any(not np.isfinite(d).all() for d in honest_by_name.values()):
         warnings.append("an honest runtime produced non-finite vectors")
-    threshold = max(settings.floor, settings.headroom * honest_max) if np.isfinite(honest_max) else 2.0
-    threshold = min(threshold, 2.0)
-    honest_mismatches = int((pooled > threshold).sum())
-    p_mismatch = max(0.001, upper_bound(honest_mismatches, int(pooled.size))) if pooled.size else 0.001
-    p_mismatch = min(p_mismatch, 0.5)
-    critical = critical_count(settings.sample_size, p_mismatch, settings.fraud_threshold)
-    cheats = []
-    for name, distances in cheat_distances.items():
-        rate = float((distances > threshold).mean())
-        power = detection_probability(rate, settings.sample_size, critical)
-        cheats.append(CheatDetection(name=name, mismatch_rate=rate, detection_probability=power))
-        if power < 0.99:
-            warnings.append(f"{name}: flagged with probability {power:.3f} only (mismatch rate {rate:.3f})")
+    derivation = derive_policy(honest_by_name, cheat_distances, settings.targets)
+    warnings.extend(derivation.warnings)
+    cheats = [
+        CheatDetection(
+            name=curve.name,
+            mismatch_rate=curve.mismatch_rate,
+            detection_probability=detection_probability(
+                curve.mismatch_rate, settings.targets.sample_size, derivation.critical_mismatches
+            ),
+        )
+        for curve in derivation.curves
+    ]
+    kinds = {c.name: c.kind for c in comparisons}
+    stored = [
+        NonceDistances(
+            name=name, kind=kinds[name], reference=reference.name, values=[_stored(v) for v in distances.tolist()]
+        )
+        for name, distances in all_distances.items()
+    ]
     device = str(PocModel.from_loaded(reference.model).device)
     if device.startswith("cuda"):
         device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
@@ -253,44 +241,96 @@ def calibrate(
         params=params,
         nonces=settings.nonces,
         comparisons=comparisons,
-        honest_max=honest_max if np.isfinite(honest_max) else 2.0,
-        honest_mismatches=honest_mismatches,
-        honest_checked=int(pooled.size),
-        critical_mismatches=critical,
+        honest_max=derivation.honest_max if np.isfinite(derivation.honest_max) else 2.0,
+        honest_mismatches=derivation.honest_exceeding,
+        honest_checked=derivation.nonces,
+        critical_mismatches=derivation.critical_mismatches,
         cheats=cheats,
-        proposed=PocPolicy(
-            dist_threshold=float(f"{threshold:.3g}"),
-            p_mismatch=float(f"{p_mismatch:.3g}"),
-            fraud_threshold=settings.fraud_threshold,
-            sample_size=settings.sample_size,
-            max_porosity=settings.max_porosity,
-        ),
+        proposed=derivation.policy,
         warnings=warnings,
         block_hash=settings.block_hash,
         public_key=settings.public_key,
         reference_vectors=[encode_vector(vector) for vector in ref],
+        distances=stored,
+        derivation=derivation,
     )
 
 
+def _stored(value: float) -> float:
+    """A distance as kept in the file: 7 significant digits (float32's), non-finite as 2.0."""
+    return float(f"{value:.7g}") if np.isfinite(value) else 2.0
+
+
+def rederive(
+    calibration: PocCalibration, targets: PolicyTargets, extra_honest: dict[str, np.ndarray] | None = None
+) -> PolicyDerivation:
+    """The policy ``targets`` ask for, from a calibration's kept per-nonce distances (no model run);
+    ``extra_honest``: more honest runtimes' distances to the same reference (another card's run).
+
+    Raises:
+        ValueError: the calibration kept no per-nonce distances (written before they were kept).
+    """
+    if not calibration.distances:
+        raise ValueError(
+            "the calibration file holds no per-nonce distances (schema ditproof.poc-calibration/1); allowed: a "
+            "file written by this version's `ditproof poc calibrate --out`"
+        )
+    honest = {d.name: np.array(d.values) for d in calibration.distances if d.kind == "honest"}
+    honest.update(extra_honest or {})
+    cheats = {d.name: np.array(d.values) for d in calibration.distances if d.kind == "cheat"}
+    if not honest:
+        honest = {"reference": np.zeros(calibration.nonces)}
+    return derive_policy(honest, cheats, targets)
+
+
 def format_table(calibration: PocCalibration) -> list[str]:
-    """Plain-text lines: one per comparison, then the proposal."""
+    """Plain-text lines: one per comparison, then the derived policy and its power curves."""
     lines = [f"{'comparison':<40} {'kind':<11} {'n':>5} {'p50':>9} {'p99':>9} {'max':>9} {'min':>9}"]
     for c in calibration.comparisons:
         lines.append(
             f"{c.name:<40} {c.kind:<11} {c.n:>5} {c.p50:>9.2e} {c.p99:>9.2e} {c.max:>9.2e} {c.min:>9.2e}"
             + (f"  ({c.non_finite} non-finite)" if c.non_finite else "")
         )
-    p = calibration.proposed
-    lines.append(
-        f"proposed: dist_threshold {p.dist_threshold}, p_mismatch {p.p_mismatch}, fraud_threshold "
-        f"{p.fraud_threshold}, sample {p.sample_size} (fraud from {calibration.critical_mismatches} mismatches); "
-        f"honest max {calibration.honest_max:.2e}, {calibration.honest_mismatches}/{calibration.honest_checked} "
-        "honest over the threshold"
-    )
-    for cheat in calibration.cheats:
+    if calibration.derivation is not None:
+        lines.extend(format_derivation(calibration.derivation))
+    else:
+        p = calibration.proposed
         lines.append(
-            f"  {cheat.name:<38} mismatch rate {cheat.mismatch_rate:.3f}, flagged with probability "
-            f"{cheat.detection_probability:.4f}"
+            f"proposed: dist_threshold {p.dist_threshold}, p_mismatch {p.p_mismatch}, p_value_threshold "
+            f"{p.fraud_threshold}, validation_sample_size {p.sample_size}"
         )
-    lines.extend(f"warning: {w}" for w in calibration.warnings)
+        lines.extend(f"warning: {w}" for w in calibration.warnings)
+    return lines
+
+
+def format_derivation(derivation: PolicyDerivation) -> list[str]:
+    """Plain-text lines: the targets, the policy, the honest bound, and one power curve per cheat."""
+    t, p = derivation.targets, derivation.policy
+    low, high = derivation.threshold_interval
+    lines = [
+        f"targets: honest node called fraud in <= {t.honest_round_rate} of rounds; a node cheating on "
+        f"{t.cheat_fraction:.0%} of its nonces caught in >= {t.detection} of rounds; {t.sample_size} nonces sampled",
+        f"policy: dist_threshold {p.dist_threshold} (same counts from {low:.4g} to {high:.4g}), p_mismatch "
+        f"{p.p_mismatch}, p_value_threshold {p.fraud_threshold}, validation_sample_size {p.sample_size}: fraud from "
+        f"{derivation.critical_mismatches} mismatches",
+        f"honest: {derivation.honest_exceeding} of {derivation.nonces} nonces beyond the threshold under some honest "
+        f"runtime (largest distance {derivation.honest_max:.3g}); rate bound {derivation.honest_rate_bound:.3g} "
+        f"({t.confidence:.0%}); honest round called fraud with probability {derivation.honest_round_rate:.2e} "
+        f"(at the bound {derivation.honest_round_rate_bound:.2e})",
+    ]
+    if derivation.curves:
+        fractions = derivation.curves[0].fractions
+        lines.append(
+            "power: P(fraud) for a node cheating on a fraction f of its nonces"
+            + "".join(f"{f'f={f:g}':>9}" for f in fractions)
+            + f"{'smallest f':>12}"
+        )
+        for curve in derivation.curves:
+            smallest = "none" if curve.smallest_fraction is None else f"{curve.smallest_fraction:.4f}"
+            lines.append(
+                f"  {curve.name:<38} q={curve.mismatch_rate:<6.3f}"
+                + "".join(f"{d:>9.4f}" for d in curve.detection)
+                + f"{smallest:>12}"
+            )
+    lines.extend(f"warning: {w}" for w in derivation.warnings)
     return lines

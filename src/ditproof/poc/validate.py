@@ -26,24 +26,10 @@ import numpy as np
 from ditproof.errors import InvalidInputError
 from ditproof.poc.commit import verify_proof
 from ditproof.poc.compute import PocModel, compute_vectors, decode_vector
+from ditproof.poc.derive import binomial_p_value
 from ditproof.poc.node import serve_proofs
 from ditproof.protocol.poc import PocArtifacts, PocCommitment, PocMismatch, PocPolicy, PocProof, PocVerdict
 from ditproof.randomness import poc_sample_seed_text, seeded_sample
-
-
-def binomial_p_value(mismatches: int, checked: int, p: float) -> float:
-    """``P(X ≥ mismatches)`` for ``X ~ Binomial(checked, p)`` (exact sum in log space)."""
-    if not 0 <= mismatches <= checked:
-        raise ValueError(f"mismatches: got {mismatches}; allowed: 0 to checked ({checked})")
-    if mismatches == 0:
-        return 1.0
-    log_p, log_q = math.log(p), math.log1p(-p)
-    terms = [
-        math.lgamma(checked + 1) - math.lgamma(i + 1) - math.lgamma(checked - i + 1) + i * log_p + (checked - i) * log_q
-        for i in range(mismatches, checked + 1)
-    ]
-    top = max(terms)
-    return min(1.0, math.exp(top) * sum(math.exp(term - top) for term in terms))
 
 
 def sample_indices(commitment: PocCommitment, policy: PocPolicy, validator_key: str = "") -> list[int]:

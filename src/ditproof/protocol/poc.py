@@ -194,7 +194,8 @@ class PocPolicy(BaseModel):
     (L2) from the received one, or the received one is not finite or not ``k_dim`` values. The
     node is judged fraudulent when the one-sided binomial p-value of the mismatch count, under
     an honest mismatch rate ``p_mismatch``, is below ``fraud_threshold`` (also accepted as
-    ``p_value_threshold``). ``max_porosity`` bounds the share of nonces a node may skip: every
+    ``p_value_threshold``, Gonka's chain name; ``sample_size`` also as ``validation_sample_size``;
+    policy files are written with Gonka's names, :meth:`gonka_form`). ``max_porosity`` bounds the share of nonces a node may skip: every
     committed nonce must be below ``count / (1 - max_porosity)``.
     """
 
@@ -210,21 +211,39 @@ class PocPolicy(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _alias(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "p_value_threshold" in data:
-            data = dict(data)
-            value = data.pop("p_value_threshold")
-            if "fraud_threshold" in data and data["fraud_threshold"] != value:
-                raise ValueError(
-                    f"fraud_threshold ({data['fraud_threshold']!r}) and p_value_threshold ({value!r}) are two "
-                    "names of one setting; allowed: give one, or the same value for both"
-                )
-            data["fraud_threshold"] = value
+        if isinstance(data, dict):
+            for gonka, ours in _GONKA_NAMES.items():
+                if gonka not in data:
+                    continue
+                data = dict(data)
+                value = data.pop(gonka)
+                if ours in data and data[ours] != value:
+                    raise ValueError(
+                        f"{ours} ({data[ours]!r}) and {gonka} ({value!r}) are two names of one setting; allowed: "
+                        "give one, or the same value for both"
+                    )
+                data[ours] = value
         return data
 
     @property
     def p_value_threshold(self) -> float:
         """The name Gonka's API node uses for :attr:`fraud_threshold`."""
         return self.fraud_threshold
+
+    def gonka_form(self) -> dict[str, Any]:
+        """The policy under Gonka's chain parameter names (DistThreshold, PMismatch, PValueThreshold,
+        ValidationSampleSize, in snake case), as policy files are written."""
+        return {
+            "schema_version": self.schema_version,
+            "dist_threshold": self.dist_threshold,
+            "p_mismatch": self.p_mismatch,
+            "p_value_threshold": self.fraud_threshold,
+            "validation_sample_size": self.sample_size,
+            "max_porosity": self.max_porosity,
+        }
+
+
+_GONKA_NAMES = {"p_value_threshold": "fraud_threshold", "validation_sample_size": "sample_size"}
 
 
 ML_NODE_POLICY = PocPolicy(dist_threshold=0.02, p_mismatch=0.001, fraud_threshold=0.01)
@@ -271,7 +290,87 @@ class PocVerdict(BaseModel):
         atomic_write_bytes(path, canonical_json(self.model_dump(mode="json")) + b"\n")
 
 
-POC_CALIBRATION_SCHEMA: Literal["ditproof.poc-calibration/1"] = "ditproof.poc-calibration/1"
+POC_CALIBRATION_SCHEMA: Literal["ditproof.poc-calibration/2"] = "ditproof.poc-calibration/2"
+
+
+class PolicyTargets(BaseModel):
+    """The error rates a derived PoC policy must meet (:mod:`ditproof.poc.derive`).
+
+    ``honest_round_rate``: the largest share of rounds in which an honest node may be called fraud
+    (becomes ``p_value_threshold``); ``cheat_fraction``/``detection``: a node cheating on that
+    share of its nonces is called fraud in at least ``detection`` of rounds; ``sample_size``:
+    nonces sampled per round; ``confidence`` of the honest mismatch rate's upper bound;
+    ``min_threshold``: no ``dist_threshold`` below it (float16 rounding of a unit vector).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    honest_round_rate: float = Field(default=0.001, gt=0.0, lt=0.5)
+    cheat_fraction: float = Field(default=0.05, gt=0.0, le=1.0)
+    detection: float = Field(default=0.99, gt=0.0, lt=1.0)
+    sample_size: int = Field(default=200, ge=1, le=100_000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    min_threshold: float = Field(default=1e-3, gt=0.0, lt=2.0)
+    max_porosity: float = Field(default=0.05, ge=0.0, lt=1.0)
+
+
+class PowerCurve(BaseModel):
+    """How often a partial cheater of one class is called fraud under the derived policy.
+
+    ``mismatch_rate``: the share of the class's nonces beyond ``dist_threshold``; ``detection[i]``:
+    the probability that a node cheating on ``fractions[i]`` of its nonces is called fraud in a
+    round; ``smallest_fraction``: the least fraction called fraud in the targets' ``detection`` of
+    rounds (None: not even a node cheating on all of them).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    mismatch_rate: float
+    fractions: list[float]
+    detection: list[float]
+    detection_at_target: float
+    smallest_fraction: float | None
+
+
+class PolicyDerivation(BaseModel):
+    """A policy derived from targets and per-nonce distances, with what it was derived from.
+
+    ``honest_exceeding`` of ``nonces`` nonces exceed the threshold under some honest runtime
+    (counted once per nonce); ``honest_rate_bound`` (= the policy's ``p_mismatch``) bounds that
+    rate; ``honest_round_rate`` is the chance an honest node at the measured rate is called fraud
+    (``honest_round_rate_bound`` at the bound, at most the target); ``threshold_interval``: the
+    distances between which every threshold gives the same counts.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    targets: PolicyTargets
+    policy: PocPolicy
+    nonces: int
+    honest_runtimes: list[str]
+    honest_exceeding: int
+    honest_rate: float
+    honest_rate_bound: float
+    critical_mismatches: int
+    honest_round_rate: float
+    honest_round_rate_bound: float
+    threshold_interval: tuple[float, float]
+    honest_max: float
+    curves: list[PowerCurve]
+    warnings: list[str]
+
+
+class NonceDistances(BaseModel):
+    """Every nonce's L2 distance between one runtime's vector and the reference run's (same nonces,
+    in order; a non-finite vector's distance is stored as 2.0, the largest between unit vectors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: Literal["honest", "cross-dtype", "cheat"]
+    reference: str
+    values: list[float]
 
 
 class DistanceSummary(BaseModel):
@@ -312,7 +411,7 @@ class PocCalibration(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal["ditproof.poc-calibration/1"] = POC_CALIBRATION_SCHEMA
+    schema_version: Literal["ditproof.poc-calibration/1", "ditproof.poc-calibration/2"] = POC_CALIBRATION_SCHEMA
     created: str
     device: str
     torch_version: str
@@ -331,6 +430,9 @@ class PocCalibration(BaseModel):
     block_hash: str
     public_key: str
     reference_vectors: list[str]
+    distances: list[NonceDistances] = Field(default_factory=list)
+    """Per runtime, every nonce's distance to the reference (so the policy can be derived again)."""
+    derivation: PolicyDerivation | None = None
     """The reference run's vectors of nonces 0, 1, … (base64 float16), to compare machines later."""
 
     def save(self, path: str | Path) -> None:
