@@ -131,7 +131,7 @@ def test_thresholds_file_loads_in_the_validator_and_matches_the_scores(finished:
     assert not any(threshold.passes(v) for v in malign)
     analysis = json.loads((report / "analysis.json").read_text())["data"]
     key = next(k for k in analysis["keys"] if k["key"] == "psnr:mean")
-    tpr = {c["configuration"]: c["tpr_at_target"] for c in key["classes"]}
+    tpr = {c["configuration"]: c["tpr"] for c in key["summary"]["classes"]}
     assert tpr["other-seed"] == 1.0 and tpr["cfg-off"] == 1.0
     assert thresholds.provisional  # too few benign pairs for the FPR bound: marked provisional
 

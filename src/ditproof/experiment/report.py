@@ -18,13 +18,26 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from ditproof.experiment.analyze import ANALYSIS_FILE, THRESHOLDS_FILE, Analysis, KeyResult
+import numpy as np
+
+from ditproof.errors import InvalidInputError
+from ditproof.experiment.analyze import (
+    ANALYSIS_FILE,
+    SCORES_CSV,
+    THRESHOLDS_FILE,
+    Analysis,
+    KeyResult,
+    read_scores_csv,
+)
+from ditproof.experiment.calibration import PoolCalibration
+from ditproof.experiment.config import load_experiment
 from ditproof.experiment.jobs import MANIFEST_FILE, load_experiment_from_store
 from ditproof.experiment.score import read_scores
 from ditproof.experiment.store import Store
 from ditproof.hashing import atomic_write_bytes, atomic_write_text
 
 MAIN_STATISTICS = ("mean", "worst", "value")
+MANIFEST_CSV = "manifest-summary.csv"
 
 
 def _pyplot() -> Any:
@@ -47,17 +60,28 @@ def _save(fig: Any, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_roc(result: KeyResult, path: Path, fpr_target: float) -> None:
-    """ROC curves of every malign class for one score key."""
+def hardest_pool(result: KeyResult) -> PoolCalibration:
+    """The pool where the key separates malign from benign worst (lowest mean AUC over malign classes)."""
+    return min(result.pools, key=lambda p: (float(np.mean([c.auc for c in p.classes])) if p.classes else 1.0, p.pool))
+
+
+def plot_roc(result: KeyResult, grid: list[float], path: Path, fpr_target: float) -> None:
+    """ROC curves of every malign class for one score key, against its hardest pool (log FPR axis)."""
+    pool = hardest_pool(result)
     fig, ax = _pyplot().subplots(figsize=(5, 4.2))
-    for cls in result.classes:
-        ax.step(cls.roc_fpr, cls.roc_tpr, where="post", label=f"{cls.configuration} (AUC {cls.auc:.3f})")
+    points = [i for i, f in enumerate(grid) if f > 0]
+    for cls in pool.classes:
+        ax.step(
+            [grid[i] for i in points],
+            [cls.roc_tpr[i] for i in points],
+            where="post",
+            label=f"{cls.configuration} (AUC {cls.auc:.3f})",
+        )
     ax.axvline(fpr_target, color="grey", linestyle=":", linewidth=1)
-    ax.plot([0, 1], [0, 1], color="lightgrey", linewidth=0.8)
-    ax.set_xlabel("false positive rate (benign pool)")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"false positive rate (benign pool {pool.pool}, in sample)")
     ax.set_ylabel("true positive rate")
     ax.set_title(f"ROC of {result.key}")
-    ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.legend(fontsize=7, loc="lower right")
     _save(fig, path)
@@ -117,27 +141,82 @@ def write_report(store_url: str, out_dir: str | Path) -> Path:
     analysis = store.read_model(ANALYSIS_FILE, Analysis)
     scores = read_scores(store).to_pylist()
     manifest = store.read_parquet(MANIFEST_FILE).to_pylist()
-    thresholds_bytes = store.read_bytes(THRESHOLDS_FILE)
-    atomic_write_bytes(out / "thresholds.json", thresholds_bytes)
-    atomic_write_bytes(out / "analysis.json", store.read_bytes(ANALYSIS_FILE))
-    _write_csv(out / "scores-summary.csv", scores)
-    _write_csv(out / "manifest-summary.csv", manifest)
+    atomic_write_bytes(out / THRESHOLDS_FILE, store.read_bytes(THRESHOLDS_FILE))
+    atomic_write_bytes(out / ANALYSIS_FILE, store.read_bytes(ANALYSIS_FILE))
+    _write_csv(out / SCORES_CSV, scores)
+    _write_csv(out / MANIFEST_CSV, manifest)
+    return _render(out, experiment, analysis, scores, manifest)
 
+
+def write_report_from_folder(folder: str | Path) -> Path:
+    """Rewrites a committed report folder's report from its own files alone; returns the Markdown file.
+
+    Reads ``analysis.json`` (as ``experiment analyze --folder`` writes it), ``scores-summary.csv``,
+    ``manifest-summary.csv`` and the shipped experiment file the analysis names.
+
+    Raises:
+        InvalidInputError: a missing file, or an analysis of an older schema (analyze the folder first).
+    """
+    out = Path(folder)
+    for name in (ANALYSIS_FILE, SCORES_CSV, MANIFEST_CSV):
+        if not (out / name).is_file():
+            raise InvalidInputError(f"report folder {out}: no {name}; allowed: a folder written by `experiment report`")
+    store = Store(str(out))
+    data = store.read_json(ANALYSIS_FILE)
+    if data.get("schema_version") != Analysis.model_fields["schema_version"].default:
+        raise InvalidInputError(
+            f"report folder {out}: {ANALYSIS_FILE} is {data.get('schema_version')!r}; "
+            "run `ditproof experiment analyze --folder` first"
+        )
+    analysis = store.read_model(ANALYSIS_FILE, Analysis)
+    experiment = load_experiment(analysis.experiment)
+    return _render(out, experiment, analysis, read_scores_csv(out / SCORES_CSV), _read_manifest_csv(out / MANIFEST_CSV))
+
+
+def _read_manifest_csv(path: Path) -> list[dict[str, Any]]:
+    """The report's columns of ``manifest-summary.csv``, typed (empty cells are None)."""
+    rows = []
+    with open(path, newline="") as handle:
+        for line, raw in enumerate(csv.DictReader(handle), start=2):
+            try:
+                rows.append(
+                    {
+                        "prompt_id": raw["prompt_id"],
+                        "configuration": raw["configuration"],
+                        "status": raw["status"],
+                        "reason": raw["reason"] or "",
+                        "device_name": raw["device_name"] or None,
+                        "total_s": float(raw["total_s"]) if raw["total_s"] else None,
+                        "forward_passes": int(raw["forward_passes"]) if raw["forward_passes"] else None,
+                    }
+                )
+            except (KeyError, ValueError) as exc:
+                raise InvalidInputError(f"{path}:{line}: {exc}") from exc
+    return rows
+
+
+def _render(
+    out: Path, experiment: Any, analysis: Analysis, scores: list[dict[str, Any]], manifest: list[dict[str, Any]]
+) -> Path:
     images: list[tuple[str, str]] = []
-    main_keys = [k for k in analysis.keys if k.statistic in MAIN_STATISTICS]
+    main_keys = [
+        k for k in analysis.keys if k.pools and (k.kind == "trajectory" or k.key.split(":")[1] in MAIN_STATISTICS)
+    ]
     for result in main_keys:
         name = f"roc-{_slug(result.key)}.png"
-        plot_roc(result, out / name, analysis.fpr_target)
+        plot_roc(result, analysis.roc_fpr_grid, out / name, analysis.fpr_target)
         images.append((name, f"ROC of {result.key}"))
     best = next((k for k in analysis.keys if k.key == analysis.best_key), None)
-    if best is not None:
+    if best is not None and best.threshold is not None:  # the best key is a metric's, with one loosest threshold
         name = f"hist-{_slug(best.key)}.png"
         plot_histogram(scores, best.key, best.threshold, out / name)
         images.append((name, f"{best.key} per configuration"))
     plot_divergence(scores, out / "divergence.png")
     images.append(("divergence.png", "first diverging step"))
-
-    md = _markdown(experiment, analysis, scores, manifest, main_keys, images)
+    for stale in [*out.glob("roc-*.png"), *out.glob("hist-*.png")]:
+        if stale.name not in {name for name, _ in images}:
+            stale.unlink()  # a plot of a key this analysis no longer has
+    md = _markdown(experiment, analysis, scores, manifest, images)
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", _html(md, out, images))
     return out / "report.md"
@@ -153,12 +232,15 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
 def _markdown(
     experiment: Any,
     analysis: Analysis,
     scores: list[dict[str, Any]],
     manifest: list[dict[str, Any]],
-    main_keys: list[KeyResult],
     images: list[tuple[str, str]],
 ) -> str:
     f = experiment.file
@@ -172,6 +254,7 @@ def _markdown(
         if m["total_s"] is not None:
             timing[m["configuration"]].append(m["total_s"])
             passes[m["configuration"]] = m["forward_passes"]
+    method = analysis.method
     parts = [
         f"# Stage 1 experiment report: {f.name}",
         "",
@@ -225,23 +308,58 @@ def _markdown(
             ],
         ),
         "",
-        f"## Detection at {analysis.fpr_target:.0%} FPR (threshold from the pooled benign scores)",
+        "## Benign pools",
         "",
-        f"Best key: **{analysis.best_key}** (highest mean TPR over malign classes, then mean AUC).",
+        "One pool per pair of runtime classes compared (reference × executor; scores without class "
+        "columns: per configuration), each with its own thresholds. Byte-identical pairs are decided "
+        "by exact match and kept out of the pools.",
+        "",
+        _table(
+            ["pool", "configurations", "pairs", "byte-identical", "against thresholds", "decided by"],
+            [
+                [p.name, ", ".join(p.configurations), p.pairs, p.exact_pairs, p.scored_pairs, p.decided_by]
+                for p in analysis.pools
+            ],
+        ),
+        "",
+        f"## Detection at {analysis.fpr_target:.0%} FPR: in sample and out of sample",
+        "",
+        f"Each pool's threshold keeps its benign FPR at {analysis.fpr_target:.0%}. **In sample**: fitted "
+        "and measured on the same pairs. **Out of sample**: fitted on the benign pairs of a random "
+        f"{method.train_fraction:.0%} of the prompts, FPR and TPR measured on the other prompts "
+        f"({method.repeats} splits, seed {method.seed}). **Bootstrap**: prompts resampled with "
+        f"replacement, all pairs of a prompt together ({method.resamples} resamples), 95% bounds at the "
+        "in-sample threshold. Figures are the **worst pool**'s: the highest FPR of any pool (an honest "
+        "executor of that class bears it) and the lowest TPR per split (a dishonest executor declares "
+        "the class whose threshold it passes). Cells: out-of-sample TPR (in sample) / AUC.",
+        "",
+        f"Best key: **{analysis.best_key}** (frame or final-latent key with the highest mean "
+        "out-of-sample TPR over malign classes, then mean AUC).",
         "",
     ]
-    header = ["key", "threshold", "benign n", "FPR (95% upper)"]
-    header += [f"{c} TPR / AUC" for c in analysis.malign_classes]
+    header = ["key", "threshold", "FPR in sample", "FPR 95% bound (bootstrap)", "FPR out of sample: mean (p95)"]
+    header += [f"{c}" for c in analysis.malign_classes]
     rows = []
-    for k in main_keys:
-        by_class = {c.configuration: c for c in k.classes}
-        row = [k.key, _fmt(k.threshold), k.benign_n, f"{k.fpr:.3f} ({k.fpr_upper_95:.3f})"]
+    for k in analysis.keys:
+        if k.summary is None:
+            continue
+        by_class = {c.configuration: c for c in k.summary.classes}
+        row = [
+            f"`{k.key}`",
+            "per pool" if k.threshold is None else _fmt(k.threshold),
+            _pct(k.summary.fpr),
+            _pct(k.summary.fpr_upper_95_bootstrap),
+            f"{_pct(k.summary.oos_fpr_mean)} ({_pct(k.summary.oos_fpr_p95)})",
+        ]
         row += [
-            f"{by_class[c].tpr_at_target:.2f} / {by_class[c].auc:.3f}" if c in by_class else ""
+            f"{_pct(by_class[c].oos_tpr_mean)} ({_pct(by_class[c].tpr)}) / {by_class[c].auc:.3f}"
+            if c in by_class
+            else ""
             for c in analysis.malign_classes
         ]
         rows.append(row)
-    parts += [_table(header, rows), ""]
+    parts += [_table(header, rows), "", *_deciding_paragraph(analysis), ""]
+    parts += _pool_tables(analysis)
     if analysis.notes:
         parts += ["Notes:", "", *[f"- {n}" for n in analysis.notes], ""]
     if analysis.skipped_metrics:
@@ -273,11 +391,96 @@ def _markdown(
         "",
         *[f"![{caption}]({name})" for name, caption in images],
         "",
-        "Files: `thresholds.json` (the validator's format), `analysis.json` (full ROC data), "
-        "`scores-summary.csv` (one row per pair), `manifest-summary.csv` (one row per job).",
+        "Files: `thresholds.json` (the validator's format), `analysis.json` (per pool and key: thresholds, "
+        "bounds, out-of-sample figures, ROC), `scores-summary.csv` (one row per pair), "
+        "`manifest-summary.csv` (one row per job).",
         "",
     ]
     return "\n".join(parts)
+
+
+DECIDES = 0.95
+"""An out-of-sample worst-pool TPR from which the report says a kind of metric decides a class."""
+
+
+def _best_of_kind(analysis: Analysis, kinds: tuple[str, ...], name: str) -> tuple[str, float] | None:
+    best: tuple[str, float] | None = None
+    for key in analysis.keys:
+        if key.kind not in kinds or key.summary is None:
+            continue
+        cls = next((c for c in key.summary.classes if c.configuration == name), None)
+        if cls is not None and cls.oos_tpr_mean is not None and (best is None or cls.oos_tpr_mean > best[1]):
+            best = (key.key, cls.oos_tpr_mean)
+    return best
+
+
+def _deciding_paragraph(analysis: Analysis) -> list[str]:
+    """Which kinds of metric decide which malign class, from the out-of-sample worst-pool TPRs."""
+    frame_weak, lines = [], []
+    for name in analysis.malign_classes:
+        frame = _best_of_kind(analysis, ("frame",), name)
+        latent = _best_of_kind(analysis, ("latent", "trajectory"), name)
+        if frame is None:
+            continue
+        if frame[1] < DECIDES:
+            frame_weak.append(name)
+        latent_text = f"; latent/trajectory best `{latent[0]}` {_pct(latent[1])}" if latent else ""
+        lines.append(f"- {name}: frame best `{frame[0]}` {_pct(frame[1])}{latent_text}")
+    if not lines:
+        return []
+    if frame_weak:
+        verdict = (
+            f"Frame metrics alone do not decide {', '.join(frame_weak)} (out-of-sample worst-pool TPR below "
+            f"{DECIDES:.0%}): they compare videos after the H.264 re-encoding, which both sides go through, "
+            "and these deviations are of the size of the benign ones there. Where the latents are committed "
+            "(final latent, trajectory checkpoints), the latent and trajectory metrics are the ones to use:"
+        )
+    else:
+        verdict = f"Frame metrics alone reach {DECIDES:.0%} out-of-sample worst-pool TPR on every malign class:"
+    return ["### Which metrics decide", "", verdict, "", *lines]
+
+
+POOL_TABLE_KEYS = ("latent_rel_l2:value", "checkpoint_rel_l2:pre_switch", "trajectory:max")
+
+
+def _pool_tables(analysis: Analysis) -> list[str]:
+    """Per pool figures of the best key and the latent and trajectory keys (all keys: analysis.json)."""
+    wanted = [analysis.best_key, *POOL_TABLE_KEYS]
+    parts: list[str] = []
+    for key in analysis.keys:
+        if key.key not in wanted or not key.pools:
+            continue
+        wanted.remove(key.key)
+        header = [
+            "pool",
+            "pairs",
+            "threshold",
+            "false positives (prompts)",
+            "FPR 95% bound: prompts (exact) / bootstrap",
+        ]
+        header += [
+            "FPR out of sample: mean (p95)",
+            *[f"{c} out of sample: mean (p05)" for c in analysis.malign_classes],
+        ]
+        rows = []
+        for pool in key.pools:
+            by_class = {c.configuration: c for c in pool.classes}
+            threshold = pool.threshold if key.direction == "lower-is-better" else -pool.threshold
+            row: list[Any] = [
+                pool.pool,
+                pool.pairs,
+                _fmt(threshold),
+                f"{pool.false_positives} ({pool.false_positive_prompts})",
+                f"{_pct(pool.fpr_upper_95_prompts)} / {_pct(pool.fpr_upper_95_bootstrap)}",
+                f"{_pct(pool.oos_fpr_mean)} ({_pct(pool.oos_fpr_p95)})",
+            ]
+            row += [
+                f"{_pct(by_class[c].oos_tpr_mean)} ({_pct(by_class[c].oos_tpr_p05)})" if c in by_class else ""
+                for c in analysis.malign_classes
+            ]
+            rows.append(row)
+        parts += [f"### Per pool: `{key.key}`", "", _table(header, rows), ""]
+    return parts
 
 
 def _html(md: str, out: Path, images: list[tuple[str, str]]) -> str:
