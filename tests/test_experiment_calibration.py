@@ -27,7 +27,7 @@ from ditproof.experiment.config import load_experiment
 from ditproof.experiment.plan import plan_jobs
 from ditproof.experiment.report import MANIFEST_CSV, write_report_from_folder
 from ditproof.experiment.score import SCORES_FILE, _write_scores, checkpoint_distances
-from ditproof.experiment.stats import bootstrap_counts, bootstrap_rates, prompt_splits
+from ditproof.experiment.stats import allowed_false_positives, bootstrap_counts, bootstrap_rates, prompt_splits
 from ditproof.experiment.store import Store
 from ditproof.validation.policy import ThresholdsFile
 
@@ -339,3 +339,19 @@ def test_the_report_regenerates_from_the_folder_alone(tmp_path: Path) -> None:
     assert "Frame metrics alone do not decide steps-3" in md
     assert "| `latent_rel_l2:value` |" in md and "### Per pool: `latent_rel_l2:value`" in md
     assert (folder / "roc-latent-rel-l2-value.png").is_file() and (folder / "report.html").is_file()
+
+
+def test_the_conformal_rule_keeps_the_out_of_sample_fpr_at_the_target() -> None:
+    assert [allowed_false_positives(n, 0.01) for n in (99, 100, 200, 1000)] == [0, 1, 2, 10]
+    assert [allowed_false_positives(n, 0.01, "conformal") for n in (99, 100, 200, 1000)] == [0, 0, 1, 9]
+    # One pair per prompt, 200 prompts, 400 half splits: the empirical rule's threshold (fitted on 100
+    # prompts, 5 may fail) flags about 6/101 of new prompts; the conformal one about 5/101.
+    rng = np.random.default_rng(0)
+    prompts = np.arange(200)
+    scores = fixed(rng.normal(size=200), prompts, {"m": (rng.normal(size=200) + 3.0, prompts)})
+    splits, counts = prompt_splits(200, 400, seed=0), bootstrap_counts(200, 10, seed=0)
+    empirical, _ = calibrate_pool("b", scores, 0.05, splits, counts, rule="empirical")
+    conformal, _ = calibrate_pool("b", scores, 0.05, splits, counts, rule="conformal")
+    assert empirical.oos_fpr_mean is not None and conformal.oos_fpr_mean is not None
+    assert empirical.oos_fpr_mean > 0.055 and conformal.oos_fpr_mean < 0.0515
+    assert empirical.fpr == 0.05 and conformal.fpr == 0.045  # in sample both look at or under the target

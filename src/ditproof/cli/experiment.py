@@ -269,12 +269,18 @@ def analyze_command(
     train_fraction: float = typer.Option(0.5, min=0.01, max=0.99, help="Share of the prompts a split trains on."),
     resamples: int = typer.Option(1000, min=1, max=100_000, help="Bootstrap resamples of the prompts."),
     seed: int = typer.Option(0, min=0, help="Seed of the splits and resamples."),
+    rule: str = typer.Option(
+        "empirical",
+        help="Threshold rule: empirical (floor(target·n) benign pairs may fail) or conformal "
+        "(the ceil((n+1)(1-target))-th smallest: a new prompt's FPR at most the target on average).",
+    ),
 ) -> None:
     """Per benign pool and score key: thresholds, FPR bounds, out-of-sample FPR and TPR, AUC; thresholds.json.
 
     With --folder, a committed report folder's scores-summary.csv is analysed and its analysis.json
     and thresholds.json are rewritten (then `experiment report --folder` rewrites the report)."""
     with reported():
+        from ditproof.errors import InvalidInputError
         from ditproof.experiment.analyze import (
             THRESHOLDS_FILE,
             Method,
@@ -286,7 +292,15 @@ def analyze_command(
         from ditproof.hashing import atomic_write_bytes, canonical_json
 
         _store_or_folder(store, folder)
-        method = Method(repeats=repeats, train_fraction=train_fraction, resamples=resamples, seed=seed)
+        if rule not in ("empirical", "conformal"):
+            raise InvalidInputError(f"--rule: got {rule!r}; allowed: empirical, conformal")
+        method = Method(
+            repeats=repeats,
+            train_fraction=train_fraction,
+            resamples=resamples,
+            seed=seed,
+            rule="conformal" if rule == "conformal" else "empirical",
+        )
         if store is not None:
             analysis = analyze_store(store, fpr_target, method)
             target = Store(store)

@@ -53,7 +53,7 @@ from ditproof.experiment.calibration import (
 )
 from ditproof.experiment.jobs import load_experiment_from_store, read_result
 from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX, SCORES_META_FILE, read_scores
-from ditproof.experiment.stats import ROC_FPR_GRID, bootstrap_counts, prompt_splits
+from ditproof.experiment.stats import ROC_FPR_GRID, ThresholdRule, bootstrap_counts, prompt_splits
 from ditproof.experiment.store import Store
 from ditproof.hashing import canonical_json, sha256_bytes
 from ditproof.metrics.registry import metric_spec, parse_score_key, score_key
@@ -82,6 +82,8 @@ class Method(_M):
     resamples: int = Field(default=1000, ge=1, le=100_000)
     seed: int = Field(default=0, ge=0)
     confidence: float = Field(default=CONFIDENCE, gt=0.5, lt=1.0)
+    rule: ThresholdRule = "empirical"
+    """How many benign pairs a threshold may flag: ``floor(target·n)`` or the conformal rank."""
 
 
 class Pool(_M):
@@ -214,6 +216,7 @@ def _key_scores(
     prompt_index: dict[str, int],
     target: float,
     combined: bool,
+    rule: ThresholdRule,
 ) -> PoolScores | None:
     """One key's (or, ``combined``, the trajectory keys') scores over one pool; None without benign values."""
     benign_rows = [r for r, p in zip(rows, row_pool, strict=True) if p == pool and not r["video_exact"]]
@@ -234,7 +237,7 @@ def _key_scores(
         if not keep.any():
             return None
         prompts = np.array([prompt_index[r["prompt_id"]] for r in benign_rows], dtype=np.int64)[keep]
-        return normalised_max(benign[keep], prompts, malign, target)
+        return normalised_max(benign[keep], prompts, malign, target, rule)
     (key,) = keys
     sign = 1.0 if _direction(key) == "lower-is-better" else -1.0
     values = sign * _values(benign_rows, key)
@@ -318,9 +321,13 @@ def analyze_rows(
     for key, columns, combined in jobs:
         calibrated: list[tuple[PoolCalibration, Draws]] = []
         for pool in decided:
-            scores = _key_scores(rows, columns, pool.name, row_pool, malign_classes, prompt_index, fpr_target, combined)
+            scores = _key_scores(
+                rows, columns, pool.name, row_pool, malign_classes, prompt_index, fpr_target, combined, method.rule
+            )
             if scores is not None:
-                calibrated.append(calibrate_pool(pool.name, scores, fpr_target, splits, counts, method.confidence))
+                calibrated.append(
+                    calibrate_pool(pool.name, scores, fpr_target, splits, counts, method.confidence, method.rule)
+                )
         if not calibrated:
             continue
         summary = worst_pool(calibrated, method.confidence)

@@ -5,9 +5,9 @@ noise and its benign distances move together (on the shipped model's Stage 1 run
 to 0.96 between configurations of a prompt), so a pool's pairs are not independent samples.
 Three estimates stand side by side:
 
-* **in sample**: the threshold at the target FPR on all of the pool's benign pairs (the rule of
-  :func:`~ditproof.experiment.stats.threshold_at_fpr`) and the rates measured on the same pairs —
-  optimistic, since the threshold was fitted to them;
+* **in sample**: the threshold at the target FPR on all of the pool's benign pairs (by the rule of
+  :func:`~ditproof.experiment.stats.allowed_false_positives`: empirical or conformal) and the rates
+  measured on the same pairs — optimistic, since the threshold was fitted to them;
 * **out of sample**: ``R`` random splits of the prompts (``prompt_splits``); the threshold is
   fitted on the training prompts' benign pairs, FPR and each malign class's TPR are measured on the
   test prompts' pairs; mean and spread over the repeats;
@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ditproof.experiment.stats import (
+    ThresholdRule,
     auc,
     bootstrap_rates,
     clopper_pearson_upper,
@@ -75,6 +76,7 @@ def normalised_max(
     benign_prompt: np.ndarray,
     malign: dict[str, tuple[np.ndarray, np.ndarray]],
     target: float,
+    rule: ThresholdRule = "empirical",
 ) -> PoolScores:
     """The combined trajectory score: ``max_k d_k / t_k`` over the checkpoints ``k`` a pair has.
 
@@ -91,7 +93,7 @@ def normalised_max(
         for k in range(benign.shape[1]):
             column = rows[:, k][np.isfinite(rows[:, k])]
             if column.size:
-                norms[k] = max(threshold_value(column, target), NORMALISER_FLOOR)
+                norms[k] = max(threshold_value(column, target, rule), NORMALISER_FLOOR)
 
         def combine(values: np.ndarray) -> np.ndarray:
             scaled = values / norms
@@ -178,6 +180,7 @@ def calibrate_pool(
     splits: np.ndarray,
     counts: np.ndarray,
     confidence: float = 0.95,
+    rule: ThresholdRule = "empirical",
 ) -> tuple[PoolCalibration, Draws]:
     """In-sample threshold and rates, out-of-sample rates over ``splits``, bootstrap bounds over ``counts``.
 
@@ -189,6 +192,7 @@ def calibrate_pool(
         splits: training-prompt masks, one row per repeat (:func:`~ditproof.experiment.stats.prompt_splits`).
         counts: bootstrap draws per prompt, one row per resample (:func:`~ditproof.experiment.stats.bootstrap_counts`).
         confidence: of the one-sided bounds.
+        rule: how many benign pairs the threshold may flag (:func:`~ditproof.experiment.stats.allowed_false_positives`).
 
     Raises:
         ValueError: the pool has no benign pair.
@@ -197,7 +201,7 @@ def calibrate_pool(
         raise ValueError(f"pool {name}: no benign pair to calibrate on")
     everything = np.ones(splits.shape[1], dtype=bool)
     benign, malign = scores.badness(everything)
-    threshold = threshold_value(benign, target)
+    threshold = threshold_value(benign, target, rule)
     flagged = benign > threshold
     prompts = np.unique(scores.benign_prompt)
     flagged_prompts = np.unique(scores.benign_prompt[flagged])
@@ -210,7 +214,7 @@ def calibrate_pool(
         in_train = train[scores.benign_prompt]
         if not in_train.any() or in_train.all():
             continue  # this split left the pool on one side only
-        t = threshold_value(b[in_train], target)
+        t = threshold_value(b[in_train], target, rule)
         oos_fpr[repeat] = float((b[~in_train] > t).mean())
         for c, values in m.items():
             test = ~train[scores.malign_prompt[c]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy.stats import beta
@@ -99,11 +100,30 @@ def clopper_pearson_lower(successes: int, trials: int, confidence: float = 0.95)
     return float(beta.ppf(1.0 - confidence, successes, trials - successes + 1))
 
 
-def threshold_value(benign: np.ndarray, target: float) -> float:
-    """The threshold of :func:`threshold_at_fpr` alone (no bound): the ``(n − floor(target·n))``-th smallest."""
+ThresholdRule = Literal["empirical", "conformal"]
+
+
+def allowed_false_positives(n: int, target: float, rule: ThresholdRule = "empirical") -> int:
+    """How many of ``n`` benign scores a threshold at ``target`` may flag.
+
+    * ``empirical``: ``floor(target · n)`` — the in-sample FPR is at most the target, but a new
+      score is flagged more often than that (the threshold was fitted to these scores);
+    * ``conformal``: the threshold is the ``ceil((n + 1)(1 − target))``-th smallest score, so a new
+      score exchangeable with the ``n`` (here: a new prompt's pair) exceeds it with probability at
+      most ``target`` on average over calibration sets (split conformal). Below
+      ``n = 1/target − 1`` no threshold can promise that; the rule then takes the maximum.
+    """
+    if rule == "empirical":
+        return math.floor(target * n + 1e-12)
+    rank = math.ceil((n + 1) * (1.0 - target) - 1e-9)
+    return max(n - rank, 0)
+
+
+def threshold_value(benign: np.ndarray, target: float, rule: ThresholdRule = "empirical") -> float:
+    """The threshold alone (no bound): the ``(n − allowed)``-th smallest badness (see :func:`allowed_false_positives`)."""
     if benign.size == 0:
         raise ValueError("a threshold needs at least one benign score")
-    allowed = math.floor(target * benign.size + 1e-12)
+    allowed = allowed_false_positives(int(benign.size), target, rule)
     return float(np.partition(benign, benign.size - 1 - allowed)[benign.size - 1 - allowed])
 
 
