@@ -336,7 +336,7 @@ def test_the_report_regenerates_from_the_folder_alone(tmp_path: Path) -> None:
     analyze_folder(folder, method=FAST)
     md = write_report_from_folder(folder).read_text()
     assert "## Detection at 1% FPR: in sample and out of sample" in md
-    assert "Frame metrics alone do not decide steps-3" in md
+    assert "Only latent or trajectory metrics decide steps-3." in md
     assert "| `latent_rel_l2:value` |" in md and "### Per pool: `latent_rel_l2:value`" in md
     assert (folder / "roc-latent-rel-l2-value.png").is_file() and (folder / "report.html").is_file()
 
@@ -355,3 +355,30 @@ def test_the_conformal_rule_keeps_the_out_of_sample_fpr_at_the_target() -> None:
     assert empirical.oos_fpr_mean is not None and conformal.oos_fpr_mean is not None
     assert empirical.oos_fpr_mean > 0.055 and conformal.oos_fpr_mean < 0.0515
     assert empirical.fpr == 0.05 and conformal.fpr == 0.045  # in sample both look at or under the target
+
+
+def test_a_prompts_own_benign_distance_normalises_its_chaos_away(tmp_path: Path) -> None:
+    # Three chaotic prompts scale every distance by 20. Raw, their benign pairs sit above every
+    # ordinary malign pair; divided by the normaliser configuration's distance on the same prompt
+    # (a validator's own second regeneration), benign ratios stay in (0.5, 2), malign ones in (2, 5).
+    rng = np.random.default_rng(4)
+    rows = []
+    for p in range(60):
+        scale = 20.0 if p < 3 else 1.0
+        for name, label, low in (("b", "benign", 1.0), ("n", "benign", 1.0), ("m", "malign", 4.0)):
+            value = scale * rng.uniform(low, low + 1.0)
+            rows.append(pair(p, name, label, **{"latent_rel_l2:value": value, "checkpoint_rel_l2:pre_switch": value}))
+    folder = write_folder(tmp_path / "r", rows)
+    analysis = analyze_folder(folder, method=Method(repeats=60, resamples=400, normaliser="n"))
+    keys = {k.key: k for k in analysis.keys}
+    raw, normalised = keys["checkpoint_rel_l2:pre_switch"], keys["checkpoint_rel_l2:pre_switch/n"]
+    assert normalised.normalised_by == "n" and [p.pool for p in normalised.pools] == ["b"]  # not n itself
+    assert {p.pool for p in raw.pools} == {"b", "n"}
+    assert raw.summary is not None and normalised.summary is not None
+    assert raw.summary.classes[0].tpr < 0.2
+    assert normalised.summary.classes[0].tpr == 1.0 and normalised.summary.classes[0].oos_tpr_mean == 1.0
+    assert analysis.best_key == "latent_rel_l2:value"  # a normalised key is not a validator metric (yet)
+    entries = ThresholdsFile.load(folder / THRESHOLDS_FILE).entries
+    assert {(e.metric, e.statistic) for e in entries} == {("latent_rel_l2", "value")}
+    with pytest.raises(InvalidInputError, match=r"normaliser 'm' is not a benign configuration; allowed: \['b', 'n'\]"):
+        analyze_folder(folder, method=Method(repeats=5, resamples=5, normaliser="m"))

@@ -269,6 +269,12 @@ def analyze_command(
     train_fraction: float = typer.Option(0.5, min=0.01, max=0.99, help="Share of the prompts a split trains on."),
     resamples: int = typer.Option(1000, min=1, max=100_000, help="Bootstrap resamples of the prompts."),
     seed: int = typer.Option(0, min=0, help="Seed of the splits and resamples."),
+    normalise_by: str | None = typer.Option(
+        None,
+        "--normalise-by",
+        help="A benign configuration B: latent distances also enter divided by the same prompt's distance of B "
+        "(keys KEY/B; a validator measures it with one more regeneration in class B).",
+    ),
     rule: str = typer.Option(
         "empirical",
         help="Threshold rule: empirical (floor(target·n) benign pairs may fail) or conformal "
@@ -300,6 +306,7 @@ def analyze_command(
             resamples=resamples,
             seed=seed,
             rule="conformal" if rule == "conformal" else "empirical",
+            normaliser=normalise_by,
         )
         if store is not None:
             analysis = analyze_store(store, fpr_target, method)

@@ -68,6 +68,8 @@ LEGACY_PRE_SWITCH_KEY = "pre_switch_rel_l2"
 """The pre-switch distance as older scores name it (a trajectory checkpoint)."""
 COMBINED_TRAJECTORY_KEY = "trajectory:max"
 FINAL_LATENT_KEY = score_key("latent_rel_l2", "value")
+NORMALISED_SEPARATOR = "/"
+"""``<key>/<configuration>``: a distance divided by that benign configuration's on the same prompt."""
 
 
 class _M(BaseModel):
@@ -84,6 +86,10 @@ class Method(_M):
     confidence: float = Field(default=CONFIDENCE, gt=0.5, lt=1.0)
     rule: ThresholdRule = "empirical"
     """How many benign pairs a threshold may flag: ``floor(target·n)`` or the conformal rank."""
+    normaliser: str | None = None
+    """A benign configuration ``B``: each latent distance key also enters divided by the same prompt's
+    distance of ``B`` (key ``<key>/B``), the spread a validator measures with one more regeneration
+    of its own in class ``B``."""
 
 
 class Pool(_M):
@@ -106,6 +112,8 @@ class KeyResult(_M):
     key: str
     kind: Literal["frame", "latent", "trajectory"]
     direction: Literal["higher-is-better", "lower-is-better"]
+    normalised_by: str | None = None
+    """The benign configuration whose same-prompt distance divides this key's (see ``Method.normaliser``)."""
     threshold: float | None
     """The loosest pool's in-sample threshold, in the score's units (what one file entry for every pool
     holds); None for the combined trajectory score, whose units (multiples of each pool's own
@@ -142,7 +150,7 @@ class Analysis(_M):
 
 
 def _direction(key: str) -> Literal["higher-is-better", "lower-is-better"]:
-    if key == COMBINED_TRAJECTORY_KEY or is_trajectory_key(key):
+    if key == COMBINED_TRAJECTORY_KEY or is_trajectory_key(key) or NORMALISED_SEPARATOR in key:
         return "lower-is-better"
     return metric_spec(parse_score_key(key)[0]).direction
 
@@ -254,6 +262,7 @@ def _key_scores(
 
 
 def _kind(key: str) -> Literal["frame", "latent", "trajectory"]:
+    key = key.split(NORMALISED_SEPARATOR)[0]
     if key == COMBINED_TRAJECTORY_KEY or is_trajectory_key(key):
         return "trajectory"
     return "latent" if parse_score_key(key)[0].startswith("latent_") else "frame"
@@ -317,10 +326,19 @@ def analyze_rows(
     jobs: list[tuple[str, list[str], bool]] = [(k, [k], False) for k in (*metric_keys, *trajectory_keys)]
     if trajectory_keys and FINAL_LATENT_KEY in metric_keys:
         jobs.append((COMBINED_TRAJECTORY_KEY, [*trajectory_keys, FINAL_LATENT_KEY], True))
+    if method.normaliser is not None:
+        distances = [k for k in (FINAL_LATENT_KEY, *trajectory_keys) if k in (*metric_keys, *trajectory_keys)]
+        rows = _with_normalised(rows, distances, method.normaliser, benign_classes, source)
+        for distance in distances:
+            name = f"{distance}{NORMALISED_SEPARATOR}{method.normaliser}"
+            jobs.append((name, [name], False))
     results: list[KeyResult] = []
     for key, columns, combined in jobs:
+        normaliser = key.split(NORMALISED_SEPARATOR)[1] if NORMALISED_SEPARATOR in key else None
         calibrated: list[tuple[PoolCalibration, Draws]] = []
         for pool in decided:
+            if normaliser in pool.configurations:
+                continue  # divided by itself: every ratio 1
             scores = _key_scores(
                 rows, columns, pool.name, row_pool, malign_classes, prompt_index, fpr_target, combined, method.rule
             )
@@ -339,6 +357,7 @@ def analyze_rows(
                 key=key,
                 kind=_kind(key),
                 direction=direction,
+                normalised_by=normaliser,
                 threshold=None if combined else loosest if direction == "lower-is-better" else -loosest,
                 pools=[r for r, _ in calibrated],
                 summary=summary,
@@ -346,7 +365,11 @@ def analyze_rows(
                 mean_auc=float(np.mean([c.auc for c in summary.classes])) if summary.classes else 0.0,
             )
         )
-    best = max((k for k in results if k.kind != "trajectory"), key=lambda k: (k.mean_tpr, k.mean_auc), default=None)
+    best = max(
+        (k for k in results if k.kind != "trajectory" and k.normalised_by is None),
+        key=lambda k: (k.mean_tpr, k.mean_auc),
+        default=None,
+    )
     return Analysis(
         experiment=experiment,
         model=model,
@@ -376,6 +399,32 @@ def _with_checkpoint_names(row: dict[str, Any]) -> dict[str, Any]:
     renamed = {k: v for k, v in row.items() if k != LEGACY_PRE_SWITCH_KEY}
     renamed.setdefault(f"{CHECKPOINT_KEY_PREFIX}pre_switch", row[LEGACY_PRE_SWITCH_KEY])
     return renamed
+
+
+def _with_normalised(
+    rows: list[dict[str, Any]], keys: list[str], normaliser: str, benign: list[str], source: str
+) -> list[dict[str, Any]]:
+    """Rows with ``<key>/<normaliser>`` added: the row's distance over the normaliser's on its prompt.
+
+    A prompt whose normaliser pair lacks the distance, or has it 0 (byte-identical), gives None.
+
+    Raises:
+        InvalidInputError: ``normaliser`` is not a benign configuration of the scores.
+    """
+    if normaliser not in benign:
+        raise InvalidInputError(f"{source}: normaliser {normaliser!r} is not a benign configuration; allowed: {benign}")
+    scale = {r["prompt_id"]: r for r in rows if r["configuration"] == normaliser}
+    out = []
+    for row in rows:
+        extra: dict[str, float | None] = {}
+        base = scale.get(row["prompt_id"])
+        for key in keys:
+            value, divisor = row.get(key), None if base is None else base.get(key)
+            ok = value is not None and divisor is not None and divisor > 0 and not math.isnan(divisor)
+            ratio = float(value) / float(divisor) if ok else None  # type: ignore[arg-type]
+            extra[f"{key}{NORMALISED_SEPARATOR}{normaliser}"] = ratio
+        out.append(row | extra)
+    return out
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -579,8 +628,8 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
     commit = git_commit()
     entries = []
     for result in analysis.keys:
-        if result.kind == "trajectory" or result.summary is None:
-            continue
+        if result.kind == "trajectory" or result.normalised_by is not None or result.summary is None:
+            continue  # not a validator metric (yet): the analysis's only
         metric, statistic = parse_score_key(result.key)
         groups: dict[str, list[PoolCalibration]] = defaultdict(list)
         for calibration in result.pools:

@@ -50,7 +50,7 @@ def _pyplot() -> Any:
 
 
 def _slug(key: str) -> str:
-    return key.replace(":", "-").replace("_", "-")
+    return "".join(c if c.isascii() and c.isalnum() else "-" for c in key)
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -403,41 +403,70 @@ DECIDES = 0.95
 """An out-of-sample worst-pool TPR from which the report says a kind of metric decides a class."""
 
 
-def _best_of_kind(analysis: Analysis, kinds: tuple[str, ...], name: str) -> tuple[str, float] | None:
-    best: tuple[str, float] | None = None
+def _best_of_kind(analysis: Analysis, kinds: tuple[str, ...], name: str) -> tuple[str, float, float] | None:
+    """(key, out-of-sample worst-pool TPR, worst-pool AUC) of the kinds' best key for one malign class."""
+    best: tuple[str, float, float] | None = None
     for key in analysis.keys:
         if key.kind not in kinds or key.summary is None:
             continue
         cls = next((c for c in key.summary.classes if c.configuration == name), None)
-        if cls is not None and cls.oos_tpr_mean is not None and (best is None or cls.oos_tpr_mean > best[1]):
-            best = (key.key, cls.oos_tpr_mean)
+        if cls is None or cls.oos_tpr_mean is None:
+            continue
+        if best is None or (cls.oos_tpr_mean, cls.auc) > (best[1], best[2]):
+            best = (key.key, cls.oos_tpr_mean, cls.auc)
     return best
 
 
 def _deciding_paragraph(analysis: Analysis) -> list[str]:
-    """Which kinds of metric decide which malign class, from the out-of-sample worst-pool TPRs."""
-    frame_weak, lines = [], []
+    """Which kinds of metric decide which malign class, from the out-of-sample worst-pool TPRs alone."""
+    groups: dict[str, list[str]] = {"frame": [], "latent only": [], "latent better": [], "none": []}
+    lines = []
     for name in analysis.malign_classes:
         frame = _best_of_kind(analysis, ("frame",), name)
         latent = _best_of_kind(analysis, ("latent", "trajectory"), name)
-        if frame is None:
+        if frame is None and latent is None:
             continue
-        if frame[1] < DECIDES:
-            frame_weak.append(name)
-        latent_text = f"; latent/trajectory best `{latent[0]}` {_pct(latent[1])}" if latent else ""
-        lines.append(f"- {name}: frame best `{frame[0]}` {_pct(frame[1])}{latent_text}")
+        frame_tpr = frame[1] if frame else 0.0
+        latent_tpr = latent[1] if latent else 0.0
+        if frame_tpr >= DECIDES:
+            groups["frame"].append(name)
+        elif latent_tpr >= DECIDES:
+            groups["latent only"].append(name)
+        elif latent_tpr > frame_tpr + 0.05:
+            groups["latent better"].append(name)
+        else:
+            groups["none"].append(name)
+        cells = [
+            f"{label} best `{best[0]}` {_pct(best[1])} (AUC {best[2]:.3f})"
+            for label, best in (("frame", frame), ("latent/trajectory", latent))
+            if best is not None
+        ]
+        lines.append(f"- {name}: " + "; ".join(cells))
     if not lines:
         return []
-    if frame_weak:
-        verdict = (
-            f"Frame metrics alone do not decide {', '.join(frame_weak)} (out-of-sample worst-pool TPR below "
-            f"{DECIDES:.0%}): they compare videos after the H.264 re-encoding, which both sides go through, "
-            "and these deviations are of the size of the benign ones there. Where the latents are committed "
-            "(final latent, trajectory checkpoints), the latent and trajectory metrics are the ones to use:"
+    sentences = [
+        f"A metric *decides* a class here when its out-of-sample worst-pool TPR reaches {DECIDES:.0%}. "
+        "Frame metrics compare the decoded videos after the H.264 re-encoding both sides go through; "
+        "latent and trajectory metrics compare the committed latents, which no codec touched."
+    ]
+    if analysis.method.normaliser:
+        sentences.append(
+            f"Keys `…/{analysis.method.normaliser}` divide the distance by the same prompt's distance between "
+            f"the reference and `{analysis.method.normaliser}`: a validator measures it with one more "
+            f"regeneration of its own in that class (its pool is left out of those keys)."
         )
-    else:
-        verdict = f"Frame metrics alone reach {DECIDES:.0%} out-of-sample worst-pool TPR on every malign class:"
-    return ["### Which metrics decide", "", verdict, "", *lines]
+    if groups["frame"]:
+        sentences.append(f"Frame metrics decide {', '.join(groups['frame'])}.")
+    if groups["latent only"]:
+        sentences.append(f"Only latent or trajectory metrics decide {', '.join(groups['latent only'])}.")
+    if groups["latent better"]:
+        sentences.append(
+            f"For {', '.join(groups['latent better'])}, latent or trajectory metrics catch more than any frame "
+            f"metric, but none reaches {DECIDES:.0%} out of sample."
+        )
+    if groups["none"]:
+        sentences.append(f"No metric decides {', '.join(groups['none'])}, and latents do no better than frames.")
+    return ["### Which metrics decide", "", " ".join(sentences), "", *lines]
 
 
 POOL_TABLE_KEYS = ("latent_rel_l2:value", "checkpoint_rel_l2:pre_switch", "trajectory:max")
@@ -445,7 +474,8 @@ POOL_TABLE_KEYS = ("latent_rel_l2:value", "checkpoint_rel_l2:pre_switch", "traje
 
 def _pool_tables(analysis: Analysis) -> list[str]:
     """Per pool figures of the best key and the latent and trajectory keys (all keys: analysis.json)."""
-    wanted = [analysis.best_key, *POOL_TABLE_KEYS]
+    normalised = [f"{k}/{analysis.method.normaliser}" for k in POOL_TABLE_KEYS] if analysis.method.normaliser else []
+    wanted = [analysis.best_key, *POOL_TABLE_KEYS, *normalised]
     parts: list[str] = []
     for key in analysis.keys:
         if key.key not in wanted or not key.pools:
