@@ -31,7 +31,7 @@ from ditproof.experiment.stats import allowed_false_positives, bootstrap_counts,
 from ditproof.experiment.store import Store
 from ditproof.validation.policy import ThresholdsFile
 
-FAST = Method(repeats=60, resamples=400, seed=3)
+FAST = Method(repeats=60, resamples=400, seed=3, rule="empirical")
 REVISION = "ab" * 32
 
 
@@ -156,7 +156,7 @@ def _clustered_rows(clustered: bool) -> list[dict[str, Any]]:
 
 
 def test_a_clustered_pool_gets_a_wider_bound_than_an_independent_one(tmp_path: Path) -> None:
-    method = Method(repeats=20, resamples=2000, seed=0)
+    method = Method(repeats=20, resamples=2000, seed=0, rule="empirical")
     bounds = {}
     for clustered in (True, False):
         folder = write_folder(tmp_path / str(clustered), _clustered_rows(clustered), fpr_target=0.04)

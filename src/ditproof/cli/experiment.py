@@ -276,9 +276,9 @@ def analyze_command(
         "(keys KEY/B; a validator measures it with one more regeneration in class B).",
     ),
     rule: str = typer.Option(
-        "empirical",
-        help="Threshold rule: empirical (floor(target·n) benign pairs may fail) or conformal "
-        "(the ceil((n+1)(1-target))-th smallest: a new prompt's FPR at most the target on average).",
+        "conformal",
+        help="Threshold rule: conformal (the ceil((n+1)(1-target))-th smallest benign score: a new prompt's "
+        "FPR at most the target on average) or empirical (floor(target·n) benign pairs may fail: in sample only).",
     ),
 ) -> None:
     """Per benign pool and score key: thresholds, FPR bounds, out-of-sample FPR and TPR, AUC; thresholds.json.

@@ -84,8 +84,9 @@ class Method(_M):
     resamples: int = Field(default=1000, ge=1, le=100_000)
     seed: int = Field(default=0, ge=0)
     confidence: float = Field(default=CONFIDENCE, gt=0.5, lt=1.0)
-    rule: ThresholdRule = "empirical"
-    """How many benign pairs a threshold may flag: ``floor(target·n)`` or the conformal rank."""
+    rule: ThresholdRule = "conformal"
+    """How many benign pairs a threshold may flag: the conformal rank (default: holds out of sample on
+    average) or ``floor(target·n)`` (``empirical``: holds in sample only)."""
     normaliser: str | None = None
     """A benign configuration ``B``: each latent distance key also enters divided by the same prompt's
     distance of ``B`` (key ``<key>/B``), the spread a validator measures with one more regeneration

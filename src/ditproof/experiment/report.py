@@ -232,6 +232,16 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+def _rule_text(analysis: Analysis) -> str:
+    target = analysis.fpr_target
+    if analysis.method.rule == "conformal":
+        return (
+            f"benign scores' ceil((n+1)(1-{target:g}))-th best (conformal rule: a new prompt's benign pair fails "
+            f"with probability at most {target:.0%} on average, so in sample it flags fewer)"
+        )
+    return f"benign scores' (n - floor({target:g}n))-th best (empirical rule: {target:.0%} of these pairs fail)"
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
@@ -324,7 +334,7 @@ def _markdown(
         "",
         f"## Detection at {analysis.fpr_target:.0%} FPR: in sample and out of sample",
         "",
-        f"Each pool's threshold keeps its benign FPR at {analysis.fpr_target:.0%}. **In sample**: fitted "
+        f"Each pool's threshold is its {_rule_text(analysis)}. **In sample**: fitted "
         "and measured on the same pairs. **Out of sample**: fitted on the benign pairs of a random "
         f"{method.train_fraction:.0%} of the prompts, FPR and TPR measured on the other prompts "
         f"({method.repeats} splits, seed {method.seed}). **Bootstrap**: prompts resampled with "
