@@ -15,7 +15,7 @@ from rich.table import Table
 from ditproof.cli.common import err, out, quiet_libraries, reported
 
 experiment_app = typer.Typer(
-    help="Stage 1 experiment: plan jobs, run them (local or Ray), score, analyze, report (DESIGN §4).",
+    help="Stage 1 experiment: plan jobs, run them (local or Ray), score, analyze, report (docs/experiment.md).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
