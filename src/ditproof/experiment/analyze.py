@@ -230,36 +230,33 @@ def _key_scores(
     """One key's (or, ``combined``, the trajectory keys') scores over one pool; None without benign values."""
     benign_rows = [r for r, p in zip(rows, row_pool, strict=True) if p == pool and not r["video_exact"]]
     by_class = {c: [r for r in rows if r["configuration"] == c] for c in malign_classes}
-    if combined:
+
+    def prompts_of(members: list[dict[str, Any]]) -> np.ndarray:
+        return np.array([prompt_index[r["prompt_id"]] for r in members], dtype=np.int64)
+
+    if combined:  # one column per checkpoint; a pair counts where it has at least one
         benign = np.column_stack([_values(benign_rows, k) for k in keys])
-        keep = np.isfinite(benign).any(axis=1)
+        keep = ~np.isnan(benign).all(axis=1)
+        if not keep.any():
+            return None
         malign = {}
         for c, members in by_class.items():
             matrix = np.column_stack([_values(members, k) for k in keys])
-            kept = np.isfinite(matrix).any(axis=1)
-            malign[c] = (
-                matrix[kept],
-                np.array(
-                    [prompt_index[r["prompt_id"]] for r, k in zip(members, kept, strict=True) if k], dtype=np.int64
-                ),
-            )
-        if not keep.any():
-            return None
-        prompts = np.array([prompt_index[r["prompt_id"]] for r in benign_rows], dtype=np.int64)[keep]
-        return normalised_max(benign[keep], prompts, malign, target, rule)
+            kept = ~np.isnan(matrix).all(axis=1)
+            malign[c] = (matrix[kept], prompts_of(members)[kept])
+        return normalised_max(benign[keep], prompts_of(benign_rows)[keep], malign, target, rule)
     (key,) = keys
     sign = 1.0 if _direction(key) == "lower-is-better" else -1.0
     values = sign * _values(benign_rows, key)
     keep = ~np.isnan(values)
     if not keep.any():
         return None
-    prompts = np.array([prompt_index[r["prompt_id"]] for r in benign_rows], dtype=np.int64)[keep]
     malign_scores = {}
     for c, members in by_class.items():
         m = sign * _values(members, key)
         kept = ~np.isnan(m)
-        malign_scores[c] = (m[kept], np.array([prompt_index[r["prompt_id"]] for r in members], dtype=np.int64)[kept])
-    return fixed(values[keep], prompts, malign_scores)
+        malign_scores[c] = (m[kept], prompts_of(members)[kept])
+    return fixed(values[keep], prompts_of(benign_rows)[keep], malign_scores)
 
 
 def _kind(key: str) -> Literal["frame", "latent", "trajectory"]:

@@ -154,11 +154,10 @@ class PoolCalibration(_M):
 
 @dataclass(frozen=True)
 class Draws:
-    """Per split and per bootstrap resample rates of one pool (for the worst-pool summary)."""
+    """One pool's per-split FPR and TPR and per-resample TPR (the worst-pool summary takes minima per draw)."""
 
     oos_fpr: np.ndarray
     oos_tpr: dict[str, np.ndarray]
-    boot_fpr: np.ndarray
     boot_tpr: dict[str, np.ndarray]
 
 
@@ -254,7 +253,7 @@ def calibrate_pool(
         oos_fpr_p95=_quantile(oos_fpr, confidence),
         classes=classes,
     )
-    return result, Draws(oos_fpr=oos_fpr, oos_tpr=oos_tpr, boot_fpr=boot_fpr, boot_tpr=boot_tpr)
+    return result, Draws(oos_fpr=oos_fpr, oos_tpr=oos_tpr, boot_tpr=boot_tpr)
 
 
 class ClassSummary(_M):
