@@ -200,7 +200,9 @@ def _render(
 ) -> Path:
     images: list[tuple[str, str]] = []
     main_keys = [
-        k for k in analysis.keys if k.pools and (k.kind == "trajectory" or k.key.split(":")[1] in MAIN_STATISTICS)
+        k
+        for k in analysis.keys
+        if k.pools and (k.kind == "trajectory" or k.key.split("/")[0].split(":")[1] in MAIN_STATISTICS)
     ]
     for result in main_keys:
         name = f"roc-{_slug(result.key)}.png"
