@@ -382,3 +382,26 @@ def test_a_prompts_own_benign_distance_normalises_its_chaos_away(tmp_path: Path)
     assert {(e.metric, e.statistic) for e in entries} == {("latent_rel_l2", "value")}
     with pytest.raises(InvalidInputError, match=r"normaliser 'm' is not a benign configuration; allowed: \['b', 'n'\]"):
         analyze_folder(folder, method=Method(repeats=5, resamples=5, normaliser="m"))
+
+
+def test_cli_analyze_and_report_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ditproof.cli.main import main
+
+    rng = np.random.default_rng(2)
+    rows = [pair(p, "b", "benign", **{"latent_rel_l2:value": rng.uniform(0, 1)}) for p in range(30)]
+    rows += [pair(p, "m", "malign", **{"latent_rel_l2:value": rng.uniform(2, 3)}) for p in range(30)]
+    folder = write_folder(tmp_path / "r", rows)
+    (folder / MANIFEST_CSV).write_text("prompt_id,configuration,status,reason,device_name,total_s,forward_passes\n")
+
+    def run(*args: str) -> int:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["experiment", *args])
+        return int(exit_info.value.code or 0)
+
+    assert run("analyze", "--folder", str(folder), "--repeats", "20", "--resamples", "50") == 0
+    assert "latent_rel_l2:value" in capsys.readouterr().out
+    assert run("report", "--folder", str(folder)) == 0 and (folder / "report.md").is_file()
+    assert run("analyze") == 2 and "exactly one of --store and --folder" in capsys.readouterr().err
+    assert run("analyze", "--folder", str(folder), "--rule", "loose") == 2
+    assert "--rule: got 'loose'; allowed: empirical, conformal" in capsys.readouterr().err
+    assert run("report", "--store", str(tmp_path / "s")) == 2  # --out is required with --store
