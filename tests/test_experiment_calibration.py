@@ -13,22 +13,15 @@ import pytest
 import torch
 
 from ditproof.errors import InvalidInputError
-from ditproof.experiment.analyze import (
-    ANALYSIS_FILE,
-    SCORES_CSV,
-    THRESHOLDS_FILE,
-    Analysis,
-    Method,
-    analyze_folder,
-    read_scores_csv,
-)
+from ditproof.experiment.analyze import ANALYSIS_FILE, THRESHOLDS_FILE, Analysis, Method, analyze_folder
 from ditproof.experiment.calibration import calibrate_pool, fixed
 from ditproof.experiment.config import load_experiment
 from ditproof.experiment.plan import plan_jobs
-from ditproof.experiment.report import MANIFEST_CSV, write_report_from_folder
+from ditproof.experiment.report import write_report_from_folder
 from ditproof.experiment.score import SCORES_FILE, _write_scores, checkpoint_distances
 from ditproof.experiment.stats import allowed_false_positives, bootstrap_counts, bootstrap_rates, prompt_splits
 from ditproof.experiment.store import Store
+from ditproof.experiment.summaries import MANIFEST_CSV, SCORES_CSV, read_scores_csv
 from ditproof.validation.policy import ThresholdsFile
 
 FAST = Method(repeats=60, resamples=400, seed=3, rule="empirical")

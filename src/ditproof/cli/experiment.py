@@ -287,14 +287,9 @@ def analyze_command(
     and thresholds.json are rewritten (then `experiment report --folder` rewrites the report)."""
     with reported():
         from ditproof.errors import InvalidInputError
-        from ditproof.experiment.analyze import (
-            THRESHOLDS_FILE,
-            Method,
-            analyze_folder,
-            analyze_store,
-            thresholds_file,
-        )
+        from ditproof.experiment.analyze import THRESHOLDS_FILE, Method, analyze_folder, analyze_store
         from ditproof.experiment.store import Store
+        from ditproof.experiment.thresholds import thresholds_file
         from ditproof.hashing import atomic_write_bytes, canonical_json
 
         _store_or_folder(store, folder)

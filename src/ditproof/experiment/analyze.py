@@ -29,11 +29,8 @@ The analysis runs on a store (``scores.parquet``) or on a committed report folde
 
 from __future__ import annotations
 
-import csv
 import math
-import subprocess
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,13 +52,13 @@ from ditproof.experiment.jobs import load_experiment_from_store, read_result
 from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX, SCORES_META_FILE, read_scores
 from ditproof.experiment.stats import ROC_FPR_GRID, ThresholdRule, bootstrap_counts, prompt_splits
 from ditproof.experiment.store import Store
+from ditproof.experiment.summaries import SCORES_CSV, read_scores_csv
+from ditproof.experiment.thresholds import thresholds_file
 from ditproof.hashing import canonical_json, sha256_bytes
 from ditproof.metrics.registry import metric_spec, parse_score_key, score_key
-from ditproof.validation.policy import Provenance, ThresholdEntry, ThresholdsFile
 
 ANALYSIS_FILE = "analysis.json"
 THRESHOLDS_FILE = "thresholds.json"
-SCORES_CSV = "scores-summary.csv"
 ANALYSIS_SCHEMA: Literal["ditproof.experiment-analysis/2"] = "ditproof.experiment-analysis/2"
 CONFIDENCE = 0.95
 LEGACY_PRE_SWITCH_KEY = "pre_switch_rel_l2"
@@ -517,60 +514,6 @@ def _write_outputs(store: Store, analysis: Analysis) -> None:
     store.write_bytes(THRESHOLDS_FILE, canonical_json(thresholds_file(analysis).model_dump(mode="json")) + b"\n")
 
 
-_BOOL_COLUMNS = ("video_exact", "frames_exact", "final_latent_exact", "noise_equal")
-_INT_COLUMNS = ("first_divergence_step", "fingerprint_steps")
-_STR_COLUMNS = (
-    "job_id",
-    "reference_job_id",
-    "prompt_id",
-    "configuration",
-    "label",
-    "device_name",
-    "reference_device_name",
-    "inputs_sha256",
-    "runtime_class",
-    "reference_runtime_class",
-)
-
-
-def read_scores_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Score rows from a ``scores-summary.csv`` (as ``experiment report`` writes it), typed as in the store.
-
-    Empty cells are None; booleans are ``True``/``False``; identifiers stay strings; every other
-    column is a float.
-
-    Raises:
-        InvalidInputError: a cell that does not parse as its column's type (naming line and column).
-    """
-    rows = []
-    with open(path, newline="") as handle:
-        for line, raw in enumerate(csv.DictReader(handle), start=2):
-            row: dict[str, Any] = {}
-            for column, cell in raw.items():
-                if column is None or cell is None:
-                    raise InvalidInputError(f"{path}:{line}: the row has more or fewer cells than the header")
-                try:
-                    row[column] = _cell(column, cell)
-                except ValueError as exc:
-                    raise InvalidInputError(f"{path}:{line}: column {column}: got {cell!r} ({exc})") from exc
-            rows.append(row)
-    return rows
-
-
-def _cell(column: str, cell: str) -> Any:
-    if column in _STR_COLUMNS:
-        return cell
-    if cell == "":
-        return None
-    if column in _BOOL_COLUMNS:
-        if cell not in ("True", "False"):
-            raise ValueError("allowed: True, False")
-        return cell == "True"
-    if column in _INT_COLUMNS:
-        return int(cell)
-    return float(cell)
-
-
 def rows_for_hash(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Score rows with non-finite floats made JSON-safe (NaN → None, ±inf → a string) for the provenance hash."""
     return [
@@ -593,91 +536,3 @@ def _reference_result(store: Store) -> tuple[str, str]:
                 )
                 return record.model.revision, record.runtime_class
     raise InvalidInputError(f"store {store.url}: no finished reference job")
-
-
-def git_commit() -> str:
-    """The commit of the working tree ditproof runs from, or ``unknown``."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
-        )
-    except OSError:
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> ThresholdsFile:
-    """The thresholds of an analysis in the validator's format.
-
-    One entry per frame or final-latent key and executor runtime class: the pool's in-sample
-    threshold (pools of one executor class: the loosest). Without executor classes in the scores,
-    or with ``runtime_class`` given (an fnmatch pattern, e.g. ``cuda-sm90/*``), one entry per key
-    for that class (default: the reference's), holding the loosest pool's threshold, so every
-    pool's in-sample FPR stays at or below the target. Trajectory keys are not validator metrics
-    and get no entry. Entries name the model revision, not the preset.
-    """
-    date = datetime.now(UTC).strftime("%Y-%m-%d")
-    by_name = {p.name: p for p in analysis.pools}
-    commit = git_commit()
-    entries = []
-    for result in analysis.keys:
-        if result.kind == "trajectory" or result.normalised_by is not None or result.summary is None:
-            continue  # not a validator metric (yet): the analysis's only
-        metric, statistic = parse_score_key(result.key)
-        groups: dict[str, list[PoolCalibration]] = defaultdict(list)
-        for calibration in result.pools:
-            executor = by_name[calibration.pool].executor_runtime_class
-            target_class = runtime_class or executor or analysis.runtime_class
-            groups[target_class].append(calibration)
-        for target_class, members in groups.items():
-            loosest = max(members, key=lambda c: c.threshold)
-            value = loosest.threshold if result.direction == "lower-is-better" else -loosest.threshold
-            detail = "; ".join(
-                f"pool {c.pool}: {c.false_positives}/{c.pairs} false positives ({c.false_positive_prompts} prompts), "
-                f"bootstrap 95% FPR bound {_pct(c.fpr_upper_95_bootstrap)}, out-of-sample FPR {_pct(c.oos_fpr_mean)} "
-                f"(95th percentile {_pct(c.oos_fpr_p95)})"
-                for c in members
-            )
-            entries.append(
-                ThresholdEntry(
-                    model=analysis.model_revision,
-                    runtime_class=target_class,
-                    metric=metric,
-                    statistic=statistic,
-                    direction=result.direction,
-                    value=value,
-                    metric_weights=analysis.metric_weights.get(metric, {}),
-                    provenance=Provenance(
-                        calibration=f"ditproof experiment {analysis.experiment} (scores {analysis.scores_sha256[:16]})",
-                        fpr_target=analysis.fpr_target,
-                        date=date,
-                        samples=sum(c.pairs for c in members),
-                        notes=f"{detail}; threshold of pool {loosest.pool}; commit {commit}"[:2000],
-                    ),
-                )
-            )
-    return ThresholdsFile(
-        version=1,
-        provisional=bool(analysis.notes),
-        description=(
-            f"Calibrated by ditproof experiment {analysis.experiment} for model {analysis.model} "
-            f"(revision {analysis.model_revision[:16]}); best key {analysis.best_key}. " + " ".join(analysis.notes)
-        )[:4000],
-        entries=entries,
-    )
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2%}"
-
-
-def best_entry_key(analysis: Analysis) -> str:
-    """The best key, as ``metric:statistic`` (raises when there is none)."""
-    if analysis.best_key is None:
-        raise InvalidInputError("analysis: no score key could be analyzed")
-    return score_key(*parse_score_key(analysis.best_key))

@@ -1,125 +1,33 @@
 """The report of an experiment: Markdown summary, one self-contained HTML file, PNG plots.
 
 Written into a folder (``--out``): ``report.md`` (links the PNGs), ``report.html`` (the same with
-the PNGs embedded), ``roc-<metric>-<statistic>.png`` for the main keys, ``hist-<key>.png`` for the
-best key, ``divergence.png``, plus copies of ``analysis.json``, ``thresholds.json``,
-``scores-summary.csv`` and ``manifest-summary.csv`` so the folder can be committed without the
-artifacts.
+the PNGs embedded), ``roc-<key>.png`` for the main, trajectory and normalised keys,
+``hist-<key>.png`` for the best key, ``divergence.png``, plus copies of ``analysis.json``,
+``thresholds.json``, ``scores-summary.csv`` and ``manifest-summary.csv`` so the folder can be
+committed without the artifacts — and rewritten from those files alone
+(:func:`write_report_from_folder`).
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ditproof.errors import InvalidInputError
-from ditproof.experiment.analyze import (
-    ANALYSIS_FILE,
-    SCORES_CSV,
-    THRESHOLDS_FILE,
-    Analysis,
-    KeyResult,
-    read_scores_csv,
-)
-from ditproof.experiment.calibration import PoolCalibration
+from ditproof.experiment.analyze import ANALYSIS_FILE, THRESHOLDS_FILE, Analysis
 from ditproof.experiment.config import load_experiment
 from ditproof.experiment.jobs import MANIFEST_FILE, load_experiment_from_store
+from ditproof.experiment.plots import plot_divergence, plot_histogram, plot_roc, slug
 from ditproof.experiment.score import read_scores
 from ditproof.experiment.store import Store
+from ditproof.experiment.summaries import MANIFEST_CSV, SCORES_CSV, read_manifest_csv, read_scores_csv, write_csv
 from ditproof.hashing import atomic_write_bytes, atomic_write_text
 
 MAIN_STATISTICS = ("mean", "worst", "value")
-MANIFEST_CSV = "manifest-summary.csv"
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _slug(key: str) -> str:
-    return "".join(c if c.isascii() and c.isalnum() else "-" for c in key)
-
-
-def _save(fig: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def hardest_pool(result: KeyResult) -> PoolCalibration:
-    """The pool where the key separates malign from benign worst (lowest mean AUC over malign classes)."""
-    return min(result.pools, key=lambda p: (float(np.mean([c.auc for c in p.classes])) if p.classes else 1.0, p.pool))
-
-
-def plot_roc(result: KeyResult, grid: list[float], path: Path, fpr_target: float) -> None:
-    """ROC curves of every malign class for one score key, against its hardest pool (log FPR axis)."""
-    pool = hardest_pool(result)
-    fig, ax = _pyplot().subplots(figsize=(5, 4.2))
-    points = [i for i, f in enumerate(grid) if f > 0]
-    for cls in pool.classes:
-        ax.step(
-            [grid[i] for i in points],
-            [cls.roc_tpr[i] for i in points],
-            where="post",
-            label=f"{cls.configuration} (AUC {cls.auc:.3f})",
-        )
-    ax.axvline(fpr_target, color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"false positive rate (benign pool {pool.pool}, in sample)")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"ROC of {result.key}")
-    ax.set_ylim(-0.01, 1.01)
-    ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
-
-
-def plot_histogram(rows: list[dict[str, Any]], key: str, threshold: float, path: Path) -> None:
-    """Score distribution per configuration for one key, with the threshold."""
-    by_config: dict[str, list[float]] = defaultdict(list)
-    for row in rows:
-        if row.get(key) is not None:
-            by_config[f"{row['configuration']} ({row['label']})"].append(float(row[key]))
-    fig, ax = _pyplot().subplots(figsize=(6.5, 0.45 * max(len(by_config), 3) + 1.2))
-    names = sorted(by_config)
-    for index, name in enumerate(names):
-        values = by_config[name]
-        ax.scatter(values, [index] * len(values), s=12, alpha=0.7, color="tab:red" if "malign" in name else "tab:blue")
-    ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.4g}")
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xlabel(key)
-    ax.set_title(f"{key} per configuration (each dot: one prompt vs its reference)")
-    ax.legend(fontsize=7)
-    _save(fig, path)
-
-
-def plot_divergence(rows: list[dict[str, Any]], path: Path) -> None:
-    """First diverging step (from JL fingerprints) per configuration."""
-    by_config: dict[str, list[int]] = defaultdict(list)
-    for row in rows:
-        step = row.get("first_divergence_step")
-        by_config[row["configuration"]].append(-1 if step is None else int(step))
-    fig, ax = _pyplot().subplots(figsize=(6.5, 0.45 * max(len(by_config), 3) + 1.2))
-    names = sorted(by_config)
-    for index, name in enumerate(names):
-        ax.scatter(by_config[name], [index] * len(by_config[name]), s=12, alpha=0.7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xlabel("first step whose fingerprint differs (0: other noise, -1: none differs)")
-    ax.set_title("where trajectories diverge")
-    _save(fig, path)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -143,8 +51,8 @@ def write_report(store_url: str, out_dir: str | Path) -> Path:
     manifest = store.read_parquet(MANIFEST_FILE).to_pylist()
     atomic_write_bytes(out / THRESHOLDS_FILE, store.read_bytes(THRESHOLDS_FILE))
     atomic_write_bytes(out / ANALYSIS_FILE, store.read_bytes(ANALYSIS_FILE))
-    _write_csv(out / SCORES_CSV, scores)
-    _write_csv(out / MANIFEST_CSV, manifest)
+    write_csv(out / SCORES_CSV, scores)
+    write_csv(out / MANIFEST_CSV, manifest)
     return _render(out, experiment, analysis, scores, manifest)
 
 
@@ -170,29 +78,7 @@ def write_report_from_folder(folder: str | Path) -> Path:
         )
     analysis = store.read_model(ANALYSIS_FILE, Analysis)
     experiment = load_experiment(analysis.experiment)
-    return _render(out, experiment, analysis, read_scores_csv(out / SCORES_CSV), _read_manifest_csv(out / MANIFEST_CSV))
-
-
-def _read_manifest_csv(path: Path) -> list[dict[str, Any]]:
-    """The report's columns of ``manifest-summary.csv``, typed (empty cells are None)."""
-    rows = []
-    with open(path, newline="") as handle:
-        for line, raw in enumerate(csv.DictReader(handle), start=2):
-            try:
-                rows.append(
-                    {
-                        "prompt_id": raw["prompt_id"],
-                        "configuration": raw["configuration"],
-                        "status": raw["status"],
-                        "reason": raw["reason"] or "",
-                        "device_name": raw["device_name"] or None,
-                        "total_s": float(raw["total_s"]) if raw["total_s"] else None,
-                        "forward_passes": int(raw["forward_passes"]) if raw["forward_passes"] else None,
-                    }
-                )
-            except (KeyError, ValueError) as exc:
-                raise InvalidInputError(f"{path}:{line}: {exc}") from exc
-    return rows
+    return _render(out, experiment, analysis, read_scores_csv(out / SCORES_CSV), read_manifest_csv(out / MANIFEST_CSV))
 
 
 def _render(
@@ -205,12 +91,12 @@ def _render(
         if k.pools and (k.kind == "trajectory" or k.key.split("/")[0].split(":")[1] in MAIN_STATISTICS)
     ]
     for result in main_keys:
-        name = f"roc-{_slug(result.key)}.png"
+        name = f"roc-{slug(result.key)}.png"
         plot_roc(result, analysis.roc_fpr_grid, out / name, analysis.fpr_target)
         images.append((name, f"ROC of {result.key}"))
     best = next((k for k in analysis.keys if k.key == analysis.best_key), None)
     if best is not None and best.threshold is not None:  # the best key is a metric's, with one loosest threshold
-        name = f"hist-{_slug(best.key)}.png"
+        name = f"hist-{slug(best.key)}.png"
         plot_histogram(scores, best.key, best.threshold, out / name)
         images.append((name, f"{best.key} per configuration"))
     plot_divergence(scores, out / "divergence.png")
@@ -222,16 +108,6 @@ def _render(
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", _html(md, out, images))
     return out / "report.md"
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_text(path, buffer.getvalue())
 
 
 def _rule_text(analysis: Analysis) -> str:
