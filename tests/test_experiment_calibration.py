@@ -375,6 +375,11 @@ def test_a_prompts_own_benign_distance_normalises_its_chaos_away(tmp_path: Path)
     assert {(e.metric, e.statistic) for e in entries} == {("latent_rel_l2", "value")}
     with pytest.raises(InvalidInputError, match=r"normaliser 'm' is not a benign configuration; allowed: \['b', 'n'\]"):
         analyze_folder(folder, method=Method(repeats=5, resamples=5, normaliser="m"))
+    for row in rows:
+        if row["configuration"] == "n":
+            row["video_exact"] = True
+    with pytest.raises(InvalidInputError, match="normaliser 'n': every pair is byte-identical"):
+        analyze_folder(write_folder(tmp_path / "exact", rows), method=Method(repeats=5, resamples=5, normaliser="n"))
 
 
 def test_cli_analyze_and_report_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,8 +18,14 @@ the highest FPR and the lowest TPR over the pools, per split and per resample.
 ``latent_cosine:value``), trajectory checkpoints (``checkpoint_rel_l2:<name>``; older scores:
 ``pre_switch_rel_l2``) and the combined trajectory score ``trajectory:max`` (the largest
 checkpoint distance, final latent included, each divided by that checkpoint's benign threshold
-on the training prompts). The best key is the thresholds-file key (frame or final-latent metric)
-with the highest out-of-sample worst-pool TPR averaged over malign classes (ties: mean AUC).
+on the training prompts) and, with ``Method.normaliser = B``, each latent distance divided by the
+same prompt's distance of benign configuration ``B`` (``<key>/B``). The best key is the
+thresholds-file key (frame or final-latent metric) with the highest out-of-sample worst-pool TPR
+averaged over malign classes (ties: mean AUC).
+
+**Threshold rule** (``Method.rule``): ``conformal`` (default) fits the ``ceil((n+1)(1−α))``-th
+best benign score, whose FPR on a new prompt is at most ``α`` on average; ``empirical`` lets
+``floor(α·n)`` of the ``n`` pairs fail, which holds in sample only.
 
 Outputs: ``analysis.json`` and a thresholds file in the format of
 :mod:`ditproof.validation.policy`, one entry per frame or final-latent key and executor class.
@@ -408,6 +414,11 @@ def _with_normalised(
     """
     if normaliser not in benign:
         raise InvalidInputError(f"{source}: normaliser {normaliser!r} is not a benign configuration; allowed: {benign}")
+    if all(r["video_exact"] for r in rows if r["configuration"] == normaliser):
+        raise InvalidInputError(
+            f"{source}: normaliser {normaliser!r}: every pair is byte-identical to its reference (distance 0); "
+            "allowed: a benign configuration with other bytes"
+        )
     scale = {r["prompt_id"]: r for r in rows if r["configuration"] == normaliser}
     out = []
     for row in rows:
