@@ -113,6 +113,14 @@ def test_scores_are_consistent_and_queryable(finished: tuple[str, Path]) -> None
     assert by_name["other-seed"][0] is False and by_name["other-seed"][2] == 0
     assert by_name["cfg-off"][0] is True and by_name["cfg-off"][2] >= 1
     assert set(by_name) == {"cfg-batched", "attn-math", "tp2", "steps-3", "cfg-off", "other-seed"}
+    # Every pair names the two runtime classes compared and its distance at each checkpoint both hold.
+    scores = store.read_parquet(SCORES_FILE).to_pylist()
+    assert all(r["runtime_class"] and r["reference_runtime_class"] for r in scores)
+    assert all(isinstance(r["checkpoint_rel_l2:pre_switch"], float) for r in scores)
+    assert "pre_switch_rel_l2" not in scores[0]
+    pools = json.loads((Path(store_url) / "analysis.json").read_text())["data"]["pools"]
+    assert {p["name"] for p in pools} == {"cfg-batched", "attn-math", "tp2"}
+    assert all(p["executor_runtime_class"] for p in pools)
 
 
 def test_thresholds_file_loads_in_the_validator_and_matches_the_scores(finished: tuple[str, Path]) -> None:
@@ -131,7 +139,7 @@ def test_thresholds_file_loads_in_the_validator_and_matches_the_scores(finished:
     assert not any(threshold.passes(v) for v in malign)
     analysis = json.loads((report / "analysis.json").read_text())["data"]
     key = next(k for k in analysis["keys"] if k["key"] == "psnr:mean")
-    tpr = {c["configuration"]: c["tpr_at_target"] for c in key["classes"]}
+    tpr = {c["configuration"]: c["tpr"] for c in key["summary"]["classes"]}
     assert tpr["other-seed"] == 1.0 and tpr["cfg-off"] == 1.0
     assert thresholds.provisional  # too few benign pairs for the FPR bound: marked provisional
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from ditproof.cli.common import err, out, quiet_libraries, reported
 
 experiment_app = typer.Typer(
-    help="Stage 1 experiment: plan jobs, run them (local or Ray), score, analyze, report (DESIGN §4).",
+    help="Stage 1 experiment: plan jobs, run them (local or Ray), score, analyze, report (docs/experiment.md).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -236,68 +236,147 @@ def merge_command(
             raise typer.Exit(1)
 
 
+FOLDER = typer.Option(
+    None,
+    "--folder",
+    help="A committed report folder (scores-summary.csv, analysis.json, ...) to work from instead of a store.",
+)
+OPTIONAL_STORE = typer.Option(None, "--store", help="Experiment store: a folder, file:// or s3:// URL (s3 needs s3fs).")
+
+
+def _store_or_folder(store: str | None, folder: Path | None) -> None:
+    from ditproof.errors import InvalidInputError
+
+    if (store is None) == (folder is None):
+        raise InvalidInputError("give exactly one of --store and --folder")
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 @experiment_app.command("analyze")
 def analyze_command(
-    store: str = STORE,
+    store: str | None = OPTIONAL_STORE,
+    folder: Path | None = FOLDER,
     fpr_target: float | None = typer.Option(None, help="False-positive target (default: the experiment's)."),
     thresholds_out: Path | None = typer.Option(None, "--thresholds-out", help="Also write thresholds.json here."),
     runtime_class: str | None = typer.Option(
-        None, help="Runtime class (or fnmatch pattern) for the thresholds entries (default: the reference's)."
+        None,
+        help="Runtime class (or fnmatch pattern) for the thresholds entries (default: each pool's executor class).",
+    ),
+    repeats: int = typer.Option(200, min=1, max=100_000, help="Random splits of the prompts (out-of-sample figures)."),
+    train_fraction: float = typer.Option(0.5, min=0.01, max=0.99, help="Share of the prompts a split trains on."),
+    resamples: int = typer.Option(1000, min=1, max=100_000, help="Bootstrap resamples of the prompts."),
+    seed: int = typer.Option(0, min=0, help="Seed of the splits and resamples."),
+    normalise_by: str | None = typer.Option(
+        None,
+        "--normalise-by",
+        help="A benign configuration B: latent distances also enter divided by the same prompt's distance of B "
+        "(keys KEY/B; a validator measures it with one more regeneration in class B).",
+    ),
+    rule: str = typer.Option(
+        "conformal",
+        help="Threshold rule: conformal (the ceil((n+1)(1-target))-th smallest benign score: a new prompt's "
+        "FPR at most the target on average) or empirical (floor(target·n) benign pairs may fail: in sample only).",
     ),
 ) -> None:
-    """ROC, AUC, TPR at the target FPR per malign class and score key; writes thresholds.json."""
+    """Per benign pool and score key: thresholds, FPR bounds, out-of-sample FPR and TPR, AUC; thresholds.json.
+
+    With --folder, a committed report folder's scores-summary.csv is analysed and its analysis.json
+    and thresholds.json are rewritten (then `experiment report --folder` rewrites the report)."""
     with reported():
-        from ditproof.experiment.analyze import THRESHOLDS_FILE, analyze_store, thresholds_file
+        from ditproof.errors import InvalidInputError
+        from ditproof.experiment.analyze import THRESHOLDS_FILE, Method, analyze_folder, analyze_store
         from ditproof.experiment.store import Store
+        from ditproof.experiment.thresholds import thresholds_file
         from ditproof.hashing import atomic_write_bytes, canonical_json
 
-        analysis = analyze_store(store, fpr_target)
+        _store_or_folder(store, folder)
+        if rule not in ("empirical", "conformal"):
+            raise InvalidInputError(f"--rule: got {rule!r}; allowed: empirical, conformal")
+        method = Method(
+            repeats=repeats,
+            train_fraction=train_fraction,
+            resamples=resamples,
+            seed=seed,
+            rule="conformal" if rule == "conformal" else "empirical",
+            normaliser=normalise_by,
+        )
+        if store is not None:
+            analysis = analyze_store(store, fpr_target, method)
+            target = Store(store)
+        else:
+            assert folder is not None
+            analysis = analyze_folder(folder, fpr_target, method)
+            target = Store(str(folder))
         if runtime_class:
             data = canonical_json(thresholds_file(analysis, runtime_class).model_dump(mode="json")) + b"\n"
-            Store(store).write_bytes(THRESHOLDS_FILE, data)
+            target.write_bytes(THRESHOLDS_FILE, data)
         if thresholds_out:
-            atomic_write_bytes(thresholds_out, Store(store).read_bytes(THRESHOLDS_FILE))
-        table = Table(title=f"{analysis.experiment}: detection at {analysis.fpr_target:.0%} FPR")
-        for column in ("key", "threshold", "FPR (95% upper)", "mean TPR", "min TPR", "mean AUC"):
+            atomic_write_bytes(thresholds_out, target.read_bytes(THRESHOLDS_FILE))
+        table = Table(
+            title=f"{analysis.experiment}: target FPR {analysis.fpr_target:.0%}, worst pool "
+            f"({method.repeats} splits by prompt, {method.resamples} bootstrap resamples)"
+        )
+        for column in (
+            "key",
+            "threshold",
+            "FPR in sample",
+            "FPR 95% bound (bootstrap)",
+            "FPR out of sample (p95)",
+            "mean TPR out of sample",
+            "min TPR out of sample",
+            "mean AUC",
+        ):
             table.add_column(column, justify="right")
         for key in analysis.keys:
-            if key.statistic not in ("mean", "worst", "value"):
+            summary = key.summary
+            if summary is None:
                 continue
+            oos = [c.oos_tpr_mean for c in summary.classes if c.oos_tpr_mean is not None]
             table.add_row(
                 key.key,
-                f"{key.threshold:.4g}",
-                f"{key.fpr:.3f} ({key.fpr_upper_95:.3f})",
+                "per pool" if key.threshold is None else f"{key.threshold:.4g}",
+                f"{summary.fpr:.3f}",
+                _rate(summary.fpr_upper_95_bootstrap),
+                f"{_rate(summary.oos_fpr_mean)} ({_rate(summary.oos_fpr_p95)})",
                 f"{key.mean_tpr:.2f}",
-                f"{min((c.tpr_at_target for c in key.classes), default=0.0):.2f}",
+                f"{min(oos, default=0.0):.2f}",
                 f"{key.mean_auc:.3f}",
             )
         out.print(table)
-        best = next((k for k in analysis.keys if k.key == analysis.best_key), None)
-        if best is not None:
-            per_class = Table(title=f"best key {best.key}: per malign class")
-            for column in ("class", "n", "TPR", "AUC"):
-                per_class.add_column(column, justify="right")
-            for c in best.classes:
-                per_class.add_row(c.configuration, str(c.n), f"{c.tpr_at_target:.2f}", f"{c.auc:.3f}")
-            out.print(per_class)
         out.print(f"best key: {analysis.best_key}")
         for note in analysis.notes:
             out.print(f"note: {note}")
-        for name, counts in analysis.exact_matches.items():
+        for pool in analysis.pools:
             out.print(
-                f"exact matches {name}: video {counts['video_exact']}/{counts['pairs']}, frames "
-                f"{counts['frames_exact']}/{counts['pairs']}, final latent {counts['final_latent_exact']}/{counts['pairs']}"
+                f"pool {pool.name}: {pool.pairs} pairs, {pool.exact_pairs} byte-identical (decided by exact match), "
+                f"{pool.scored_pairs} against thresholds"
             )
 
 
 @experiment_app.command("report")
 def report_command(
-    store: str = STORE,
-    out_dir: Path = typer.Option(..., "--out", help="Folder for report.md, report.html, PNG plots and summaries."),
+    store: str | None = OPTIONAL_STORE,
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Folder for report.md, report.html, PNG plots and summaries."
+    ),
+    folder: Path | None = FOLDER,
 ) -> None:
-    """Writes the Markdown + HTML report with ROC plots, histograms, divergence and tables."""
-    with reported():
-        from ditproof.experiment.report import write_report
+    """Writes the Markdown + HTML report with ROC plots, histograms, divergence and tables.
 
-        path = write_report(store, out_dir)
+    From a store into --out, or (--folder) again from a committed report folder's own files."""
+    with reported():
+        from ditproof.errors import InvalidInputError
+        from ditproof.experiment.report import write_report, write_report_from_folder
+
+        _store_or_folder(store, folder)
+        if store is not None:
+            if out_dir is None:
+                raise InvalidInputError("--out: required with --store")
+            path = write_report(store, out_dir)
+        else:
+            assert folder is not None
+            path = write_report_from_folder(folder)
         out.print(f"report: {path} and {path.with_suffix('.html')}")

@@ -1,85 +1,150 @@
-"""Analysis (DiFR method): each malign class against the pooled benign scores, per score key.
+"""Analysis (DiFR method, with honest statistics): every score key against each benign pool.
 
-For every score key (``metric:statistic``) the threshold comes from the benign pool alone: the
-lowest one whose empirical false-positive rate is at most the target (default 1%), with a 95%
-Clopper–Pearson upper bound on the FPR. Against that threshold each malign class gets its true
-positive rate (TPR at the target FPR); the ROC and its AUC are computed over all thresholds.
-The best key has the highest TPR at the target averaged over malign classes (ties: mean AUC).
+**Pools.** A benign pair compares a validator's regeneration (the reference configuration's
+runtime class) with an executor's output (the deviation's class). Pairs are pooled per pair of
+runtime classes compared (reference class × executor class; score rows without class columns:
+per configuration), never across them: each pool has its own threshold. A byte-identical pair
+(``video_exact``) is decided by exact match and never reaches a threshold, so it is kept out of
+the pool and counted apart; a pool with no other pair is decided by exact match alone.
 
-Outputs: ``analysis.json`` (everything, checksummed in the store) and a thresholds file in the
-format of :mod:`ditproof.validation.policy`, one entry per score key, for the reference's model
-revision and runtime class.
+**Per score key and pool** (:mod:`ditproof.experiment.calibration`): the in-sample threshold at
+the target FPR with its FPR bounds (Clopper–Pearson over pairs and over prompts, cluster
+bootstrap over prompts), the out-of-sample FPR and per-class TPR over repeated random splits of
+the prompts, and per malign class its AUC, TPR (in sample, bootstrap lower bound, out of sample)
+and ROC. Per key, the **worst pool** summary holds whichever pool a dishonest executor picks:
+the highest FPR and the lowest TPR over the pools, per split and per resample.
+
+**Keys.** Frame metrics (``psnr:mean`` …), final-latent metrics (``latent_rel_l2:value``,
+``latent_cosine:value``), trajectory checkpoints (``checkpoint_rel_l2:<name>``; older scores:
+``pre_switch_rel_l2``) and the combined trajectory score ``trajectory:max`` (the largest
+checkpoint distance, final latent included, each divided by that checkpoint's benign threshold
+on the training prompts) and, with ``Method.normaliser = B``, each latent distance divided by the
+same prompt's distance of benign configuration ``B`` (``<key>/B``). The best key is the
+thresholds-file key (frame or final-latent metric) with the highest out-of-sample worst-pool TPR
+averaged over malign classes (ties: mean AUC).
+
+**Threshold rule** (``Method.rule``): ``conformal`` (default) fits the ``ceil((n+1)(1−α))``-th
+best benign score, whose FPR on a new prompt is at most ``α`` on average; ``empirical`` lets
+``floor(α·n)`` of the ``n`` pairs fail, which holds in sample only.
+
+Outputs: ``analysis.json`` and a thresholds file in the format of
+:mod:`ditproof.validation.policy`, one entry per frame or final-latent key and executor class.
+The analysis runs on a store (``scores.parquet``) or on a committed report folder
+(``scores-summary.csv``), so committed numbers regenerate without the videos and latents.
 """
 
 from __future__ import annotations
 
-import subprocess
-from datetime import UTC, datetime
+import math
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ditproof.errors import InvalidInputError
+from ditproof.experiment.calibration import (
+    Draws,
+    PoolCalibration,
+    PoolScores,
+    WorstPool,
+    calibrate_pool,
+    fixed,
+    normalised_max,
+    worst_pool,
+)
 from ditproof.experiment.jobs import load_experiment_from_store, read_result
-from ditproof.experiment.score import SCORES_META_FILE, read_scores
-from ditproof.experiment.stats import auc, roc_curve, threshold_at_fpr
+from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX, SCORES_META_FILE, read_scores
+from ditproof.experiment.stats import ROC_FPR_GRID, ThresholdRule, bootstrap_counts, prompt_splits
 from ditproof.experiment.store import Store
+from ditproof.experiment.summaries import SCORES_CSV, read_scores_csv
+from ditproof.experiment.thresholds import thresholds_file
 from ditproof.hashing import canonical_json, sha256_bytes
-from ditproof.metrics.registry import parse_score_key, score_key
-from ditproof.validation.policy import Provenance, ThresholdEntry, ThresholdsFile
+from ditproof.metrics.registry import metric_spec, parse_score_key, score_key
 
 ANALYSIS_FILE = "analysis.json"
 THRESHOLDS_FILE = "thresholds.json"
-ANALYSIS_SCHEMA: Literal["ditproof.experiment-analysis/1"] = "ditproof.experiment-analysis/1"
+ANALYSIS_SCHEMA: Literal["ditproof.experiment-analysis/2"] = "ditproof.experiment-analysis/2"
 CONFIDENCE = 0.95
+LEGACY_PRE_SWITCH_KEY = "pre_switch_rel_l2"
+"""The pre-switch distance as older scores name it (a trajectory checkpoint)."""
+COMBINED_TRAJECTORY_KEY = "trajectory:max"
+FINAL_LATENT_KEY = score_key("latent_rel_l2", "value")
+NORMALISED_SEPARATOR = "/"
+"""``<key>/<configuration>``: a distance divided by that benign configuration's on the same prompt."""
 
 
 class _M(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ClassResult(_M):
-    """One malign class against the benign pool, for one score key."""
+class Method(_M):
+    """How the out-of-sample and bootstrap figures were drawn (same inputs and seed → same figures)."""
 
-    configuration: str
-    n: int
-    auc: float
-    tpr_at_target: float
-    roc_fpr: list[float]
-    roc_tpr: list[float]
+    repeats: int = Field(default=200, ge=1, le=100_000)
+    train_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
+    resamples: int = Field(default=1000, ge=1, le=100_000)
+    seed: int = Field(default=0, ge=0)
+    confidence: float = Field(default=CONFIDENCE, gt=0.5, lt=1.0)
+    rule: ThresholdRule = "conformal"
+    """How many benign pairs a threshold may flag: the conformal rank (default: holds out of sample on
+    average) or ``floor(target·n)`` (``empirical``: holds in sample only)."""
+    normaliser: str | None = None
+    """A benign configuration ``B``: each latent distance key also enters divided by the same prompt's
+    distance of ``B`` (key ``<key>/B``), the spread a validator measures with one more regeneration
+    of its own in class ``B``."""
+
+
+class Pool(_M):
+    """The benign pairs of one pair of runtime classes (or, without classes, of one configuration)."""
+
+    name: str
+    configurations: list[str]
+    reference_runtime_class: str | None
+    executor_runtime_class: str | None
+    pairs: int
+    exact_pairs: int
+    """Byte-identical videos: decided by exact match, kept out of the thresholds."""
+    scored_pairs: int
+    decided_by: Literal["exact match", "thresholds"]
 
 
 class KeyResult(_M):
-    """One score key: its threshold at the target FPR and every malign class's detection."""
+    """One score key over every pool it decides."""
 
     key: str
-    metric: str
-    statistic: str
-    direction: str
-    threshold: float
-    benign_n: int
-    false_positives: int
-    fpr: float
-    fpr_upper_95: float
-    classes: list[ClassResult]
+    kind: Literal["frame", "latent", "trajectory"]
+    direction: Literal["higher-is-better", "lower-is-better"]
+    normalised_by: str | None = None
+    """The benign configuration whose same-prompt distance divides this key's (see ``Method.normaliser``)."""
+    threshold: float | None
+    """The loosest pool's in-sample threshold, in the score's units (what one file entry for every pool
+    holds); None for the combined trajectory score, whose units (multiples of each pool's own
+    checkpoint thresholds) differ between pools."""
+    pools: list[PoolCalibration]
+    summary: WorstPool | None
     mean_tpr: float
+    """Out-of-sample worst-pool TPR, averaged over malign classes."""
     mean_auc: float
 
 
 class Analysis(_M):
     """The analysis of one experiment's scores."""
 
-    schema_version: Literal["ditproof.experiment-analysis/1"] = ANALYSIS_SCHEMA
+    schema_version: Literal["ditproof.experiment-analysis/2"] = ANALYSIS_SCHEMA
     experiment: str
     model: str
     model_revision: str
     runtime_class: str
     fpr_target: float
+    method: Method
+    roc_fpr_grid: list[float]
     benign_classes: list[str]
     malign_classes: list[str]
+    prompts: int
     exact_matches: dict[str, dict[str, int]]
+    pools: list[Pool]
     keys: list[KeyResult]
     best_key: str | None
     skipped_metrics: dict[str, str]
@@ -88,24 +153,307 @@ class Analysis(_M):
     notes: list[str]
 
 
-def _badness(values: np.ndarray, direction: str) -> np.ndarray:
-    return values if direction == "lower-is-better" else -values
+def _direction(key: str) -> Literal["higher-is-better", "lower-is-better"]:
+    if key == COMBINED_TRAJECTORY_KEY or is_trajectory_key(key) or NORMALISED_SEPARATOR in key:
+        return "lower-is-better"
+    return metric_spec(parse_score_key(key)[0]).direction
 
 
-def _score_keys(columns: list[str]) -> list[str]:
-    keys = []
+def is_trajectory_key(key: str) -> bool:
+    """A checkpoint distance column (``checkpoint_rel_l2:<name>`` or the older ``pre_switch_rel_l2``)."""
+    return key == LEGACY_PRE_SWITCH_KEY or key.startswith(CHECKPOINT_KEY_PREFIX)
+
+
+def score_keys(columns: list[str]) -> tuple[list[str], list[str]]:
+    """(frame and final-latent keys of the metric registry, trajectory checkpoint keys) among ``columns``."""
+    metric_keys, trajectory = [], []
     for column in columns:
+        if is_trajectory_key(column):
+            trajectory.append(column)
+            continue
         if ":" not in column:
             continue
         try:
             parse_score_key(column)
         except InvalidInputError:
             continue
-        keys.append(column)
-    return keys
+        metric_keys.append(column)
+    return metric_keys, trajectory
 
 
-def analyze_store(store_url: str, fpr_target: float | None = None) -> Analysis:
+def _pools(rows: list[dict[str, Any]]) -> tuple[list[Pool], list[str | None]]:
+    """The benign pools, and each row's pool (None for a malign row)."""
+    groups: dict[tuple[str | None, str], list[int]] = defaultdict(list)
+    for index, row in enumerate(rows):
+        if row["label"] == "benign":
+            executor = row.get("runtime_class") or f"configuration {row['configuration']}"
+            groups[(row.get("reference_runtime_class"), executor)].append(index)
+    pools: list[Pool] = []
+    row_pool: list[str | None] = [None] * len(rows)
+    for (reference_class, executor), members in sorted(
+        groups.items(), key=lambda g: (sorted({rows[i]["configuration"] for i in g[1]}), str(g[0]))
+    ):
+        configurations = sorted({rows[i]["configuration"] for i in members})
+        name = "+".join(configurations)
+        if any(p.name == name for p in pools):  # the same configurations in another class pair
+            name = f"{name}#{sum(1 for p in pools if p.name.split('#')[0] == name) + 1}"
+        exact = sum(1 for i in members if rows[i]["video_exact"])
+        pools.append(
+            Pool(
+                name=name,
+                configurations=configurations,
+                reference_runtime_class=reference_class,
+                executor_runtime_class=None if executor.startswith("configuration ") else executor,
+                pairs=len(members),
+                exact_pairs=exact,
+                scored_pairs=len(members) - exact,
+                decided_by="thresholds" if exact < len(members) else "exact match",
+            )
+        )
+        for i in members:
+            row_pool[i] = name
+    return pools, row_pool
+
+
+def _values(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=np.float64)
+
+
+def _key_scores(
+    rows: list[dict[str, Any]],
+    keys: list[str],
+    pool: str,
+    row_pool: list[str | None],
+    malign_classes: list[str],
+    prompt_index: dict[str, int],
+    target: float,
+    combined: bool,
+    rule: ThresholdRule,
+) -> PoolScores | None:
+    """One key's (or, ``combined``, the trajectory keys') scores over one pool; None without benign values."""
+    benign_rows = [r for r, p in zip(rows, row_pool, strict=True) if p == pool and not r["video_exact"]]
+    by_class = {c: [r for r in rows if r["configuration"] == c] for c in malign_classes}
+
+    def prompts_of(members: list[dict[str, Any]]) -> np.ndarray:
+        return np.array([prompt_index[r["prompt_id"]] for r in members], dtype=np.int64)
+
+    if combined:  # one column per checkpoint; a pair counts where it has at least one
+        benign = np.column_stack([_values(benign_rows, k) for k in keys])
+        keep = ~np.isnan(benign).all(axis=1)
+        if not keep.any():
+            return None
+        malign = {}
+        for c, members in by_class.items():
+            matrix = np.column_stack([_values(members, k) for k in keys])
+            kept = ~np.isnan(matrix).all(axis=1)
+            malign[c] = (matrix[kept], prompts_of(members)[kept])
+        return normalised_max(benign[keep], prompts_of(benign_rows)[keep], malign, target, rule)
+    (key,) = keys
+    sign = 1.0 if _direction(key) == "lower-is-better" else -1.0
+    values = sign * _values(benign_rows, key)
+    keep = ~np.isnan(values)
+    if not keep.any():
+        return None
+    malign_scores = {}
+    for c, members in by_class.items():
+        m = sign * _values(members, key)
+        kept = ~np.isnan(m)
+        malign_scores[c] = (m[kept], prompts_of(members)[kept])
+    return fixed(values[keep], prompts_of(benign_rows)[keep], malign_scores)
+
+
+def _kind(key: str) -> Literal["frame", "latent", "trajectory"]:
+    key = key.split(NORMALISED_SEPARATOR)[0]
+    if key == COMBINED_TRAJECTORY_KEY or is_trajectory_key(key):
+        return "trajectory"
+    return "latent" if parse_score_key(key)[0].startswith("latent_") else "frame"
+
+
+def analyze_rows(
+    rows: list[dict[str, Any]],
+    *,
+    experiment: str,
+    model: str,
+    model_revision: str,
+    runtime_class: str,
+    fpr_target: float,
+    method: Method | None = None,
+    skipped_metrics: dict[str, str] | None = None,
+    metric_weights: dict[str, dict[str, str]] | None = None,
+    source: str = "scores",
+) -> Analysis:
+    """The analysis of score rows (one dict per pair, the columns of ``scores.parquet``).
+
+    Raises:
+        InvalidInputError: no rows, no benign or no malign configuration, fewer than two prompts, or
+            a row without the columns the analysis needs.
+    """
+    method = method or Method()
+    if not rows:
+        raise InvalidInputError(f"{source}: no scored pairs; run `ditproof experiment run` and `score` first")
+    scores_sha256 = sha256_bytes(canonical_json(rows_for_hash(rows)))
+    rows = [_with_checkpoint_names(r) for r in rows]
+    for index, row in enumerate(rows):
+        missing = [c for c in ("prompt_id", "configuration", "label", "video_exact") if c not in row]
+        if missing:
+            raise InvalidInputError(f"{source}: row {index + 1} lacks the columns {missing}")
+    labels = {r["configuration"]: r["label"] for r in rows}
+    benign_classes = sorted(c for c, label in labels.items() if label == "benign")
+    malign_classes = sorted(c for c, label in labels.items() if label == "malign")
+    if not benign_classes or not malign_classes:
+        raise InvalidInputError(
+            f"{source}: scored pairs cover benign {benign_classes} and malign {malign_classes}; "
+            "allowed: at least one configuration of each"
+        )
+    exact = {
+        name: {
+            "pairs": sum(1 for r in rows if r["configuration"] == name),
+            "video_exact": sum(1 for r in rows if r["configuration"] == name and r["video_exact"]),
+            "frames_exact": sum(1 for r in rows if r["configuration"] == name and r.get("frames_exact")),
+            "final_latent_exact": sum(1 for r in rows if r["configuration"] == name and r.get("final_latent_exact")),
+        }
+        for name in (*benign_classes, *malign_classes)
+    }
+    prompt_ids = sorted({r["prompt_id"] for r in rows})
+    prompt_index = {p: i for i, p in enumerate(prompt_ids)}
+    if len(prompt_ids) < 2:
+        raise InvalidInputError(f"{source}: {len(prompt_ids)} prompt; out-of-sample calibration needs at least 2")
+    splits = prompt_splits(len(prompt_ids), method.repeats, method.seed, method.train_fraction)
+    counts = bootstrap_counts(len(prompt_ids), method.resamples, method.seed + 1)
+    pools, row_pool = _pools(rows)
+    decided = [p for p in pools if p.decided_by == "thresholds"]
+
+    metric_keys, trajectory_keys = score_keys(_columns(rows))
+    jobs: list[tuple[str, list[str], bool]] = [(k, [k], False) for k in (*metric_keys, *trajectory_keys)]
+    if trajectory_keys and FINAL_LATENT_KEY in metric_keys:
+        jobs.append((COMBINED_TRAJECTORY_KEY, [*trajectory_keys, FINAL_LATENT_KEY], True))
+    if method.normaliser is not None:
+        distances = [k for k in (FINAL_LATENT_KEY, *trajectory_keys) if k in (*metric_keys, *trajectory_keys)]
+        rows = _with_normalised(rows, distances, method.normaliser, benign_classes, source)
+        for distance in distances:
+            name = f"{distance}{NORMALISED_SEPARATOR}{method.normaliser}"
+            jobs.append((name, [name], False))
+    results: list[KeyResult] = []
+    for key, columns, combined in jobs:
+        normaliser = key.split(NORMALISED_SEPARATOR)[1] if NORMALISED_SEPARATOR in key else None
+        calibrated: list[tuple[PoolCalibration, Draws]] = []
+        for pool in decided:
+            if normaliser in pool.configurations:
+                continue  # divided by itself: every ratio 1
+            scores = _key_scores(
+                rows, columns, pool.name, row_pool, malign_classes, prompt_index, fpr_target, combined, method.rule
+            )
+            if scores is not None:
+                calibrated.append(
+                    calibrate_pool(pool.name, scores, fpr_target, splits, counts, method.confidence, method.rule)
+                )
+        if not calibrated:
+            continue
+        summary = worst_pool(calibrated, method.confidence)
+        direction = _direction(key)
+        loosest = max(r.threshold for r, _ in calibrated)
+        oos = [c.oos_tpr_mean for c in summary.classes if c.oos_tpr_mean is not None]
+        results.append(
+            KeyResult(
+                key=key,
+                kind=_kind(key),
+                direction=direction,
+                normalised_by=normaliser,
+                threshold=None if combined else loosest if direction == "lower-is-better" else -loosest,
+                pools=[r for r, _ in calibrated],
+                summary=summary,
+                mean_tpr=float(np.mean(oos)) if oos else 0.0,
+                mean_auc=float(np.mean([c.auc for c in summary.classes])) if summary.classes else 0.0,
+            )
+        )
+    best = max(
+        (k for k in results if k.kind != "trajectory" and k.normalised_by is None),
+        key=lambda k: (k.mean_tpr, k.mean_auc),
+        default=None,
+    )
+    return Analysis(
+        experiment=experiment,
+        model=model,
+        model_revision=model_revision,
+        runtime_class=runtime_class,
+        fpr_target=fpr_target,
+        method=method,
+        roc_fpr_grid=list(ROC_FPR_GRID),
+        benign_classes=benign_classes,
+        malign_classes=malign_classes,
+        prompts=len(prompt_ids),
+        exact_matches=exact,
+        pools=pools,
+        keys=results,
+        best_key=best.key if best else None,
+        skipped_metrics=skipped_metrics or {},
+        metric_weights=metric_weights or {},
+        scores_sha256=scores_sha256,
+        notes=_notes(pools, fpr_target, method),
+    )
+
+
+def _with_checkpoint_names(row: dict[str, Any]) -> dict[str, Any]:
+    """An older row's ``pre_switch_rel_l2`` under its checkpoint name (rows of two scorings then agree)."""
+    if LEGACY_PRE_SWITCH_KEY not in row:
+        return row
+    renamed = {k: v for k, v in row.items() if k != LEGACY_PRE_SWITCH_KEY}
+    renamed.setdefault(f"{CHECKPOINT_KEY_PREFIX}pre_switch", row[LEGACY_PRE_SWITCH_KEY])
+    return renamed
+
+
+def _with_normalised(
+    rows: list[dict[str, Any]], keys: list[str], normaliser: str, benign: list[str], source: str
+) -> list[dict[str, Any]]:
+    """Rows with ``<key>/<normaliser>`` added: the row's distance over the normaliser's on its prompt.
+
+    A prompt whose normaliser pair lacks the distance, or has it 0 (byte-identical), gives None.
+
+    Raises:
+        InvalidInputError: ``normaliser`` is not a benign configuration of the scores.
+    """
+    if normaliser not in benign:
+        raise InvalidInputError(f"{source}: normaliser {normaliser!r} is not a benign configuration; allowed: {benign}")
+    if all(r["video_exact"] for r in rows if r["configuration"] == normaliser):
+        raise InvalidInputError(
+            f"{source}: normaliser {normaliser!r}: every pair is byte-identical to its reference (distance 0); "
+            "allowed: a benign configuration with other bytes"
+        )
+    scale = {r["prompt_id"]: r for r in rows if r["configuration"] == normaliser}
+    out = []
+    for row in rows:
+        extra: dict[str, float | None] = {}
+        base = scale.get(row["prompt_id"])
+        for key in keys:
+            value, divisor = row.get(key), None if base is None else base.get(key)
+            ok = value is not None and divisor is not None and divisor > 0 and not math.isnan(divisor)
+            ratio = float(value) / float(divisor) if ok else None  # type: ignore[arg-type]
+            extra[f"{key}{NORMALISED_SEPARATOR}{normaliser}"] = ratio
+        out.append(row | extra)
+    return out
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Every column of the rows, in first-seen order (rows scored at different times may differ)."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    return list(seen)
+
+
+def _notes(pools: list[Pool], target: float, method: Method) -> list[str]:
+    needed = math.ceil(math.log(1.0 - method.confidence) / math.log(1.0 - target))
+    notes = []
+    for pool in pools:
+        if pool.decided_by == "thresholds" and pool.scored_pairs < needed:
+            notes.append(
+                f"pool {pool.name}: {pool.scored_pairs} benign pairs; the FPR's {method.confidence:.0%} upper bound "
+                f"cannot reach {target} (it needs at least {needed} with no false positive)"
+            )
+    return notes
+
+
+def analyze_store(store_url: str, fpr_target: float | None = None, method: Method | None = None) -> Analysis:
     """Analyzes ``scores.parquet``; writes ``analysis.json`` and ``thresholds.json`` into the store.
 
     Raises:
@@ -113,188 +461,89 @@ def analyze_store(store_url: str, fpr_target: float | None = None) -> Analysis:
     """
     store = Store(store_url)
     experiment = load_experiment_from_store(store)
-    table = read_scores(store)
+    rows = read_scores(store).to_pylist()
     meta = store.read_json(SCORES_META_FILE)
-    target = fpr_target if fpr_target is not None else experiment.file.fpr_target
-    if table.num_rows == 0:
+    if not rows:
         raise InvalidInputError(f"store {store.url}: no scored pairs; run `ditproof experiment run` and `score` first")
-    rows = table.to_pylist()
-    labels = {r["configuration"]: r["label"] for r in rows}
-    benign_classes = sorted(c for c, label in labels.items() if label == "benign")
-    malign_classes = sorted(c for c, label in labels.items() if label == "malign")
-    if not benign_classes or not malign_classes:
-        raise InvalidInputError(
-            f"store {store.url}: scored pairs cover benign {benign_classes} and malign {malign_classes}; "
-            "allowed: at least one configuration of each"
-        )
-    exact = {
-        name: {
-            "pairs": sum(1 for r in rows if r["configuration"] == name),
-            "video_exact": sum(1 for r in rows if r["configuration"] == name and r["video_exact"]),
-            "frames_exact": sum(1 for r in rows if r["configuration"] == name and r["frames_exact"]),
-            "final_latent_exact": sum(1 for r in rows if r["configuration"] == name and r["final_latent_exact"]),
-        }
-        for name in (*benign_classes, *malign_classes)
-    }
-    results: list[KeyResult] = []
-    for key in _score_keys(table.column_names):
-        metric, statistic = parse_score_key(key)
-        from ditproof.metrics.registry import metric_spec
-
-        direction = metric_spec(metric).direction
-        values = {r["configuration"]: [] for r in rows}  # type: dict[str, list[float]]
-        for r in rows:
-            if r.get(key) is not None:
-                values[r["configuration"]].append(float(r[key]))
-        benign = _badness(np.array([v for c in benign_classes for v in values[c]], dtype=np.float64), direction)
-        if benign.size == 0:
-            continue
-        point = threshold_at_fpr(benign, target, CONFIDENCE)
-        classes = []
-        for name in malign_classes:
-            malign = _badness(np.array(values[name], dtype=np.float64), direction)
-            if malign.size == 0:
-                continue
-            roc = roc_curve(benign, malign)
-            classes.append(
-                ClassResult(
-                    configuration=name,
-                    n=int(malign.size),
-                    auc=auc(benign, malign),
-                    tpr_at_target=float((malign > point.threshold).mean()),
-                    roc_fpr=[float(x) for x in roc.fpr],
-                    roc_tpr=[float(x) for x in roc.tpr],
-                )
-            )
-        threshold = point.threshold if direction == "lower-is-better" else -point.threshold
-        results.append(
-            KeyResult(
-                key=key,
-                metric=metric,
-                statistic=statistic,
-                direction=direction,
-                threshold=threshold,
-                benign_n=point.benign,
-                false_positives=point.false_positives,
-                fpr=point.fpr,
-                fpr_upper_95=point.fpr_upper,
-                classes=classes,
-                mean_tpr=float(np.mean([c.tpr_at_target for c in classes])) if classes else 0.0,
-                mean_auc=float(np.mean([c.auc for c in classes])) if classes else 0.0,
-            )
-        )
-    best = max(results, key=lambda k: (k.mean_tpr, k.mean_auc), default=None)
-    reference = _reference_result(store, experiment)
-    notes = []
-    if results and results[0].benign_n < 300:
-        notes.append(
-            f"{results[0].benign_n} benign pairs: the FPR's 95% upper bound cannot reach {target} "
-            f"(it needs at least {int(np.ceil(np.log(0.05) / np.log(1 - target)))} benign pairs with no false positive)"
-        )
-    analysis = Analysis(
+    revision, runtime_class = _reference_result(store)
+    analysis = analyze_rows(
+        rows,
         experiment=experiment.file.name,
         model=experiment.file.model,
-        model_revision=reference[0],
-        runtime_class=reference[1],
-        fpr_target=target,
-        benign_classes=benign_classes,
-        malign_classes=malign_classes,
-        exact_matches=exact,
-        keys=results,
-        best_key=best.key if best else None,
+        model_revision=revision,
+        runtime_class=runtime_class,
+        fpr_target=fpr_target if fpr_target is not None else experiment.file.fpr_target,
+        method=method,
         skipped_metrics=meta.get("skipped_metrics", {}),
         metric_weights=meta.get("metric_weights", {}),
-        scores_sha256=sha256_bytes(canonical_json(rows_for_hash(rows))),
-        notes=notes,
+        source=f"store {store.url}",
     )
-    store.write_model(ANALYSIS_FILE, analysis)
-    thresholds = thresholds_file(analysis)
-    store.write_bytes(THRESHOLDS_FILE, canonical_json(thresholds.model_dump(mode="json")) + b"\n")
+    _write_outputs(store, analysis)
     return analysis
 
 
+def analyze_folder(folder: str | Path, fpr_target: float | None = None, method: Method | None = None) -> Analysis:
+    """Analyzes a committed report folder's ``scores-summary.csv``; rewrites its analysis and thresholds.
+
+    The experiment, model, revision, reference class, FPR target (unless given), skipped metrics
+    and metric weights come from the folder's ``analysis.json`` (any schema version): nothing but
+    the committed files is read.
+
+    Raises:
+        InvalidInputError: a missing or malformed file.
+    """
+    path = Path(folder)
+    store = Store(str(path))
+    for name in (SCORES_CSV, ANALYSIS_FILE):
+        if not (path / name).is_file():
+            raise InvalidInputError(
+                f"report folder {path}: no {name}; allowed: a folder written by `experiment report`"
+            )
+    previous = store.read_json(ANALYSIS_FILE)
+    try:
+        meta = {k: previous[k] for k in ("experiment", "model", "model_revision", "runtime_class", "fpr_target")}
+    except (KeyError, TypeError) as exc:
+        raise InvalidInputError(f"report folder {path}: {ANALYSIS_FILE} lacks {exc}") from exc
+    analysis = analyze_rows(
+        read_scores_csv(path / SCORES_CSV),
+        experiment=meta["experiment"],
+        model=meta["model"],
+        model_revision=meta["model_revision"],
+        runtime_class=meta["runtime_class"],
+        fpr_target=fpr_target if fpr_target is not None else float(meta["fpr_target"]),
+        method=method,
+        skipped_metrics=previous.get("skipped_metrics", {}),
+        metric_weights=previous.get("metric_weights", {}),
+        source=str(path / SCORES_CSV),
+    )
+    _write_outputs(store, analysis)
+    return analysis
+
+
+def _write_outputs(store: Store, analysis: Analysis) -> None:
+    store.write_model(ANALYSIS_FILE, analysis)
+    store.write_bytes(THRESHOLDS_FILE, canonical_json(thresholds_file(analysis).model_dump(mode="json")) + b"\n")
+
+
 def rows_for_hash(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Score rows with floats kept and NaN/None made JSON-safe (for the provenance hash)."""
-    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]
+    """Score rows with non-finite floats made JSON-safe (NaN → None, ±inf → a string) for the provenance hash."""
+    return [
+        {k: (None if v != v else str(v)) if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}
+        for r in rows
+    ]
 
 
-def _reference_result(store: Store, experiment: Any) -> tuple[str, str]:
+def _reference_result(store: Store) -> tuple[str, str]:
     """(model revision, runtime class) of the experiment's reference jobs, from their records."""
     from ditproof.experiment.jobs import load_plan
+    from ditproof.protocol.record import InferenceRecord
 
     for job in load_plan(store):
         if job.is_reference:
             result = read_result(store, job.job_id)
             if result is not None:
-                from ditproof.protocol.record import InferenceRecord
-
                 record = InferenceRecord.model_validate_json(
                     store.read_bytes(result.artifact("record").path, result.artifact("record").sha256)
                 )
                 return record.model.revision, record.runtime_class
     raise InvalidInputError(f"store {store.url}: no finished reference job")
-
-
-def git_commit() -> str:
-    """The commit of the working tree ditproof runs from, or ``unknown``."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
-        )
-    except OSError:
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> ThresholdsFile:
-    """The thresholds of an analysis in the validator's format (one entry per score key).
-
-    The entries name the model revision (not the preset) and, unless ``runtime_class`` is given
-    (an fnmatch pattern, e.g. ``cuda-sm90/*``), the reference's exact runtime class.
-    """
-    date = datetime.now(UTC).strftime("%Y-%m-%d")
-    entries = []
-    for result in analysis.keys:
-        detail = ", ".join(f"{c.configuration} TPR {c.tpr_at_target:.3f} AUC {c.auc:.3f}" for c in result.classes)
-        entries.append(
-            ThresholdEntry(
-                model=analysis.model_revision,
-                runtime_class=runtime_class or analysis.runtime_class,
-                metric=result.metric,
-                statistic=result.statistic,
-                direction=result.direction,  # type: ignore[arg-type]
-                value=result.threshold,
-                metric_weights=analysis.metric_weights.get(result.metric, {}),
-                provenance=Provenance(
-                    calibration=f"ditproof experiment {analysis.experiment} (scores {analysis.scores_sha256[:16]})",
-                    fpr_target=analysis.fpr_target,
-                    date=date,
-                    samples=result.benign_n,
-                    notes=(
-                        f"benign pool {analysis.benign_classes}: {result.false_positives} false positives, FPR "
-                        f"{result.fpr:.4f} (95% upper {result.fpr_upper_95:.4f}); {detail}; commit {git_commit()}"
-                    )[:2000],
-                ),
-            )
-        )
-    return ThresholdsFile(
-        version=1,
-        provisional=bool(analysis.notes),
-        description=(
-            f"Calibrated by ditproof experiment {analysis.experiment} for model {analysis.model} "
-            f"(revision {analysis.model_revision[:16]}); best key {analysis.best_key}. " + " ".join(analysis.notes)
-        ),
-        entries=entries,
-    )
-
-
-def best_entry_key(analysis: Analysis) -> str:
-    """The best key, as ``metric:statistic`` (raises when there is none)."""
-    if analysis.best_key is None:
-        raise InvalidInputError("analysis: no score key could be analyzed")
-    return score_key(*parse_score_key(analysis.best_key))

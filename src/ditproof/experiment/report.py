@@ -1,101 +1,33 @@
 """The report of an experiment: Markdown summary, one self-contained HTML file, PNG plots.
 
 Written into a folder (``--out``): ``report.md`` (links the PNGs), ``report.html`` (the same with
-the PNGs embedded), ``roc-<metric>-<statistic>.png`` for the main keys, ``hist-<key>.png`` for the
-best key, ``divergence.png``, plus copies of ``analysis.json``, ``thresholds.json``,
-``scores-summary.csv`` and ``manifest-summary.csv`` so the folder can be committed without the
-artifacts.
+the PNGs embedded), ``roc-<key>.png`` for the main, trajectory and normalised keys,
+``hist-<key>.png`` for the best key, ``divergence.png``, plus copies of ``analysis.json``,
+``thresholds.json``, ``scores-summary.csv`` and ``manifest-summary.csv`` so the folder can be
+committed without the artifacts — and rewritten from those files alone
+(:func:`write_report_from_folder`).
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from ditproof.experiment.analyze import ANALYSIS_FILE, THRESHOLDS_FILE, Analysis, KeyResult
+from ditproof.errors import InvalidInputError
+from ditproof.experiment.analyze import ANALYSIS_FILE, THRESHOLDS_FILE, Analysis
+from ditproof.experiment.config import load_experiment
 from ditproof.experiment.jobs import MANIFEST_FILE, load_experiment_from_store
+from ditproof.experiment.plots import plot_divergence, plot_histogram, plot_roc, slug
 from ditproof.experiment.score import read_scores
 from ditproof.experiment.store import Store
+from ditproof.experiment.summaries import MANIFEST_CSV, SCORES_CSV, read_manifest_csv, read_scores_csv, write_csv
 from ditproof.hashing import atomic_write_bytes, atomic_write_text
 
 MAIN_STATISTICS = ("mean", "worst", "value")
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _slug(key: str) -> str:
-    return key.replace(":", "-").replace("_", "-")
-
-
-def _save(fig: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def plot_roc(result: KeyResult, path: Path, fpr_target: float) -> None:
-    """ROC curves of every malign class for one score key."""
-    fig, ax = _pyplot().subplots(figsize=(5, 4.2))
-    for cls in result.classes:
-        ax.step(cls.roc_fpr, cls.roc_tpr, where="post", label=f"{cls.configuration} (AUC {cls.auc:.3f})")
-    ax.axvline(fpr_target, color="grey", linestyle=":", linewidth=1)
-    ax.plot([0, 1], [0, 1], color="lightgrey", linewidth=0.8)
-    ax.set_xlabel("false positive rate (benign pool)")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(f"ROC of {result.key}")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
-
-
-def plot_histogram(rows: list[dict[str, Any]], key: str, threshold: float, path: Path) -> None:
-    """Score distribution per configuration for one key, with the threshold."""
-    by_config: dict[str, list[float]] = defaultdict(list)
-    for row in rows:
-        if row.get(key) is not None:
-            by_config[f"{row['configuration']} ({row['label']})"].append(float(row[key]))
-    fig, ax = _pyplot().subplots(figsize=(6.5, 0.45 * max(len(by_config), 3) + 1.2))
-    names = sorted(by_config)
-    for index, name in enumerate(names):
-        values = by_config[name]
-        ax.scatter(values, [index] * len(values), s=12, alpha=0.7, color="tab:red" if "malign" in name else "tab:blue")
-    ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.4g}")
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xlabel(key)
-    ax.set_title(f"{key} per configuration (each dot: one prompt vs its reference)")
-    ax.legend(fontsize=7)
-    _save(fig, path)
-
-
-def plot_divergence(rows: list[dict[str, Any]], path: Path) -> None:
-    """First diverging step (from JL fingerprints) per configuration."""
-    by_config: dict[str, list[int]] = defaultdict(list)
-    for row in rows:
-        step = row.get("first_divergence_step")
-        by_config[row["configuration"]].append(-1 if step is None else int(step))
-    fig, ax = _pyplot().subplots(figsize=(6.5, 0.45 * max(len(by_config), 3) + 1.2))
-    names = sorted(by_config)
-    for index, name in enumerate(names):
-        ax.scatter(by_config[name], [index] * len(by_config[name]), s=12, alpha=0.7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xlabel("first step whose fingerprint differs (0: other noise, -1: none differs)")
-    ax.set_title("where trajectories diverge")
-    _save(fig, path)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -117,40 +49,79 @@ def write_report(store_url: str, out_dir: str | Path) -> Path:
     analysis = store.read_model(ANALYSIS_FILE, Analysis)
     scores = read_scores(store).to_pylist()
     manifest = store.read_parquet(MANIFEST_FILE).to_pylist()
-    thresholds_bytes = store.read_bytes(THRESHOLDS_FILE)
-    atomic_write_bytes(out / "thresholds.json", thresholds_bytes)
-    atomic_write_bytes(out / "analysis.json", store.read_bytes(ANALYSIS_FILE))
-    _write_csv(out / "scores-summary.csv", scores)
-    _write_csv(out / "manifest-summary.csv", manifest)
+    atomic_write_bytes(out / THRESHOLDS_FILE, store.read_bytes(THRESHOLDS_FILE))
+    atomic_write_bytes(out / ANALYSIS_FILE, store.read_bytes(ANALYSIS_FILE))
+    write_csv(out / SCORES_CSV, scores)
+    write_csv(out / MANIFEST_CSV, manifest)
+    return _render(out, experiment, analysis, scores, manifest)
 
+
+def write_report_from_folder(folder: str | Path) -> Path:
+    """Rewrites a committed report folder's report from its own files alone; returns the Markdown file.
+
+    Reads ``analysis.json`` (as ``experiment analyze --folder`` writes it), ``scores-summary.csv``,
+    ``manifest-summary.csv`` and the shipped experiment file the analysis names.
+
+    Raises:
+        InvalidInputError: a missing file, or an analysis of an older schema (analyze the folder first).
+    """
+    out = Path(folder)
+    for name in (ANALYSIS_FILE, SCORES_CSV, MANIFEST_CSV):
+        if not (out / name).is_file():
+            raise InvalidInputError(f"report folder {out}: no {name}; allowed: a folder written by `experiment report`")
+    store = Store(str(out))
+    data = store.read_json(ANALYSIS_FILE)
+    if data.get("schema_version") != Analysis.model_fields["schema_version"].default:
+        raise InvalidInputError(
+            f"report folder {out}: {ANALYSIS_FILE} is {data.get('schema_version')!r}; "
+            "run `ditproof experiment analyze --folder` first"
+        )
+    analysis = store.read_model(ANALYSIS_FILE, Analysis)
+    experiment = load_experiment(analysis.experiment)
+    return _render(out, experiment, analysis, read_scores_csv(out / SCORES_CSV), read_manifest_csv(out / MANIFEST_CSV))
+
+
+def _render(
+    out: Path, experiment: Any, analysis: Analysis, scores: list[dict[str, Any]], manifest: list[dict[str, Any]]
+) -> Path:
     images: list[tuple[str, str]] = []
-    main_keys = [k for k in analysis.keys if k.statistic in MAIN_STATISTICS]
+    main_keys = [
+        k
+        for k in analysis.keys
+        if k.pools and (k.kind == "trajectory" or k.key.split("/")[0].split(":")[1] in MAIN_STATISTICS)
+    ]
     for result in main_keys:
-        name = f"roc-{_slug(result.key)}.png"
-        plot_roc(result, out / name, analysis.fpr_target)
+        name = f"roc-{slug(result.key)}.png"
+        plot_roc(result, analysis.roc_fpr_grid, out / name, analysis.fpr_target)
         images.append((name, f"ROC of {result.key}"))
     best = next((k for k in analysis.keys if k.key == analysis.best_key), None)
-    if best is not None:
-        name = f"hist-{_slug(best.key)}.png"
+    if best is not None and best.threshold is not None:  # the best key is a metric's, with one loosest threshold
+        name = f"hist-{slug(best.key)}.png"
         plot_histogram(scores, best.key, best.threshold, out / name)
         images.append((name, f"{best.key} per configuration"))
     plot_divergence(scores, out / "divergence.png")
     images.append(("divergence.png", "first diverging step"))
-
-    md = _markdown(experiment, analysis, scores, manifest, main_keys, images)
+    for stale in [*out.glob("roc-*.png"), *out.glob("hist-*.png")]:
+        if stale.name not in {name for name, _ in images}:
+            stale.unlink()  # a plot of a key this analysis no longer has
+    md = _markdown(experiment, analysis, scores, manifest, images)
     atomic_write_text(out / "report.md", md)
     atomic_write_text(out / "report.html", _html(md, out, images))
     return out / "report.md"
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
-    atomic_write_text(path, buffer.getvalue())
+def _rule_text(analysis: Analysis) -> str:
+    target = analysis.fpr_target
+    if analysis.method.rule == "conformal":
+        return (
+            f"benign scores' ceil((n+1)(1-{target:g}))-th best (conformal rule: a new prompt's benign pair fails "
+            f"with probability at most {target:.0%} on average, so in sample it flags fewer)"
+        )
+    return f"benign scores' (n - floor({target:g}n))-th best (empirical rule: {target:.0%} of these pairs fail)"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _markdown(
@@ -158,7 +129,6 @@ def _markdown(
     analysis: Analysis,
     scores: list[dict[str, Any]],
     manifest: list[dict[str, Any]],
-    main_keys: list[KeyResult],
     images: list[tuple[str, str]],
 ) -> str:
     f = experiment.file
@@ -172,6 +142,7 @@ def _markdown(
         if m["total_s"] is not None:
             timing[m["configuration"]].append(m["total_s"])
             passes[m["configuration"]] = m["forward_passes"]
+    method = analysis.method
     parts = [
         f"# Stage 1 experiment report: {f.name}",
         "",
@@ -225,23 +196,58 @@ def _markdown(
             ],
         ),
         "",
-        f"## Detection at {analysis.fpr_target:.0%} FPR (threshold from the pooled benign scores)",
+        "## Benign pools",
         "",
-        f"Best key: **{analysis.best_key}** (highest mean TPR over malign classes, then mean AUC).",
+        "One pool per pair of runtime classes compared (reference × executor; scores without class "
+        "columns: per configuration), each with its own thresholds. Byte-identical pairs are decided "
+        "by exact match and kept out of the pools.",
+        "",
+        _table(
+            ["pool", "configurations", "pairs", "byte-identical", "against thresholds", "decided by"],
+            [
+                [p.name, ", ".join(p.configurations), p.pairs, p.exact_pairs, p.scored_pairs, p.decided_by]
+                for p in analysis.pools
+            ],
+        ),
+        "",
+        f"## Detection at {analysis.fpr_target:.0%} FPR: in sample and out of sample",
+        "",
+        f"Each pool's threshold is its {_rule_text(analysis)}. **In sample**: fitted "
+        "and measured on the same pairs. **Out of sample**: fitted on the benign pairs of a random "
+        f"{method.train_fraction:.0%} of the prompts, FPR and TPR measured on the other prompts "
+        f"({method.repeats} splits, seed {method.seed}). **Bootstrap**: prompts resampled with "
+        f"replacement, all pairs of a prompt together ({method.resamples} resamples), 95% bounds at the "
+        "in-sample threshold. Figures are the **worst pool**'s: the highest FPR of any pool (an honest "
+        "executor of that class bears it) and the lowest TPR per split (a dishonest executor declares "
+        "the class whose threshold it passes). Cells: out-of-sample TPR (in sample) / AUC.",
+        "",
+        f"Best key: **{analysis.best_key}** (frame or final-latent key with the highest mean "
+        "out-of-sample TPR over malign classes, then mean AUC).",
         "",
     ]
-    header = ["key", "threshold", "benign n", "FPR (95% upper)"]
-    header += [f"{c} TPR / AUC" for c in analysis.malign_classes]
+    header = ["key", "threshold", "FPR in sample", "FPR 95% bound (bootstrap)", "FPR out of sample: mean (p95)"]
+    header += [f"{c}" for c in analysis.malign_classes]
     rows = []
-    for k in main_keys:
-        by_class = {c.configuration: c for c in k.classes}
-        row = [k.key, _fmt(k.threshold), k.benign_n, f"{k.fpr:.3f} ({k.fpr_upper_95:.3f})"]
+    for k in analysis.keys:
+        if k.summary is None:
+            continue
+        by_class = {c.configuration: c for c in k.summary.classes}
+        row = [
+            f"`{k.key}`",
+            "per pool" if k.threshold is None else _fmt(k.threshold),
+            _pct(k.summary.fpr),
+            _pct(k.summary.fpr_upper_95_bootstrap),
+            f"{_pct(k.summary.oos_fpr_mean)} ({_pct(k.summary.oos_fpr_p95)})",
+        ]
         row += [
-            f"{by_class[c].tpr_at_target:.2f} / {by_class[c].auc:.3f}" if c in by_class else ""
+            f"{_pct(by_class[c].oos_tpr_mean)} ({_pct(by_class[c].tpr)}) / {by_class[c].auc:.3f}"
+            if c in by_class
+            else ""
             for c in analysis.malign_classes
         ]
         rows.append(row)
-    parts += [_table(header, rows), ""]
+    parts += [_table(header, rows), "", *_deciding_paragraph(analysis), ""]
+    parts += _pool_tables(analysis)
     if analysis.notes:
         parts += ["Notes:", "", *[f"- {n}" for n in analysis.notes], ""]
     if analysis.skipped_metrics:
@@ -273,11 +279,126 @@ def _markdown(
         "",
         *[f"![{caption}]({name})" for name, caption in images],
         "",
-        "Files: `thresholds.json` (the validator's format), `analysis.json` (full ROC data), "
-        "`scores-summary.csv` (one row per pair), `manifest-summary.csv` (one row per job).",
+        "Files: `thresholds.json` (the validator's format), `analysis.json` (per pool and key: thresholds, "
+        "bounds, out-of-sample figures, ROC), `scores-summary.csv` (one row per pair), "
+        "`manifest-summary.csv` (one row per job).",
         "",
     ]
     return "\n".join(parts)
+
+
+DECIDES = 0.95
+"""An out-of-sample worst-pool TPR from which the report says a kind of metric decides a class."""
+
+
+def _best_of_kind(analysis: Analysis, kinds: tuple[str, ...], name: str) -> tuple[str, float, float] | None:
+    """(key, out-of-sample worst-pool TPR, worst-pool AUC) of the kinds' best key for one malign class."""
+    best: tuple[str, float, float] | None = None
+    for key in analysis.keys:
+        if key.kind not in kinds or key.summary is None:
+            continue
+        cls = next((c for c in key.summary.classes if c.configuration == name), None)
+        if cls is None or cls.oos_tpr_mean is None:
+            continue
+        if best is None or (cls.oos_tpr_mean, cls.auc) > (best[1], best[2]):
+            best = (key.key, cls.oos_tpr_mean, cls.auc)
+    return best
+
+
+def _deciding_paragraph(analysis: Analysis) -> list[str]:
+    """Which kinds of metric decide which malign class, from the out-of-sample worst-pool TPRs alone."""
+    groups: dict[str, list[str]] = {"frame": [], "latent only": [], "latent better": [], "none": []}
+    lines = []
+    for name in analysis.malign_classes:
+        frame = _best_of_kind(analysis, ("frame",), name)
+        latent = _best_of_kind(analysis, ("latent", "trajectory"), name)
+        if frame is None and latent is None:
+            continue
+        frame_tpr = frame[1] if frame else 0.0
+        latent_tpr = latent[1] if latent else 0.0
+        if frame_tpr >= DECIDES:
+            groups["frame"].append(name)
+        elif latent_tpr >= DECIDES:
+            groups["latent only"].append(name)
+        elif latent_tpr > frame_tpr + 0.05:
+            groups["latent better"].append(name)
+        else:
+            groups["none"].append(name)
+        cells = [
+            f"{label} best `{best[0]}` {_pct(best[1])} (AUC {best[2]:.3f})"
+            for label, best in (("frame", frame), ("latent/trajectory", latent))
+            if best is not None
+        ]
+        lines.append(f"- {name}: " + "; ".join(cells))
+    if not lines:
+        return []
+    sentences = [
+        f"A metric *decides* a class here when its out-of-sample worst-pool TPR reaches {DECIDES:.0%}. "
+        "Frame metrics compare the decoded videos after the H.264 re-encoding both sides go through; "
+        "latent and trajectory metrics compare the committed latents, which no codec touched."
+    ]
+    if analysis.method.normaliser:
+        sentences.append(
+            f"Keys `…/{analysis.method.normaliser}` divide the distance by the same prompt's distance between "
+            f"the reference and `{analysis.method.normaliser}`: a validator measures it with one more "
+            f"regeneration of its own in that class (its pool is left out of those keys)."
+        )
+    if groups["frame"]:
+        sentences.append(f"Frame metrics decide {', '.join(groups['frame'])}.")
+    if groups["latent only"]:
+        sentences.append(f"Only latent or trajectory metrics decide {', '.join(groups['latent only'])}.")
+    if groups["latent better"]:
+        sentences.append(
+            f"For {', '.join(groups['latent better'])}, latent or trajectory metrics catch more than any frame "
+            f"metric, but none reaches {DECIDES:.0%} out of sample."
+        )
+    if groups["none"]:
+        sentences.append(f"No metric decides {', '.join(groups['none'])}, and latents do no better than frames.")
+    return ["### Which metrics decide", "", " ".join(sentences), "", *lines]
+
+
+POOL_TABLE_KEYS = ("latent_rel_l2:value", "checkpoint_rel_l2:pre_switch", "trajectory:max")
+
+
+def _pool_tables(analysis: Analysis) -> list[str]:
+    """Per pool figures of the best key and the latent and trajectory keys (all keys: analysis.json)."""
+    normalised = [f"{k}/{analysis.method.normaliser}" for k in POOL_TABLE_KEYS] if analysis.method.normaliser else []
+    wanted = [analysis.best_key, *POOL_TABLE_KEYS, *normalised]
+    parts: list[str] = []
+    for key in analysis.keys:
+        if key.key not in wanted or not key.pools:
+            continue
+        wanted.remove(key.key)
+        header = [
+            "pool",
+            "pairs",
+            "threshold",
+            "false positives (prompts)",
+            "FPR 95% bound: prompts (exact) / bootstrap",
+        ]
+        header += [
+            "FPR out of sample: mean (p95)",
+            *[f"{c} out of sample: mean (p05)" for c in analysis.malign_classes],
+        ]
+        rows = []
+        for pool in key.pools:
+            by_class = {c.configuration: c for c in pool.classes}
+            threshold = pool.threshold if key.direction == "lower-is-better" else -pool.threshold
+            row: list[Any] = [
+                pool.pool,
+                pool.pairs,
+                _fmt(threshold),
+                f"{pool.false_positives} ({pool.false_positive_prompts})",
+                f"{_pct(pool.fpr_upper_95_prompts)} / {_pct(pool.fpr_upper_95_bootstrap)}",
+                f"{_pct(pool.oos_fpr_mean)} ({_pct(pool.oos_fpr_p95)})",
+            ]
+            row += [
+                f"{_pct(by_class[c].oos_tpr_mean)} ({_pct(by_class[c].oos_tpr_p05)})" if c in by_class else ""
+                for c in analysis.malign_classes
+            ]
+            rows.append(row)
+        parts += [f"### Per pool: `{key.key}`", "", _table(header, rows), ""]
+    return parts
 
 
 def _html(md: str, out: Path, images: list[tuple[str, str]]) -> str:

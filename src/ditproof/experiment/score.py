@@ -8,7 +8,12 @@ Per pair (a deviation's job, its prompt's reference job), one row of ``scores.pa
 * every frame metric of the experiment, through ``ditproof.metrics`` exactly as the validator
   computes it (decoded frames of both encoded videos), as ``"{metric}:{statistic}"`` columns;
 * ``latent_rel_l2:value`` and ``latent_cosine:value`` of the final latents, and
-  ``pre_switch_rel_l2`` of the latents entering the low-noise expert (diagnostic);
+  ``checkpoint_rel_l2:<name>``, the relative L2 distance at every other trajectory checkpoint both
+  records hold under one name (``pre_switch``, the latent entering the low-noise expert;
+  ``step_NNN``, the latent after NNN steps), whatever the schedule: no fixed list (older scores
+  named the pre-switch one ``pre_switch_rel_l2``);
+* ``runtime_class`` and ``reference_runtime_class``: the two runtime classes compared (the
+  analysis pools benign pairs per pair of classes);
 * ``first_divergence_step``: 0 when the initial noise differs, else the first step (1-based:
   the latent after that many steps) whose JL trajectory fingerprint differs from the reference's;
   null when all compared steps agree. ``fingerprint_steps`` says how many steps were compared.
@@ -46,6 +51,9 @@ SAVE_EVERY_S = 30.0
 """Scores so far are written at least this often, so a stopped scoring run resumes where it was."""
 SCORES_META_FILE = "scores-meta.json"
 LATENT_KEYS = (score_key("latent_rel_l2", "value"), score_key("latent_cosine", "value"))
+CHECKPOINT_KEY_PREFIX = "checkpoint_rel_l2:"
+"""Score column of a trajectory checkpoint's distance: ``checkpoint_rel_l2:<checkpoint name>``."""
+_NOT_COMPARED = ("initial", "final")  # the noise (``noise_equal``) and the final latent (``latent_*``)
 
 
 class _Loaded:
@@ -59,15 +67,19 @@ class _Loaded:
         record_bytes = store.read_bytes(result.artifact("record").path, result.artifact("record").sha256)
         self.record = InferenceRecord.model_validate_json(record_bytes)
         self.latents: dict[str, torch.Tensor] = {}
-        for name in ("final", "pre_switch"):
-            try:
-                artifact = result.artifact(f"latent:{name}")
-            except DitproofError:
+        for checkpoint in self.record.checkpoints:
+            if checkpoint.name == "initial":
                 continue
-            if name != "final" and not store.exists(artifact.path):
-                continue  # a thin copy may leave out the diagnostic pre-switch latent
+            try:
+                artifact = result.artifact(f"latent:{checkpoint.name}")
+            except DitproofError:
+                if checkpoint.name == "final":
+                    raise
+                continue
+            if checkpoint.name != "final" and not store.exists(artifact.path):
+                continue  # a thin copy may leave out the trajectory checkpoints
             data = store.read_bytes(artifact.path, artifact.sha256)
-            self.latents[name] = load_safetensors(data)["latent"]
+            self.latents[checkpoint.name] = load_safetensors(data)["latent"]
         fingerprints = self.record.fingerprints
         self.fingerprints = fingerprints.values if fingerprints else []
 
@@ -109,15 +121,28 @@ def score_pair(reference: _Loaded, job: _Loaded, metrics: list[str], device: str
     }
     row.update(score_videos(metrics, job.frames, reference.frames, device=device))
     row.update(score_latents(job.latents["final"], reference.latents["final"]))
-    if "pre_switch" in job.latents and "pre_switch" in reference.latents:
-        a, b = job.latents["pre_switch"], reference.latents["pre_switch"]
-        row["pre_switch_rel_l2"] = score_latents(a, b)[LATENT_KEYS[0]] if a.shape == b.shape else None
-    else:
-        row["pre_switch_rel_l2"] = None
+    row.update(checkpoint_distances(job.latents, reference.latents))
     step, compared = first_divergence(reference, job)
     row["first_divergence_step"] = step
     row["fingerprint_steps"] = compared
     return row
+
+
+def checkpoint_distances(job: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> dict[str, float | None]:
+    """``checkpoint_rel_l2:<name>`` for every checkpoint name both hold (but ``initial`` and ``final``).
+
+    Checkpoints pair by name (``step_010`` is the latent after 10 steps on both sides); a pair of
+    unequal shapes has no distance (None). A checkpoint only one side holds has no column.
+    """
+    distances: dict[str, float | None] = {}
+    for name in sorted(set(job) & set(reference)):
+        if name in _NOT_COMPARED:
+            continue
+        a, b = job[name], reference[name]
+        distances[f"{CHECKPOINT_KEY_PREFIX}{name}"] = (
+            score_latents(a, b)[LATENT_KEYS[0]] if a.shape == b.shape else None
+        )
+    return distances
 
 
 def pair_inputs_sha256(result: JobResult, reference: JobResult) -> str:
@@ -156,6 +181,12 @@ def _valid_rows(
 
 def _write_scores(store: Store, jobs: list[Job], rows: dict[str, dict[str, Any]]) -> pa.Table:
     ordered = [rows[job.job_id] for job in jobs if job.job_id in rows]  # plan order, whatever the sources
+    # Rows may differ in columns (checkpoints a pair lacks, rows kept from an older scoring):
+    # every column of any row, None where a row lacks it (pyarrow would keep the first row's only).
+    columns: dict[str, None] = {}
+    for row in ordered:
+        columns.update(dict.fromkeys(row))
+    ordered = [{c: row.get(c) for c in columns} for row in ordered]
     table = pa.Table.from_pylist(ordered) if ordered else pa.table({"job_id": pa.array([], pa.string())})
     store.write_parquet(SCORES_FILE, table)
     return table
@@ -260,6 +291,8 @@ def score_store(
             "label": job.label,
             "device_name": loaded.result.device_name,
             "reference_device_name": cache[job.reference_job_id].result.device_name,
+            "runtime_class": result.runtime_class,
+            "reference_runtime_class": reference.runtime_class,
             "inputs_sha256": pair_inputs_sha256(result, reference),
         }
         row.update(score_pair(cache[job.reference_job_id], loaded, usable, device))

@@ -1,0 +1,328 @@
+"""Calibration of one score against one benign pool: in sample, out of sample and bootstrapped by prompt.
+
+The unit of independence is the **prompt**: every configuration of a prompt starts from the same
+noise and its benign distances move together (on the shipped model's Stage 1 run, Spearman 0.93
+to 0.96 between configurations of a prompt), so a pool's pairs are not independent samples.
+Three estimates stand side by side:
+
+* **in sample**: the threshold at the target FPR on all of the pool's benign pairs (by the rule of
+  :func:`~ditproof.experiment.stats.allowed_false_positives`: empirical or conformal) and the rates
+  measured on the same pairs — optimistic, since the threshold was fitted to them;
+* **out of sample**: ``R`` random splits of the prompts (``prompt_splits``); the threshold is
+  fitted on the training prompts' benign pairs, FPR and each malign class's TPR are measured on the
+  test prompts' pairs; mean and spread over the repeats;
+* **bootstrap by prompt**: prompts resampled with replacement, all pairs of a prompt together
+  (``bootstrap_counts``); the FPR at the in-sample threshold gets its 95% upper bound, each
+  class's TPR its 95% lower bound. Beside it, the exact Clopper–Pearson bound with the prompt as
+  the unit: the share of prompts with at least one false positive.
+
+A score enters as *badness* (higher = more suspicious, flagged when strictly above the threshold).
+Its badness may depend on the training prompts: the combined trajectory score divides each
+checkpoint's distance by that checkpoint's benign threshold on the training prompts
+(:func:`normalised_max`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from ditproof.experiment.stats import (
+    ThresholdRule,
+    auc,
+    bootstrap_rates,
+    clopper_pearson_upper,
+    threshold_value,
+    tpr_at_fprs,
+)
+
+Badness = Callable[[np.ndarray], tuple[np.ndarray, dict[str, np.ndarray]]]
+"""Training-prompt mask → badness of the pool's benign pairs and of each malign class's pairs."""
+
+
+@dataclass(frozen=True)
+class PoolScores:
+    """One score over one benign pool and the malign classes, with each pair's prompt index."""
+
+    benign_prompt: np.ndarray
+    malign_prompt: dict[str, np.ndarray]
+    badness: Badness
+    trained: bool = False
+    """Whether the badness depends on the training prompts (then it is recomputed per split)."""
+
+
+def fixed(
+    benign: np.ndarray, benign_prompt: np.ndarray, malign: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> PoolScores:
+    """A score whose badness is given per pair (every frame or latent metric)."""
+    malign_badness = {name: values for name, (values, _) in malign.items()}
+    return PoolScores(
+        benign_prompt=benign_prompt,
+        malign_prompt={name: prompts for name, (_, prompts) in malign.items()},
+        badness=lambda _train: (benign, malign_badness),
+    )
+
+
+NORMALISER_FLOOR = 1e-12
+"""A checkpoint whose training benign threshold is 0 (every benign pair equal there) divides by this."""
+
+
+def normalised_max(
+    benign: np.ndarray,
+    benign_prompt: np.ndarray,
+    malign: dict[str, tuple[np.ndarray, np.ndarray]],
+    target: float,
+    rule: ThresholdRule = "empirical",
+) -> PoolScores:
+    """The combined trajectory score: ``max_k d_k / t_k`` over the checkpoints ``k`` a pair has.
+
+    ``benign`` and each malign matrix hold one row per pair and one column per checkpoint distance
+    (NaN where the pair lacks that checkpoint; every row has at least one value). ``t_k`` is the
+    threshold at ``target`` of checkpoint ``k``'s distances over the training prompts' benign pairs,
+    so a pair scores 1 where it sits at a checkpoint's own benign threshold. A checkpoint without
+    training values is left out of the maximum.
+    """
+
+    def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        rows = benign[train[benign_prompt]]
+        norms = np.full(benign.shape[1], np.nan)
+        for k in range(benign.shape[1]):
+            column = rows[:, k][np.isfinite(rows[:, k])]
+            if column.size:
+                norms[k] = max(threshold_value(column, target, rule), NORMALISER_FLOOR)
+
+        def combine(values: np.ndarray) -> np.ndarray:
+            scaled = values / norms
+            scaled[~np.isfinite(scaled)] = -np.inf  # a missing checkpoint never decides the maximum
+            return scaled.max(axis=1)
+
+        return combine(benign), {name: combine(values) for name, (values, _) in malign.items()}
+
+    return PoolScores(
+        benign_prompt=benign_prompt,
+        malign_prompt={name: prompts for name, (_, prompts) in malign.items()},
+        badness=badness,
+        trained=True,
+    )
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassDetection(_M):
+    """One malign class against one pool's threshold."""
+
+    configuration: str
+    n: int
+    auc: float
+    tpr: float
+    """In sample: at the threshold fitted on all of the pool's benign pairs."""
+    tpr_lower_95: float | None
+    """Cluster bootstrap by prompt: the 5th percentile of the TPR at the in-sample threshold."""
+    oos_tpr_mean: float | None
+    oos_tpr_p05: float | None
+    """Out of sample: mean and 5th percentile over the repeats (threshold from the training prompts)."""
+    roc_tpr: list[float]
+    """TPR at each FPR of ``ditproof.experiment.stats.ROC_FPR_GRID`` (in sample)."""
+
+
+class PoolCalibration(_M):
+    """One score against one benign pool: threshold, FPR and its bounds, each malign class."""
+
+    pool: str
+    pairs: int
+    prompts: int
+    threshold: float
+    """In badness units (higher = more suspicious); the analysis states it in the score's units."""
+    false_positives: int
+    false_positive_prompts: int
+    fpr: float
+    fpr_upper_95: float
+    """Clopper–Pearson over pairs: valid only if pairs were independent (they are not within a prompt)."""
+    fpr_upper_95_prompts: float
+    """Clopper–Pearson over prompts: the share of prompts with at least one false positive."""
+    fpr_upper_95_bootstrap: float | None
+    oos_fpr_mean: float | None
+    oos_fpr_p95: float | None
+    classes: list[ClassDetection]
+
+
+@dataclass(frozen=True)
+class Draws:
+    """One pool's per-split FPR and TPR and per-resample TPR (the worst-pool summary takes minima per draw)."""
+
+    oos_fpr: np.ndarray
+    oos_tpr: dict[str, np.ndarray]
+    boot_tpr: dict[str, np.ndarray]
+
+
+def _quantile(values: np.ndarray, q: float) -> float | None:
+    """The ``q`` quantile of the finite values; None when there is none (no split or resample held pairs)."""
+    finite = values[np.isfinite(values)]
+    return float(np.quantile(finite, q)) if finite.size else None
+
+
+def _mean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
+def calibrate_pool(
+    name: str,
+    scores: PoolScores,
+    target: float,
+    splits: np.ndarray,
+    counts: np.ndarray,
+    confidence: float = 0.95,
+    rule: ThresholdRule = "empirical",
+) -> tuple[PoolCalibration, Draws]:
+    """In-sample threshold and rates, out-of-sample rates over ``splits``, bootstrap bounds over ``counts``.
+
+    Args:
+        name: the pool's name.
+        scores: the pool's benign pairs and the malign classes (prompt indices index the columns
+            of ``splits`` and ``counts``).
+        target: the FPR target.
+        splits: training-prompt masks, one row per repeat (:func:`~ditproof.experiment.stats.prompt_splits`).
+        counts: bootstrap draws per prompt, one row per resample (:func:`~ditproof.experiment.stats.bootstrap_counts`).
+        confidence: of the one-sided bounds.
+        rule: how many benign pairs the threshold may flag (:func:`~ditproof.experiment.stats.allowed_false_positives`).
+
+    Raises:
+        ValueError: the pool has no benign pair.
+    """
+    if scores.benign_prompt.size == 0:
+        raise ValueError(f"pool {name}: no benign pair to calibrate on")
+    everything = np.ones(splits.shape[1], dtype=bool)
+    benign, malign = scores.badness(everything)
+    threshold = threshold_value(benign, target, rule)
+    flagged = benign > threshold
+    prompts = np.unique(scores.benign_prompt)
+    flagged_prompts = np.unique(scores.benign_prompt[flagged])
+    boot_fpr = bootstrap_rates(flagged, scores.benign_prompt, counts)
+
+    oos_fpr = np.full(splits.shape[0], np.nan)
+    oos_tpr = {c: np.full(splits.shape[0], np.nan) for c in malign}
+    for repeat, train in enumerate(splits):
+        b, m = scores.badness(train) if scores.trained else (benign, malign)
+        in_train = train[scores.benign_prompt]
+        if not in_train.any() or in_train.all():
+            continue  # this split left the pool on one side only
+        t = threshold_value(b[in_train], target, rule)
+        oos_fpr[repeat] = float((b[~in_train] > t).mean())
+        for c, values in m.items():
+            test = ~train[scores.malign_prompt[c]]
+            if test.any():
+                oos_tpr[c][repeat] = float((values[test] > t).mean())
+
+    classes, boot_tpr = [], {}
+    for c, values in malign.items():
+        if values.size == 0:
+            continue
+        caught = values > threshold
+        boot_tpr[c] = bootstrap_rates(caught, scores.malign_prompt[c], counts)
+        classes.append(
+            ClassDetection(
+                configuration=c,
+                n=int(values.size),
+                auc=auc(benign, values),
+                tpr=float(caught.mean()),
+                tpr_lower_95=_quantile(boot_tpr[c], 1.0 - confidence),
+                oos_tpr_mean=_mean(oos_tpr[c]),
+                oos_tpr_p05=_quantile(oos_tpr[c], 1.0 - confidence),
+                roc_tpr=tpr_at_fprs(benign, values),
+            )
+        )
+    result = PoolCalibration(
+        pool=name,
+        pairs=int(benign.size),
+        prompts=int(prompts.size),
+        threshold=threshold,
+        false_positives=int(flagged.sum()),
+        false_positive_prompts=int(flagged_prompts.size),
+        fpr=float(flagged.mean()),
+        fpr_upper_95=clopper_pearson_upper(int(flagged.sum()), int(benign.size), confidence),
+        fpr_upper_95_prompts=clopper_pearson_upper(int(flagged_prompts.size), int(prompts.size), confidence),
+        fpr_upper_95_bootstrap=_quantile(boot_fpr, confidence),
+        oos_fpr_mean=_mean(oos_fpr),
+        oos_fpr_p95=_quantile(oos_fpr, confidence),
+        classes=classes,
+    )
+    return result, Draws(oos_fpr=oos_fpr, oos_tpr=oos_tpr, boot_tpr=boot_tpr)
+
+
+class ClassSummary(_M):
+    """One malign class against the worst pool (lowest TPR), in sample, bootstrapped and out of sample."""
+
+    configuration: str
+    auc: float
+    tpr: float
+    tpr_lower_95: float | None
+    oos_tpr_mean: float | None
+    oos_tpr_p05: float | None
+
+
+class WorstPool(_M):
+    """A score over every pool it decides, as the worst pool's figures.
+
+    False positives fall on honest executors, each in its own pool: the FPR figures are the highest
+    pool's (in sample, bootstrap bound, out-of-sample mean and 95th percentile, each taken per pool
+    first). A dishonest executor picks the class whose threshold it passes most easily, and
+    thresholds are public: each TPR is the lowest pool's per split (and per bootstrap resample),
+    then averaged or taken as a quantile.
+    """
+
+    pools: list[str]
+    fpr: float
+    fpr_upper_95_bootstrap: float | None
+    oos_fpr_mean: float | None
+    oos_fpr_p95: float | None
+    classes: list[ClassSummary]
+
+
+def _highest(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def worst_pool(results: list[tuple[PoolCalibration, Draws]], confidence: float = 0.95) -> WorstPool:
+    """The worst-pool summary of one score's pools (see :class:`WorstPool`).
+
+    Raises:
+        ValueError: no pool.
+    """
+    if not results:
+        raise ValueError("a summary needs at least one pool")
+
+    def lowest(arrays: list[np.ndarray]) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a split where no pool has pairs stays NaN
+            return np.nanmin(np.vstack(arrays), axis=0)
+
+    names = [c.configuration for c in results[0][0].classes]
+    classes = []
+    for name in names:
+        per_pool = [next(c for c in r.classes if c.configuration == name) for r, _ in results]
+        classes.append(
+            ClassSummary(
+                configuration=name,
+                auc=min(c.auc for c in per_pool),
+                tpr=min(c.tpr for c in per_pool),
+                tpr_lower_95=_quantile(lowest([d.boot_tpr[name] for _, d in results]), 1.0 - confidence),
+                oos_tpr_mean=_mean(lowest([d.oos_tpr[name] for _, d in results])),
+                oos_tpr_p05=_quantile(lowest([d.oos_tpr[name] for _, d in results]), 1.0 - confidence),
+            )
+        )
+    return WorstPool(
+        pools=[r.pool for r, _ in results],
+        fpr=max(r.fpr for r, _ in results),
+        fpr_upper_95_bootstrap=_highest([r.fpr_upper_95_bootstrap for r, _ in results]),
+        oos_fpr_mean=_highest([r.oos_fpr_mean for r, _ in results]),
+        oos_fpr_p95=_highest([r.oos_fpr_p95 for r, _ in results]),
+        classes=classes,
+    )

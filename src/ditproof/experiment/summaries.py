@@ -1,0 +1,106 @@
+"""The CSV files of a committed report folder: one row per scored pair, one row per job.
+
+``experiment report`` writes them (``write_csv``) beside ``analysis.json`` and ``thresholds.json``;
+``analyze --folder`` and ``report --folder`` read them back (``read_scores_csv``,
+``read_manifest_csv``) typed as the store's Parquet tables, so a committed folder regenerates
+without the store, its videos or its latents.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from ditproof.errors import InvalidInputError
+from ditproof.hashing import atomic_write_text
+
+SCORES_CSV = "scores-summary.csv"
+MANIFEST_CSV = "manifest-summary.csv"
+
+_BOOL_COLUMNS = ("video_exact", "frames_exact", "final_latent_exact", "noise_equal")
+_INT_COLUMNS = ("first_divergence_step", "fingerprint_steps")
+_STR_COLUMNS = (
+    "job_id",
+    "reference_job_id",
+    "prompt_id",
+    "configuration",
+    "label",
+    "device_name",
+    "reference_device_name",
+    "inputs_sha256",
+    "runtime_class",
+    "reference_runtime_class",
+)
+
+
+def read_scores_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Score rows from a ``scores-summary.csv`` (as ``experiment report`` writes it), typed as in the store.
+
+    Empty cells are None; booleans are ``True``/``False``; identifiers stay strings; every other
+    column is a float.
+
+    Raises:
+        InvalidInputError: a cell that does not parse as its column's type (naming line and column).
+    """
+    rows = []
+    with open(path, newline="") as handle:
+        for line, raw in enumerate(csv.DictReader(handle), start=2):
+            row: dict[str, Any] = {}
+            for column, cell in raw.items():
+                if column is None or cell is None:
+                    raise InvalidInputError(f"{path}:{line}: the row has more or fewer cells than the header")
+                try:
+                    row[column] = _cell(column, cell)
+                except ValueError as exc:
+                    raise InvalidInputError(f"{path}:{line}: column {column}: got {cell!r} ({exc})") from exc
+            rows.append(row)
+    return rows
+
+
+def _cell(column: str, cell: str) -> Any:
+    if column in _STR_COLUMNS:
+        return cell
+    if cell == "":
+        return None
+    if column in _BOOL_COLUMNS:
+        if cell not in ("True", "False"):
+            raise ValueError("allowed: True, False")
+        return cell == "True"
+    if column in _INT_COLUMNS:
+        return int(cell)
+    return float(cell)
+
+
+def read_manifest_csv(path: Path) -> list[dict[str, Any]]:
+    """The report's columns of ``manifest-summary.csv``, typed (empty cells are None)."""
+    rows = []
+    with open(path, newline="") as handle:
+        for line, raw in enumerate(csv.DictReader(handle), start=2):
+            try:
+                rows.append(
+                    {
+                        "prompt_id": raw["prompt_id"],
+                        "configuration": raw["configuration"],
+                        "status": raw["status"],
+                        "reason": raw["reason"] or "",
+                        "device_name": raw["device_name"] or None,
+                        "total_s": float(raw["total_s"]) if raw["total_s"] else None,
+                        "forward_passes": int(raw["forward_passes"]) if raw["forward_passes"] else None,
+                    }
+                )
+            except (KeyError, ValueError) as exc:
+                raise InvalidInputError(f"{path}:{line}: {exc}") from exc
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV (the first row's columns; floats with 9 significant digits), written atomically."""
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buffer.getvalue())

@@ -1,0 +1,405 @@
+"""Out-of-sample calibration and bootstrap by prompt, on small synthetic score tables written as real
+files and analysed by the real code path (``analyze_folder``, ``write_report_from_folder``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ditproof.errors import InvalidInputError
+from ditproof.experiment.analyze import ANALYSIS_FILE, THRESHOLDS_FILE, Analysis, Method, analyze_folder
+from ditproof.experiment.calibration import calibrate_pool, fixed
+from ditproof.experiment.config import load_experiment
+from ditproof.experiment.plan import plan_jobs
+from ditproof.experiment.report import write_report_from_folder
+from ditproof.experiment.score import SCORES_FILE, _write_scores, checkpoint_distances
+from ditproof.experiment.stats import allowed_false_positives, bootstrap_counts, bootstrap_rates, prompt_splits
+from ditproof.experiment.store import Store
+from ditproof.experiment.summaries import MANIFEST_CSV, SCORES_CSV, read_scores_csv
+from ditproof.validation.policy import ThresholdsFile
+
+FAST = Method(repeats=60, resamples=400, seed=3, rule="empirical")
+REVISION = "ab" * 32
+
+
+def write_folder(folder: Path, rows: list[dict[str, Any]], fpr_target: float = 0.01) -> Path:
+    """A report folder as `experiment report` leaves it: scores-summary.csv and an analysis.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    with open(folder / SCORES_CSV, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+    meta = {
+        "experiment": "stage1-tiny-cpu",
+        "model": "wan-tiny-random",
+        "model_revision": REVISION,
+        "runtime_class": "cpu-test/reference",
+        "fpr_target": fpr_target,
+    }
+    Store(str(folder)).write_json(ANALYSIS_FILE, meta)
+    return folder
+
+
+def pair(prompt: int, configuration: str, label: str, **scores: Any) -> dict[str, Any]:
+    exact = bool(scores.pop("exact", False))
+    return {
+        "job_id": f"{configuration}-{prompt}",
+        "prompt_id": f"p{prompt:03d}",
+        "configuration": configuration,
+        "label": label,
+        "video_exact": exact,
+        "frames_exact": exact,
+        "final_latent_exact": exact,
+        **scores,
+    }
+
+
+def by_key(analysis: Analysis, key: str) -> Any:
+    return next(k for k in analysis.keys if k.key == key)
+
+
+def test_a_separable_case_gives_auc_1_and_tpr_1_in_and_out_of_sample(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = [pair(p, "b", "benign", **{"latent_rel_l2:value": rng.uniform(0.0, 1.0)}) for p in range(60)]
+    rows += [pair(p, "m", "malign", **{"latent_rel_l2:value": rng.uniform(2.0, 3.0)}) for p in range(60)]
+    analysis = analyze_folder(write_folder(tmp_path / "r", rows), method=FAST)
+    key = by_key(analysis, "latent_rel_l2:value")
+    (pool,) = key.pools
+    (cls,) = pool.classes
+    assert cls.auc == 1.0 and cls.tpr == 1.0 and cls.tpr_lower_95 == 1.0
+    assert cls.oos_tpr_mean == 1.0 and cls.oos_tpr_p05 == 1.0
+    assert cls.roc_tpr[0] == 1.0  # TPR 1 already at FPR 0
+    assert key.summary is not None and key.summary.classes[0].oos_tpr_mean == 1.0
+    assert analysis.best_key == "latent_rel_l2:value"
+    # Both files were rewritten from the CSV: the thresholds file loads in the validator.
+    thresholds = ThresholdsFile.load(tmp_path / "r" / THRESHOLDS_FILE)
+    (entry,) = thresholds.entries
+    assert entry.runtime_class == "cpu-test/reference" and entry.value == pytest.approx(pool.threshold)
+    assert json.loads((tmp_path / "r" / ANALYSIS_FILE).read_text())["data"]["schema_version"].endswith("/2")
+
+
+def test_the_out_of_sample_split_is_by_prompt() -> None:
+    # 12 prompts, 5 benign pairs each, all of one prompt equal to the prompt's index. Target 0: the
+    # threshold is the training maximum. Split by prompt, a test prompt above every training prompt
+    # is flagged with all its pairs; a split by pair would put a twin of every prompt in training.
+    prompts, per_prompt = 12, 5
+    benign_prompt = np.repeat(np.arange(prompts), per_prompt)
+    values = benign_prompt.astype(np.float64)
+    malign = {"m": (np.full(prompts, 100.0), np.arange(prompts))}
+    splits = prompt_splits(prompts, 80, seed=1)
+    assert (splits.sum(axis=1) == 6).all() and len({row.tobytes() for row in splits}) > 40
+    counts = bootstrap_counts(prompts, 10, seed=1)
+    result, draws = calibrate_pool("b", fixed(values, benign_prompt, malign), 0.0, splits, counts)
+    for train, fpr in zip(splits, draws.oos_fpr, strict=True):
+        top = np.flatnonzero(train).max()
+        test = np.flatnonzero(~train)
+        assert fpr == pytest.approx((test > top).mean())  # a prompt is on one side only
+    assert result.oos_fpr_mean is not None and result.oos_fpr_mean > 0.05
+    assert result.fpr == 0.0  # in sample, the maximum flags nothing
+    assert (prompt_splits(prompts, 80, seed=1) == splits).all()  # seeded
+
+
+def test_the_bootstrap_resamples_prompts_not_pairs() -> None:
+    prompts = 10
+    counts = bootstrap_counts(prompts, 500, seed=2)
+    assert counts.shape == (500, prompts) and (counts.sum(axis=1) == prompts).all()
+    # Prompt 0's ten pairs are all flagged, the other prompts' none: every resample's rate is a
+    # whole number of prompts' worth (k/10), never a single pair's.
+    prompt = np.repeat(np.arange(prompts), 10)
+    flags = prompt == 0
+    rates = bootstrap_rates(flags, prompt, counts)
+    assert np.allclose(rates * 10, np.round(rates * 10))
+    assert rates.max() >= 0.3 and rates.min() == 0.0
+
+
+CLASS_MATES = ("b1", "b2", "b3", "b4")
+
+
+def _clustered_rows(clustered: bool) -> list[dict[str, Any]]:
+    # Four configurations of one executor class: one pool with four pairs per prompt. Sixteen pairs
+    # stand far out: on 4 prompts (all four pairs of each) or on 16 prompts (one pair each).
+    rng = np.random.default_rng(5)
+    outliers = {(p, c) for p in range(4) for c in CLASS_MATES} if clustered else {(p, "b1") for p in range(16)}
+    rows = []
+    for p in range(100):
+        for c in CLASS_MATES:
+            value = 10.0 + rng.uniform() if (p, c) in outliers else rng.uniform()
+            rows.append(
+                pair(
+                    p,
+                    c,
+                    "benign",
+                    runtime_class="cls-x",
+                    reference_runtime_class="cls-ref",
+                    **{"latent_rel_l2:value": value},
+                )
+            )
+        rows.append(pair(p, "m", "malign", runtime_class="cls-ref", **{"latent_rel_l2:value": 20.0}))
+    return rows
+
+
+def test_a_clustered_pool_gets_a_wider_bound_than_an_independent_one(tmp_path: Path) -> None:
+    method = Method(repeats=20, resamples=2000, seed=0, rule="empirical")
+    bounds = {}
+    for clustered in (True, False):
+        folder = write_folder(tmp_path / str(clustered), _clustered_rows(clustered), fpr_target=0.04)
+        (pool,) = by_key(analyze_folder(folder, method=method), "latent_rel_l2:value").pools
+        assert pool.pool == "b1+b2+b3+b4" and pool.pairs == 400 and pool.false_positives == 16  # 4% may fail
+        bounds[clustered] = pool
+    # The same 16 of 400 pairs above the threshold, but 4 independent prompts behind them, not 16:
+    # about 4 × q95(Binomial(100, 0.04)) = 28 of 400 against q95(Binomial(100, 0.16)) = 22.
+    clustered, independent = bounds[True], bounds[False]
+    assert clustered.fpr == independent.fpr == 0.04
+    assert clustered.fpr_upper_95 == independent.fpr_upper_95  # pairs as the unit: blind to clustering
+    assert clustered.fpr_upper_95_bootstrap is not None and independent.fpr_upper_95_bootstrap is not None
+    assert clustered.fpr_upper_95_bootstrap >= 0.065 and independent.fpr_upper_95_bootstrap <= 0.06
+
+
+def test_pools_are_per_class_pair_and_exact_pairs_stay_out(tmp_path: Path) -> None:
+    rows = []
+    for p in range(50):
+        # b1 and b2: one executor class; b3 another with larger distances; same-class: every pair exact.
+        rows.append(pair(p, "b1", "benign", runtime_class="x", reference_runtime_class="ref", d=0.0))
+        rows.append(pair(p, "b2", "benign", runtime_class="x", reference_runtime_class="ref", d=0.0))
+        rows.append(pair(p, "b3", "benign", runtime_class="y", reference_runtime_class="ref", d=0.0))
+        rows.append(pair(p, "same", "benign", exact=True, runtime_class="ref", reference_runtime_class="ref", d=0.0))
+        rows.append(pair(p, "m", "malign", runtime_class="ref", reference_runtime_class="ref", d=0.0))
+    for row in rows:
+        p = int(row["prompt_id"][1:])
+        row["latent_rel_l2:value"] = {"b1": p, "b2": p + 0.5, "b3": 100.0 + p, "same": 0.0, "m": 1000.0}[
+            row["configuration"]
+        ]
+        del row["d"]
+    # Half of b3's pairs are byte-identical (distance 0): decided by exact match, not in its pool.
+    for row in rows:
+        if row["configuration"] == "b3" and int(row["prompt_id"][1:]) % 2 == 0:
+            row.update(video_exact=True, **{"latent_rel_l2:value": 0.0})
+    analysis = analyze_folder(write_folder(tmp_path / "r", rows, fpr_target=0.04), method=FAST)
+    pools = {p.name: p for p in analysis.pools}
+    assert set(pools) == {"b1+b2", "b3", "same"}
+    assert (pools["b1+b2"].pairs, pools["b1+b2"].exact_pairs, pools["b1+b2"].executor_runtime_class) == (100, 0, "x")
+    assert (pools["b3"].scored_pairs, pools["b3"].exact_pairs) == (25, 25)
+    assert pools["same"].decided_by == "exact match" and pools["same"].scored_pairs == 0
+    key = by_key(analysis, "latent_rel_l2:value")
+    calibrated = {p.pool: p for p in key.pools}
+    assert set(calibrated) == {"b1+b2", "b3"}  # no threshold for a pool decided by exact match
+    # b3: 25 odd prompts, distances 101, 103, …, 149; at 4% one may fail: the 24th smallest, 147.
+    # With the 25 exact pairs pooled in, two could fail and the threshold would be 145.
+    assert calibrated["b3"].threshold == 147.0 and calibrated["b3"].pairs == 25
+    # b1+b2: 100 pairs 0 … 49.5; four may fail: the 96th smallest, 47.5.
+    assert calibrated["b1+b2"].threshold == 47.5
+    thresholds = ThresholdsFile.load(tmp_path / "r" / THRESHOLDS_FILE)
+    assert {(e.runtime_class, e.value) for e in thresholds.entries} == {("x", 47.5), ("y", 147.0)}
+    assert analysis.exact_matches["b3"]["video_exact"] == 25
+
+
+def test_trajectory_checkpoints_and_the_combined_score(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    rows = []
+    for p in range(80):
+        noise = {k: rng.uniform(0.5, 1.0) for k in ("step", "pre", "final")}
+        rows.append(
+            pair(
+                p,
+                "b",
+                "benign",
+                **{
+                    "checkpoint_rel_l2:step_010": noise["step"],
+                    "pre_switch_rel_l2": noise["pre"],  # older scores' name of the pre-switch checkpoint
+                    "latent_rel_l2:value": noise["final"],
+                },
+            )
+        )
+        # early: off at step 10 only; late: off in the final latent only; no step_010 for late.
+        rows.append(
+            pair(
+                p,
+                "early",
+                "malign",
+                **{
+                    "checkpoint_rel_l2:step_010": 5.0,
+                    "pre_switch_rel_l2": rng.uniform(0.5, 1.0),
+                    "latent_rel_l2:value": rng.uniform(0.5, 1.0),
+                },
+            )
+        )
+        rows.append(
+            pair(p, "late", "malign", **{"pre_switch_rel_l2": rng.uniform(0.5, 1.0), "latent_rel_l2:value": 5.0})
+        )
+    analysis = analyze_folder(write_folder(tmp_path / "r", rows), method=FAST)
+    keys = {k.key: k for k in analysis.keys}
+    assert set(keys) == {
+        "latent_rel_l2:value",
+        "checkpoint_rel_l2:step_010",
+        "checkpoint_rel_l2:pre_switch",
+        "trajectory:max",
+    }
+
+    def oos(key: str, name: str) -> float | None:
+        summary = keys[key].summary
+        assert summary is not None
+        return next(c.oos_tpr_mean for c in summary.classes if c.configuration == name)
+
+    assert oos("checkpoint_rel_l2:step_010", "early") == 1.0
+    assert oos("latent_rel_l2:value", "late") == 1.0
+    assert oos("latent_rel_l2:value", "early") is not None and oos("latent_rel_l2:value", "early") < 0.2  # type: ignore[operator]
+    assert oos("trajectory:max", "early") == 1.0 and oos("trajectory:max", "late") == 1.0
+    assert keys["trajectory:max"].threshold is None and keys["trajectory:max"].kind == "trajectory"
+    # Trajectory keys are the analysis's, not the validator's metrics: no thresholds-file entry.
+    entries = ThresholdsFile.load(tmp_path / "r" / THRESHOLDS_FILE).entries
+    assert [(e.metric, e.statistic) for e in entries] == [("latent_rel_l2", "value")]
+
+
+def test_checkpoint_distances_pair_by_name_without_a_fixed_list() -> None:
+    generator = torch.Generator().manual_seed(0)
+    base = {n: torch.randn(4, 3, generator=generator) for n in ("initial", "step_005", "pre_switch", "final")}
+    job = {n: t * 1.01 for n, t in base.items()} | {"step_010": torch.zeros(4, 3), "odd": torch.zeros(2)}
+    reference = dict(base) | {"odd": torch.zeros(3)}
+    distances = checkpoint_distances(job, reference)
+    assert set(distances) == {"checkpoint_rel_l2:step_005", "checkpoint_rel_l2:pre_switch", "checkpoint_rel_l2:odd"}
+    assert distances["checkpoint_rel_l2:step_005"] == pytest.approx(0.01, rel=1e-4)
+    assert distances["checkpoint_rel_l2:odd"] is None  # shapes differ: no distance
+
+
+def test_score_rows_with_other_columns_keep_every_column(tmp_path: Path) -> None:
+    jobs = [j for j in plan_jobs(load_experiment("stage1-tiny-cpu")) if not j.is_reference][:2]
+    rows = {
+        jobs[0].job_id: {"job_id": jobs[0].job_id, "latent_rel_l2:value": 0.1},
+        jobs[1].job_id: {"job_id": jobs[1].job_id, "latent_rel_l2:value": 0.2, "checkpoint_rel_l2:step_010": 0.3},
+    }
+    store = Store(str(tmp_path / "s"))
+    _write_scores(store, jobs, rows)
+    table = store.read_parquet(SCORES_FILE).to_pylist()
+    assert table[0]["checkpoint_rel_l2:step_010"] is None and table[1]["checkpoint_rel_l2:step_010"] == 0.3
+
+
+def test_bad_score_files_are_refused_with_the_place(tmp_path: Path) -> None:
+    rows = [pair(p, "b", "benign", **{"latent_rel_l2:value": 0.1}) for p in range(3)]
+    rows += [pair(p, "m", "malign", **{"latent_rel_l2:value": 0.9}) for p in range(3)]
+    folder = write_folder(tmp_path / "r", rows)
+    text = (folder / SCORES_CSV).read_text().replace("False", "maybe", 1)
+    (folder / SCORES_CSV).write_text(text)
+    with pytest.raises(InvalidInputError, match=r"scores-summary.csv:2: column video_exact: got 'maybe'"):
+        read_scores_csv(folder / SCORES_CSV)
+    only_benign = write_folder(tmp_path / "b", [r for r in rows if r["label"] == "benign"])
+    with pytest.raises(InvalidInputError, match="at least one configuration of each"):
+        analyze_folder(only_benign, method=FAST)
+    with pytest.raises(InvalidInputError, match="no scores-summary.csv"):
+        analyze_folder(tmp_path / "missing", method=FAST)
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        prompt_splits(1, 10, 0)
+
+
+def test_the_report_regenerates_from_the_folder_alone(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    rows = []
+    for p in range(40):
+        rows.append(
+            pair(
+                p,
+                "cfg-batched",
+                "benign",
+                **{"psnr:mean": 45 + rng.normal(), "latent_rel_l2:value": rng.uniform(0.01, 0.02)},
+            )
+        )
+        rows.append(
+            pair(
+                p,
+                "steps-3",
+                "malign",
+                **{"psnr:mean": 44 + rng.normal(), "latent_rel_l2:value": rng.uniform(0.05, 0.1)},
+            )
+        )
+    folder = write_folder(tmp_path / "r", rows)
+    with open(folder / MANIFEST_CSV, "w") as handle:
+        handle.write("prompt_id,configuration,status,reason,device_name,total_s,forward_passes\n")
+        handle.writelines(f"p{p:03d},reference,done,,cpu,1.5,8\n" for p in range(40))
+    with pytest.raises(InvalidInputError, match="analyze --folder"):
+        write_report_from_folder(folder)  # the analysis.json is not an analysis yet
+    analyze_folder(folder, method=FAST)
+    md = write_report_from_folder(folder).read_text()
+    assert "## Detection at 1% FPR: in sample and out of sample" in md
+    assert "Only latent or trajectory metrics decide steps-3." in md
+    assert "| `latent_rel_l2:value` |" in md and "### Per pool: `latent_rel_l2:value`" in md
+    assert (folder / "roc-latent-rel-l2-value.png").is_file() and (folder / "report.html").is_file()
+
+
+def test_the_conformal_rule_keeps_the_out_of_sample_fpr_at_the_target() -> None:
+    assert [allowed_false_positives(n, 0.01) for n in (99, 100, 200, 1000)] == [0, 1, 2, 10]
+    assert [allowed_false_positives(n, 0.01, "conformal") for n in (99, 100, 200, 1000)] == [0, 0, 1, 9]
+    # One pair per prompt, 200 prompts, 400 half splits: the empirical rule's threshold (fitted on 100
+    # prompts, 5 may fail) flags about 6/101 of new prompts; the conformal one about 5/101.
+    rng = np.random.default_rng(0)
+    prompts = np.arange(200)
+    scores = fixed(rng.normal(size=200), prompts, {"m": (rng.normal(size=200) + 3.0, prompts)})
+    splits, counts = prompt_splits(200, 400, seed=0), bootstrap_counts(200, 10, seed=0)
+    empirical, _ = calibrate_pool("b", scores, 0.05, splits, counts, rule="empirical")
+    conformal, _ = calibrate_pool("b", scores, 0.05, splits, counts, rule="conformal")
+    assert empirical.oos_fpr_mean is not None and conformal.oos_fpr_mean is not None
+    assert empirical.oos_fpr_mean > 0.055 and conformal.oos_fpr_mean < 0.0515
+    assert empirical.fpr == 0.05 and conformal.fpr == 0.045  # in sample both look at or under the target
+
+
+def test_a_prompts_own_benign_distance_normalises_its_chaos_away(tmp_path: Path) -> None:
+    # Three chaotic prompts scale every distance by 20. Raw, their benign pairs sit above every
+    # ordinary malign pair; divided by the normaliser configuration's distance on the same prompt
+    # (a validator's own second regeneration), benign ratios stay in (0.5, 2), malign ones in (2, 5).
+    rng = np.random.default_rng(4)
+    rows = []
+    for p in range(60):
+        scale = 20.0 if p < 3 else 1.0
+        for name, label, low in (("b", "benign", 1.0), ("n", "benign", 1.0), ("m", "malign", 4.0)):
+            value = scale * rng.uniform(low, low + 1.0)
+            rows.append(pair(p, name, label, **{"latent_rel_l2:value": value, "checkpoint_rel_l2:pre_switch": value}))
+    folder = write_folder(tmp_path / "r", rows)
+    analysis = analyze_folder(folder, method=Method(repeats=60, resamples=400, normaliser="n"))
+    keys = {k.key: k for k in analysis.keys}
+    raw, normalised = keys["checkpoint_rel_l2:pre_switch"], keys["checkpoint_rel_l2:pre_switch/n"]
+    assert normalised.normalised_by == "n" and [p.pool for p in normalised.pools] == ["b"]  # not n itself
+    assert {p.pool for p in raw.pools} == {"b", "n"}
+    assert raw.summary is not None and normalised.summary is not None
+    assert raw.summary.classes[0].tpr < 0.2
+    assert normalised.summary.classes[0].tpr == 1.0 and normalised.summary.classes[0].oos_tpr_mean == 1.0
+    assert analysis.best_key == "latent_rel_l2:value"  # a normalised key is not a validator metric (yet)
+    entries = ThresholdsFile.load(folder / THRESHOLDS_FILE).entries
+    assert {(e.metric, e.statistic) for e in entries} == {("latent_rel_l2", "value")}
+    with pytest.raises(InvalidInputError, match=r"normaliser 'm' is not a benign configuration; allowed: \['b', 'n'\]"):
+        analyze_folder(folder, method=Method(repeats=5, resamples=5, normaliser="m"))
+    for row in rows:
+        if row["configuration"] == "n":
+            row["video_exact"] = True
+    with pytest.raises(InvalidInputError, match="normaliser 'n': every pair is byte-identical"):
+        analyze_folder(write_folder(tmp_path / "exact", rows), method=Method(repeats=5, resamples=5, normaliser="n"))
+
+
+def test_cli_analyze_and_report_a_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ditproof.cli.main import main
+
+    rng = np.random.default_rng(2)
+    rows = [pair(p, "b", "benign", **{"latent_rel_l2:value": rng.uniform(0, 1)}) for p in range(30)]
+    rows += [pair(p, "m", "malign", **{"latent_rel_l2:value": rng.uniform(2, 3)}) for p in range(30)]
+    folder = write_folder(tmp_path / "r", rows)
+    (folder / MANIFEST_CSV).write_text("prompt_id,configuration,status,reason,device_name,total_s,forward_passes\n")
+
+    def run(*args: str) -> int:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["experiment", *args])
+        return int(exit_info.value.code or 0)
+
+    assert run("analyze", "--folder", str(folder), "--repeats", "20", "--resamples", "50") == 0
+    assert "latent_rel_l2:value" in capsys.readouterr().out
+    assert run("report", "--folder", str(folder)) == 0 and (folder / "report.md").is_file()
+    assert run("analyze") == 2 and "exactly one of --store and --folder" in capsys.readouterr().err
+    assert run("analyze", "--folder", str(folder), "--rule", "loose") == 2
+    assert "--rule: got 'loose'; allowed: empirical, conformal" in capsys.readouterr().err
+    assert run("report", "--store", str(tmp_path / "s")) == 2  # --out is required with --store
