@@ -1,4 +1,4 @@
-"""Issue 2 GPU checks: wan-a14b-shape through the one generation path at 832×480×81.
+"""GPU checks of wan-a14b-shape through the one generation path at 832×480×81.
 
 Measures seconds per forward pass of each expert (2-step runs, CFG on), checks that the
 initial-noise hash is the same as on another machine's CPU and on a CUDA run of the tiny model,

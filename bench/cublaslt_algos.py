@@ -1,4 +1,4 @@
-"""Issue 9: which cuBLASLt algorithms could run the block's matrix products, and how fast each is.
+"""Which cuBLASLt algorithms could run the block's matrix products, and how fast each is.
 
 PyTorch asks cuBLASLt's heuristic for one algorithm per product and runs it; on CUDA it offers no
 way to choose another (TunableOp tunes only ROCm's libraries). This bench asks the same

@@ -1,4 +1,4 @@
-"""Issue 9: the attention kernels alone at the A14B shapes (40 heads × 128, bf16, no mask).
+"""The attention kernels alone at the A14B shapes (40 heads × 128, bf16, no mask).
 
 For 480p and 720p self-attention (32,760 and 75,600 tokens) and the cross-attention to the 512
 text tokens: seconds and TFLOP/s of torch SDPA's cuDNN and flash kernels and of ditproof's

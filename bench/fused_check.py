@@ -1,4 +1,4 @@
-"""Issue 9: the fused steps of ``fuse_elementwise`` and the cuDNN cross-attention, alone, at A14B size.
+"""The fused steps of ``fuse_elementwise`` and the cuDNN cross-attention, alone, at A14B size.
 
 At 480p (32,760 tokens, dim 5,120, FFN 13,824, 40 heads × 128, 512 text keys; bf16, one H100):
 

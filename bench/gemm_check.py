@@ -1,4 +1,4 @@
-"""Issue 9: the matrix products of one A14B block at 480p, alone, in the layouts PyTorch can hand cuBLAS.
+"""The matrix products of one A14B block at 480p, alone, in the layouts PyTorch can hand cuBLAS.
 
 For each product of a Wan block (fused QKV 5,120→15,360; output and cross-attention query
 5,120→5,120; FFN up 5,120→13,824 with its tanh-GELU; FFN down 13,824→5,120; 32,760 tokens,

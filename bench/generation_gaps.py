@@ -1,4 +1,4 @@
-"""Issue 9: why a forward inside a generation is slower than in the forward bench.
+"""Why a forward inside a generation is slower than in the forward bench.
 
 The forward bench (``perf_forward.py``, 40 layers, a few forwards in a fresh process) has given
 2.44-2.48 s per 480p forward on cards where whole generations (``perf_pipeline.py``) time the

@@ -1,4 +1,4 @@
-"""Issue 9: seconds per forward of one A14B expert at 480p and 720p, under several options.
+"""Seconds per forward of one A14B expert at 480p and 720p, under several options.
 
 Builds only the high-noise expert of ``wan-a14b-shape`` (exact shape, seeded random bf16 weights
 on the GPU), then times ``forward`` (CUDA events, warm-up, median of repeats) for each variant:

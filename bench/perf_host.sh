@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 9 on one GPU host: the attention kernels alone, forward passes, whole generations.
+# Performance benches on one GPU host: the attention kernels alone, forward passes, whole generations.
 #
 #   bench/perf_host.sh kernels  OUT   # bench/fa4_check.py, run twice (two processes)
 #   bench/perf_host.sh fused    OUT   # bench/fused_check.py: fuse_elementwise's kernels, cuDNN cross-attention
@@ -7,7 +7,7 @@
 #   bench/perf_host.sh gemm     OUT   # bench/gemm_check.py: the block's matrix products, their kernels
 #   bench/perf_host.sh algos    OUT   # bench/cublaslt_algos.py: cuBLASLt's candidates, the residual epilogue
 #   bench/perf_host.sh gaps     OUT   # bench/generation_gaps.py: forwards inside a generation vs back to back
-#   bench/perf_host.sh pipeline OUT   # bench/perf_pipeline.py: defaults vs best, the issue's table
+#   bench/perf_host.sh pipeline OUT   # bench/perf_pipeline.py: defaults vs best, the side-by-side table
 #
 # Packages: the wheels of diffusers and its needs unpacked under SITE (default .fa4site/lite or
 # /tmp/site), and flash-attn-4 with the CUTLASS DSL unpacked under FA4 (default .fa4site), both

@@ -1,4 +1,4 @@
-"""Issue 9: diffusers' defaults vs ditproof's best, whole generations side by side on one GPU.
+"""Diffusers' defaults vs ditproof's best, whole generations side by side on one GPU.
 
 One process, one card. Per variant: build ``wan-a14b-shape`` with the variant's runtime options
 (the same ``load_model`` as production: fused projections and regional compilation are applied

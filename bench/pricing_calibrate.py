@@ -1,10 +1,11 @@
-"""Issue 7: calibrate the pricing coefficients of the A14B expert shape on this GPU.
+"""Calibrate the pricing coefficients of the A14B expert shape on this GPU.
 
 Times full forward passes (all 40 blocks) of one A14B-shape expert, built directly on the GPU
 with seeded random bf16 weights, at sizes from N = 1 to 75,600 (incl. 832×480×81 → 32,760 and
 1280×720×81 → 75,600), fits ``max(floor, alpha·N² + beta·N + gamma)`` on relative error (and
-the plain three- and two-term forms for comparison), and, for comparison with DESIGN §6's method, repeats the sweep with a
-4-block model scaled ×10. The result holds a coefficient entry that
+the plain three- and two-term forms for comparison), and, for comparison with the method of the
+provisional H100 figures (docs/pricing.md), repeats the sweep with a 4-block model scaled ×10.
+The result holds a coefficient entry that
 ``ditproof price import RESULT.json`` merges into ``src/ditproof/pricing/coefficients.json``.
 
     PYTHONPATH=src python3 bench/pricing_calibrate.py --out $OUT/pricing_calibrate.json

@@ -1,4 +1,4 @@
-"""Issue 7: predicted vs measured time of whole generations of wan-a14b-shape.
+"""Predicted vs measured time of whole generations of wan-a14b-shape.
 
 Builds the whole ``wan-a14b-shape`` pipeline (2×14B experts, UMT5-XXL, Wan2.1 VAE; build time
 measured), warms up, then runs short generations through ``ditproof.generation.generate``

@@ -1,4 +1,4 @@
-"""Issue 9: does the VAE decode give the same frames whatever the free GPU memory?
+"""Does the VAE decode give the same frames whatever the free GPU memory?
 
 The real-size Wan VAE (seeded weights, bf16, as in ``wan-a14b-shape``) decodes a seeded latent
 of the 480p shape through the generation path's :func:`decode_frames`, once per process, after

@@ -1,4 +1,4 @@
-"""The flash-attn-3 attention backend (issue 9): refusals, fingerprint, and its routing in diffusers.
+"""The flash-attn-3 attention backend: refusals, fingerprint, and its routing in diffusers.
 
 The kernel needs a Hopper GPU and a FlashAttention-3 build; ``bench/fa4_check.py`` checks it on
 the GPU (equal to cuDNN's attention within bf16 rounding, bitwise repeatable). Here a stand-in

@@ -1,4 +1,4 @@
-"""The flash-attn-4 attention backend (issue 9): refusals, fingerprint, and its routing in diffusers.
+"""The flash-attn-4 attention backend: refusals, fingerprint, and its routing in diffusers.
 
 The kernel itself needs a Hopper or Blackwell GPU and the flash-attn-4 package; it is checked on
 the GPU by ``bench/fa4_check.py`` (equal to cuDNN's attention within bf16 rounding, bitwise

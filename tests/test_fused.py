@@ -1,4 +1,4 @@
-"""``fuse_elementwise`` (issue 9): the FFN's GELU in its product, q/k norm + RoPE in one kernel,
+"""``fuse_elementwise``: the FFN's GELU in its product, q/k norm + RoPE in one kernel,
 the blocks' layer norms with their modulation (and the residual add before one) in one kernel.
 
 On this CPU the operators run their PyTorch arithmetic; the Triton kernel itself runs in Triton's

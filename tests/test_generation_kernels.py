@@ -1,4 +1,4 @@
-"""Speed options applied at load (issue 9): fused attention projections, regional torch.compile.
+"""Speed options applied at load: fused attention projections, regional torch.compile.
 
 Each changes the kernels, so each is in the runtime class; a model loaded without them refuses
 options asking for them; with them, runs repeat bit for bit and the validator regenerates with

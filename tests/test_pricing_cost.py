@@ -148,11 +148,11 @@ def test_packaged_coefficients_price_the_proposal_configurations():
     h100 = select_entry(data, "wan2.2-t2v-a14b", "h100")
     assert select_entry(data, "wan-a14b-shape", "h100") == h100
     if h100.status == "provisional":
-        # Until a calibration replaces it, the packaged entry is exactly the fit of DESIGN §6's figures.
+        # Until a calibration replaces it, the packaged entry is exactly the fit of the design-time H100 figures.
         assert h100 == design_entry()
     q = quote(size_request(832, 480, 81, 40, cfg=True), "wan2.2-t2v-a14b", gpu="h100", coefficients=data)
     assert q.patches == 32_760 and q.forward_passes == 80
-    # DESIGN §6: 3.31 s per forward at N = 32,760 on an H100 (within the fit's stated error).
+    # The design-time H100 figure: 3.31 s per forward at N = 32,760 (within the fit's stated error).
     per_pass = q.experts[0].seconds_per_pass
     assert per_pass == pytest.approx(3.31, rel=h100.experts["transformer"].fit.max_rel_error + 0.05)
 

@@ -69,7 +69,8 @@ def test_coefficients_stay_non_negative():
 
 
 def test_design_figures_reproduce_design_claims():
-    # DESIGN §6: the two-term form misses by about 67% at N = 390, a constant fixes it (≤ 15%).
+    # As stated with the design-time H100 figures: the two-term form misses by about 67% at N = 390,
+    # a constant fixes it (≤ 15%).
     patches = [n for _, n, _ in DESIGN_H100_POINTS]
     seconds = [t for _, _, t in DESIGN_H100_POINTS]
     three = fit_quality(fit_pass_cost(patches, seconds), patches, seconds)

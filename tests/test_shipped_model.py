@@ -12,7 +12,7 @@ from ditproof.models.shipped import DEMO_REQUEST, SHIPPED_DIR, SHIPPED_NAME, SHI
 from ditproof.protocol.options import RuntimeOptions
 from ditproof.validation.policy import DEFAULT_THRESHOLDS, ThresholdPolicy
 
-MAX_BYTES = 40_000_000  # issue 4: at most 40 MB of weights
+MAX_BYTES = 40_000_000  # the shipped model's weights stay at most 40 MB
 
 
 def test_shipped_weights_are_in_the_package_and_within_budget() -> None:

@@ -2,7 +2,7 @@
 
     .venv/bin/python results/thresholds/calibrate_tiny.py            # writes the two files below
 
-Not the Stage 1 calibration (issue 5): a handful of prompts on the tiny random-weight model, at
+Not the Stage 1 calibration: a handful of prompts on the tiny random-weight model, at
 64x48, 5 frames, 4 steps, float32, this project's CPU class. For each prompt the executor runs
 the reference (CFG sequential) and the honest validator regenerates with CFG batched (the benign
 deviation that this CPU shows: another summation order). Malign runs: another seed, 3 steps
@@ -121,7 +121,7 @@ def main() -> None:
             "provisional": True,
             "description": (
                 "PROVISIONAL thresholds for the tiny random-weight model on CPU float32 only, from a small "
-                "benign/malign sweep (calibrate_tiny.py); the Stage 1 experiment (issue 5) produces real ones"
+                "benign/malign sweep (calibrate_tiny.py); the Stage 1 experiment produces real ones"
             ),
             "entries": entries,
         }

@@ -1,7 +1,7 @@
 """VGG16 and AlexNet feature stacks in plain PyTorch, loading torchvision's checkpoint files.
 
 Why not torchvision: with the pinned torch 2.13 there is no CPU torchvision build for these
-machines (DESIGN §8), and LPIPS and DISTS need only the convolutional ``features`` part of two
+machines (docs/metrics.md), and LPIPS and DISTS need only the convolutional ``features`` part of two
 classic networks. The stacks below are laid out so that their parameter names are torchvision's
 (``features.N.weight`` / ``features.N.bias``, N the index in ``features``): the same checkpoint
 files load unchanged. The classifier part of those files is ignored.

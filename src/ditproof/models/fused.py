@@ -1,6 +1,6 @@
 """Elementwise steps of the Wan experts fused into the kernels beside them (``fuse_elementwise``).
 
-Three fusions, all inside every transformer block (issue 9; at A14B size, 480p, each step was a
+Three fusions, all inside every transformer block (at A14B size, 480p, each step was a
 separate pass over hundreds of megabytes after regional compilation):
 
 - The feed-forward's up-projection and its tanh-GELU in one matrix product: cuBLASLt applies

@@ -1,4 +1,4 @@
-"""Pricing of video requests from their latent patch count (DESIGN §6).
+"""Pricing of video requests from their latent patch count (docs/pricing.md).
 
 - :mod:`~ditproof.pricing.cost`: patches, forward passes per expert, units, seconds, cost
   (:func:`quote`);

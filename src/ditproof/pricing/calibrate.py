@@ -9,7 +9,7 @@ forms for comparison) is then fitted
 on relative error, with the launch-bound floor of small passes (:mod:`ditproof.pricing.fit`).
 
 An expert can be built with fewer blocks (``layers``) and its times multiplied by
-``layers_total / layers`` (DESIGN §6's "4 layers × 10"); the entry's method says so, since that
+``layers_total / layers`` (the "4 layers × 10" of the provisional H100 figures); the entry's method says so, since that
 multiplies the non-block work too. Experts are built directly on the device from the meta
 device with seeded random weights (no text encoder, no VAE), with the same helpers as the
 ``wan-a14b-shape`` preset.

@@ -1,7 +1,8 @@
-"""The provisional H100 coefficients, fitted to the forward times quoted in DESIGN.md §6.
+"""The provisional H100 coefficients, fitted to the forward times measured when the design was written.
 
-DESIGN §6 gives, for one H100 (A14B expert shape, random bf16 weights, diffusers' default SDPA
-attention), the time of a 4-layer forward multiplied by 10, at six sizes. Those figures were
+Those figures are, for one H100 (A14B expert shape, random bf16 weights, diffusers' default SDPA
+attention), the time of a 4-layer forward multiplied by 10, at six sizes (listed below and in
+docs/pricing.md; e.g. 3.31 s per 480p forward at N = 32,760). They were
 not produced by :mod:`ditproof.pricing.calibrate`, so the entry is ``provisional`` until a
 calibration run on an H100 (``bench/pricing_calibrate.py``) replaces it. The fit is the same
 code as a calibration's.
@@ -27,7 +28,7 @@ H100_NAME = "NVIDIA H100 80GB HBM3"
 
 
 def design_entry() -> CoefficientEntry:
-    """The provisional entry for the A14B shape on an H100, from DESIGN §6's figures."""
+    """The provisional entry for the A14B shape on an H100, from the design-time H100 figures."""
     sizes = [size for size, _, _ in DESIGN_H100_POINTS]
     patches = [n for _, n, _ in DESIGN_H100_POINTS]
     samples = [[round(t / 10.0, 9)] for _, _, t in DESIGN_H100_POINTS]
@@ -38,7 +39,8 @@ def design_entry() -> CoefficientEntry:
         status="provisional",
         date=DESIGN_DATE,
         provenance=(
-            "PROVISIONAL: fitted by ditproof.pricing.design_figures to the H100 forward times in DESIGN.md §6 "
+            "PROVISIONAL: fitted by ditproof.pricing.design_figures to the H100 forward times measured when the "
+            "design was written "
             "(A14B expert shape, random bf16 weights, diffusers' default SDPA; a 4-layer forward timed and "
             "multiplied by 10; a 512-token text context assumed). Samples are those figures divided by 10, not raw timings. Replace with a "
             "calibration run: bench/pricing_calibrate.py on an H100."

@@ -4,8 +4,8 @@ A forward pass of an expert over ``N`` latent patches is modelled as taking
 ``max(floor, alpha·N² + beta·N + gamma)`` seconds on a given GPU: attention is quadratic in N,
 the matrix products linear, a constant covers fixed-size work (the text projections), and the
 floor is the launch-bound time of small passes, which do not fill the GPU (measured on an H100:
-45 ms from N = 1 to N ≈ 400, where the quadratic cannot follow; ``floor = 0`` is DESIGN §6's
-plain three-term form).
+45 ms from N = 1 to N ≈ 400, where the quadratic cannot follow; ``floor = 0`` is the
+plain three-term form the pricing was first specified with).
 Coefficients are fitted per (model preset, GPU) by :mod:`ditproof.pricing.calibrate` and kept,
 with their fit error, hardware, date and provenance, in ``ditproof/pricing/coefficients.json``
 (schema ``ditproof.pricing-coefficients/1``). A quote (``ditproof.price-quote/1``) names the
@@ -95,9 +95,10 @@ class FitQuality(_Model):
 class ExpertFit(_Model):
     """The coefficients of one expert.
 
-    ``cost`` is the fit the prices use (three terms and a floor); ``three_term`` (no floor,
-    DESIGN §6's form) and ``two_term`` (``gamma`` = 0 too, the proposal's ``alpha·N² + beta·N``)
-    are kept for comparison only. ``timed_as`` names the expert whose
+    ``cost`` is the fit the prices use (three terms and a floor); ``three_term`` (no floor, the
+    form the pricing was first specified with) and ``two_term`` (``gamma`` = 0 too, the
+    ``alpha·N² + beta·N`` of Gonka's public proposal for verifiable video inference) are kept for
+    comparison only. ``timed_as`` names the expert whose
     timings were fitted: another expert of the identical shape reuses them instead of being
     timed again.
     """
@@ -131,10 +132,11 @@ class TimingMethod(_Model):
     """How each point was timed.
 
     ``timer``: ``cuda-events`` on a GPU, ``perf_counter`` on the CPU, ``design-figures`` for
-    figures copied from DESIGN.md. ``scaling``: ``none`` when all ``layers_total`` blocks ran;
-    ``linear-in-layers`` when a model of ``layers_timed`` blocks was timed and multiplied by
-    ``layers_total / layers_timed`` (this also multiplies the non-block work — patch embedding,
-    condition embedders, output head — so it slightly overstates the constant).
+    the H100 figures measured when the design was written (docs/pricing.md). ``scaling``:
+    ``none`` when all ``layers_total`` blocks ran; ``linear-in-layers`` when a model of
+    ``layers_timed`` blocks was timed and multiplied by ``layers_total / layers_timed`` (this
+    also multiplies the non-block work — patch embedding, condition embedders, output head — so
+    it slightly overstates the constant).
     """
 
     timer: Literal["cuda-events", "perf_counter", "design-figures"]
