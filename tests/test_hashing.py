@@ -30,3 +30,15 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path: Path):
     atomic_write_bytes(target, b"two")
     assert target.read_bytes() == b"two"
     assert sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
+
+
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path: Path):
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    plain = tmp_path / "plain.json"
+    plain.write_bytes(b"x")
+    target = tmp_path / "atomic.json"
+    atomic_write_bytes(target, b"x")
+    assert target.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -203,7 +203,13 @@ def test_shipped_policies_load():
     for name in policy_names():
         policy = load_policy(name)
         assert policy.dist_threshold > 0 and policy.sample_size == 200
-    assert load_policy("wan-tiny-random-cpu-fp32").dist_threshold == 0.001
+    # Derived from 4,096 nonces per runtime (docs/poc.md): between the largest honest CPU float32
+    # distance (4.9e-4) and the smallest FP8 one (0.0102); fraud from 3 mismatches of 200.
+    tiny = load_policy("wan-tiny-random-cpu-fp32")
+    assert 4.9e-4 < tiny.dist_threshold < 0.0102 and tiny.fraud_threshold == 0.001
+    from ditproof.poc.derive import critical_count
+
+    assert critical_count(tiny.sample_size, tiny.p_mismatch, tiny.fraud_threshold) == 3
 
 
 def test_a_node_cheating_on_five_percent_of_its_nonces_is_caught_at_the_policy_sample_size(
