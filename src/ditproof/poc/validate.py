@@ -88,7 +88,8 @@ def make_verdict(
 def check_artifacts(
     commitment: PocCommitment, policy: PocPolicy, indices: Sequence[int], proofs: Sequence[PocProof]
 ) -> str | None:
-    """Step 2: the proofs, duplicates and porosity. Returns what is wrong, or None."""
+    """Step 2: the proofs, duplicates, porosity and the sampled vectors' form (``k_dim`` finite
+    float16 values). Returns what is wrong, or None."""
     by_index = {proof.leaf_index: proof for proof in proofs}
     bound = nonce_bound(commitment.count, policy.max_porosity)
     seen: dict[int, int] = {}
@@ -107,6 +108,19 @@ def check_artifacts(
             return (
                 f"porosity: nonce {nonce} at leaf {index} is not below {bound} = ceil(count {commitment.count} / "
                 f"(1 - max_porosity {policy.max_porosity}))"
+            )
+        vector = decode_vector(proof.artifact.vector_bytes(), commitment.params.k_dim)
+        if vector is None or not np.isfinite(vector).all():
+            # No honest computation gives these: a malformed vector breaks the protocol (it is not a
+            # numerical mismatch for the binomial test to weigh).
+            got = (
+                f"{len(proof.artifact.vector_bytes())} bytes"
+                if vector is None
+                else f"non-finite values at {np.flatnonzero(~np.isfinite(vector)).tolist()}"
+            )
+            return (
+                f"malformed vector at leaf {index} (nonce {nonce}): got {got}; allowed: {commitment.params.k_dim} "
+                "finite float16 values"
             )
     return None
 
