@@ -94,32 +94,3 @@ def plan_jobs(experiment: Experiment, prompts: list[Prompt] | None = None) -> li
                 )
             )
     return jobs
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ditproof.experiment.plan CONFIG --store URL``: plan without the CLI (GPU hosts)."""
-    import argparse
-
-    from ditproof.experiment.config import load_experiment
-    from ditproof.experiment.jobs import save_plan
-    from ditproof.experiment.store import Store
-
-    parser = argparse.ArgumentParser(description="Plan an experiment into a store.")
-    parser.add_argument("config")
-    parser.add_argument("--store", required=True)
-    parser.add_argument("--max-prompts", type=int, default=None)
-    args = parser.parse_args(argv)
-    experiment = load_experiment(args.config)
-    if args.max_prompts:
-        file = experiment.file.model_copy(update={"max_prompts": args.max_prompts})
-        experiment = experiment.model_copy(update={"file": file})
-    jobs = plan_jobs(experiment, load_prompts(experiment.prompts_path, experiment.file.max_prompts))
-    save_plan(Store(args.store), experiment, jobs)
-    print(f"planned {len(jobs)} jobs of {experiment.file.name} into {args.store}")
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
