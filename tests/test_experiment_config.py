@@ -16,6 +16,7 @@ from ditproof.experiment.prompts import (
     freetext_prompts,
     grammar_prompts,
     load_prompts,
+    mixed_prompts,
     to_jsonl,
 )
 from ditproof.models.vocab import build_tokenizer
@@ -146,6 +147,7 @@ def test_job_ids_are_stable_and_follow_what_changes_the_numbers(tmp_path: Path) 
 def test_shipped_prompt_files_equal_a_rebuild() -> None:
     assert (PROMPTS_DIR / SHIPPED["grammar"]).read_text() == to_jsonl(grammar_prompts())
     assert (PROMPTS_DIR / SHIPPED["freetext"]).read_text() == to_jsonl(freetext_prompts())
+    assert (PROMPTS_DIR / SHIPPED["mixed"]).read_text() == to_jsonl(mixed_prompts())
 
 
 def test_grammar_prompts_use_only_the_tiny_vocabulary() -> None:
@@ -178,3 +180,13 @@ def test_prompt_file_formats_and_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="id: got 'a b'"):
         load_prompts(jsonl)
     assert DATA_DIR.is_dir()
+
+
+def test_the_mixed_set_holds_every_held_out_caption_then_free_text():
+    prompts = load_prompts(PROMPTS_DIR / SHIPPED["mixed"])
+    ids = [p.id for p in prompts]
+    assert len(prompts) == 1000 and len(set(ids)) == 1000
+    grammar = [p for p in prompts if p.id.startswith("g")]
+    assert len(grammar) == 393 and ids[:393] == [p.id for p in grammar]
+    assert [p.prompt for p in grammar[:200]] == [p.prompt for p in load_prompts(PROMPTS_DIR / SHIPPED["grammar"])]
+    assert ids[393] == "f0001" and all(i.startswith("f") for i in ids[393:])

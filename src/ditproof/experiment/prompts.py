@@ -17,6 +17,9 @@ Shipped sets (``data/prompts/``), named without extension in an experiment file:
 * ``freetext``: 1,200 diverse free-text prompts for the real model, combined from the lists in
   ``freetext-lists.toml`` (subject, action and setting of one group, then time or light, camera
   and style).
+* ``mixed``: 1,000 prompts for calibrations that need many: every held-out grammar caption (393,
+  ids ``g0001``…, the first 200 those of ``grammar``) then the first free-text prompts (ids
+  ``f0001``…) up to 1,000.
 
 Both are generated here without any random number generator: candidates are ordered by the
 sha256 of ``"{salt}:{index}:{part}"``, so the files are the same on every machine. Rebuild them
@@ -38,11 +41,12 @@ from ditproof.errors import InvalidInputError
 from ditproof.hashing import atomic_write_text
 
 PROMPTS_DIR = Path(__file__).parent / "data" / "prompts"
-SHIPPED = {"grammar": "grammar.jsonl", "freetext": "freetext.jsonl"}
+SHIPPED = {"grammar": "grammar.jsonl", "freetext": "freetext.jsonl", "mixed": "mixed.jsonl"}
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 GRAMMAR_COUNT = 200
 FREETEXT_COUNT = 1200
+MIXED_COUNT = 1000
 
 
 class Prompt(BaseModel):
@@ -173,10 +177,19 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
     return prompts[:limit] if limit else prompts
 
 
+def mixed_prompts(count: int = MIXED_COUNT) -> list[Prompt]:
+    """Every held-out grammar caption, then free-text prompts, ``count`` in all."""
+    from ditproof.training.grammar import combinations
+
+    grammar = grammar_prompts(min(count, len(combinations("heldout"))))
+    return grammar + freetext_prompts(count - len(grammar))
+
+
 def write_shipped() -> None:
     """Regenerates the shipped prompt files."""
     atomic_write_text(PROMPTS_DIR / SHIPPED["grammar"], to_jsonl(grammar_prompts()))
     atomic_write_text(PROMPTS_DIR / SHIPPED["freetext"], to_jsonl(freetext_prompts()))
+    atomic_write_text(PROMPTS_DIR / SHIPPED["mixed"], to_jsonl(mixed_prompts()))
 
 
 if __name__ == "__main__":
