@@ -69,12 +69,15 @@ def rgb_to_yuv420p(frame: np.ndarray, method: str = "bt601-integer") -> np.ndarr
     if method == "bt601-float64":
         return _rgb_to_yuv420p_float64(frame)
     height, width, _ = frame.shape
-    # Y·255000 − 16·255000 and U, V likewise, exactly (numpy's integer matrix product is exact).
-    scaled = frame.astype(np.int32) @ _RGB_TO_YUV_INT.T
-    luma = _round_half_even(scaled[..., 0] + 16 * _YUV_SCALE, _YUV_SCALE)
-    blocks = scaled[..., 1:].reshape(height // 2, 2, width // 2, 2, 2).sum(axis=(1, 3))
-    chroma = _round_half_even(blocks + 4 * 128 * _YUV_SCALE, 4 * _YUV_SCALE)
-    planes = [luma.reshape(-1), chroma[..., 0].reshape(-1), chroma[..., 1].reshape(-1)]
+    # Y·255000 − 16·255000 exactly, channel by channel (elementwise integer products: no BLAS);
+    # U and V are linear, so they are computed once per 2×2 block from the block's channel sums.
+    r, g, b = (frame[..., c].astype(np.int32) for c in range(3))
+    (yr, yg, yb), (ur, ug, ub), (vr, vg, vb) = _RGB_TO_YUV_INT.tolist()
+    luma = _round_half_even(yr * r + yg * g + yb * b + 16 * _YUV_SCALE, _YUV_SCALE)
+    r4, g4, b4 = (c.reshape(height // 2, 2, width // 2, 2).sum(axis=(1, 3)) for c in (r, g, b))
+    u = _round_half_even(ur * r4 + ug * g4 + ub * b4 + 4 * 128 * _YUV_SCALE, 4 * _YUV_SCALE)
+    v = _round_half_even(vr * r4 + vg * g4 + vb * b4 + 4 * 128 * _YUV_SCALE, 4 * _YUV_SCALE)
+    planes = [luma.reshape(-1), u.reshape(-1), v.reshape(-1)]
     return np.clip(np.concatenate(planes), 0, 255).astype(np.uint8).reshape(height * 3 // 2, width)
 
 
