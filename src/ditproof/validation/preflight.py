@@ -23,11 +23,11 @@ import torch
 
 from ditproof import __version__
 from ditproof.errors import InvalidInputError
-from ditproof.generation.generate import check_prompt_length
+from ditproof.generation.generate import check_prompt_length, expert_switch
 from ditproof.generation.runtime import class_differences, runtime_class, runtime_fingerprint
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel, kernel_options
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import RuntimeOptions, shortcut_label
 from ditproof.protocol.record import InferenceRecord, RuntimeFingerprint
 from ditproof.protocol.request import GenerationRequest
 from ditproof.protocol.verdict import CheckResult, Verdict
@@ -40,6 +40,7 @@ REFERENCE_ALGORITHM: dict[str, object] = {
     "experts": "both",
     "weights": "native",
     "cache": None,
+    "shortcut": None,
     "tp_degree": 1,
     "cp_degree": 1,
 }
@@ -75,7 +76,8 @@ def _present(values: dict[str, object]) -> dict[str, object]:
 
 
 def stated_deviations(record: InferenceRecord) -> list[str]:
-    """The malign deviations a record states itself (experts, weights, cache unlike the reference)."""
+    """The malign deviations a record states itself (experts, weights, cache, shortcut unlike the
+    reference)."""
     stated = record.options.model_dump()
     return [
         f"{name}={stated[name]!r}"
@@ -136,6 +138,7 @@ def declared_from_options(options: RuntimeOptions) -> dict[str, object]:
         "experts": options.experts,
         "weights": options.weights,
         "cache": None if options.cache is None else f"{options.cache.kind}:{options.cache.threshold}",
+        "shortcut": shortcut_label(options.shortcut),
         "tp_degree": options.tp_degree,
         "cp_degree": options.cp_degree,
         "ffn_chunks": options.ffn_chunks,
@@ -150,8 +153,10 @@ def declared_from_options(options: RuntimeOptions) -> dict[str, object]:
 def record_problems(record: InferenceRecord) -> list[str]:
     """What the record lacks of what every record must hold, or where it contradicts itself.
 
-    Mandatory: one trajectory fingerprint per step, and the ``initial`` and ``final`` checkpoints
-    with their hashes. Consistent: the runtime class is the one its fingerprint gives, and the
+    Mandatory: one trajectory fingerprint per step, the ``initial`` and ``final`` checkpoints with
+    their hashes, and a checkpoint at every step the record's capture options commit to (its
+    schedule, with the expert switch at its ``pre_switch`` checkpoint; that the switch is the
+    model's is checked once the model is known, :func:`switch_problems`). Consistent: the runtime class is the one its fingerprint gives, and the
     fingerprint states the record's options, model and encoder (an executor cannot declare one
     class and run another's options through the validator).
     """
@@ -168,6 +173,8 @@ def record_problems(record: InferenceRecord) -> list[str]:
                 f"checkpoint {name!r}: {'absent' if name not in names else f'at step {names[name]}'}; "
                 f"allowed: at step {step} (every record commits to it)"
             )
+    pre_switch = names.get("pre_switch")
+    problems += schedule_problems(record, pre_switch if pre_switch is not None and 0 < pre_switch < steps else None)
     derived = runtime_class(record.runtime)
     if record.runtime_class != derived:
         problems.append(f"runtime_class: got {record.runtime_class!r}; its own fingerprint gives {derived!r}")
@@ -190,6 +197,35 @@ def record_problems(record: InferenceRecord) -> list[str]:
     if threads is not None and record.runtime.device_type == "cpu" and record.runtime.cpu_threads != threads:
         problems.append(f"runtime.cpu_threads: {record.runtime.cpu_threads}, options.cpu_threads {threads}")
     return problems
+
+
+def schedule_problems(record: InferenceRecord, switch: int | None) -> list[str]:
+    """Steps the record's capture options commit to (its checkpoint schedule for its step count and
+    the expert switch ``switch``, the switch itself, its extra steps) without a checkpoint there."""
+    steps = record.request.num_inference_steps
+    promised = record.options.capture.committed_steps(steps, switch)
+    held = {c.step for c in record.checkpoints}
+    absent = [step for step in promised if step not in held]
+    if not absent:
+        return []
+    schedule = record.options.capture.schedule
+    rule = f"schedule {schedule.rule} with {schedule.segments} segments" if schedule else "no schedule"
+    return [
+        f"checkpoints: none at step(s) {absent}; allowed: a checkpoint at every step the record's capture options "
+        f"commit to ({rule}, {steps} steps, expert switch {switch}: {list(promised)})"
+    ]
+
+
+def switch_problems(record: InferenceRecord, switch: int | None) -> list[str]:
+    """Where the record's ``pre_switch`` checkpoint is not at the model's expert switch for its
+    request (``switch``), or its schedule then lacks steps."""
+    steps = record.request.num_inference_steps
+    held = [c.step for c in record.checkpoints if c.name == "pre_switch"]
+    wanted = [switch] if switch is not None and 0 < switch < steps else []
+    if held != wanted:
+        where = f"at step {switch}" if wanted else "none (one expert runs every step)"
+        return [f"checkpoint 'pre_switch': {held or 'absent'}; allowed: {where} (the model's expert switch)"]
+    return schedule_problems(record, switch)
 
 
 def regeneration_options(record: InferenceRecord, own: RuntimeOptions | None, device: str | None) -> RuntimeOptions:
@@ -369,6 +405,12 @@ def preflight(
     except InvalidInputError as exc:
         checks.add("request", False, str(exc))
         return checks.verdict("invalid", f"the record's request cannot have run on its model ({exc})")
+    problems = switch_problems(record, expert_switch(model.pipeline.scheduler.config, record.request))
+    if problems:
+        checks.add("schedule", False, "; ".join(problems))
+        return checks.verdict(
+            "invalid", "the record's checkpoints are not those its schedule commits to: " + "; ".join(problems)
+        )
     fingerprint, why = local_fingerprint(model, options)
     if fingerprint is None:
         checks.add("runtime_class", False, why)

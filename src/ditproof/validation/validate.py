@@ -17,8 +17,11 @@ Order of checks, each cheaper than the next:
    runtime class that is the only way to be valid: a class is a promise of bytes, so any other
    outcome is ``invalid``, with the first step where the record's trajectory fingerprints leave
    the regeneration's; no threshold is consulted;
-6. only when the validator regenerated in another class on purpose (its own ``options``), the
-   comparison with metrics against thresholds from a policy (``ditproof.validation.compare``).
+6. only when the validator regenerated in another class on purpose (its own ``options``): the
+   trajectory first (every step's fingerprints and each committed checkpoint against the
+   threshold at its position, :mod:`ditproof.validation.trajectory`; the first step outside the
+   band makes the record ``invalid`` and is named), then the video and final latent with metrics
+   against thresholds from a policy (``ditproof.validation.compare``).
 
 Steps 1–3 are :func:`ditproof.validation.preflight.preflight`, shared with the latent-checkpoint
 and spot-check modes (:mod:`ditproof.validation.checkpoints`), which replace step 4's whole
@@ -30,7 +33,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Unpack
 
-from ditproof.generation.generate import generate
+from ditproof.errors import IntegrityError
+from ditproof.generation.generate import expert_switch, generate
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.record import InferenceRecord
@@ -43,6 +47,7 @@ from ditproof.validation.preflight import (
     preflight,
     same_class_mismatch,
 )
+from ditproof.validation.trajectory import check_trajectory
 from ditproof.video import encode_video
 
 
@@ -126,6 +131,29 @@ def validate(
             validator_runtime_class=local_class,
             **cost,
         )
+    # 6a. The trajectory: every step's fingerprints and the committed checkpoints, each against the
+    # threshold at its position; the first step outside the band decides.
+    latents = {step: tensor for step, tensor in result.capture.latents.values()}
+    switch = expert_switch(model.pipeline.scheduler.config, record.request)
+    try:
+        outcome = check_trajectory(record, result.capture.fingerprints, latents, switch, pre.artifacts_dir, policy)
+    except IntegrityError as exc:
+        checks.add("trajectory", False, str(exc))
+        return checks.verdict(
+            "invalid", f"a checkpoint file differs from the record: {exc}", validator_runtime_class=local_class, **cost
+        )
+    checks.add("trajectory", outcome.departure is None, outcome.detail())
+    if outcome.departure is not None:
+        return checks.verdict(
+            "invalid",
+            f"the trajectory leaves the honest band {outcome.departure.reason}",
+            validator_runtime_class=local_class,
+            divergent_step=outcome.departure.step,
+            trajectory=outcome.points,
+            scores=outcome.scores,
+            **cost,
+        )
+    # 6b. The video and the final latent against the metrics in force.
     verdict = compare(
         record,
         data,
@@ -138,6 +166,7 @@ def validate(
         validator_runtime_class=local_class,
         **cost,
     )
+    verdict = verdict.model_copy(update={"trajectory": outcome.points, "scores": {**outcome.scores, **verdict.scores}})
     if verdict.decision != "invalid":
         return verdict
     # Where did it go wrong? The record's per-step fingerprints against the regeneration's.
