@@ -308,7 +308,9 @@ def _decide_segment(
     elif same_class:
         passed, why = (
             False,
-            "not bitwise equal to its re-run in the executor's runtime class (any difference is a deviation)",
+            run.note
+            if run.result is None
+            else "not bitwise equal to its re-run in the executor's runtime class (any difference is a deviation)",
         )
     elif score is None:
         passed, why = False, run.note

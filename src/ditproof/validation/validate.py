@@ -33,6 +33,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Unpack
 
+import torch
+
 from ditproof.errors import IntegrityError
 from ditproof.generation.generate import expert_switch, generate
 from ditproof.hashing import sha256_bytes, sha256_tensor
@@ -43,12 +45,20 @@ from ditproof.validation.compare import ComparisonOptions, compare
 from ditproof.validation.fingerprints import fingerprint_tolerance, locate_divergence
 from ditproof.validation.policy import ThresholdPolicy
 from ditproof.validation.preflight import (
+    SAME_CLASS_FINGERPRINT_TOLERANCE,
     PreflightInputs,
     preflight,
     same_class_mismatch,
 )
 from ditproof.validation.trajectory import check_trajectory
 from ditproof.video import encode_video
+
+
+def commitment_mismatches(record: InferenceRecord, latents: dict[str, tuple[int, torch.Tensor]]) -> list[str]:
+    """The record's committed checkpoints whose latent is not the regeneration's at their step
+    (``latents``: the regeneration's capture, name → (step, latent)), as ``name (step)``."""
+    hashes = {step: sha256_tensor(tensor) for step, tensor in latents.values()}
+    return [f"{c.name} ({c.step})" for c in record.checkpoints if hashes.get(c.step) != c.tensor_sha256]
 
 
 def validate(
@@ -94,31 +104,61 @@ def validate(
     basis = "same-class" if pre.same_class else "cross-class"
     cost = {"regenerated_steps": steps, "total_steps": steps, "cost_fraction": 1.0, "comparison": basis}
 
-    # 4. Regenerate.
-    result = generate(record.request, record.seed, model, options)
+    # 4. Regenerate, keeping the latent at every step the record commits to.
+    held = tuple(sorted({c.step for c in record.checkpoints if 0 < c.step < steps}))
+    capture = options.capture.model_copy(update={"checkpoint_steps": held})
+    result = generate(record.request, record.seed, model, options.model_copy(update={"capture": capture}))
 
-    # 5. Exact match: video bytes, then final latent.
+    # 5. Exact match: the video's bytes; in the executor's class also every commitment of the record
+    # (the committed checkpoints' latents, the per-step fingerprints) must be the regeneration's.
     assert result.frames is not None  # a full run (no stop_after) always decodes
     regenerated = encode_video(result.frames, record.request.fps, record.video.encoding)
     final = result.capture.latents["final"][1]
     recorded_final = next((c.tensor_sha256 for c in record.checkpoints if c.name == "final"), None)
     video_exact = sha256_bytes(regenerated) == record.video.sha256
     latent_exact = recorded_final is not None and sha256_tensor(final) == recorded_final
-    if checks.add("exact_match", video_exact, f"video {video_exact}, final latent {latent_exact}"):
-        return checks.verdict(
-            "valid",
-            "regeneration matched byte for byte",
-            exact_match=True,
-            validator_runtime_class=local_class,
-            **cost,
-        )
     if pre.same_class:
+        untrue = commitment_mismatches(record, result.capture.latents)
+        departed = locate_divergence(record, result.capture.fingerprints, SAME_CLASS_FINGERPRINT_TOLERANCE)
+        exact = video_exact and not untrue and departed is None
+        detail = f"video {video_exact}, final latent {latent_exact}, " + (
+            f"committed checkpoint(s) not the regeneration's: {', '.join(untrue)}"
+            if untrue
+            else "committed checkpoints equal"
+        )
+        if checks.add("exact_match", exact, detail):
+            return checks.verdict(
+                "valid",
+                "regeneration matched byte for byte (video and every committed checkpoint)",
+                exact_match=True,
+                validator_runtime_class=local_class,
+                **cost,
+            )
+        if video_exact:
+            where = departed.describe() if departed is not None else f"checkpoint(s) {', '.join(untrue)} differ"
+            return checks.verdict(
+                "invalid",
+                "same runtime class: the video matches but the record's trajectory commitments are not the "
+                f"regeneration's ({where}); a record must commit to the trajectory it ran",
+                validator_runtime_class=local_class,
+                divergent_step=departed.step if departed is not None else None,
+                **cost,
+            )
         reason, departed = same_class_mismatch(record, result.capture.fingerprints)
         return checks.verdict(
             "invalid",
             f"{reason} (final latent {'equal' if latent_exact else 'different'})",
             validator_runtime_class=local_class,
             divergent_step=departed.step if departed is not None else None,
+            **cost,
+        )
+    checks.add("exact_match", video_exact, f"video {video_exact}, final latent {latent_exact}")
+    if video_exact and policy is None:
+        return checks.verdict(
+            "valid",
+            "regeneration matched byte for byte (another class: no thresholds to hold its trajectory against)",
+            exact_match=True,
+            validator_runtime_class=local_class,
             **cost,
         )
 
@@ -132,7 +172,8 @@ def validate(
             **cost,
         )
     # 6a. The trajectory: every step's fingerprints and the committed checkpoints, each against the
-    # threshold at its position; the first step outside the band decides.
+    # threshold at its position; the first step outside the band decides (even when the video
+    # matches: the record's commitments must be the trajectory's).
     latents = {step: tensor for step, tensor in result.capture.latents.values()}
     switch = expert_switch(model.pipeline.scheduler.config, record.request)
     try:
@@ -149,6 +190,18 @@ def validate(
             f"the trajectory leaves the honest band {outcome.departure.reason}",
             validator_runtime_class=local_class,
             divergent_step=outcome.departure.step,
+            trajectory=outcome.points,
+            scores=outcome.scores,
+            **cost,
+        )
+    if video_exact:
+        return checks.verdict(
+            "valid",
+            "regeneration matched byte for byte and the trajectory stays within its thresholds"
+            if outcome.decisive
+            else "regeneration matched byte for byte (no trajectory threshold in force: measured only)",
+            exact_match=True,
+            validator_runtime_class=local_class,
             trajectory=outcome.points,
             scores=outcome.scores,
             **cost,
