@@ -372,6 +372,14 @@ def test_the_network_requires_the_schedule_and_older_records_still_validate(hone
     )
 
 
+def test_fingerprints_over_64_kib_make_a_record_invalid(honest, validator_model):
+    record, out = honest
+    wide = record.fingerprints.model_copy(update={"dim": 300, "values": [[-1.2345678901234567e-300] * 300] * 16})
+    verdict = validate(record.model_copy(update={"fingerprints": wide}), out / "video.mp4", validator_model)
+    assert verdict.decision == "invalid" and verdict.first_failing_check == "record"
+    assert "bytes of JSON (16 steps of 300 values); allowed: at most 65536" in verdict.reason
+
+
 def test_fingerprints_of_a_480p_record_fit_in_64_kib():
     # 40 steps of 8 values each, every value at its longest JSON form.
     worst = TrajectoryFingerprints(

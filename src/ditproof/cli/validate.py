@@ -67,7 +67,7 @@ def validate_command(
     thresholds_path: Path | None = typer.Option(
         None,
         "--thresholds",
-        help="Thresholds file (ditproof.thresholds/1) for the metric comparison (default: the shipped model's).",
+        help="Thresholds file (ditproof.thresholds/2, or /1) for the metric comparison (default: the shipped model's).",
     ),
     threshold: list[str] = typer.Option(
         [], "--threshold", help="METRIC[:STATISTIC]=VALUE, overrides the file (repeatable), e.g. lpips_alex=0.05."
@@ -107,7 +107,11 @@ def validate_command(
         "--request",
         help="The request the client made (JSON, as sent or as on chain); the record's copy must equal it.",
     ),
-    spot_segments: int = typer.Option(1, "--spot-segments", help="Segments a spot check re-runs."),
+    spot_segments: int = typer.Option(
+        1,
+        "--spot-segments",
+        help="Segments a spot check re-runs in each expert phase (all of a phase with fewer); default 1 per phase.",
+    ),
     validator_entropy: str | None = typer.Option(
         None,
         "--validator-entropy",

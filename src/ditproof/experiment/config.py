@@ -239,13 +239,26 @@ def _problems(exc: ValidationError, where: str, allowed: dict[tuple[str, ...], l
 
 
 def _options_allowed() -> dict[tuple[str, ...], list[str]]:
-    from ditproof.protocol.options import CacheOptions, CaptureOptions, VideoEncoding
+    from ditproof.protocol.options import (
+        CacheOptions,
+        CaptureOptions,
+        CfgOffTail,
+        CheckpointSchedule,
+        LowNoiseReuse,
+        SkipBlock,
+        UncondReuseTail,
+        VideoEncoding,
+    )
 
     top = [k for k in RuntimeOptions.model_fields if k not in _PLANNED_OPTION_FIELDS]
     return {
         (): top,
         ("cache",): list(CacheOptions.model_fields),
         ("capture",): list(CaptureOptions.model_fields),
+        ("capture", "schedule"): list(CheckpointSchedule.model_fields),
+        ("shortcut",): list(
+            dict.fromkeys(k for m in (LowNoiseReuse, CfgOffTail, UncondReuseTail, SkipBlock) for k in m.model_fields)
+        ),
         ("encoding",): list(VideoEncoding.model_fields),
     }
 

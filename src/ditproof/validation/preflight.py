@@ -25,7 +25,7 @@ from ditproof import __version__
 from ditproof.errors import InvalidInputError
 from ditproof.generation.generate import check_prompt_length, expert_switch
 from ditproof.generation.runtime import class_differences, runtime_class, runtime_fingerprint
-from ditproof.hashing import sha256_bytes, sha256_tensor
+from ditproof.hashing import canonical_json, sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel, kernel_options
 from ditproof.protocol.options import RuntimeOptions, shortcut_label
 from ditproof.protocol.record import InferenceRecord, RuntimeFingerprint
@@ -64,6 +64,11 @@ REGENERATION_OPTION_FIELDS = (
 """Fields of a validator's own RuntimeOptions that replace the record's when it regenerates in
 another runtime class on purpose (``options=``; then thresholds decide). Everything else (capture,
 encoding, fusions) is the record's."""
+
+MAX_FINGERPRINT_BYTES = 64 * 1024
+"""The most a record's per-step fingerprints may take as canonical JSON: 40 steps of the default 8
+values take about 6.5 KB (8.2 KB at the longest number form); the bound holds up to ``jl_dim`` 64
+at 40 steps."""
 
 SAME_CLASS_FINGERPRINT_TOLERANCE = COMMITMENT_TOLERANCE
 """Where a same-class regeneration's fingerprints count as departed from the record's: in one class
@@ -166,6 +171,13 @@ def record_problems(record: InferenceRecord) -> list[str]:
         problems.append("fingerprints: absent; allowed: one per denoising step (every record must hold them)")
     elif len(record.fingerprints.values) != steps:
         problems.append(f"fingerprints: {len(record.fingerprints.values)} step(s); allowed: {steps} (the request's)")
+    else:
+        size = len(canonical_json(record.fingerprints.model_dump(mode="json")))
+        if size > MAX_FINGERPRINT_BYTES:
+            problems.append(
+                f"fingerprints: {size} bytes of JSON ({steps} steps of {record.fingerprints.dim} values); allowed: at "
+                f"most {MAX_FINGERPRINT_BYTES} (a smaller jl_dim)"
+            )
     names = {c.name: c.step for c in record.checkpoints}
     for name, step in (("initial", 0), ("final", steps)):
         if names.get(name) != step:

@@ -33,7 +33,7 @@ from safetensors.torch import load as load_safetensors
 
 from ditproof.errors import IntegrityError
 from ditproof.hashing import sha256_bytes
-from ditproof.protocol.record import InferenceRecord
+from ditproof.protocol.record import CheckpointRef, InferenceRecord
 from ditproof.protocol.verdict import TrajectoryPoint
 from ditproof.validation.fingerprints import fingerprint_distance
 from ditproof.validation.policy import Threshold, ThresholdPolicy
@@ -165,7 +165,7 @@ def check_trajectory(
     notes: list[str] = []
     points: list[TrajectoryPoint] = []
     missing = []
-    by_step = {}
+    by_step: dict[int, CheckpointRef] = {}
     for ref in record.checkpoints:
         by_step.setdefault(ref.step, ref)
     for step, ref in sorted(by_step.items()):
@@ -204,12 +204,12 @@ def check_trajectory(
         )
     if missing:
         notes.append(f"no file for {len(missing)} checkpoint(s) ({', '.join(missing)}): fingerprints only there")
-    scores = {}
+    scores: dict[str, float] = {}
     finite = [d for d in distances.values() if d != float("inf")]
     if finite:
         scores[f"{FINGERPRINT_METRIC}:value"] = max(finite)
-    measured = [p.latent_rel_l2 for p in points if p.latent_rel_l2 is not None]
-    if measured:
-        scores[f"{CHECKPOINT_METRIC}:value"] = max(measured)
+    latent_scores = [p.latent_rel_l2 for p in points if p.latent_rel_l2 is not None]
+    if latent_scores:
+        scores[f"{CHECKPOINT_METRIC}:value"] = max(latent_scores)
     departure = min(departures, key=lambda d: d.step) if departures and decisive else None
     return TrajectoryOutcome(points, departure, scores, decisive, notes)
