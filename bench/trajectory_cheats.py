@@ -47,7 +47,7 @@ PROMPTS = [
     "a green triangle moves right on a white background",
     "a blue circle moves down on a yellow background",
 ]
-SHORTCUTS = {
+SHORTCUTS: dict[str, LowNoiseReuse | CfgOffTail | UncondReuseTail | SkipBlock] = {
     "low-noise-reuse": LowNoiseReuse(kind="low-noise-reuse"),
     "cfg-off-tail-3": CfgOffTail(kind="cfg-off-tail", steps=3),
     "uncond-reuse-tail-8": UncondReuseTail(kind="uncond-reuse-tail", steps=8),
@@ -126,7 +126,7 @@ def main() -> None:
                 f"fp final {last['fingerprint_rel_l2']:.2e}  psnr {psnr:.1f} (encoder {encoder_loss:.1f})",
                 flush=True,
             )
-    result = {
+    summary = {
         "bench": "trajectory_cheats",
         "date": datetime.date.today().isoformat(),
         "preset": args.preset,
@@ -137,7 +137,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
     }
-    atomic_write_bytes(args.out, canonical_json(result) + b"\n")
+    atomic_write_bytes(args.out, canonical_json(summary) + b"\n")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def write(tmp_path: Path, extra: str = "", entropy: str = "ab" * 32, base: str =
     return path
 
 
-@pytest.mark.parametrize("name", ["stage1", "stage1-tiny-cpu", "stage1-shapes-gpu", "proposal"])
+@pytest.mark.parametrize("name", ["stage1", "stage1-tiny-cpu", "stage1-shapes-gpu", "proposal", "trajectory-cheats"])
 def test_shipped_configurations_load(name: str) -> None:
     experiment = load_experiment(name)
     labels = {c.label for c in experiment.configurations}
@@ -178,3 +178,23 @@ def test_prompt_file_formats_and_errors(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="id: got 'a b'"):
         load_prompts(jsonl)
     assert DATA_DIR.is_dir()
+
+
+def test_shortcut_cheats_are_experiment_options(tmp_path: Path) -> None:
+    experiment = load_experiment("trajectory-cheats")
+    kinds = {c.name: c.options.shortcut.kind for c in experiment.configurations if c.label == "malign"}
+    assert kinds == {
+        "low-noise-reuse": "low-noise-reuse",
+        "cfg-off-tail-3": "cfg-off-tail",
+        "uncond-reuse-tail-8": "uncond-reuse-tail",
+        "skip-block-low": "skip-block",
+        "skip-block-high": "skip-block",
+    }
+    assert experiment.reference.options.shortcut is None
+    assert experiment.reference.options.capture.schedule is not None  # the default schedule
+    extra = '[[malign]]\nname = "m"\noptions = { shortcut = { kind = "skip-block", blok = 3 } }\n'
+    with pytest.raises(
+        InvalidInputError,
+        match=r"malign\[m\]\.options\.shortcut\.skip-block\.blok: unknown key; allowed keys: kind, expert, block",
+    ):
+        load_experiment(write(tmp_path, extra=extra))

@@ -44,7 +44,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -256,9 +256,10 @@ def _options_allowed() -> dict[tuple[str, ...], list[str]]:
         ("cache",): list(CacheOptions.model_fields),
         ("capture",): list(CaptureOptions.model_fields),
         ("capture", "schedule"): list(CheckpointSchedule.model_fields),
-        ("shortcut",): list(
-            dict.fromkeys(k for m in (LowNoiseReuse, CfgOffTail, UncondReuseTail, SkipBlock) for k in m.model_fields)
-        ),
+        **{
+            ("shortcut", get_args(kind.model_fields["kind"].annotation)[0]): list(kind.model_fields)
+            for kind in (LowNoiseReuse, CfgOffTail, UncondReuseTail, SkipBlock)
+        },
         ("encoding",): list(VideoEncoding.model_fields),
     }
 
