@@ -233,6 +233,11 @@ def test_shipped_provisional_thresholds_apply_to_the_tiny_model_on_cpu(lossless_
     found = ThresholdPolicy(file).thresholds_for(record.model.preset, record.model.revision, record.runtime_class)
     assert set(found) == {"psnr:worst", "latent_rel_l2:value"}
     assert found["psnr:worst"].source.startswith("provisional thresholds")
+    # Trajectory thresholds per expert phase, for any step count.
+    at = ThresholdPolicy(file).trajectory_threshold
+    where = (record.model.preset, record.model.revision, record.runtime_class)
+    assert at(*where, "fingerprint_rel_l2", "low-noise", 0.5).value == 5.25e-05
+    assert at(*where, "latent_rel_l2_segment", "high-noise", 1.0).value == 2.48e-05
     assert run_cli("--record", str(out / "record.json"), "--cfg-mode", "batched", "--thresholds", str(path)) == 0
 
 

@@ -3,7 +3,8 @@
 UniPC is a multistep solver: the step after step k depends on the latent *and* on the solver's
 history (the last converted model outputs, their timesteps, the last sample for the corrector,
 and counters). A checkpoint holds all of it, so a validator can run from the executor's step k
-to step m exactly as the executor did (DESIGN §3.5: latent-checkpoint and spot-check modes).
+to step m exactly as the executor did (the latent-checkpoint and spot-check modes,
+docs/validation.md).
 """
 
 from __future__ import annotations

@@ -221,7 +221,7 @@ class RuntimeOptions(BaseModel):
     attention (diffusers' ``fuse_projections``); ``compile``: ``regional`` compiles the experts'
     repeated blocks with ``torch.compile`` (diffusers' ``compile_repeated_blocks``), fusing the
     elementwise work around the matrix products. Both change the kernels and so the low bits:
-    they are part of the runtime class, and both are applied at load time (issue 9).
+    they are part of the runtime class, and both are applied at load time.
     ``fuse_elementwise``: the feed-forward's tanh-GELU in its up-projection's epilogue and the
     self-attention's query/key RMS norm with the rotary embedding in one kernel
     (:mod:`ditproof.models.fused`); changes the low bits, part of the runtime class, applied at

@@ -1,4 +1,4 @@
-"""Latent-checkpoint and spot-check validation (DESIGN §3.5), with the fingerprint locator (§3.6).
+"""Latent-checkpoint and spot-check validation, with the fingerprint locator (docs/validation.md).
 
 Instead of regenerating the whole video, the validator checks the executor's trajectory piece by
 piece. After steps 1–3 of :func:`ditproof.validation.validate` (integrity, record, runtime class):
@@ -7,13 +7,15 @@ piece. After steps 1–3 of :func:`ditproof.validation.validate` (integrity, rec
    the record's hashes name (``initial`` is the seed's noise); the record's per-step fingerprints
    at the checkpoint steps are the projections of those latents (no model run needed);
 5. segments: each segment between consecutive checkpoints (``checkpoints`` mode: all of them;
-   ``spot-check`` mode: k of them, chosen by the validator *after* the executor committed, see
-   :func:`choose_spot_segments`) is re-run from the executor's checkpoint, and its end state
+   ``spot-check`` mode: k in each expert phase, chosen by the validator *after* the executor
+   committed, see :func:`choose_spot_segments`) is re-run from the executor's checkpoint (its
+   latent and solver history; the solver's bookkeeping derived from the schedule), and its end state
    (latent and solver history) is compared with the executor's: bitwise equal passes. In the
    executor's runtime class that is the only way to pass (a class is a promise of bytes: any
    difference is ``invalid``, no threshold consulted); only a validator that re-runs in another
    class on purpose measures the relative L2 against the policy's ``latent_rel_l2_segment``
-   threshold, and the record's fingerprints inside the segment must follow the re-run's. The
+   threshold at the segment's end (its expert phase and the fraction of it done), and the
+   record's fingerprints inside the segment must follow the re-run's. The
    first failing segment decides (``invalid``), with the step where the fingerprints first diverge;
 6. video: the video must come from the final latent. In ``checkpoints`` mode the last segment's
    re-run is decoded (the validator's own continuation); in ``spot-check`` mode the same, when the
@@ -152,7 +154,7 @@ def validate_spot_check(
     """Validates by re-running ``k`` segments chosen with the validator's entropy (module docstring).
 
     Args:
-        k: segments to re-run (at most the record's number of segments).
+        k: segments to re-run in each expert phase (all of a phase that has k or fewer).
         validator_entropy: hex digits (16 to 256); None draws 32 fresh bytes from the operating
             system. It is written in the verdict, so the choice can be recomputed by anyone.
         Others: as for :func:`validate_checkpoints`.

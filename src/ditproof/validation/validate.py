@@ -1,4 +1,4 @@
-"""Validation of an inference record and its video (DESIGN §3).
+"""Validation of an inference record and its video (docs/validation.md).
 
 Order of checks, each cheaper than the next:
 
