@@ -233,11 +233,13 @@ def switch_problems(record: InferenceRecord, switch: int | None) -> list[str]:
     request (``switch``), or its schedule then lacks steps."""
     steps = record.request.num_inference_steps
     held = [c.step for c in record.checkpoints if c.name == "pre_switch"]
-    wanted = [switch] if switch is not None and 0 < switch < steps else []
+    # As the capture saves it: at the switch whenever the low-noise expert runs some step (at 0
+    # when it runs them all); none when the high-noise expert runs every step.
+    wanted = [switch] if switch is not None else []
     if held != wanted:
         where = f"at step {switch}" if wanted else "none (one expert runs every step)"
         return [f"checkpoint 'pre_switch': {held or 'absent'}; allowed: {where} (the model's expert switch)"]
-    return schedule_problems(record, switch)
+    return schedule_problems(record, switch if switch is not None and 0 < switch < steps else None)
 
 
 def regeneration_options(record: InferenceRecord, own: RuntimeOptions | None, device: str | None) -> RuntimeOptions:
