@@ -402,3 +402,27 @@ def test_one_phase_requests_commit_and_validate(tiny_model, validator_model, tmp
     verdict = validate_spot_check(record, out / "video.mp4", validator_model, 2, "00" * 16, policy=SAME)
     assert verdict.decision == "valid", verdict.reason
     assert verdict.spot_check.phases == ([0, 8] if pre_switch else [8]) and len(verdict.segments) == 2
+
+
+def test_the_validate_command_names_where_the_cheat_left_the_band(tmp_path, tiny_model, capsys):
+    from ditproof.cli.main import main
+
+    _, out = cheat(tmp_path, tiny_model, LowNoiseReuse(kind="low-noise-reuse"))
+    args = [
+        "validate",
+        "--record",
+        str(out / "record.json"),
+        "--cfg-mode",
+        "batched",
+        "--verdict",
+        str(tmp_path / "v.json"),
+    ]
+    limits = ["fingerprint_rel_l2=1e-4", "latent_rel_l2_checkpoint=1e-4", "psnr=35"]
+    with pytest.raises(SystemExit) as info:
+        main([*args, *(x for limit in limits for x in ("--threshold", limit))])
+    printed = capsys.readouterr().out
+    assert info.value.code == 1, printed
+    assert "FAIL step_013 (13)" in printed and "low-noise 0.4" in printed and "ok pre_switch (11)" in printed
+    assert "the trajectory first departs after step 13" in printed
+    saved = json.loads((tmp_path / "v.json").read_text())
+    assert saved["schema_version"] == "ditproof.verdict/3" and saved["divergent_step"] == 13
