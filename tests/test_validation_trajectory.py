@@ -426,3 +426,12 @@ def test_the_validate_command_names_where_the_cheat_left_the_band(tmp_path, tiny
     assert "the trajectory first departs after step 13" in printed
     saved = json.loads((tmp_path / "v.json").read_text())
     assert saved["schema_version"] == "ditproof.verdict/3" and saved["divergent_step"] == 13
+
+
+def test_an_older_record_whose_prompt_is_a_field_name_still_reads_as_older(honest):
+    record, _ = honest
+    data = json.loads(record.canonical())
+    data["request"]["prompt"] = "schedule"  # the word alone, as a value, must not pass for the key
+    del data["options"]["capture"]["schedule"]
+    assert InferenceRecord.model_validate_json(json.dumps(data)).options.capture.schedule is None
+    assert InferenceRecord.model_validate_json(record.canonical()) == record  # a current record, parsed once

@@ -8,6 +8,7 @@ the same request on the same runtime.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,9 @@ from ditproof.protocol.options import RuntimeOptions, VideoEncoding
 from ditproof.protocol.request import GenerationRequest
 
 RECORD_SCHEMA: Literal["ditproof.record/1"] = "ditproof.record/1"
+_CURRENT_KEYS = (re.compile(rb'"yuv"\s*:'), re.compile(rb'"schedule"\s*:'))
+"""Keys of fields added to records over time: a record with all of them is parsed once (a JSON
+string value is never followed by a colon, so a prompt cannot fake a key)."""
 
 VIDEO_FILE = "video.mp4"
 RECORD_FILE = "record.json"
@@ -187,10 +191,8 @@ class InferenceRecord(_Model):
         colour conversion it was encoded with (``bt601-float64``), one made before
         ``CaptureOptions.schedule`` existed with no checkpoint schedule (it committed only to the
         checkpoints it lists)."""
-        markers = ('"yuv"', '"schedule"')
-        text = json_data if isinstance(json_data, str) else None
-        current = all((m in text) if text is not None else (m.encode() in json_data) for m in markers)
-        if current:  # a record with both fields: parsed once
+        data_bytes = json_data.encode() if isinstance(json_data, str) else bytes(json_data)
+        if all(key.search(data_bytes) for key in _CURRENT_KEYS):  # a record with both fields: parsed once
             return super().model_validate_json(json_data, **kwargs)
         try:
             data = json.loads(json_data)
