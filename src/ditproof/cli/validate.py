@@ -33,8 +33,9 @@ def print_verdict(verdict: Verdict) -> None:
         for seg in verdict.segments:
             mark = "[green]ok[/]" if seg.passed else "[red]FAIL[/]"
             measured = "bitwise equal" if seg.exact else f"{_number(seg.latent_rel_l2)} / {_number(seg.solver_rel_l2)}"
-            limit = f" (≤ {seg.threshold:.3g})" if seg.threshold is not None else ""
-            out.print(f"    {mark} {seg.label:<36} {seg.position:<16} {measured}{limit}", highlight=False)
+            out.print(
+                f"    {mark} {seg.label:<36} {seg.position:<16} {measured}{_limit(seg.threshold)}", highlight=False
+            )
     if verdict.trajectory:
         out.print("  trajectory (committed step, position: fingerprint / checkpoint relative L2):", highlight=False)
         for point in verdict.trajectory:
