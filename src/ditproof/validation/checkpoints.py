@@ -42,6 +42,7 @@ from ditproof.models.registry import LoadedModel
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.verdict import SegmentCheck, SpotCheckChoice, Verdict
 from ditproof.randomness import SPOT_CHECK_PHASE_DERIVATION, check_entropy, spot_check_phase_segments
+from ditproof.validation.commitments import phase_counts, record_switch
 from ditproof.validation.compare import ComparisonOptions, compare
 from ditproof.validation.fingerprints import (
     Divergence,
@@ -83,22 +84,6 @@ __all__ = [
     "validate_checkpoints",
     "validate_spot_check",
 ]
-
-
-def record_switch(record: InferenceRecord) -> int | None:
-    """The record's expert switch: its ``pre_switch`` checkpoint's step (None: one phase). The
-    preflight has checked that it is the model's."""
-    steps = [c.step for c in record.checkpoints if c.name == "pre_switch"]
-    return steps[0] if steps else None
-
-
-def phase_counts(segment_ends: list[int], switch: int | None) -> list[int]:
-    """Segments per expert phase (high-noise, low-noise), from their end steps: a segment that ends
-    at or before the switch is the high-noise expert's."""
-    if switch is None:
-        return [len(segment_ends)]
-    high = sum(1 for end in segment_ends if end <= switch)
-    return [high, len(segment_ends) - high]
 
 
 def choose_spot_segments(record: InferenceRecord, validator_entropy: str, k: int) -> list[int]:

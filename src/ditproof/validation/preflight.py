@@ -33,6 +33,7 @@ from ditproof.protocol.request import GenerationRequest
 from ditproof.protocol.verdict import CheckResult, Verdict
 from ditproof.randomness import derive_seed, initial_noise
 from ditproof.validation.allowed import AllowedClasses
+from ditproof.validation.commitments import schedule_problems, switch_problems
 from ditproof.validation.delegation import ValidatorRegistry
 from ditproof.validation.fingerprints import COMMITMENT_TOLERANCE, Divergence, locate_divergence
 
@@ -209,37 +210,6 @@ def record_problems(record: InferenceRecord) -> list[str]:
     if threads is not None and record.runtime.device_type == "cpu" and record.runtime.cpu_threads != threads:
         problems.append(f"runtime.cpu_threads: {record.runtime.cpu_threads}, options.cpu_threads {threads}")
     return problems
-
-
-def schedule_problems(record: InferenceRecord, switch: int | None) -> list[str]:
-    """Steps the record's capture options commit to (its checkpoint schedule for its step count and
-    the expert switch ``switch``, the switch itself, its extra steps) without a checkpoint there."""
-    steps = record.request.num_inference_steps
-    promised = record.options.capture.committed_steps(steps, switch)
-    held = {c.step for c in record.checkpoints}
-    absent = [step for step in promised if step not in held]
-    if not absent:
-        return []
-    schedule = record.options.capture.schedule
-    rule = f"schedule {schedule.rule} with {schedule.segments} segments" if schedule else "no schedule"
-    return [
-        f"checkpoints: none at step(s) {absent}; allowed: a checkpoint at every step the record's capture options "
-        f"commit to ({rule}, {steps} steps, expert switch {switch}: {list(promised)})"
-    ]
-
-
-def switch_problems(record: InferenceRecord, switch: int | None) -> list[str]:
-    """Where the record's ``pre_switch`` checkpoint is not at the model's expert switch for its
-    request (``switch``), or its schedule then lacks steps."""
-    steps = record.request.num_inference_steps
-    held = [c.step for c in record.checkpoints if c.name == "pre_switch"]
-    # As the capture saves it: at the switch whenever the low-noise expert runs some step (at 0
-    # when it runs them all); none when the high-noise expert runs every step.
-    wanted = [switch] if switch is not None else []
-    if held != wanted:
-        where = f"at step {switch}" if wanted else "none (one expert runs every step)"
-        return [f"checkpoint 'pre_switch': {held or 'absent'}; allowed: {where} (the model's expert switch)"]
-    return schedule_problems(record, switch if switch is not None and 0 < switch < steps else None)
 
 
 def regeneration_options(record: InferenceRecord, own: RuntimeOptions | None, device: str | None) -> RuntimeOptions:

@@ -33,14 +33,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Unpack
 
-import torch
-
 from ditproof.errors import IntegrityError
 from ditproof.generation.generate import expert_switch, generate
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.verdict import Verdict
+from ditproof.validation.commitments import commitment_mismatches
 from ditproof.validation.compare import ComparisonOptions, compare
 from ditproof.validation.fingerprints import fingerprint_tolerance, locate_divergence
 from ditproof.validation.policy import ThresholdPolicy
@@ -52,13 +51,6 @@ from ditproof.validation.preflight import (
 )
 from ditproof.validation.trajectory import check_trajectory
 from ditproof.video import encode_video
-
-
-def commitment_mismatches(record: InferenceRecord, latents: dict[str, tuple[int, torch.Tensor]]) -> list[str]:
-    """The record's committed checkpoints whose latent is not the regeneration's at their step
-    (``latents``: the regeneration's capture, name → (step, latent)), as ``name (step)``."""
-    hashes = {step: sha256_tensor(tensor) for step, tensor in latents.values()}
-    return [f"{c.name} ({c.step})" for c in record.checkpoints if hashes.get(c.step) != c.tensor_sha256]
 
 
 def validate(
