@@ -269,8 +269,12 @@ def test_spot_check_catches_a_bad_segment_when_it_is_chosen(honest, validator_mo
     verdict = validate_spot_check(forged, tmp_path / "f" / "video.mp4", validator_model, 1, hit, policy=POLICY)
     assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[BAD]
     assert verdict.cost_fraction == 1 / 8  # it stopped at the bad segment, the first chosen
-    # A spot check that misses the bad segment passes: the chance of a miss is what k buys down.
-    miss = entropy_choosing(forged, 1, lambda chosen: BAD not in chosen and 7 not in chosen)
+    # A spot check that misses both segments the bad checkpoint touches (the one ending at it and the
+    # one resumed from it) passes: the chance of a miss is what k buys down.
+    miss = entropy_choosing(forged, 1, lambda chosen: not {BAD, BAD + 1, 7} & set(chosen))
+    hit_after = entropy_choosing(forged, 1, lambda chosen: BAD + 1 in chosen)
+    verdict = validate_spot_check(forged, tmp_path / "f" / "video.mp4", validator_model, 1, hit_after, policy=POLICY)
+    assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[BAD + 1]
     verdict = validate_spot_check(forged, tmp_path / "f" / "video.mp4", validator_model, 1, miss, policy=POLICY)
     assert verdict.decision == "valid", verdict.reason
 
