@@ -2,8 +2,8 @@
 
 The denoising loop follows diffusers' ``WanPipeline.__call__`` step for step (and the tests
 check that, with default options, both give bitwise-identical latents), with what ditproof adds:
-CPU-drawn noise, trajectory capture, per-expert timing, batched CFG and single-expert runs as
-options.
+CPU-drawn noise, trajectory capture, per-expert timing, batched CFG, single-expert runs and the
+experiments' compute-saving shortcuts (:mod:`ditproof.generation.shortcuts`) as options.
 """
 
 from __future__ import annotations
