@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--checkpoint-every", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per mode (median reported)")
-    parser.add_argument("--spot", default="1,2", help="spot-check sizes k, comma-separated")
+    parser.add_argument("--spot", default="1,2", help="spot-check sizes k (segments per expert phase), comma-separated")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, 8 steps (tests the script)")
     args = parser.parse_args()
     if args.smoke:

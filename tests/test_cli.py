@@ -41,11 +41,11 @@ def test_generate_writes_video_record_and_latents(generated):
     out, result = generated
     record = json.loads((out / "record.json").read_text())
     assert (out / "video.mp4").stat().st_size == record["video"]["size_bytes"]
-    assert sorted(p.name for p in (out / "latents").iterdir()) == [
-        "final.safetensors",
-        "initial.safetensors",
-        "pre_switch.safetensors",
-    ]
+    # One file per step the default checkpoint schedule commits to, each named in the record.
+    files = sorted(p.name for p in (out / "latents").iterdir())
+    assert files == sorted(ref["file"].removeprefix("latents/") for ref in record["checkpoints"])
+    assert {"initial.safetensors", "pre_switch.safetensors", "final.safetensors"} <= set(files)
+    assert record["options"]["capture"]["schedule"] == {"rule": "per-phase-v1", "segments": 8}
     assert record["video"]["sha256"] in result.stdout
     assert record["request_id"] == "cli-1"
 

@@ -49,7 +49,7 @@ def write(tmp_path: Path, extra: str = "", entropy: str = "ab" * 32, base: str =
     return path
 
 
-@pytest.mark.parametrize("name", ["stage1", "stage1-tiny-cpu", "stage1-shapes-gpu", "proposal"])
+@pytest.mark.parametrize("name", ["stage1", "stage1-tiny-cpu", "stage1-shapes-gpu", "proposal", "trajectory-cheats"])
 def test_shipped_configurations_load(name: str) -> None:
     experiment = load_experiment(name)
     labels = {c.label for c in experiment.configurations}
@@ -190,3 +190,23 @@ def test_the_mixed_set_holds_every_held_out_caption_then_free_text():
     assert len(grammar) == 393 and ids[:393] == [p.id for p in grammar]
     assert [p.prompt for p in grammar[:200]] == [p.prompt for p in load_prompts(PROMPTS_DIR / SHIPPED["grammar"])]
     assert ids[393] == "f0001" and all(i.startswith("f") for i in ids[393:])
+
+
+def test_shortcut_cheats_are_experiment_options(tmp_path: Path) -> None:
+    experiment = load_experiment("trajectory-cheats")
+    kinds = {c.name: c.options.shortcut.kind for c in experiment.configurations if c.label == "malign"}
+    assert kinds == {
+        "low-noise-reuse": "low-noise-reuse",
+        "cfg-off-tail-3": "cfg-off-tail",
+        "uncond-reuse-tail-8": "uncond-reuse-tail",
+        "skip-block-low": "skip-block",
+        "skip-block-high": "skip-block",
+    }
+    assert experiment.reference.options.shortcut is None
+    assert experiment.reference.options.capture.schedule is not None  # the default schedule
+    extra = '[[malign]]\nname = "m"\noptions = { shortcut = { kind = "skip-block", blok = 3 } }\n'
+    with pytest.raises(
+        InvalidInputError,
+        match=r"malign\[m\]\.options\.shortcut\.skip-block\.blok: unknown key; allowed keys: kind, expert, block",
+    ):
+        load_experiment(write(tmp_path, extra=extra))

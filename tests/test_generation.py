@@ -61,11 +61,15 @@ def test_record_holds_what_a_validator_needs(tiny_model, small_request, cpu_opti
     assert record.runtime_class.startswith("cpu-") and "sdpa" in record.runtime_class
     assert record.runtime.torch == torch.__version__
     # Checkpoints: files exist, hashes match, steps are right.
-    names = [c.name for c in record.checkpoints]
-    assert names == ["initial", "pre_switch", "final"]
+    # The default schedule commits to every step of a 6-step run (8 segments, per expert phase).
     steps = {c.name: c.step for c in record.checkpoints}
     assert steps["initial"] == 0 and steps["final"] == small_request.num_inference_steps
     assert steps["pre_switch"] == record.timings.high_noise_steps
+    committed = record.options.capture.committed_steps(small_request.num_inference_steps, steps["pre_switch"])
+    assert sorted(steps.values()) == list(committed) == list(range(7))
+    assert all(
+        name == f"step_{step:03d}" for name, step in steps.items() if name not in ("initial", "pre_switch", "final")
+    )
     for ref in record.checkpoints:
         assert sha256_file(tmp_path / ref.file) == ref.sha256
         assert sha256_tensor(load_file(tmp_path / ref.file)["latent"]) == ref.tensor_sha256

@@ -27,18 +27,24 @@ from ditproof.validation import (
 
 ENTROPY = "4d" * 32
 REQUEST_ID = "ckpt-1"
-CAPTURE = CaptureOptions(checkpoint_steps=(2, 4))
-# Segments of an 8-step record with checkpoints at 2 and 4 (the tiny model switches experts after 6).
+CAPTURE = CaptureOptions()
+# Segments of an 8-step record with the default schedule (8 segments: every step is committed; the tiny
+# model switches experts after 6).
 # Honest flows carry a frame threshold: libx264 here re-encodes the same frames to other bytes now and
 # then (see docs/validation.md), and the video check then falls back to the metrics, as in production.
 # Segments: the tiny model's benign deviations stay below 1e-5 (the batched-CFG test below).
 POLICY = ThresholdPolicy(explicit={"psnr": 35.0, "latent_rel_l2_segment": 1e-4})
 SEGMENTS = [
-    "initial (0) → step_002 (2)",
-    "step_002 (2) → step_004 (4)",
-    "step_004 (4) → pre_switch (6)",
-    "pre_switch (6) → final (8)",
+    "initial (0) → step_001 (1)",
+    "step_001 (1) → step_002 (2)",
+    "step_002 (2) → step_003 (3)",
+    "step_003 (3) → step_004 (4)",
+    "step_004 (4) → step_005 (5)",
+    "step_005 (5) → pre_switch (6)",
+    "pre_switch (6) → step_007 (7)",
+    "step_007 (7) → final (8)",
 ]
+BAD = 3  # the segment ending at step_004, which the tampering tests change
 
 
 def request(steps: int = 8) -> GenerationRequest:
@@ -131,19 +137,21 @@ def test_honest_record_passes_checkpoint_mode(honest, validator_model):
     assert verdict.scores["latent_rel_l2_segment:value"] == 0.0
     names = [c.name for c in verdict.checks]
     assert names[:8] == [*PREFLIGHT_CHECKS, "checkpoint_files", "fingerprints"]
-    assert names[8:13] == ["segment"] * 4 + ["exact_match"]
+    assert names[8:17] == ["segment"] * 8 + ["exact_match"]
 
 
 def test_honest_record_passes_spot_check_at_a_fraction_of_the_cost(honest, validator_model):
     record, out = honest
     # A choice without the last segment: the validator decodes the executor's final latent itself.
-    entropy = entropy_choosing(record, 2, lambda chosen: 3 not in chosen)
-    verdict = validate_spot_check(record, out / "video.mp4", validator_model, 2, entropy, policy=POLICY)
+    entropy = entropy_choosing(record, 1, lambda chosen: 7 not in chosen)
+    verdict = validate_spot_check(record, out / "video.mp4", validator_model, 1, entropy, policy=POLICY)
     assert verdict.decision == "valid", verdict.reason
-    chosen = choose_spot_segments(record, entropy, 2)
+    chosen = choose_spot_segments(record, entropy, 1)
     assert verdict.spot_check.chosen == chosen and verdict.spot_check.validator_entropy == entropy
+    # One segment per expert phase: 6 high-noise segments, 2 low-noise ones.
+    assert verdict.spot_check.phases == [6, 2] and chosen[0] < 6 <= chosen[1]
     assert [s.label for s in verdict.segments] == [SEGMENTS[i] for i in chosen]
-    assert verdict.regenerated_steps == 4 and verdict.cost_fraction == 0.5
+    assert verdict.regenerated_steps == 2 and verdict.cost_fraction == 0.25
     assert "executor's final latent" in next(c.detail for c in verdict.checks if c.name == "exact_match")
 
 
@@ -153,6 +161,7 @@ def test_spot_check_without_entropy_draws_its_own_and_reports_it(honest, validat
     assert verdict.decision == "valid", verdict.reason
     entropy = verdict.spot_check.validator_entropy
     assert len(entropy) == 64 and verdict.spot_check.chosen == choose_spot_segments(record, entropy, 1)
+    assert verdict.spot_check.derivation == "ditproof-spot-v2"
 
 
 # Executors whose checkpoints are not one trajectory.
@@ -166,9 +175,9 @@ def test_tampered_middle_checkpoint_is_caught_at_its_segment(honest, validator_m
     verdict = validate_checkpoints(forged, tmp_path / "f" / "video.mp4", validator_model, policy=POLICY)
     assert verdict.decision == "invalid", verdict.reason
     assert [c.name for c in verdict.checks if c.passed is False] == ["segment"]
-    assert verdict.first_failing_segment == SEGMENTS[1]
-    assert verdict.segments[0].passed and not verdict.segments[1].passed
-    bad = verdict.segments[1]
+    assert verdict.first_failing_segment == SEGMENTS[BAD]
+    assert all(s.passed for s in verdict.segments[:BAD]) and not verdict.segments[BAD].passed
+    bad = verdict.segments[BAD]
     assert bad.latent_rel_l2 == pytest.approx(0.01, rel=1e-3) and bad.solver_rel_l2 == 0.0
     assert verdict.divergent_step == 4 and "first diverge after step 4" in verdict.reason
     assert verdict.regenerated_steps == 4  # it stopped at the first failing segment
@@ -180,8 +189,8 @@ def test_tampered_solver_history_is_caught(honest, validator_model, tmp_path):
     files["solver.model_output.0"] = files["solver.model_output.0"] + 0.05
     forged = forge(record, out, tmp_path / "f", {"step_004": files})
     verdict = validate_checkpoints(forged, tmp_path / "f" / "video.mp4", validator_model, policy=POLICY)
-    assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[1]
-    assert verdict.segments[1].latent_rel_l2 == 0.0 and verdict.segments[1].solver_rel_l2 > 1e-3
+    assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[BAD]
+    assert verdict.segments[BAD].latent_rel_l2 == 0.0 and verdict.segments[BAD].solver_rel_l2 > 1e-3
 
 
 def test_tampered_checkpoint_with_stale_fingerprint_is_caught_without_running_the_model(
@@ -214,8 +223,9 @@ def test_fewer_steps_labelled_as_more_are_caught(honest, tiny_model, validator_m
         request(6), tiny_model, RuntimeOptions(capture=CAPTURE), short, request_id=REQUEST_ID, entropy=ENTROPY
     )
     files = {}
+    short_names = {c.step: c.name for c in done.checkpoints}
     for ref in record.checkpoints:  # the 6-step run's latents under the 8-step record's names and steps
-        data = tensors(short, ref.name)
+        data = tensors(short, short_names.get(ref.step, "final"))
         data["solver.step_index"] = torch.tensor(ref.step, dtype=torch.int64)
         files[ref.name] = data
     forged = forge(record, out, tmp_path / "f", files, video_from=short, prints_from=done.fingerprints.values)
@@ -255,12 +265,16 @@ def test_spot_check_catches_a_bad_segment_when_it_is_chosen(honest, validator_mo
     files = tensors(out, "step_004")
     files["latent"] = files["latent"] * 1.01
     forged = forge(record, out, tmp_path / "f", {"step_004": files})
-    hit = entropy_choosing(forged, 1, lambda chosen: chosen == [1])
+    hit = entropy_choosing(forged, 1, lambda chosen: BAD in chosen)
     verdict = validate_spot_check(forged, tmp_path / "f" / "video.mp4", validator_model, 1, hit, policy=POLICY)
-    assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[1]
-    assert verdict.cost_fraction == 0.25
-    # A spot check that misses the bad segment passes: the chance of a miss is what k buys down.
-    miss = entropy_choosing(forged, 1, lambda chosen: chosen == [0])
+    assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[BAD]
+    assert verdict.cost_fraction == 1 / 8  # it stopped at the bad segment, the first chosen
+    # A spot check that misses both segments the bad checkpoint touches (the one ending at it and the
+    # one resumed from it) passes: the chance of a miss is what k buys down.
+    miss = entropy_choosing(forged, 1, lambda chosen: not {BAD, BAD + 1, 7} & set(chosen))
+    hit_after = entropy_choosing(forged, 1, lambda chosen: BAD + 1 in chosen)
+    verdict = validate_spot_check(forged, tmp_path / "f" / "video.mp4", validator_model, 1, hit_after, policy=POLICY)
+    assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[BAD + 1]
     verdict = validate_spot_check(forged, tmp_path / "f" / "video.mp4", validator_model, 1, miss, policy=POLICY)
     assert verdict.decision == "valid", verdict.reason
 
@@ -270,7 +284,7 @@ def test_honest_trajectory_with_another_video_is_caught(honest, tiny_model, vali
     other = tmp_path / "other"
     execute(request().model_copy(update={"seed": 5}), tiny_model, RuntimeOptions(), other)
     forged = forge(record, out, tmp_path / "f", {}, video_from=other)
-    last_not_chosen = entropy_choosing(forged, 1, lambda chosen: chosen == [0])
+    last_not_chosen = entropy_choosing(forged, 1, lambda chosen: 7 not in chosen)
     verdict = validate_spot_check(
         forged, tmp_path / "f" / "video.mp4", validator_model, 1, last_not_chosen, policy=POLICY
     )
@@ -308,7 +322,7 @@ def test_missing_checkpoint_files_give_a_clear_error(honest, validator_model, tm
     (tmp_path / "f" / "latents" / "step_004.safetensors").unlink()
     verdict = validate_checkpoints(record, tmp_path / "f" / "video.mp4", validator_model)
     assert verdict.decision == "error" and verdict.first_failing_check == "checkpoint_files"
-    assert "1 of 5 missing" in verdict.reason and "latents/step_004.safetensors" in verdict.reason
+    assert "1 of 9 missing" in verdict.reason and "latents/step_004.safetensors" in verdict.reason
     assert "--artifacts" in verdict.reason
 
     video = (out / "video.mp4").read_bytes()

@@ -45,7 +45,7 @@ def test_spot_check_command_prints_choice_segments_and_cost(run, tmp_path, capsy
     assert f"segments {chosen} of" in printed and "mode: spot-check" in printed and "verdict: valid" in printed
     assert "% of a full regeneration" in printed
     saved = json.loads(verdict_path.read_text())
-    assert saved["schema_version"] == "ditproof.verdict/2" and saved["mode"] == "spot-check"
+    assert saved["schema_version"] == "ditproof.verdict/3" and saved["mode"] == "spot-check"
     assert saved["spot_check"]["chosen"] == chosen and saved["spot_check"]["validator_entropy"] == entropy
 
 
@@ -84,7 +84,7 @@ def test_checkpoints_command_exits_1_on_a_tampered_checkpoint_and_3_without_file
     code = validate_cli("--record", str(folder / "record.json"), "--mode", "checkpoints", *THRESHOLDS)
     printed = capsys.readouterr().out
     assert code == 1, printed
-    assert "FAIL step_003 (3) → " not in printed and "FAIL initial (0) → step_003 (3)" in printed
+    assert "FAIL step_003 (3) → " not in printed and "FAIL step_002 (2) → step_003 (3)" in printed
 
     shutil.rmtree(folder / "latents")
     assert validate_cli("--record", str(folder / "record.json"), "--mode", "checkpoints", *THRESHOLDS) == 3
@@ -95,7 +95,7 @@ def test_checkpoints_command_exits_1_on_a_tampered_checkpoint_and_3_without_file
     ("args", "message"),
     [
         (["--mode", "partial"], "mode: got 'partial'; allowed: full, checkpoints, spot-check"),
-        (["--mode", "spot-check", "--spot-segments", "9"], r"got k=9 of 3 segment(s); allowed: 1 to 3"),
+        (["--mode", "spot-check", "--spot-segments", "0"], "got k=0 per phase; allowed: 1 or more"),
         (["--validator-entropy", "00" * 16], "only with --mode spot-check"),
         (["--mode", "spot-check", "--validator-entropy", "zz"], "entropy: got 'zz'"),
     ],

@@ -8,9 +8,11 @@ import torch
 
 from ditproof.errors import InvalidInputError
 from ditproof.generation.solver import SolverState
-from ditproof.randomness import seeded_sample, spot_check_segments
+from ditproof.protocol.options import CheckpointSchedule
+from ditproof.randomness import seeded_sample, spot_check_phase_segments, spot_check_segments
 from ditproof.validation.fingerprints import fingerprint_distance, first_divergent_step
 from ditproof.validation.segments import solver_distance
+from ditproof.validation.trajectory import step_position
 
 RECORD_HASH = "ab" * 32
 
@@ -53,6 +55,68 @@ def test_spot_choice_covers_every_segment_about_evenly():
 def test_spot_choice_refuses_bad_input(args, message):
     with pytest.raises(InvalidInputError, match=message):
         spot_check_segments(*args)
+
+
+def test_per_phase_choice_draws_k_in_each_phase():
+    # 5 high-noise segments (0-4) and 3 low-noise ones (5-7), as the default schedule at 40 steps.
+    for i in range(50):
+        chosen = spot_check_phase_segments(RECORD_HASH, f"{i:032x}", [5, 3], 1)
+        assert len(chosen) == 2 and chosen[0] < 5 <= chosen[1]
+    two = spot_check_phase_segments(RECORD_HASH, "01" * 16, [5, 3], 2)
+    assert two == spot_check_phase_segments(RECORD_HASH, "01" * 16, [5, 3], 2) and len(two) == 4
+    # The documented derivation, phase by phase (offsets added).
+    high = seeded_sample(f"ditproof-spot-v2/{RECORD_HASH}/{'01' * 16}/0", 5, 2)
+    low = seeded_sample(f"ditproof-spot-v2/{RECORD_HASH}/{'01' * 16}/1", 3, 2)
+    assert two == sorted([*high, *(5 + j for j in low)])
+    # A phase with k or fewer segments is checked whole; an empty phase is skipped.
+    assert spot_check_phase_segments(RECORD_HASH, "01" * 16, [5, 3], 3)[3:] == [5, 6, 7]
+    assert spot_check_phase_segments(RECORD_HASH, "01" * 16, [0, 2], 3) == [0, 1]
+    with pytest.raises(InvalidInputError, match="got k=0 per phase; allowed: 1 or more"):
+        spot_check_phase_segments(RECORD_HASH, "01" * 16, [5, 3], 0)
+    with pytest.raises(InvalidInputError, match=r"got \[0, 0\] segment\(s\) per phase"):
+        spot_check_phase_segments(RECORD_HASH, "01" * 16, [0, 0], 1)
+
+
+def test_a_deviation_confined_to_one_phase_never_escapes_a_per_phase_draw():
+    # Every low-noise segment bad (a step cache after the switch): a uniform draw of 1 of 8 misses
+    # it with probability 5/8; one per phase never does.
+    uniform_misses = sum(all(j < 5 for j in spot_check_segments(RECORD_HASH, f"{i:032x}", 8, 1)) for i in range(400))
+    assert 200 < uniform_misses < 300  # expected 250
+    assert all(any(j >= 5 for j in spot_check_phase_segments(RECORD_HASH, f"{i:032x}", [5, 3], 1)) for i in range(400))
+
+
+@pytest.mark.parametrize(
+    ("steps", "switch", "expected"),
+    [
+        (40, 26, (0, 5, 10, 16, 21, 26, 31, 35, 40)),
+        (20, 13, (0, 3, 5, 8, 10, 13, 15, 18, 20)),
+        (40, 17, (0, 6, 11, 17, 22, 26, 31, 35, 40)),
+        (8, 6, tuple(range(9))),
+        (40, None, (0, 5, 10, 15, 20, 25, 30, 35, 40)),
+        (3, None, (0, 1, 2, 3)),
+    ],
+)
+def test_default_schedule_steps(steps, switch, expected):
+    assert CheckpointSchedule().steps(steps, switch) == expected
+
+
+def test_every_schedule_covers_both_phases_and_the_switch():
+    for segments in (1, 2, 4, 8, 16):
+        for steps in range(2, 61):
+            for switch in range(1, steps):
+                points = CheckpointSchedule(segments=segments).steps(steps, switch)
+                assert points[0] == 0 and points[-1] == steps and switch in points
+                assert points == tuple(sorted(set(points)))
+                low = [p for p in points if p > switch]
+                assert low and any(0 < p <= switch for p in points)  # at least one segment per phase
+                assert len(points) - 1 <= max(segments, 2) + 1  # about `segments` segments, never many more
+
+
+def test_step_positions():
+    assert step_position(26, 40, 26) == ("high-noise", 1.0)
+    assert step_position(31, 40, 26) == ("low-noise", 5 / 14)
+    assert step_position(10, 40, None) == ("high-noise", 0.25)
+    assert step_position(4, 8, 0) == ("low-noise", 0.5)
 
 
 def test_fingerprint_distance():

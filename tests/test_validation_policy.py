@@ -59,6 +59,62 @@ def test_most_specific_entry_wins_and_explicit_overrides():
     assert other["psnr:worst"].value == 31.0  # exact class beats a pattern at equal model rank
 
 
+def segment(value, **position):
+    return entry(
+        metric="latent_rel_l2_segment",
+        statistic="value",
+        direction="lower-is-better",
+        value=value,
+        **({"position": position} if position else {}),
+    )
+
+
+def test_trajectory_thresholds_are_looked_up_by_phase_and_fraction():
+    file = thresholds(
+        segment(1e-3),  # everywhere
+        segment(1e-4, phase="high-noise"),
+        segment(5e-5, phase="low-noise", start=0.0, end=0.5),
+        segment(2e-4, phase="any", start=0.9, end=1.0),
+        segment(7e-5, phase="low-noise", start=0.0, end=0.5) | {"runtime_class": CLASS},
+    )
+    policy = ThresholdPolicy(file, file_label="t.json")
+    at = lambda phase, fraction, cls="cpu-other": policy.trajectory_threshold(  # noqa: E731
+        "wan-tiny-random", REV, cls, "latent_rel_l2_segment", phase, fraction
+    )
+    assert at("high-noise", 0.3).value == 1e-4  # a named phase beats the whole-trajectory entry
+    assert at("high-noise", 0.95).value == 2e-4  # the narrowest range wins
+    assert at("low-noise", 0.5).value == 5e-5 and "position low-noise 0-0.5" in at("low-noise", 0.5).source
+    assert at("low-noise", 0.7).value == 1e-3  # only the entry without a position holds there
+    assert at("low-noise", 0.2, CLASS).value == 7e-5  # an exact class beats a pattern first
+    # Positioned entries are not whole-trajectory thresholds; an explicit value overrides every position.
+    assert policy.thresholds_for("wan-tiny-random", REV, "cpu-other")["latent_rel_l2_segment:value"].value == 1e-3
+    explicit = ThresholdPolicy(file, {"latent_rel_l2_segment": 3e-3})
+    assert (
+        explicit.trajectory_threshold("wan-tiny-random", REV, "cpu-x", "latent_rel_l2_segment", "low-noise", 0.2).value
+        == 3e-3
+    )
+    assert policy.has_trajectory_thresholds("wan-tiny-random", REV, "cpu-x", "latent_rel_l2_segment")
+    assert not policy.has_trajectory_thresholds("wan-tiny-random", REV, "cpu-x", "fingerprint_rel_l2")
+
+
+def test_positions_need_a_trajectory_metric_and_schema_2(tmp_path):
+    with pytest.raises(ValueError, match="position of psnr: a frame or final-latent metric holds for the whole video"):
+        thresholds(entry(position={"phase": "low-noise"}))
+    with pytest.raises(ValueError, match="start 0.8 after end 0.2"):
+        thresholds(segment(1e-4, start=0.8, end=0.2))
+    with pytest.raises(ValueError, match="duplicate entry .* position low-noise 0-1"):
+        thresholds(segment(1e-4, phase="low-noise"), segment(2e-4, phase="low-noise"))
+    thresholds(segment(1e-4, phase="low-noise"), segment(2e-4, phase="high-noise"))  # distinct positions
+    old = {"schema_version": "ditproof.thresholds/1", "version": 1, "provisional": True, "description": "old"}
+    (tmp_path / "v1.json").write_text(json.dumps({**old, "entries": [segment(1e-4)]}))
+    assert ThresholdsFile.load(tmp_path / "v1.json").entries[0].position is None  # /1 files still read
+    (tmp_path / "bad.json").write_text(json.dumps({**old, "entries": [segment(1e-4, phase="low-noise")]}))
+    with pytest.raises(
+        InvalidInputError, match="not in a ditproof.thresholds/1 file; allowed: schema ditproof.thresholds/2"
+    ):
+        ThresholdsFile.load(tmp_path / "bad.json")
+
+
 def test_thresholds_file_is_checked(tmp_path):
     with pytest.raises(ValueError, match="direction of psnr: got 'lower-is-better'"):
         thresholds(entry(direction="lower-is-better"))
@@ -74,7 +130,7 @@ def test_thresholds_file_is_checked(tmp_path):
     data = json.loads(path.read_text())
     data["schema_version"] = "ditproof.thresholds/9"
     path.write_text(json.dumps(data))
-    with pytest.raises(InvalidInputError, match="not a valid ditproof.thresholds/1 file"):
+    with pytest.raises(InvalidInputError, match=r"not a valid ditproof.thresholds/2 \(or /1\) file"):
         ThresholdsFile.load(path)
     with pytest.raises(InvalidInputError, match="cannot be read"):
         ThresholdsFile.load(tmp_path / "missing.json")
@@ -177,6 +233,11 @@ def test_shipped_provisional_thresholds_apply_to_the_tiny_model_on_cpu(lossless_
     found = ThresholdPolicy(file).thresholds_for(record.model.preset, record.model.revision, record.runtime_class)
     assert set(found) == {"psnr:worst", "latent_rel_l2:value"}
     assert found["psnr:worst"].source.startswith("provisional thresholds")
+    # Trajectory thresholds per expert phase, for any step count.
+    at = ThresholdPolicy(file).trajectory_threshold
+    where = (record.model.preset, record.model.revision, record.runtime_class)
+    assert at(*where, "fingerprint_rel_l2", "low-noise", 0.5).value == 5.25e-05
+    assert at(*where, "latent_rel_l2_segment", "high-noise", 1.0).value == 2.48e-05
     assert run_cli("--record", str(out / "record.json"), "--cfg-mode", "batched", "--thresholds", str(path)) == 0
 
 

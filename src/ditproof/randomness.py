@@ -287,3 +287,39 @@ def spot_check_segments(record_sha256: str, validator_entropy: str, segments: in
     if not 1 <= k <= segments:
         raise InvalidInputError(f"spot-check segments: got k={k} of {segments} segment(s); allowed: 1 to {segments}")
     return sorted(seeded_sample(f"{SPOT_CHECK_DERIVATION}/{record_sha256}/{entropy}", segments, k))
+
+
+SPOT_CHECK_PHASE_DERIVATION = "ditproof-spot-v2"
+"""Name of the per-phase spot-check choice below (the default since checkpoint schedules)."""
+
+
+def spot_check_phase_segments(record_sha256: str, validator_entropy: str, phases: list[int], k: int) -> list[int]:
+    """The segment indices a spot check re-runs: ``k`` drawn in each expert phase (all of a phase
+    with ``k`` or fewer), ascending over the whole trajectory.
+
+    Phase ``p`` holds ``phases[p]`` consecutive segments (high-noise first); its draw is
+    :func:`seeded_sample` of ``"ditproof-spot-v2/{record_sha256}/{validator_entropy}/{p}"``. A
+    draw per phase means a deviation confined to one phase meets ``k`` of that phase's segments,
+    whatever the other phase holds.
+
+    Raises:
+        InvalidInputError: a malformed hash or entropy, no segments, or ``k`` below 1.
+    """
+    if not isinstance(record_sha256, str) or not _SHA256_HEX.match(record_sha256):
+        raise InvalidInputError(f"record_sha256: got {record_sha256!r}; allowed: 64 lower-case hex digits")
+    entropy = check_entropy(validator_entropy)
+    if sum(phases) < 1 or any(count < 0 for count in phases):
+        raise InvalidInputError(
+            f"spot-check segments: got {phases} segment(s) per phase; allowed: at least 1 (a record with "
+            "checkpoints at two or more distinct steps)"
+        )
+    if k < 1:
+        raise InvalidInputError(f"spot-check segments: got k={k} per phase; allowed: 1 or more")
+    chosen: list[int] = []
+    offset = 0
+    for phase, count in enumerate(phases):
+        if count:
+            seed = f"{SPOT_CHECK_PHASE_DERIVATION}/{record_sha256}/{entropy}/{phase}"
+            chosen += [offset + i for i in seeded_sample(seed, count, min(k, count))]
+        offset += count
+    return sorted(chosen)

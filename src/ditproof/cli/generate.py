@@ -153,7 +153,9 @@ def generate_command(
     cfg_mode: str = typer.Option("sequential", "--cfg-mode", help="sequential or batched."),
     lossless: bool = typer.Option(False, "--lossless", help="Lossless H.264 (rgb24) for experiments."),
     jl_dim: int = typer.Option(8, "--jl-dim", help="Values per step of the trajectory fingerprint."),
-    checkpoint_steps: str | None = typer.Option(None, "--checkpoint-steps", help="Extra latents, e.g. 10,20,30."),
+    checkpoint_steps: str | None = typer.Option(
+        None, "--checkpoint-steps", help="Extra latents besides the default schedule's, e.g. 10,20,30."
+    ),
     experts: str = typer.Option("both", "--experts", help="both, or high-noise-only (experiments)."),
     weights: str = typer.Option("native", "--weights", help="native, or fp8-e4m3 (experiments)."),
     cache_threshold: float | None = typer.Option(None, "--cache-threshold", help="First-block cache (experiments)."),

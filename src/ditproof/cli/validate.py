@@ -29,13 +29,24 @@ def print_verdict(verdict: Verdict) -> None:
             suffix = f"  (threshold {limit:.6g})" if limit is not None else ""
             out.print(f"    {key:<24} {score:.6g}{suffix}", highlight=False)
     if verdict.segments:
-        out.print("  segments (start → end: latent / solver relative L2):", highlight=False)
+        out.print("  segments (start → end, position: latent / solver relative L2, threshold):", highlight=False)
         for seg in verdict.segments:
             mark = "[green]ok[/]" if seg.passed else "[red]FAIL[/]"
             measured = "bitwise equal" if seg.exact else f"{_number(seg.latent_rel_l2)} / {_number(seg.solver_rel_l2)}"
-            out.print(f"    {mark} {seg.label:<36} {measured}", highlight=False)
+            out.print(
+                f"    {mark} {seg.label:<36} {seg.position:<16} {measured}{_limit(seg.threshold)}", highlight=False
+            )
+    if verdict.trajectory:
+        out.print("  trajectory (committed step, position: fingerprint / checkpoint relative L2):", highlight=False)
+        for point in verdict.trajectory:
+            mark = "[green]ok[/]" if point.passed else "[red]FAIL[/]"
+            where = f"{point.name} ({point.step})"
+            position = f"{point.phase} {point.fraction:.3g}"
+            fingerprint = _number(point.fingerprint_rel_l2) + _limit(point.fingerprint_threshold)
+            latent = _number(point.latent_rel_l2) + _limit(point.latent_threshold)
+            out.print(f"    {mark} {where:<20} {position:<16} {fingerprint} / {latent}", highlight=False)
     if verdict.divergent_step is not None:
-        out.print(f"  fingerprints first diverge after step {verdict.divergent_step}", highlight=False)
+        out.print(f"  the trajectory first departs after step {verdict.divergent_step}", highlight=False)
     if verdict.cost_fraction is not None and verdict.mode != "full":
         out.print(
             f"  cost: {verdict.regenerated_steps} of {verdict.total_steps} denoising steps "
@@ -54,6 +65,10 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
+def _limit(value: float | None) -> str:
+    return "" if value is None else f" (≤ {value:.3g})"
+
+
 MODES = ("full", "checkpoints", "spot-check")
 
 
@@ -67,7 +82,7 @@ def validate_command(
     thresholds_path: Path | None = typer.Option(
         None,
         "--thresholds",
-        help="Thresholds file (ditproof.thresholds/1) for the metric comparison (default: the shipped model's).",
+        help="Thresholds file (ditproof.thresholds/2, or /1) for the metric comparison (default: the shipped model's).",
     ),
     threshold: list[str] = typer.Option(
         [], "--threshold", help="METRIC[:STATISTIC]=VALUE, overrides the file (repeatable), e.g. lpips_alex=0.05."
@@ -107,7 +122,11 @@ def validate_command(
         "--request",
         help="The request the client made (JSON, as sent or as on chain); the record's copy must equal it.",
     ),
-    spot_segments: int = typer.Option(1, "--spot-segments", help="Segments a spot check re-runs."),
+    spot_segments: int = typer.Option(
+        1,
+        "--spot-segments",
+        help="Segments a spot check re-runs in each expert phase (all of a phase with fewer); default 1 per phase.",
+    ),
     validator_entropy: str | None = typer.Option(
         None,
         "--validator-entropy",

@@ -44,7 +44,7 @@ import json
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -239,13 +239,27 @@ def _problems(exc: ValidationError, where: str, allowed: dict[tuple[str, ...], l
 
 
 def _options_allowed() -> dict[tuple[str, ...], list[str]]:
-    from ditproof.protocol.options import CacheOptions, CaptureOptions, VideoEncoding
+    from ditproof.protocol.options import (
+        CacheOptions,
+        CaptureOptions,
+        CfgOffTail,
+        CheckpointSchedule,
+        LowNoiseReuse,
+        SkipBlock,
+        UncondReuseTail,
+        VideoEncoding,
+    )
 
     top = [k for k in RuntimeOptions.model_fields if k not in _PLANNED_OPTION_FIELDS]
     return {
         (): top,
         ("cache",): list(CacheOptions.model_fields),
         ("capture",): list(CaptureOptions.model_fields),
+        ("capture", "schedule"): list(CheckpointSchedule.model_fields),
+        **{
+            ("shortcut", get_args(kind.model_fields["kind"].annotation)[0]): list(kind.model_fields)
+            for kind in (LowNoiseReuse, CfgOffTail, UncondReuseTail, SkipBlock)
+        },
         ("encoding",): list(VideoEncoding.model_fields),
     }
 

@@ -2,8 +2,8 @@
 
 The denoising loop follows diffusers' ``WanPipeline.__call__`` step for step (and the tests
 check that, with default options, both give bitwise-identical latents), with what ditproof adds:
-CPU-drawn noise, trajectory capture, per-expert timing, batched CFG and single-expert runs as
-options.
+CPU-drawn noise, trajectory capture, per-expert timing, batched CFG, single-expert runs and the
+experiments' compute-saving shortcuts (:mod:`ditproof.generation.shortcuts`) as options.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from ditproof.errors import InvalidInputError
 from ditproof.generation.attention import select_attention
+from ditproof.generation.shortcuts import ShortcutPlan, blocks_skipped
 from ditproof.generation.solver import ResumePoint
 from ditproof.generation.trajectory import TrajectoryCapture
 from ditproof.hashing import sha256_tensor
@@ -95,6 +96,21 @@ def check_segment(request: GenerationRequest, resume: ResumePoint | None, stop_a
         )
     if stop_after is not None and not start < stop_after <= steps:
         raise InvalidInputError(f"stop_after: got {stop_after}; allowed: {start + 1} to {steps}")
+
+
+def expert_phases(scheduler: UniPCMultistepScheduler, request: GenerationRequest) -> list[bool]:
+    """Per step (timesteps already set), whether the high-noise expert runs it (t ≥ the boundary)."""
+    boundary = request.boundary_ratio * scheduler.config.num_train_timesteps
+    return [bool(t >= boundary) for t in scheduler.timesteps]
+
+
+def expert_switch(scheduler_config: Any, request: GenerationRequest) -> int | None:
+    """The first step the low-noise expert runs (the ``pre_switch`` latent's step), as
+    :func:`generate` computes it; None when one expert runs every step."""
+    scheduler = UniPCMultistepScheduler.from_config(scheduler_config, flow_shift=request.flow_shift)
+    scheduler.set_timesteps(request.num_inference_steps, device="cpu")
+    high = expert_phases(scheduler, request)
+    return high.index(False) if False in high else None
 
 
 def configure_cache(model: LoadedModel, cache: CacheOptions | None) -> None:
@@ -207,6 +223,11 @@ def generate(
     Returns:
         Frames as uint8 ``(F, H, W, 3)``, the noise hash and the captured trajectory.
     """
+    if options.engine != "diffusers" and options.shortcut is not None:
+        raise InvalidInputError(
+            f"shortcut: got {options.shortcut.kind!r} with engine {options.engine!r}; allowed: engine 'diffusers' "
+            "(ditproof's own loop runs the experiments' shortcuts)"
+        )
     if options.engine != "diffusers":
         # Another engine runs the loop (ditproof.engines); it returns the same GenerationResult.
         from ditproof.engines import run_engine
@@ -258,12 +279,11 @@ def generate(
     scheduler.set_timesteps(request.num_inference_steps, device=device)
     timesteps = scheduler.timesteps
     scheduler.set_begin_index(0)
-    boundary = request.boundary_ratio * scheduler.config.num_train_timesteps
-    high = [bool(t >= boundary) for t in timesteps]
+    high = expert_phases(scheduler, request)
     switch_step = high.index(False) if False in high else None
 
     # 5. Denoising loop, capturing the trajectory.
-    capture = TrajectoryCapture(seed=seed, options=options.capture, switch_step=switch_step)
+    capture = TrajectoryCapture(seed=seed, options=options.capture, switch_step=switch_step, total_steps=len(timesteps))
     first = 0
     if resume is None:
         capture.start(0, noise, scheduler)
@@ -275,6 +295,10 @@ def generate(
         latents = resume.latent.to(device=device, dtype=torch.float32)
     last = len(timesteps) if stop_after is None else stop_after
     phase_time = {"high": 0.0, "low": 0.0}
+    # Without a shortcut the plan leaves nothing out (ditproof.generation.shortcuts).
+    plan = ShortcutPlan(options.shortcut, len(timesteps), switch_step)
+    previous: tuple[torch.Tensor, torch.Tensor | None] | None = None  # last guided velocity, uncond
+    passes = 0
     clock.lap()
     for i in range(first, last):
         t = timesteps[i]
@@ -284,16 +308,25 @@ def generate(
         latent_input = latents.to(transformer_dtype)
         timestep = t.expand(latents.shape[0])
         context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": len(timesteps)}
-        noise_pred = _predict(
-            expert,
-            latent_input,
-            timestep,
-            prompt_embeds,
-            negative_embeds if do_cfg else None,
-            scale,
-            options.cfg_mode,
-            context,
-        )
+        if previous is not None and plan.reuses_prediction(i):
+            noise_pred = previous[0]
+        else:
+            guided = do_cfg and not plan.cfg_off(i)
+            reuse = previous[1] if previous is not None and guided and plan.reuses_uncond(i) else None
+            with blocks_skipped(expert, plan.skipped_block(use_high)):
+                noise_pred, uncond = _predict(
+                    expert,
+                    latent_input,
+                    timestep,
+                    prompt_embeds,
+                    negative_embeds if guided else None,
+                    scale,
+                    options.cfg_mode,
+                    context,
+                    uncond=reuse,
+                )
+            previous = (noise_pred, uncond)
+            passes += 2 if guided and reuse is None else 1
         latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
         capture.after_step(i, latents, scheduler)
         phase_time["high" if high[i] else "low"] += clock.lap()
@@ -305,7 +338,7 @@ def generate(
     steps = {
         "high_noise_steps": sum(high[first:last]),
         "low_noise_steps": (last - first) - sum(high[first:last]),
-        "forward_passes": (last - first) * (2 if do_cfg else 1),
+        "forward_passes": passes,
     }
     if last < len(timesteps):
         return GenerationResult(None, noise_sha256, tuple(noise.shape), capture, timings, steps)
@@ -346,8 +379,13 @@ def _predict(
     scale: float,
     cfg_mode: str,
     context: dict[str, float | int],
-) -> torch.Tensor:
+    uncond: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One guided velocity prediction: conditional, unconditional, combined as in WanPipeline.
+
+    Returns the guided prediction and the unconditional output (None without CFG). ``uncond``: an
+    unconditional output to reuse instead of running that pass (the ``uncond-reuse-tail``
+    shortcut; None in the published algorithm).
 
     Each forward runs inside the expert's ``cache_context`` as in WanPipeline, which step caches
     (first-block cache) key on; without a cache it does nothing.
@@ -358,8 +396,10 @@ def _predict(
             return expert(hidden_states=hidden, timestep=steps, encoder_hidden_states=text, return_dict=False)[0]
 
     if negative_embeds is None:
-        return forward("cond", latent_input, timestep, prompt_embeds)
-    if cfg_mode == "batched":
+        return forward("cond", latent_input, timestep, prompt_embeds), None
+    if uncond is not None:
+        cond = forward("cond", latent_input, timestep, prompt_embeds)
+    elif cfg_mode == "batched":
         both = forward(
             "cond_uncond",
             torch.cat([latent_input, latent_input]),
@@ -370,4 +410,4 @@ def _predict(
     else:
         cond = forward("cond", latent_input, timestep, prompt_embeds)
         uncond = forward("uncond", latent_input, timestep, negative_embeds)
-    return uncond + scale * (cond - uncond)
+    return uncond + scale * (cond - uncond), uncond

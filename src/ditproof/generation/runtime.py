@@ -14,7 +14,7 @@ from ditproof.generation.attention import attention_library
 from ditproof.hashing import sha256_json
 from ditproof.models.fused import STEPS as FUSED_STEPS
 from ditproof.models.registry import LoadedModel
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import RuntimeOptions, shortcut_label
 from ditproof.protocol.record import RuntimeFingerprint
 
 
@@ -122,6 +122,7 @@ def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeF
         experts=options.experts,
         weights=options.weights,
         cache=None if options.cache is None else f"{options.cache.kind}:{options.cache.threshold}",
+        shortcut=shortcut_label(options.shortcut),
         tp_degree=options.tp_degree,
         cp_degree=options.cp_degree,
         ffn_chunks=options.ffn_chunks,

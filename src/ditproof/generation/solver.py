@@ -3,7 +3,8 @@
 UniPC is a multistep solver: the step after step k depends on the latent *and* on the solver's
 history (the last converted model outputs, their timesteps, the last sample for the corrector,
 and counters). A checkpoint holds all of it, so a validator can run from the executor's step k
-to step m exactly as the executor did (DESIGN §3.5: latent-checkpoint and spot-check modes).
+to step m exactly as the executor did (the latent-checkpoint and spot-check modes,
+docs/validation.md).
 """
 
 from __future__ import annotations
@@ -111,3 +112,51 @@ class ResumePoint:
             raise InvalidInputError(f"checkpoint {path}: no 'latent' tensor")
         solver = SolverState.from_tensors(tensors)
         return cls(step=solver.step_index, latent=tensors["latent"], solver=solver)
+
+
+def schedule_state(config: object, flow_shift: float, total: int, done: int) -> SolverState:
+    """The solver's bookkeeping after ``done`` of ``total`` steps, derived from the schedule alone.
+
+    Counters (step index, lower-order count, order), the timesteps of the history slots and which
+    slots are filled follow from the scheduler's configuration, the flow shift and the step count,
+    not from the latents: a fresh scheduler is stepped ``done`` times on 1-element stand-ins. A
+    validator resumes a segment with these, never with the executor's; only the history tensors
+    (the converted model outputs and the last sample), which cannot be derived, come from a file.
+    The returned history tensors are the stand-ins (their presence is what counts).
+    """
+    scheduler = UniPCMultistepScheduler.from_config(config, flow_shift=flow_shift)
+    scheduler.set_timesteps(total, device="cpu")
+    scheduler.set_begin_index(0)
+    stand_in = torch.zeros(1, 1, dtype=torch.float32)
+    for t in scheduler.timesteps[:done]:
+        stand_in = scheduler.step(torch.zeros_like(stand_in), t, stand_in, return_dict=False)[0]
+    return SolverState.capture(scheduler)
+
+
+def derived_resume_point(derived: SolverState, latent: torch.Tensor, executor: SolverState) -> ResumePoint:
+    """A resume point with the derived bookkeeping and the executor's history tensors.
+
+    Raises:
+        InvalidInputError: the executor's state disagrees with the schedule (another step index,
+            counters, timesteps, or other history slots filled): such a file is not the state of
+            an honest run at that step.
+    """
+    for name in (*_INTS, "timesteps"):
+        if getattr(executor, name) != getattr(derived, name):
+            raise InvalidInputError(
+                f"solver state: {name} {getattr(executor, name)}; the schedule gives {getattr(derived, name)}"
+            )
+    filled = [t is not None for t in derived.model_outputs]
+    if [t is not None for t in executor.model_outputs] != filled or (executor.last_sample is None) != (
+        derived.last_sample is None
+    ):
+        raise InvalidInputError("solver state: its filled history slots are not the ones the schedule gives")
+    state = SolverState(
+        step_index=derived.step_index,
+        lower_order_nums=derived.lower_order_nums,
+        this_order=derived.this_order,
+        model_outputs=list(executor.model_outputs),
+        timesteps=list(derived.timesteps),
+        last_sample=executor.last_sample,
+    )
+    return ResumePoint(step=derived.step_index, latent=latent, solver=state)

@@ -1,8 +1,9 @@
 """Trajectory capture: latent checkpoints and per-step JL fingerprints.
 
 Checkpoint names: ``initial`` (the noise, step 0), ``pre_switch`` (the latent entering the first
-low-noise step), ``final`` (after the last step, before the VAE), and ``step_NNN`` for extra
-steps asked for in :class:`CaptureOptions` (the latent after NNN steps). Each checkpoint file
+low-noise step), ``final`` (after the last step, before the VAE), and ``step_NNN`` for the other
+committed steps (the latent after NNN steps): those of the capture options' checkpoint schedule
+and the extra ``checkpoint_steps`` (:meth:`CaptureOptions.committed_steps`). Each checkpoint file
 holds the latent (key ``latent``) and the solver state at that point (keys ``solver.*``), so a
 generation can resume from it (:mod:`ditproof.generation.solver`).
 
@@ -37,11 +38,23 @@ class TrajectoryCapture:
     seed: int
     options: CaptureOptions
     switch_step: int | None
+    # The run's step count: the checkpoint schedule depends on it (None: extra steps only).
+    total_steps: int | None = None
     latents: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
     solver: dict[str, SolverState] = field(default_factory=dict)
     fingerprints: list[list[float]] = field(default_factory=list)
     _projection: torch.Tensor | None = None
     _pending: list[Future[list[float]]] = field(default_factory=list)
+    _named: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        # Steps saved as step_NNN: the explicit extras, and the schedule's steps other than the
+        # noise, the switch and the end (those are initial, pre_switch and final).
+        scheduled: set[int] = set()
+        if self.total_steps is not None and self.options.schedule is not None:
+            scheduled = set(self.options.schedule.steps(self.total_steps, self.switch_step))
+            scheduled -= {0, self.total_steps, self.switch_step}
+        self._named = frozenset(scheduled | set(self.options.checkpoint_steps))
 
     def start(self, step: int, latents: torch.Tensor, scheduler: object, name: str = "initial") -> None:
         """Records the starting latent (the noise, or a resume point) and the solver state."""
@@ -67,7 +80,7 @@ class TrajectoryCapture:
         if done == self.switch_step:
             self.latents["pre_switch"] = (done, on_cpu())
             self.solver["pre_switch"] = SolverState.capture(scheduler)
-        if done in self.options.checkpoint_steps:
+        if done in self._named:
             self.latents[f"step_{done:03d}"] = (done, on_cpu())
             self.solver[f"step_{done:03d}"] = SolverState.capture(scheduler)
         if self.options.jl_dim:

@@ -26,7 +26,7 @@ class MetricSpec:
     """A metric: what it compares, which way is better, whether it needs weight files."""
 
     name: str
-    kind: Literal["frames", "latent", "segment"]
+    kind: Literal["frames", "latent", "segment", "trajectory"]
     higher_is_better: bool
     learned: bool
     description: str
@@ -62,11 +62,29 @@ METRICS: dict[str, MetricSpec] = {
             False,
             "worst ‖x − ref‖ / ‖ref‖ over a re-run trajectory segment's end state (latent and solver history)",
         ),
+        # Decided on per committed step by a full regeneration in another class
+        # (ditproof.validation.trajectory), thresholds per trajectory position.
+        MetricSpec(
+            "latent_rel_l2_checkpoint",
+            "trajectory",
+            False,
+            False,
+            "‖x − ref‖ / ‖ref‖ of the executor's committed checkpoint latent and the regeneration's at that step",
+        ),
+        MetricSpec(
+            "fingerprint_rel_l2",
+            "trajectory",
+            False,
+            False,
+            "relative distance of the per-step JL fingerprints (an estimate of the latents' relative L2)",
+        ),
     )
 }
 
 FRAME_METRICS = tuple(name for name, spec in METRICS.items() if spec.kind == "frames")
 LATENT_METRICS = tuple(name for name, spec in METRICS.items() if spec.kind == "latent")
+TRAJECTORY_KINDS = ("segment", "trajectory")
+"""Metric kinds measured along the trajectory: their thresholds may name a position on it."""
 
 
 def metric_spec(name: str) -> MetricSpec:

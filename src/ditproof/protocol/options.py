@@ -8,7 +8,7 @@ never forks of the generation code.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -67,16 +67,53 @@ class VideoEncoding(BaseModel):
         return value
 
 
-class CaptureOptions(BaseModel):
-    """What the trajectory capture keeps besides the video.
+class CheckpointSchedule(BaseModel):
+    """Which steps a record commits to, as a rule of the step count and the expert switch.
 
-    ``checkpoint_steps``: indices of extra steps whose output latent is saved, besides the
-    initial noise, the latent just before the expert switch and the final latent.
-    ``jl_dim``: values per step of the Johnson–Lindenstrauss trajectory fingerprint (1 to 256).
+    ``per-phase-v1``: the trajectory is cut into about ``segments`` segments of equal length, each
+    expert phase on its own: the high-noise phase (steps 0 to the switch) gets
+    ``max(1, round(segments * switch / steps))`` segments and the low-noise phase the same of its
+    length, their boundaries at ``start + round(i * length / n)`` (halves rounded up). The switch
+    step (the ``pre_switch`` latent, the one entering the low-noise expert), the noise and the
+    final latent are always boundaries. 40 steps switching at 26 with 8 segments: 0, 5, 10, 16,
+    21, 26, 31, 35, 40. See :meth:`steps`.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
+    rule: Literal["per-phase-v1"] = "per-phase-v1"
+    segments: int = Field(default=8, ge=1, le=256)
+
+    def steps(self, total: int, switch: int | None) -> tuple[int, ...]:
+        """The committed steps (steps done, 0 to ``total``, ascending) of a ``total``-step run whose
+        low-noise expert starts at step ``switch`` (None: one expert phase)."""
+        if total < 1:
+            raise ValueError(f"total: got {total}; allowed: 1 or more steps")
+        phases = [(0, total)] if switch is None or not 0 < switch < total else [(0, switch), (switch, total)]
+        points = {0, total}
+        for start, end in phases:
+            length = end - start
+            count = max(1, (2 * self.segments * length + total) // (2 * total))
+            count = min(count, length)
+            points.update(start + (2 * i * length + count) // (2 * count) for i in range(count + 1))
+        return tuple(sorted(points))
+
+
+class CaptureOptions(BaseModel):
+    """What the trajectory capture keeps besides the video.
+
+    ``schedule``: the rule that fixes which steps' latents are committed (hashed in the record,
+    saved as files the executor keeps), from the step count and the expert switch; recorded in
+    the record, so a validator knows what was promised. None: no scheduled checkpoints (records
+    made before the schedule existed are read so). ``checkpoint_steps``: extra steps committed
+    besides the schedule's, the initial noise, the latent just before the expert switch and the
+    final latent. ``jl_dim``: values per step of the Johnson–Lindenstrauss trajectory fingerprint
+    (1 to 256).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    schedule: CheckpointSchedule | None = CheckpointSchedule()
     checkpoint_steps: tuple[int, ...] = ()
     # At least one value per step: the fingerprints are mandatory in a record (a validator uses
     # them to name the step where a regeneration first differs).
@@ -88,6 +125,16 @@ class CaptureOptions(BaseModel):
         if any(step < 0 for step in value) or list(value) != sorted(set(value)):
             raise ValueError(f"got {value}; allowed: distinct step indices (0-based), ascending")
         return value
+
+    def committed_steps(self, total: int, switch: int | None) -> tuple[int, ...]:
+        """Every step whose latent a ``total``-step run commits to: the noise (0), the schedule's,
+        the extra ``checkpoint_steps``, the switch step and the final latent (``total``)."""
+        points = {0, total, *(s for s in self.checkpoint_steps if s <= total)}
+        if switch is not None and 0 < switch < total:
+            points.add(switch)
+        if self.schedule is not None:
+            points.update(self.schedule.steps(total, switch))
+        return tuple(sorted(points))
 
 
 class CacheOptions(BaseModel):
@@ -103,6 +150,59 @@ class CacheOptions(BaseModel):
     threshold: float = Field(default=0.05, gt=0.0, le=1.0)
 
 
+class LowNoiseReuse(BaseModel):
+    """Adaptive malign deviation: honest until the expert switch, then every ``every``-th low-noise
+    step reuses the previous step's guided velocity instead of running the expert (a step cache
+    that only starts where the record's early checkpoints can no longer see it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    kind: Literal["low-noise-reuse"]
+    every: int = Field(default=2, ge=2, le=64)
+
+
+class CfgOffTail(BaseModel):
+    """Malign deviation: the last ``steps`` steps run the conditional pass only (no CFG)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    kind: Literal["cfg-off-tail"]
+    steps: int = Field(default=3, ge=1, le=1000)
+
+
+class UncondReuseTail(BaseModel):
+    """Malign deviation: in the last ``steps`` steps the unconditional pass runs every other step
+    and its output is reused in between (a CFG cache)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    kind: Literal["uncond-reuse-tail"]
+    steps: int = Field(default=8, ge=2, le=1000)
+
+
+class SkipBlock(BaseModel):
+    """Malign deviation: transformer block ``block`` of one expert is skipped (its input passed
+    through) at every step that expert runs."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    kind: Literal["skip-block"]
+    expert: Literal["high-noise", "low-noise"] = "low-noise"
+    block: int = Field(default=0, ge=0, le=255)
+
+
+Shortcut = Annotated[LowNoiseReuse | CfgOffTail | UncondReuseTail | SkipBlock, Field(discriminator="kind")]
+"""The compute-saving deviations the experiments run (:mod:`ditproof.generation.shortcuts`)."""
+
+
+def shortcut_label(shortcut: LowNoiseReuse | CfgOffTail | UncondReuseTail | SkipBlock | None) -> str | None:
+    """How a runtime fingerprint states a shortcut: ``"cfg-off-tail:steps=3"`` (None: none)."""
+    if shortcut is None:
+        return None
+    params = ",".join(f"{k}={v}" for k, v in shortcut.model_dump().items() if k != "kind")
+    return f"{shortcut.kind}:{params}"
+
+
 class RuntimeOptions(BaseModel):
     """How a request is run: device, precision, kernels and deviations.
 
@@ -112,13 +212,16 @@ class RuntimeOptions(BaseModel):
     expert at every step (the malign "one expert only" node).
     ``weights``: ``native`` as loaded; ``fp8-e4m3`` rounds every linear weight of both experts
     through float8 e4m3 and back (weight-only FP8, a malign deviation); applied at load time.
+    ``shortcut``: a compute-saving malign deviation (:data:`Shortcut`: a low-noise step cache,
+    CFG off or the unconditional pass reused for the last steps, one block skipped); None is the
+    published algorithm. Like ``experts``, ``weights`` and ``cache``, a validator never adopts it.
     ``tp_degree`` / ``cp_degree``: tensor / context (Ulysses) parallelism over that many GPUs,
     one process per GPU (``torchrun``); 1 means none.
     ``fuse_projections``: both experts' attention projections fused into one matrix product per
     attention (diffusers' ``fuse_projections``); ``compile``: ``regional`` compiles the experts'
     repeated blocks with ``torch.compile`` (diffusers' ``compile_repeated_blocks``), fusing the
     elementwise work around the matrix products. Both change the kernels and so the low bits:
-    they are part of the runtime class, and both are applied at load time (issue 9).
+    they are part of the runtime class, and both are applied at load time.
     ``fuse_elementwise``: the feed-forward's tanh-GELU in its up-projection's epilogue and the
     self-attention's query/key RMS norm with the rotary embedding in one kernel
     (:mod:`ditproof.models.fused`); changes the low bits, part of the runtime class, applied at
@@ -149,6 +252,7 @@ class RuntimeOptions(BaseModel):
     offload_text_encoder: bool = False
     weights: Literal["native", "fp8-e4m3"] = "native"
     cache: CacheOptions | None = None
+    shortcut: Shortcut | None = None
     tp_degree: int = Field(default=1, ge=1, le=8)
     cp_degree: int = Field(default=1, ge=1, le=8)
     capture: CaptureOptions = CaptureOptions()

@@ -8,6 +8,7 @@ the same request on the same runtime.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,9 @@ from ditproof.protocol.options import RuntimeOptions, VideoEncoding
 from ditproof.protocol.request import GenerationRequest
 
 RECORD_SCHEMA: Literal["ditproof.record/1"] = "ditproof.record/1"
+_CURRENT_KEYS = (re.compile(rb'"yuv"\s*:'), re.compile(rb'"schedule"\s*:'))
+"""Keys of fields added to records over time: a record with all of them is parsed once (a JSON
+string value is never followed by a colon, so a prompt cannot fake a key)."""
 
 VIDEO_FILE = "video.mp4"
 RECORD_FILE = "record.json"
@@ -73,6 +77,8 @@ class RuntimeFingerprint(_Model):
     experts: str
     weights: str = "native"
     cache: str | None = None
+    # A compute-saving malign deviation (ditproof.protocol.options.shortcut_label); None: none.
+    shortcut: str | None = None
     tp_degree: int = 1
     cp_degree: int = 1
     ffn_chunks: int = 1
@@ -182,15 +188,17 @@ class InferenceRecord(_Model):
     @classmethod
     def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> InferenceRecord:
         """Validates a JSON record; one made before ``VideoEncoding.yuv`` existed is read with the
-        colour conversion it was encoded with (``bt601-float64``)."""
-        current = '"yuv"' in json_data if isinstance(json_data, str) else b'"yuv"' in json_data
-        if current:  # a record with the field: parsed once
+        colour conversion it was encoded with (``bt601-float64``), one made before
+        ``CaptureOptions.schedule`` existed with no checkpoint schedule (it committed only to the
+        checkpoints it lists)."""
+        data_bytes = json_data.encode() if isinstance(json_data, str) else bytes(json_data)
+        if all(key.search(data_bytes) for key in _CURRENT_KEYS):  # a record with both fields: parsed once
             return super().model_validate_json(json_data, **kwargs)
         try:
             data = json.loads(json_data)
         except ValueError:  # not JSON, or not UTF-8: pydantic's own error says so
             data = None
-        if isinstance(data, dict) and _upgrade_encodings(data):
+        if isinstance(data, dict) and _upgrade(data):
             json_data = json.dumps(data)
         return super().model_validate_json(json_data, **kwargs)
 
@@ -221,13 +229,18 @@ class InferenceRecord(_Model):
         return load_model_file(cls, path, "record", RECORD_SCHEMA)
 
 
-def _upgrade_encodings(data: dict[str, Any]) -> bool:
-    """Adds ``yuv: bt601-float64`` to the record's encodings that lack it (records made before the
-    field); True when something was added."""
+def _upgrade(data: dict[str, Any]) -> bool:
+    """Fills in what records made before a field existed meant by its absence: ``yuv:
+    bt601-float64`` in their encodings, ``schedule: null`` in their capture options; True when
+    something was added."""
     changed = False
     for key in ("options", "runtime", "video"):
         encoding = data.get(key, {}).get("encoding") if isinstance(data.get(key), dict) else None
         if isinstance(encoding, dict) and "yuv" not in encoding:
             encoding["yuv"] = "bt601-float64"
             changed = True
+    capture = data.get("options", {}).get("capture") if isinstance(data.get("options"), dict) else None
+    if isinstance(capture, dict) and "schedule" not in capture:
+        capture["schedule"] = None
+        changed = True
     return changed

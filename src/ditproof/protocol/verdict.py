@@ -2,7 +2,10 @@
 
 Schema history: ``ditproof.verdict/1`` (full regeneration only); ``ditproof.verdict/2`` adds the
 validation ``mode``, the checked trajectory ``segments``, the spot-check choice, the cost of the
-validation in denoising steps and the first step where the trajectory fingerprints diverge.
+validation in denoising steps and the first step where the trajectory fingerprints diverge;
+``ditproof.verdict/3`` adds ``trajectory`` (the committed steps of a cross-class regeneration
+against their thresholds), each segment's ``threshold`` and position, and the spot check's
+per-phase draw.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ditproof.hashing import atomic_write_bytes, canonical_json
 
-VERDICT_SCHEMA: Literal["ditproof.verdict/2"] = "ditproof.verdict/2"
+VERDICT_SCHEMA: Literal["ditproof.verdict/3"] = "ditproof.verdict/3"
 
 Decision = Literal["valid", "invalid", "delegate", "error"]
 Mode = Literal["full", "checkpoints", "spot-check"]
@@ -51,11 +54,37 @@ class SegmentCheck(BaseModel):
     passed: bool
     divergent_step: int | None = None
     detail: str = ""
+    # Where the segment ends on the trajectory ("high-noise 0.6") and the threshold in force there
+    # (None: same class, where only bitwise equality passes, or none configured).
+    position: str = ""
+    threshold: float | None = None
 
     @property
     def label(self) -> str:
         """``"step_002 (2) → step_004 (4)"``."""
         return f"{self.start} ({self.start_step}) → {self.end} ({self.end_step})"
+
+
+class TrajectoryPoint(BaseModel):
+    """One committed step of a cross-class regeneration, against the executor's record.
+
+    ``fingerprint_rel_l2``: the JL fingerprints' relative distance after ``step`` (an estimate of the
+    latents'); ``latent_rel_l2``: the executor's checkpoint latent against the regeneration's (None
+    when its file was not given). ``phase`` and ``fraction`` place the step (the fraction of the
+    phase done); the thresholds are those in force there (None: none configured).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    step: int = Field(ge=1)
+    name: str
+    phase: Literal["high-noise", "low-noise"]
+    fraction: float
+    fingerprint_rel_l2: float | None
+    latent_rel_l2: float | None
+    fingerprint_threshold: float | None = None
+    latent_threshold: float | None = None
+    passed: bool
 
 
 class SpotCheckChoice(BaseModel):
@@ -67,6 +96,8 @@ class SpotCheckChoice(BaseModel):
     validator_entropy: str
     segments: int = Field(ge=1)
     chosen: list[int]
+    # Segments per expert phase (high-noise, low-noise) when the draw is per phase (ditproof-spot-v2).
+    phases: list[int] = []
 
 
 class Verdict(BaseModel):
@@ -84,13 +115,15 @@ class Verdict(BaseModel):
     check of some). ``segments``: the segments re-run, in order; ``first_failing_segment`` the
     label of the first that failed. ``divergent_step``: the first step (steps done, 1-based) where
     the record's trajectory fingerprints leave the regeneration's, when it was located.
-    ``regenerated_steps`` of ``total_steps`` denoising steps were run (``cost_fraction``, their
+    ``trajectory``: a cross-class full regeneration's committed steps against their thresholds
+    (:mod:`ditproof.validation.trajectory`); ``divergent_step`` is then the first step where the
+    trajectory left the honest band. ``regenerated_steps`` of ``total_steps`` denoising steps were run (``cost_fraction``, their
     ratio: text encoding and VAE decoding come on top).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    schema_version: Literal["ditproof.verdict/2"] = VERDICT_SCHEMA
+    schema_version: Literal["ditproof.verdict/3"] = VERDICT_SCHEMA
     mode: Mode = "full"
     decision: Decision
     reason: str
@@ -108,6 +141,7 @@ class Verdict(BaseModel):
     first_failing_segment: str | None = None
     spot_check: SpotCheckChoice | None = None
     divergent_step: int | None = None
+    trajectory: list[TrajectoryPoint] = []
     regenerated_steps: int | None = None
     total_steps: int | None = None
     cost_fraction: float | None = None

@@ -21,9 +21,14 @@ values satisfies. A rule names fields of the runtime fingerprint
 (the runtime class's first two parts), each with the allowed values: a string value is an fnmatch
 pattern, others must be equal, ``null`` allows None. A field a rule does not name is free.
 
+A model's entry may also name ``checkpoints`` (``{"rule": "per-phase-v1", "min_segments": 8}``):
+its records must then state a checkpoint schedule of that rule with at least that many segments
+(records made before schedules existed state none, and are refused under such an entry).
+
 The default file (:data:`DEFAULT_ALLOWED`, ``allowed_classes.json`` beside this module) allows,
 for every preset, only the published algorithm (both experts, native weights, no cache, no
-engine other than ditproof's or vLLM-Omni's) and the precisions each model was made for.
+shortcut, no engine other than ditproof's or vLLM-Omni's) and the precisions each model was made
+for, and requires the default checkpoint schedule (8 segments).
 """
 
 from __future__ import annotations
@@ -50,11 +55,21 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class CheckpointRequirement(_Model):
+    """What a record of a model must commit to: a checkpoint schedule of ``rule`` with at least
+    ``min_segments`` segments (:class:`ditproof.protocol.options.CheckpointSchedule`)."""
+
+    rule: Literal["per-phase-v1"] = "per-phase-v1"
+    min_segments: int = Field(default=8, ge=1, le=256)
+
+
 class ModelClasses(_Model):
-    """The classes allowed for one model: any rule that matches allows the record."""
+    """The classes allowed for one model: any rule that matches allows the record. ``checkpoints``:
+    the trajectory commitments its records must make (None: any)."""
 
     model: str = Field(min_length=1)
     rules: list[dict[str, list[Value]]] = Field(min_length=1)
+    checkpoints: CheckpointRequirement | None = None
 
     @field_validator("rules")
     @classmethod
@@ -105,12 +120,26 @@ class AllowedClasses(_Model):
             return [
                 f"no runtime class is allowed for model {record.model.preset} (revision {record.model.revision[:16]})"
             ]
+        problems = _schedule_problems(entry.checkpoints, record)
         values = _values(record.runtime)
         misses = [_misses(rule, values) for rule in entry.rules]
         if any(not miss for miss in misses):
-            return []
+            return problems
         closest = min(misses, key=len)
-        return [f"{name}={values[name]!r} (allowed: {', '.join(map(str, rule))})" for name, rule in closest]
+        return [f"{name}={values[name]!r} (allowed: {', '.join(map(str, rule))})" for name, rule in closest] + problems
+
+
+def _schedule_problems(required: CheckpointRequirement | None, record: InferenceRecord) -> list[str]:
+    schedule = record.options.capture.schedule
+    if required is None:
+        return []
+    if schedule is None or schedule.rule != required.rule or schedule.segments < required.min_segments:
+        stated = "no checkpoint schedule" if schedule is None else f"{schedule.rule} with {schedule.segments} segments"
+        return [
+            f"options.capture.schedule: {stated} (allowed: {required.rule} with at least {required.min_segments} "
+            "segments: the trajectory commitments the network requires)"
+        ]
+    return []
 
 
 def _values(fp: RuntimeFingerprint) -> dict[str, Value]:

@@ -1,4 +1,4 @@
-"""Latent-checkpoint and spot-check validation (DESIGN §3.5), with the fingerprint locator (§3.6).
+"""Latent-checkpoint and spot-check validation, with the fingerprint locator (docs/validation.md).
 
 Instead of regenerating the whole video, the validator checks the executor's trajectory piece by
 piece. After steps 1–3 of :func:`ditproof.validation.validate` (integrity, record, runtime class):
@@ -7,13 +7,15 @@ piece. After steps 1–3 of :func:`ditproof.validation.validate` (integrity, rec
    the record's hashes name (``initial`` is the seed's noise); the record's per-step fingerprints
    at the checkpoint steps are the projections of those latents (no model run needed);
 5. segments: each segment between consecutive checkpoints (``checkpoints`` mode: all of them;
-   ``spot-check`` mode: k of them, chosen by the validator *after* the executor committed, see
-   :func:`choose_spot_segments`) is re-run from the executor's checkpoint, and its end state
+   ``spot-check`` mode: k in each expert phase, chosen by the validator *after* the executor
+   committed, see :func:`choose_spot_segments`) is re-run from the executor's checkpoint (its
+   latent and solver history; the solver's bookkeeping derived from the schedule), and its end state
    (latent and solver history) is compared with the executor's: bitwise equal passes. In the
    executor's runtime class that is the only way to pass (a class is a promise of bytes: any
    difference is ``invalid``, no threshold consulted); only a validator that re-runs in another
    class on purpose measures the relative L2 against the policy's ``latent_rel_l2_segment``
-   threshold, and the record's fingerprints inside the segment must follow the re-run's. The
+   threshold at the segment's end (its expert phase and the fraction of it done), and the
+   record's fingerprints inside the segment must follow the re-run's. The
    first failing segment decides (``invalid``), with the step where the fingerprints first diverge;
 6. video: the video must come from the final latent. In ``checkpoints`` mode the last segment's
    re-run is decoded (the validator's own continuation); in ``spot-check`` mode the same, when the
@@ -39,7 +41,8 @@ from ditproof.metrics.registry import METRICS
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.verdict import SegmentCheck, SpotCheckChoice, Verdict
-from ditproof.randomness import SPOT_CHECK_DERIVATION, check_entropy, spot_check_segments
+from ditproof.randomness import SPOT_CHECK_PHASE_DERIVATION, check_entropy, spot_check_phase_segments
+from ditproof.validation.commitments import phase_counts, record_switch
 from ditproof.validation.compare import ComparisonOptions, compare
 from ditproof.validation.fingerprints import (
     Divergence,
@@ -67,6 +70,7 @@ from ditproof.validation.segments import (
     trajectory_segments,
     trajectory_steps,
 )
+from ditproof.validation.trajectory import describe_position, step_position
 from ditproof.video import encode_video
 
 SEGMENT_METRIC = "latent_rel_l2_segment"
@@ -83,17 +87,19 @@ __all__ = [
 
 
 def choose_spot_segments(record: InferenceRecord, validator_entropy: str, k: int) -> list[int]:
-    """Which of the record's segments a spot check re-runs (indices, ascending).
+    """Which of the record's segments a spot check re-runs (indices, ascending): ``k`` per expert phase.
 
     Segments lie between consecutive distinct checkpoint steps of the record. The choice
-    (:func:`ditproof.randomness.spot_check_segments`) mixes the record's sha256, which commits to
-    every checkpoint file, with the validator's entropy: the same inputs always give the same
-    segments, and the executor cannot know them when it commits.
+    (:func:`ditproof.randomness.spot_check_phase_segments`) mixes the record's sha256, which commits
+    to every checkpoint file, with the validator's entropy: the same inputs always give the same
+    segments, and the executor cannot know them when it commits. Drawing in each phase, a deviation
+    confined to one expert's steps cannot escape because the other phase was drawn.
 
     Raises:
-        InvalidInputError: malformed entropy, or ``k`` outside 1 to the number of segments.
+        InvalidInputError: malformed entropy, ``k`` below 1, or a record with fewer than 2 steps.
     """
-    return spot_check_segments(record.sha256(), validator_entropy, len(trajectory_steps(record)) - 1, k)
+    ends = trajectory_steps(record)[1:]
+    return spot_check_phase_segments(record.sha256(), validator_entropy, phase_counts(ends, record_switch(record)), k)
 
 
 def validate_checkpoints(
@@ -133,7 +139,7 @@ def validate_spot_check(
     """Validates by re-running ``k`` segments chosen with the validator's entropy (module docstring).
 
     Args:
-        k: segments to re-run (at most the record's number of segments).
+        k: segments to re-run in each expert phase (all of a phase that has k or fewer).
         validator_entropy: hex digits (16 to 256); None draws 32 fresh bytes from the operating
             system. It is written in the verdict, so the choice can be recomputed by anyone.
         Others: as for :func:`validate_checkpoints`.
@@ -148,10 +154,15 @@ def validate_spot_check(
     return _validate_segments(record, model, pre, policy, comparison, "spot-check", (entropy, k))
 
 
-def _segment_threshold(policy: ThresholdPolicy | None, record: InferenceRecord) -> Threshold | None:
+def _segment_threshold(
+    policy: ThresholdPolicy | None, record: InferenceRecord, segment: Segment, switch: int | None
+) -> Threshold | None:
+    """The segment threshold at the segment's end (its phase and fraction of it done)."""
     if policy is None:
         return None
-    return policy.thresholds_for(record.model.preset, record.model.revision, record.runtime_class).get(SEGMENT_KEY)
+    phase, fraction = step_position(segment.end.step, record.request.num_inference_steps, switch)
+    where = (record.model.preset, record.model.revision, record.runtime_class)
+    return policy.trajectory_threshold(*where, SEGMENT_METRIC, phase, fraction)
 
 
 def _validate_segments(
@@ -204,41 +215,58 @@ def _validate_segments(
         )
     checks.add("fingerprints", True, "absent" if record.fingerprints is None else "agree with the checkpoint latents")
 
-    # 5. Segments: all, or the validator's choice.
+    # 5. Segments: all, or the validator's choice (k per expert phase).
+    switch = record_switch(record)
     chosen = list(range(len(segments)))
     if spot is not None:
         entropy, k = spot
-        chosen = spot_check_segments(record.sha256(), entropy, len(segments), k)
+        phases = phase_counts([s.end.step for s in segments], switch)
+        chosen = spot_check_phase_segments(record.sha256(), entropy, phases, k)
         extra["spot_check"] = SpotCheckChoice(
-            derivation=SPOT_CHECK_DERIVATION, validator_entropy=entropy, segments=len(segments), chosen=chosen
+            derivation=SPOT_CHECK_PHASE_DERIVATION,
+            validator_entropy=entropy,
+            segments=len(segments),
+            chosen=chosen,
+            phases=phases,
         )
         cost = sum(segments[i].steps for i in chosen)
         checks.add(
             "spot_selection",
             True,
-            f"segments {chosen} of {len(segments)} ({cost} of {total} steps) from validator entropy {entropy}",
+            f"segments {chosen} of {len(segments)} ({k} per phase of {phases}; {cost} of {total} steps) from "
+            f"validator entropy {entropy}",
         )
-    # In the executor's class only bitwise equality passes: no threshold, and the fingerprints
-    # locate the first step that differs at all.
-    threshold = _segment_threshold(policy, record) if not pre.same_class else None
-    tolerance = fingerprint_tolerance(policy, record) if not pre.same_class else SAME_CLASS_FINGERPRINT_TOLERANCE
     results: list[SegmentCheck] = []
     last_run: SegmentRun | None = None
     done = 0
+    worst: tuple[float, Threshold | None] = (0.0, None)
     for index in chosen:
         segment = segments[index]
+        # In the executor's class only bitwise equality passes: no threshold, and the fingerprints
+        # locate the first step that differs at all. Across classes, the threshold at the segment's end.
+        threshold = _segment_threshold(policy, record, segment, switch) if not pre.same_class else None
+        tolerance = SAME_CLASS_FINGERPRINT_TOLERANCE
+        if not pre.same_class:
+            tolerance = max(threshold.value, 0.0) if threshold is not None else fingerprint_tolerance(policy, record)
         run = rerun_segment(record, model, pre.options, segment)
         done += segment.steps
         extra.update(regenerated_steps=done, cost_fraction=done / total)
-        verdict = _decide_segment(record, segment, run, threshold, tolerance, pre.same_class, checks, results, extra)
+        position = describe_position(segment.end.step, total, switch)
+        verdict = _decide_segment(
+            record, segment, run, threshold, tolerance, pre.same_class, checks, results, extra, position
+        )
         if verdict is not None:
             return verdict
+        score = max(run.latent_rel_l2 or 0.0, run.solver_rel_l2 or 0.0)
+        if score >= worst[0]:
+            worst = (score, threshold)
         last_run = run
     extra["segments"] = results
-    # Passing segments are exact (score 0) or measured; the worst one is the mode's score.
-    extra["scores"] = {SEGMENT_KEY: max(max(r.latent_rel_l2 or 0.0, r.solver_rel_l2 or 0.0) for r in results)}
-    if threshold is not None:
-        extra["thresholds"] = {SEGMENT_KEY: threshold.value}
+    # Passing segments are exact (score 0) or measured; the worst one is the mode's score, with the
+    # threshold in force at its position.
+    extra["scores"] = {SEGMENT_KEY: worst[0]}
+    if worst[1] is not None:
+        extra["thresholds"] = {SEGMENT_KEY: worst[1].value}
 
     # 6. The video comes from the final latent.
     final_run = last_run if chosen and chosen[-1] == len(segments) - 1 else None
@@ -255,6 +283,7 @@ def _decide_segment(
     checks: Checks,
     results: list[SegmentCheck],
     extra: dict[str, object],
+    position: str = "",
 ) -> Verdict | None:
     """Adds the segment's check; returns the verdict when it decides (fail or no threshold)."""
     divergence: Divergence | None = None
@@ -266,17 +295,20 @@ def _decide_segment(
     elif same_class:
         passed, why = (
             False,
-            "not bitwise equal to its re-run in the executor's runtime class (any difference is a deviation)",
+            run.note
+            if run.result is None
+            else "not bitwise equal to its re-run in the executor's runtime class (any difference is a deviation)",
         )
     elif score is None:
         passed, why = False, run.note
     elif threshold is None:
-        results.append(_segment_check(segment, run, False, None, run.note))
-        checks.add("segment", False, f"{segment.label}: {run.note}; no {SEGMENT_KEY} threshold")
+        results.append(_segment_check(segment, run, False, None, run.note, position, None))
+        checks.add("segment", False, f"{segment.label}: {run.note}; no {SEGMENT_KEY} threshold at {position}")
         return checks.verdict(
             "error",
             f"segment {segment.label} is not bitwise equal to its re-run ({run.note}) and there is no "
-            f"{SEGMENT_KEY} threshold for model {record.model.preset}, runtime class {record.runtime_class}; the "
+            f"{SEGMENT_KEY} threshold at its end ({position}) for model {record.model.preset}, runtime class "
+            f"{record.runtime_class}; the "
             f"validator refuses to decide (give a thresholds file with such an entry, or --threshold {SEGMENT_METRIC}=VALUE)",
             segments=results,
             first_failing_segment=segment.label,
@@ -289,11 +321,12 @@ def _decide_segment(
             False,
             f"end state {why}, but the record's fingerprints inside the segment differ from the re-run's",
         )
-    results.append(_segment_check(segment, run, passed, divergence, f"{run.note}; {why}"))
+    limit = threshold.value if threshold is not None else None
+    results.append(_segment_check(segment, run, passed, divergence, f"{run.note}; {why}", position, limit))
     checks.add("segment", passed, f"{segment.label}: {run.note}; {why}")
     if passed:
         return None
-    reason = f"the trajectory leaves tolerance in segment {segment.label} ({why})"
+    reason = f"the trajectory leaves tolerance in segment {segment.label}, ending at {position} ({why})"
     if divergence is not None:
         reason += f"; {divergence.describe()}"
     scores = {SEGMENT_KEY: score} if score is not None else {}
@@ -311,7 +344,13 @@ def _decide_segment(
 
 
 def _segment_check(
-    segment: Segment, run: SegmentRun, passed: bool, divergence: Divergence | None, detail: str
+    segment: Segment,
+    run: SegmentRun,
+    passed: bool,
+    divergence: Divergence | None,
+    detail: str,
+    position: str,
+    threshold: float | None,
 ) -> SegmentCheck:
     return SegmentCheck(
         start=segment.start.name,
@@ -324,6 +363,8 @@ def _segment_check(
         passed=passed,
         divergent_step=divergence.step if divergence is not None else None,
         detail=detail,
+        position=position,
+        threshold=threshold,
     )
 
 

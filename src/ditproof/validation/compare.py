@@ -27,7 +27,14 @@ from safetensors.torch import load as load_safetensors
 
 from ditproof.errors import InvalidInputError
 from ditproof.hashing import sha256_bytes
-from ditproof.metrics.registry import METRICS, metric_spec, metric_weights, score_latents, score_videos
+from ditproof.metrics.registry import (
+    METRICS,
+    TRAJECTORY_KINDS,
+    metric_spec,
+    metric_weights,
+    score_latents,
+    score_videos,
+)
 from ditproof.metrics.weights import MetricWeightsInvalidError, MetricWeightsMissingError
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.verdict import Verdict
@@ -87,8 +94,9 @@ def load_final_latent(record: InferenceRecord, artifacts_dir: Path | None) -> tu
 
 def _required(policy: ThresholdPolicy, record: InferenceRecord, options: ComparisonOptions) -> dict[str, Threshold]:
     thresholds = policy.thresholds_for(record.model.preset, record.model.revision, record.runtime_class)
-    # Segment thresholds belong to the checkpoint modes (ditproof.validation.checkpoints).
-    thresholds = {k: t for k, t in thresholds.items() if METRICS[t.metric].kind != "segment"}
+    # Trajectory thresholds belong to the trajectory check and the checkpoint modes
+    # (ditproof.validation.trajectory, ditproof.validation.checkpoints).
+    thresholds = {k: t for k, t in thresholds.items() if METRICS[t.metric].kind not in TRAJECTORY_KINDS}
     if options.metrics:
         for metric in options.metrics:
             metric_spec(metric)

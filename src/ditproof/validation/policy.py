@@ -5,9 +5,10 @@ and with its provenance, says for each (model, runtime class, metric, statistic)
 and its direction. The validator refuses to decide on a metric it has no threshold for, unless
 the caller gives one explicitly (``--threshold METRIC[:STATISTIC]=VALUE``).
 
-File format (JSON, schema ``ditproof.thresholds/1``)::
+File format (JSON, schema ``ditproof.thresholds/2``; ``/1`` files, without ``position``, are read
+as before)::
 
-    {"schema_version": "ditproof.thresholds/1", "version": 3, "provisional": false,
+    {"schema_version": "ditproof.thresholds/2", "version": 3, "provisional": false,
      "description": "...",
      "entries": [{"model": "wan2.2-t2v-a14b",            # a preset name or a 64-hex revision
                   "runtime_class": "cuda-sm90/*",        # exact, or an fnmatch pattern
@@ -15,7 +16,22 @@ File format (JSON, schema ``ditproof.thresholds/1``)::
                   "direction": "lower-is-better", "value": 0.05,
                   "metric_weights": {"alexnet": "<sha256>", "lpips_alex": "<sha256>"},
                   "provenance": {"calibration": "stage1-2027-01", "fpr_target": 0.01,
-                                 "date": "2027-01-15", "samples": 4000, "notes": ""}}]}
+                                 "date": "2027-01-15", "samples": 4000, "notes": ""}},
+                 {"model": "wan2.2-t2v-a14b", "runtime_class": "cuda-sm90/*",
+                  "metric": "fingerprint_rel_l2", "statistic": "value",
+                  "direction": "lower-is-better", "value": 0.02,
+                  "position": {"phase": "low-noise", "start": 0.5, "end": 1.0},
+                  "provenance": {...}}]}
+
+Trajectory thresholds (``/2``): an entry of a trajectory metric (``latent_rel_l2_segment``,
+``latent_rel_l2_checkpoint``, ``fingerprint_rel_l2``) may name a ``position``: an expert phase
+(``high-noise``: steps 1 to the switch step, whose last latent is ``pre_switch``; ``low-noise``:
+the steps after it; ``any``) and a range ``[start, end]`` of the fraction of that phase done
+(steps done in the phase over the phase's steps). One file so serves any step count. A
+checkpoint at step s, a segment ending at s, or a fingerprint after step s takes the threshold of
+the entries whose position holds s: the most specific model and class as above, then the
+narrowest range, then a named phase before ``any``, then file order. An entry without a
+position holds every step.
 
 Default: without a file, the validator uses ``DEFAULT_THRESHOLDS``, the thresholds the Stage 1
 GPU run produced for the shipped model ``wan-shapes-small`` (``results/stage1/shapes-gpu``); its
@@ -43,10 +59,20 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ditproof.errors import InvalidInputError
 from ditproof.hashing import atomic_write_bytes, canonical_json
-from ditproof.metrics.registry import METRICS, Direction, metric_spec, parse_score_key, score_key
+from ditproof.metrics.registry import (
+    METRICS,
+    TRAJECTORY_KINDS,
+    Direction,
+    metric_spec,
+    parse_score_key,
+    score_key,
+)
 from ditproof.protocol.files import load_model_file
 
-THRESHOLDS_SCHEMA: Literal["ditproof.thresholds/1"] = "ditproof.thresholds/1"
+THRESHOLDS_SCHEMA: Literal["ditproof.thresholds/2"] = "ditproof.thresholds/2"
+THRESHOLDS_SCHEMAS = ("ditproof.thresholds/1", "ditproof.thresholds/2")
+"""Schemas read: ``/1`` (no positions) and ``/2`` (this one, written by default)."""
+Phase = Literal["high-noise", "low-noise"]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -64,6 +90,28 @@ class Provenance(_Model):
     notes: str = ""
 
 
+class TrajectoryPosition(_Model):
+    """Where on the trajectory a threshold holds: a phase and a range of the fraction of it done."""
+
+    phase: Literal["high-noise", "low-noise", "any"] = "any"
+    start: float = Field(default=0.0, ge=0.0, le=1.0)
+    end: float = Field(default=1.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _order(self) -> TrajectoryPosition:
+        if self.start > self.end:
+            raise ValueError(f"position: start {self.start} after end {self.end}; allowed: start <= end")
+        return self
+
+    def holds(self, phase: Phase, fraction: float) -> bool:
+        """Whether a step in ``phase`` with ``fraction`` of it done lies in this position."""
+        return self.phase in ("any", phase) and self.start <= fraction <= self.end
+
+    def describe(self) -> str:
+        """``low-noise 0.5-1``."""
+        return f"{self.phase} {self.start:g}-{self.end:g}"
+
+
 class ThresholdEntry(_Model):
     """One threshold for (model, runtime class, metric, statistic)."""
 
@@ -74,6 +122,7 @@ class ThresholdEntry(_Model):
     direction: Direction
     value: float
     metric_weights: dict[str, str] = {}
+    position: TrajectoryPosition | None = None
     provenance: Provenance
 
     @model_validator(mode="after")
@@ -81,6 +130,12 @@ class ThresholdEntry(_Model):
         spec = metric_spec(self.metric) if self.metric in METRICS else None
         if spec is None:
             raise ValueError(f"metric: got {self.metric!r}; allowed: {', '.join(METRICS)}")
+        if self.position is not None and spec.kind not in TRAJECTORY_KINDS:
+            trajectory = [name for name, s in METRICS.items() if s.kind in TRAJECTORY_KINDS]
+            raise ValueError(
+                f"position of {self.metric}: a frame or final-latent metric holds for the whole video; allowed: a "
+                f"position on trajectory metrics only ({', '.join(trajectory)})"
+            )
         if self.statistic not in spec.statistics:
             raise ValueError(
                 f"statistic of {self.metric}: got {self.statistic!r}; allowed: {', '.join(spec.statistics)}"
@@ -98,7 +153,7 @@ class ThresholdEntry(_Model):
 class ThresholdsFile(_Model):
     """A versioned set of thresholds (see the module docstring for the format)."""
 
-    schema_version: Literal["ditproof.thresholds/1"] = THRESHOLDS_SCHEMA
+    schema_version: Literal["ditproof.thresholds/1", "ditproof.thresholds/2"] = THRESHOLDS_SCHEMA
     version: int = Field(ge=1)
     provisional: bool
     description: str
@@ -109,11 +164,21 @@ class ThresholdsFile(_Model):
     def _unique(cls, entries: list[ThresholdEntry]) -> list[ThresholdEntry]:
         seen = set()
         for entry in entries:
-            key = (entry.model, entry.runtime_class, entry.metric, entry.statistic)
+            key = (entry.model, entry.runtime_class, entry.metric, entry.statistic, entry.position)
             if key in seen:
-                raise ValueError(f"duplicate entry for model, runtime_class, metric, statistic {key}")
+                position = f", position {entry.position.describe()}" if entry.position else ""
+                raise ValueError(
+                    "duplicate entry for model, runtime_class, metric, statistic "
+                    f"{(entry.model, entry.runtime_class, entry.metric, entry.statistic)}{position}"
+                )
             seen.add(key)
         return entries
+
+    @model_validator(mode="after")
+    def _positions_need_v2(self) -> ThresholdsFile:
+        if self.schema_version == "ditproof.thresholds/1" and any(e.position for e in self.entries):
+            raise ValueError("position: not in a ditproof.thresholds/1 file; allowed: schema ditproof.thresholds/2")
+        return self
 
     def save(self, path: str | Path) -> None:
         """Writes the file atomically (canonical JSON)."""
@@ -126,7 +191,7 @@ class ThresholdsFile(_Model):
         Raises:
             InvalidInputError: missing file, not JSON, or not a valid thresholds file.
         """
-        return load_model_file(cls, path, "thresholds", THRESHOLDS_SCHEMA)
+        return load_model_file(cls, path, "thresholds", "ditproof.thresholds/2 (or /1)")
 
 
 @dataclass(frozen=True)
@@ -217,9 +282,11 @@ class ThresholdPolicy:
         label = "provisional " if self.file.provisional else ""
         return f"{label}thresholds {self.file_label or 'file'} v{self.file.version}: {p.calibration}{fpr}, {p.date}"
 
-    def thresholds_for(self, model_preset: str, model_revision: str, runtime_class: str) -> dict[str, Threshold]:
-        """Every threshold in force for this model and runtime class, by score key."""
-        chosen: dict[str, tuple[tuple[int, int], ThresholdEntry]] = {}
+    def _matching(
+        self, model_preset: str, model_revision: str, runtime_class: str
+    ) -> list[tuple[int, int, ThresholdEntry]]:
+        """(model and class rank, file order, entry) of the file's entries for this model and class."""
+        found = []
         for order, entry in enumerate(self.file.entries if self.file else []):
             if entry.model == model_revision:
                 model_rank = 0
@@ -233,17 +300,58 @@ class ThresholdPolicy:
                 class_rank = 1
             else:
                 continue
+            found.append((model_rank * 2 + class_rank, order, entry))
+        return found
+
+    def _threshold(self, entry: ThresholdEntry) -> Threshold:
+        source = self._source(entry)
+        if entry.position is not None:
+            source += f", position {entry.position.describe()}"
+        return Threshold(entry.metric, entry.statistic, entry.value, entry.direction, source, entry.metric_weights)
+
+    def thresholds_for(self, model_preset: str, model_revision: str, runtime_class: str) -> dict[str, Threshold]:
+        """Every threshold in force for this model and runtime class, by score key, that holds for
+        the whole trajectory (entries with a position are looked up by :meth:`trajectory_threshold`)."""
+        chosen: dict[str, tuple[tuple[int, int], ThresholdEntry]] = {}
+        for rank, order, entry in self._matching(model_preset, model_revision, runtime_class):
+            if entry.position is not None:
+                continue
             key = score_key(entry.metric, entry.statistic)
-            rank = (model_rank * 2 + class_rank, order)
-            if key not in chosen or rank < chosen[key][0]:
-                chosen[key] = (rank, entry)
-        result = {
-            key: Threshold(
-                entry.metric, entry.statistic, entry.value, entry.direction, self._source(entry), entry.metric_weights
-            )
-            for key, (_, entry) in chosen.items()
-        }
+            if key not in chosen or (rank, order) < chosen[key][0]:
+                chosen[key] = ((rank, order), entry)
+        result = {key: self._threshold(entry) for key, (_, entry) in chosen.items()}
         for key, value in self.explicit.items():
             metric, statistic = parse_score_key(key)
             result[key] = Threshold(metric, statistic, value, metric_spec(metric).direction, "explicit --threshold")
         return dict(sorted(result.items()))
+
+    def trajectory_threshold(
+        self, model_preset: str, model_revision: str, runtime_class: str, metric: str, phase: Phase, fraction: float
+    ) -> Threshold | None:
+        """The threshold of trajectory metric ``metric`` at a step in ``phase`` with ``fraction`` of
+        the phase done (module docstring: most specific model and class, narrowest range, named
+        phase, file order); an explicit value overrides the file at every position. None: none."""
+        key = score_key(metric, "value")
+        if key in self.explicit:
+            return Threshold(metric, "value", self.explicit[key], metric_spec(metric).direction, "explicit --threshold")
+        best: tuple[tuple[int, float, int, int], ThresholdEntry] | None = None
+        for rank, order, entry in self._matching(model_preset, model_revision, runtime_class):
+            if entry.metric != metric or entry.statistic != "value":
+                continue
+            position = entry.position
+            if position is not None and not position.holds(phase, fraction):
+                continue
+            width = 1.0 if position is None else position.end - position.start
+            named = 0 if position is not None and position.phase != "any" else 1
+            candidate = ((rank, width, named, order), entry)
+            if best is None or candidate[0] < best[0]:
+                best = candidate
+        return None if best is None else self._threshold(best[1])
+
+    def has_trajectory_thresholds(
+        self, model_preset: str, model_revision: str, runtime_class: str, metric: str
+    ) -> bool:
+        """Whether any threshold of ``metric`` (at some position, or everywhere) is in force."""
+        if score_key(metric, "value") in self.explicit:
+            return True
+        return any(e.metric == metric for _, _, e in self._matching(model_preset, model_revision, runtime_class))

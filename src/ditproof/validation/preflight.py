@@ -23,16 +23,17 @@ import torch
 
 from ditproof import __version__
 from ditproof.errors import InvalidInputError
-from ditproof.generation.generate import check_prompt_length
+from ditproof.generation.generate import check_prompt_length, expert_switch
 from ditproof.generation.runtime import class_differences, runtime_class, runtime_fingerprint
-from ditproof.hashing import sha256_bytes, sha256_tensor
+from ditproof.hashing import canonical_json, sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel, kernel_options
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import RuntimeOptions, shortcut_label
 from ditproof.protocol.record import InferenceRecord, RuntimeFingerprint
 from ditproof.protocol.request import GenerationRequest
 from ditproof.protocol.verdict import CheckResult, Verdict
 from ditproof.randomness import derive_seed, initial_noise
 from ditproof.validation.allowed import AllowedClasses
+from ditproof.validation.commitments import schedule_problems, switch_problems
 from ditproof.validation.delegation import ValidatorRegistry
 from ditproof.validation.fingerprints import COMMITMENT_TOLERANCE, Divergence, locate_divergence
 
@@ -40,6 +41,7 @@ REFERENCE_ALGORITHM: dict[str, object] = {
     "experts": "both",
     "weights": "native",
     "cache": None,
+    "shortcut": None,
     "tp_degree": 1,
     "cp_degree": 1,
 }
@@ -64,6 +66,11 @@ REGENERATION_OPTION_FIELDS = (
 another runtime class on purpose (``options=``; then thresholds decide). Everything else (capture,
 encoding, fusions) is the record's."""
 
+MAX_FINGERPRINT_BYTES = 64 * 1024
+"""The most a record's per-step fingerprints may take as canonical JSON: 40 steps of the default 8
+values take about 6.5 KB (8.2 KB at the longest number form); the bound holds up to ``jl_dim`` 64
+at 40 steps."""
+
 SAME_CLASS_FINGERPRINT_TOLERANCE = COMMITMENT_TOLERANCE
 """Where a same-class regeneration's fingerprints count as departed from the record's: in one class
 they are equal (the JL product runs on the CPU in float64 and is rounded to float32, so at most a
@@ -75,7 +82,8 @@ def _present(values: dict[str, object]) -> dict[str, object]:
 
 
 def stated_deviations(record: InferenceRecord) -> list[str]:
-    """The malign deviations a record states itself (experts, weights, cache unlike the reference)."""
+    """The malign deviations a record states itself (experts, weights, cache, shortcut unlike the
+    reference)."""
     stated = record.options.model_dump()
     return [
         f"{name}={stated[name]!r}"
@@ -136,6 +144,7 @@ def declared_from_options(options: RuntimeOptions) -> dict[str, object]:
         "experts": options.experts,
         "weights": options.weights,
         "cache": None if options.cache is None else f"{options.cache.kind}:{options.cache.threshold}",
+        "shortcut": shortcut_label(options.shortcut),
         "tp_degree": options.tp_degree,
         "cp_degree": options.cp_degree,
         "ffn_chunks": options.ffn_chunks,
@@ -150,8 +159,10 @@ def declared_from_options(options: RuntimeOptions) -> dict[str, object]:
 def record_problems(record: InferenceRecord) -> list[str]:
     """What the record lacks of what every record must hold, or where it contradicts itself.
 
-    Mandatory: one trajectory fingerprint per step, and the ``initial`` and ``final`` checkpoints
-    with their hashes. Consistent: the runtime class is the one its fingerprint gives, and the
+    Mandatory: one trajectory fingerprint per step, the ``initial`` and ``final`` checkpoints with
+    their hashes, and a checkpoint at every step the record's capture options commit to (its
+    schedule, with the expert switch at its ``pre_switch`` checkpoint; that the switch is the
+    model's is checked once the model is known, :func:`switch_problems`). Consistent: the runtime class is the one its fingerprint gives, and the
     fingerprint states the record's options, model and encoder (an executor cannot declare one
     class and run another's options through the validator).
     """
@@ -161,6 +172,13 @@ def record_problems(record: InferenceRecord) -> list[str]:
         problems.append("fingerprints: absent; allowed: one per denoising step (every record must hold them)")
     elif len(record.fingerprints.values) != steps:
         problems.append(f"fingerprints: {len(record.fingerprints.values)} step(s); allowed: {steps} (the request's)")
+    else:
+        size = len(canonical_json(record.fingerprints.model_dump(mode="json")))
+        if size > MAX_FINGERPRINT_BYTES:
+            problems.append(
+                f"fingerprints: {size} bytes of JSON ({steps} steps of {record.fingerprints.dim} values); allowed: at "
+                f"most {MAX_FINGERPRINT_BYTES} (a smaller jl_dim)"
+            )
     names = {c.name: c.step for c in record.checkpoints}
     for name, step in (("initial", 0), ("final", steps)):
         if names.get(name) != step:
@@ -168,6 +186,8 @@ def record_problems(record: InferenceRecord) -> list[str]:
                 f"checkpoint {name!r}: {'absent' if name not in names else f'at step {names[name]}'}; "
                 f"allowed: at step {step} (every record commits to it)"
             )
+    pre_switch = names.get("pre_switch")
+    problems += schedule_problems(record, pre_switch if pre_switch is not None and 0 < pre_switch < steps else None)
     derived = runtime_class(record.runtime)
     if record.runtime_class != derived:
         problems.append(f"runtime_class: got {record.runtime_class!r}; its own fingerprint gives {derived!r}")
@@ -369,6 +389,12 @@ def preflight(
     except InvalidInputError as exc:
         checks.add("request", False, str(exc))
         return checks.verdict("invalid", f"the record's request cannot have run on its model ({exc})")
+    problems = switch_problems(record, expert_switch(model.pipeline.scheduler.config, record.request))
+    if problems:
+        checks.add("schedule", False, "; ".join(problems))
+        return checks.verdict(
+            "invalid", "the record's checkpoints are not those its schedule commits to: " + "; ".join(problems)
+        )
     fingerprint, why = local_fingerprint(model, options)
     if fingerprint is None:
         checks.add("runtime_class", False, why)

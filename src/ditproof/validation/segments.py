@@ -6,7 +6,8 @@ step, consecutive checkpoints delimit *segments*; a segment ``k → m`` is re-ru
 one generation path (:func:`ditproof.generation.generate.generate`) from the executor's
 checkpoint ``k`` and stopping after step ``m``, and its end state (latent and solver history) is
 compared with the executor's checkpoint ``m``. The first segment starts from the noise, which the
-validator draws itself from the seed.
+validator draws itself from the seed; the others from the executor's latent and solver history,
+with the solver's bookkeeping derived from the schedule.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from ditproof.errors import IntegrityError, InvalidInputError
 from ditproof.generation.generate import GenerationResult, generate
-from ditproof.generation.solver import ResumePoint, SolverState
+from ditproof.generation.solver import ResumePoint, SolverState, derived_resume_point, schedule_state
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions
@@ -234,13 +235,25 @@ def rerun_segment(record: InferenceRecord, model: LoadedModel, options: RuntimeO
     """Re-runs ``segment`` from the executor's start checkpoint (from the seed's noise at step 0)
     and measures its end state against the executor's end checkpoint.
 
+    The solver's counters, timesteps and filled history slots at the start are derived from the
+    request's schedule (:func:`ditproof.generation.solver.schedule_state`), never read from the
+    file; a file whose bookkeeping disagrees cannot be resumed (the segment fails). The history
+    tensors come from the file: the end state's comparison checks them, as it checks the latent.
+
     A segment that ends at the last step also decodes the frames (the one generation path does).
     A start checkpoint the generation path refuses (a solver state of another order) makes the
     segment unmeasurable, not an exception: the file is the executor's.
     """
     steps = record.request.num_inference_steps
-    resume = None if segment.start.step == 0 else segment.start.point
+    resume = None
     try:
+        if segment.start.step > 0:
+            # The solver's bookkeeping is the schedule's; only its history tensors come from the file.
+            derived = schedule_state(
+                model.pipeline.scheduler.config, record.request.flow_shift, steps, segment.start.step
+            )
+            start = segment.start.point
+            resume = derived_resume_point(derived, start.latent, start.solver)
         result = generate(record.request, record.seed, model, options, resume=resume, stop_after=segment.end.step)
     except InvalidInputError as exc:
         return SegmentRun(False, None, None, f"cannot resume from {segment.start.name}: {exc}", None)

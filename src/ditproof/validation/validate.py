@@ -1,4 +1,4 @@
-"""Validation of an inference record and its video (DESIGN §3).
+"""Validation of an inference record and its video (docs/validation.md).
 
 Order of checks, each cheaper than the next:
 
@@ -17,8 +17,11 @@ Order of checks, each cheaper than the next:
    runtime class that is the only way to be valid: a class is a promise of bytes, so any other
    outcome is ``invalid``, with the first step where the record's trajectory fingerprints leave
    the regeneration's; no threshold is consulted;
-6. only when the validator regenerated in another class on purpose (its own ``options``), the
-   comparison with metrics against thresholds from a policy (``ditproof.validation.compare``).
+6. only when the validator regenerated in another class on purpose (its own ``options``): the
+   trajectory first (every step's fingerprints and each committed checkpoint against the
+   threshold at its position, :mod:`ditproof.validation.trajectory`; the first step outside the
+   band makes the record ``invalid`` and is named), then the video and final latent with metrics
+   against thresholds from a policy (``ditproof.validation.compare``).
 
 Steps 1–3 are :func:`ditproof.validation.preflight.preflight`, shared with the latent-checkpoint
 and spot-check modes (:mod:`ditproof.validation.checkpoints`), which replace step 4's whole
@@ -30,19 +33,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Unpack
 
-from ditproof.generation.generate import generate
+from ditproof.errors import IntegrityError
+from ditproof.generation.generate import expert_switch, generate
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.verdict import Verdict
+from ditproof.validation.commitments import commitment_mismatches
 from ditproof.validation.compare import ComparisonOptions, compare
 from ditproof.validation.fingerprints import fingerprint_tolerance, locate_divergence
 from ditproof.validation.policy import ThresholdPolicy
 from ditproof.validation.preflight import (
+    SAME_CLASS_FINGERPRINT_TOLERANCE,
     PreflightInputs,
     preflight,
     same_class_mismatch,
 )
+from ditproof.validation.trajectory import check_trajectory
 from ditproof.video import encode_video
 
 
@@ -89,31 +96,61 @@ def validate(
     basis = "same-class" if pre.same_class else "cross-class"
     cost = {"regenerated_steps": steps, "total_steps": steps, "cost_fraction": 1.0, "comparison": basis}
 
-    # 4. Regenerate.
-    result = generate(record.request, record.seed, model, options)
+    # 4. Regenerate, keeping the latent at every step the record commits to.
+    held = tuple(sorted({c.step for c in record.checkpoints if 0 < c.step < steps}))
+    capture = options.capture.model_copy(update={"checkpoint_steps": held})
+    result = generate(record.request, record.seed, model, options.model_copy(update={"capture": capture}))
 
-    # 5. Exact match: video bytes, then final latent.
+    # 5. Exact match: the video's bytes; in the executor's class also every commitment of the record
+    # (the committed checkpoints' latents, the per-step fingerprints) must be the regeneration's.
     assert result.frames is not None  # a full run (no stop_after) always decodes
     regenerated = encode_video(result.frames, record.request.fps, record.video.encoding)
     final = result.capture.latents["final"][1]
     recorded_final = next((c.tensor_sha256 for c in record.checkpoints if c.name == "final"), None)
     video_exact = sha256_bytes(regenerated) == record.video.sha256
     latent_exact = recorded_final is not None and sha256_tensor(final) == recorded_final
-    if checks.add("exact_match", video_exact, f"video {video_exact}, final latent {latent_exact}"):
-        return checks.verdict(
-            "valid",
-            "regeneration matched byte for byte",
-            exact_match=True,
-            validator_runtime_class=local_class,
-            **cost,
-        )
     if pre.same_class:
+        untrue = commitment_mismatches(record, result.capture.latents)
+        departed = locate_divergence(record, result.capture.fingerprints, SAME_CLASS_FINGERPRINT_TOLERANCE)
+        exact = video_exact and not untrue and departed is None
+        detail = f"video {video_exact}, final latent {latent_exact}, " + (
+            f"committed checkpoint(s) not the regeneration's: {', '.join(untrue)}"
+            if untrue
+            else "committed checkpoints equal"
+        )
+        if checks.add("exact_match", exact, detail):
+            return checks.verdict(
+                "valid",
+                "regeneration matched byte for byte (video and every committed checkpoint)",
+                exact_match=True,
+                validator_runtime_class=local_class,
+                **cost,
+            )
+        if video_exact:
+            where = departed.describe() if departed is not None else f"checkpoint(s) {', '.join(untrue)} differ"
+            return checks.verdict(
+                "invalid",
+                "same runtime class: the video matches but the record's trajectory commitments are not the "
+                f"regeneration's ({where}); a record must commit to the trajectory it ran",
+                validator_runtime_class=local_class,
+                divergent_step=departed.step if departed is not None else None,
+                **cost,
+            )
         reason, departed = same_class_mismatch(record, result.capture.fingerprints)
         return checks.verdict(
             "invalid",
             f"{reason} (final latent {'equal' if latent_exact else 'different'})",
             validator_runtime_class=local_class,
             divergent_step=departed.step if departed is not None else None,
+            **cost,
+        )
+    checks.add("exact_match", video_exact, f"video {video_exact}, final latent {latent_exact}")
+    if video_exact and policy is None:
+        return checks.verdict(
+            "valid",
+            "regeneration matched byte for byte (another class: no thresholds to hold its trajectory against)",
+            exact_match=True,
+            validator_runtime_class=local_class,
             **cost,
         )
 
@@ -126,6 +163,42 @@ def validate(
             validator_runtime_class=local_class,
             **cost,
         )
+    # 6a. The trajectory: every step's fingerprints and the committed checkpoints, each against the
+    # threshold at its position; the first step outside the band decides (even when the video
+    # matches: the record's commitments must be the trajectory's).
+    latents = {step: tensor for step, tensor in result.capture.latents.values()}
+    switch = expert_switch(model.pipeline.scheduler.config, record.request)
+    try:
+        outcome = check_trajectory(record, result.capture.fingerprints, latents, switch, pre.artifacts_dir, policy)
+    except IntegrityError as exc:
+        checks.add("trajectory", False, str(exc))
+        return checks.verdict(
+            "invalid", f"a checkpoint file differs from the record: {exc}", validator_runtime_class=local_class, **cost
+        )
+    checks.add("trajectory", outcome.departure is None, outcome.detail())
+    if outcome.departure is not None:
+        return checks.verdict(
+            "invalid",
+            f"the trajectory leaves the honest band {outcome.departure.reason}",
+            validator_runtime_class=local_class,
+            divergent_step=outcome.departure.step,
+            trajectory=outcome.points,
+            scores=outcome.scores,
+            **cost,
+        )
+    if video_exact:
+        return checks.verdict(
+            "valid",
+            "regeneration matched byte for byte and the trajectory stays within its thresholds"
+            if outcome.decisive
+            else "regeneration matched byte for byte (no trajectory threshold in force: measured only)",
+            exact_match=True,
+            validator_runtime_class=local_class,
+            trajectory=outcome.points,
+            scores=outcome.scores,
+            **cost,
+        )
+    # 6b. The video and the final latent against the metrics in force.
     verdict = compare(
         record,
         data,
@@ -138,6 +211,7 @@ def validate(
         validator_runtime_class=local_class,
         **cost,
     )
+    verdict = verdict.model_copy(update={"trajectory": outcome.points, "scores": {**outcome.scores, **verdict.scores}})
     if verdict.decision != "invalid":
         return verdict
     # Where did it go wrong? The record's per-step fingerprints against the regeneration's.

@@ -329,7 +329,12 @@ class DitproofWan22Pipeline(Wan22Pipeline):
             boundary = run.boundary_ratio * self.scheduler.config.num_train_timesteps
             run.high = [bool(step >= boundary) for step in self.scheduler.timesteps]
             switch = run.high.index(False) if False in run.high else None
-            run.capture = TrajectoryCapture(seed=run.job.seed, options=run.job.capture, switch_step=switch)
+            run.capture = TrajectoryCapture(
+                seed=run.job.seed,
+                options=run.job.capture,
+                switch_step=switch,
+                total_steps=len(self.scheduler.timesteps),
+            )
             run.capture.start(0, run.noise, self.scheduler)
         latents = super().scheduler_step_maybe_with_cfg(noise_pred, t, latents, do_true_cfg)
         run.capture.after_step(run.step, latents, self.scheduler)

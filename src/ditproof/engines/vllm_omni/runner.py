@@ -285,7 +285,9 @@ def generate_via_omni(
             f"noise: the vLLM-Omni worker used noise {bundle.noise_sha256} of shape {bundle.noise_shape}; "
             f"ditproof's noise for seed {seed} is {expected} of shape {shape}"
         )
-    capture = TrajectoryCapture(seed=seed, options=options.capture, switch_step=bundle.switch_step)
+    capture = TrajectoryCapture(
+        seed=seed, options=options.capture, switch_step=bundle.switch_step, total_steps=request.num_inference_steps
+    )
     for entry in bundle.checkpoints:
         tensors = load_file(str(folder / entry.file))
         capture.latents[entry.name] = (entry.step, tensors["latent"])
