@@ -86,9 +86,9 @@ def main() -> int:
     cpus: dict[str, list[float]] = {name: [] for name in COMMANDS}
     for _ in range(args.runs):
         for name, argv in COMMANDS.items():
-            wall, cpu = run_once(args.python, argv, env)
-            walls[name].append(wall)
-            cpus[name].append(cpu)
+            wall_s, cpu_s = run_once(args.python, argv, env)
+            walls[name].append(wall_s)
+            cpus[name].append(cpu_s)
     load_after = os.getloadavg()
 
     results: dict[str, Any] = {}
