@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ditproof.cli.common import call, err, out, parse_steps, quiet_libraries, reported
 from ditproof.errors import InvalidInputError
+from ditproof.models.presets import native_sizes
 from ditproof.protocol.options import CaptureOptions, RuntimeOptions, VideoEncoding
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.request import GenerationRequest, parse_request
@@ -56,18 +57,6 @@ def build_options(
         encoding=call(VideoEncoding, codec="h264-lossless" if lossless else "h264", threads=encode_threads),
         **deviations,
     )
-
-
-def native_sizes(model: str, given: dict[str, int | None]) -> dict[str, int]:
-    """The size, frame count and steps to request: each flag given, else the model's native value
-    (:attr:`ditproof.models.presets.ModelPreset.native_request`), else the request's default."""
-    from ditproof.models.presets import PRESETS
-
-    native = dict(PRESETS[model].native_request) if model in PRESETS else {}
-    defaults = GenerationRequest.model_fields
-    return {
-        name: value if value is not None else native.get(name, defaults[name].default) for name, value in given.items()
-    }
 
 
 FLAG_OF_FIELD = {"num_inference_steps": "--steps"}

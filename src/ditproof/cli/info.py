@@ -56,15 +56,6 @@ def torch_build() -> dict[str, str | None]:
     return found
 
 
-def native_size(native_request: tuple[tuple[str, int], ...]) -> dict[str, int]:
-    """Width, height, frames and steps a preset runs at: its own, else the request's defaults."""
-    from ditproof.protocol.request import GenerationRequest
-
-    fields = GenerationRequest.model_fields
-    size = {key: int(fields[key].default) for key in ("width", "height", "num_frames", "num_inference_steps")}
-    return size | dict(native_request)
-
-
 def runtime_facts(probe: bool) -> dict[str, Any]:
     """This machine's runtime; with ``probe``, what an imported torch reports too."""
     from ditproof import __version__
@@ -103,12 +94,12 @@ def info_command(
     ),
 ) -> None:
     """List the model presets and describe this machine's runtime (fast: torch only with --probe)."""
-    from ditproof.models.presets import PRESETS
+    from ditproof.models.presets import PRESETS, native_sizes
 
     runtime = runtime_facts(probe)
     if as_json:
         presets = {
-            name: {"description": p.description, "dtype": p.default_dtype, "native_size": native_size(p.native_request)}
+            name: {"description": p.description, "dtype": p.default_dtype, "native_size": native_sizes(name)}
             for name, p in PRESETS.items()
         }
         out.print_json(json.dumps({"presets": presets, "runtime": runtime, "probed": probe}))
@@ -121,7 +112,7 @@ def info_command(
     table.add_column("native size (WxHxF)")
     table.add_column("description")
     for name, preset in PRESETS.items():
-        size = native_size(preset.native_request)
+        size = native_sizes(name)
         table.add_row(
             name,
             preset.default_dtype,

@@ -6,6 +6,7 @@ a preset is :func:`ditproof.models.registry.load_model`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 WAN22_PATH_ENV = "DITPROOF_WAN22_PATH"
@@ -58,3 +59,23 @@ PRESETS: dict[str, ModelPreset] = {
         ),
     )
 }
+
+
+SIZE_FIELDS = ("width", "height", "num_frames", "num_inference_steps")
+
+
+def native_sizes(model: str, given: Mapping[str, int | None] | None = None) -> dict[str, int]:
+    """The size, frame count and steps to request from ``model``: each value given (not None),
+    else the model's native value (:attr:`ModelPreset.native_request`), else the request's default.
+
+    ``given`` names the fields wanted (default: width, height, num_frames, num_inference_steps);
+    a model that is not a preset (a folder) gets the request's defaults.
+    """
+    from ditproof.protocol.request import GenerationRequest
+
+    native = dict(PRESETS[model].native_request) if model in PRESETS else {}
+    defaults = GenerationRequest.model_fields
+    wanted = dict.fromkeys(SIZE_FIELDS) if given is None else given
+    return {
+        name: value if value is not None else native.get(name, defaults[name].default) for name, value in wanted.items()
+    }
