@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from ditproof.cli.common import err, out, quiet_libraries, reported
+from ditproof.cli.common import call, err, out, quiet_libraries, reported
 from ditproof.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -122,6 +122,10 @@ def calibrate_command(
     with reported():
         from ditproof.pricing.calibrate import calibrate
         from ditproof.pricing.coefficients import write_entry
+        from ditproof.protocol.options import RuntimeOptions
+
+        # The device and kernel names are checked as generation checks them, before any model is built.
+        call(RuntimeOptions, device=device, attention_backend=attention_backend)
 
         def progress(expert: str, size: str, patches: int, seconds: float) -> None:
             err.print(f"{expert} {size:>12} N={patches:>7,} {seconds * 1000:10.2f} ms", highlight=False)
