@@ -180,12 +180,12 @@ class Client:
         record: bytes | str | Path,
         video: bytes | str | Path | None = None,
         video_id: str | None = None,
-        request: dict[str, Any] | Path | None = None,
+        request: dict[str, Any] | bytes | Path | None = None,
     ) -> dict[str, Any]:
         """``POST /api/v1/validate`` with a record and either a video (bytes or path) or a stored video id.
 
-        ``request``: the generation request the client made (a dict or a JSON file); the record's
-        copy must equal it.
+        ``request``: the generation request the client made (a dict, the bytes of its JSON, or a
+        JSON file); the record's copy must equal it.
         """
         record_bytes = Path(record).read_bytes() if isinstance(record, str | Path) else record
         files: dict[str, Any] = {"record": ("record.json", record_bytes, "application/json")}
@@ -196,7 +196,10 @@ class Client:
         if video_id is not None:
             data["video_id"] = video_id
         if request is not None:
-            request_bytes = request.read_bytes() if isinstance(request, Path) else json.dumps(request).encode()
+            if isinstance(request, bytes):
+                request_bytes = request
+            else:
+                request_bytes = request.read_bytes() if isinstance(request, Path) else json.dumps(request).encode()
             files["request"] = ("request.json", request_bytes, "application/json")
         return self._json("POST", "/api/v1/validate", files=files, data=data, timeout=3600.0)
 
