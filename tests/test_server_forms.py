@@ -7,6 +7,11 @@ never sent (``b"\\xff\\xfe"`` recorded as ``"ÿþ"``).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import httpx
 import pytest
 
@@ -132,3 +137,33 @@ def test_a_body_that_is_not_multipart_is_a_clear_400(http):
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["code"] == "bad_request" and "not a multipart form" in error["message"]
+
+
+def test_cli_client_validate_uploads_record_video_and_request(node, http, tmp_path):
+    # `ditproof client validate` sends the files as multipart, the request file byte for byte.
+    job = http.post("/v1/videos", json={"prompt": "a blue square", "seed": 7, **TINY}).json()
+    wait_for(lambda: http.get(f"/v1/videos/{job['id']}").json()["status"] == "completed")
+    record = http.get(f"/v1/videos/{job['id']}/record")
+    (tmp_path / "record.json").write_bytes(record.content)
+    (tmp_path / "video.mp4").write_bytes(http.get(f"/v1/videos/{job['id']}/content").content)
+    (tmp_path / "request.json").write_text(json.dumps(record.json()["request"]))
+    env = {**os.environ, "DITPROOF_API_TOKEN": TOKEN, "DITPROOF_URL": node.url}
+    command = [
+        sys.executable,
+        "-m",
+        "ditproof.cli.main",
+        "client",
+        "validate",
+        "--record",
+        str(tmp_path / "record.json"),
+    ]
+    ok = subprocess.run(
+        [*command, "--request", str(tmp_path / "request.json")], capture_output=True, text=True, env=env
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert json.loads(ok.stdout)["decision"] == "valid"
+    missing = subprocess.run(
+        [*command, "--request", str(tmp_path / "nope.json")], capture_output=True, text=True, env=env
+    )
+    assert missing.returncode == 2 and "request:" in missing.stderr and "cannot be read" in missing.stderr
+    assert "Traceback" not in missing.stderr
