@@ -64,8 +64,8 @@ def main() -> int:
     rows = []
     for method in METHODS:
         convert = seconds(lambda m=method: [rgb_to_yuv420p(f, m) for f in frames], args.repeats)
-        encoding = VideoEncoding(threads=args.threads, yuv=method)
-        digests = set()
+        encoding = VideoEncoding.model_validate({"threads": args.threads, "yuv": method})
+        digests: set[str] = set()
 
         def encode(e: VideoEncoding = encoding, seen: set[str] = digests) -> None:
             seen.add(hashlib.sha256(encode_video(frames, 16, e)).hexdigest())

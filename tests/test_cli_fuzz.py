@@ -69,11 +69,8 @@ PREFIX: dict[tuple[str, ...], list[str]] = {
 LONG: dict[tuple[str, ...], list[list[str]]] = {
     ("demo",): [["--no-such-flag"], ["--out"], ["--prompt", "\udcff"], ["--prompt", ""], ["x"]],
     ("poc", "calibrate"): [
-        ["--nonces", "9" * 30],
         ["--nonces", "0"],
-        ["--batch-size", "-1"],
         ["--batch-sizes", "1,x"],
-        ["--batch-sizes", "1," + "9" * 30],
         ["--model", "\udcff"],
         ["--latent-height", "9" * 30],
         ["--no-such-flag"],
