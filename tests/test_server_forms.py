@@ -136,7 +136,7 @@ def test_a_body_that_is_not_multipart_is_a_clear_400(http):
     response = post(http, "/v1/videos", b"no boundary here", "multipart/form-data")
     assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert error["code"] == "bad_request" and "not a multipart form" in error["message"]
+    assert error["code"] == "bad_request" and "multipart form refused: Missing boundary" in error["message"]
 
 
 def test_cli_client_validate_uploads_record_video_and_request(node, http, tmp_path):

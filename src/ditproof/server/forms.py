@@ -85,7 +85,7 @@ async def read_multipart(request: Request, *, max_files: int, max_fields: int, m
 
     Raises:
         ApiError: 422 naming each field that is not UTF-8 (or a declared charset that is not
-            utf-8); 400 for a body that is not multipart at all.
+            utf-8); 400 for a body that is not a well-formed multipart form, or past its limits.
     """
     problem = _charset_problem(request.headers.get("content-type", ""), "content-type")
     if problem is not None:
@@ -96,7 +96,7 @@ async def read_multipart(request: Request, *, max_files: int, max_fields: int, m
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        raise ApiError(400, "bad_request", f"body: not a multipart form ({exc.message})") from None
+        raise ApiError(400, "bad_request", f"body: multipart form refused: {exc.message}") from None
     if parser.problems:
         await form.close()
         raise invalid_fields(list(dict.fromkeys(parser.problems)))
