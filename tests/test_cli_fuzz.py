@@ -272,3 +272,22 @@ def test_raw_bytes_argv_in_a_real_process(sandbox, argv):
     assert done.returncode in EXIT_CODES and done.returncode != 0, (argv, done.returncode, stderr)
     assert "Traceback" not in stderr and "internal error" not in stderr, stderr
     assert not (work / "out" / "record.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--print-openapi", "--model", " "], "model: got ' '; allowed: one of"),
+        (["serve", "--log-level", "loud"], "log-level: got 'loud'; allowed: critical,"),
+        (["price", "calibrate", "--out", "c.json", "--device", "0"], "device: got '0'"),
+        (["client", "pow", "result", "\x1f"], "/api/v1/inference/pow/generate/%1F"),
+        (["client", "validate", "--record", "nope.json"], "record: nope.json cannot be read"),
+    ],
+)
+def test_what_the_fuzz_found_is_refused_with_a_message(sandbox, argv, message):
+    # Each was an "internal error" (exit 1 and an exception's name) before.
+    os.chdir(scratch(sandbox))
+    code, stdout, stderr = run_in_process(argv)
+    check(argv, code, stdout, stderr)
+    assert message in stderr, stderr
+    assert code == (1 if argv[0] == "client" and argv[1] == "pow" else 2), (code, stderr)

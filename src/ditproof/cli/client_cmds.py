@@ -142,8 +142,9 @@ def validate(
         elif video_id is not None:
             verdict = node.validate(_read("record", record), video_id=video_id, request=_read_optional(request))
         else:
+            record_bytes = _read("record", record)
             video_bytes = _read("video", video or record.parent / "video.mp4")
-            verdict = node.validate(_read("record", record), video=video_bytes, request=_read_optional(request))
+            verdict = node.validate(record_bytes, video=video_bytes, request=_read_optional(request))
         _print(verdict)
         if verdict["decision"] != "valid":
             raise typer.Exit(EXIT_FAILURE)
