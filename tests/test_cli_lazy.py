@@ -1,5 +1,6 @@
 """The CLI loads command modules on first use: `ditproof client ...` runs without torch."""
 
+import json
 import subprocess
 import sys
 
@@ -69,3 +70,43 @@ def test_the_protocol_models_import_without_torch():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "heavy []" in run.stdout, run.stdout + run.stderr
+
+
+FAST = """
+import json, sys
+from ditproof.cli.main import main
+for argv in (["info", "--json"], ["generate", "--help"], ["poc", "generate", "--help"]):
+    try:
+        main(argv)
+    except SystemExit as exc:
+        print("exit", argv[0], exc.code)
+print("heavy", sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules))
+"""
+
+
+def test_info_and_command_help_import_no_torch():
+    # `ditproof info` took 4-5 s on two cores when it imported torch and diffusers; now it reads
+    # package metadata (bench/cli_startup.py times it).
+    run = subprocess.run([sys.executable, "-c", FAST], capture_output=True, text=True, timeout=120)
+    assert "heavy []" in run.stdout, run.stdout + run.stderr
+    data = json.loads(run.stdout[: run.stdout.index("\nexit info")])
+    assert data["probed"] is False and "cpu_capability" not in data["runtime"]
+    assert data["presets"]["wan-shapes-small"]["native_size"] == {
+        "width": 128,
+        "height": 128,
+        "num_frames": 17,
+        "num_inference_steps": 20,
+    }
+    assert data["presets"]["wan2.2-t2v-a14b"]["native_size"]["num_frames"] == 81
+
+
+def test_info_reads_torch_build_as_torch_reports_it():
+    import torch
+
+    from ditproof.cli.info import runtime_facts, torch_build
+
+    assert torch_build() == {"cuda": torch.version.cuda, "hip": torch.version.hip}
+    probed = runtime_facts(probe=True)
+    assert probed["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert probed["cuda_available"] == torch.cuda.is_available()
+    assert probed["torch"] == torch.__version__

@@ -94,3 +94,41 @@ def test_next_price_block_by_block():
         assert price in result.stdout
     refused = ditproof("next", "--utilization", "0.5,-1")
     assert refused.returncode == 2 and "utilization: got -1; allowed" in refused.stderr
+
+
+def test_the_shipped_default_model_is_priced_at_its_own_size():
+    # `generate`'s default model had no coefficients: `price --model wan-shapes-small` was refused.
+    result = ditproof("--model", "wan-shapes-small", "--json")
+    assert result.returncode == 0, result.stderr
+    quote = json.loads(result.stdout)
+    assert (quote["width"], quote["height"], quote["num_frames"], quote["num_inference_steps"]) == (128, 128, 17, 20)
+    assert quote["patches"] == 320 and quote["forward_passes"] == 40
+    assert quote["gpu"].startswith("cpu:") and quote["units"] > 0
+    # A flag still wins over the model's own size; sizes past the calibrated sweep are refused.
+    wider = json.loads(ditproof("--model", "wan-shapes-small", "--width", "256", "--json").stdout)
+    assert (wider["width"], wider["height"]) == (256, 128) and wider["units"] > quote["units"]
+    too_big = ditproof("--model", "wan-shapes-small", "--width", "832", "--height", "480", "--num-frames", "81")
+    assert too_big.returncode == 2 and "allowed: at most 2,304 patches" in too_big.stderr
+
+
+def test_a_model_without_coefficients_is_told_how_to_get_some():
+    result = ditproof("--model", "wan-tiny-random")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "has no pricing coefficients; allowed: wan-a14b-shape, wan-shapes-small, wan2.2-t2v-a14b" in result.stderr
+    assert "ditproof price calibrate" in result.stderr and "--coefficients FILE" in result.stderr
+
+
+def test_calibration_times_the_shipped_models_architecture():
+    # The priced expert has the shipped weights' parameter names and shapes (no weights loaded).
+    from safetensors import safe_open
+
+    from ditproof.models.shipped import SHIPPED_DIR
+    from ditproof.pricing.calibrate import build_expert
+
+    expert = build_expert("wan-shapes-small", layers=None)
+    built = {name: tuple(p.shape) for name, p in expert.state_dict().items()}
+    shipped = {}
+    for path in sorted((SHIPPED_DIR / "transformer").glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            shipped.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})  # noqa: SIM118
+    assert built == shipped

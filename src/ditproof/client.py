@@ -24,6 +24,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -78,8 +79,14 @@ class Client:
     def _call(self, method: str, path: str, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, timeout=timeout or self._http.timeout, **kwargs)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise ClientError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        except UnicodeEncodeError as exc:
+            # Text with lone surrogates (argv bytes that were not UTF-8) cannot be put on the wire.
+            bad = exc.object[exc.start : exc.end]
+            raise ClientError(
+                f"{method} {path}: a value holds {bad!r}, which is not UTF-8 text; allowed: text"
+            ) from None
         if response.status_code >= 400:
             raise _api_error(response)
         return response
@@ -112,7 +119,7 @@ class Client:
 
     def get_video(self, video_id: str) -> dict[str, Any]:
         """``GET /v1/videos/{id}``."""
-        return self._json("GET", f"/v1/videos/{video_id}")
+        return self._json("GET", f"/v1/videos/{_segment(video_id)}")
 
     def list_videos(self, limit: int = 20, after: str | None = None) -> dict[str, Any]:
         """``GET /v1/videos``."""
@@ -136,13 +143,13 @@ class Client:
 
     def content(self, video_id: str) -> bytes:
         """``GET /v1/videos/{id}/content``: the mp4, checked against its announced sha256."""
-        response = self._call("GET", f"/v1/videos/{video_id}/content")
+        response = self._call("GET", f"/v1/videos/{_segment(video_id)}/content")
         _check(response.content, response.headers.get("x-ditproof-video-sha256"), "video")
         return response.content
 
     def record(self, video_id: str) -> bytes:
         """``GET /v1/videos/{id}/record``: the inference record's bytes (canonical JSON)."""
-        return self._call("GET", f"/v1/videos/{video_id}/record").content
+        return self._call("GET", f"/v1/videos/{_segment(video_id)}/record").content
 
     def download(self, video_id: str, out_dir: str | Path) -> dict[str, Path]:
         """Writes ``video.mp4`` and ``record.json`` into ``out_dir`` after checking both hashes.
@@ -165,7 +172,7 @@ class Client:
 
     def delete_video(self, video_id: str) -> dict[str, Any]:
         """``DELETE /v1/videos/{id}``."""
-        return self._json("DELETE", f"/v1/videos/{video_id}")
+        return self._json("DELETE", f"/v1/videos/{_segment(video_id)}")
 
     # Validation.
     def validate(
@@ -173,12 +180,12 @@ class Client:
         record: bytes | str | Path,
         video: bytes | str | Path | None = None,
         video_id: str | None = None,
-        request: dict[str, Any] | Path | None = None,
+        request: dict[str, Any] | bytes | Path | None = None,
     ) -> dict[str, Any]:
         """``POST /api/v1/validate`` with a record and either a video (bytes or path) or a stored video id.
 
-        ``request``: the generation request the client made (a dict or a JSON file); the record's
-        copy must equal it.
+        ``request``: the generation request the client made (a dict, the bytes of its JSON, or a
+        JSON file); the record's copy must equal it.
         """
         record_bytes = Path(record).read_bytes() if isinstance(record, str | Path) else record
         files: dict[str, Any] = {"record": ("record.json", record_bytes, "application/json")}
@@ -189,7 +196,10 @@ class Client:
         if video_id is not None:
             data["video_id"] = video_id
         if request is not None:
-            request_bytes = request.read_bytes() if isinstance(request, Path) else json.dumps(request).encode()
+            if isinstance(request, bytes):
+                request_bytes = request
+            else:
+                request_bytes = request.read_bytes() if isinstance(request, Path) else json.dumps(request).encode()
             files["request"] = ("request.json", request_bytes, "application/json")
         return self._json("POST", "/api/v1/validate", files=files, data=data, timeout=3600.0)
 
@@ -234,7 +244,7 @@ class Client:
 
     def pow_result(self, request_id: str) -> dict[str, Any]:
         """``GET /api/v1/inference/pow/generate/{id}``."""
-        return self._json("GET", f"/api/v1/inference/pow/generate/{request_id}")
+        return self._json("GET", f"/api/v1/inference/pow/generate/{_segment(request_id)}")
 
     def pow_wait(self, request_id: str, timeout: float = 3600.0, poll: float = 0.2) -> dict[str, Any]:
         """Polls a queued PoC request until it is completed, failed or cancelled."""
@@ -295,3 +305,14 @@ def _api_error(response: httpx.Response) -> ApiError:
         return ApiError(error["status"], error["code"], error["message"], error.get("fields"))
     except (json.JSONDecodeError, KeyError, TypeError):
         return ApiError(response.status_code, "http_error", response.text[:500])
+
+
+def _segment(value: str) -> str:
+    """``value`` as one URL path segment, percent-encoded: an id goes to the node as typed (a
+    ``/`` or a control character cannot change the path), and the node checks its form."""
+    try:
+        return quote(value, safe="", errors="surrogateescape")
+    except UnicodeEncodeError:
+        raise ClientError(
+            f"id: got {value!r}, which is not text that can be sent; allowed: an id from the node"
+        ) from None

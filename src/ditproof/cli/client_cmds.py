@@ -140,12 +140,28 @@ def validate(
                 raise typer.Exit(EXIT_INVALID)
             verdict = node.validate_stored(video_id, request=_request_json(request))
         elif video_id is not None:
-            verdict = node.validate(record, video_id=video_id, request=request)
+            verdict = node.validate(_read("record", record), video_id=video_id, request=_read_optional(request))
         else:
-            verdict = node.validate(record, video=video or record.parent / "video.mp4", request=request)
+            record_bytes = _read("record", record)
+            video_bytes = _read("video", video or record.parent / "video.mp4")
+            verdict = node.validate(record_bytes, video=video_bytes, request=_read_optional(request))
         _print(verdict)
         if verdict["decision"] != "valid":
             raise typer.Exit(EXIT_FAILURE)
+
+
+def _read(name: str, path: Path) -> bytes:
+    """The bytes of a file the command was given (exit 2 naming the option when it cannot be read)."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        err.print(f"error: {name}: {path} cannot be read ({exc.strerror})", markup=False, highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+
+
+def _read_optional(path: Path | None) -> bytes | None:
+    """The client's request file as sent, byte for byte (the node parses and checks it)."""
+    return None if path is None else _read("request", path)
 
 
 def _request_json(path: Path | None) -> dict[str, Any] | None:

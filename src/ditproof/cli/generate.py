@@ -6,17 +6,20 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ditproof.cli.common import call, err, out, parse_steps, quiet_libraries, reported
 from ditproof.errors import InvalidInputError
-from ditproof.models.registry import LoadedModel
+from ditproof.models.presets import native_sizes
 from ditproof.protocol.options import CaptureOptions, RuntimeOptions, VideoEncoding
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.request import GenerationRequest, parse_request
+
+if TYPE_CHECKING:
+    from ditproof.models.registry import LoadedModel
 
 DEFAULT_MODEL = "wan-shapes-small"
 
@@ -34,7 +37,7 @@ def build_options(
     **deviations: object,
 ) -> RuntimeOptions:
     """Runtime options from CLI flags (dtype defaults to the preset's); ``deviations`` are passed through."""
-    from ditproof.models.registry import PRESETS
+    from ditproof.models.presets import PRESETS
 
     preset = PRESETS.get(model)
     chosen_dtype = dtype or (
@@ -54,18 +57,6 @@ def build_options(
         encoding=call(VideoEncoding, codec="h264-lossless" if lossless else "h264", threads=encode_threads),
         **deviations,
     )
-
-
-def native_sizes(model: str, given: dict[str, int | None]) -> dict[str, int]:
-    """The size, frame count and steps to request: each flag given, else the model's native value
-    (:attr:`ditproof.models.registry.ModelPreset.native_request`), else the request's default."""
-    from ditproof.models.registry import PRESETS
-
-    native = dict(PRESETS[model].native_request) if model in PRESETS else {}
-    defaults = GenerationRequest.model_fields
-    return {
-        name: value if value is not None else native.get(name, defaults[name].default) for name, value in given.items()
-    }
 
 
 FLAG_OF_FIELD = {"num_inference_steps": "--steps"}

@@ -31,7 +31,7 @@ COMMANDS = {
 
 COMMAND_HELP = {
     "generate": "Generate a video deterministically and write its inference record.",
-    "info": "Presets, this machine's runtime and its runtime class.",
+    "info": "Model presets and this machine's runtime (fast; --probe imports torch).",
     "validate": "Validate a video against its inference record by regenerating it.",
     "demo": "Generate a video with the default model, then validate it.",
     "serve": "Serve the video API, ML-node management and validation over HTTP.",

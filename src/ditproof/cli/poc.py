@@ -45,7 +45,7 @@ def _params(latent_frames: int, latent_height: int, latent_width: int, text_len:
 
 
 def _options(device: str, dtype: str | None, model: str) -> RuntimeOptions:
-    from ditproof.models.registry import PRESETS
+    from ditproof.models.presets import PRESETS
     from ditproof.protocol.options import RuntimeOptions
 
     preset = PRESETS.get(model)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from ditproof.cli.common import err, out, quiet_libraries, reported
+from ditproof.cli.common import call, err, out, quiet_libraries, reported
 from ditproof.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -56,14 +56,18 @@ def _quote_table(quote: PriceQuote) -> Table:
 @price_app.callback(invoke_without_command=True)
 def price_command(
     ctx: typer.Context,
-    width: int = typer.Option(832, help="Width in pixels (a multiple of 16)."),
-    height: int = typer.Option(480, help="Height in pixels (a multiple of 16)."),
-    num_frames: int = typer.Option(81, "--num-frames", help="Frames (4k+1)."),
-    steps: int = typer.Option(40, help="Denoising steps."),
+    width: int | None = typer.Option(None, help="Width in pixels, a multiple of 16 (default: the model's own, below)."),
+    height: int | None = typer.Option(None, help="Height in pixels, a multiple of 16 (default: the model's own)."),
+    num_frames: int | None = typer.Option(None, "--num-frames", help="Frames, 4k+1 (default: the model's own)."),
+    steps: int | None = typer.Option(None, help="Denoising steps (default: the model's own)."),
     no_cfg: bool = typer.Option(False, "--no-cfg", help="Without classifier-free guidance (1 pass per step)."),
     boundary_ratio: float = typer.Option(0.875, help="Expert switch boundary, as in the request."),
     flow_shift: float = typer.Option(12.0, help="Flow shift, as in the request."),
-    model: str = typer.Option("wan2.2-t2v-a14b", help="Model with coefficients."),
+    model: str = typer.Option(
+        "wan2.2-t2v-a14b",
+        help="Model with coefficients: wan2.2-t2v-a14b (the network's model, 832x480x81, 40 steps, H100) or "
+        "wan-shapes-small (the shipped default model of `generate`, 128x128x17, 20 steps, CPU).",
+    ),
     gpu: str | None = typer.Option(None, help="GPU of the coefficients (a part of its name is enough)."),
     price_per_unit: int = typer.Option(100, help="Price of one unit in ngonka (Gonka's base price: 100)."),
     coefficients: Path | None = typer.Option(None, help="Coefficients file (default: the packaged one)."),
@@ -73,10 +77,22 @@ def price_command(
     if ctx.invoked_subcommand is not None:
         return
     with reported():
+        from ditproof.models.presets import native_sizes
         from ditproof.pricing.coefficients import load_coefficients
         from ditproof.pricing.cost import quote, size_request
 
-        request = size_request(width, height, num_frames, steps, not no_cfg, boundary_ratio, flow_shift)
+        size = native_sizes(
+            model, {"width": width, "height": height, "num_frames": num_frames, "num_inference_steps": steps}
+        )
+        request = size_request(
+            size["width"],
+            size["height"],
+            size["num_frames"],
+            size["num_inference_steps"],
+            not no_cfg,
+            boundary_ratio,
+            flow_shift,
+        )
         data = load_coefficients(coefficients)
         result = quote(request, model=model, gpu=gpu, price_per_unit=price_per_unit, coefficients=data)
         if as_json:
@@ -106,6 +122,10 @@ def calibrate_command(
     with reported():
         from ditproof.pricing.calibrate import calibrate
         from ditproof.pricing.coefficients import write_entry
+        from ditproof.protocol.options import RuntimeOptions
+
+        # The device and kernel names are checked as generation checks them, before any model is built.
+        call(RuntimeOptions, device=device, attention_backend=attention_backend)
 
         def progress(expert: str, size: str, patches: int, seconds: float) -> None:
             err.print(f"{expert} {size:>12} N={patches:>7,} {seconds * 1000:10.2f} ms", highlight=False)

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ditproof.cli.common import out, quiet_libraries, reported
+from ditproof.errors import DitproofError, InvalidInputError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from ditproof.server.config import ServerConfig
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+"""uvicorn's log levels."""
 
 
 def serve_command(
@@ -36,8 +47,10 @@ def serve_command(
     The bearer token comes from DITPROOF_API_TOKEN or api_token in --config; the server refuses
     to start without one.
     """
-    quiet_libraries()
     with reported():
+        if log_level.lower() not in LOG_LEVELS:
+            raise InvalidInputError(f"log-level: got {log_level!r}; allowed: {', '.join(LOG_LEVELS)}")
+        quiet_libraries()
         from ditproof.server import create_app, load_config
 
         config = load_config(
@@ -56,10 +69,10 @@ def serve_command(
         )
         if print_openapi:
             # The schema does not depend on the token; a placeholder lets it print without one.
-            app = create_app(config.model_copy(update={"api_token": config.api_token or "x" * 32}))
+            app = _app(create_app, config.model_copy(update={"api_token": config.api_token or "x" * 32}))
             out.print_json(json.dumps(app.openapi()))
             return
-        app = create_app(config)
+        app = _app(create_app, config)
         import uvicorn
 
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -67,9 +80,23 @@ def serve_command(
             app,
             host=config.host,
             port=config.port,
-            log_level=log_level,
+            log_level=log_level.lower(),
             timeout_graceful_shutdown=30,
             server_header=False,
             # Bounded concurrency: beyond it uvicorn answers 503 instead of piling up connections.
             limit_concurrency=256,
         )
+
+
+def _app(create_app: Callable[[ServerConfig], FastAPI], config: ServerConfig) -> FastAPI:
+    """The app, with the server's own refusals of the configuration (an unknown ``--model``)
+    reported as ditproof errors: exit 2 with the message, not an internal error."""
+    from ditproof.server.errors import ApiError
+
+    try:
+        return create_app(config)
+    except ApiError as exc:
+        # Its message already names the field, the value and what is allowed.
+        if exc.status == 422:
+            raise InvalidInputError(exc.message) from None
+        raise DitproofError(exc.message) from None

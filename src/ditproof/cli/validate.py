@@ -138,12 +138,25 @@ def validate_command(
     Exit codes: 0 valid, 1 invalid, 3 error (for example no threshold for a needed metric),
     4 delegate (another runtime class must validate), 2 invalid input.
     """
-    quiet_libraries()
     with reported():
         from ditproof.errors import InvalidInputError
+        from ditproof.protocol.record import InferenceRecord
+
+        # The flags and files first, before torch and diffusers load (seconds on two cores).
+        if cfg_mode is not None and cfg_mode not in ("sequential", "batched"):
+            raise InvalidInputError(f"cfg-mode: got {cfg_mode!r}; allowed: sequential, batched")
+        if mode not in MODES:
+            raise InvalidInputError(f"mode: got {mode!r}; allowed: {', '.join(MODES)}")
+        if mode != "spot-check" and (validator_entropy is not None or spot_segments != 1):
+            raise InvalidInputError(
+                f"--spot-segments/--validator-entropy: given with mode {mode!r}; allowed: only with --mode spot-check"
+            )
+        record = InferenceRecord.load(record_path)
+        expected = load_request_file(request_path) if request_path else None
+
+        quiet_libraries()
         from ditproof.metrics.registry import metric_spec
         from ditproof.models.registry import load_model
-        from ditproof.protocol.record import InferenceRecord
         from ditproof.randomness import check_entropy
         from ditproof.validation.allowed import AllowedClasses
         from ditproof.validation.checkpoints import choose_spot_segments, validate_checkpoints, validate_spot_check
@@ -154,20 +167,10 @@ def validate_command(
         from ditproof.validation.segments import structure_problems
         from ditproof.validation.validate import validate
 
-        if cfg_mode is not None and cfg_mode not in ("sequential", "batched"):
-            raise InvalidInputError(f"cfg-mode: got {cfg_mode!r}; allowed: sequential, batched")
-        if mode not in MODES:
-            raise InvalidInputError(f"mode: got {mode!r}; allowed: {', '.join(MODES)}")
-        if mode != "spot-check" and (validator_entropy is not None or spot_segments != 1):
-            raise InvalidInputError(
-                f"--spot-segments/--validator-entropy: given with mode {mode!r}; allowed: only with --mode spot-check"
-            )
         if validator_entropy is not None:
             check_entropy(validator_entropy)
         for name in metric:
             metric_spec(name)
-        record = InferenceRecord.load(record_path)
-        expected = load_request_file(request_path) if request_path else None
         policy = ThresholdPolicy.from_cli(thresholds_path, threshold)
         comparison = ComparisonOptions(metrics=tuple(metric), device=metrics_device)
         registry = ValidatorRegistry.load(validators_path) if validators_path else None

@@ -1,4 +1,7 @@
-"""The model presets and :func:`load_model`, the one way a pipeline is obtained."""
+"""The loaded model and :func:`load_model`, the one way a pipeline is obtained.
+
+The presets themselves live in :mod:`ditproof.models.presets` (no torch), re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -16,58 +19,9 @@ from ditproof.models.fused import fuse_elementwise
 from ditproof.models.init import cast_keeping_fp32
 from ditproof.models.local import check_pipeline_folder, folder_revision
 from ditproof.models.offload import HostResident
+from ditproof.models.presets import PRESETS, WAN22_PATH_ENV
+from ditproof.models.presets import ModelPreset as ModelPreset  # re-exported: callers import it from here
 from ditproof.protocol.options import CacheOptions, RuntimeOptions
-
-WAN22_PATH_ENV = "DITPROOF_WAN22_PATH"
-
-
-@dataclass(frozen=True)
-class ModelPreset:
-    """A named way to obtain a two-expert Wan pipeline."""
-
-    name: str
-    description: str
-    text_max_length: int
-    default_dtype: str
-    # Request fields the model was made for, where they differ from the request's defaults (the
-    # official Wan2.2 ones): the CLI uses them unless told otherwise.
-    native_request: tuple[tuple[str, int], ...] = ()
-
-
-PRESETS: dict[str, ModelPreset] = {
-    preset.name: preset
-    for preset in (
-        ModelPreset(
-            "wan2.2-t2v-a14b",
-            f"Wan2.2-T2V-A14B from a local diffusers-format folder (--model-path or ${WAN22_PATH_ENV}); "
-            "never downloaded",
-            512,
-            "bfloat16",
-        ),
-        ModelPreset(
-            "wan-a14b-shape",
-            "exact A14B shapes (2×14B experts, UMT5-XXL, Wan2.1 VAE) with seeded random weights built on "
-            "the device; for GPU benchmarks and experiments without weights",
-            512,
-            "bfloat16",
-        ),
-        ModelPreset(
-            "wan-shapes-small",
-            "the shipped small Wan2.2-architecture model, trained on synthetic shape videos "
-            "(src/ditproof/models/shipped/MODEL_CARD.md; CPU, float32)",
-            512,
-            "float32",
-            (("width", 128), ("height", 128), ("num_frames", 17), ("num_inference_steps", 20)),
-        ),
-        ModelPreset(
-            "wan-tiny-random",
-            "a tiny two-expert Wan2.2 pipeline with seeded random weights, for tests (CPU, float32)",
-            64,
-            "float32",
-            (("width", 64), ("height", 48), ("num_frames", 5), ("num_inference_steps", 4)),
-        ),
-    )
-}
 
 
 @dataclass

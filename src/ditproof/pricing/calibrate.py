@@ -49,6 +49,8 @@ A14B_SIZES = (
     "1280x720x81",
 )
 TINY_SIZES = ("16x16x1", "64x48x5", "128x96x9", "128x128x17", "256x256x17", "256x256x33")
+# The shipped model's sweep spans N = 1 to 2,304 around its native 128×128×17 (N = 320).
+SHIPPED_SIZES = ("16x16x1", "64x64x5", "128x128x9", "128x128x17", "192x192x17", "256x256x17", "256x256x33")
 
 INPUT_SEED = 20_251_126
 
@@ -86,7 +88,25 @@ def expert_shapes() -> dict[str, ExpertShape]:
         FIT_MIN_PATCHES,
     )
     tiny = ExpertShape(("wan-tiny-random",), TINY_TRANSFORMER, PRESETS["wan-tiny-random"].text_max_length, TINY_SIZES)
-    return {name: shape for shape in (a14b, tiny) for name in shape.models}
+    shipped = ExpertShape(
+        ("wan-shapes-small",), _shipped_transformer(), PRESETS["wan-shapes-small"].text_max_length, SHIPPED_SIZES
+    )
+    return {name: shape for shape in (a14b, tiny, shipped) for name in shape.models}
+
+
+def _shipped_transformer() -> dict[str, Any]:
+    """The shipped model's transformer config (both experts share it), from its folder."""
+    import json
+
+    from ditproof.models.shipped import SHIPPED_DIR
+
+    configs = []
+    for expert in (HIGH_NOISE, LOW_NOISE):
+        config = json.loads((SHIPPED_DIR / expert / "config.json").read_text())
+        configs.append({k: v for k, v in config.items() if not k.startswith("_")})
+    if configs[0] != configs[1]:
+        raise InvalidInputError(f"model wan-shapes-small: its experts differ in shape ({SHIPPED_DIR}); allowed: equal")
+    return configs[0]
 
 
 def _shape(model: str) -> ExpertShape:

@@ -33,6 +33,7 @@ from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.request import GenerationRequest, parse_request, parse_request_json
 from ditproof.protocol.verdict import Verdict
 from ditproof.server.errors import ApiError, conflict, invalid, invalid_fields, pydantic_fields
+from ditproof.server.forms import read_multipart
 from ditproof.server.jobs import is_job_id
 from ditproof.server.routes.videos import ERRORS, EngineDep, _completed
 from ditproof.server.schemas import ValidateReference
@@ -127,7 +128,7 @@ async def _inputs(request: Request, engine: Engine) -> Inputs:
             f"content-type: got {content_type or 'none'!r}; allowed: multipart/form-data, application/json",
         )
     max_size = engine.config.max_upload_bytes
-    form = await request.form(max_files=3, max_fields=8, max_part_size=1024 * 1024)
+    form = await read_multipart(request, max_files=3, max_fields=8, max_part_size=1024 * 1024)
     try:
         fields = dict(form.multi_items())
         unknown = sorted(set(fields) - {"record", "video", "video_id", "request"})

@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, Response
 from ditproof.generation.generate import check_prompt_length
 from ditproof.protocol.record import RECORD_FILE
 from ditproof.server.errors import ApiError, ErrorResponse, conflict, invalid_fields, not_found
+from ditproof.server.forms import read_multipart
 from ditproof.server.jobs import JOB_ID_PATTERN, Job, QueueFullError
 from ditproof.server.schemas import VideoCreateRequest, VideoDeleted, VideoList, VideoObject
 from ditproof.server.video_request import from_form, from_json, to_job_spec, video_object
@@ -85,8 +86,8 @@ async def read_create_request(request: Request) -> VideoCreateRequest:
         except (UnicodeDecodeError, ValueError) as exc:
             raise invalid_fields([("body", f"not a URL-encoded form of UTF-8 text ({exc})")]) from None
         return from_form(items)
-    if content_type in FORM_TYPES:
-        form = await request.form(max_files=4, max_fields=64, max_part_size=256 * 1024)
+    if content_type == "multipart/form-data":
+        form = await read_multipart(request, max_files=4, max_fields=64, max_part_size=256 * 1024)
         try:
             return from_form(list(form.multi_items()))
         finally:
