@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ditproof.protocol.pricing import PriceQuote
 
 price_app = typer.Typer(
-    help="Price a request from its latent patch count (DESIGN §6); calibrate and manage the coefficients.",
+    help="Price a request from its latent patch count (docs/pricing.md); calibrate and manage the coefficients.",
     invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -100,7 +100,7 @@ def price_command(
             return
         out.print(_quote_table(result))
         if result.coefficients_status == "provisional":
-            err.print("note: provisional coefficients (from DESIGN §6 figures); see docs/pricing.md", highlight=False)
+            err.print("note: provisional coefficients (fitted to the H100 forward times of the design, not calibrated here); see docs/pricing.md", highlight=False)
 
 
 @price_app.command("calibrate")

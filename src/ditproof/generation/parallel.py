@@ -6,7 +6,7 @@ Launch with ``torchrun --nproc-per-node N`` (the CLI's ``generate --tp-degree N`
 - tensor parallelism (``tp_degree``) with PyTorch's own ``parallelize_module``: each block's
   feed-forward network is split, ``ffn.net.0.proj`` column-wise and ``ffn.net.2`` row-wise
   (the row-parallel all-reduce changes the summation order: a benign deviation, 0.46% relative
-  L2 after 4 A14B layers in DESIGN §2). Attention stays replicated: Wan's q/k RMS norm runs
+  L2 after 4 A14B layers, measured when the design was written). Attention stays replicated: Wan's q/k RMS norm runs
   across all heads, so sharding heads would need the norm's statistics reduced across ranks.
 - context parallelism (``cp_degree``) with diffusers' Ulysses attention
   (``enable_parallelism(ContextParallelConfig(ulysses_degree=N))``, Wan's ``_cp_plan``).

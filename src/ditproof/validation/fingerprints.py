@@ -1,4 +1,4 @@
-"""Trajectory fingerprints (DESIGN §3.6): where a trajectory leaves the executor's.
+"""Trajectory fingerprints: where a trajectory leaves the executor's.
 
 The record holds, per denoising step, a Johnson–Lindenstrauss projection of the latent after that
 step (``record.fingerprints.values[i]``: after step ``i + 1``; the projection is

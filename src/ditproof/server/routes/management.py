@@ -1,4 +1,4 @@
-"""Gonka ML-node management (``/api/v1``) and the health probes (DESIGN §7).
+"""Gonka ML-node management (``/api/v1``) and the health probes (docs/server.md).
 
 One service state at a time: ``inference/up`` in another state, or with another model up,
 answers 409. ``/health``, ``/livez`` and ``/readyz`` answer without a token (also under

@@ -1,4 +1,4 @@
-"""PoC v2 under ``/api/v1/inference/pow/`` in Gonka's ML-node shapes (DESIGN §5, §7).
+"""PoC v2 under ``/api/v1/inference/pow/`` in Gonka's ML-node shapes (docs/poc.md, docs/server.md).
 
 ``init/generate`` starts a continuous round (state POW) whose artifacts go to ``{url}/generated``;
 ``generate`` computes given nonces (generation mode) or checks given artifacts (validation mode,

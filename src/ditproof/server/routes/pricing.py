@@ -1,4 +1,4 @@
-"""``GET /api/v1/pricing/quote``: the price of a request before it runs (DESIGN §6).
+"""``GET /api/v1/pricing/quote``: the price of a request before it runs (docs/pricing.md).
 
 The query takes the video API's size and length fields (``size`` or ``width``/``height``,
 ``num_frames`` or ``seconds``, ...), converted as strictly as form fields, plus ``model``,

@@ -1,4 +1,4 @@
-"""``POST /api/v1/validate``: a record and a video in, a verdict out (DESIGN §3).
+"""``POST /api/v1/validate``: a record and a video in, a verdict out (docs/validation.md).
 
 Two forms:
 

@@ -1,4 +1,4 @@
-"""The video API, compatible with vLLM-Omni's ``/v1/videos`` (DESIGN §7).
+"""The video API, compatible with vLLM-Omni's ``/v1/videos``.
 
 ``POST /v1/videos`` queues a job and answers at once; ``POST /v1/videos/sync`` queues the same
 job and answers with the mp4 when it is done. Both take a JSON body or form fields (multipart
