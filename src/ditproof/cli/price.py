@@ -100,7 +100,10 @@ def price_command(
             return
         out.print(_quote_table(result))
         if result.coefficients_status == "provisional":
-            err.print("note: provisional coefficients (fitted to the H100 forward times of the design, not calibrated here); see docs/pricing.md", highlight=False)
+            err.print(
+                "note: provisional coefficients (fitted to H100 forward times, not calibrated); see docs/pricing.md",
+                highlight=False,
+            )
 
 
 @price_app.command("calibrate")
