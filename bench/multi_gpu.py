@@ -117,8 +117,8 @@ def rank_main(spec_path: str) -> None:
 
     from common import device_info, gpu_state
     from ditproof.generation.generate import generate
-    from ditproof.generation.parallel import init_parallel, is_main_process
     from ditproof.hashing import sha256_bytes, sha256_tensor
+    from ditproof.models.parallel import init_parallel, is_main_process
     from ditproof.models.registry import load_model
     from ditproof.protocol.options import RuntimeOptions
     from ditproof.video import encode_video

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
-from ditproof.generation.parallel import init_parallel
+from ditproof.models.parallel import init_parallel
 from ditproof.protocol.options import RuntimeOptions
 
 ENTROPY = "ab" * 32

@@ -201,7 +201,7 @@ def generate_command(
                 "seed": seed,
             }
         )
-        from ditproof.generation.parallel import init_parallel, is_main_process
+        from ditproof.models.parallel import init_parallel, is_main_process
 
         cache = None if cache_threshold is None else {"threshold": cache_threshold}
         options = build_options(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ditproof.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from ditproof.generation.generate import GenerationResult, StepCallback
+    from ditproof.generation.result import GenerationResult, StepCallback
     from ditproof.generation.solver import ResumePoint
     from ditproof.models.registry import LoadedModel
     from ditproof.protocol.options import RuntimeOptions

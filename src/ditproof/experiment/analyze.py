@@ -41,18 +41,28 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from ditproof.errors import InvalidInputError
 from ditproof.experiment.calibration import (
     Draws,
     PoolCalibration,
     PoolScores,
-    WorstPool,
     calibrate_pool,
     fixed,
     normalised_max,
     worst_pool,
+)
+from ditproof.experiment.findings import (
+    ANALYSIS_FILE,
+    COMBINED_TRAJECTORY_KEY,
+    FINAL_LATENT_KEY,
+    LEGACY_PRE_SWITCH_KEY,
+    NORMALISED_SEPARATOR,
+    THRESHOLDS_FILE,
+    Analysis,
+    KeyResult,
+    Method,
+    Pool,
 )
 from ditproof.experiment.jobs import load_experiment_from_store, read_result
 from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX, SCORES_META_FILE, read_scores
@@ -61,96 +71,7 @@ from ditproof.experiment.store import Store
 from ditproof.experiment.summaries import SCORES_CSV, read_scores_csv
 from ditproof.experiment.thresholds import thresholds_file
 from ditproof.hashing import canonical_json, sha256_bytes
-from ditproof.metrics.registry import metric_spec, parse_score_key, score_key
-
-ANALYSIS_FILE = "analysis.json"
-THRESHOLDS_FILE = "thresholds.json"
-ANALYSIS_SCHEMA: Literal["ditproof.experiment-analysis/2"] = "ditproof.experiment-analysis/2"
-CONFIDENCE = 0.95
-LEGACY_PRE_SWITCH_KEY = "pre_switch_rel_l2"
-"""The pre-switch distance as older scores name it (a trajectory checkpoint)."""
-COMBINED_TRAJECTORY_KEY = "trajectory:max"
-FINAL_LATENT_KEY = score_key("latent_rel_l2", "value")
-NORMALISED_SEPARATOR = "/"
-"""``<key>/<configuration>``: a distance divided by that benign configuration's on the same prompt."""
-
-
-class _M(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Method(_M):
-    """How the out-of-sample and bootstrap figures were drawn (same inputs and seed → same figures)."""
-
-    repeats: int = Field(default=200, ge=1, le=100_000)
-    train_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
-    resamples: int = Field(default=1000, ge=1, le=100_000)
-    seed: int = Field(default=0, ge=0)
-    confidence: float = Field(default=CONFIDENCE, gt=0.5, lt=1.0)
-    rule: ThresholdRule = "conformal"
-    """How many benign pairs a threshold may flag: the conformal rank (default: holds out of sample on
-    average) or ``floor(target·n)`` (``empirical``: holds in sample only)."""
-    normaliser: str | None = None
-    """A benign configuration ``B``: each latent distance key also enters divided by the same prompt's
-    distance of ``B`` (key ``<key>/B``), the spread a validator measures with one more regeneration
-    of its own in class ``B``."""
-
-
-class Pool(_M):
-    """The benign pairs of one pair of runtime classes (or, without classes, of one configuration)."""
-
-    name: str
-    configurations: list[str]
-    reference_runtime_class: str | None
-    executor_runtime_class: str | None
-    pairs: int
-    exact_pairs: int
-    """Byte-identical videos: decided by exact match, kept out of the thresholds."""
-    scored_pairs: int
-    decided_by: Literal["exact match", "thresholds"]
-
-
-class KeyResult(_M):
-    """One score key over every pool it decides."""
-
-    key: str
-    kind: Literal["frame", "latent", "trajectory"]
-    direction: Literal["higher-is-better", "lower-is-better"]
-    normalised_by: str | None = None
-    """The benign configuration whose same-prompt distance divides this key's (see ``Method.normaliser``)."""
-    threshold: float | None
-    """The loosest pool's in-sample threshold, in the score's units (what one file entry for every pool
-    holds); None for the combined trajectory score, whose units (multiples of each pool's own
-    checkpoint thresholds) differ between pools."""
-    pools: list[PoolCalibration]
-    summary: WorstPool | None
-    mean_tpr: float
-    """Out-of-sample worst-pool TPR, averaged over malign classes."""
-    mean_auc: float
-
-
-class Analysis(_M):
-    """The analysis of one experiment's scores."""
-
-    schema_version: Literal["ditproof.experiment-analysis/2"] = ANALYSIS_SCHEMA
-    experiment: str
-    model: str
-    model_revision: str
-    runtime_class: str
-    fpr_target: float
-    method: Method
-    roc_fpr_grid: list[float]
-    benign_classes: list[str]
-    malign_classes: list[str]
-    prompts: int
-    exact_matches: dict[str, dict[str, int]]
-    pools: list[Pool]
-    keys: list[KeyResult]
-    best_key: str | None
-    skipped_metrics: dict[str, str]
-    metric_weights: dict[str, dict[str, str]]
-    scores_sha256: str
-    notes: list[str]
+from ditproof.metrics.registry import metric_spec, parse_score_key
 
 
 def _direction(key: str) -> Literal["higher-is-better", "lower-is-better"]:

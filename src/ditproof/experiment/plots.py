@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ditproof.experiment.analyze import KeyResult
 from ditproof.experiment.calibration import PoolCalibration
+from ditproof.experiment.findings import KeyResult
 from ditproof.hashing import atomic_write_bytes
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ditproof.errors import InvalidInputError
-from ditproof.experiment.analyze import ANALYSIS_FILE, THRESHOLDS_FILE, Analysis
 from ditproof.experiment.config import load_experiment
+from ditproof.experiment.findings import ANALYSIS_FILE, THRESHOLDS_FILE, Analysis
 from ditproof.experiment.jobs import MANIFEST_FILE, load_experiment_from_store
 from ditproof.experiment.plots import plot_divergence, plot_histogram, plot_roc, slug
 from ditproof.experiment.score import read_scores

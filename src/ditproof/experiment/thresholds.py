@@ -6,15 +6,12 @@ import subprocess
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ditproof.errors import InvalidInputError
 from ditproof.experiment.calibration import PoolCalibration
+from ditproof.experiment.findings import Analysis
 from ditproof.metrics.registry import parse_score_key, score_key
 from ditproof.validation.policy import Provenance, ThresholdEntry, ThresholdsFile
-
-if TYPE_CHECKING:
-    from ditproof.experiment.analyze import Analysis
 
 
 def git_commit() -> str:

@@ -12,18 +12,18 @@ import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
 from diffusers import UniPCMultistepScheduler
-from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
 from ditproof.errors import InvalidInputError
 from ditproof.generation.attention import select_attention
+from ditproof.generation.result import GenerationResult, StepCallback
 from ditproof.generation.shortcuts import ShortcutPlan, blocks_skipped
 from ditproof.generation.solver import ResumePoint
+from ditproof.generation.text import check_prompt_length
 from ditproof.generation.trajectory import TrajectoryCapture
 from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel, kernel_options
@@ -31,21 +31,6 @@ from ditproof.protocol.options import CacheOptions, RuntimeOptions
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import initial_noise
 from ditproof.video import frames_to_uint8
-
-StepCallback = Callable[[int, int], None]
-"""Called after each denoising step with (steps done, total steps)."""
-
-
-@dataclass
-class GenerationResult:
-    """What one generation produced, before encoding (``frames`` is None for a partial run)."""
-
-    frames: np.ndarray | None
-    noise_sha256: str
-    noise_shape: tuple[int, ...]
-    capture: TrajectoryCapture
-    timings: dict[str, float] = field(default_factory=dict)
-    steps: dict[str, int] = field(default_factory=dict)
 
 
 class _Clock:
@@ -61,18 +46,6 @@ class _Clock:
         now = time.perf_counter()
         elapsed, self.mark = now - self.mark, now
         return elapsed
-
-
-def check_prompt_length(model: LoadedModel, *texts: str) -> None:
-    """Refuses texts longer than the text encoder's window (they would be truncated silently)."""
-    tokenizer = model.pipeline.tokenizer
-    for name, text in zip(("prompt", "negative_prompt"), texts, strict=False):
-        count = len(tokenizer(prompt_clean(text), add_special_tokens=True, truncation=False)["input_ids"])
-        if count > model.text_max_length:
-            raise InvalidInputError(
-                f"{name}: got {count} tokens; allowed: at most {model.text_max_length} tokens for model "
-                f"{model.preset} (longer prompts would be truncated)"
-            )
 
 
 def configure_attention(model: LoadedModel, backend: str) -> None:

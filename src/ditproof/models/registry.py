@@ -63,7 +63,7 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
         ModelNotFoundError: unknown preset, or a missing or incomplete folder.
         InvalidInputError: options that cannot be applied together (fuse_elementwise with tp_degree > 1).
     """
-    from ditproof.generation.parallel import apply_parallel, slice_feed_forwards
+    from ditproof.models.parallel import apply_parallel, slice_feed_forwards
 
     if options.fuse_elementwise and options.tp_degree > 1:
         # Tensor parallelism splits the FFN's up-projection across ranks (DTensor weights and

@@ -234,7 +234,7 @@ class RuntimeOptions(BaseModel):
     part of a CPU runtime class; a validator runs with the record's count. Ignored on a GPU.
     ``ffn_chunks``: above 1, every block's feed-forward network runs as that many independent
     slices of its hidden units (each its own up-projection, GELU and down-projection), whose
-    partial outputs are summed in one fixed order (:mod:`ditproof.generation.parallel`). Tensor
+    partial outputs are summed in one fixed order (:mod:`ditproof.models.parallel`). Tensor
     parallelism then hands whole slices to the ranks and gathers the partial outputs, so a run
     with ``tp_degree`` N (dividing ``ffn_chunks``) gives the bytes of one process: the degree
     leaves the runtime class. Applied at load time; not with ``fuse_elementwise``.

@@ -23,8 +23,9 @@ import torch
 
 from ditproof import __version__
 from ditproof.errors import InvalidInputError
-from ditproof.generation.generate import check_prompt_length, expert_switch
+from ditproof.generation.generate import expert_switch
 from ditproof.generation.runtime import class_differences, runtime_class, runtime_fingerprint
+from ditproof.generation.text import check_prompt_length
 from ditproof.hashing import canonical_json, sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel, kernel_options
 from ditproof.protocol.options import RuntimeOptions, shortcut_label

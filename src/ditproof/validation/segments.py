@@ -20,7 +20,8 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from ditproof.errors import IntegrityError, InvalidInputError
-from ditproof.generation.generate import GenerationResult, generate
+from ditproof.generation.generate import generate
+from ditproof.generation.result import GenerationResult
 from ditproof.generation.solver import ResumePoint, SolverState, derived_resume_point, schedule_state
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel

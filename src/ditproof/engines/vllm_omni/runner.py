@@ -36,8 +36,9 @@ from ditproof.engines.vllm_omni.protocol import (
     read_model,
 )
 from ditproof.errors import IntegrityError, InvalidInputError, RuntimeUnavailableError
-from ditproof.generation.generate import GenerationResult, StepCallback, check_prompt_length
+from ditproof.generation.result import GenerationResult, StepCallback
 from ditproof.generation.solver import SolverState
+from ditproof.generation.text import check_prompt_length
 from ditproof.generation.trajectory import TrajectoryCapture
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel

@@ -147,7 +147,7 @@ class JobWorker:
 
         options = job.options.model_copy(update={"device": self.device})
         if job.world_size > 1:
-            from ditproof.generation.parallel import init_parallel
+            from ditproof.models.parallel import init_parallel
 
             # Under torchrun: joins the process group (NCCL on GPUs, gloo for CPU tensor parallelism).
             options = init_parallel(options)

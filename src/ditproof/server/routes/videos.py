@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import FileResponse, Response
 
-from ditproof.generation.generate import check_prompt_length
+from ditproof.generation.text import check_prompt_length
 from ditproof.protocol.record import RECORD_FILE
 from ditproof.server.errors import ApiError, ErrorResponse, conflict, invalid_fields, not_found
 from ditproof.server.forms import read_multipart
