@@ -27,6 +27,7 @@ from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions
 from ditproof.protocol.record import CheckpointRef, InferenceRecord
+from ditproof.validation.trajectory import relative_l2
 
 _STEP_NAME = re.compile(r"^step_(\d{3,})$")
 
@@ -176,20 +177,6 @@ def trajectory_segments(checkpoints: list[Checkpoint]) -> list[Segment]:
     return [Segment(a, b) for a, b in itertools.pairwise(points)]
 
 
-def _relative_l2(executor: torch.Tensor, rerun: torch.Tensor) -> float | None:
-    """‖executor − rerun‖ / ‖rerun‖ in float64; None when not measurable (shape, non-finite)."""
-    if executor.shape != rerun.shape:
-        return None
-    a = executor.detach().to("cpu", torch.float64).reshape(-1)
-    b = rerun.detach().to("cpu", torch.float64).reshape(-1)
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        return None
-    diff, norm = float((a - b).norm()), float(b.norm())
-    if norm == 0.0:
-        return 0.0 if diff == 0.0 else None
-    return diff / norm
-
-
 def _equal(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
@@ -207,7 +194,7 @@ def solver_distance(executor: SolverState, rerun: SolverState) -> tuple[bool, fl
         return False, None, "solver history of another structure"
     if all(_equal(a, b) for a, b in pairs):
         return True, 0.0, "solver state equal"
-    distances = [_relative_l2(a, b) for a, b in pairs if a is not None and b is not None]
+    distances = [relative_l2(a, b) for a, b in pairs if a is not None and b is not None]
     if any(d is None for d in distances):
         return False, None, "solver history not measurable (shape or non-finite values)"
     worst = max((d for d in distances if d is not None), default=0.0)
@@ -264,6 +251,6 @@ def rerun_segment(record: InferenceRecord, model: LoadedModel, options: RuntimeO
     solver_exact, solver_rel, solver_note = solver_distance(expected.solver, result.capture.solver[name])
     if sha256_tensor(latent) == segment.end.ref.tensor_sha256 and solver_exact:
         return SegmentRun(True, 0.0, 0.0, "end state equal bit for bit", result)
-    latent_rel = _relative_l2(expected.latent, latent)
+    latent_rel = relative_l2(expected.latent, latent)
     latent_note = "latent not measurable" if latent_rel is None else f"latent relative L2 {latent_rel:.3g}"
     return SegmentRun(False, latent_rel, solver_rel, f"{latent_note}; {solver_note}", result)
