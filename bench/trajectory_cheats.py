@@ -1,8 +1,8 @@
 """How far a benign cross-class regeneration and each shortcut cheat lie from the reference, at
 every committed step of the default checkpoint schedule.
 
-For each prompt: the reference run (the published algorithm), a benign run of another class (CFG
-batched) and one run per shortcut; at each committed step, the relative L2 of the latent against
+For each prompt: the reference run (the published algorithm), benign runs of other classes (CFG
+batched; one CPU thread) and one run per shortcut; at each committed step, the relative L2 of the latent against
 the reference's and the relative distance of the JL fingerprints (what a validator measures
 without the files); and the frames after the pinned H.264 encoding (crf 18): the worst frame's
 PSNR against the reference's encoding, beside the encoder's own loss on the reference (the worst
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ditproof.experiment.prompts import PROMPTS_DIR, SHIPPED, load_prompts
 from ditproof.generation.generate import generate
 from ditproof.generation.shortcuts import compute_saving
 from ditproof.hashing import atomic_write_bytes, canonical_json
@@ -71,7 +72,9 @@ def main() -> None:
     layers = int(model.pipeline.transformer.config.num_layers)
     rows = []
     started = time.perf_counter()
-    for index, prompt in enumerate(PROMPTS[: args.prompts]):
+    # The four fixed prompts, then the shipped model's held-out captions.
+    prompts = PROMPTS + [p.prompt for p in load_prompts(PROMPTS_DIR / SHIPPED["grammar"])]
+    for index, prompt in enumerate(prompts[: args.prompts]):
         request = GenerationRequest(
             prompt=prompt, width=width, height=height, num_frames=frames, num_inference_steps=steps
         )
@@ -84,7 +87,10 @@ def main() -> None:
         encoder_loss = score_videos(["psnr"], ref_video, reference.frames)["psnr:worst"]
         ref_latents = {step: latent for step, latent in reference.capture.latents.values()}
         committed = sorted(s for s in ref_latents if s > 0)
-        runs = {"benign: cfg batched": RuntimeOptions(cfg_mode="batched")}
+        runs = {
+            "benign: cfg batched": RuntimeOptions(cfg_mode="batched"),
+            "benign: 1 cpu thread": RuntimeOptions(cpu_threads=1),
+        }
         runs.update({name: RuntimeOptions(shortcut=shortcut) for name, shortcut in SHORTCUTS.items()})
         for name, options in runs.items():
             result = generate(request, seed, model, options)
