@@ -352,7 +352,10 @@ def _measure(
             f"--batch-sizes/--threads: got {batch_sizes!r}/{threads!r}; allowed: comma-separated integers"
         ) from None
     if any(s < 1 for s in [*sizes, batch_size]) or any(t < 1 for t in thread_counts):
-        raise InvalidInputError("--batch-size/--batch-sizes/--threads: allowed: positive integers")
+        raise InvalidInputError(
+            f"--batch-size/--batch-sizes/--threads: got {batch_size}/{batch_sizes!r}/{threads!r}; allowed: positive "
+            "integers"
+        )
     options = _options(device, dtype, model)
     from ditproof.models.registry import load_model
     from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, torch_threads
