@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS: dict[str, list[str]] = {
     "ditproof --help": ["--help"],
@@ -56,16 +59,6 @@ def summary(values: list[float]) -> dict[str, float]:
         "median": round(statistics.median(values), 4),
         "max": round(max(values), 4),
     }
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:

@@ -37,6 +37,17 @@ def device_info() -> dict[str, Any]:
     return info
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the machine architecture where unreadable)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def gpu_state() -> dict[str, float] | None:
     """The card's temperature (C), SM clock (MHz) and power draw (W) now, from ``nvidia-smi``
     (None where it does not answer): clocks fall under sustained load, so timings carry them."""

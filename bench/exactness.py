@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, write_result
+from common import cpu_model, device_info, write_result
 
 SCRIPT = Path(__file__).resolve()
 ENTROPY = "e7" * 32
@@ -182,17 +182,6 @@ def prompt_list(count: int) -> list[str]:
 
 
 # --- host description -------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (the machine architecture where unreadable)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def card_of(device: str) -> str:
