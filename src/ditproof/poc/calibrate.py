@@ -17,6 +17,7 @@ import datetime as _dt
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from ditproof.protocol.poc import (
 )
 
 ContextFactory = Callable[[], AbstractContextManager[object]]
+RuntimeKind = Literal["honest", "cross-dtype", "cheat"]
 
 
 @dataclass
@@ -44,7 +46,7 @@ class RuntimeSpec:
     """One way to compute the nonces: a loaded model, a batch size, an attention kernel."""
 
     name: str
-    kind: str
+    kind: RuntimeKind
     model: LoadedModel
     batch_size: int
     attention_backend: str = "sdpa"
@@ -184,9 +186,8 @@ def calibrate(
 
     ref = timed(reference)
     comparisons: list[DistanceSummary] = []
-    honest: list[np.ndarray] = []
     all_distances: dict[str, np.ndarray] = {}
-    cheat_distances: dict[str, np.ndarray] = {}
+    kinds: dict[str, RuntimeKind] = {}
     warnings: list[str] = []
     for spec in [*others, *standard_cheats(reference, settings), *settings.extra_cheats]:
         try:
@@ -198,19 +199,13 @@ def calibrate(
         distances = l2_distances(vectors, ref)
         comparisons.append(summarize(spec.name, spec.kind, reference.name, distances))
         all_distances[spec.name] = distances
-        if spec.kind == "honest":
-            honest.append(distances)
-        elif spec.kind == "cheat":
-            cheat_distances[spec.name] = distances
+        kinds[spec.name] = spec.kind
 
-    honest_names = [c.name for c in comparisons if c.kind == "honest"]
-    honest_by_name = dict(zip(honest_names, honest, strict=True))
-    if not honest_by_name:
+    if not any(kind == "honest" for kind in kinds.values()):
         warnings.append("no honest runtime was compared: the reference run stands for the honest distances (zeros)")
-        honest_by_name = {reference.name: np.zeros(len(nonces))}
-    if any(not np.isfinite(d).all() for d in honest_by_name.values()):
+    if any(not np.isfinite(all_distances[n]).all() for n, kind in kinds.items() if kind == "honest"):
         warnings.append("an honest runtime produced non-finite vectors")
-    derivation = derive_policy(honest_by_name, cheat_distances, settings.targets)
+    derivation = _derive(all_distances, kinds, len(nonces), settings.targets)
     warnings.extend(derivation.warnings)
     cheats = [
         CheatDetection(
@@ -222,7 +217,6 @@ def calibrate(
         )
         for curve in derivation.curves
     ]
-    kinds = {c.name: c.kind for c in comparisons}
     stored = [
         NonceDistances(
             name=name, kind=kinds[name], reference=reference.name, values=[_stored(v) for v in distances.tolist()]
@@ -275,12 +269,21 @@ def rederive(
             "the calibration file holds no per-nonce distances (schema ditproof.poc-calibration/1); allowed: a "
             "file written by this version's `ditproof poc calibrate --out`"
         )
-    honest = {d.name: np.array(d.values) for d in calibration.distances if d.kind == "honest"}
-    honest.update(extra_honest or {})
-    cheats = {d.name: np.array(d.values) for d in calibration.distances if d.kind == "cheat"}
-    if not honest:
-        honest = {"reference": np.zeros(calibration.nonces)}
-    return derive_policy(honest, cheats, targets)
+    distances = {d.name: np.array(d.values) for d in calibration.distances}
+    kinds: dict[str, RuntimeKind] = {d.name: d.kind for d in calibration.distances}
+    for name, values in (extra_honest or {}).items():
+        distances[name], kinds[name] = values, "honest"
+    return _derive(distances, kinds, calibration.nonces, targets)
+
+
+def _derive(
+    distances: dict[str, np.ndarray], kinds: dict[str, RuntimeKind], nonces: int, targets: PolicyTargets
+) -> PolicyDerivation:
+    """The derivation from per-runtime distances by kind (cross-dtype runs are left out); without an
+    honest runtime, the reference stands for one (all distances zero)."""
+    honest = {name: values for name, values in distances.items() if kinds[name] == "honest"}
+    cheats = {name: values for name, values in distances.items() if kinds[name] == "cheat"}
+    return derive_policy(honest or {"reference": np.zeros(nonces)}, cheats, targets)
 
 
 def format_table(calibration: PocCalibration) -> list[str]:
