@@ -16,10 +16,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from test_golden_video import GOLDEN_FILE, golden_generation  # noqa: E402
-
 from ditproof.models.registry import load_model  # noqa: E402
 from ditproof.protocol.options import RuntimeOptions  # noqa: E402
+from test_golden_video import GOLDEN_FILE, golden_generation  # noqa: E402
 
 
 def main() -> None:
