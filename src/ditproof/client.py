@@ -181,18 +181,26 @@ class Client:
         video: bytes | str | Path | None = None,
         video_id: str | None = None,
         request: dict[str, Any] | bytes | Path | None = None,
+        *,
+        mode: str = "full",
+        spot_segments: int | None = None,
+        validator_entropy: str | None = None,
+        checkpoints: dict[str, bytes] | None = None,
     ) -> dict[str, Any]:
         """``POST /api/v1/validate`` with a record and either a video (bytes or path) or a stored video id.
 
         ``request``: the generation request the client made (a dict, the bytes of its JSON, or a
-        JSON file); the record's copy must equal it.
+        JSON file); the record's copy must equal it. ``mode``: ``full``, ``checkpoints`` or
+        ``spot-check`` (with ``spot_segments`` per expert phase, chosen with ``validator_entropy``);
+        with an uploaded video the checkpoint modes need ``checkpoints``: the executor's checkpoint
+        files by base name (see :func:`checkpoint_files`).
         """
         record_bytes = Path(record).read_bytes() if isinstance(record, str | Path) else record
-        files: dict[str, Any] = {"record": ("record.json", record_bytes, "application/json")}
+        files: list[tuple[str, Any]] = [("record", ("record.json", record_bytes, "application/json"))]
         data: dict[str, str] = {}
         if video is not None:
             video_bytes = Path(video).read_bytes() if isinstance(video, str | Path) else video
-            files["video"] = ("video.mp4", video_bytes, "video/mp4")
+            files.append(("video", ("video.mp4", video_bytes, "video/mp4")))
         if video_id is not None:
             data["video_id"] = video_id
         if request is not None:
@@ -200,14 +208,27 @@ class Client:
                 request_bytes = request
             else:
                 request_bytes = request.read_bytes() if isinstance(request, Path) else json.dumps(request).encode()
-            files["request"] = ("request.json", request_bytes, "application/json")
+            files.append(("request", ("request.json", request_bytes, "application/json")))
+        data.update({k: str(v) for k, v in _mode_fields(mode, spot_segments, validator_entropy).items()})
+        for name, content in (checkpoints or {}).items():
+            files.append(("checkpoint", (name, content, "application/octet-stream")))
         return self._json("POST", "/api/v1/validate", files=files, data=data, timeout=3600.0)
 
-    def validate_stored(self, video_id: str, request: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``POST /api/v1/validate`` of a stored video against its own record (and the client's request)."""
+    def validate_stored(
+        self,
+        video_id: str,
+        request: dict[str, Any] | None = None,
+        *,
+        mode: str = "full",
+        spot_segments: int | None = None,
+        validator_entropy: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /api/v1/validate`` of a stored video against its own record (and the client's request);
+        the checkpoint modes read the checkpoint files stored with it."""
         body: dict[str, Any] = {"video_id": video_id}
         if request is not None:
             body["request"] = request
+        body.update(_mode_fields(mode, spot_segments, validator_entropy))
         return self._json("POST", "/api/v1/validate", json=body, timeout=3600.0)
 
     # Management.
@@ -316,3 +337,25 @@ def _segment(value: str) -> str:
         raise ClientError(
             f"id: got {value!r}, which is not text that can be sent; allowed: an id from the node"
         ) from None
+
+
+def _mode_fields(mode: str, spot_segments: int | None, validator_entropy: str | None) -> dict[str, Any]:
+    """The validation mode's fields of a validate body (the defaults left out)."""
+    fields: dict[str, Any] = {} if mode == "full" else {"mode": mode}
+    if spot_segments is not None:
+        fields["spot_segments"] = spot_segments
+    if validator_entropy is not None:
+        fields["validator_entropy"] = validator_entropy
+    return fields
+
+
+def checkpoint_files(record: dict[str, Any], folder: str | Path) -> dict[str, bytes]:
+    """The executor's checkpoint files a record names, read from its output folder, by base name
+    (what :meth:`Client.validate` uploads for the checkpoint modes). Missing files are left
+    out: the node's verdict names them."""
+    files: dict[str, bytes] = {}
+    for ref in record.get("checkpoints") or []:
+        path = Path(folder) / str(ref.get("file", ""))
+        if ref.get("file") and path.is_file():
+            files[path.name] = path.read_bytes()
+    return files

@@ -17,7 +17,7 @@ from typing import Any
 import typer
 
 from ditproof.cli.common import EXIT_FAILURE, EXIT_INVALID, err, out
-from ditproof.client import ApiError, Client, ClientError
+from ditproof.client import ApiError, Client, ClientError, checkpoint_files
 
 client_app = typer.Typer(help="Use a running ditproof node (ditproof serve) over HTTP.", no_args_is_help=True)
 
@@ -129,25 +129,83 @@ def validate(
     request: Path | None = typer.Option(
         None, "--request", help="The request the client made (JSON); the record's copy must equal it."
     ),
+    mode: str = typer.Option(
+        "full",
+        "--mode",
+        help="full: regenerate the whole video; checkpoints: re-run every segment between the executor's "
+        "checkpoints; spot-check: re-run --spot-segments of them per expert phase.",
+    ),
+    spot_segments: int | None = typer.Option(
+        None, "--spot-segments", help="Segments a spot check re-runs in each expert phase (node default: 1)."
+    ),
+    validator_entropy: str | None = typer.Option(
+        None, "--validator-entropy", help="Hex digits (16-256) choosing the spot-checked segments."
+    ),
+    artifacts: Path | None = typer.Option(
+        None,
+        "--artifacts",
+        help="The executor's output folder with the checkpoint files, uploaded in a checkpoint mode "
+        "(default: the record's folder).",
+    ),
     url: str | None = UrlOption,
     token_file: Path | None = TokenFileOption,
 ) -> None:
     """Ask the node for a verdict on a record and video (exit 1 unless valid)."""
+    if mode not in ("full", "checkpoints", "spot-check"):
+        err.print(f"error: mode: got {mode!r}; allowed: full, checkpoints, spot-check", markup=False)
+        raise typer.Exit(EXIT_INVALID)
     with _node(url, token_file) as node:
         if record is None:
             if video_id is None:
                 err.print("error: record: missing; allowed: --record FILE, or --video-id alone", markup=False)
                 raise typer.Exit(EXIT_INVALID)
-            verdict = node.validate_stored(video_id, request=_request_json(request))
+            verdict = node.validate_stored(
+                video_id,
+                request=_request_json(request),
+                mode=mode,
+                spot_segments=spot_segments,
+                validator_entropy=validator_entropy,
+            )
         elif video_id is not None:
-            verdict = node.validate(_read("record", record), video_id=video_id, request=_read_optional(request))
+            verdict = node.validate(
+                _read("record", record),
+                video_id=video_id,
+                request=_read_optional(request),
+                mode=mode,
+                spot_segments=spot_segments,
+                validator_entropy=validator_entropy,
+            )
         else:
             record_bytes = _read("record", record)
             video_bytes = _read("video", video or record.parent / "video.mp4")
-            verdict = node.validate(record_bytes, video=video_bytes, request=_read_optional(request))
+            checkpoints = None
+            if mode != "full":
+                checkpoints = checkpoint_files(_record_json(record_bytes), artifacts or record.parent)
+            verdict = node.validate(
+                record_bytes,
+                video=video_bytes,
+                request=_read_optional(request),
+                checkpoints=checkpoints,
+                mode=mode,
+                spot_segments=spot_segments,
+                validator_entropy=validator_entropy,
+            )
         _print(verdict)
         if verdict["decision"] != "valid":
             raise typer.Exit(EXIT_FAILURE)
+
+
+def _record_json(data: bytes) -> dict[str, Any]:
+    """A record file's JSON object (exit 2 when it is not one)."""
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        err.print(f"error: record: not JSON ({exc})", markup=False, highlight=False)
+        raise typer.Exit(EXIT_INVALID) from None
+    if not isinstance(value, dict):
+        err.print("error: record: not a JSON object", markup=False)
+        raise typer.Exit(EXIT_INVALID)
+    return value
 
 
 def _read(name: str, path: Path) -> bytes:

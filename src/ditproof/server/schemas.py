@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ditproof.server.jobs import JobStatus
 
@@ -157,15 +157,41 @@ class ReadinessResponse(BaseModel):
     state: str
 
 
+ValidationMode = Literal["full", "checkpoints", "spot-check"]
+"""How ``POST /api/v1/validate`` regenerates: the whole video; every segment between the
+executor's checkpoints; or ``spot_segments`` of them per expert phase, chosen with
+``validator_entropy`` (docs/validation.md)."""
+MAX_SPOT_SEGMENTS = 64
+
+
+def check_spot_fields(mode: str, spot_segments: int | None, validator_entropy: str | None) -> None:
+    """``spot_segments`` and ``validator_entropy`` belong to a spot check only."""
+    if mode != "spot-check":
+        given = [
+            n for n, v in (("spot_segments", spot_segments), ("validator_entropy", validator_entropy)) if v is not None
+        ]
+        if given:
+            raise ValueError(f"{given[0]}: given with mode {mode!r}; allowed: only with mode 'spot-check'")
+
+
 class ValidateReference(_Strict):
     """``POST /api/v1/validate`` with JSON: validate a video already in this node's store.
 
     ``record`` defaults to the record stored with the video; give one to check a record received
     from elsewhere against the stored video. ``request``: the generation request the client made
     (as sent, or as on chain); the record's copy of it must be equal, checked before anything is
-    regenerated.
+    regenerated. ``mode``: see :data:`ValidationMode`; the checkpoint modes read the executor's
+    checkpoint files stored with the video.
     """
 
     video_id: str = Field(pattern=r"^video_[0-9a-f]{32}$")
     record: dict[str, Any] | None = None
     request: dict[str, Any] | None = None
+    mode: ValidationMode = "full"
+    spot_segments: int | None = Field(default=None, ge=1, le=MAX_SPOT_SEGMENTS)
+    validator_entropy: str | None = None
+
+    @model_validator(mode="after")
+    def _spot_only(self) -> ValidateReference:
+        check_spot_fields(self.mode, self.spot_segments, self.validator_entropy)
+        return self
