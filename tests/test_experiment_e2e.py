@@ -130,7 +130,8 @@ def test_thresholds_file_loads_in_the_validator_and_matches_the_scores(finished:
     scores = Store(store_url).read_parquet(SCORES_FILE).to_pylist()
     entry = next(e for e in thresholds.entries if (e.metric, e.statistic) == ("psnr", "mean"))
     model, runtime_class = entry.model, entry.runtime_class
-    policy = ThresholdPolicy(thresholds).thresholds_for("wan-tiny-random", model, runtime_class)
+    validator = ThresholdPolicy(thresholds).bound_to(entry.validator_class)  # the pool's reference class
+    policy = validator.thresholds_for("wan-tiny-random", model, runtime_class)
     threshold = policy["psnr:mean"]
     benign = [r["psnr:mean"] for r in scores if r["label"] == "benign"]
     malign = [r["psnr:mean"] for r in scores if r["configuration"] in ("other-seed", "cfg-off")]

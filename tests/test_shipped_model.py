@@ -57,7 +57,15 @@ def test_default_thresholds_are_the_stage1_gpu_runs_for_this_model() -> None:
     entries = policy.file.entries
     assert entries and {e.model for e in entries} == {loaded.revision}
     gpu_class = entries[0].runtime_class
-    chosen = policy.thresholds_for(SHIPPED_NAME, loaded.revision, gpu_class)
+    # Each entry holds for the pair of classes it was calibrated on: on the GPU, the Stage 1
+    # reference as the validator; a validator of another class finds no threshold.
+    validator = policy.bound_to(entries[0].validator_class)
+    chosen = validator.thresholds_for(SHIPPED_NAME, loaded.revision, gpu_class)
     assert {"psnr:mean", "latent_rel_l2:value"} <= set(chosen)
-    assert policy.thresholds_for("wan-tiny-random", "0" * 64, gpu_class) == {}
+    assert validator.thresholds_for("wan-tiny-random", "0" * 64, gpu_class) == {}
+    assert policy.thresholds_for(SHIPPED_NAME, loaded.revision, gpu_class) == {}  # validator class unknown
+    cpu_validator = policy.bound_to("cpu-x86_64/avx512-2threads/x")
+    assert not any(
+        t.metric == "psnr" for t in cpu_validator.thresholds_for(SHIPPED_NAME, loaded.revision, gpu_class).values()
+    )
     assert DEFAULT_THRESHOLDS.is_file()

@@ -115,6 +115,37 @@ def test_positions_need_a_trajectory_metric_and_schema_2(tmp_path):
         ThresholdsFile.load(tmp_path / "bad.json")
 
 
+def test_a_threshold_holds_for_the_class_pair_it_was_calibrated_on():
+    """An entry naming a validator class applies only to a policy bound to a matching validator
+    class; the exact validator class before a pattern before any validator."""
+    file = thresholds(
+        entry(value=30.0),  # any validator
+        entry(validator_class="cpu-*", value=33.0),
+        entry(validator_class="cpu-x86_64/avx512-1threads/x", value=34.0),
+        entry(metric="ssim", validator_class="cuda-sm90/*", value=0.9),
+    )
+    unbound = ThresholdPolicy(file)
+    assert unbound.thresholds_for("wan-tiny-random", REV, CLASS)["psnr:worst"].value == 30.0
+    assert "ssim:worst" not in unbound.thresholds_for("wan-tiny-random", REV, CLASS)
+    cpu = unbound.bound_to("cpu-x86_64/avx512-2threads/x")
+    assert cpu.thresholds_for("wan-tiny-random", REV, CLASS)["psnr:worst"].value == 33.0
+    assert "ssim:worst" not in cpu.thresholds_for("wan-tiny-random", REV, CLASS)
+    one_thread = unbound.bound_to("cpu-x86_64/avx512-1threads/x")
+    assert one_thread.thresholds_for("wan-tiny-random", REV, CLASS)["psnr:worst"].value == 34.0
+    gpu = ThresholdPolicy(file, {"lpips_alex": 0.1}).bound_to("cuda-sm90/132sms/x")
+    found = gpu.thresholds_for("wan-tiny-random", REV, CLASS)
+    assert found["psnr:worst"].value == 30.0 and found["ssim:worst"].value == 0.9
+    assert found["lpips_alex:worst"].source == "explicit --threshold"  # explicit values survive binding
+    # Only the ditproof.thresholds/3 schema names validator classes.
+    with pytest.raises(ValueError, match="validator_class: not in a ditproof.thresholds/2 file"):
+        ThresholdsFile.model_validate(
+            {"schema_version": "ditproof.thresholds/2", "version": 1, "provisional": False, "description": "",
+             "entries": [entry(validator_class="cpu-*")]}
+        )  # fmt: skip
+    # Two entries differing only in their validator class are not duplicates.
+    thresholds(entry(validator_class="cpu-*"), entry(validator_class="cuda-*"))
+
+
 def test_thresholds_file_is_checked(tmp_path):
     with pytest.raises(ValueError, match="direction of psnr: got 'lower-is-better'"):
         thresholds(entry(direction="lower-is-better"))
@@ -130,7 +161,7 @@ def test_thresholds_file_is_checked(tmp_path):
     data = json.loads(path.read_text())
     data["schema_version"] = "ditproof.thresholds/9"
     path.write_text(json.dumps(data))
-    with pytest.raises(InvalidInputError, match=r"not a valid ditproof.thresholds/2 \(or /1\) file"):
+    with pytest.raises(InvalidInputError, match=r"not a valid ditproof.thresholds/3 \(or /2, /1\) file"):
         ThresholdsFile.load(path)
     with pytest.raises(InvalidInputError, match="cannot be read"):
         ThresholdsFile.load(tmp_path / "missing.json")

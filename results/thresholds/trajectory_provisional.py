@@ -50,12 +50,16 @@ def margins(result: dict[str, Any]) -> dict[tuple[str, str], tuple[float, float]
     return {key: (worst[key], best[key]) for key in worst if key in best}
 
 
-def entries(result: dict[str, Any], source: str, model: str, runtime_class: str) -> list[dict[str, Any]]:
+def entries(
+    result: dict[str, Any], source: str, model: str, runtime_class: str, validator_class: str
+) -> list[dict[str, Any]]:
     prompts = len({row["prompt"] for row in result["rows"]})
     out = []
     for (phase, metric), (benign, malign) in sorted(margins(result).items()):
         if malign <= benign:
-            raise SystemExit(f"{phase} {metric}: the best malign value {malign:.3g} is not above the worst benign {benign:.3g}")
+            raise SystemExit(
+                f"{phase} {metric}: the best malign value {malign:.3g} is not above the worst benign {benign:.3g}"
+            )
         value = float(f"{math.sqrt(benign * malign) if benign > 0 else malign / 10:.3g}")
         provenance = {
             "calibration": f"bench/trajectory_cheats.py: {prompts} prompts, {result['request']}, CPU ({source})",
@@ -68,8 +72,9 @@ def entries(result: dict[str, Any], source: str, model: str, runtime_class: str)
                 f"{'the final latent' if phase == 'final' else 'the ' + phase + ' phase'}; not an FPR-calibrated threshold"
             ),
         }
-        common = {"model": model, "runtime_class": runtime_class, "statistic": "value", "direction": "lower-is-better",
-                  "value": value, "metric_weights": {}, "provenance": provenance}  # fmt: skip
+        common = {"model": model, "runtime_class": runtime_class, "validator_class": validator_class,
+                  "statistic": "value", "direction": "lower-is-better", "value": value, "metric_weights": {},
+                  "provenance": provenance}  # fmt: skip
         if phase == "final":
             out.append({**common, "metric": "latent_rel_l2"})
             continue
@@ -83,17 +88,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("result", type=Path)
     parser.add_argument("--model", required=True, help="a preset name or a model revision")
-    parser.add_argument("--runtime-class", required=True, help="exact class or fnmatch pattern")
+    parser.add_argument("--runtime-class", required=True, help="the executor's: exact class or fnmatch pattern")
+    parser.add_argument(
+        "--validator-class", default="cpu-*", help="the validator's class the pairs were measured with (pattern)"
+    )
     parser.add_argument("--into", type=Path, help="a thresholds file to add the entries to (else: print them)")
     args = parser.parse_args()
     result = json.loads(args.result.read_text())
-    new = entries(result, str(args.result), args.model, args.runtime_class)
+    new = entries(result, str(args.result), args.model, args.runtime_class, args.validator_class)
     if args.into is None:
         print(json.dumps(new, indent=1))
         return
     data = json.loads(args.into.read_text())
-    kept = [e for e in data["entries"] if not (e["model"] == args.model and e["runtime_class"] == args.runtime_class)]
-    data.update(schema_version="ditproof.thresholds/2", version=int(data.get("version", 0)) + 1, entries=kept + new)
+    pair = (args.model, args.runtime_class, args.validator_class)
+    kept = [e for e in data["entries"] if (e["model"], e["runtime_class"], e.get("validator_class", "*")) != pair]
+    data.update(schema_version="ditproof.thresholds/3", version=int(data.get("version", 0)) + 1, entries=kept + new)
     ThresholdsFile.model_validate(data)  # refuses a file the validator would refuse
     atomic_write_text(args.into, json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"{args.into}: {len(new)} entries for {args.model} / {args.runtime_class}")

@@ -33,8 +33,9 @@ def git_commit() -> str:
 def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> ThresholdsFile:
     """The thresholds of an analysis in the validator's format.
 
-    One entry per frame or final-latent key and executor runtime class: the pool's in-sample
-    threshold (pools of one executor class: the loosest). Without executor classes in the scores,
+    One entry per frame or final-latent key and pair of runtime classes (the validator's, as the
+    pool's reference ran, and the executor's): the pool's in-sample threshold (pools of one pair:
+    the loosest). Without executor classes in the scores,
     or with ``runtime_class`` given (an fnmatch pattern, e.g. ``cuda-sm90/*``), one entry per key
     for that class (default: the reference's), holding the loosest pool's threshold, so every
     pool's in-sample FPR stays at or below the target. Trajectory keys are not validator metrics
@@ -48,12 +49,13 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
         if result.kind == "trajectory" or result.normalised_by is not None or result.summary is None:
             continue  # not a validator metric (yet): the analysis's only
         metric, statistic = parse_score_key(result.key)
-        groups: dict[str, list[PoolCalibration]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[PoolCalibration]] = defaultdict(list)
         for calibration in result.pools:
-            executor = by_name[calibration.pool].executor_runtime_class
-            target_class = runtime_class or executor or analysis.runtime_class
-            groups[target_class].append(calibration)
-        for target_class, members in groups.items():
+            pool = by_name[calibration.pool]
+            target_class = runtime_class or pool.executor_runtime_class or analysis.runtime_class
+            validator_class = pool.reference_runtime_class or analysis.runtime_class
+            groups[(target_class, validator_class)].append(calibration)
+        for (target_class, validator_class), members in groups.items():
             loosest = max(members, key=lambda c: c.threshold)
             value = loosest.threshold if result.direction == "lower-is-better" else -loosest.threshold
             detail = "; ".join(
@@ -66,6 +68,7 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
                 ThresholdEntry(
                     model=analysis.model_revision,
                     runtime_class=target_class,
+                    validator_class=validator_class,
                     metric=metric,
                     statistic=statistic,
                     direction=result.direction,

@@ -121,6 +121,7 @@ def validate_checkpoints(
     pre = preflight(record, video, model, device, **inputs)
     if isinstance(pre, Verdict):
         return pre
+    policy = policy.bound_to(pre.local_class) if policy is not None else None
     return _validate_segments(record, model, pre, policy, comparison, "checkpoints", None)
 
 
@@ -151,6 +152,7 @@ def validate_spot_check(
     pre = preflight(record, video, model, device, **inputs)
     if isinstance(pre, Verdict):
         return pre
+    policy = policy.bound_to(pre.local_class) if policy is not None else None
     return _validate_segments(record, model, pre, policy, comparison, "spot-check", (entropy, k))
 
 

@@ -120,6 +120,8 @@ def compare(
     thresholds = _required(policy, record, options)
     missing = [m for m in options.metrics if not any(t.metric == m for t in thresholds.values())]
     where = f"model {record.model.preset} (revision {record.model.revision[:16]}), runtime class {record.runtime_class}"
+    if policy.validator_class is not None:
+        where += f", validated in class {policy.validator_class}"
     if missing or not thresholds:
         names = ", ".join(missing) or "any metric"
         checks.add("thresholds", False, f"no threshold for {names} for {where}")

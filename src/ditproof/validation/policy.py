@@ -5,13 +5,14 @@ and with its provenance, says for each (model, runtime class, metric, statistic)
 and its direction. The validator refuses to decide on a metric it has no threshold for, unless
 the caller gives one explicitly (``--threshold METRIC[:STATISTIC]=VALUE``).
 
-File format (JSON, schema ``ditproof.thresholds/2``; ``/1`` files, without ``position``, are read
-as before)::
+File format (JSON, schema ``ditproof.thresholds/3``; ``/2`` files, without ``validator_class``,
+and ``/1`` files, without ``position`` either, are read as before)::
 
-    {"schema_version": "ditproof.thresholds/2", "version": 3, "provisional": false,
+    {"schema_version": "ditproof.thresholds/3", "version": 3, "provisional": false,
      "description": "...",
      "entries": [{"model": "wan2.2-t2v-a14b",            # a preset name or a 64-hex revision
-                  "runtime_class": "cuda-sm90/*",        # exact, or an fnmatch pattern
+                  "runtime_class": "cuda-sm90/*",        # the executor's class: exact, or an fnmatch pattern
+                  "validator_class": "cuda-sm90/*",      # the validator's class it was calibrated with
                   "metric": "lpips_alex", "statistic": "worst",
                   "direction": "lower-is-better", "value": 0.05,
                   "metric_weights": {"alexnet": "<sha256>", "lpips_alex": "<sha256>"},
@@ -38,10 +39,15 @@ GPU run produced for the shipped model ``wan-shapes-small`` (``results/stage1/sh
 entries name that model's revision and the runtime classes that were calibrated, so they apply
 to nothing else.
 
-Matching: an entry applies when its ``model`` is the record's revision or preset and its
-``runtime_class`` equals (or, as a pattern, matches) the executor's runtime class. When several
-entries apply to one metric and statistic, the most specific wins: a revision before a preset,
-an exact class before a pattern, then the first in file order. ``metric_weights`` pins the
+Matching: an entry applies when its ``model`` is the record's revision or preset, its
+``runtime_class`` equals (or, as a pattern, matches) the executor's runtime class, and its
+``validator_class`` (``/3``; default ``*``, any validator) the class the validator regenerated in:
+a threshold holds for the pair of classes it was calibrated on, and a pair no entry names has no
+threshold (the validator then says so rather than decide). A policy learns the validator's class
+through :meth:`ThresholdPolicy.bound_to`; unbound, only entries for any validator (``*``) apply.
+When several entries apply to one metric and statistic, the most specific wins: a revision before
+a preset, an exact executor class before a pattern, an exact validator class before a pattern
+before ``*``, then the first in file order. ``metric_weights`` pins the
 learned metric's weight files (role → sha256) the calibration used: scores computed with other
 files are not compared with that threshold.
 """
@@ -69,9 +75,10 @@ from ditproof.metrics.registry import (
 )
 from ditproof.protocol.files import load_model_file
 
-THRESHOLDS_SCHEMA: Literal["ditproof.thresholds/2"] = "ditproof.thresholds/2"
-THRESHOLDS_SCHEMAS = ("ditproof.thresholds/1", "ditproof.thresholds/2")
-"""Schemas read: ``/1`` (no positions) and ``/2`` (this one, written by default)."""
+THRESHOLDS_SCHEMA: Literal["ditproof.thresholds/3"] = "ditproof.thresholds/3"
+THRESHOLDS_SCHEMAS = ("ditproof.thresholds/1", "ditproof.thresholds/2", "ditproof.thresholds/3")
+"""Schemas read: ``/1`` (no positions), ``/2`` (no validator class) and ``/3`` (this one, written by default)."""
+ANY_VALIDATOR = "*"
 Phase = Literal["high-noise", "low-noise"]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -113,10 +120,11 @@ class TrajectoryPosition(_Model):
 
 
 class ThresholdEntry(_Model):
-    """One threshold for (model, runtime class, metric, statistic)."""
+    """One threshold for (model, executor's runtime class, validator's runtime class, metric, statistic)."""
 
     model: str = Field(min_length=1)
     runtime_class: str = Field(min_length=1)
+    validator_class: str = Field(default=ANY_VALIDATOR, min_length=1)
     metric: str
     statistic: str
     direction: Direction
@@ -153,7 +161,9 @@ class ThresholdEntry(_Model):
 class ThresholdsFile(_Model):
     """A versioned set of thresholds (see the module docstring for the format)."""
 
-    schema_version: Literal["ditproof.thresholds/1", "ditproof.thresholds/2"] = THRESHOLDS_SCHEMA
+    schema_version: Literal["ditproof.thresholds/1", "ditproof.thresholds/2", "ditproof.thresholds/3"] = (
+        THRESHOLDS_SCHEMA
+    )
     version: int = Field(ge=1)
     provisional: bool
     description: str
@@ -164,12 +174,18 @@ class ThresholdsFile(_Model):
     def _unique(cls, entries: list[ThresholdEntry]) -> list[ThresholdEntry]:
         seen = set()
         for entry in entries:
-            key = (entry.model, entry.runtime_class, entry.metric, entry.statistic, entry.position)
+            key = (
+                entry.model,
+                entry.runtime_class,
+                entry.validator_class,
+                entry.metric,
+                entry.statistic,
+                entry.position,
+            )
             if key in seen:
                 position = f", position {entry.position.describe()}" if entry.position else ""
                 raise ValueError(
-                    "duplicate entry for model, runtime_class, metric, statistic "
-                    f"{(entry.model, entry.runtime_class, entry.metric, entry.statistic)}{position}"
+                    f"duplicate entry for model, runtime_class, validator_class, metric, statistic {key[:5]}{position}"
                 )
             seen.add(key)
         return entries
@@ -177,7 +193,13 @@ class ThresholdsFile(_Model):
     @model_validator(mode="after")
     def _positions_need_v2(self) -> ThresholdsFile:
         if self.schema_version == "ditproof.thresholds/1" and any(e.position for e in self.entries):
-            raise ValueError("position: not in a ditproof.thresholds/1 file; allowed: schema ditproof.thresholds/2")
+            raise ValueError(
+                "position: not in a ditproof.thresholds/1 file; allowed: schema ditproof.thresholds/2 or /3"
+            )
+        if self.schema_version != THRESHOLDS_SCHEMA and any(e.validator_class != ANY_VALIDATOR for e in self.entries):
+            raise ValueError(
+                f"validator_class: not in a {self.schema_version} file; allowed: schema {THRESHOLDS_SCHEMA}"
+            )
         return self
 
     def save(self, path: str | Path) -> None:
@@ -191,7 +213,7 @@ class ThresholdsFile(_Model):
         Raises:
             InvalidInputError: missing file, not JSON, or not a valid thresholds file.
         """
-        return load_model_file(cls, path, "thresholds", "ditproof.thresholds/2 (or /1)")
+        return load_model_file(cls, path, "thresholds", "ditproof.thresholds/3 (or /2, /1)")
 
 
 @dataclass(frozen=True)
@@ -260,12 +282,24 @@ class ThresholdPolicy:
     """Thresholds from a file and/or explicit values; explicit values override the file's."""
 
     def __init__(
-        self, file: ThresholdsFile | None = None, explicit: dict[str, float] | None = None, file_label: str = ""
+        self,
+        file: ThresholdsFile | None = None,
+        explicit: dict[str, float] | None = None,
+        file_label: str = "",
+        validator_class: str | None = None,
     ):
         self.file = file
         self.file_label = file_label
         # Keys as METRIC or METRIC:STATISTIC (see parse_threshold).
         self.explicit = {normalize_key(key): value for key, value in (explicit or {}).items()}
+        self.validator_class = validator_class
+
+    def bound_to(self, validator_class: str) -> ThresholdPolicy:
+        """This policy for a validator that regenerates in ``validator_class``: entries calibrated
+        for another validator class no longer apply (module docstring, Matching)."""
+        bound = ThresholdPolicy(self.file, None, self.file_label, validator_class)
+        bound.explicit = dict(self.explicit)
+        return bound
 
     @classmethod
     def from_cli(cls, path: str | Path | None, thresholds: list[str]) -> ThresholdPolicy:
@@ -300,7 +334,17 @@ class ThresholdPolicy:
                 class_rank = 1
             else:
                 continue
-            found.append((model_rank * 2 + class_rank, order, entry))
+            if entry.validator_class == ANY_VALIDATOR:
+                validator_rank = 2
+            elif self.validator_class is None:
+                continue  # calibrated for a validator class, and this policy does not know its own
+            elif entry.validator_class == self.validator_class:
+                validator_rank = 0
+            elif fnmatchcase(self.validator_class, entry.validator_class):
+                validator_rank = 1
+            else:
+                continue
+            found.append((model_rank * 6 + class_rank * 3 + validator_rank, order, entry))
         return found
 
     def _threshold(self, entry: ThresholdEntry) -> Threshold:

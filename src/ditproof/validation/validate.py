@@ -92,6 +92,8 @@ def validate(
     if isinstance(pre, Verdict):
         return pre
     checks, data, options, local_class = pre.checks, pre.data, pre.options, pre.local_class
+    if policy is not None:  # thresholds hold for the pair of classes they were calibrated on
+        policy = policy.bound_to(local_class)
     steps = record.request.num_inference_steps
     basis = "same-class" if pre.same_class else "cross-class"
     cost = {"regenerated_steps": steps, "total_steps": steps, "cost_fraction": 1.0, "comparison": basis}
