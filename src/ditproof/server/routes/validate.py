@@ -35,9 +35,10 @@ from ditproof.protocol.verdict import Verdict
 from ditproof.server.errors import ApiError, conflict, invalid, invalid_fields, pydantic_fields
 from ditproof.server.forms import read_multipart
 from ditproof.server.jobs import is_job_id
-from ditproof.server.routes.videos import ERRORS, EngineDep, _completed
+from ditproof.server.routes.deps import WorkerDep
+from ditproof.server.routes.videos import ERRORS, _completed
 from ditproof.server.schemas import ValidateReference
-from ditproof.server.worker import Engine
+from ditproof.server.worker import GpuWorker
 from ditproof.validation.allowed import AllowedClasses
 from ditproof.validation.delegation import ValidatorRegistry
 from ditproof.validation.policy import ThresholdPolicy
@@ -100,14 +101,14 @@ Inputs = tuple[InferenceRecord, bytes, Path | None, GenerationRequest | None]
 client's request when given."""
 
 
-def _stored(engine: Engine, video_id: str) -> tuple[InferenceRecord, bytes, Path]:
-    job = _completed(engine, video_id)
-    record = engine.artifacts.record(job.id)
-    folder = engine.artifacts.path(job.id)
+def _stored(worker: GpuWorker, video_id: str) -> tuple[InferenceRecord, bytes, Path]:
+    job = _completed(worker, video_id)
+    record = worker.artifacts.record(job.id)
+    folder = worker.artifacts.path(job.id)
     return record, (folder / record.video.file).read_bytes(), folder
 
 
-async def _inputs(request: Request, engine: Engine) -> Inputs:
+async def _inputs(request: Request, worker: GpuWorker) -> Inputs:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         try:
@@ -119,7 +120,7 @@ async def _inputs(request: Request, engine: Engine) -> Inputs:
         except ValidationError as exc:
             raise invalid_fields(pydantic_fields(exc)) from None
         expected = _parse_request(ref.request) if ref.request is not None else None
-        record, video, folder = _stored(engine, ref.video_id)
+        record, video, folder = _stored(worker, ref.video_id)
         return (_parse_record(ref.record) if ref.record is not None else record), video, folder, expected
     if content_type != "multipart/form-data":
         raise ApiError(
@@ -127,7 +128,7 @@ async def _inputs(request: Request, engine: Engine) -> Inputs:
             "unsupported_media_type",
             f"content-type: got {content_type or 'none'!r}; allowed: multipart/form-data, application/json",
         )
-    max_size = engine.config.max_upload_bytes
+    max_size = worker.config.max_upload_bytes
     form = await read_multipart(request, max_files=3, max_fields=8, max_part_size=1024 * 1024)
     try:
         fields = dict(form.multi_items())
@@ -152,7 +153,7 @@ async def _inputs(request: Request, engine: Engine) -> Inputs:
         if video_id is not None:
             if not isinstance(video_id, str) or not is_job_id(video_id):
                 raise invalid("video_id", f"got {video_id!r}; allowed: video_ followed by 32 hex digits")
-            _, video, folder = _stored(engine, video_id)
+            _, video, folder = _stored(worker, video_id)
             return record, video, folder, expected
         if not isinstance(video_field, UploadFile):
             raise invalid("video", "got a text field; allowed: the mp4 as a file upload")
@@ -162,9 +163,9 @@ async def _inputs(request: Request, engine: Engine) -> Inputs:
 
 
 @router.post("/validate", response_model=Verdict, responses=ERRORS, openapi_extra=VALIDATE_OPENAPI)
-async def validate_video(request: Request, engine: EngineDep) -> Verdict:
+async def validate_video(request: Request, worker: WorkerDep) -> Verdict:
     """Validate a video against its inference record by regenerating it on this node."""
-    record, video, folder, expected = await _inputs(request, engine)
+    record, video, folder, expected = await _inputs(request, worker)
     setup: ValidationSetup = request.app.state.validation
 
     def run(model: LoadedModel, options: RuntimeOptions) -> Verdict:
@@ -187,5 +188,5 @@ async def validate_video(request: Request, engine: EngineDep) -> Verdict:
             expected_request=expected,
         )
 
-    future = engine.run_task("validate", run)
+    future = worker.run_task("validate", run)
     return await asyncio.wrap_future(future)
