@@ -135,10 +135,6 @@ class GpuWorker:
         """:meth:`pending_tasks` with the lock held."""
         return sum(1 for task in self._tasks if task.counts_in_queue)
 
-    def running_job(self) -> str | None:
-        """The id of the job on the accelerator now."""
-        return self._running
-
     def queue_summary(self) -> dict[str, int]:
         """The ``queue`` field of ``GET /api/v1/state``."""
         counts = self.store.counts()
