@@ -1,7 +1,7 @@
 """The ML-node HTTP service: video API, Gonka management, validation (``ditproof serve``).
 
-See ``docs/server.md``. The package is a thin layer: routes parse and format, the engine's one
-worker thread runs the library (:func:`ditproof.generation.execute.execute`,
+See ``docs/server.md``. The package is a thin layer: routes parse and format, the node
+(``node.py``) owns the service state, and the GPU worker's one thread (``worker.py``) runs the library (:func:`ditproof.generation.execute.execute`,
 :func:`ditproof.validation.validate`).
 """
 

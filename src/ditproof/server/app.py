@@ -1,7 +1,13 @@
 """The FastAPI application of the ML-node service.
 
 Layers, outermost first: bearer-token authentication → body size limit → routing → routes
-(parse, call the engine or the library, format) → the engine's worker thread (all model work).
+(parse, ask the node or call the library, format) → the GPU worker's thread (all model work).
+
+At start-up the app builds the node's parts, each in its own module: the state owner
+(:class:`~ditproof.server.node.Node`), the GPU worker that follows it
+(:class:`~ditproof.server.worker.GpuWorker`), the PoC side that asks it for POW
+(:class:`~ditproof.server.poc.PocService`), and runs crash recovery
+(:func:`~ditproof.server.recovery.recover`) before the worker starts.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ from ditproof.server.config import ServerConfig
 from ditproof.server.errors import install_handlers
 from ditproof.server.jobs import JobStore
 from ditproof.server.loading import resolve_model
-from ditproof.server.routes import management, pow, pricing, validate, videos
+from ditproof.server.node import Node
+from ditproof.server.poc import PocService
+from ditproof.server.recovery import recover
+from ditproof.server.routes import management, poc, pricing, validate, videos
 from ditproof.server.routes.validate import ValidationSetup
-from ditproof.server.worker import Engine
+from ditproof.server.worker import GpuWorker
 
 log = logging.getLogger("ditproof.server")
 
@@ -45,15 +54,22 @@ def create_app(config: ServerConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = JobStore(config.data_dir / DB_FILE)
-        engine = Engine(config, store, ArtifactStore(config.data_dir / ARTIFACTS_DIR))
-        app.state.engine = engine
+        artifacts = ArtifactStore(config.data_dir / ARTIFACTS_DIR)
+        node = Node()
+        worker = GpuWorker(node, config, store, artifacts)
+        app.state.node, app.state.worker = node, worker
+        app.state.poc = PocService(node, worker, config)
         app.state.validation = validation
-        report = engine.start(startup)
+        report = recover(store, artifacts, config.max_attempts, will_load=startup is not None)
         log.info("recovered jobs: %s", {k: len(v) for k, v in report.items()})
+        worker.start()
+        if startup is not None:
+            node.inference_up(startup)  # the worker follows: loads it
         try:
             yield
         finally:
-            engine.shutdown()
+            app.state.poc.shutdown("the server shut down")
+            worker.shutdown()
             store.close()
 
     app = FastAPI(
@@ -70,7 +86,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(videos.router)
     app.include_router(management.router)
     app.include_router(validate.router)
-    app.include_router(pow.router)
+    app.include_router(poc.router)
     app.include_router(pricing.router)
     app.include_router(management.health)
     # Added last = outermost: authentication runs before the body is read.

@@ -53,7 +53,7 @@ class RoundSender:
         self._buffer: list[PocArtifact] = []
         self._pending: list[PocArtifact] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ditproof-pow-callbacks", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="ditproof-poc-callbacks", daemon=True)
 
     def start(self) -> RoundSender:
         """Starts the sender thread."""
@@ -132,4 +132,4 @@ def post_result(url: str, payload: dict[str, Any], deadline_s: float = 60.0, tim
         finally:
             timer.cancel()
 
-    threading.Thread(target=run, name="ditproof-pow-result", daemon=True).start()
+    threading.Thread(target=run, name="ditproof-poc-result", daemon=True).start()

@@ -1,28 +1,22 @@
-"""The node's engine: its service state and the one worker thread that owns the accelerator.
+"""The GPU worker: the one thread that owns the accelerator, its task queue and the job runner.
 
 Everything that touches the model runs on the worker thread, one thing at a time: loading and
-unloading, video jobs from the persistent queue, and validations. So two generations never run
-at once, and a validation never races a generation for GPU memory.
+unloading, video jobs from the persistent queue, validations and PoC work. So two generations
+never run at once, and a validation never races a generation for GPU memory.
 
-State machine (Gonka ML-node states; one service at a time)::
-
-    STOPPED --inference/up--> INFERENCE (loading, then healthy) --inference/down, stop--> STOPPED
-    INFERENCE --pow init/generate--> POW --pow/stop--> INFERENCE;  POW --stop--> STOPPED
-    (TRAIN is reserved for training.)
-
-PoC (:mod:`ditproof.server.pow`) shares this worker: a round runs one batch at a time whenever
-no task waits, and PoC ``generate`` requests are tasks like validations.
+The worker does not own the node's state (:class:`~ditproof.server.node.Node` does); it follows
+it. A load asked for (``inference_up``) queues the load; a change to STOPPED cancels the jobs
+and unloads. It reports what became of a load back to the node. Work that runs when nothing
+else waits (a PoC round's batches) plugs in as :class:`IdleWork`, so the worker knows nothing of
+PoC.
 
 Rules for jobs, so that none is silently lost:
 
 * jobs wait in the queue only while the node is in INFERENCE; leaving INFERENCE (down, stop, a
   failed load) fails every queued job with code ``cancelled`` and cancels the running one at its
   next denoising step;
-* after a crash, a job found ``in_progress`` is published if its folder is whole (the crash hit
-  between publishing and recording), else queued again at its old place, or failed with code
-  ``interrupted`` once it has been started ``max_attempts`` times;
-* a node restarted without a model to load fails its queued jobs with code ``node_restarted``;
-* a clean shutdown puts the running job back in the queue without counting the attempt.
+* a clean shutdown puts the running job back in the queue without counting the attempt;
+* after a crash, :mod:`ditproof.server.recovery` settles the jobs left ``in_progress``.
 """
 
 from __future__ import annotations
@@ -34,9 +28,8 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from ditproof import __version__
 from ditproof.errors import DitproofError, IntegrityError, InvalidInputError
 from ditproof.generation.execute import execute
 from ditproof.models.registry import LoadedModel, load_model
@@ -46,12 +39,23 @@ from ditproof.server.config import ServerConfig
 from ditproof.server.errors import ApiError, conflict
 from ditproof.server.jobs import Job, JobSpec, JobStore
 from ditproof.server.loading import ModelChoice
-from ditproof.server.pow import PowService
+from ditproof.server.node import Change, Node, ServiceState
 
 log = logging.getLogger("ditproof.server")
 
-ServiceState = Literal["POW", "INFERENCE", "TRAIN", "STOPPED"]
 T = TypeVar("T")
+
+
+class IdleWork(Protocol):
+    """Work the worker runs in slices whenever no task or job waits (a PoC round's batches)."""
+
+    def has_batch_locked(self) -> bool:
+        """Whether a slice should run now (the node's lock is held)."""
+        ...
+
+    def run_batch(self) -> None:
+        """Runs one slice (on the worker thread, without the lock)."""
+        ...
 
 
 class _Cancelled(Exception):
@@ -65,7 +69,7 @@ class _Cancelled(Exception):
 
 @dataclass
 class _Task:
-    """A unit of accelerator work other than a queued job (load, unload, validate)."""
+    """A unit of accelerator work other than a queued job (load, unload, validate, PoC)."""
 
     name: str
     fn: Callable[[], Any]
@@ -73,202 +77,85 @@ class _Task:
     counts_in_queue: bool
 
 
-class Engine:
-    """Service state, the loaded model and the worker thread.
+class GpuWorker:
+    """The worker thread, its task queue, the video jobs and the model's life cycle.
 
-    Public methods are called from the HTTP event loop; they only take short locks and never
-    run model code themselves.
+    Public methods are called from the HTTP event loop; they only take the node's lock for a
+    moment and never run model code themselves. The worker's own fields are guarded by that
+    same lock (:attr:`Node.cond`).
     """
 
-    def __init__(self, config: ServerConfig, store: JobStore, artifacts: ArtifactStore):
+    def __init__(self, node: Node, config: ServerConfig, store: JobStore, artifacts: ArtifactStore):
+        self.node = node
         self.config = config
         self.store = store
         self.artifacts = artifacts
-        self.state: ServiceState = "STOPPED"
-        self.loading = False
-        self.model: LoadedModel | None = None
-        self.choice: ModelChoice | None = None
-        self._model_choice: ModelChoice | None = None
-        self.last_error: str | None = None
-        self.started_at = time.time()
-        self._cond = threading.Condition()
+        self._cond = node.cond
         self._tasks: deque[_Task] = deque()
+        self._idle_work: IdleWork | None = None
         self._running: str | None = None
         self._cancel: tuple[str, bool] | None = None
         self._stopping = False
         self._delete_after: set[str] = set()
         self._thread = threading.Thread(target=self._loop, name="ditproof-worker", daemon=True)
-        self.pow = PowService(self)
+        node.subscribe(self._follow)
 
-    @property
-    def cond(self) -> threading.Condition:
-        """The lock (and wake-up signal) of the state, the task queue and the worker."""
-        return self._cond
-
-    @property
-    def loaded_choice(self) -> ModelChoice | None:
-        """The model choice whose weights are in memory now (None while loading or unloaded)."""
-        return self._model_choice
+    def set_idle_work(self, work: IdleWork) -> None:
+        """Runs ``work`` in slices whenever nothing else waits."""
+        with self._cond:
+            self._idle_work = work
 
     # Life cycle.
-    def start(self, startup_model: ModelChoice | None) -> dict[str, list[str]]:
-        """Recovers the queue after a restart, starts the worker, and loads the start-up model.
-
-        Returns:
-            What recovery did: ``published``, ``requeued``, ``failed`` (job ids) and ``cleaned``.
-        """
-        report = self._recover(startup_model is not None)
+    def start(self) -> None:
+        """Starts the worker thread (after recovery: the thread claims jobs from the store)."""
         self._thread.start()
-        if startup_model is not None:
-            self.inference_up(startup_model)
-        return report
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stops the worker; a running job goes back to the queue (resumed at next start)."""
         with self._cond:
             self._stopping = True
-            self.pow.end_round_locked("the server shut down")
             if self._running is not None:
                 self._cancel = ("the server shut down", True)
             self._cond.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    def _recover(self, will_load: bool) -> dict[str, list[str]]:
-        report: dict[str, list[str]] = {"published": [], "requeued": [], "failed": [], "cleaned": []}
-        for job in self.store.with_status("in_progress"):
-            if self.artifacts.exists(job.id):
-                try:
-                    record = self.artifacts.verify(job.id)
-                except (IntegrityError, InvalidInputError) as exc:
-                    log.warning("job %s: discarding an incomplete artifact folder (%s)", job.id, exc)
-                    self.artifacts.remove(job.id)
-                else:
-                    self.store.complete(job.id, record.sha256(), record.video.sha256)
-                    report["published"].append(job.id)
-                    continue
-            if job.attempts >= self.config.max_attempts:
-                self.store.fail(
-                    job.id,
-                    "interrupted",
-                    f"the node stopped while running this job {job.attempts} times (allowed attempts: "
-                    f"{self.config.max_attempts}); it is not retried",
-                )
-                report["failed"].append(job.id)
-            else:
-                self.store.requeue(job.id, refund_attempt=False)
-                report["requeued"].append(job.id)
-        if not will_load:
-            for job in self.store.with_status("queued"):
-                self.store.fail(
-                    job.id,
-                    "node_restarted",
-                    "the node restarted without a model to load, so this job cannot run; submit it again "
-                    "once the node is in state INFERENCE",
-                )
-                report["failed"].append(job.id)
-        report["cleaned"] = self.artifacts.clean(self.store.ids())
-        return report
-
-    # State queries.
     @property
-    def healthy(self) -> bool:
-        """A model is loaded and the node serves inference."""
-        return (
-            self.state == "INFERENCE"
-            and not self.loading
-            and self.model is not None
-            and (self._model_choice is self.choice)
-        )
-
-    @property
-    def worker_alive(self) -> bool:
+    def alive(self) -> bool:
         """Whether the worker thread runs."""
         return self._thread.is_alive()
 
+    # Queries.
     def pending_tasks(self) -> int:
-        """Accelerator tasks (validations) waiting besides the queued jobs."""
+        """Accelerator tasks (validations, PoC requests) waiting besides the queued jobs."""
         with self._cond:
-            return sum(1 for task in self._tasks if task.counts_in_queue)
+            return self.pending_tasks_locked()
 
-    def running_job(self) -> str | None:
-        """The id of the job on the accelerator now."""
-        return self._running
+    def pending_tasks_locked(self) -> int:
+        """:meth:`pending_tasks` with the lock held."""
+        return sum(1 for task in self._tasks if task.counts_in_queue)
 
-    def snapshot(self) -> dict[str, Any]:
-        """The fields of ``GET /api/v1/state``."""
+    def queue_summary(self) -> dict[str, int]:
+        """The ``queue`` field of ``GET /api/v1/state``."""
         counts = self.store.counts()
         return {
-            "state": self.state,
-            "version": __version__,
-            "poc_status": {"INFERENCE": "IDLE", "POW": "GENERATING"}.get(self.state),
-            "inference_healthy": self.healthy if self.state == "INFERENCE" else None,
-            "loaded_model": self._model_choice.name if self._model_choice is not None else None,
-            "loading": self.loading,
-            "last_error": self.last_error,
-            "queue": {
-                "queued": counts["queued"],
-                "in_progress": counts["in_progress"],
-                "pending_tasks": self.pending_tasks(),
-                "capacity": self.config.max_queue,
-            },
+            "queued": counts["queued"],
+            "in_progress": counts["in_progress"],
+            "pending_tasks": self.pending_tasks(),
+            "capacity": self.config.max_queue,
         }
 
-    # State changes (called from the event loop).
-    def inference_up(self, choice: ModelChoice) -> bool:
-        """Moves to INFERENCE and loads ``choice`` on the worker.
-
-        Returns:
-            False when the same model with the same options is already loaded or loading.
-
-        Raises:
-            ApiError: 409 in another service state or with another model up.
-        """
-        with self._cond:
-            if self.state not in ("STOPPED", "INFERENCE"):
-                raise conflict(
-                    f"state: the node is in {self.state}; allowed: STOPPED or INFERENCE (POST /api/v1/stop first)"
-                )
-            if self.state == "INFERENCE" and self.choice is not None:
-                if (self.choice.name, self.choice.options) == (choice.name, choice.options):
-                    return False
-                raise conflict(
-                    f"model: {self.choice.name!r} is up with {_describe(self.choice.options)}; requested {choice.name!r} "
-                    f"with {_describe(choice.options)}; allowed: POST /api/v1/inference/down first"
-                )
-            self.state = "INFERENCE"
-            self.loading = True
-            self.choice = choice
-            self.last_error = None
+    # Following the node (lock held, in the thread that asked for the change).
+    def _follow(self, change: Change) -> None:
+        if change.load is not None:
+            choice = change.load
             self._tasks.append(_Task("load", lambda: self._load(choice), Future(), counts_in_queue=False))
-            self._cond.notify_all()
-        return True
+        if change.now == "STOPPED":
+            self._leave_inference(change)
 
-    def inference_down(self, reason: str) -> None:
-        """Leaves INFERENCE: cancels the jobs and unloads the model.
-
-        Raises:
-            ApiError: 409 in POW or TRAIN.
-        """
-        with self._cond:
-            if self.state not in ("STOPPED", "INFERENCE"):
-                raise conflict(
-                    f"state: the node is in {self.state}; allowed: INFERENCE or STOPPED (use POST /api/v1/stop)"
-                )
-            self._leave_inference(reason)
-
-    def stop(self, reason: str) -> None:
-        """Stops whatever runs (any state) and goes to STOPPED."""
-        with self._cond:
-            self._leave_inference(reason)
-
-    def _leave_inference(self, reason: str) -> None:
-        # Called with the condition held: the worker cannot claim a job in between.
-        was = self.state
-        self.state = "STOPPED"
-        self.choice = None
-        self.loading = False
-        self.pow.end_round_locked(reason)
+    def _leave_inference(self, change: Change) -> None:
+        # Under the lock: the worker cannot claim a job in between.
+        reason = change.reason
         for job in self.store.with_status("queued"):
             self.store.fail(job.id, "cancelled", f"{reason} before the job started")
         if self._running is not None:
@@ -277,25 +164,22 @@ class Engine:
             if task.counts_in_queue:
                 self._tasks.remove(task)
                 task.future.set_exception(conflict(f"state: {reason} before this task ran"))
-        if was != "STOPPED" or self.model is not None:
+        if change.was != "STOPPED" or self.node.model is not None:
             self._tasks.append(_Task("unload", self._unload, Future(), counts_in_queue=False))
-        self._cond.notify_all()
 
     # Work submission (called from the event loop).
     def submit_job(self, spec: JobSpec) -> Job:
-        """Queues a video job (the store enforces the bound)."""
+        """Queues a video job (the store enforces the bound).
+
+        Raises:
+            ApiError: 409 ``not_ready`` outside INFERENCE.
+            QueueFullError: the queue is full.
+        """
         with self._cond:
-            if not self.state == "INFERENCE" or self.choice is None:
-                raise conflict(
-                    f"state: the node is in {self.state}; allowed: INFERENCE (POST /api/v1/inference/up first)",
-                    code="not_ready",
-                )
+            self.node.check_serves(("INFERENCE",))
             job = self.store.submit(spec, self.config.max_queue, other_waiting=self.pending_tasks_locked())
             self._cond.notify_all()
         return job
-
-    def pending_tasks_locked(self) -> int:
-        return sum(1 for task in self._tasks if task.counts_in_queue)
 
     def run_task(
         self,
@@ -314,13 +198,9 @@ class Engine:
             ApiError: 409 when no model is up or in another state, 429 when the queue is full.
         """
         future: Future[T] = Future()
+        node = self.node
         with self._cond:
-            if self.state not in states or self.choice is None:
-                raise conflict(
-                    f"state: the node is in {self.state}; allowed: {' or '.join(states)} "
-                    "(POST /api/v1/inference/up first)",
-                    code="not_ready",
-                )
+            node.check_serves(states)
             waiting = self.store.waiting() + self.pending_tasks_locked()
             if waiting >= self.config.max_queue:
                 raise ApiError(
@@ -331,8 +211,8 @@ class Engine:
                 )
 
             def call() -> T:
-                model, loaded = self.model, self._model_choice
-                if model is None or loaded is None or loaded is not self.choice:
+                model, loaded = node.model, node.loaded_choice
+                if model is None or loaded is None or loaded is not node.choice:
                     raise conflict("state: the model was unloaded before this task ran")
                 return fn(model, loaded.options)
 
@@ -361,37 +241,37 @@ class Engine:
                 self._cancel = (f"deleted by DELETE /v1/videos/{job_id}", False)
                 self._delete_after.add(job_id)
                 return True
-            # Under the condition: the worker cannot claim this job while its row goes.
+            # Under the lock: the worker cannot claim this job while its row goes.
             self.store.delete(job_id)
         self.artifacts.remove(job_id)
         return False
 
-    # The worker.
+    # The worker thread.
     def _loop(self) -> None:
         while True:
             with self._cond:
                 task: _Task | None = None
                 job: Job | None = None
-                pow_batch = False
+                idle: IdleWork | None = None
                 while True:
                     if self._stopping:
                         return
                     if self._tasks:
                         task = self._tasks.popleft()
                         break
-                    if self.healthy:
+                    if self.node.healthy:
                         job = self.store.claim_next()
                         if job is not None:
                             self._running, self._cancel = job.id, None
                             break
-                    if self.pow.has_batch_locked():
-                        pow_batch = True
+                    if self._idle_work is not None and self._idle_work.has_batch_locked():
+                        idle = self._idle_work
                         break
                     self._cond.wait(timeout=1.0)
             if task is not None:
                 self._run_task(task)
-            elif pow_batch:
-                self.pow.run_batch()
+            elif idle is not None:
+                idle.run_batch()
             elif job is not None:
                 try:
                     self._run_job(job)
@@ -414,6 +294,7 @@ class Engine:
                 log.exception("task %s failed", task.name)
             task.future.set_exception(exc)
 
+    # The model's life cycle (on the worker thread).
     def _load(self, choice: ModelChoice) -> None:
         started = time.perf_counter()
         self._drop_model()  # never hold two models at once
@@ -421,28 +302,21 @@ class Engine:
             model = load_model(choice.preset, choice.options, model_path=choice.path)
         except Exception as exc:
             log.error("loading %s failed: %s", choice.name, exc)
-            with self._cond:
-                if self.choice is choice:
-                    self.last_error = f"loading {choice.name!r} failed: {type(exc).__name__}: {exc}"
-                    self._leave_inference(f"loading {choice.name!r} failed")
+            self.node.load_failed(choice, f"{type(exc).__name__}: {exc}")
             raise
-        with self._cond:
-            if self.choice is not choice:
-                return  # brought down while loading: drop it
-            self.model, self._model_choice = model, choice
-            self.loading = False
-            self._cond.notify_all()
+        if not self.node.model_loaded(choice, model):
+            return  # brought down while loading: drop it
         log.info("model %s loaded in %.1f s", choice.name, time.perf_counter() - started)
 
     def _unload(self) -> None:
+        node = self.node
         with self._cond:
-            if self._model_choice is not None and self._model_choice is self.choice:
+            if node.loaded_choice is not None and node.loaded_choice is node.choice:
                 return  # brought up again with this very model since: keep it
         self._drop_model()
 
     def _drop_model(self) -> None:
-        with self._cond:
-            self.model, self._model_choice = None, None
+        self.node.model_dropped()
         try:
             import torch
 
@@ -451,8 +325,9 @@ class Engine:
         except ImportError:
             pass
 
+    # The job runner (on the worker thread).
     def _run_job(self, job: Job) -> None:
-        choice, model = self._model_choice, self.model
+        choice, model = self.node.loaded_choice, self.node.model
         if choice is None or model is None or job.spec.model != choice.name:
             loaded = choice.name if choice else None
             self.store.fail(
@@ -503,7 +378,3 @@ class Engine:
             log.exception("job %s failed", job.id)
             self.artifacts.remove(job.id)
             self.store.fail(job.id, "internal_error", f"{type(exc).__name__}: {exc}")
-
-
-def _describe(options: RuntimeOptions) -> str:
-    return f"device={options.device}, dtype={options.dtype}, attention={options.attention_backend}"

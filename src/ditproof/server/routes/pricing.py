@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 
 from ditproof.protocol.pricing import PriceQuote
 from ditproof.server.errors import invalid
-from ditproof.server.routes.videos import ERRORS, EngineDep
+from ditproof.server.routes.videos import ERRORS
 from ditproof.server.video_request import from_form, to_generation_request
 
 router = APIRouter(prefix="/api/v1", tags=["pricing"])
@@ -23,7 +23,6 @@ Text = Annotated[str | None, Query(max_length=64)]
 
 @router.get("/pricing/quote", response_model=PriceQuote, responses=ERRORS)
 async def pricing_quote(
-    engine: EngineDep,
     size: Text = None,
     width: Text = None,
     height: Text = None,

@@ -44,9 +44,10 @@ from ditproof.randomness import check_entropy
 from ditproof.server.errors import ApiError, conflict, invalid, invalid_fields, pydantic_fields
 from ditproof.server.forms import read_multipart
 from ditproof.server.jobs import is_job_id
-from ditproof.server.routes.videos import ERRORS, EngineDep, _completed
+from ditproof.server.routes.deps import WorkerDep
+from ditproof.server.routes.videos import ERRORS, _completed
 from ditproof.server.schemas import MAX_SPOT_SEGMENTS, ValidateReference, ValidationMode, check_spot_fields
-from ditproof.server.worker import Engine
+from ditproof.server.worker import GpuWorker
 from ditproof.validation.allowed import AllowedClasses
 from ditproof.validation.delegation import ValidatorRegistry
 from ditproof.validation.policy import ThresholdPolicy
@@ -137,10 +138,10 @@ FORM_FIELDS = ("record", "video", "video_id", "request", "mode", "spot_segments"
 MAX_CHECKPOINT_FILES = 64
 
 
-def _stored(engine: Engine, video_id: str) -> tuple[InferenceRecord, bytes, Path]:
-    job = _completed(engine, video_id)
-    record = engine.artifacts.record(job.id)
-    folder = engine.artifacts.path(job.id)
+def _stored(worker: GpuWorker, video_id: str) -> tuple[InferenceRecord, bytes, Path]:
+    job = _completed(worker, video_id)
+    record = worker.artifacts.record(job.id)
+    folder = worker.artifacts.path(job.id)
     return record, (folder / record.video.file).read_bytes(), folder
 
 
@@ -205,7 +206,7 @@ async def _uploaded_checkpoints(record: InferenceRecord, uploads: list[Any], scr
     return folder
 
 
-async def _inputs(request: Request, engine: Engine) -> Inputs:
+async def _inputs(request: Request, worker: GpuWorker) -> Inputs:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         try:
@@ -217,7 +218,7 @@ async def _inputs(request: Request, engine: Engine) -> Inputs:
         except ValidationError as exc:
             raise invalid_fields(pydantic_fields(exc)) from None
         expected = _parse_request(ref.request) if ref.request is not None else None
-        record, video, folder = _stored(engine, ref.video_id)
+        record, video, folder = _stored(worker, ref.video_id)
         if ref.record is not None:
             record = _parse_record(ref.record)
         return Inputs(record, video, folder, expected, ref.mode, ref.spot_segments, ref.validator_entropy)
@@ -227,7 +228,7 @@ async def _inputs(request: Request, engine: Engine) -> Inputs:
             "unsupported_media_type",
             f"content-type: got {content_type or 'none'!r}; allowed: multipart/form-data, application/json",
         )
-    max_size = engine.config.max_upload_bytes
+    max_size = worker.config.max_upload_bytes
     form = await read_multipart(request, max_files=3 + MAX_CHECKPOINT_FILES, max_fields=12, max_part_size=1024 * 1024)
     try:
         items = form.multi_items()
@@ -259,23 +260,23 @@ async def _inputs(request: Request, engine: Engine) -> Inputs:
         if video_id is not None:
             if not isinstance(video_id, str) or not is_job_id(video_id):
                 raise invalid("video_id", f"got {video_id!r}; allowed: video_ followed by 32 hex digits")
-            _, video, folder = _stored(engine, video_id)
+            _, video, folder = _stored(worker, video_id)
             return Inputs(record, video, folder, expected, mode, spot_segments, entropy)
         if not isinstance(video_field, UploadFile):
             raise invalid("video", "got a text field; allowed: the mp4 as a file upload")
         video = await video_field.read(max_size)
         if not uploads:
             return Inputs(record, video, None, expected, mode, spot_segments, entropy)
-        scratch = await _uploaded_checkpoints(record, uploads, engine.config.data_dir / "validate-uploads", max_size)
+        scratch = await _uploaded_checkpoints(record, uploads, worker.config.data_dir / "validate-uploads", max_size)
         return Inputs(record, video, scratch, expected, mode, spot_segments, entropy, scratch=[scratch])
     finally:
         await form.close()
 
 
 @router.post("/validate", response_model=Verdict, responses=ERRORS, openapi_extra=VALIDATE_OPENAPI)
-async def validate_video(request: Request, engine: EngineDep) -> Verdict:
+async def validate_video(request: Request, worker: WorkerDep) -> Verdict:
     """Validate a video against its inference record by regenerating it (or segments of it) on this node."""
-    inputs = await _inputs(request, engine)
+    inputs = await _inputs(request, worker)
     if inputs.validator_entropy is not None:
         try:
             check_entropy(inputs.validator_entropy)
@@ -311,7 +312,7 @@ async def validate_video(request: Request, engine: EngineDep) -> Verdict:
         return validate(record, inputs.video, model, device=options.device, **common)
 
     try:
-        future = engine.run_task("validate", run)
+        future = worker.run_task("validate", run)
         return await asyncio.wrap_future(future)
     finally:
         inputs.cleanup()

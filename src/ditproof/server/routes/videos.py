@@ -13,7 +13,7 @@ import json
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, Response
 
 from ditproof.generation.text import check_prompt_length
@@ -21,9 +21,11 @@ from ditproof.protocol.record import RECORD_FILE
 from ditproof.server.errors import ApiError, ErrorResponse, conflict, invalid_fields, not_found
 from ditproof.server.forms import read_multipart
 from ditproof.server.jobs import JOB_ID_PATTERN, Job, QueueFullError
+from ditproof.server.node import Node
+from ditproof.server.routes.deps import NodeDep, WorkerDep
 from ditproof.server.schemas import VideoCreateRequest, VideoDeleted, VideoList, VideoObject
 from ditproof.server.video_request import from_form, from_json, to_job_spec, video_object
-from ditproof.server.worker import Engine
+from ditproof.server.worker import GpuWorker
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
@@ -58,15 +60,6 @@ CREATE_OPENAPI = {
 }
 
 
-def engine_of(request: Request) -> Engine:
-    """The engine of this app (a dependency)."""
-    engine: Engine = request.app.state.engine
-    return engine
-
-
-EngineDep = Annotated[Engine, Depends(engine_of)]
-
-
 async def read_create_request(request: Request) -> VideoCreateRequest:
     """Parses the body by its content type into a :class:`VideoCreateRequest`."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -99,23 +92,23 @@ async def read_create_request(request: Request) -> VideoCreateRequest:
     )
 
 
-def _submit(engine: Engine, req: VideoCreateRequest) -> Job:
-    choice = engine.choice
+def _submit(node: Node, worker: GpuWorker, req: VideoCreateRequest) -> Job:
+    choice = node.choice
     spec = to_job_spec(req, choice.name if choice is not None else None)
-    if engine.model is not None and engine.healthy:
+    if node.model is not None and node.healthy:
         # Refuse prompts the text encoder would truncate now, not when the job runs.
-        check_prompt_length(engine.model, spec.request.prompt, spec.request.negative_prompt)
+        check_prompt_length(node.model, spec.request.prompt, spec.request.negative_prompt)
     try:
-        return engine.submit_job(spec)
+        return worker.submit_job(spec)
     except QueueFullError as exc:
         raise ApiError(429, "queue_full", str(exc), headers={"Retry-After": "5"}) from None
 
 
 @router.post("", response_model=VideoObject, responses=ERRORS, openapi_extra=CREATE_OPENAPI)
-async def create_video(request: Request, engine: EngineDep) -> VideoObject:
+async def create_video(request: Request, node: NodeDep, worker: WorkerDep) -> VideoObject:
     """Queue a video generation job; poll ``GET /v1/videos/{id}``."""
     req = await read_create_request(request)
-    return video_object(_submit(engine, req))
+    return video_object(_submit(node, worker, req))
 
 
 @router.post(
@@ -124,27 +117,27 @@ async def create_video(request: Request, engine: EngineDep) -> VideoObject:
     openapi_extra=CREATE_OPENAPI,
     response_class=Response,
 )
-async def create_video_sync(request: Request, engine: EngineDep) -> Response:
+async def create_video_sync(request: Request, node: NodeDep, worker: WorkerDep) -> Response:
     """Generate a video and answer with the mp4 (headers carry the record's sha256 and ids)."""
     req = await read_create_request(request)
-    job = _submit(engine, req)
-    deadline = asyncio.get_running_loop().time() + engine.config.sync_timeout_s
+    job = _submit(node, worker, req)
+    deadline = asyncio.get_running_loop().time() + worker.config.sync_timeout_s
     while job.status not in TERMINAL:
         if asyncio.get_running_loop().time() > deadline:
             raise ApiError(504, "timeout", f"job {job.id} still {job.status}; poll GET /v1/videos/{job.id}")
         await asyncio.sleep(_POLL_S)
-        current = engine.store.get(job.id)
+        current = worker.store.get(job.id)
         if current is None:
             raise ApiError(409, "cancelled", f"job {job.id} was deleted before it finished")
         job = current
     if job.status == "failed":
         status = {"invalid_request": 422, "cancelled": 409, "model_mismatch": 409}.get(job.error_code or "", 500)
         raise ApiError(status, job.error_code or "generation_failed", f"job {job.id}: {job.error_message}")
-    return _video_file(engine, job)
+    return _video_file(worker, job)
 
 
-def _video_file(engine: Engine, job: Job) -> FileResponse:
-    record = engine.artifacts.record(job.id)
+def _video_file(worker: GpuWorker, job: Job) -> FileResponse:
+    record = worker.artifacts.record(job.id)
     headers = {
         "X-Ditproof-Video-Id": job.id,
         "X-Ditproof-Record-Sha256": job.record_sha256 or record.sha256(),
@@ -154,19 +147,19 @@ def _video_file(engine: Engine, job: Job) -> FileResponse:
     }
     if record.request_id is not None:
         headers["X-Ditproof-Request-Id"] = record.request_id
-    path = engine.artifacts.path(job.id) / record.video.file
+    path = worker.artifacts.path(job.id) / record.video.file
     return FileResponse(path, media_type="video/mp4", headers=headers, filename=f"{job.id}.mp4")
 
 
-def _job(engine: Engine, job_id: str) -> Job:
-    job = engine.store.get(job_id)
+def _job(worker: GpuWorker, job_id: str) -> Job:
+    job = worker.store.get(job_id)
     if job is None:
         raise not_found(f"video {job_id}")
     return job
 
 
-def _completed(engine: Engine, job_id: str) -> Job:
-    job = _job(engine, job_id)
+def _completed(worker: GpuWorker, job_id: str) -> Job:
+    job = _job(worker, job_id)
     if job.status != "completed":
         detail = f" ({job.error_code}: {job.error_message})" if job.status == "failed" else ""
         raise conflict(f"video {job_id} is {job.status}{detail}; allowed: completed videos", code="not_ready")
@@ -175,12 +168,12 @@ def _completed(engine: Engine, job_id: str) -> Job:
 
 @router.get("", response_model=VideoList, responses=ERRORS)
 async def list_videos(
-    engine: EngineDep,
+    worker: WorkerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(pattern=JOB_ID_PATTERN)] = None,
 ) -> VideoList:
     """List jobs in submission order."""
-    jobs = engine.store.page(limit + 1, after)
+    jobs = worker.store.page(limit + 1, after)
     data = [video_object(job) for job in jobs[:limit]]
     return VideoList(
         data=data,
@@ -191,9 +184,9 @@ async def list_videos(
 
 
 @router.get("/{video_id}", response_model=VideoObject, responses=ERRORS)
-async def get_video(video_id: JobId, engine: EngineDep) -> VideoObject:
+async def get_video(video_id: JobId, worker: WorkerDep) -> VideoObject:
     """Status of a job (with the record's and video's sha256 once completed)."""
-    return video_object(_job(engine, video_id))
+    return video_object(_job(worker, video_id))
 
 
 @router.get(
@@ -201,9 +194,9 @@ async def get_video(video_id: JobId, engine: EngineDep) -> VideoObject:
     responses={200: {"content": {"video/mp4": {}}, "description": "the mp4 file"}, **ERRORS},
     response_class=Response,
 )
-async def get_video_content(video_id: JobId, engine: EngineDep) -> Response:
+async def get_video_content(video_id: JobId, worker: WorkerDep) -> Response:
     """The mp4 of a completed job."""
-    return _video_file(engine, _completed(engine, video_id))
+    return _video_file(worker, _completed(worker, video_id))
 
 
 @router.get(
@@ -211,22 +204,22 @@ async def get_video_content(video_id: JobId, engine: EngineDep) -> Response:
     responses={200: {"content": {"application/json": {}}, "description": "the inference record"}, **ERRORS},
     response_class=Response,
 )
-async def get_video_record(video_id: JobId, engine: EngineDep) -> Response:
+async def get_video_record(video_id: JobId, worker: WorkerDep) -> Response:
     """The inference record of a completed job, byte for byte as stored (canonical JSON)."""
-    _completed(engine, video_id)
-    data = (engine.artifacts.path(video_id) / RECORD_FILE).read_bytes()
+    _completed(worker, video_id)
+    data = (worker.artifacts.path(video_id) / RECORD_FILE).read_bytes()
     return Response(data, media_type="application/json")
 
 
 @router.delete("/{video_id}", response_model=VideoDeleted, responses=ERRORS)
-async def delete_video(video_id: JobId, engine: EngineDep) -> VideoDeleted:
+async def delete_video(video_id: JobId, worker: WorkerDep) -> VideoDeleted:
     """Delete a job: a queued one leaves the queue, a running one is stopped, files are removed."""
-    _job(engine, video_id)
-    running = engine.delete_job(video_id)
+    _job(worker, video_id)
+    running = worker.delete_job(video_id)
     if running:
         # The worker stops the job at its next denoising step and then removes it.
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + engine.config.sync_timeout_s
-        while engine.store.get(video_id) is not None and loop.time() < deadline:
+        deadline = loop.time() + worker.config.sync_timeout_s
+        while worker.store.get(video_id) is not None and loop.time() < deadline:
             await asyncio.sleep(_POLL_S)
-    return VideoDeleted(id=video_id, deleted=engine.store.get(video_id) is None)
+    return VideoDeleted(id=video_id, deleted=worker.store.get(video_id) is None)

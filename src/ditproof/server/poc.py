@@ -1,15 +1,18 @@
-"""Proof-of-Compute on the node: continuous rounds and one-off requests, on the engine's one worker.
+"""Proof-of-Compute on the node: continuous rounds and one-off requests, on the GPU worker.
 
-State (one service at a time; see :mod:`ditproof.server.worker`)::
+State (the node owns it, :mod:`ditproof.server.node`; this side asks for changes)::
 
     INFERENCE --init/generate--> POW --pow/stop--> INFERENCE
     POW --/api/v1/stop--> STOPPED
 
 * ``init/generate`` needs a loaded model and an idle video queue (409 otherwise: a video job
-  would otherwise wait for the whole round); in ``POW`` video requests are 409 ``not_ready``.
-* The round runs on the worker one batch at a time: between batches the worker takes queued
-  tasks first, so ``generate`` requests interleave with a running round, and ``stop`` takes
-  effect after the batch in flight (whose artifacts are then dropped: the round has ended).
+  would otherwise wait for the whole round), then asks the node for POW; in ``POW`` video
+  requests are 409 ``not_ready``. Whenever the node leaves POW (``pow/stop``, ``/api/v1/stop``,
+  a failed batch) the round ends: a round runs exactly while the node is in POW.
+* The round runs on the worker one batch at a time, as its idle work: between batches the worker
+  takes queued tasks first, so ``generate`` requests interleave with a running round, and
+  ``stop`` takes effect after the batch in flight (whose artifacts are then dropped: the round
+  has ended).
 * ``generate`` requests run as worker tasks (ahead of waiting video jobs, bounded by the same
   queue: 429 past it) in ``INFERENCE`` and ``POW``. Their results stay in memory (the last
   :data:`MAX_RESULTS`): a PoC request lives for minutes, and after a restart its id is 404 and
@@ -17,6 +20,7 @@ State (one service at a time; see :mod:`ditproof.server.worker`)::
 
 The math is the library's: :func:`ditproof.poc.compute.compute_artifacts` for the vectors,
 :mod:`ditproof.poc.service` for Gonka's params, nonce assignment and the validation-mode check.
+The HTTP routes and wire models keep Gonka's ``pow`` names (:mod:`ditproof.server.poc_schemas`).
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from ditproof.poc.compute import PocModel, check_params, compute_artifacts
 from ditproof.poc.service import assigned_nonces, check_batch, params_for_seq_len, policy_from_stat_test
 from ditproof.protocol.poc import PocParams
 from ditproof.server.callbacks import RoundSender, post_result
+from ditproof.server.config import ServerConfig
 from ditproof.server.errors import ApiError, conflict, invalid
-from ditproof.server.pow_schemas import (
+from ditproof.server.node import Change, Node
+from ditproof.server.poc_schemas import (
     PocWireParams,
     PowGenerateRequest,
     PowGenerateResponse,
@@ -45,11 +51,11 @@ from ditproof.server.pow_schemas import (
     PowStats,
     PowStatusResponse,
 )
+from ditproof.server.worker import GpuWorker
 
 if TYPE_CHECKING:
     from ditproof.models.registry import LoadedModel
     from ditproof.protocol.options import RuntimeOptions
-    from ditproof.server.worker import Engine
 
 log = logging.getLogger("ditproof.server")
 
@@ -115,21 +121,28 @@ class Round:
         )
 
 
-class PowService:
-    """The PoC side of an :class:`~ditproof.server.worker.Engine` (shares its lock, state and worker)."""
+class PocService:
+    """The PoC side of the node: asks the node for POW and back, runs on the GPU worker.
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    It follows the node (a round ends whenever the node leaves POW) and plugs into the worker as
+    its idle work (the round's batches).
+    """
+
+    def __init__(self, node: Node, worker: GpuWorker, config: ServerConfig):
+        self.node = node
+        self.worker = worker
+        self.config = config
         self.round: Round | None = None
         self.last_error: str | None = None
         self._requests: OrderedDict[str, PocRequest] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the in-memory requests only; the node's lock guards the round
+        node.subscribe(self._follow)
+        worker.set_idle_work(self)
 
     # Called from the event loop.
     def _resolve(self, wire: PocWireParams, batch_size: int) -> PocParams:
-        """Checks the node can run ``wire`` now and maps it to PoC parameters (engine lock held)."""
-        engine = self.engine
-        limits = engine.config
+        """Checks the node can run ``wire`` now and maps it to PoC parameters (node lock held)."""
+        node, limits = self.node, self.config
         if wire.seq_len > limits.poc_max_seq_len:
             raise invalid(
                 "params.seq_len", f"got {wire.seq_len}; allowed: at most {limits.poc_max_seq_len} on this node"
@@ -140,16 +153,16 @@ class PowService:
                 f"got {batch_size} nonces of {wire.seq_len} tokens; allowed: batch_size × seq_len at most "
                 f"{limits.poc_max_batch_tokens} on this node",
             )
-        model, choice = engine.model, engine.choice
+        model, choice = node.model, node.choice
         if (
-            engine.state not in ("INFERENCE", "POW")
+            node.state not in ("INFERENCE", "POW")
             or model is None
             or choice is None
-            or engine.loading
-            or engine.loaded_choice is not choice
+            or node.loading
+            or node.loaded_choice is not choice
         ):
             raise conflict(
-                f"state: the node is {engine.state}{' (loading)' if engine.loading else ''}; allowed: a loaded model "
+                f"state: the node is {node.state}{' (loading)' if node.loading else ''}; allowed: a loaded model "
                 "(POST /api/v1/inference/up, then poll /api/v1/state until inference_healthy)",
                 code="not_ready",
             )
@@ -166,13 +179,13 @@ class PowService:
         return params
 
     def init_generate(self, body: PowInitGenerateRequest) -> None:
-        """Starts a continuous round (state POW).
+        """Starts a continuous round: asks the node for POW.
 
         Raises:
             ApiError: 409 when a round runs, video jobs wait or run, or no model is up; 422 for params.
         """
-        engine = self.engine
-        with engine.cond:
+        node = self.node
+        with node.cond:
             if self.round is not None:
                 r = self.round.request
                 raise conflict(
@@ -180,13 +193,16 @@ class PowService:
                     f"{r.node_count}); allowed: POST /api/v1/inference/pow/stop first"
                 )
             params = self._resolve(body.params, body.batch_size)
-            counts = engine.store.counts()
+            counts = self.worker.store.counts()
             busy = counts["queued"] + counts["in_progress"]
             if busy:
                 raise conflict(
                     f"state: {busy} video jobs are queued or running; allowed: init/generate on a node without video "
                     "jobs (wait for them or DELETE them first)"
                 )
+            assert node.choice is not None  # _resolve checked it
+            model = node.choice.name
+            node.start_poc()  # refuses (409) unless INFERENCE with a loaded model; nothing started yet
             sender = None
             if body.url is not None:
                 metadata = {
@@ -195,31 +211,33 @@ class PowService:
                     "block_height": body.block_height,
                     "node_id": body.node_id,
                 }
-                sender = RoundSender(body.url, metadata, params.k_dim, engine.config.poc_callback_interval_s).start()
-            assert engine.choice is not None
-            self.round = Round(request=body, params=params, model=engine.choice.name, sender=sender)
+                sender = RoundSender(body.url, metadata, params.k_dim, self.config.poc_callback_interval_s).start()
+            self.round = Round(request=body, params=params, model=model, sender=sender)
             self.last_error = None
-            engine.state = "POW"
-            engine.cond.notify_all()
+            node.cond.notify_all()
         log.info("PoC round started: block %s, node %d of %d", body.block_hash, body.node_id, body.node_count)
 
     def stop(self) -> None:
         """Ends the round and cancels queued ``generate`` requests; POW goes back to INFERENCE."""
-        engine = self.engine
-        with engine.cond:
-            self.end_round_locked("the PoC round was stopped (POST /api/v1/inference/pow/stop)")
-            engine.cancel_tasks_locked(TASK_NAME, "the PoC round was stopped before this request ran")
-            if engine.state == "POW":
-                engine.state = "INFERENCE"
-            engine.cond.notify_all()
+        node = self.node
+        with node.cond:
+            if node.state == "POW":
+                node.end_poc("the PoC round was stopped (POST /api/v1/inference/pow/stop)")
+            self.worker.cancel_tasks_locked(TASK_NAME, "the PoC round was stopped before this request ran")
+            node.cond.notify_all()
+
+    def shutdown(self, reason: str) -> None:
+        """Ends the round without a state change (the server is going down)."""
+        with self.node.cond:
+            self._end_round_locked(reason)
 
     def status(self) -> PowStatusResponse:
         """``GET status``."""
-        engine = self.engine
-        with engine.cond:
+        node = self.node
+        with node.cond:
             current = self.round
-            queued = engine.count_tasks_locked(TASK_NAME)
-            state = engine.state
+            queued = self.worker.count_tasks_locked(TASK_NAME)
+            state = node.state
         if current is None:
             return PowStatusResponse(
                 status="IDLE", config=None, stats=None, state=state, queued_requests=queued, last_error=self.last_error
@@ -248,10 +266,9 @@ class PowService:
         Raises:
             ApiError: 409 (no model, params mismatch), 422 (params, stat_test), 429 (queue full).
         """
-        engine = self.engine
-        if len(body.nonces) > engine.config.poc_max_nonces:
-            raise invalid("nonces", f"got {len(body.nonces)} nonces; allowed: at most {engine.config.poc_max_nonces}")
-        with engine.cond:
+        if len(body.nonces) > self.config.poc_max_nonces:
+            raise invalid("nonces", f"got {len(body.nonces)} nonces; allowed: at most {self.config.poc_max_nonces}")
+        with self.node.cond:
             params = self._resolve(body.params, body.batch_size)
         policy = None
         if body.validation is not None:
@@ -275,7 +292,7 @@ class PowService:
                 }
             return check_batch(artifacts, body.validation.artifacts, params.k_dim, policy).model_dump()
 
-        future = engine.run_task(TASK_NAME, run, states=("INFERENCE", "POW"))
+        future = self.worker.run_task(TASK_NAME, run, states=("INFERENCE", "POW"))
         with self._lock:
             self._requests[request.id] = request
             self._evict()
@@ -319,8 +336,12 @@ class PowService:
                 return
             del self._requests[oldest]
 
-    # Called by the engine, with its lock held.
-    def end_round_locked(self, reason: str) -> None:
+    # Following the node (lock held).
+    def _follow(self, change: Change) -> None:
+        if change.now != "POW":
+            self._end_round_locked(change.reason)
+
+    def _end_round_locked(self, reason: str) -> None:
         """Stops the round, if any (its sender sends what is buffered once more, then ends)."""
         current = self.round
         if current is None:
@@ -331,16 +352,16 @@ class PowService:
         self.round = None
         log.info("PoC round ended after %d nonces: %s", current.total_processed, reason)
 
+    # The worker's idle work.
     def has_batch_locked(self) -> bool:
         """Whether the worker should run a round batch now."""
-        return self.engine.state == "POW" and self.round is not None
+        return self.node.state == "POW" and self.round is not None
 
-    # Called on the worker thread.
     def run_batch(self) -> None:
-        """Computes the round's next batch and hands it to the callback sender."""
-        engine = self.engine
-        with engine.cond:
-            current, model = self.round, engine.model
+        """Computes the round's next batch and hands it to the callback sender (worker thread)."""
+        node = self.node
+        with node.cond:
+            current, model = self.round, node.model
             if current is None or model is None:
                 return
             r = current.request
@@ -358,10 +379,10 @@ class PowService:
             )
         except Exception as exc:  # the round fails visibly (status and state); the worker lives on
             log.exception("PoC round batch failed")
-            with engine.cond:
+            with node.cond:
                 self._fail_locked(current, f"{type(exc).__name__}: {exc}")
             return
-        with engine.cond:
+        with node.cond:
             if self.round is current and not current.stopped:
                 current.total_processed += len(artifacts)
                 if current.sender is not None:
@@ -371,7 +392,7 @@ class PowService:
         if self.round is not current:
             return
         self.last_error = f"the PoC round stopped: {message}"
-        self.end_round_locked(self.last_error)
-        if self.engine.state == "POW":
-            self.engine.state = "INFERENCE"
-        self.engine.cond.notify_all()
+        if self.node.state == "POW":
+            self.node.end_poc(self.last_error)  # the round ends as the node leaves POW
+        else:
+            self._end_round_locked(self.last_error)

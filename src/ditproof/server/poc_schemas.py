@@ -4,7 +4,8 @@ Field names are Gonka's (``block_hash``, ``block_height``, ``public_key``, ``nod
 ``node_count``, ``group_id``, ``n_groups``, ``batch_size``, ``params {model, seq_len, k_dim}``,
 ``url``, ``nonces``, ``wait``, ``validation {artifacts}``, ``stat_test``); requests are strict
 (unknown fields refused, no coercion). ``stat_test`` takes the p-value threshold under either of
-its two names, ``fraud_threshold`` or ``p_value_threshold``.
+its two names, ``fraud_threshold`` or ``p_value_threshold``. The models keep Gonka's ``Pow``
+names: they are the schema names of the OpenAPI document, which clients may generate code from.
 """
 
 from __future__ import annotations
