@@ -256,3 +256,24 @@ def test_the_real_launchers_have_the_launcher_shape() -> None:
             assert hasattr(launcher, attribute), (launcher, attribute)
     assert TorchrunLauncher.shares_launches and not ProcessPoolLauncher.shares_launches
     _: type[Launcher] = Serial  # the fakes satisfy the same protocol (checked by mypy)
+
+
+def test_a_pool_process_that_dies_fails_its_task_and_is_replaced(tmp_path: Path, jobs: list[Job]) -> None:
+    import os
+    import signal
+
+    launcher = ProcessPoolLauncher(str(tmp_path / "store"), "run1", ["cpu"], threads=1)
+    try:
+        launcher.submit([Task(jobs[0], 1)])
+        (pid,) = launcher._busy
+        os.kill(pid, signal.SIGKILL)
+        (outcome,) = launcher.wait()
+        assert (outcome.job_id, outcome.attempt, outcome.status, outcome.error_type) == (
+            jobs[0].job_id,
+            1,
+            "failed",
+            "WorkerDied",
+        )
+        assert launcher.free_slots() == 1 and pid not in launcher._processes  # a new process took its place
+    finally:
+        launcher.close()
