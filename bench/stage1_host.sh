@@ -14,7 +14,8 @@
 set -euo pipefail
 config=$1 configurations=$2 out=$3 per_gpu=${4:-1} seconds=${5:-540} pack=${6:-references}
 store=${STORE:-/tmp/stage1-store}
-python3 -m ditproof.experiment.plan "$config" --store "$store"
+ditproof=(python3 -m ditproof.cli.main experiment)  # `ditproof experiment` from the source tree (docs/gpu.md)
+"${ditproof[@]}" plan "$config" --store "$store"
 select=()
 [ "$configurations" != all ] && select=(--configurations "$configurations")
 started=$(date +%s)
@@ -28,16 +29,15 @@ for i in $(seq 0 $(( side - 1 ))); do
   shard=()
   [ "$side" -gt 1 ] && shard=(--shard "$i/$side")
   [ -n "${SHARD:-}" ] && shard=(--shard "$SHARD")
-  ( timeout "$seconds" python3 -m ditproof.experiment.runners.local --store "$store" --workers-per-gpu "$per_gpu" \
+  ( timeout "$seconds" "${ditproof[@]}" run --store "$store" --workers-per-gpu "$per_gpu" \
       "${select[@]}" "${shard[@]}" > "$out/run.$i.log" 2>&1 \
     || echo "runner $i stopped: exit $? after $(( $(date +%s) - started )) s" ) &
 done
 wait
 cat "$out"/run.*.log > "$out/run.log" && rm "$out"/run.*.log
 echo "runners took $(( $(date +%s) - started )) s"
-grep -v "^\[" "$out/run.log" | tail -n 25 || true
-grep -c " done " "$out/run.log" | sed "s/^/jobs done: /" || true
-timeout "${SCORE_SECONDS:-900}" python3 -m ditproof.experiment.score --store "$store" --device "$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')" | tail -n 2 || echo "score stopped: exit $?"
+grep -E "^(run |  skipped |failed)|(failed|gave-up) " "$out/run.log" | tail -n 25 || true
+timeout "${SCORE_SECONDS:-900}" "${ditproof[@]}" score --store "$store" --device "$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')" | tail -n 2 || echo "score stopped: exit $?"
 tar czf "$out/thin.tgz" --exclude='*.mp4' --exclude='*.safetensors' -C "$store" .
 if [ "$pack" != none ]; then
   python3 - "$store" "$pack" > /tmp/pack-list <<'PY'

@@ -226,14 +226,14 @@ def test_a_multi_gpu_group_splits_over_side_by_side_launches(tmp_path: Path) -> 
 
 
 def test_launch_slots_on_a_cpu_host() -> None:
-    from ditproof.experiment.runners.local import launch_slots
+    from ditproof.experiment.runners.launchers import launch_slots
 
     assert launch_slots(2) == [None]  # one launch at a time unless asked
     assert launch_slots(2, parallel_launches=3) == [None, None, None]
 
 
 def test_gpu_sets_are_disjoint_slices_of_the_visible_gpus() -> None:
-    from ditproof.experiment.runners.local import gpu_sets
+    from ditproof.experiment.runners.launchers import gpu_sets
 
     four = ["0", "1", "2", "3"]
     assert gpu_sets(four, 2) == ["0,1", "2,3"]
@@ -247,8 +247,8 @@ def test_gpu_sets_are_disjoint_slices_of_the_visible_gpus() -> None:
 def test_kill_and_resume_loses_nothing_and_redoes_nothing(tmp_path: Path) -> None:
     store = make_store(tmp_path, "kill", max_prompts=1)
     jobs = load_plan(Store(store))
-    # The runner's own entry point (no typer/rich: what GPU hosts use), with one worker process.
-    command = [sys.executable, "-m", "ditproof.experiment.runners.local", "--store", store, "--workers", "1"]
+    # `ditproof experiment run` with one worker process.
+    command = [sys.executable, "-m", "ditproof.cli.main", "experiment", "run", "--store", store, "--workers", "1"]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     try:

@@ -132,7 +132,7 @@ def test_a_stopped_scoring_run_keeps_what_it_scored(tmp_path: Path, monkeypatch:
 
 
 def test_shards_split_by_prompt_and_keep_a_prompts_jobs_together(tmp_path: Path) -> None:
-    from ditproof.experiment.runners.common import select_jobs
+    from ditproof.experiment.runners.scheduler import select_jobs
     from ditproof.experiment.runners.worker import Environment
 
     store = make_store(tmp_path, "shards", max_prompts=6)

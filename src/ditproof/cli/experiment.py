@@ -143,7 +143,7 @@ def run_command(
 ) -> None:
     """Runs the plan's pending jobs (resumable: finished jobs are skipped, failed ones retried)."""
     with reported():
-        from ditproof.experiment.runners.common import parse_shard
+        from ditproof.experiment.runners.scheduler import parse_shard
 
         quiet_libraries()
         names = [c.strip() for c in configurations.split(",")] if configurations else None

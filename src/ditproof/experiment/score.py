@@ -318,28 +318,3 @@ def parquet_bytes(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     return buffer.getvalue()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ditproof.experiment.score --store URL [--device cuda]``: scoring without the CLI."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Score an experiment store into scores.parquet.")
-    parser.add_argument("--store", required=True)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--metrics", default=None, help="comma-separated frame metrics")
-    parser.add_argument("--rescore", action="store_true", help="recompute rows already in the store")
-    args = parser.parse_args(argv)
-    metrics = args.metrics.split(",") if args.metrics else None
-    table = score_store(
-        args.store, args.device, metrics, lambda done, total: print(f"scored {done}/{total}"), args.rescore
-    )
-    meta = Store(args.store).read_json(SCORES_META_FILE)
-    print(f"{table.num_rows} pairs; metrics {meta['metrics']}; skipped {meta['skipped_metrics']}")
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

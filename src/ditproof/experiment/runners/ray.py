@@ -1,9 +1,12 @@
-"""The Ray runner: the same jobs and store as the local runner, spread over a Ray cluster.
+"""The Ray runner: the same jobs, store and scheduler as the local runner, on a Ray cluster.
 
-Needs the optional extra ``ditproof[ray]``. One actor per slot (a GPU on GPU clusters, a CPU
-otherwise) holds a :class:`~ditproof.experiment.runners.worker.JobWorker` and its loaded model;
-the driver hands each actor one job at a time, retries failed jobs (a dead actor is replaced) and
-reports the rest. The store must be reachable from every node (a shared folder or ``s3://``).
+Needs the optional extra ``ditproof[ray]``. :class:`RayLauncher` starts one actor per slot (a GPU
+on GPU clusters, a CPU otherwise), each holding a
+:class:`~ditproof.experiment.runners.worker.JobWorker` and its loaded model, and hands each actor
+one task at a time; an actor that dies fails its task (``ActorDied``) and is replaced. What runs
+next, retries and failure records are the scheduler's
+(:mod:`ditproof.experiment.runners.scheduler`). The store must be reachable from every node (a
+shared folder or ``s3://``).
 
 Authentication: Ray 2.60 turns token authentication on by default.
 
@@ -28,9 +31,16 @@ from typing import Any
 
 from ditproof.errors import RuntimeUnavailableError
 from ditproof.experiment.jobs import load_plan
-from ditproof.experiment.plan import Job
-from ditproof.experiment.runners.common import Event, ProgressCallback, RunSummary, finish_run, new_run_id, select_jobs
-from ditproof.experiment.runners.worker import Environment, write_failure
+from ditproof.experiment.runners.scheduler import (
+    ProgressCallback,
+    RetryPolicy,
+    RunSummary,
+    Scheduler,
+    finish_run,
+    new_run_id,
+    select_jobs,
+)
+from ditproof.experiment.runners.worker import Environment, Outcome, Task, run_task
 from ditproof.experiment.store import Store
 
 
@@ -109,6 +119,7 @@ def run_ray(
         shutdown: disconnect from (and stop a local) cluster at the end.
     """
     started = time.perf_counter()
+    policy = RetryPolicy(retries)
     ray = connect(address, num_cpus)
     try:
         store = Store(store_url)
@@ -118,8 +129,11 @@ def run_ray(
         for job in selection.multi_gpu:
             selection.skipped[job.job_id] = "multi-GPU job: run it with the local runner (torchrun)"
         run_id = new_run_id()
-        executed, failed = _dispatch(ray, store_url, selection.todo, env, workers or slots, run_id, retries, progress)
-        return finish_run(store, jobs, selection, "ray", run_id, executed, failed, started)
+        scheduler = Scheduler(store, run_id, policy, len(selection.todo), progress)
+        if selection.todo:
+            actors = min(workers or slots, len(selection.todo))
+            scheduler.run(selection.todo, RayLauncher(ray, store_url, run_id, env, actors))
+        return finish_run(store, jobs, selection, "ray", run_id, scheduler.executed, scheduler.failed, started)
     finally:
         if shutdown:
             ray.shutdown()
@@ -133,89 +147,57 @@ class _ActorBody:
 
         self.worker = JobWorker(store_url, device, run_id, threads)
 
-    def run(self, job_json: str, attempt: int) -> tuple[str, str, float]:
-        job = Job.model_validate_json(job_json)
-        t0 = time.perf_counter()
-        try:
-            self.worker.run(job, attempt)
-        except Exception as exc:  # recorded in failure.json and returned to the driver
-            self.worker.record_failure(job, attempt, exc)
-            return "failed", f"{type(exc).__name__}: {exc}", 0.0
-        return "done", "", time.perf_counter() - t0
+    def run(self, task: Task) -> Outcome:
+        return run_task(self.worker, task)
 
 
-def _dispatch(
-    ray: Any,
-    store_url: str,
-    jobs: list[Job],
-    env: Environment,
-    slots: int,
-    run_id: str,
-    retries: int,
-    progress: ProgressCallback | None,
-) -> tuple[int, list[str]]:
-    if not jobs:
-        return 0, []
-    resources = {"num_gpus": 1} if env.cuda else {"num_cpus": 1}
-    actor_class = ray.remote(**resources)(_ActorBody)
-    device = "cuda" if env.cuda else "cpu"
+class RayLauncher:
+    """Runs tasks on Ray actors, one task per actor at a time.
 
-    def start_actor() -> Any:
+    Args:
+        ray: the connected ``ray`` module (see :func:`connect`).
+        store_url: the experiment store, reachable from every node.
+        run_id: the run's id.
+        env: what the cluster offers (GPU actors or CPU actors).
+        actors: how many actors to start.
+    """
+
+    name = "ray"
+    shares_launches = False
+
+    def __init__(self, ray: Any, store_url: str, run_id: str, env: Environment, actors: int):
+        self._ray = ray
+        resources = {"num_gpus": 1} if env.cuda else {"num_cpus": 1}
+        actor_class = ray.remote(**resources)(_ActorBody)
         # Ray sets CUDA_VISIBLE_DEVICES per actor, so its one GPU is cuda:0.
-        return actor_class.remote(store_url, "cuda:0" if env.cuda else device, run_id, 1 if not env.cuda else None)
+        args = (store_url, "cuda:0", run_id, None) if env.cuda else (store_url, "cpu", run_id, 1)
+        self._start = lambda: actor_class.remote(*args)
+        self._idle = [self._start() for _ in range(actors)]
+        self._running: dict[Any, tuple[Any, Task]] = {}
 
-    pending = [(job, 1) for job in jobs]
-    idle = [start_actor() for _ in range(min(slots, len(jobs)))]
-    running: dict[Any, tuple[Any, Job, int]] = {}
-    try:
-        return _loop(ray, pending, idle, running, start_actor, store_url, run_id, retries, progress, len(jobs))
-    finally:
+    def free_slots(self) -> int:
+        return len(self._idle)
+
+    def submit(self, tasks: list[Task]) -> None:
+        (task,) = tasks
+        actor = self._idle.pop()
+        self._running[actor.run.remote(task)] = (actor, task)
+
+    def wait(self) -> list[Outcome]:
+        ready, _ = self._ray.wait(list(self._running), num_returns=1)
+        actor, task = self._running.pop(ready[0])
+        try:
+            outcome: Outcome = self._ray.get(ready[0])
+        except self._ray.exceptions.RayActorError as exc:
+            detail = f"actor died: {exc}"
+            outcome = Outcome(task.job.job_id, task.attempt, "failed", 0.0, "ActorDied", detail, self.name)
+            actor = self._start()
+        self._idle.append(actor)
+        return [outcome]
+
+    def close(self) -> None:
         # Stop every actor before the cluster goes away: an actor still busy (or importing) when the
         # raylet stops can outlive it as an orphan process.
-        for actor in idle + [entry[0] for entry in running.values()]:
-            ray.kill(actor, no_restart=True)
-
-
-def _loop(
-    ray: Any,
-    pending: list[tuple[Job, int]],
-    idle: list[Any],
-    running: dict[Any, tuple[Any, Job, int]],
-    start_actor: Any,
-    store_url: str,
-    run_id: str,
-    retries: int,
-    progress: ProgressCallback | None,
-    total: int,
-) -> tuple[int, list[str]]:
-    executed, failed = 0, list[str]()
-
-    def report(event: Event) -> None:
-        if progress is not None:
-            progress(event, executed + len(failed), total)
-
-    while pending or running:
-        while pending and idle:
-            job, attempt = pending.pop(0)
-            actor = idle.pop()
-            running[actor.run.remote(job.model_dump_json(), attempt)] = (actor, job, attempt)
-            report(Event("start", job.job_id, job.configuration))
-        ready, _ = ray.wait(list(running), num_returns=1)
-        actor, job, attempt = running.pop(ready[0])
-        try:
-            status, detail, seconds = ray.get(ready[0])
-        except ray.exceptions.RayActorError as exc:
-            status, detail, seconds = "failed", f"actor died: {exc}", 0.0
-            write_failure(Store(store_url), job, attempt, "ActorDied", detail, "ray", run_id)
-            actor = start_actor()
-        idle.append(actor)
-        if status == "done":
-            executed += 1
-            report(Event("done", job.job_id, job.configuration, "", seconds))
-        elif attempt <= retries:
-            pending.append((job, attempt + 1))
-            report(Event("failed", job.job_id, job.configuration, detail))
-        else:
-            failed.append(job.job_id)
-            report(Event("gave-up", job.job_id, job.configuration, detail))
-    return executed, failed
+        for actor in self._idle + [entry[0] for entry in self._running.values()]:
+            self._ray.kill(actor, no_restart=True)
+        self._idle, self._running = [], {}

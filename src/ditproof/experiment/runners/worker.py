@@ -1,8 +1,11 @@
-"""Running one job: the code every runner's worker calls (local processes, Ray actors, torchrun).
+"""Running one job: the code every launcher's worker calls (in process, pool processes, Ray
+actors, torchrun ranks).
 
 A worker holds one loaded model at a time (reloaded when a job needs other weights, dtype or
 device), runs the job through :func:`ditproof.generation.execute.execute` into a local temporary
-folder, copies the artifacts into the store, and writes ``result.json`` last.
+folder, copies the artifacts into the store, and writes ``result.json`` last. :func:`run_task` is
+the worker's edge: a job that raises comes back as a failed :class:`Outcome` for the scheduler
+(:mod:`ditproof.experiment.runners.scheduler`) to record and retry.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ditproof.experiment.jobs import Artifact, JobFailure, JobResult, failure_path, read_result, result_path
 from ditproof.experiment.plan import Job
@@ -194,9 +197,41 @@ class JobWorker:
         self.store.remove(failure_path(job.job_id))
         return result
 
-    def record_failure(self, job: Job, attempt: int, exc: BaseException) -> JobFailure:
-        """Writes the job's ``failure.json``."""
-        return write_failure(self.store, job, attempt, type(exc).__name__, str(exc), self.name, self.run_id)
+
+@dataclass(frozen=True)
+class Task:
+    """One attempt of one job, as the scheduler hands it to a launcher (attempts count from 1)."""
+
+    job: Job
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one task ended, as a launcher reports it to the scheduler.
+
+    ``done``: the job's result is in the store; ``failed``: this attempt failed (``error_type`` and
+    ``message`` say how, ``worker`` where); ``not-run``: the launch stopped before reaching the task
+    (torchrun launches stop at their first failing job), so the attempt is not used up.
+    """
+
+    job_id: str
+    attempt: int
+    status: Literal["done", "failed", "not-run"]
+    seconds: float = 0.0
+    error_type: str = ""
+    message: str = ""
+    worker: str = ""
+
+
+def run_task(worker: JobWorker, task: Task) -> Outcome:
+    """Runs one task on ``worker`` and says how it ended; never raises for a failing job."""
+    started = time.perf_counter()
+    try:
+        worker.run(task.job, task.attempt)
+    except Exception as exc:  # the worker's edge: every failure goes back to the scheduler, which records it
+        return Outcome(task.job.job_id, task.attempt, "failed", 0.0, type(exc).__name__, str(exc), worker.name)
+    return Outcome(task.job.job_id, task.attempt, "done", time.perf_counter() - started, worker=worker.name)
 
 
 def write_failure(
