@@ -33,7 +33,7 @@ Exactness by regeneration at several GPUs is the Stage 1 harness's job, but it h
 (``stage1.toml`` at A14B, ``stage1-shapes-gpu.toml`` with the shipped model), no ``cp4``/``cp8``;
 on a four-GPU host (docs/experiment.md):
 
-    SIDE_BY_SIDE=2 bench/stage1_host.sh stage1-shapes-gpu reference,cp2 OUT 4 300 none
+    SIDE_BY_SIDE=2 tools/stage1_host.sh stage1-shapes-gpu reference,cp2 OUT 4 300 none
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def main() -> None:
         gpu = hardware(options.device).device
         data = CoefficientsFile(entries=tuple(e for e in packaged.entries if e.gpu == gpu and preset in e.models)[:1])
         if not data.entries:
-            raise SystemExit(f"no coefficients for {preset} on {gpu}: run bench/pricing_calibrate.py first")
+            raise SystemExit(f"no coefficients for {preset} on {gpu}: run tools/pricing_calibrate.py first")
     entry = data.entries[0]
     print(f"device: {info.get('gpu') or 'cpu'}; coefficients: {entry.status}, {entry.gpu}, {entry.date}", flush=True)
 

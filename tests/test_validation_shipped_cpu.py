@@ -1,7 +1,7 @@
 """The shipped model on the CPU, validated across classes with the shipped thresholds file alone.
 
 The demo's own class (CPU float32) has trajectory thresholds per expert phase (provisional, from
-``bench/trajectory_cheats.py``): a validator regenerating in another CPU class (CFG batched)
+``tools/trajectory_cheats.py``): a validator regenerating in another CPU class (CFG batched)
 or with one CPU thread decides an honest record valid, and a lying cheater — the adaptive shortcut run, its record
 claiming the published algorithm — invalid at a step after the expert switch. Before those
 entries every non-identical pair on this class ended ``error`` ("no threshold").

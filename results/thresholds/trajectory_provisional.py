@@ -1,4 +1,4 @@
-"""Provisional trajectory thresholds from a ``bench/trajectory_cheats.py`` result.
+"""Provisional trajectory thresholds from a ``tools/trajectory_cheats.py`` result.
 
 Per expert phase and metric (the fingerprints' relative distance, the committed latents' relative
 L2), the threshold is the geometric mean of the worst benign value and the best malign value that
@@ -62,7 +62,7 @@ def entries(
             )
         value = float(f"{math.sqrt(benign * malign) if benign > 0 else malign / 10:.3g}")
         provenance = {
-            "calibration": f"bench/trajectory_cheats.py: {prompts} prompts, {result['request']}, CPU ({source})",
+            "calibration": f"tools/trajectory_cheats.py: {prompts} prompts, {result['request']}, CPU ({source})",
             "date": result["date"],
             "fpr_target": None,
             "samples": sum(len(r["points"]) for r in result["rows"]),

@@ -2,7 +2,7 @@
 
 ``ditproof price [--width ...]`` quotes; ``ditproof price calibrate`` times forward passes on
 this machine and writes coefficients; ``ditproof price import`` merges the entry of a
-``bench/pricing_calibrate.py`` result into a coefficients file; ``ditproof price next`` applies
+``tools/pricing_calibrate.py`` result into a coefficients file; ``ditproof price next`` applies
 Gonka's per-block price update to a sequence of utilizations.
 """
 
@@ -174,7 +174,7 @@ def calibrate_command(
 
 @price_app.command("import")
 def import_command(
-    result: Path = typer.Argument(..., help="A bench/pricing_calibrate.py result (or an entry) JSON file."),
+    result: Path = typer.Argument(..., help="A tools/pricing_calibrate.py result (or an entry) JSON file."),
     into: Path | None = typer.Option(None, help="Coefficients file to merge into (default: the packaged one)."),
 ) -> None:
     """Merge a calibration entry into a coefficients file (replacing the same model and GPU)."""

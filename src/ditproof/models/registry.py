@@ -198,7 +198,7 @@ def _load(name: str, options: RuntimeOptions, model_path: str | Path | None) -> 
 
         if not SHIPPED_DIR.is_dir():
             raise ModelNotFoundError(
-                f"model wan-shapes-small: its folder {SHIPPED_DIR} is missing; it is built by bench/train_shipped.py "
+                f"model wan-shapes-small: its folder {SHIPPED_DIR} is missing; it is built by tools/train_shipped.py "
                 "and python -m ditproof.training.assemble (see docs/shipped-model.md)"
             )
         return _load_folder(name, SHIPPED_DIR, options, preset.text_max_length)

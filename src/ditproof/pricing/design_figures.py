@@ -4,7 +4,7 @@ Those figures are, for one H100 (A14B expert shape, random bf16 weights, diffuse
 attention), the time of a 4-layer forward multiplied by 10, at six sizes (listed below and in
 docs/pricing.md; e.g. 3.31 s per 480p forward at N = 32,760). They were
 not produced by :mod:`ditproof.pricing.calibrate`, so the entry is ``provisional`` until a
-calibration run on an H100 (``bench/pricing_calibrate.py``) replaces it. The fit is the same
+calibration run on an H100 (``tools/pricing_calibrate.py``) replaces it. The fit is the same
 code as a calibration's.
 """
 
@@ -43,7 +43,7 @@ def design_entry() -> CoefficientEntry:
             "design was written "
             "(A14B expert shape, random bf16 weights, diffusers' default SDPA; a 4-layer forward timed and "
             "multiplied by 10; a 512-token text context assumed). Samples are those figures divided by 10, not raw timings. Replace with a "
-            "calibration run: bench/pricing_calibrate.py on an H100."
+            "calibration run: tools/pricing_calibrate.py on an H100."
         ),
         hardware=Hardware(
             device=H100_NAME,

@@ -1,7 +1,7 @@
 """The model card of the shipped model, written from the training reports and the evaluation.
 
 ``write_card(root)`` reads ``root/training.json`` (both stage reports), ``root/eval.json`` when
-present (``bench/eval_shipped.py --card``) and the weight files of ``root/wan-shapes-small/``,
+present (``tools/eval_shipped.py --card``) and the weight files of ``root/wan-shapes-small/``,
 and writes ``root/MODEL_CARD.md``. Every number in the card comes from those files.
 """
 
@@ -76,7 +76,7 @@ def _total_lines(vae: StageReport, experts: StageReport) -> list[str]:
 def _eval_lines(evaluation: dict[str, Any]) -> list[str]:
     request = evaluation["request"]
     lines = [
-        f"Measured by `bench/eval_shipped.py` on {evaluation['prompts']} held-out prompts (caption combinations never "
+        f"Measured by `tools/eval_shipped.py` on {evaluation['prompts']} held-out prompts (caption combinations never "
         f"seen in training), {request['width']}×{request['height']}, {request['num_frames']} frames, "
         f"{request['num_inference_steps']} steps, flow shift {request['flow_shift']:g}, CFG 4.0/3.0, device "
         f"{evaluation['device'].get('gpu') or evaluation['device'].get('cpu')}, {evaluation['device']['date']}.",
@@ -118,7 +118,7 @@ def render_card(root: Path) -> str:
     lines = [
         f"# {SHIPPED_NAME}: a small Wan2.2-architecture text-to-video model",
         "",
-        "Trained from scratch by `bench/train_shipped.py` on procedurally generated videos of coloured shapes, so that "
+        "Trained from scratch by `tools/train_shipped.py` on procedurally generated videos of coloured shapes, so that "
         "ditproof's demo, tests and calibration run on videos with real content without downloading anything. "
         f"Load it with the preset `{SHIPPED_NAME}` (or as a folder: `WanPipeline.from_pretrained`).",
         "",
@@ -179,7 +179,7 @@ def render_card(root: Path) -> str:
         if (root / "contact_sheet.png").is_file():
             lines += ["", "![contact sheet: frames of generated videos with their prompts](contact_sheet.png)"]
     else:
-        lines.append("Not measured yet: run `bench/eval_shipped.py --card`.")
+        lines.append("Not measured yet: run `tools/eval_shipped.py --card`.")
     lines += [
         "",
         "## Limits",

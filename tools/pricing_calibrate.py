@@ -8,8 +8,8 @@ provisional H100 figures (docs/pricing.md), repeats the sweep with a 4-block mod
 The result holds a coefficient entry that
 ``ditproof price import RESULT.json`` merges into ``src/ditproof/pricing/coefficients.json``.
 
-    PYTHONPATH=src python3 bench/pricing_calibrate.py --out $OUT/pricing_calibrate.json
-    PYTHONPATH=src python3 bench/pricing_calibrate.py --smoke --out /tmp/pricing_calibrate.json   # CPU, tiny
+    PYTHONPATH=src python3 tools/pricing_calibrate.py --out $OUT/pricing_calibrate.json
+    PYTHONPATH=src python3 tools/pricing_calibrate.py --smoke --out /tmp/pricing_calibrate.json   # CPU, tiny
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from common import device_info, write_result
@@ -84,7 +84,7 @@ def main() -> None:
         sizes=sizes,
         warmup=args.warmup,
         repeats=args.repeats,
-        provenance=f"bench/pricing_calibrate.py on {info.get('gpu') or 'cpu'} ({info['date']})",
+        provenance=f"tools/pricing_calibrate.py on {info.get('gpu') or 'cpu'} ({info['date']})",
         on_point=_progress,
     )
     full_s = time.perf_counter() - begin

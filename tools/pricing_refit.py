@@ -2,11 +2,11 @@
 
 Every sample of every size is kept in a calibration result, so the fit can be redone anywhere:
 
-    PYTHONPATH=src python3 bench/pricing_refit.py bench/results/pricing_calibrate_h100_X.json \\
-        --fit-min-patches 300 --out bench/results/pricing_calibrate_h100_X.refit.json
-    ditproof price import bench/results/pricing_calibrate_h100_X.refit.json
+    PYTHONPATH=src python3 tools/pricing_refit.py bench/results/pricing_calibrate_WHAT_h100_DATE.json \\
+        --fit-min-patches 300 --out bench/results/pricing_calibrate_WHAT_refit300_h100_DATE.json
+    ditproof price import bench/results/pricing_calibrate_WHAT_refit300_h100_DATE.json
 
-Prints the same table as ``bench/pricing_calibrate.py``.
+Prints the same table as ``tools/pricing_calibrate.py``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py
 
 from common import write_result
 from ditproof.pricing.calibrate import FIT_MIN_PATCHES, fit_expert
@@ -50,7 +51,7 @@ def refit(entry: CoefficientEntry, fit_min_patches: int) -> CoefficientEntry:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("result", type=Path, help="a bench/pricing_calibrate.py result JSON")
+    parser.add_argument("result", type=Path, help="a tools/pricing_calibrate.py result JSON")
     parser.add_argument("--fit-min-patches", type=int, default=FIT_MIN_PATCHES)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

@@ -6,10 +6,10 @@ shape (``ditproof.evaluation``). The same prompts are scored on the synthetic re
 (the evaluator's ceiling) and, with ``--baseline``, on the same architecture with seeded random
 weights (chance level).
 
-    PYTHONPATH=src python3 bench/eval_shipped.py --model wan-shapes-small --baseline --out $OUT/eval.json
-    PYTHONPATH=src python3 bench/eval_shipped.py --model shapes_bundle --device cuda --out $OUT/eval.json
-    PYTHONPATH=src python3 bench/eval_shipped.py --model wan-shapes-small --baseline --card \\
-        --out bench/results/eval_shipped_cpu.json     # also writes eval.json, the contact sheet, the card
+    PYTHONPATH=src python3 tools/eval_shipped.py --model wan-shapes-small --baseline --out $OUT/eval.json
+    PYTHONPATH=src python3 tools/eval_shipped.py --model shapes_bundle --device cuda --out $OUT/eval.json
+    PYTHONPATH=src python3 tools/eval_shipped.py --model wan-shapes-small --baseline --card \\
+        --out bench/results/eval_shipped_cpu_DATE.json     # also writes eval.json, the contact sheet, the card
 
 ``--model`` takes a preset, a diffusers folder, or a stage-2 bundle folder (``bundle.json``).
 """
@@ -29,7 +29,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py
 from common import device_info, write_result  # noqa: E402
 from ditproof.evaluation.adherence import AdherenceScore, summarize  # noqa: E402
 from ditproof.evaluation.heldout import Generated, heldout_prompts, run_ground_truth, run_model, score_record  # noqa: E402

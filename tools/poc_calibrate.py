@@ -12,9 +12,9 @@ The reference vectors go into the JSON; ``--compare other.json`` (a result of th
 another card, e.g. an H200) adds the honest cross-card distances, if the weights are the same,
 and derives the policy again with them as one more honest runtime.
 
-    PYTHONPATH=src python3 bench/poc_calibrate.py --out $OUT/poc_calibrate.json
-    PYTHONPATH=src python3 bench/poc_calibrate.py --out $OUT/poc_h200.json --compare poc_calibrate.json
-    PYTHONPATH=src python3 bench/poc_calibrate.py --smoke --out /tmp/poc_smoke.json   # CPU, tiny
+    PYTHONPATH=src python3 tools/poc_calibrate.py --out $OUT/poc_calibrate.json
+    PYTHONPATH=src python3 tools/poc_calibrate.py --out $OUT/poc_h200.json --compare poc_calibrate.json
+    PYTHONPATH=src python3 tools/poc_calibrate.py --smoke --out /tmp/poc_smoke.json   # CPU, tiny
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py
 from common import device_info, write_result
 from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel, load_model

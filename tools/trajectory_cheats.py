@@ -9,7 +9,7 @@ PSNR against the reference's encoding, beside the encoder's own loss on the refe
 frame's PSNR of its encoding against its raw frames). Also the compute each shortcut saves at
 this size and at A14B size.
 
-    PYTHONPATH=src python bench/trajectory_cheats.py --preset wan-shapes-small --prompts 2 \
+    PYTHONPATH=src python tools/trajectory_cheats.py --preset wan-shapes-small --prompts 2 \
         --out bench/results/trajectory_cheats_shapes_cpu_DATE.json
 """
 
