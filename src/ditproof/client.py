@@ -14,7 +14,7 @@ Exceptions::
 
     ClientError          any failure talking to the node
     ├── ApiError         the node answered with an error (status, code, message, fields)
-    └── IntegrityError   a downloaded file's sha256 differs from what the node announced
+    └── DownloadIntegrityError a downloaded file's sha256 differs from what the node announced
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from urllib.parse import quote
 
 import httpx
 
+from ditproof import errors
 from ditproof.hashing import atomic_write_bytes
 
-__all__ = ["ApiError", "Client", "ClientError", "IntegrityError"]
+__all__ = ["ApiError", "Client", "ClientError", "DownloadIntegrityError"]
 
 
 class ClientError(Exception):
@@ -48,7 +49,7 @@ class ApiError(ClientError):
         super().__init__(f"HTTP {status} {code}: {message}")
 
 
-class IntegrityError(ClientError):
+class DownloadIntegrityError(ClientError, errors.IntegrityError):
     """Downloaded bytes that do not hash to what the node announced."""
 
 
@@ -110,7 +111,7 @@ class Client:
         """``POST /v1/videos/sync``: returns the mp4 bytes and the ``X-Ditproof-*`` headers.
 
         Raises:
-            IntegrityError: the bytes do not hash to ``X-Ditproof-Video-Sha256``.
+            DownloadIntegrityError: the bytes do not hash to ``X-Ditproof-Video-Sha256``.
         """
         response = self._call("POST", "/v1/videos/sync", timeout=timeout, json=_fields(fields))
         headers = {k.lower(): v for k, v in response.headers.items() if k.lower().startswith("x-ditproof-")}
@@ -314,10 +315,10 @@ def _fields(fields: dict[str, Any]) -> dict[str, Any]:
 
 def _check(data: bytes, expected: str | None, what: str) -> None:
     if expected is None:
-        raise IntegrityError(f"{what}: the node announced no sha256 to check against")
+        raise DownloadIntegrityError(f"{what}: the node announced no sha256 to check against")
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
-        raise IntegrityError(f"{what}: sha256 {actual}, the node announced {expected}")
+        raise DownloadIntegrityError(f"{what}: sha256 {actual}, the node announced {expected}")
 
 
 def _api_error(response: httpx.Response) -> ApiError:

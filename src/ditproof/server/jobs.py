@@ -48,8 +48,9 @@ class JobSpec(BaseModel):
     user: str | None = None
 
 
-class Job(BaseModel):
-    """A row of the store."""
+class VideoJob(BaseModel):
+    """A video generation job: a row of the store (an experiment's unit of work is
+    :class:`ditproof.experiment.plan.Job`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -136,13 +137,13 @@ class JobStore:
             self._db.close()
 
     # Reads.
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str) -> VideoJob | None:
         """The job with this id, or None."""
         with self._lock:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job(row) if row else None
 
-    def page(self, limit: int = 20, after: str | None = None) -> list[Job]:
+    def page(self, limit: int = 20, after: str | None = None) -> list[VideoJob]:
         """Jobs in submission order, ``limit`` of them, starting after the job ``after``."""
         with self._lock:
             start = 0
@@ -154,7 +155,7 @@ class JobStore:
             ).fetchall()
         return [_job(row) for row in rows]
 
-    def with_status(self, status: JobStatus) -> list[Job]:
+    def with_status(self, status: JobStatus) -> list[VideoJob]:
         """All jobs with ``status``, oldest first."""
         with self._lock:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE status = ? ORDER BY seq", (status,)).fetchall()
@@ -174,7 +175,7 @@ class JobStore:
             return {row[0] for row in self._db.execute("SELECT id FROM jobs")}
 
     # Writes.
-    def submit(self, spec: JobSpec, max_queue: int, other_waiting: int = 0) -> Job:
+    def submit(self, spec: JobSpec, max_queue: int, other_waiting: int = 0) -> VideoJob:
         """Adds a queued job, unless ``max_queue`` jobs (plus ``other_waiting`` tasks) already wait.
 
         Raises:
@@ -205,7 +206,7 @@ class JobStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0])
 
-    def claim_next(self) -> Job | None:
+    def claim_next(self) -> VideoJob | None:
         """Marks the oldest queued job in progress (one more attempt) and returns it."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -262,9 +263,9 @@ class JobStore:
             self._db.execute(sql, params)
 
 
-def _job(row: tuple[object, ...]) -> Job:
+def _job(row: tuple[object, ...]) -> VideoJob:
     (job_id, status, payload, created, started, completed, attempts, progress, code, message, rec, vid) = row
-    return Job(
+    return VideoJob(
         id=str(job_id),
         status=status,  # type: ignore[arg-type]
         spec=JobSpec.model_validate_json(str(payload)),

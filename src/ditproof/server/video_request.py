@@ -21,7 +21,7 @@ from ditproof.generation.execute import resolve_seed
 from ditproof.protocol.request import GenerationRequest, parse_request
 from ditproof.randomness import check_entropy, check_request_id
 from ditproof.server.errors import ApiError, invalid_fields, pydantic_fields
-from ditproof.server.jobs import Job, JobSpec
+from ditproof.server.jobs import JobSpec, VideoJob
 from ditproof.server.schemas import VideoCreateRequest, VideoError, VideoObject
 
 _INT = re.compile(r"^[+-]?[0-9]{1,19}$")
@@ -234,7 +234,7 @@ def seconds_text(num_frames: int, fps: int) -> str:
     return str(value.numerator) if value.denominator == 1 else f"{float(value):g}"
 
 
-def video_object(job: Job) -> VideoObject:
+def video_object(job: VideoJob) -> VideoObject:
     """The wire form of a job."""
     request = job.spec.request
     return VideoObject(

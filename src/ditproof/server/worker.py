@@ -37,7 +37,7 @@ from ditproof.protocol.options import RuntimeOptions
 from ditproof.server.artifacts import ArtifactStore
 from ditproof.server.config import ServerConfig
 from ditproof.server.errors import ApiError, conflict
-from ditproof.server.jobs import Job, JobSpec, JobStore
+from ditproof.server.jobs import JobSpec, JobStore, VideoJob
 from ditproof.server.loading import ModelChoice
 from ditproof.server.node import Change, Node, ServiceState
 
@@ -168,7 +168,7 @@ class GpuWorker:
             self._tasks.append(_Task("unload", self._unload, Future(), counts_in_queue=False))
 
     # Work submission (called from the event loop).
-    def submit_job(self, spec: JobSpec) -> Job:
+    def submit_job(self, spec: JobSpec) -> VideoJob:
         """Queues a video job (the store enforces the bound).
 
         Raises:
@@ -251,7 +251,7 @@ class GpuWorker:
         while True:
             with self._cond:
                 task: _Task | None = None
-                job: Job | None = None
+                job: VideoJob | None = None
                 idle: IdleWork | None = None
                 while True:
                     if self._stopping:
@@ -326,7 +326,7 @@ class GpuWorker:
             pass
 
     # The job runner (on the worker thread).
-    def _run_job(self, job: Job) -> None:
+    def _run_job(self, job: VideoJob) -> None:
         choice, model = self.node.loaded_choice, self.node.model
         if choice is None or model is None or job.spec.model != choice.name:
             loaded = choice.name if choice else None

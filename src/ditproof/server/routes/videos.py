@@ -20,7 +20,7 @@ from ditproof.generation.text import check_prompt_length
 from ditproof.protocol.record import RECORD_FILE
 from ditproof.server.errors import ApiError, ErrorResponse, conflict, invalid_fields, not_found
 from ditproof.server.forms import read_multipart
-from ditproof.server.jobs import JOB_ID_PATTERN, Job, QueueFullError
+from ditproof.server.jobs import JOB_ID_PATTERN, QueueFullError, VideoJob
 from ditproof.server.node import Node
 from ditproof.server.routes.deps import NodeDep, WorkerDep
 from ditproof.server.schemas import VideoCreateRequest, VideoDeleted, VideoList, VideoObject
@@ -92,7 +92,7 @@ async def read_create_request(request: Request) -> VideoCreateRequest:
     )
 
 
-def _submit(node: Node, worker: GpuWorker, req: VideoCreateRequest) -> Job:
+def _submit(node: Node, worker: GpuWorker, req: VideoCreateRequest) -> VideoJob:
     choice = node.choice
     spec = to_job_spec(req, choice.name if choice is not None else None)
     if node.model is not None and node.healthy:
@@ -136,7 +136,7 @@ async def create_video_sync(request: Request, node: NodeDep, worker: WorkerDep) 
     return _video_file(worker, job)
 
 
-def _video_file(worker: GpuWorker, job: Job) -> FileResponse:
+def _video_file(worker: GpuWorker, job: VideoJob) -> FileResponse:
     record = worker.artifacts.record(job.id)
     headers = {
         "X-Ditproof-Video-Id": job.id,
@@ -151,14 +151,14 @@ def _video_file(worker: GpuWorker, job: Job) -> FileResponse:
     return FileResponse(path, media_type="video/mp4", headers=headers, filename=f"{job.id}.mp4")
 
 
-def _job(worker: GpuWorker, job_id: str) -> Job:
+def _job(worker: GpuWorker, job_id: str) -> VideoJob:
     job = worker.store.get(job_id)
     if job is None:
         raise not_found(f"video {job_id}")
     return job
 
 
-def _completed(worker: GpuWorker, job_id: str) -> Job:
+def _completed(worker: GpuWorker, job_id: str) -> VideoJob:
     job = _job(worker, job_id)
     if job.status != "completed":
         detail = f" ({job.error_code}: {job.error_message})" if job.status == "failed" else ""
