@@ -73,3 +73,24 @@ def declare() -> Callable[..., InferenceRecord]:
 def gpu_class() -> dict[str, Any]:
     """:data:`GPU_CLASS`."""
     return dict(GPU_CLASS)
+
+
+# The server tests' clients: each server test module defines its own module-scoped ``node`` (a
+# test_server_support.NodeProcess: `ditproof serve` on loopback); these connect to it.
+@pytest.fixture(scope="module")
+def client(node: Any) -> Any:
+    """The ditproof client of the module's node."""
+    from ditproof.client import Client
+    from test_server_support import TOKEN
+
+    with Client(node.url, TOKEN, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def http(node: Any) -> Any:
+    """A raw HTTP client of the module's node, with its token."""
+    import httpx
+
+    with httpx.Client(base_url=node.url, headers=node.headers, timeout=120) as h:
+        yield h

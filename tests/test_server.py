@@ -14,7 +14,7 @@ import sys
 import httpx
 import pytest
 
-from ditproof.client import ApiError, Client
+from ditproof.client import ApiError
 from ditproof.hashing import sha256_bytes
 from ditproof.randomness import derive_seed
 from test_server_support import ENTROPY, TINY, TOKEN, NodeProcess, wait_for
@@ -27,18 +27,6 @@ def node(tmp_path_factory):
     process = NodeProcess(tmp_path_factory.mktemp("node") / "data", "--max-queue", "3").start()
     yield process
     process.stop()
-
-
-@pytest.fixture(scope="module")
-def client(node):
-    with Client(node.url, TOKEN, timeout=120) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def http(node):
-    with httpx.Client(base_url=node.url, headers=node.headers, timeout=120) as h:
-        yield h
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,6 @@ def node(tmp_path_factory):
     process.stop()
 
 
-@pytest.fixture(scope="module")
-def http(node):
-    with httpx.Client(base_url=node.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as h:
-        yield h
-
-
 def multipart(*parts: tuple[bytes, bytes, bytes]) -> bytes:
     """A multipart body from (name, extra part headers, value) triples, bytes as given."""
     body = b""

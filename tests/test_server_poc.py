@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from ditproof.client import ApiError, Client
+from ditproof.client import ApiError
 from ditproof.poc.compute import PocModel, compute_artifacts
 from ditproof.poc.service import assigned_nonces, params_for_seq_len
 from test_server_support import TINY, TOKEN, NodeProcess, wait_for
@@ -75,12 +75,6 @@ def node(tmp_path_factory):
     process = NodeProcess(folder / "data", "--max-queue", "2", "--config", str(config)).start()
     yield process
     process.stop()
-
-
-@pytest.fixture(scope="module")
-def client(node):
-    with Client(node.url, TOKEN, timeout=120) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ditproof.client import Client, checkpoint_files
+from ditproof.client import checkpoint_files
 from test_server_support import ENTROPY, TINY, TOKEN, NodeProcess
 
 pytestmark = pytest.mark.slow
@@ -28,18 +28,6 @@ def node(tmp_path_factory):
     process = NodeProcess(tmp_path_factory.mktemp("node") / "data").start()
     yield process
     process.stop()
-
-
-@pytest.fixture(scope="module")
-def client(node):
-    with Client(node.url, TOKEN, timeout=120) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def http(node):
-    with httpx.Client(base_url=node.url, headers=node.headers, timeout=120) as h:
-        yield h
 
 
 @pytest.fixture(scope="module")
