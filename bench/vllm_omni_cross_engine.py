@@ -35,7 +35,7 @@ from ditproof.generation.generate import GenerationResult, generate
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.metrics import latent_relative_l2, psnr_frames, ssim_frames
 from ditproof.models.registry import load_model
-from ditproof.protocol.options import RuntimeOptions, VideoEncoding
+from ditproof.protocol.options import LoadOptions, RuntimeOptions, VideoEncoding
 from ditproof.protocol.request import GenerationRequest
 from ditproof.video import encode_video
 
@@ -112,8 +112,8 @@ def main() -> None:
     folder = args.model_dir
     if folder is None:
         folder = work / "tiny-wan"
-        load_model("wan-tiny-random", RuntimeOptions()).pipeline.save_pretrained(folder)
-    model = load_model(str(folder), RuntimeOptions())
+        load_model("wan-tiny-random", LoadOptions()).pipeline.save_pretrained(folder)
+    model = load_model(str(folder), LoadOptions())
     artifacts = work / "artifacts"
     artifacts.mkdir()
     server = OmniServer(args.omni_venv, folder, artifacts, work / "vllm-serve.log")

@@ -1,15 +1,24 @@
 """Selecting the attention kernel of Wan transformers by its ditproof name.
 
 One place for generation (both experts of a loaded model) and the pricing calibration (one
-expert built alone): the names of ``RuntimeOptions.attention_backend`` map to diffusers'
+expert built alone): the names of ``RunOptions.attention_backend`` map to diffusers'
 attention dispatcher, except ``flash-attn-4`` and ``flash-attn-3``, installed from local packages
 (:mod:`ditproof.generation.flash4`, :mod:`ditproof.generation.flash3`).
+
+Generation selects the kernel per run (:func:`attention_for_run`) and puts the experts back as
+they were after it, so a loaded model carries no attention choice from one run to the next.
+diffusers' own ``attention_backend`` context manager (``diffusers.models.attention_dispatch``,
+0.42.1) is not used for that: it sets a process-wide default that only processors without a
+backend of their own follow (context parallelism and ``set_attention_backend`` give them one),
+and for the ``flash_4_hub`` slot it would fetch a Hub kernel when the slot is empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -50,3 +59,48 @@ def select_attention(modules: Iterable[torch.nn.Module], backend: str, device: t
             module.set_attention_backend(name or "native")  # type: ignore[operator]
         except (ValueError, RuntimeError, ImportError) as exc:
             raise RuntimeUnavailableError(f"attention_backend: {backend!r} is not available here ({exc})") from None
+
+
+@contextmanager
+def attention_for_run(modules: Iterable[torch.nn.Module], backend: str, device: torch.device) -> Iterator[None]:
+    """Runs every attention of ``modules`` with ``backend`` inside the block, then restores each
+    processor's backend and diffusers' ``flash_4_hub`` slot (which the local kernels fill) as they
+    were.
+
+    ``sdpa`` leaves the processors as loaded: diffusers' default, PyTorch's SDPA choosing its
+    kernel itself.
+
+    Raises:
+        InvalidInputError / RuntimeUnavailableError: as :func:`select_attention`.
+    """
+    modules = tuple(modules)
+    if backend == "sdpa":
+        yield
+        return
+    processors: list[Any] = []
+    for root in modules:
+        for module in root.modules():
+            processor = getattr(module, "processor", None)
+            if hasattr(processor, "_attention_backend"):
+                processors.append(processor)
+    saved = [processor._attention_backend for processor in processors]
+    slot = _hub_slot()
+    slot_kernel = None if slot is None else slot.kernel_fn
+    try:
+        select_attention(modules, backend, device)
+        yield
+    finally:
+        for processor, value in zip(processors, saved, strict=True):
+            processor._attention_backend = value
+        if slot is not None:
+            slot.kernel_fn = slot_kernel
+
+
+def _hub_slot() -> Any:
+    """diffusers' ``flash_4_hub`` kernel slot (None in a diffusers without it)."""
+    try:
+        from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
+
+        return _HUB_KERNELS_REGISTRY[AttentionBackendName.FLASH_4_HUB]
+    except (ImportError, AttributeError, KeyError):
+        return None

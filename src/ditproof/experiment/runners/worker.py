@@ -1,8 +1,7 @@
 """Running one job: the code every runner's worker calls (local processes, Ray actors, torchrun).
 
-A worker holds one loaded model at a time (reloaded when a job needs other weights, dtype or
-device), runs the job through :func:`ditproof.generation.execute.execute` into a local temporary
-folder, copies the artifacts into the store, and writes ``result.json`` last.
+A worker holds one loaded model at a time (reloaded when a job needs other load options), runs
+the job through :func:`ditproof.generation.execute.execute` into a local temporary folder, copies the artifacts into the store, and writes ``result.json`` last.
 """
 
 from __future__ import annotations
@@ -66,19 +65,9 @@ def why_not_runnable(job: Job, env: Environment) -> str | None:
 
 
 def load_key(job: Job) -> tuple[Any, ...]:
-    """What decides the loaded model: jobs with the same key share one load (sharding happens at load)."""
-    o = job.options
-    return (
-        job.model,
-        job.model_path,
-        o.device,
-        o.dtype,
-        o.vae_dtype,
-        o.text_encoder_dtype,
-        o.weights,
-        o.tp_degree,
-        o.cp_degree,
-    )
+    """What decides the loaded model: jobs with the same key share one load (its load options:
+    placement, dtypes, weights, sharding, kernels, engine)."""
+    return (job.model, job.model_path, job.options.load)
 
 
 def now() -> str:
@@ -128,7 +117,7 @@ class JobWorker:
         if key != self._key:
             self._model = None  # free the previous model before loading the next one
             started = time.perf_counter()
-            self._model = load_model(job.model, options, job.model_path)
+            self._model = load_model(job.model, options.load, job.model_path)
             self._load_s = time.perf_counter() - started
             self._key = key
         return self._model
@@ -158,7 +147,7 @@ class JobWorker:
             record = execute(
                 job.request,
                 model,
-                options,
+                options.run,
                 tmp,
                 request_id=job.request_id,
                 entropy=job.entropy,
