@@ -467,7 +467,7 @@ def regenerate_only(record: Any, model: Any, device: str) -> dict[str, Any]:
     from ditproof.validation import regeneration_options
     from ditproof.video import encode_video
 
-    options = regeneration_options(record, None, device)
+    options = regeneration_options(record, None, device).run  # the model holds the load options
     local = runtime_class(runtime_fingerprint(model, options))
     result = generate(record.request, record.seed, model, options)
     assert result.frames is not None

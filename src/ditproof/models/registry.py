@@ -149,7 +149,6 @@ def load_model(name: str, load: LoadOptions, model_path: str | Path | None = Non
             "of tp_degree (each rank runs whole slices)"
         )
     model = _load(name, load, model_path)
-    model.load = load
     if load.offload_text_encoder:  # in pinned host memory, on the device per prompt only
         model.text_encoder_host = HostResident(
             model.pipeline.text_encoder, pin=torch.device(load.device).type == "cuda"
@@ -269,13 +268,13 @@ def _load(name: str, options: LoadOptions, model_path: str | Path | None) -> Loa
         _place(pipe, options)
         # The weights themselves, not the card that drew them: two cards whose generators give the
         # same weights give the same revision.
-        return LoadedModel(name, pipe, state_revision(pipe, description), preset.text_max_length)
+        return LoadedModel(name, pipe, state_revision(pipe, description), preset.text_max_length, options)
     from ditproof.models.wan import build_tiny_random, tiny_description
 
     pipe = build_tiny_random()
     revision = state_revision(pipe, tiny_description())
     _place(pipe, options)
-    return LoadedModel(name, pipe, revision, preset.text_max_length)
+    return LoadedModel(name, pipe, revision, preset.text_max_length, options)
 
 
 def state_revision(pipe: WanPipeline, description: dict[str, object], workers: int = 8) -> str:
@@ -345,4 +344,4 @@ def _load_folder(name: str, folder: Path, options: LoadOptions, text_max_length:
         module.eval().requires_grad_(False)
     for module in _device_resident(pipe, options):
         module.to(options.device)
-    return LoadedModel(name, pipe, revision, text_max_length)
+    return LoadedModel(name, pipe, revision, text_max_length, options)
