@@ -8,9 +8,10 @@ attention dispatcher, except ``flash-attn-4`` and ``flash-attn-3``, installed fr
 Generation selects the kernel per run (:func:`attention_for_run`) and puts the experts back as
 they were after it, so a loaded model carries no attention choice from one run to the next.
 diffusers' own ``attention_backend`` context manager (``diffusers.models.attention_dispatch``,
-0.42.1) is not used for that: it sets a process-wide default that only processors without a
-backend of their own follow (context parallelism and ``set_attention_backend`` give them one),
-and for the ``flash_4_hub`` slot it would fetch a Hub kernel when the slot is empty.
+0.42.1) is not used for that: it sets only the process-wide default, which processors with a
+backend of their own (after ``set_attention_backend``) do not follow, and for the
+``flash_4_hub`` slot it would fetch a Hub kernel when the slot is empty. ``set_attention_backend``
+itself sets that process-wide default too, so a run restores it as well.
 """
 
 from __future__ import annotations
@@ -63,19 +64,28 @@ def select_attention(modules: Iterable[torch.nn.Module], backend: str, device: t
 
 @contextmanager
 def attention_for_run(modules: Iterable[torch.nn.Module], backend: str, device: torch.device) -> Iterator[None]:
-    """Runs every attention of ``modules`` with ``backend`` inside the block, then restores each
-    processor's backend and diffusers' ``flash_4_hub`` slot (which the local kernels fill) as they
-    were.
+    """Runs every attention of ``modules`` with ``backend`` inside the block, then restores what
+    selecting it changed: each processor's backend, diffusers' process-wide active backend (which
+    ``set_attention_backend`` also sets, and which processors without a backend of their own
+    follow) and diffusers' ``flash_4_hub`` slot (which the local kernels fill).
 
-    ``sdpa`` leaves the processors as loaded: diffusers' default, PyTorch's SDPA choosing its
-    kernel itself.
+    ``sdpa`` leaves the processors as loaded and runs them with diffusers' native attention as the
+    process-wide default (PyTorch's SDPA choosing its kernel itself), whatever another caller's
+    ``set_attention_backend`` left there.
 
     Raises:
         InvalidInputError / RuntimeUnavailableError: as :func:`select_attention`.
     """
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
     modules = tuple(modules)
+    active = _AttentionBackendRegistry._active_backend
     if backend == "sdpa":
-        yield
+        _AttentionBackendRegistry.set_active_backend(AttentionBackendName.NATIVE)
+        try:
+            yield
+        finally:
+            _AttentionBackendRegistry.set_active_backend(active)
         return
     processors: list[Any] = []
     for root in modules:
@@ -92,6 +102,7 @@ def attention_for_run(modules: Iterable[torch.nn.Module], backend: str, device: 
     finally:
         for processor, value in zip(processors, saved, strict=True):
             processor._attention_backend = value
+        _AttentionBackendRegistry.set_active_backend(active)
         if slot is not None:
             slot.kernel_fn = slot_kernel
 

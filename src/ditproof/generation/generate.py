@@ -1,4 +1,4 @@
-"""The one generation path: request + seed + model + runtime options → frames and trajectory.
+"""The one generation path: request + seed + loaded model + run options → frames and trajectory.
 
 The denoising loop follows diffusers' ``WanPipeline.__call__`` step for step (and the tests
 check that, with default options, both give bitwise-identical latents), with what ditproof adds:
