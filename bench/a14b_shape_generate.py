@@ -53,7 +53,7 @@ def tiny_cpu_vs_gpu(work: Path) -> dict[str, object]:
     noise: dict[str, str] = {}
     for device in ("cpu", "cuda"):
         options = RuntimeOptions(device=device)
-        model = load_model("wan-tiny-random", options)
+        model = load_model("wan-tiny-random", options.load)
         record = execute(request, model, options, work / f"tiny-{device}", request_id="tiny-1", entropy=ENTROPY)
         noise[device] = record.noise.sha256
         out[device] = {
@@ -97,7 +97,7 @@ def main() -> None:
         options = RuntimeOptions(device="cuda", dtype="bfloat16", vae_dtype="bfloat16", offload_text_encoder=True)
         size = {}
     started = time.perf_counter()
-    model = load_model(preset, options)
+    model = load_model(preset, options.load)
     if torch.cuda.is_available() and not args.smoke:
         torch.cuda.synchronize()
     result["build_s"] = time.perf_counter() - started

@@ -327,7 +327,7 @@ def cmd_child_generate(args: argparse.Namespace) -> int:
         summary.update(options=options.model_dump(mode="json"), threads_note=note, executor=host_info(args.device))
         prompts = prompt_list(args.prompts)
         began = time.perf_counter()
-        model = load_model(args.preset, options, args.model_path)
+        model = load_model(args.preset, options.load, args.model_path)
         summary["load_s"] = time.perf_counter() - began
     except Exception as exc:
         summary["error"] = error_text(exc)
@@ -409,7 +409,7 @@ def cmd_child_validate(args: argparse.Namespace) -> int:
         options = regeneration_options(first, None, args.device)
         result["options"] = options.model_dump(mode="json")
         began = time.perf_counter()
-        model = load_model(first.model.preset, options, args.model_path)
+        model = load_model(first.model.preset, options.load, args.model_path)
         result["load_s"] = time.perf_counter() - began
     except Exception as exc:
         result["error"] = error_text(exc)
@@ -467,7 +467,7 @@ def regenerate_only(record: Any, model: Any, device: str) -> dict[str, Any]:
     from ditproof.validation import regeneration_options
     from ditproof.video import encode_video
 
-    options = regeneration_options(record, None, device)
+    options = regeneration_options(record, None, device).run  # the model holds the load options
     local = runtime_class(runtime_fingerprint(model, options))
     result = generate(record.request, record.seed, model, options)
     assert result.frames is not None

@@ -100,7 +100,7 @@ def main() -> None:
     overrides = dict(VARIANTS["ditproof-best"], attention_backend=args.best_attention)
     options = variant_options(base_options(device), overrides, device)
     refuse_missing_kernels({"ditproof-best": options}, torch.device(device))
-    model = load_model(preset, options)
+    model = load_model(preset, options.load)
     generate(short_request(args.size, 1), SEED, model, options)  # compilation, kernel selection
     pipe = model.pipeline
     timer = ForwardTimer({"high": pipe.transformer, "low": pipe.transformer_2}, cuda)

@@ -133,7 +133,7 @@ def rank_main(spec_path: str) -> None:
             dist.barrier()
 
     began = time.perf_counter()
-    model = load_model(spec["preset"], options)
+    model = load_model(spec["preset"], options.load)
     build_s = time.perf_counter() - began
     together()
     began = time.perf_counter()

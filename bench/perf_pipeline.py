@@ -163,7 +163,7 @@ def run_variant(
     time.sleep(pause)
     before = gpu_state()
     began = time.perf_counter()
-    model = load_model(preset, options)
+    model = load_model(preset, options.load)
     build_s = time.perf_counter() - began
     began = time.perf_counter()
     for size, _ in runs:  # compilation and kernel selection for each shape, untimed

@@ -130,7 +130,7 @@ def main() -> None:
     print(f"device: {info.get('gpu') or 'cpu'}; coefficients: {entry.status}, {entry.gpu}, {entry.date}", flush=True)
 
     begin = time.perf_counter()
-    model = load_model(preset, options)
+    model = load_model(preset, options.load)
     _sync(options.device)
     build_s = time.perf_counter() - begin
     print(f"built {preset} in {build_s:.1f} s", flush=True)

@@ -35,7 +35,7 @@ def timed_generation(model: Any, options: RuntimeOptions, request: GenerationReq
     The model's kept prompt embeddings are dropped first, so the text-encode phase is measured
     as a new request's (the benches warm up with the same prompt).
     """
-    model.prompt_embeddings.clear()
+    model.prompts.clear()
     marks: list[float] = []
     result = generate(request, SEED, model, options, on_step=lambda done, total: marks.append(time.perf_counter()))
     denoise = result.timings["high_noise_s"] + result.timings["low_noise_s"]

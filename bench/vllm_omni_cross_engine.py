@@ -35,7 +35,7 @@ from ditproof.generation.generate import GenerationResult, generate
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.metrics import latent_relative_l2, psnr_frames, ssim_frames
 from ditproof.models.registry import load_model
-from ditproof.protocol.options import RuntimeOptions, VideoEncoding
+from ditproof.protocol.options import LoadOptions, RunOptions, VideoEncoding
 from ditproof.protocol.request import GenerationRequest
 from ditproof.video import encode_video
 
@@ -112,8 +112,12 @@ def main() -> None:
     folder = args.model_dir
     if folder is None:
         folder = work / "tiny-wan"
-        load_model("wan-tiny-random", RuntimeOptions()).pipeline.save_pretrained(folder)
-    model = load_model(str(folder), RuntimeOptions())
+        load_model("wan-tiny-random", LoadOptions()).pipeline.save_pretrained(folder)
+    # The engine is chosen at load: one model per engine, from the same folder.
+    models = {
+        "diffusers": load_model(str(folder), LoadOptions(engine="diffusers")),
+        "vllm-omni": load_model(str(folder), LoadOptions(engine="vllm-omni")),
+    }
     artifacts = work / "artifacts"
     artifacts.mkdir()
     server = OmniServer(args.omni_venv, folder, artifacts, work / "vllm-serve.log")
@@ -135,7 +139,7 @@ def main() -> None:
                 for engine in ("diffusers", "vllm-omni"):
                     for _ in range(2):
                         t0 = time.perf_counter()
-                        runs[engine].append(generate(request, seed, model, RuntimeOptions(engine=engine)))
+                        runs[engine].append(generate(request, seed, models[engine], RunOptions()))
                         seconds[engine] += time.perf_counter() - t0
                 pairs["diffusers_vs_vllm_omni"].append(compare(runs["diffusers"][0], runs["vllm-omni"][0], request.fps))
                 pairs["diffusers_repeat"].append(compare(runs["diffusers"][0], runs["diffusers"][1], request.fps))
@@ -153,7 +157,7 @@ def main() -> None:
         "torch": torch.__version__,
         "diffusers_main": md.version("diffusers"),
         "engine_info": json.loads((artifacts / "engine.json").read_text()),
-        "model_revision": model.revision,
+        "model_revision": models["diffusers"].revision,
         "request": {"width": 64, "height": 48, "num_frames": 9, "num_inference_steps": steps, "dtype": "float32"},
         "prompts": prompts,
         "seeds": list(range(1, seeds + 1)),

@@ -9,11 +9,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ditproof.generation.runtime import runtime_class
-from ditproof.models.registry import LoadedModel, load_model
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.models.registry import LoadedModel, PromptCache, load_model
+from ditproof.protocol.options import LoadOptions, RuntimeOptions
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.request import GenerationRequest
 
@@ -30,7 +31,14 @@ def cpu_options() -> RuntimeOptions:
 
 @pytest.fixture(scope="session")
 def tiny_model(cpu_options: RuntimeOptions) -> LoadedModel:
-    return load_model("wan-tiny-random", cpu_options)
+    return load_model("wan-tiny-random", cpu_options.load)
+
+
+@pytest.fixture(scope="session")
+def omni_model(tiny_model: LoadedModel) -> LoadedModel:
+    """The tiny model as loaded for ``engine="vllm-omni"``: vLLM-Omni runs the loop, the pipeline
+    only serves the revision and the scheduler, so it is the tiny model's own."""
+    return replace(tiny_model, load=LoadOptions(engine="vllm-omni"), prompts=PromptCache())
 
 
 @pytest.fixture()
@@ -94,3 +102,20 @@ def http(node: Any) -> Any:
 
     with httpx.Client(base_url=node.url, headers=node.headers, timeout=120) as h:
         yield h
+
+
+def processor_backends(model: LoadedModel) -> set[object]:
+    """Every attention processor's diffusers backend in both experts (``{None}``: as loaded)."""
+    found = set()
+    for expert in (model.pipeline.transformer, model.pipeline.transformer_2):
+        for module in expert.modules():
+            processor = getattr(module, "processor", None)
+            if hasattr(processor, "_attention_backend"):
+                found.add(processor._attention_backend)
+    return found
+
+
+@pytest.fixture()
+def attention_backends() -> Callable[[LoadedModel], set[object]]:
+    """:func:`processor_backends`: after a run, a model's attention is as loaded again."""
+    return processor_backends

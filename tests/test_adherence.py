@@ -9,7 +9,7 @@ from ditproof.errors import InvalidInputError
 from ditproof.evaluation import evaluate, measure_video, summarize
 from ditproof.evaluation.heldout import heldout_prompts, run_ground_truth, run_model
 from ditproof.evaluation.sheet import contact_sheet
-from ditproof.protocol.options import RuntimeOptions, VideoEncoding
+from ditproof.protocol.options import RunOptions, VideoEncoding
 from ditproof.training.grammar import combinations, parse_caption
 from ditproof.training.synthetic import render_clips, sample_clip, to_uint8_frames
 from ditproof.video import decode_video, encode_video
@@ -84,7 +84,7 @@ def test_random_weight_outputs_score_low(tiny_model):
     """The tiny random preset's videos through the one generation path: far from the ground truth."""
     prompts = heldout_prompts(8)
     request = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 3}
-    results = run_model(tiny_model, prompts, request, RuntimeOptions())
+    results = run_model(tiny_model, prompts, request, RunOptions())
     summary = summarize([g.score for g in results])
     assert summary["color_accuracy"] <= 0.5
     assert summary["direction_accuracy"] <= 0.5

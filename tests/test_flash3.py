@@ -16,16 +16,18 @@ import torch
 
 from ditproof.errors import RuntimeUnavailableError
 from ditproof.generation import flash3
-from ditproof.generation.generate import configure_attention, generate
+from ditproof.generation.generate import generate
 from ditproof.generation.runtime import kernels, runtime_fingerprint
 from ditproof.models.registry import load_model
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import LoadOptions, RuntimeOptions
 
 
-def test_refused_on_the_cpu_and_without_a_build_naming_what_to_install(tiny_model, small_request, monkeypatch):
+def test_refused_on_the_cpu_and_without_a_build_naming_what_to_install(
+    tiny_model, small_request, monkeypatch, attention_backends
+):
     with pytest.raises(RuntimeUnavailableError, match="'flash-attn-3' is not available here: it needs a CUDA device"):
         generate(small_request, 1, tiny_model, RuntimeOptions(attention_backend="flash-attn-3"))
-    assert tiny_model.attention_backend == "sdpa"
+    assert attention_backends(tiny_model) == {None}
     if not torch.cuda.is_available():  # this machine: a clear reason, not PyTorch's assertion
         assert "sees no CUDA device" in str(flash3.unavailable_reason(torch.device("cuda")))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -37,7 +39,7 @@ def test_refused_on_the_cpu_and_without_a_build_naming_what_to_install(tiny_mode
     assert "compute capability 10.0 has no kernel; allowed: 9.0" in str(flash3.unavailable_reason(torch.device("cuda")))
 
 
-def test_every_self_attention_goes_through_the_build(monkeypatch, small_request):
+def test_every_self_attention_goes_through_the_build(monkeypatch, small_request, attention_backends):
     calls: list[tuple[int, ...]] = []
 
     def flash_attn_func(q, k, v, softmax_scale=None, causal=False, num_splits=0):
@@ -54,7 +56,7 @@ def test_every_self_attention_goes_through_the_build(monkeypatch, small_request)
     monkeypatch.setattr(flash3, "installed_build", lambda: ("fa3_fwd_interface", "fa3_fwd", "0.0.3"))
     monkeypatch.setattr(flash3, "unavailable_reason", lambda device: None)
 
-    model = load_model("wan-tiny-random", RuntimeOptions())
+    model = load_model("wan-tiny-random", LoadOptions())
     reference = generate(small_request, 3, model, RuntimeOptions()).capture.latents["final"][1]
     options = RuntimeOptions(attention_backend="flash-attn-3")
     routed = generate(small_request, 3, model, options).capture.latents["final"][1]
@@ -65,7 +67,7 @@ def test_every_self_attention_goes_through_the_build(monkeypatch, small_request)
     fingerprint = runtime_fingerprint(model, options)
     assert fingerprint.attention_library == "fa3-fwd==0.0.3,cross-attention=cudnn"
     assert kernels(fingerprint) == "flash-attn-3[fa3-fwd==0.0.3,cross-attention=cudnn]"
-    configure_attention(model, "sdpa")
+    assert attention_backends(model) == {None}  # chosen for the run only
     calls.clear()
     generate(small_request, 1, model, RuntimeOptions())
     assert calls == []

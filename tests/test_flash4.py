@@ -18,18 +18,18 @@ import torch
 
 from ditproof.errors import RuntimeUnavailableError
 from ditproof.generation import flash4
-from ditproof.generation.generate import configure_attention, generate
+from ditproof.generation.generate import generate
 from ditproof.generation.runtime import kernels, runtime_fingerprint
 from ditproof.models.registry import load_model
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import LoadOptions, RuntimeOptions
 
 
-def test_refused_on_the_cpu_naming_the_devices_it_runs_on(tiny_model, small_request):
+def test_refused_on_the_cpu_naming_the_devices_it_runs_on(tiny_model, small_request, attention_backends):
     with pytest.raises(RuntimeUnavailableError, match="'flash-attn-4' is not available here: it needs a CUDA device"):
         generate(small_request, 1, tiny_model, RuntimeOptions(attention_backend="flash-attn-4"))
     with pytest.raises(RuntimeUnavailableError, match="compute capability 9.0 or 10.x"):
         flash4.install([tiny_model.pipeline.transformer], torch.device("cpu"))
-    assert tiny_model.attention_backend == "sdpa"
+    assert attention_backends(tiny_model) == {None}
 
 
 def test_missing_packages_are_named_with_how_to_install(monkeypatch):
@@ -92,12 +92,12 @@ def stand_in_flash_attn(monkeypatch):
     return calls
 
 
-def test_every_attention_goes_through_the_kernel_in_its_layout(stand_in_flash_attn, small_request):
-    model = load_model("wan-tiny-random", RuntimeOptions())
+def test_every_attention_goes_through_the_kernel_in_its_layout(stand_in_flash_attn, small_request, attention_backends):
+    model = load_model("wan-tiny-random", LoadOptions())
     reference = generate(small_request, 3, model, RuntimeOptions()).capture.latents["final"][1]
     options = RuntimeOptions(attention_backend="flash-attn-4")
     routed = generate(small_request, 3, model, options).capture.latents["final"][1]
-    assert model.attention_backend == "flash-attn-4"
+    assert attention_backends(model) == {None}  # chosen for the run only
     config = model.pipeline.transformer.config
     heads, head_dim = config.num_attention_heads, config.attention_head_dim
     layers = config.num_layers
@@ -114,7 +114,6 @@ def test_every_attention_goes_through_the_kernel_in_its_layout(stand_in_flash_at
     assert flash4.CROSS_ATTENTION == "cross-attention=cudnn"
     assert kernels(fingerprint) == "flash-attn-4[flash-attn-4==4.0.0b36,nvidia-cutlass-dsl==4.8.1]"
     assert runtime_fingerprint(model, RuntimeOptions()).attention_library is None
-    configure_attention(model, "sdpa")
     stand_in_flash_attn.clear()
     generate(small_request, 1, model, RuntimeOptions())
     assert stand_in_flash_attn == []

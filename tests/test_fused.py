@@ -29,7 +29,7 @@ from ditproof.models.fused import (
     rms_norm_rope_reference,
 )
 from ditproof.models.registry import load_model
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import LoadOptions, RuntimeOptions
 from ditproof.validation.validate import validate
 
 ENTROPY = "5e" * 32
@@ -44,7 +44,7 @@ def _inputs(expert: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 def _assert_close_to_plain(expert: torch.nn.Module) -> torch.Tensor:
     """Runs ``expert`` and an unfused tiny expert on the same inputs; they must agree closely."""
-    plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    plain = load_model("wan-tiny-random", LoadOptions()).pipeline.transformer
     hidden, step, text = _inputs(expert)
     with torch.inference_mode():
         out = expert(hidden, step, text, return_dict=False)[0]
@@ -54,7 +54,7 @@ def _assert_close_to_plain(expert: torch.nn.Module) -> torch.Tensor:
 
 
 def test_fused_expert_keeps_its_weights_and_stays_close_to_the_unfused_one():
-    expert = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    expert = load_model("wan-tiny-random", LoadOptions()).pipeline.transformer
     before = {key: value.clone() for key, value in expert.state_dict().items()}
     changed = fuse_elementwise(expert)
     # Per block: the block itself, the feed-forward's GELU projection, the self-attention's processor.
@@ -73,7 +73,7 @@ def test_fused_expert_keeps_its_weights_and_stays_close_to_the_unfused_one():
 def test_fused_blocks_compile_regionally_in_one_graph_and_match_eager():
     # compile="regional" compiles each block with fullgraph=True: the fused operators must trace.
     options = RuntimeOptions(fuse_elementwise=True, compile="regional")
-    expert = load_model("wan-tiny-random", options).pipeline.transformer
+    expert = load_model("wan-tiny-random", options.load).pipeline.transformer
     assert all(block._compiled_call_impl is not None for block in expert.blocks)
     _assert_close_to_plain(expert)
 
@@ -81,7 +81,7 @@ def test_fused_blocks_compile_regionally_in_one_graph_and_match_eager():
 def test_fused_elementwise_with_fused_projections_reads_the_qkv_slices():
     from ditproof.models.registry import fuse_projections
 
-    expert = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    expert = load_model("wan-tiny-random", LoadOptions()).pipeline.transformer
     fuse_projections(expert)
     fuse_elementwise(expert)
     assert fuse_elementwise(expert) == 3 * expert.config.num_layers  # again: nothing more to change
@@ -90,7 +90,7 @@ def test_fused_elementwise_with_fused_projections_reads_the_qkv_slices():
 
 def test_refused_with_tensor_parallelism_before_loading():
     with pytest.raises(InvalidInputError, match="fuse_elementwise: not with tp_degree=2"):
-        load_model("wan-tiny-random", RuntimeOptions(fuse_elementwise=True, tp_degree=2))
+        load_model("wan-tiny-random", LoadOptions(fuse_elementwise=True, tp_degree=2))
 
 
 def test_refused_on_cuda_without_triton_naming_it(monkeypatch):
@@ -246,7 +246,7 @@ def test_layer_norm_kernel_in_the_interpreter_matches_the_reference():
 
 def test_option_is_applied_at_load_in_the_class_and_validates(tiny_model, small_request, tmp_path: Path):
     options = RuntimeOptions(fuse_elementwise=True)
-    model = load_model("wan-tiny-random", options)
+    model = load_model("wan-tiny-random", options.load)
     first = execute(small_request, model, options, tmp_path / "a", request_id="f-1", entropy=ENTROPY)
     second = execute(small_request, model, options, tmp_path / "b", request_id="f-1", entropy=ENTROPY)
     assert first.video.sha256 == second.video.sha256
@@ -259,9 +259,9 @@ def test_option_is_applied_at_load_in_the_class_and_validates(tiny_model, small_
     # A record that fused other steps (session 5's, which did not list them) is another class.
     older = first.runtime.model_copy(update={"elementwise_steps": None})
     assert "+fused-elementwise/" in runtime_class(older) and runtime_class(older) != first.runtime_class
-    with pytest.raises(InvalidInputError, match="fuse_projections/fuse_elementwise/compile: got"):
+    with pytest.raises(InvalidInputError, match=r"options: fuse_elementwise=True \(loaded: False\)"):
         generate(small_request, 1, tiny_model, options)
-    with pytest.raises(InvalidInputError, match="fuse_projections/fuse_elementwise/compile: got"):
+    with pytest.raises(InvalidInputError, match=r"options: fuse_elementwise=False \(loaded: True\)"):
         generate(small_request, 1, model, RuntimeOptions())
 
 
@@ -270,7 +270,7 @@ def test_linears_the_fused_steps_read_directly_are_named_and_weight_swapping_ref
     from ditproof.poc.compute import PocModel
     from ditproof.poc.deviations import perturb_transform, swapped_weights
 
-    loaded = load_model("wan-tiny-random", RuntimeOptions(fuse_elementwise=True))
+    loaded = load_model("wan-tiny-random", LoadOptions(fuse_elementwise=True))
     expert, layers = loaded.pipeline.transformer, loaded.pipeline.transformer.config.num_layers
     assert bypassed_linears(expert) == [f"blocks.{i}.ffn.net.0.proj" for i in range(layers)]
     # PoC's simulated cheats swap weights in forward hooks, which these layers never run.
@@ -279,5 +279,5 @@ def test_linears_the_fused_steps_read_directly_are_named_and_weight_swapping_ref
         swapped_weights(PocModel.from_loaded(loaded), perturb_transform(0.01)),
     ):
         pass
-    plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    plain = load_model("wan-tiny-random", LoadOptions()).pipeline.transformer
     assert bypassed_linears(plain) == []

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
 from ditproof.generation.execute import execute, resolve_seed
-from ditproof.generation.generate import configure_attention, generate
+from ditproof.generation.generate import generate
 from ditproof.hashing import sha256_file, sha256_tensor
 from ditproof.protocol.options import CaptureOptions, RuntimeOptions
 from ditproof.protocol.record import InferenceRecord
@@ -137,9 +137,29 @@ def test_gpu_only_attention_kernels_are_refused_on_the_cpu(tiny_model, small_req
         generate(small_request, 1, tiny_model, RuntimeOptions(attention_backend=backend))
 
 
-def test_math_kernel_runs_and_is_close_to_the_default(tiny_model, small_request, cpu_options):
+def test_math_kernel_runs_and_is_close_to_the_default(tiny_model, small_request, cpu_options, attention_backends):
     base = generate(small_request, 4, tiny_model, cpu_options).capture.latents["final"][1]
     math_kernel = generate(small_request, 4, tiny_model, RuntimeOptions(attention_backend="sdpa-math"))
     assert torch.allclose(math_kernel.capture.latents["final"][1], base, rtol=1e-3, atol=1e-3)
-    assert tiny_model.attention_backend == "sdpa-math"
-    configure_attention(tiny_model, "sdpa")
+    assert attention_backends(tiny_model) == {None}  # the kernel was the run's choice only
+    # diffusers' process-wide default (set_attention_backend sets it too) is restored as well.
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    assert _AttentionBackendRegistry._active_backend == AttentionBackendName.NATIVE
+    again = generate(small_request, 4, tiny_model, cpu_options).capture.latents["final"][1]
+    assert torch.equal(again, base)
+
+
+def test_the_default_kernel_is_diffusers_native_whatever_another_caller_left(tiny_model, small_request, cpu_options):
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    base = generate(small_request, 4, tiny_model, cpu_options).capture.latents["final"][1]
+    # Another caller's set_attention_backend (e.g. the pricing calibration's expert) also sets
+    # diffusers' process-wide default, which a model's processors follow as loaded.
+    _AttentionBackendRegistry.set_active_backend(AttentionBackendName._NATIVE_MATH)
+    try:
+        again = generate(small_request, 4, tiny_model, cpu_options).capture.latents["final"][1]
+        assert _AttentionBackendRegistry._active_backend == AttentionBackendName._NATIVE_MATH  # put back
+    finally:
+        _AttentionBackendRegistry.set_active_backend(AttentionBackendName.NATIVE)
+    assert torch.equal(again, base)

@@ -1,7 +1,7 @@
 """Speed options applied at load: fused attention projections, regional torch.compile.
 
 Each changes the kernels, so each is in the runtime class; a model loaded without them refuses
-options asking for them; with them, runs repeat bit for bit and the validator regenerates with
+complete options asking for them; with them, runs repeat bit for bit and the validator regenerates with
 the record's options.
 """
 
@@ -15,7 +15,7 @@ from ditproof.errors import InvalidInputError
 from ditproof.generation.execute import execute
 from ditproof.generation.generate import generate
 from ditproof.models.registry import load_model
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import LoadOptions, RuntimeOptions
 from ditproof.validation.validate import validate
 
 ENTROPY = "6d" * 32
@@ -23,7 +23,7 @@ ENTROPY = "6d" * 32
 
 def test_fused_projections_repeat_exactly_stay_close_and_are_in_the_class(tiny_model, small_request, tmp_path: Path):
     fused_options = RuntimeOptions(fuse_projections=True)
-    fused = load_model("wan-tiny-random", fused_options)
+    fused = load_model("wan-tiny-random", fused_options.load)
     first = execute(small_request, fused, fused_options, tmp_path / "a", request_id="k-1", entropy=ENTROPY)
     second = execute(small_request, fused, fused_options, tmp_path / "b", request_id="k-1", entropy=ENTROPY)
     assert first.video.sha256 == second.video.sha256
@@ -33,14 +33,14 @@ def test_fused_projections_repeat_exactly_stay_close_and_are_in_the_class(tiny_m
     # The validator regenerates with the record's options: a fused model for a fused record.
     verdict = validate(first, tmp_path / "a" / first.video.file, fused)
     assert verdict.decision == "valid", verdict.reason
-    with pytest.raises(InvalidInputError, match="fuse_projections/fuse_elementwise/compile: got"):
+    with pytest.raises(InvalidInputError, match=r"options: fuse_projections=True \(loaded: False\)"):
         generate(small_request, 1, tiny_model, fused_options)
 
 
 @pytest.mark.slow
 def test_regional_compile_repeats_exactly_and_is_in_the_class(small_request, tmp_path: Path):
     options = RuntimeOptions(compile="regional")
-    model = load_model("wan-tiny-random", options)
+    model = load_model("wan-tiny-random", options.load)
     first = generate(small_request, 7, model, options)
     second = generate(small_request, 7, model, options)
     assert first.frames is not None and second.frames is not None
@@ -55,8 +55,8 @@ def test_fused_projections_share_the_weights_of_the_separate_ones():
 
     from ditproof.models.registry import fuse_projections
 
-    plain = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
-    model = load_model("wan-tiny-random", RuntimeOptions()).pipeline.transformer
+    plain = load_model("wan-tiny-random", LoadOptions()).pipeline.transformer
+    model = load_model("wan-tiny-random", LoadOptions()).pipeline.transformer
     before = {key: value.clone() for key, value in model.state_dict().items()}
     storage_bytes = sum(p.untyped_storage().nbytes() for p in model.parameters())
     fuse_projections(model)

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
 from ditproof.models.parallel import init_parallel
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import LoadOptions, RuntimeOptions
 
 ENTROPY = "ab" * 32
 ARGS = [
@@ -105,8 +105,8 @@ def test_ffn_slices_are_checked(tiny_model):
     from ditproof.models.registry import load_model
 
     with pytest.raises(InvalidInputError, match="ffn_chunks"):
-        load_model("wan-tiny-random", RuntimeOptions(ffn_chunks=4, fuse_elementwise=True))
+        load_model("wan-tiny-random", LoadOptions(ffn_chunks=4, fuse_elementwise=True))
     with pytest.raises(InvalidInputError, match="a multiple of tp_degree"):
-        load_model("wan-tiny-random", RuntimeOptions(ffn_chunks=3, tp_degree=2))
+        load_model("wan-tiny-random", LoadOptions(ffn_chunks=3, tp_degree=2))
     with pytest.raises(InvalidInputError, match="a divisor of the FFN width"):
-        load_model("wan-tiny-random", RuntimeOptions(ffn_chunks=7))
+        load_model("wan-tiny-random", LoadOptions(ffn_chunks=7))

@@ -91,7 +91,7 @@ def test_a_block_outside_the_expert_is_refused(tiny_model, request_16):
         generate(request_16, 3, tiny_model, options)
 
 
-def test_another_engine_refuses_a_shortcut(tiny_model, request_16):
+def test_another_engine_refuses_a_shortcut(omni_model, request_16):
     options = RuntimeOptions(engine="vllm-omni", shortcut=CfgOffTail(kind="cfg-off-tail"))
     with pytest.raises(InvalidInputError, match="shortcut: got 'cfg-off-tail' with engine 'vllm-omni'"):
-        generate(request_16, 3, tiny_model, options)
+        generate(request_16, 3, omni_model, options)

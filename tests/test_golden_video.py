@@ -16,7 +16,7 @@ import pytest
 
 from ditproof.generation.execute import execute
 from ditproof.models.registry import LoadedModel, load_model
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import LoadOptions, RuntimeOptions
 from ditproof.protocol.request import parse_request
 
 GOLDEN_FILE = Path(__file__).resolve().parent / "data" / "video_golden.json"
@@ -48,7 +48,7 @@ def golden_generation(model: LoadedModel, out: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    model = load_model("wan-shapes-small", RuntimeOptions())
+    model = load_model("wan-shapes-small", LoadOptions())
     return golden_generation(model, tmp_path_factory.mktemp("golden"))
 
 

@@ -9,7 +9,7 @@ from ditproof.errors import ModelNotFoundError
 from ditproof.models.local import check_pipeline_folder, folder_revision
 from ditproof.models.registry import PRESETS, load_model, state_revision
 from ditproof.models.wan import build_tiny_random, tiny_description
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import LoadOptions
 
 
 def test_presets_are_registered():
@@ -48,25 +48,25 @@ def saved_folder(tmp_path_factory, tiny_model) -> Path:
 
 def test_saved_folder_loads_offline_through_the_local_path(saved_folder, cpu_options):
     check_pipeline_folder(saved_folder)
-    loaded = load_model(str(saved_folder), cpu_options)
+    loaded = load_model(str(saved_folder), cpu_options.load)
     assert loaded.preset == "local"
     assert loaded.revision == folder_revision(saved_folder)
     assert loaded.revision == folder_revision(saved_folder)  # cached, same answer
-    again = load_model("wan2.2-t2v-a14b", cpu_options, model_path=saved_folder)
+    again = load_model("wan2.2-t2v-a14b", cpu_options.load, model_path=saved_folder)
     assert again.preset == "wan2.2-t2v-a14b" and again.revision == loaded.revision
 
 
 def test_a14b_preset_without_a_folder_says_where_to_put_it(cpu_options, monkeypatch):
     monkeypatch.delenv("DITPROOF_WAN22_PATH", raising=False)
     with pytest.raises(ModelNotFoundError, match="--model-path DIR or set DITPROOF_WAN22_PATH"):
-        load_model("wan2.2-t2v-a14b", cpu_options)
+        load_model("wan2.2-t2v-a14b", cpu_options.load)
     with pytest.raises(ModelNotFoundError, match="does not exist.*model_index.json"):
-        load_model("wan2.2-t2v-a14b", cpu_options, model_path="/nonexistent/wan22")
+        load_model("wan2.2-t2v-a14b", cpu_options.load, model_path="/nonexistent/wan22")
 
 
 def test_unknown_preset_lists_the_allowed_ones(cpu_options):
     with pytest.raises(ModelNotFoundError, match="got 'wan-huge'; allowed: one of wan2.2-t2v-a14b"):
-        load_model("wan-huge", cpu_options)
+        load_model("wan-huge", cpu_options.load)
 
 
 def test_incomplete_folder_names_every_missing_file(saved_folder, tmp_path):
@@ -106,4 +106,4 @@ def test_missing_shard_and_missing_expert_entry(saved_folder, tmp_path):
 
 def test_a14b_shape_refuses_other_dtypes():
     with pytest.raises(ValueError, match="allowed: bfloat16"):
-        load_model("wan-a14b-shape", RuntimeOptions(dtype="float32"))
+        load_model("wan-a14b-shape", LoadOptions(dtype="float32"))

@@ -47,7 +47,7 @@ def test_an_offloaded_text_encoder_gives_the_same_video_and_stays_on_the_host() 
     results = []
     for offload in (False, True):
         options = RuntimeOptions(offload_text_encoder=offload)
-        model = load_model("wan-tiny-random", options)
+        model = load_model("wan-tiny-random", options.load)
         results.append(generate(request, 11, model, options))
         assert (model.text_encoder_host is not None) == offload
         assert next(model.pipeline.text_encoder.parameters()).device.type == "cpu"
@@ -58,10 +58,8 @@ def test_an_offloaded_text_encoder_gives_the_same_video_and_stays_on_the_host() 
 
 
 def test_a_repeated_prompt_is_not_encoded_again_and_gives_the_same_video() -> None:
-    from ditproof.generation.generate import PROMPT_CACHE_SIZE
-
     options = RuntimeOptions()
-    model = load_model("wan-tiny-random", options)
+    model = load_model("wan-tiny-random", options.load)
     calls: list[str] = []
     encode_prompt = model.pipeline.encode_prompt
 
@@ -77,13 +75,13 @@ def test_a_repeated_prompt_is_not_encoded_again_and_gives_the_same_video() -> No
     second = generate(request, 5, model, options)
     assert calls == [request.prompt]
     assert np.array_equal(first.frames, second.frames)
-    fresh = generate(request, 5, load_model("wan-tiny-random", options), options)  # encoded anew
+    fresh = generate(request, 5, load_model("wan-tiny-random", options.load), options)  # encoded anew
     assert np.array_equal(first.frames, fresh.frames)
     # Another negative prompt is another input; the cache keeps only the last few prompts.
     generate(request.model_copy(update={"negative_prompt": "blurry"}), 5, model, options)
     assert len(calls) == 2
-    for index in range(PROMPT_CACHE_SIZE + 1):
+    for index in range(model.prompts.size + 1):
         generate(request.model_copy(update={"prompt": f"a blue square moves up {index}"}), 5, model, options)
-    assert len(model.prompt_embeddings) == PROMPT_CACHE_SIZE
+    assert len(model.prompts) == model.prompts.size
     generate(request, 5, model, options)
     assert calls[-1] == request.prompt  # pushed out, so encoded again

@@ -9,7 +9,7 @@ from ditproof.cli.validate import DEMO_SIZE
 from ditproof.evaluation.heldout import heldout_prompts, run_model
 from ditproof.models.registry import load_model
 from ditproof.models.shipped import DEMO_REQUEST, SHIPPED_DIR, SHIPPED_NAME, SHIPPED_ROOT
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import LoadOptions, RunOptions
 from ditproof.validation.policy import DEFAULT_THRESHOLDS, ThresholdPolicy
 
 MAX_BYTES = 40_000_000  # the shipped model's weights stay at most 40 MB
@@ -43,8 +43,8 @@ def test_card_reports_the_measured_adherence() -> None:
 
 def test_held_out_prompts_come_out_in_the_named_colour_and_direction() -> None:
     # Two prompts the model never saw, generated as the evaluation does (CPU, training size).
-    loaded = load_model(SHIPPED_NAME, RuntimeOptions())
-    results = run_model(loaded, heldout_prompts(2), dict(DEMO_REQUEST), RuntimeOptions())
+    loaded = load_model(SHIPPED_NAME, LoadOptions())
+    results = run_model(loaded, heldout_prompts(2), dict(DEMO_REQUEST), RunOptions())
     for item in results:
         obj = item.score.objects[0]
         assert obj.color and obj.direction, (item.prompt, obj)
@@ -53,7 +53,7 @@ def test_held_out_prompts_come_out_in_the_named_colour_and_direction() -> None:
 def test_default_thresholds_are_the_stage1_gpu_runs_for_this_model() -> None:
     policy = ThresholdPolicy.from_cli(None, [])
     assert policy.file is not None and policy.file_label == "default (shipped model)"
-    loaded = load_model(SHIPPED_NAME, RuntimeOptions())
+    loaded = load_model(SHIPPED_NAME, LoadOptions())
     entries = policy.file.entries
     assert entries and {e.model for e in entries} == {loaded.revision}
     gpu_class = entries[0].runtime_class

@@ -14,7 +14,7 @@ from ditproof.evaluation import evaluate
 from ditproof.generation.generate import generate
 from ditproof.models.local import folder_revision
 from ditproof.models.registry import load_model
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import LoadOptions, RuntimeOptions
 from ditproof.protocol.request import GenerationRequest
 from ditproof.training.assemble import assemble
 from ditproof.training.bundle import read_bundle
@@ -74,7 +74,7 @@ def test_training_is_reproducible_from_its_seed(trained):
 
 
 def test_assembled_folder_loads_through_ditproof_and_holds_the_trained_weights(trained):
-    model = load_model(str(trained["folder"]), RuntimeOptions())
+    model = load_model(str(trained["folder"]), LoadOptions())
     pipe = model.pipeline
     assert pipe.transformer.dtype == torch.float32 and pipe.config.boundary_ratio == 0.875
     assert pipe.vae.config.latents_std == StageReport.load(trained["vae"] / "vae_report.json").extra["latents_std"]
@@ -88,7 +88,7 @@ def test_assembled_folder_loads_through_ditproof_and_holds_the_trained_weights(t
 
 
 def test_generation_and_evaluation_run_on_the_trained_model(trained):
-    model = load_model(str(trained["folder"]), RuntimeOptions())
+    model = load_model(str(trained["folder"]), LoadOptions())
     prompt = "a red circle moves left on a blue background"
     request = GenerationRequest(prompt=prompt, width=32, height=32, num_frames=5, num_inference_steps=3)
     frames = generate(request, 5, model, RuntimeOptions()).frames

@@ -26,7 +26,7 @@ def executed(tmp_path_factory, tiny_model, cpu_options):
 @pytest.fixture(scope="module")
 def validator_model(cpu_options):
     # A separate load: the validator does not share the executor's objects.
-    return load_model("wan-tiny-random", cpu_options)
+    return load_model("wan-tiny-random", cpu_options.load)
 
 
 def test_honest_video_is_valid_by_exact_match(executed, validator_model):

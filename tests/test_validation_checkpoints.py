@@ -13,7 +13,7 @@ from conftest import PREFLIGHT_CHECKS
 from ditproof.generation.execute import execute
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import load_model
-from ditproof.protocol.options import CaptureOptions, RuntimeOptions
+from ditproof.protocol.options import CaptureOptions, LoadOptions, RuntimeOptions
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import jl_projection
@@ -64,7 +64,7 @@ def honest(tmp_path_factory, tiny_model):
 @pytest.fixture(scope="module")
 def validator_model():
     # The validator's own load: it shares no objects with the executor.
-    return load_model("wan-tiny-random", RuntimeOptions())
+    return load_model("wan-tiny-random", LoadOptions())
 
 
 def fingerprint(record: InferenceRecord, latent: torch.Tensor) -> list[float]:

@@ -15,7 +15,7 @@ import torch
 from conftest import declaring
 from ditproof.generation.execute import execute
 from ditproof.models.registry import load_model
-from ditproof.protocol.options import LowNoiseReuse, RuntimeOptions
+from ditproof.protocol.options import LoadOptions, LowNoiseReuse, RuntimeOptions
 from ditproof.protocol.request import parse_request
 from ditproof.validation.policy import ThresholdPolicy
 from ditproof.validation.validate import validate
@@ -27,7 +27,7 @@ ONE_THREAD = RuntimeOptions(cpu_threads=1)
 
 @pytest.fixture(scope="module")
 def shapes_model():
-    return load_model("wan-shapes-small", RuntimeOptions())
+    return load_model("wan-shapes-small", LoadOptions())
 
 
 def request():

@@ -29,7 +29,7 @@ from conftest import declaring
 from ditproof.generation.execute import execute
 from ditproof.hashing import canonical_json, sha256_bytes, sha256_tensor
 from ditproof.models.registry import load_model
-from ditproof.protocol.options import CaptureOptions, LowNoiseReuse, RuntimeOptions, SkipBlock
+from ditproof.protocol.options import CaptureOptions, LoadOptions, LowNoiseReuse, RuntimeOptions, SkipBlock
 from ditproof.protocol.record import InferenceRecord, TrajectoryFingerprints
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import jl_projection
@@ -67,7 +67,7 @@ def request(steps: int = 16) -> GenerationRequest:
 
 @pytest.fixture(scope="module")
 def validator_model():
-    return load_model("wan-tiny-random", RuntimeOptions())
+    return load_model("wan-tiny-random", LoadOptions())
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from ditproof.validation.validate import validate
 folder, out, artifacts = sys.argv[1:4]
 configure_vllm_omni(model_dir=folder, artifacts=artifacts)
 options = RuntimeOptions(engine="vllm-omni")
-model = load_model(folder, options)
+model = load_model(folder, options.load)
 request = GenerationRequest(prompt="a blue square", width=64, height=48, num_frames=5, num_inference_steps=3)
 record = execute(request, model, options, out, request_id="inproc-1", entropy="77" * 32)
 policy = ThresholdPolicy(explicit={"latent_rel_l2": 1e-9, "psnr": 40.0})

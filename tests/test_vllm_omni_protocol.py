@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ditproof.engines import configure_vllm_omni, run_engine
@@ -10,7 +12,7 @@ from ditproof.engines.vllm_omni.protocol import GenerateJob, artifacts_root, che
 from ditproof.errors import InvalidInputError
 from ditproof.generation.generate import generate
 from ditproof.generation.runtime import runtime_class
-from ditproof.protocol.options import CaptureOptions, RuntimeOptions, VideoEncoding
+from ditproof.protocol.options import CaptureOptions, RunOptions, RuntimeOptions, VideoEncoding
 from ditproof.protocol.record import RuntimeFingerprint
 from ditproof.protocol.request import GenerationRequest
 
@@ -47,9 +49,9 @@ def test_job_round_trips_through_json_with_strict_models():
     assert again == job and again.capture.checkpoint_steps == (1,)
 
 
-def test_no_target_is_a_named_error(tiny_model):
+def test_no_target_is_a_named_error(omni_model):
     with pytest.raises(InvalidInputError, match="DITPROOF_VLLM_OMNI_URL"):
-        generate(REQUEST, 1, tiny_model, RuntimeOptions(engine="vllm-omni"))
+        generate(REQUEST, 1, omni_model, RunOptions())
     with pytest.raises(InvalidInputError, match="DITPROOF_OMNI_ARTIFACTS"):
         artifacts_root()
 
@@ -74,13 +76,14 @@ def test_both_targets_at_once_are_refused():
 def test_diffusers_only_options_are_refused_for_vllm_omni(tiny_model, field, value):
     configure_vllm_omni(url="http://127.0.0.1:1", artifacts="/nonexistent")
     options = RuntimeOptions(engine="vllm-omni", **{field: value})
+    loaded = replace(tiny_model, load=options.load)  # vLLM-Omni runs the loop; the pipeline is the tiny one
     with pytest.raises(InvalidInputError, match=f"{field}: got"):
-        generate(REQUEST, 1, tiny_model, options)
+        generate(REQUEST, 1, loaded, options)
 
 
-def test_segments_are_refused_for_vllm_omni(tiny_model):
+def test_segments_are_refused_for_vllm_omni(omni_model):
     with pytest.raises(InvalidInputError, match="whole runs only"):
-        run_engine(REQUEST, 1, tiny_model, RuntimeOptions(engine="vllm-omni"), stop_after=1)
+        run_engine(REQUEST, 1, omni_model, RunOptions(), stop_after=1)
 
 
 def test_runtime_class_names_engine_and_version(tiny_model, cpu_options):

@@ -30,7 +30,7 @@ from ditproof.metrics import latent_relative_l2, psnr_frames
 from ditproof.models.registry import LoadedModel, load_model
 from ditproof.models.shipped import SHIPPED_NAME, SHIPPED_ROOT
 from ditproof.poc.compute import PocModel, compute_vectors, decode_vector
-from ditproof.protocol.options import CaptureOptions, RuntimeOptions, VideoEncoding
+from ditproof.protocol.options import CaptureOptions, LoadOptions, RuntimeOptions, VideoEncoding
 from ditproof.protocol.poc import ML_NODE_POLICY, PocParams
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import initial_noise
@@ -66,7 +66,12 @@ def server(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[O
 
 @pytest.fixture(scope="module")
 def model(folder: Path) -> LoadedModel:
-    return load_model(str(folder), RuntimeOptions())
+    return load_model(str(folder), LoadOptions())
+
+
+@pytest.fixture(scope="module")
+def omni_model(folder: Path) -> LoadedModel:
+    return load_model(str(folder), OMNI.load)
 
 
 @pytest.fixture(autouse=True)
@@ -76,8 +81,8 @@ def target(server: OmniServer) -> Iterator[None]:
     configure_vllm_omni()
 
 
-def test_generate_through_server_then_validate(server, model, tmp_path):
-    record = execute(REQUEST, model, OMNI, tmp_path, request_id="omni-1", entropy=ENTROPY)
+def test_generate_through_server_then_validate(server, omni_model, tmp_path):
+    record = execute(REQUEST, omni_model, OMNI, tmp_path, request_id="omni-1", entropy=ENTROPY)
 
     noise = sha256_tensor(initial_noise(record.seed, REQUEST.latent_shape()))
     assert record.noise.sha256 == noise
@@ -92,7 +97,7 @@ def test_generate_through_server_then_validate(server, model, tmp_path):
     assert record.fingerprints is not None and len(record.fingerprints.values) == REQUEST.num_inference_steps
     assert record.timings.forward_passes == 2 * REQUEST.num_inference_steps
 
-    verdict = validate(record, tmp_path / "video.mp4", model, policy=STRICT)
+    verdict = validate(record, tmp_path / "video.mp4", omni_model, policy=STRICT)
     assert verdict.decision == "valid", verdict.reason
     assert verdict.validator_runtime_class == record.runtime_class
     # The regenerated final latent is bit-equal; the mp4 bytes are too unless ditproof.video's
@@ -101,7 +106,7 @@ def test_generate_through_server_then_validate(server, model, tmp_path):
     assert "final latent True" in exact.detail, exact.detail
 
 
-def test_served_mp4_is_ditproofs_encoding_of_the_records_frames(server, model, tmp_path):
+def test_served_mp4_is_ditproofs_encoding_of_the_records_frames(server, omni_model, tmp_path):
     """A plain client of the video API gets ditproof's pinned encoding of the record's generation.
 
     The bytes are the worker's own encode (its capture names their hash) of frames it keeps; the
@@ -111,7 +116,7 @@ def test_served_mp4_is_ditproofs_encoding_of_the_records_frames(server, model, t
     """
     seed = 1234
     request = REQUEST.model_copy(update={"seed": seed})
-    record = execute(request, model, OMNI, tmp_path)
+    record = execute(request, omni_model, OMNI, tmp_path)
     assert record.noise.sha256 == sha256_tensor(initial_noise(seed, REQUEST.latent_shape()))
     job = GenerateJob(
         job_id="served-bytes",
@@ -175,9 +180,9 @@ def test_poc_on_served_experts_matches_ditproof(server, model):
     assert [a.vector_b64 for a in other] != [a.vector_b64 for a in served[:4]]
 
 
-def test_cross_engine_same_noise_close_not_equal(server, model):
+def test_cross_engine_same_noise_close_not_equal(server, model, omni_model):
     ours = generate(REQUEST, 11, model, RuntimeOptions())
-    theirs = generate(REQUEST, 11, model, OMNI)
+    theirs = generate(REQUEST, 11, omni_model, OMNI)
     assert ours.noise_sha256 == theirs.noise_sha256
     assert ours.capture.latents["initial"][1].equal(theirs.capture.latents["initial"][1])
     final = latent_relative_l2(theirs.capture.latents["final"][1], ours.capture.latents["final"][1])

@@ -31,10 +31,10 @@ __all__ = ["OMNI_PYTHON", "OMNI_VENV", "ROOT", "OmniServer", "needs_omni", "omni
 def save_tiny_folder(folder: Path) -> Path:
     """A diffusers folder of the tiny model (what ``vllm serve`` and ``load_model`` both load)."""
     from ditproof.models.registry import load_model
-    from ditproof.protocol.options import RuntimeOptions
+    from ditproof.protocol.options import LoadOptions
 
     if not (folder / "model_index.json").is_file():
-        load_model("wan-tiny-random", RuntimeOptions()).pipeline.save_pretrained(folder)
+        load_model("wan-tiny-random", LoadOptions()).pipeline.save_pretrained(folder)
     return folder
 
 

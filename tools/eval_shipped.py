@@ -47,8 +47,10 @@ def load(name: str, options: RuntimeOptions) -> LoadedModel:
 
         pipe, _ = read_bundle(path)
         pipe.to(options.device)
-        return LoadedModel(f"bundle:{path.name}", pipe, state_revision(pipe, {"bundle": path.name}), 512)
-    return load_model(name, options)
+        return LoadedModel(
+            f"bundle:{path.name}", pipe, state_revision(pipe, {"bundle": path.name}), 512, load=options.load
+        )
+    return load_model(name, options.load)
 
 
 def random_baseline(options: RuntimeOptions, size: str) -> LoadedModel:
@@ -76,7 +78,7 @@ def random_baseline(options: RuntimeOptions, size: str) -> LoadedModel:
     pipe.to(options.device)
     name = f"random-{size}"
     description = {"model": name, "seed": seed}
-    return LoadedModel(name, pipe, state_revision(pipe, description), spec.text_max_length)
+    return LoadedModel(name, pipe, state_revision(pipe, description), spec.text_max_length, load=options.load)
 
 
 def progress(label: str) -> Any:
@@ -123,12 +125,12 @@ def main(argv: list[str] | None = None) -> None:
 
     truth = run_ground_truth(prompts, args.width, args.height, args.frames)
     model = load(args.model, options)
-    generated = run_model(model, prompts, request, options, progress("model"))
+    generated = run_model(model, prompts, request, options.run, progress("model"))
     summaries = {"ground_truth": summarize([g.score for g in truth]), "model": summarize([g.score for g in generated])}
     baseline: list[Generated] = []
     if args.baseline:
         base = random_baseline(options, args.baseline_size)
-        baseline = run_model(base, prompts, request, options, progress("random"))
+        baseline = run_model(base, prompts, request, options.run, progress("random"))
         summaries["random_weights"] = summarize([g.score for g in baseline])
 
     seconds = [g.seconds for g in generated]

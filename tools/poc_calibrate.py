@@ -37,7 +37,7 @@ from ditproof.models.registry import LoadedModel, load_model
 from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, format_table, l2_distances, rederive
 from ditproof.poc.compute import PocModel, compute_vectors
 from ditproof.poc.deviations import fewer_layers
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import LoadOptions
 from ditproof.protocol.poc import PocCalibration, PocParams
 
 
@@ -137,11 +137,11 @@ def main() -> None:
     started_all = time.perf_counter()
 
     # 1. The tiny model: CPU float32 reference against CUDA float32 (honest) and bfloat16.
-    cpu_tiny = load_model("wan-tiny-random", RuntimeOptions())
+    cpu_tiny = load_model("wan-tiny-random", LoadOptions())
     tiny_others = [RuntimeSpec("cpu float32 batch 1", "honest", cpu_tiny, 1)]
     if torch.cuda.is_available():
-        cuda32 = load_model("wan-tiny-random", RuntimeOptions(device="cuda"))
-        cuda16 = load_model("wan-tiny-random", RuntimeOptions(device="cuda", dtype="bfloat16"))
+        cuda32 = load_model("wan-tiny-random", LoadOptions(device="cuda"))
+        cuda16 = load_model("wan-tiny-random", LoadOptions(device="cuda", dtype="bfloat16"))
         tiny_others += [
             RuntimeSpec("cuda float32 batch 16", "honest", cuda32, 16),
             RuntimeSpec("cuda float32 batch 64", "honest", cuda32, 64),
@@ -161,12 +161,12 @@ def main() -> None:
 
     # 2. The main model.
     if args.smoke:
-        main_model = load_model("wan-tiny-random", RuntimeOptions(dtype="bfloat16"))
+        main_model = load_model("wan-tiny-random", LoadOptions(dtype="bfloat16"))
         kernels = ["sdpa-math"]
         sizes = [1, 8]
     else:
         started = time.perf_counter()
-        main_model = load_model("wan-a14b-shape", RuntimeOptions(device="cuda", dtype="bfloat16"))
+        main_model = load_model("wan-a14b-shape", LoadOptions(device="cuda", dtype="bfloat16"))
         # PoC needs no text encoder: free its 11 GB for larger batches.
         main_model.pipeline.text_encoder.to("meta")
         torch.cuda.empty_cache()

@@ -31,6 +31,7 @@ from ditproof.metrics.registry import score_videos
 from ditproof.models.registry import load_model
 from ditproof.protocol.options import (
     CfgOffTail,
+    LoadOptions,
     LowNoiseReuse,
     RuntimeOptions,
     SkipBlock,
@@ -68,7 +69,7 @@ def main() -> None:
     tiny = args.preset == "wan-tiny-random"
     width, height, frames = map(int, (args.size or ("64x48x5" if tiny else "128x128x17")).split("x"))
     steps = args.steps or (40 if tiny else 20)
-    model = load_model(args.preset, RuntimeOptions())
+    model = load_model(args.preset, LoadOptions())
     layers = int(model.pipeline.transformer.config.num_layers)
     rows = []
     started = time.perf_counter()

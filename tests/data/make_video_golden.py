@@ -17,12 +17,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from ditproof.models.registry import load_model  # noqa: E402
-from ditproof.protocol.options import RuntimeOptions  # noqa: E402
+from ditproof.protocol.options import LoadOptions  # noqa: E402
 from test_golden_video import GOLDEN_FILE, golden_generation  # noqa: E402
 
 
 def main() -> None:
-    model = load_model("wan-shapes-small", RuntimeOptions())
+    model = load_model("wan-shapes-small", LoadOptions())
     with tempfile.TemporaryDirectory() as scratch:
         observed = golden_generation(model, Path(scratch))
     goldens = json.loads(GOLDEN_FILE.read_text()) if GOLDEN_FILE.exists() else {"classes": {}}

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ditproof.cli.common import call, err, out, parse_steps, quiet_libraries, reported
 from ditproof.errors import InvalidInputError
 from ditproof.models.presets import native_sizes
-from ditproof.protocol.options import CaptureOptions, RuntimeOptions, VideoEncoding
+from ditproof.protocol.options import CaptureOptions, RunOptions, RuntimeOptions, VideoEncoding
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.request import GenerationRequest, parse_request
 
@@ -81,7 +81,7 @@ def request_from_flags(values: dict[str, object]) -> GenerationRequest:
 
 def run_generation(
     request: GenerationRequest,
-    options: RuntimeOptions,
+    options: RunOptions,
     model: LoadedModel,
     out_dir: Path,
     request_id: str | None,
@@ -90,7 +90,7 @@ def run_generation(
     load_seconds: float = 0.0,
     entropy_source: Literal["client", "executor"] = "client",
 ) -> InferenceRecord:
-    """Runs the executor with a progress bar."""
+    """Runs the executor with a progress bar (the model holds the load options)."""
     from ditproof.generation.execute import execute
 
     with Progress(
@@ -244,18 +244,18 @@ def generate_command(
         from ditproof.models.registry import load_model
 
         started = time.perf_counter()
-        loaded = load_model(model, options, model_path=model_path)
+        loaded = load_model(model, options.load, model_path=model_path)
         load_seconds = time.perf_counter() - started
         if not is_main_process():
             # Other ranks take part in every collective of the run but write nothing.
             from ditproof.generation.execute import resolve_seed
             from ditproof.generation.generate import generate
 
-            generate(request, resolve_seed(request, request_id, entropy)[0], loaded, options)
+            generate(request, resolve_seed(request, request_id, entropy)[0], loaded, options.run)
             return
         source: Literal["client", "executor"] = "executor" if drawn else "client"
         record = run_generation(
-            request, options, loaded, out_dir, request_id, entropy, not quiet, load_seconds, entropy_source=source
+            request, options.run, loaded, out_dir, request_id, entropy, not quiet, load_seconds, entropy_source=source
         )
         out.print(f"video   {out_dir / record.video.file}  sha256 {record.video.sha256}")
         out.print(f"record  {out_dir / 'record.json'}  sha256 {record.sha256()}")

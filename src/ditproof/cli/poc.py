@@ -21,7 +21,7 @@ from ditproof.cli.common import EXIT_FAILURE, call, err, out, quiet_libraries, r
 from ditproof.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from ditproof.protocol.options import RuntimeOptions
+    from ditproof.protocol.options import LoadOptions
     from ditproof.protocol.poc import PocArtifacts, PocCalibration, PocParams, PolicyTargets
 
 poc_app = typer.Typer(
@@ -44,13 +44,13 @@ def _params(latent_frames: int, latent_height: int, latent_width: int, text_len:
     )
 
 
-def _options(device: str, dtype: str | None, model: str) -> RuntimeOptions:
+def _load_options(device: str, dtype: str | None, model: str) -> LoadOptions:
     from ditproof.models.presets import PRESETS
-    from ditproof.protocol.options import RuntimeOptions
+    from ditproof.protocol.options import LoadOptions
 
     preset = PRESETS.get(model)
     chosen = dtype or (preset.default_dtype if preset else ("bfloat16" if device.startswith("cuda") else "float32"))
-    return call(RuntimeOptions, device=device, dtype=chosen)
+    return call(LoadOptions, device=device, dtype=chosen)
 
 
 def _read_store(path: Path) -> PocArtifacts:
@@ -101,7 +101,7 @@ def generate_command(
                 "start >= 0, start+count <= 2**32"
             )
         params = _params(latent_frames, latent_height, latent_width, text_len)
-        options = _options(device, dtype, model)
+        options = _load_options(device, dtype, model)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from ditproof.models.registry import load_model
@@ -182,7 +182,7 @@ def validate_command(
         store = _read_store(artifacts)
         commitment = store.commitment
         name = model or commitment.model
-        options = _options(device, dtype, name)
+        options = _load_options(device, dtype, name)
         from ditproof.models.registry import load_model
         from ditproof.poc.compute import PocModel
         from ditproof.poc.validate import validate_store
@@ -356,7 +356,7 @@ def _measure(
             f"--batch-size/--batch-sizes/--threads: got {batch_size}/{batch_sizes!r}/{threads!r}; allowed: positive "
             "integers"
         )
-    options = _options(device, dtype, model)
+    options = _load_options(device, dtype, model)
     from ditproof.models.registry import load_model
     from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, torch_threads
 
@@ -377,7 +377,7 @@ def _measure(
     ]
     other_dtype = cross_dtype or ("bfloat16" if options.dtype == "float32" else None)
     if other_dtype and other_dtype != options.dtype:
-        second = load_model(model, _options(device, other_dtype, model), model_path=model_path)
+        second = load_model(model, _load_options(device, other_dtype, model), model_path=model_path)
         others.append(RuntimeSpec(f"{device} {other_dtype} batch {batch_size}", "cross-dtype", second, batch_size))
     settings = CalibrationSettings(
         nonces=nonces, skip_layers=skip_layers, perturb_fraction=perturb_fraction, targets=targets

@@ -197,7 +197,7 @@ def validate_command(
             assert isinstance(verdict, Verdict)
             finish(verdict, verdict_path)
             return
-        loaded = load_model(model or record.model.preset, options, model_path=model_path)
+        loaded = load_model(model or record.model.preset, options.load, model_path=model_path)
         if mode == "spot-check":
             entropy = validator_entropy or secrets.token_hex(32)
             if not structure_problems(record):
@@ -292,8 +292,8 @@ def demo_command(
             f"[bold]1. generate[/] {request.width}x{request.height}x{request.num_frames}, "
             f"{request.num_inference_steps} steps, model {DEFAULT_MODEL}"
         )
-        loaded = load_model(DEFAULT_MODEL, options)
-        record = run_generation(request, options, loaded, out_dir, "demo-request-1", entropy)
+        loaded = load_model(DEFAULT_MODEL, options.load)
+        record = run_generation(request, options.run, loaded, out_dir, "demo-request-1", entropy)
         out.print(f"   video {out_dir / record.video.file} sha256 {record.video.sha256}")
         out.print("[bold]2. validate[/] (regenerate and compare)")
         verdict = validate(record, out_dir / record.video.file, loaded)

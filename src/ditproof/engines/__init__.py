@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ditproof.generation.result import GenerationResult, StepCallback
     from ditproof.generation.solver import ResumePoint
     from ditproof.models.registry import LoadedModel
-    from ditproof.protocol.options import RuntimeOptions
+    from ditproof.protocol.options import RunOptions
     from ditproof.protocol.request import GenerationRequest
 
 ENGINES = ("diffusers", "vllm-omni")
@@ -42,13 +42,16 @@ def run_engine(
     request: GenerationRequest,
     seed: int,
     model: LoadedModel,
-    options: RuntimeOptions,
+    run: RunOptions,
     on_step: StepCallback | None = None,
     *,
     resume: ResumePoint | None = None,
     stop_after: int | None = None,
 ) -> GenerationResult:
-    """Runs one generation through ``options.engine`` (any engine but diffusers)."""
+    """Runs one generation through the engine the model was loaded for (any but diffusers)."""
+    from ditproof.protocol.options import RuntimeOptions
+
+    options = RuntimeOptions.of(model.load, run)
     if options.engine == "vllm-omni":
         if resume is not None or stop_after is not None:
             raise InvalidInputError(
@@ -61,8 +64,11 @@ def run_engine(
     raise InvalidInputError(f"engine: got {options.engine!r}; allowed: {', '.join(ENGINES)}")
 
 
-def engine_fingerprint_fields(model: LoadedModel, options: RuntimeOptions) -> dict[str, Any]:
+def engine_fingerprint_fields(model: LoadedModel, run: RunOptions) -> dict[str, Any]:
     """The runtime-fingerprint fields an engine other than diffusers reports about itself."""
+    from ditproof.protocol.options import RuntimeOptions
+
+    options = RuntimeOptions.of(model.load, run)
     if options.engine == "vllm-omni":
         from ditproof.engines.vllm_omni.runner import fingerprint_fields
 

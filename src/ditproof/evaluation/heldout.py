@@ -17,7 +17,7 @@ import numpy as np
 from ditproof.errors import InvalidInputError
 from ditproof.evaluation.adherence import AdherenceScore, evaluate
 from ditproof.models.registry import LoadedModel
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import RunOptions
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import derive_seed
 from ditproof.training.grammar import SceneSpec, combinations
@@ -52,7 +52,7 @@ def run_model(
     model: LoadedModel,
     prompts: list[str],
     request_fields: dict[str, Any],
-    options: RuntimeOptions,
+    options: RunOptions,
     on_done: Callable[[int, Generated], None] | None = None,
 ) -> list[Generated]:
     """Generates every prompt with ``model`` (via :func:`ditproof.generation.generate.generate`) and scores it."""

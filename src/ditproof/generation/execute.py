@@ -18,7 +18,7 @@ from ditproof.generation.generate import StepCallback, generate
 from ditproof.generation.runtime import runtime_class, runtime_fingerprint
 from ditproof.generation.trajectory import save_checkpoints
 from ditproof.models.registry import LoadedModel
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import RunOptions, RuntimeOptions
 from ditproof.protocol.record import (
     LATENTS_DIR,
     RECORD_FILE,
@@ -64,7 +64,7 @@ def resolve_seed(request: GenerationRequest, request_id: str | None, entropy: st
 def execute(
     request: GenerationRequest,
     model: LoadedModel,
-    options: RuntimeOptions,
+    options: RunOptions | RuntimeOptions,
     out_dir: str | Path,
     request_id: str | None = None,
     entropy: str | None = None,
@@ -74,7 +74,10 @@ def execute(
 ) -> InferenceRecord:
     """Generates the video of ``request`` into ``out_dir`` and writes its inference record.
 
-    ``entropy_source`` says who chose ``entropy`` (recorded; see ``InferenceRecord.entropy_source``).
+    ``options``: the run's (complete options are taken when their load part is the model's,
+    :meth:`~ditproof.models.registry.LoadedModel.run_options`); the record states
+    ``RuntimeOptions.of(model.load, run)``. ``entropy_source`` says who chose ``entropy``
+    (recorded; see ``InferenceRecord.entropy_source``).
 
     Files are written atomically; the record is written last, so a folder with a record is whole.
     """
@@ -88,15 +91,16 @@ def execute(
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"out: got {out}, which is a file; allowed: a folder (created if missing)")
 
-    result = generate(request, seed, model, options, on_step=on_step)
+    run = model.run_options(options)
+    result = generate(request, seed, model, run, on_step=on_step)
     assert result.frames is not None  # a whole run always decodes
 
     encode_start = time.perf_counter()
-    video_sha, video_size = write_video(out / VIDEO_FILE, result.frames, request.fps, options.encoding)
+    video_sha, video_size = write_video(out / VIDEO_FILE, result.frames, request.fps, run.encoding)
     encode_s = time.perf_counter() - encode_start
     checkpoints = save_checkpoints(result.capture, out / LATENTS_DIR, prefix=f"{LATENTS_DIR}/")
 
-    fingerprint = runtime_fingerprint(model, options)
+    fingerprint = runtime_fingerprint(model, run)
     record = InferenceRecord(
         request_id=request_id,
         entropy=entropy,
@@ -106,7 +110,7 @@ def execute(
         seed_derivation=derivation,  # type: ignore[arg-type]
         noise=NoiseInfo(shape=result.noise_shape, derivation=NOISE_DERIVATION, sha256=result.noise_sha256),
         model=ModelInfo(preset=model.preset, revision=model.revision, text_max_length=model.text_max_length),
-        options=options,
+        options=RuntimeOptions.of(model.load, run),
         runtime=fingerprint,
         runtime_class=runtime_class(fingerprint),
         video=VideoInfo(
@@ -117,7 +121,7 @@ def execute(
             height=request.height,
             num_frames=int(result.frames.shape[0]),
             fps=request.fps,
-            encoding=options.encoding,
+            encoding=run.encoding,
         ),
         checkpoints=checkpoints,
         fingerprints=result.capture.fingerprint_record(),

@@ -1,4 +1,4 @@
-"""The one generation path: request + seed + model + runtime options → frames and trajectory.
+"""The one generation path: request + seed + loaded model + run options → frames and trajectory.
 
 The denoising loop follows diffusers' ``WanPipeline.__call__`` step for step (and the tests
 check that, with default options, both give bitwise-identical latents), with what ditproof adds:
@@ -19,15 +19,15 @@ import torch
 from diffusers import UniPCMultistepScheduler
 
 from ditproof.errors import InvalidInputError
-from ditproof.generation.attention import select_attention
+from ditproof.generation.attention import attention_for_run
 from ditproof.generation.result import GenerationResult, StepCallback
 from ditproof.generation.shortcuts import ShortcutPlan, blocks_skipped
 from ditproof.generation.solver import ResumePoint
 from ditproof.generation.text import check_prompt_length
 from ditproof.generation.trajectory import TrajectoryCapture
 from ditproof.hashing import sha256_tensor
-from ditproof.models.registry import LoadedModel, kernel_options
-from ditproof.protocol.options import CacheOptions, RuntimeOptions
+from ditproof.models.registry import LoadedModel
+from ditproof.protocol.options import CacheOptions, RunOptions, RuntimeOptions
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import initial_noise
 from ditproof.video import frames_to_uint8
@@ -46,15 +46,6 @@ class _Clock:
         now = time.perf_counter()
         elapsed, self.mark = now - self.mark, now
         return elapsed
-
-
-def configure_attention(model: LoadedModel, backend: str) -> None:
-    """Selects the attention kernel of both experts (:func:`ditproof.generation.attention.select_attention`)."""
-    if model.attention_backend == backend:
-        return
-    device = next(model.pipeline.transformer.parameters()).device
-    select_attention((model.pipeline.transformer, model.pipeline.transformer_2), backend, device)
-    model.attention_backend = backend
 
 
 def check_segment(request: GenerationRequest, resume: ResumePoint | None, stop_after: int | None) -> None:
@@ -86,26 +77,33 @@ def expert_switch(scheduler_config: Any, request: GenerationRequest) -> int | No
     return high.index(False) if False in high else None
 
 
-def configure_cache(model: LoadedModel, cache: CacheOptions | None) -> None:
-    """Turns step caching on or off on both experts (diffusers' first-block cache)."""
-    if model.cache == cache:
+@contextmanager
+def step_cache(model: LoadedModel, cache: CacheOptions | None) -> Iterator[None]:
+    """Step caching (diffusers' first-block cache) on both experts for the block, removed after
+    (nothing without a cache). Each run starts with an empty cache."""
+    if cache is None:
+        yield
         return
     from diffusers import FirstBlockCacheConfig
 
-    for expert in (model.pipeline.transformer, model.pipeline.transformer_2):
-        if model.cache is not None:
-            expert.disable_cache()
-        if cache is not None:
+    experts = (model.pipeline.transformer, model.pipeline.transformer_2)
+    enabled = []
+    try:
+        for expert in experts:
             expert.enable_cache(FirstBlockCacheConfig(threshold=cache.threshold))
-    model.cache = cache
+            enabled.append(expert)
+        yield
+    finally:
+        for expert in enabled:
+            expert.disable_cache()
 
 
 @contextmanager
-def cpu_threads(options: RuntimeOptions) -> Iterator[None]:
-    """PyTorch's intra-op thread count set to ``options.cpu_threads`` for a run on the CPU, and
-    restored after (nothing on a GPU, or when the options leave it to the process)."""
-    wanted, before = options.cpu_threads, torch.get_num_threads()
-    if wanted is None or torch.device(options.device).type != "cpu" or wanted == before:
+def cpu_threads(device: str, wanted: int | None) -> Iterator[None]:
+    """PyTorch's intra-op thread count set to ``wanted`` for a run on the CPU ``device``, and
+    restored after (nothing on a GPU, or when ``wanted`` is None: the process's count)."""
+    before = torch.get_num_threads()
+    if wanted is None or torch.device(device).type != "cpu" or wanted == before:
         yield
         return
     torch.set_num_threads(wanted)
@@ -120,39 +118,34 @@ R = TypeVar("R")
 
 
 def with_cpu_threads(function: Callable[P, R]) -> Callable[P, R]:
-    """Runs ``function(request, seed, model, options, ...)`` under :func:`cpu_threads` of its
-    options (the fourth argument, or ``options=``)."""
+    """Runs ``function(request, seed, model, options, ...)`` under :func:`cpu_threads` of the
+    model's device and the options' thread count (the fourth argument, or ``options=``)."""
 
     @functools.wraps(function)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        model = kwargs["model"] if "model" in kwargs else args[2]
         options = kwargs["options"] if "options" in kwargs else args[3]
-        assert isinstance(options, RuntimeOptions)
-        with cpu_threads(options):
+        assert isinstance(model, LoadedModel) and isinstance(options, RunOptions | RuntimeOptions)
+        with cpu_threads(model.load.device, options.cpu_threads):
             return function(*args, **kwargs)
 
     return run
 
 
-PROMPT_CACHE_SIZE = 4
-"""Prompts whose text-encoder outputs a loaded model keeps (a validation re-runs one request's
-segments one by one: each would encode the same prompt again)."""
-
-
 def encode(
-    model: LoadedModel, request: GenerationRequest, do_cfg: bool, options: RuntimeOptions, device: torch.device
+    model: LoadedModel, request: GenerationRequest, do_cfg: bool, run: RunOptions, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The prompt's (and, with CFG, the negative prompt's) text-encoder outputs, as WanPipeline's.
 
-    The outputs of the last :data:`PROMPT_CACHE_SIZE` prompts are kept on the model: the same
-    text encoder on the same input gives the same tensors, so a repeat is not encoded again.
+    Kept in the model's :class:`~ditproof.models.registry.PromptCache`: a repeat is not encoded
+    again. An offloaded text encoder is on the device for the encoding only.
     """
-    key = (request.prompt, request.negative_prompt, do_cfg, str(device), options.attention_backend)
-    cache = model.prompt_embeddings
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
-    placement = model.offloaded_text_encoder(device).on(device) if options.offload_text_encoder else nullcontext()
-    with placement:  # offloaded: on the device for this prompt only (see ditproof.models.offload)
+    key = (request.prompt, request.negative_prompt, do_cfg, str(device), run.attention_backend)
+    kept = model.prompts.get(key)
+    if kept is not None:
+        return kept
+    host = model.text_encoder_host
+    with nullcontext() if host is None else host.on(device):  # see ditproof.models.offload
         embeddings = model.pipeline.encode_prompt(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -161,9 +154,7 @@ def encode(
             max_sequence_length=model.text_max_length,
             device=device,
         )
-    cache[key] = embeddings
-    while len(cache) > PROMPT_CACHE_SIZE:
-        cache.popitem(last=False)
+    model.prompts.put(key, embeddings)
     return embeddings
 
 
@@ -173,20 +164,23 @@ def generate(
     request: GenerationRequest,
     seed: int,
     model: LoadedModel,
-    options: RuntimeOptions,
+    options: RunOptions | RuntimeOptions,
     on_step: StepCallback | None = None,
     *,
     resume: ResumePoint | None = None,
     stop_after: int | None = None,
 ) -> GenerationResult:
-    """Runs one text-to-video generation, or a segment of one.
+    """Runs one text-to-video generation, or a segment of one, on a loaded model.
 
     Args:
         request: the validated request (its ``seed`` field is ignored: ``seed`` is authoritative).
         seed: the seed of the initial noise (derived by the caller).
-        model: a loaded two-expert pipeline.
-        options: device, dtypes, kernels, deviations and capture settings (on the CPU, with the
-            thread count ``options.cpu_threads``: see :func:`with_cpu_threads`).
+        model: a loaded two-expert pipeline; its load options (device, dtypes, weights, kernels,
+            parallelism, engine) are the run's.
+        options: the run's choices (kernel, CFG mode, deviations, capture; on the CPU the thread
+            count ``cpu_threads``: see :func:`with_cpu_threads`). Complete
+            :class:`RuntimeOptions` are taken too when their load part is the model's
+            (:meth:`LoadedModel.run_options`).
         on_step: progress callback.
         resume: start from a checkpoint (latent and solver state after ``resume.step`` steps)
             instead of the noise.
@@ -196,40 +190,41 @@ def generate(
     Returns:
         Frames as uint8 ``(F, H, W, 3)``, the noise hash and the captured trajectory.
     """
-    if options.engine != "diffusers" and options.shortcut is not None:
+    run = model.run_options(options)
+    engine = model.load.engine
+    if engine != "diffusers" and run.shortcut is not None:
         raise InvalidInputError(
-            f"shortcut: got {options.shortcut.kind!r} with engine {options.engine!r}; allowed: engine 'diffusers' "
+            f"shortcut: got {run.shortcut.kind!r} with engine {engine!r}; allowed: engine 'diffusers' "
             "(ditproof's own loop runs the experiments' shortcuts)"
         )
-    if options.engine != "diffusers":
+    if engine != "diffusers":
         # Another engine runs the loop (ditproof.engines); it returns the same GenerationResult.
         from ditproof.engines import run_engine
 
-        return run_engine(request, seed, model, options, on_step, resume=resume, stop_after=stop_after)
-    pipe = model.pipeline
-    device = torch.device(options.device)
-    clock = _Clock(device)
+        return run_engine(request, seed, model, run, on_step, resume=resume, stop_after=stop_after)
 
     # 1. Check inputs the request model cannot check alone.
     check_prompt_length(model, request.prompt, request.negative_prompt)
     check_segment(request, resume, stop_after)
-    if options.weights != model.weights:
-        raise InvalidInputError(
-            f"weights: got {options.weights!r} but the model was loaded with {model.weights!r}; "
-            "allowed: the loaded model's weights mode (pass the options to load_model)"
-        )
-    if model.parallel != (options.tp_degree, options.cp_degree):
-        raise InvalidInputError(
-            f"tp_degree/cp_degree: got {(options.tp_degree, options.cp_degree)} but the model was loaded with "
-            f"{model.parallel}; allowed: the loaded model's degrees (pass the options to load_model)"
-        )
-    if model.kernels != kernel_options(options):
-        raise InvalidInputError(
-            f"fuse_projections/fuse_elementwise/compile: got {kernel_options(options)} but the model was loaded "
-            f"with {model.kernels}; allowed: the loaded model's (pass the options to load_model)"
-        )
-    configure_attention(model, options.attention_backend)
-    configure_cache(model, options.cache)
+    device = torch.device(model.load.device)
+    experts = (model.pipeline.transformer, model.pipeline.transformer_2)
+    with attention_for_run(experts, run.attention_backend, device), step_cache(model, run.cache):
+        return _denoise(request, seed, model, run, device, on_step, resume, stop_after)
+
+
+def _denoise(
+    request: GenerationRequest,
+    seed: int,
+    model: LoadedModel,
+    options: RunOptions,
+    device: torch.device,
+    on_step: StepCallback | None,
+    resume: ResumePoint | None,
+    stop_after: int | None,
+) -> GenerationResult:
+    """Steps 2 to 6 of :func:`generate`: noise, prompt, timesteps, the loop, the VAE."""
+    pipe = model.pipeline
+    clock = _Clock(device)
 
     # 2. Initial noise, drawn on the CPU from the seed.
     shape = request.latent_shape(

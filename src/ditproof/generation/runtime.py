@@ -14,7 +14,7 @@ from ditproof.generation.attention import attention_library
 from ditproof.hashing import sha256_json
 from ditproof.models.fused import STEPS as FUSED_STEPS
 from ditproof.models.registry import LoadedModel
-from ditproof.protocol.options import RuntimeOptions, shortcut_label
+from ditproof.protocol.options import RunOptions, RuntimeOptions, shortcut_label
 from ditproof.protocol.record import RuntimeFingerprint
 
 
@@ -68,19 +68,27 @@ def _plain(value: object) -> object:
     return repr(value)
 
 
-def runtime_fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeFingerprint:
-    """Reads the hardware and software of this process and combines them with the run's options.
+def runtime_fingerprint(model: LoadedModel, options: RunOptions | RuntimeOptions) -> RuntimeFingerprint:
+    """Reads the hardware and software of this process and combines them with the model's load
+    options and the run's options (complete options: their load part must be the model's, see
+    :meth:`LoadedModel.run_options`).
 
     With an engine other than diffusers, what that engine ran on (device, libraries, kernel,
     solver) replaces this process's own (:func:`ditproof.engines.engine_fingerprint_fields`).
     """
+    run = model.run_options(options)
+    local = _fingerprint(model, RuntimeOptions.of(model.load, run))
+    if model.load.engine == "diffusers":
+        return local
+    from ditproof.engines import engine_fingerprint_fields
+
+    return local.model_copy(update=engine_fingerprint_fields(model, run))
+
+
+def _fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeFingerprint:
+    """This process's fingerprint for ``options`` as ditproof's own loop runs them (the engine field
+    is filled in by an engine's own fields)."""
     from ditproof import __version__
-
-    if options.engine != "diffusers":
-        from ditproof.engines import engine_fingerprint_fields
-
-        local = runtime_fingerprint(model, options.model_copy(update={"engine": "diffusers"}))
-        return local.model_copy(update=engine_fingerprint_fields(model, options))
 
     device = torch.device(options.device)
     cuda: dict[str, object] = {}

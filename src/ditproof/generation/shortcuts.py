@@ -1,4 +1,4 @@
-"""Compute-saving malign deviations (``RuntimeOptions.shortcut``), run by the experiments and tests.
+"""Compute-saving malign deviations (``RunOptions.shortcut``), run by the experiments and tests.
 
 Each is a way an executor could save compute while claiming the published algorithm: a step cache
 that starts only after the expert switch (``low-noise-reuse``), CFG off for the last steps

@@ -1,7 +1,7 @@
 """Keeping a module in host memory between uses, without copying it back each time.
 
 The A14B text encoder (UMT5-XXL, 11 GB in bf16) does not fit on an 80 GB card next to both
-experts, so it is offloaded (``RuntimeOptions.offload_text_encoder``). ``module.to(device)``
+experts, so it is offloaded (``LoadOptions.offload_text_encoder``). ``module.to(device)``
 before each prompt and ``module.to("cpu")`` after it copies 11 GB each way from pageable memory:
 13.8 s per video on an H100 (``bench/results/pricing_validate_h100_2026-11-26.json``).
 

@@ -25,13 +25,15 @@ process group uses gloo (tensor parallelism only), which is how the tests run it
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import LoadOptions, RuntimeOptions
+
+Options = TypeVar("Options", LoadOptions, RuntimeOptions)
 
 
 def world() -> tuple[int, int]:
@@ -46,7 +48,7 @@ def is_main_process() -> bool:
     return world()[0] == 0
 
 
-def init_parallel(options: RuntimeOptions) -> RuntimeOptions:
+def init_parallel(options: Options) -> Options:
     """Starts the process group a parallel run needs and returns the options with this rank's device.
 
     Raises:
@@ -91,7 +93,7 @@ def ffn_plan(expert: torch.nn.Module) -> dict[str, object]:
     return plan
 
 
-def apply_parallel(experts: tuple[torch.nn.Module, ...], options: RuntimeOptions) -> None:
+def apply_parallel(experts: tuple[torch.nn.Module, ...], options: LoadOptions) -> None:
     """Shards the experts in place for the run's tensor or context parallelism."""
     if options.tp_degree > 1 and options.ffn_chunks == 1:
         from torch.distributed.device_mesh import init_device_mesh
@@ -156,7 +158,7 @@ class SlicedFeedForward(torch.nn.Module):
         return (total + self.down_bias.float()).to(hidden_states.dtype)
 
 
-def slice_feed_forwards(experts: tuple[torch.nn.Module, ...], options: RuntimeOptions) -> None:
+def slice_feed_forwards(experts: tuple[torch.nn.Module, ...], options: LoadOptions) -> None:
     """Replaces every block's FFN by :class:`SlicedFeedForward` of ``options.ffn_chunks`` slices,
     keeping this rank's share under tensor parallelism."""
     rank, world = world_rank_for(options)
@@ -165,7 +167,7 @@ def slice_feed_forwards(experts: tuple[torch.nn.Module, ...], options: RuntimeOp
             block.ffn = SlicedFeedForward(block.ffn, options.ffn_chunks, rank, world)
 
 
-def world_rank_for(options: RuntimeOptions) -> tuple[int, int]:
+def world_rank_for(options: LoadOptions) -> tuple[int, int]:
     """(rank, ranks) among which the FFN slices are shared: the tensor-parallel group, or (0, 1)."""
     if options.tp_degree == 1:
         return 0, 1

@@ -21,42 +21,105 @@ from ditproof.models.local import check_pipeline_folder, folder_revision
 from ditproof.models.offload import HostResident
 from ditproof.models.presets import PRESETS, WAN22_PATH_ENV
 from ditproof.models.presets import ModelPreset as ModelPreset  # re-exported: callers import it from here
-from ditproof.protocol.options import CacheOptions, RuntimeOptions
+from ditproof.protocol.options import LoadOptions, RunOptions, RuntimeOptions
+
+PromptKey = tuple[object, ...]
+PromptEmbeddings = tuple[torch.Tensor, torch.Tensor | None]
+
+
+class PromptCache:
+    """The text-encoder outputs of a loaded model's last ``size`` prompts, most recent last.
+
+    The same text encoder on the same input gives the same tensors, so a repeat need not be
+    encoded again (a validation re-runs one request's segments one by one: each would encode the
+    same prompt again). Keys are chosen by the caller
+    (:func:`ditproof.generation.generate.encode`).
+    """
+
+    def __init__(self, size: int = 4):
+        self.size = size
+        self._entries: OrderedDict[PromptKey, PromptEmbeddings] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: PromptKey) -> PromptEmbeddings | None:
+        """The outputs kept for ``key`` (now the most recent), else None."""
+        if key not in self._entries:
+            return None
+        self._entries.move_to_end(key)
+        return self._entries[key]
+
+    def put(self, key: PromptKey, embeddings: PromptEmbeddings) -> None:
+        """Keeps ``embeddings`` for ``key``, dropping the oldest beyond ``size``."""
+        self._entries[key] = embeddings
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forgets every prompt."""
+        self._entries.clear()
 
 
 @dataclass
 class LoadedModel:
-    """A pipeline ready to run, with the identity of its weights."""
+    """A pipeline ready to run, with the identity of its weights and the options it was loaded with.
+
+    What it owns, all set up by :func:`load_model`:
+
+    - ``pipeline``: the two experts, text encoder and VAE, placed, cast, sharded, fused and
+      compiled as ``load`` says;
+    - ``load``: the :class:`LoadOptions` applied (fixed for the model's life: a run takes only
+      :class:`RunOptions`, and a record states both through ``RuntimeOptions.of``);
+    - ``text_encoder_host``: with ``load.offload_text_encoder``, the text encoder kept in host
+      memory between prompts (None otherwise);
+    - ``prompts``: the :class:`PromptCache` of the last few prompts' text-encoder outputs.
+
+    A generation leaves the model as it found it: its attention kernel and step cache are set for
+    the run and restored after (:mod:`ditproof.generation.attention`,
+    :func:`ditproof.generation.generate.step_cache`); only ``prompts`` gains entries. One
+    generation at a time runs on a model.
+    """
 
     preset: str
     pipeline: WanPipeline
     revision: str
     text_max_length: int
-    attention_backend: str = "sdpa"
-    weights: str = "native"
-    cache: CacheOptions | None = None
-    parallel: tuple[int, int] = (1, 1)
-    kernels: tuple[bool, bool, str, int] = (False, False, "none", 1)  # see kernel_options: applied at load
-    text_encoder_host: HostResident | None = None  # set at the first generation that offloads it
-    prompt_embeddings: OrderedDict[tuple[object, ...], tuple[torch.Tensor, torch.Tensor | None]] = field(
-        default_factory=OrderedDict
-    )  # the last few prompts' text-encoder outputs (see ditproof.generation.generate.encode)
+    load: LoadOptions = field(default_factory=LoadOptions)
+    text_encoder_host: HostResident | None = None
+    prompts: PromptCache = field(default_factory=PromptCache)
 
-    def offloaded_text_encoder(self, device: torch.device) -> HostResident:
-        """The text encoder kept in host memory between prompts (``offload_text_encoder``)."""
-        if self.text_encoder_host is None:
-            self.text_encoder_host = HostResident(self.pipeline.text_encoder, pin=device.type == "cuda")
-        return self.text_encoder_host
+    def run_options(self, options: RunOptions | RuntimeOptions) -> RunOptions:
+        """The run part of ``options``: complete options must have been loaded as this model was.
+
+        Raises:
+            InvalidInputError: a load-time option that differs from the model's, naming each.
+        """
+        if isinstance(options, RunOptions):
+            return options
+        wanted = options.load
+        if wanted != self.load:
+            differ = [
+                f"{name}={getattr(wanted, name)!r} (loaded: {getattr(self.load, name)!r})"
+                for name in LoadOptions.model_fields
+                if getattr(wanted, name) != getattr(self.load, name)
+            ]
+            raise InvalidInputError(
+                f"options: {', '.join(differ)}; allowed: the load options the model was loaded with "
+                "(pass them to load_model, or pass RunOptions)"
+            )
+        return options.run
 
 
-def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None = None) -> LoadedModel:
-    """Loads a preset, or a local diffusers folder given as ``name`` or ``model_path``.
+def load_model(name: str, load: LoadOptions, model_path: str | Path | None = None) -> LoadedModel:
+    """Loads a preset, or a local diffusers folder given as ``name`` or ``model_path``, and applies
+    ``load`` (placement and dtypes, text-encoder offload, the weights mode, feed-forward slices,
+    parallel layout, fused kernels and compilation).
 
     Args:
         name: a preset name (see :data:`PRESETS`) or the path of a local Wan2.2 diffusers folder.
-        options: device and dtypes to load into, and the weights mode (``fp8-e4m3`` rounds the
-            experts' linear weights through float8 after loading; the revision stays that of
-            the source weights, the mode is recorded in the runtime fingerprint).
+        load: what to apply at load; kept on the model (``fp8-e4m3`` weights: the revision stays
+            that of the source weights, the mode is recorded in the runtime fingerprint).
         model_path: the folder for the ``wan2.2-t2v-a14b`` preset.
 
     Raises:
@@ -65,54 +128,48 @@ def load_model(name: str, options: RuntimeOptions, model_path: str | Path | None
     """
     from ditproof.models.parallel import apply_parallel, slice_feed_forwards
 
-    if options.fuse_elementwise and options.tp_degree > 1:
+    if not isinstance(load, LoadOptions):  # untyped callers (scripts) may still pass RuntimeOptions
+        raise InvalidInputError(f"load: got {type(load).__name__}; allowed: LoadOptions (RuntimeOptions.load)")
+    if load.fuse_elementwise and load.tp_degree > 1:
         # Tensor parallelism splits the FFN's up-projection across ranks (DTensor weights and
         # hooks on the projection module), which the fused product would bypass.
         raise InvalidInputError(
-            f"fuse_elementwise: not with tp_degree={options.tp_degree}; allowed: fuse_elementwise with "
+            f"fuse_elementwise: not with tp_degree={load.tp_degree}; allowed: fuse_elementwise with "
             "tp_degree 1 (context parallelism is fine), or tensor parallelism without it"
         )
-    if options.ffn_chunks > 1 and (options.fuse_elementwise or options.compile != "none"):
+    if load.ffn_chunks > 1 and (load.fuse_elementwise or load.compile != "none"):
         # Both rewrite the feed-forward network the slices replace; not measured together.
         raise InvalidInputError(
-            f"ffn_chunks: {options.ffn_chunks} with fuse_elementwise={options.fuse_elementwise}, "
-            f"compile={options.compile!r}; allowed: ffn_chunks 1, or neither of the two"
+            f"ffn_chunks: {load.ffn_chunks} with fuse_elementwise={load.fuse_elementwise}, "
+            f"compile={load.compile!r}; allowed: ffn_chunks 1, or neither of the two"
         )
-    if options.ffn_chunks > 1 and options.ffn_chunks % options.tp_degree:
+    if load.ffn_chunks > 1 and load.ffn_chunks % load.tp_degree:
         raise InvalidInputError(
-            f"ffn_chunks: got {options.ffn_chunks} with tp_degree {options.tp_degree}; allowed: 1, or a multiple "
+            f"ffn_chunks: got {load.ffn_chunks} with tp_degree {load.tp_degree}; allowed: 1, or a multiple "
             "of tp_degree (each rank runs whole slices)"
         )
-    model = _load(name, options, model_path)
-    if options.offload_text_encoder:  # in pinned host memory, on the device per prompt only
-        model.offloaded_text_encoder(torch.device(options.device))
+    model = _load(name, load, model_path)
+    if load.offload_text_encoder:  # in pinned host memory, on the device per prompt only
+        model.text_encoder_host = HostResident(
+            model.pipeline.text_encoder, pin=torch.device(load.device).type == "cuda"
+        )
     experts = (model.pipeline.transformer, model.pipeline.transformer_2)
-    if options.weights == "fp8-e4m3":
+    if load.weights == "fp8-e4m3":
         for expert in experts:
             fp8_roundtrip_linear_weights(expert)
-        model.weights = "fp8-e4m3"
-    if options.ffn_chunks > 1:
-        slice_feed_forwards(experts, options)
-    if options.tp_degree > 1 or options.cp_degree > 1:
-        apply_parallel(experts, options)
-        model.parallel = (options.tp_degree, options.cp_degree)
-    apply_kernels(experts, options)
-    model.kernels = kernel_options(options)
+    if load.ffn_chunks > 1:
+        slice_feed_forwards(experts, load)
+    if load.tp_degree > 1 or load.cp_degree > 1:
+        apply_parallel(experts, load)
+    apply_kernels(experts, load)
     return model
-
-
-def kernel_options(options: RuntimeOptions) -> tuple[bool, bool, str, int]:
-    """The options applied at load time that change the experts' kernels: fused projections,
-    fused elementwise steps, compile mode, feed-forward slices (a request must match the loaded
-    model's)."""
-    return (options.fuse_projections, options.fuse_elementwise, options.compile, options.ffn_chunks)
 
 
 COMPILE_OPTIONS = {"deterministic": True}
 """Inductor settings of ``compile="regional"`` (see :func:`apply_kernels`)."""
 
 
-def apply_kernels(experts: tuple[torch.nn.Module, ...], options: RuntimeOptions) -> None:
+def apply_kernels(experts: tuple[torch.nn.Module, ...], options: LoadOptions) -> None:
     """Fuses the experts' attention projections and elementwise steps and compiles their repeated
     blocks, as asked.
 
@@ -178,7 +235,7 @@ def fp8_roundtrip_linear_weights(module: torch.nn.Module) -> None:
                 sub.weight.data = weight.clamp(-448.0, 448.0).to(torch.float8_e4m3fn).to(weight.dtype)
 
 
-def _load(name: str, options: RuntimeOptions, model_path: str | Path | None) -> LoadedModel:
+def _load(name: str, options: LoadOptions, model_path: str | Path | None) -> LoadedModel:
     if name not in PRESETS:
         if Path(name).is_dir() or os.sep in name:
             return _load_folder("local", Path(name), options, PRESETS["wan2.2-t2v-a14b"].text_max_length)
@@ -211,13 +268,13 @@ def _load(name: str, options: RuntimeOptions, model_path: str | Path | None) -> 
         _place(pipe, options)
         # The weights themselves, not the card that drew them: two cards whose generators give the
         # same weights give the same revision.
-        return LoadedModel(name, pipe, state_revision(pipe, description), preset.text_max_length)
+        return LoadedModel(name, pipe, state_revision(pipe, description), preset.text_max_length, options)
     from ditproof.models.wan import build_tiny_random, tiny_description
 
     pipe = build_tiny_random()
     revision = state_revision(pipe, tiny_description())
     _place(pipe, options)
-    return LoadedModel(name, pipe, revision, preset.text_max_length)
+    return LoadedModel(name, pipe, revision, preset.text_max_length, options)
 
 
 def state_revision(pipe: WanPipeline, description: dict[str, object], workers: int = 8) -> str:
@@ -244,7 +301,7 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def _place(pipe: WanPipeline, options: RuntimeOptions) -> None:
+def _place(pipe: WanPipeline, options: LoadOptions) -> None:
     device = torch.device(options.device)
     placements = (
         (pipe.transformer, options.dtype),
@@ -259,13 +316,13 @@ def _place(pipe: WanPipeline, options: RuntimeOptions) -> None:
             module.to(device)
 
 
-def _device_resident(pipe: WanPipeline, options: RuntimeOptions) -> list[torch.nn.Module]:
+def _device_resident(pipe: WanPipeline, options: LoadOptions) -> list[torch.nn.Module]:
     """The modules loaded onto the device: all but an offloaded text encoder (see load_model)."""
     modules = [pipe.vae, pipe.transformer, pipe.transformer_2]
     return modules if options.offload_text_encoder else [*modules, pipe.text_encoder]
 
 
-def _load_folder(name: str, folder: Path, options: RuntimeOptions, text_max_length: int) -> LoadedModel:
+def _load_folder(name: str, folder: Path, options: LoadOptions, text_max_length: int) -> LoadedModel:
     from diffusers import AutoencoderKLWan
     from transformers import UMT5EncoderModel
 
@@ -287,4 +344,4 @@ def _load_folder(name: str, folder: Path, options: RuntimeOptions, text_max_leng
         module.eval().requires_grad_(False)
     for module in _device_resident(pipe, options):
         module.to(options.device)
-    return LoadedModel(name, pipe, revision, text_max_length)
+    return LoadedModel(name, pipe, revision, text_max_length, options)

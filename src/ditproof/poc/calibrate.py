@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ditproof.generation.generate import configure_attention
+from ditproof.generation.attention import attention_for_run
 from ditproof.models.registry import LoadedModel
 from ditproof.poc.compute import PocModel, compute_vectors, encode_vector
 from ditproof.poc.derive import derive_policy, detection_probability
@@ -96,14 +96,10 @@ def summarize(name: str, kind: str, reference: str, distances: np.ndarray) -> Di
     )
 
 
-@contextmanager
-def _attention(model: LoadedModel, backend: str) -> Iterator[None]:
-    previous = model.attention_backend
-    configure_attention(model, backend)
-    try:
-        yield
-    finally:
-        configure_attention(model, previous)
+def _attention(model: LoadedModel, backend: str) -> AbstractContextManager[None]:
+    """Both experts with ``backend`` for the block, as a generation selects it."""
+    experts = (model.pipeline.transformer, model.pipeline.transformer_2)
+    return attention_for_run(experts, backend, next(model.pipeline.transformer.parameters()).device)
 
 
 def torch_threads(count: int) -> Callable[[PocModel], AbstractContextManager[object]]:

@@ -156,7 +156,7 @@ def build_expert(
 
 
 def set_attention(module: torch.nn.Module, backend: str) -> None:
-    """Selects the attention kernel, as generation does (see ``RuntimeOptions.attention_backend``)."""
+    """Selects the attention kernel, as generation does (see ``RunOptions.attention_backend``)."""
     from ditproof.generation.attention import select_attention
 
     select_attention([module], backend, next(module.parameters()).device)
@@ -313,7 +313,7 @@ def calibrate(
         layers: time a model of this many blocks and scale to all (default: all blocks).
         warmup: untimed passes before each size.
         repeats: timed passes per size (the median is kept).
-        attention_backend: the kernel, as in :class:`~ditproof.protocol.options.RuntimeOptions`.
+        attention_backend: the kernel, as in :class:`~ditproof.protocol.options.RunOptions`.
         max_patches: the largest N the entry will price (default: the largest N timed).
         provenance: who or what produced the entry (kept in the file).
         on_point: progress callback.

@@ -1,7 +1,9 @@
 """Runtime options of the one generation path.
 
 Every option that can change the numbers is recorded in the inference record and the runtime
-fingerprint, so that an executor and a validator can pin it. Deviations studied by the
+fingerprint, so that an executor and a validator can pin it. :class:`LoadOptions` are applied
+when a model is loaded and belong to it; :class:`RunOptions` are a run's own choices on a loaded
+model; :class:`RuntimeOptions`, the record's complete view, joins both. Deviations studied by the
 experiments (CFG batching, a single expert, another attention kernel, ...) are options here,
 never forks of the generation code.
 """
@@ -203,41 +205,103 @@ def shortcut_label(shortcut: LowNoiseReuse | CfgOffTail | UncondReuseTail | Skip
     return f"{shortcut.kind}:{params}"
 
 
-class RuntimeOptions(BaseModel):
-    """How a request is run: device, precision, kernels and deviations.
+def _check_device(value: str) -> str:
+    base, _, index = value.partition(":")
+    if base not in ("cpu", "cuda") or (index and (not index.isdigit() or base == "cpu")):
+        raise ValueError(f"got {value!r}; allowed: cpu, cuda or cuda:N")
+    return value
 
-    ``cfg_mode``: ``sequential`` runs the conditional and unconditional passes one after the
-    other (diffusers' WanPipeline); ``batched`` runs both in one forward of batch 2.
-    ``experts``: ``both`` is the model as published; ``high-noise-only`` runs the high-noise
-    expert at every step (the malign "one expert only" node).
+
+class LoadOptions(BaseModel):
+    """What is applied when a model is loaded (:func:`ditproof.models.registry.load_model`); a
+    loaded model holds its own and every run on it runs with them.
+
+    ``device``, ``dtype`` (both experts), ``vae_dtype``, ``text_encoder_dtype`` (None: ``dtype``):
+    where and in which precision the weights live.
+    ``offload_text_encoder``: the text encoder stays in pinned host memory and is on the device
+    for a prompt's encoding only (:mod:`ditproof.models.offload`); not in the runtime class.
     ``weights``: ``native`` as loaded; ``fp8-e4m3`` rounds every linear weight of both experts
-    through float8 e4m3 and back (weight-only FP8, a malign deviation); applied at load time.
-    ``shortcut``: a compute-saving malign deviation (:data:`Shortcut`: a low-noise step cache,
-    CFG off or the unconditional pass reused for the last steps, one block skipped); None is the
-    published algorithm. Like ``experts``, ``weights`` and ``cache``, a validator never adopts it.
+    through float8 e4m3 and back (weight-only FP8, a malign deviation a validator never adopts).
     ``tp_degree`` / ``cp_degree``: tensor / context (Ulysses) parallelism over that many GPUs,
     one process per GPU (``torchrun``); 1 means none.
     ``fuse_projections``: both experts' attention projections fused into one matrix product per
     attention (diffusers' ``fuse_projections``); ``compile``: ``regional`` compiles the experts'
     repeated blocks with ``torch.compile`` (diffusers' ``compile_repeated_blocks``), fusing the
     elementwise work around the matrix products. Both change the kernels and so the low bits:
-    they are part of the runtime class, and both are applied at load time.
+    they are part of the runtime class.
     ``fuse_elementwise``: the feed-forward's tanh-GELU in its up-projection's epilogue and the
     self-attention's query/key RMS norm with the rotary embedding in one kernel
-    (:mod:`ditproof.models.fused`); changes the low bits, part of the runtime class, applied at
-    load time.
-    ``engine``: what runs the denoising loop: ``diffusers`` (ditproof's own loop on a diffusers
-    pipeline) or ``vllm-omni`` (vLLM-Omni's Wan2.2 pipeline with ditproof's plugin; see
-    :mod:`ditproof.engines` and docs/vllm-omni.md). Part of the runtime class.
-    ``cpu_threads``: PyTorch's intra-op threads for a run on the CPU (None: the process's current
-    count). The CPU VAE decode's bytes depend on it (docs/determinism.md), so it is recorded and
-    part of a CPU runtime class; a validator runs with the record's count. Ignored on a GPU.
+    (:mod:`ditproof.models.fused`); changes the low bits, part of the runtime class.
     ``ffn_chunks``: above 1, every block's feed-forward network runs as that many independent
     slices of its hidden units (each its own up-projection, GELU and down-projection), whose
     partial outputs are summed in one fixed order (:mod:`ditproof.models.parallel`). Tensor
     parallelism then hands whole slices to the ranks and gathers the partial outputs, so a run
     with ``tp_degree`` N (dividing ``ffn_chunks``) gives the bytes of one process: the degree
-    leaves the runtime class. Applied at load time; not with ``fuse_elementwise``.
+    leaves the runtime class. Not with ``fuse_elementwise``.
+    ``engine``: what runs the denoising loop: ``diffusers`` (ditproof's own loop on a diffusers
+    pipeline) or ``vllm-omni`` (vLLM-Omni's Wan2.2 pipeline with ditproof's plugin; see
+    :mod:`ditproof.engines` and docs/vllm-omni.md). Part of the runtime class.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    device: str = "cpu"
+    dtype: DType = "float32"
+    vae_dtype: DType = "float32"
+    text_encoder_dtype: DType | None = None
+    offload_text_encoder: bool = False
+    weights: Literal["native", "fp8-e4m3"] = "native"
+    tp_degree: int = Field(default=1, ge=1, le=8)
+    cp_degree: int = Field(default=1, ge=1, le=8)
+    engine: Literal["diffusers", "vllm-omni"] = "diffusers"
+    fuse_projections: bool = False
+    fuse_elementwise: bool = False
+    compile: Literal["none", "regional"] = "none"
+    ffn_chunks: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return _check_device(value)
+
+
+class RunOptions(BaseModel):
+    """What one run chooses on a loaded model (:func:`ditproof.generation.generate.generate`);
+    nothing here outlives the run.
+
+    ``attention_backend``: the experts' attention kernel (:mod:`ditproof.generation.attention`).
+    ``cfg_mode``: ``sequential`` runs the conditional and unconditional passes one after the
+    other (diffusers' WanPipeline); ``batched`` runs both in one forward of batch 2.
+    ``experts``: ``both`` is the model as published; ``high-noise-only`` runs the high-noise
+    expert at every step (the malign "one expert only" node).
+    ``cache``: diffusers' first-block step cache on both experts for this run (a malign deviation).
+    ``shortcut``: a compute-saving malign deviation (:data:`Shortcut`: a low-noise step cache,
+    CFG off or the unconditional pass reused for the last steps, one block skipped); None is the
+    published algorithm. Like ``experts``, ``cache`` and the load option ``weights``, a validator
+    never adopts it.
+    ``capture``: the trajectory the run commits to; ``encoding``: the pinned mp4 encoder.
+    ``cpu_threads``: PyTorch's intra-op threads for a run on the CPU (None: the process's current
+    count). The CPU VAE decode's bytes depend on it (docs/determinism.md), so it is recorded and
+    part of a CPU runtime class; a validator runs with the record's count. Ignored on a GPU.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    attention_backend: AttentionBackend = "sdpa"
+    cfg_mode: Literal["sequential", "batched"] = "sequential"
+    experts: Literal["both", "high-noise-only"] = "both"
+    cache: CacheOptions | None = None
+    shortcut: Shortcut | None = None
+    capture: CaptureOptions = CaptureOptions()
+    encoding: VideoEncoding = VideoEncoding()
+    cpu_threads: int | None = Field(default=None, ge=1, le=256)
+
+
+class RuntimeOptions(BaseModel):
+    """How a request is run, as a record declares it: the :class:`LoadOptions` of the model it
+    ran on and the :class:`RunOptions` of the run, in one flat model (the record's ``options``;
+    its fields and their serialization are the record format). :attr:`load` and :attr:`run` give
+    the two parts, :meth:`of` joins them. Each field is described in the part it belongs to.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
@@ -267,7 +331,22 @@ class RuntimeOptions(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        base, _, index = value.partition(":")
-        if base not in ("cpu", "cuda") or (index and (not index.isdigit() or base == "cpu")):
-            raise ValueError(f"got {value!r}; allowed: cpu, cuda or cuda:N")
-        return value
+        return _check_device(value)
+
+    @property
+    def load(self) -> LoadOptions:
+        """The part applied when the model is loaded."""
+        return LoadOptions(**{name: getattr(self, name) for name in LoadOptions.model_fields})
+
+    @property
+    def run(self) -> RunOptions:
+        """The part the run chooses."""
+        return RunOptions(**{name: getattr(self, name) for name in RunOptions.model_fields})
+
+    @classmethod
+    def of(cls, load: LoadOptions, run: RunOptions) -> RuntimeOptions:
+        """The complete options of ``run`` on a model loaded with ``load``."""
+        return cls(
+            **{name: getattr(load, name) for name in LoadOptions.model_fields},
+            **{name: getattr(run, name) for name in RunOptions.model_fields},
+        )

@@ -299,7 +299,7 @@ class GpuWorker:
         started = time.perf_counter()
         self._drop_model()  # never hold two models at once
         try:
-            model = load_model(choice.preset, choice.options, model_path=choice.path)
+            model = load_model(choice.preset, choice.options.load, model_path=choice.path)
         except Exception as exc:
             log.error("loading %s failed: %s", choice.name, exc)
             self.node.load_failed(choice, f"{type(exc).__name__}: {exc}")
@@ -351,7 +351,7 @@ class GpuWorker:
             record = execute(
                 job.spec.request,
                 model,
-                choice.options,
+                choice.options.run,
                 staged,
                 request_id=job.spec.request_id,
                 entropy=job.spec.entropy,

@@ -250,7 +250,7 @@ def _validate_segments(
         tolerance = SAME_CLASS_FINGERPRINT_TOLERANCE
         if not pre.same_class:
             tolerance = max(threshold.value, 0.0) if threshold is not None else fingerprint_tolerance(policy, record)
-        run = rerun_segment(record, model, pre.options, segment)
+        run = rerun_segment(record, model, pre.options.run, segment)
         done += segment.steps
         extra.update(regenerated_steps=done, cost_fraction=done / total)
         position = describe_position(segment.end.step, total, switch)
@@ -386,7 +386,7 @@ def _check_video(
         frames, latent, source = final_run.result.frames, final_run.result.capture.latents["final"][1], "re-run"
     else:
         latent, source = last.end.point.latent, "executor's"
-        with cpu_threads(pre.options):
+        with cpu_threads(model.load.device, pre.options.cpu_threads):
             frames = decode_frames(model.pipeline, latent)
     regenerated = encode_video(frames, record.request.fps, record.video.encoding)
     if checks.add(

@@ -27,7 +27,7 @@ from ditproof.generation.generate import expert_switch
 from ditproof.generation.runtime import class_differences, runtime_class, runtime_fingerprint
 from ditproof.generation.text import check_prompt_length
 from ditproof.hashing import canonical_json, sha256_bytes, sha256_tensor
-from ditproof.models.registry import LoadedModel, kernel_options
+from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RuntimeOptions, shortcut_label
 from ditproof.protocol.record import InferenceRecord, RuntimeFingerprint
 from ditproof.protocol.request import GenerationRequest
@@ -262,26 +262,34 @@ class PreflightInputs(TypedDict, total=False):
     require_client_entropy: bool
 
 
+CLASS_LOAD_FIELDS = (
+    "dtype",
+    "weights",
+    "tp_degree",
+    "cp_degree",
+    "fuse_projections",
+    "fuse_elementwise",
+    "compile",
+    "ffn_chunks",
+    "engine",
+)
+"""Load options that a validator's loaded model must share with the regeneration options to run
+them at all (the others, such as the VAE's dtype, enter its fingerprint from the model and so
+decide through the runtime class)."""
+
+
 def local_fingerprint(model: LoadedModel, options: RuntimeOptions) -> tuple[RuntimeFingerprint | None, str]:
-    """This validator's fingerprint when it runs ``options`` (None and why, when its model was loaded
-    with other load-time options)."""
-    unloaded = []
-    loaded_dtype = str(model.pipeline.transformer.dtype).removeprefix("torch.")
-    if loaded_dtype != options.dtype:
-        unloaded.append(f"dtype {loaded_dtype}")
-    if model.weights != options.weights:
-        unloaded.append(f"weights {model.weights!r}")
-    if model.parallel != (options.tp_degree, options.cp_degree):
-        unloaded.append(f"parallel degrees {model.parallel}")
-    if model.kernels != kernel_options(options):
-        unloaded.append(f"fuse_projections/fuse_elementwise/compile {model.kernels}")
-    if unloaded:
+    """This validator's fingerprint when it runs ``options.run`` on ``model`` (None and why, when its
+    model was loaded with other :data:`CLASS_LOAD_FIELDS` than ``options``)."""
+    loaded, wanted = model.load, options.load
+    differ = [name for name in CLASS_LOAD_FIELDS if getattr(loaded, name) != getattr(wanted, name)]
+    if differ:
         return None, (
-            f"this validator's model was loaded with {', '.join(unloaded)}; the record's class needs dtype "
-            f"{options.dtype}, weights {options.weights!r}, degrees {(options.tp_degree, options.cp_degree)} and "
-            f"{kernel_options(options)} (a validator loaded with the record's options can reproduce it)"
+            f"this validator's model was loaded with {', '.join(f'{n} {getattr(loaded, n)}' for n in differ)}; "
+            f"the record's class needs {', '.join(f'{n} {getattr(wanted, n)}' for n in differ)} "
+            "(a validator loaded with the record's options can reproduce it)"
         )
-    return runtime_fingerprint(model, options), ""
+    return runtime_fingerprint(model, options.run), ""
 
 
 def _delegate(

@@ -25,7 +25,7 @@ from ditproof.generation.result import GenerationResult
 from ditproof.generation.solver import ResumePoint, SolverState, derived_resume_point, schedule_state
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel
-from ditproof.protocol.options import RuntimeOptions
+from ditproof.protocol.options import RunOptions
 from ditproof.protocol.record import CheckpointRef, InferenceRecord
 from ditproof.validation.trajectory import relative_l2
 
@@ -219,7 +219,7 @@ class SegmentRun:
         return max(self.latent_rel_l2, self.solver_rel_l2)
 
 
-def rerun_segment(record: InferenceRecord, model: LoadedModel, options: RuntimeOptions, segment: Segment) -> SegmentRun:
+def rerun_segment(record: InferenceRecord, model: LoadedModel, options: RunOptions, segment: Segment) -> SegmentRun:
     """Re-runs ``segment`` from the executor's start checkpoint (from the seed's noise at step 0)
     and measures its end state against the executor's end checkpoint.
 

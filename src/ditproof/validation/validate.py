@@ -101,7 +101,7 @@ def validate(
     # 4. Regenerate, keeping the latent at every step the record commits to.
     held = tuple(sorted({c.step for c in record.checkpoints if 0 < c.step < steps}))
     capture = options.capture.model_copy(update={"checkpoint_steps": held})
-    result = generate(record.request, record.seed, model, options.model_copy(update={"capture": capture}))
+    result = generate(record.request, record.seed, model, options.run.model_copy(update={"capture": capture}))
 
     # 5. Exact match: the video's bytes; in the executor's class also every commitment of the record
     # (the committed checkpoints' latents, the per-step fingerprints) must be the regeneration's.

@@ -1,10 +1,10 @@
 """Running one job: the code every launcher's worker calls (in process, pool processes, Ray
 actors, torchrun ranks).
 
-A worker holds one loaded model at a time (reloaded when a job needs other weights, dtype or
-device), runs the job through :func:`ditproof.generation.execute.execute` into a local temporary
-folder, copies the artifacts into the store, and writes ``result.json`` last. :func:`run_task` is
-the worker's edge: a job that raises comes back as a failed :class:`Outcome` for the scheduler
+A worker holds one loaded model at a time (reloaded when a job needs other load options), runs
+the job through :func:`ditproof.generation.execute.execute` into a local temporary folder, copies
+the artifacts into the store, and writes ``result.json`` last. :func:`run_task` is the worker's
+edge: a job that raises comes back as a failed :class:`Outcome` for the scheduler
 (:mod:`ditproof.experiment.runners.scheduler`) to record and retry.
 """
 
@@ -69,19 +69,9 @@ def why_not_runnable(job: Job, env: Environment) -> str | None:
 
 
 def load_key(job: Job) -> tuple[Any, ...]:
-    """What decides the loaded model: jobs with the same key share one load (sharding happens at load)."""
-    o = job.options
-    return (
-        job.model,
-        job.model_path,
-        o.device,
-        o.dtype,
-        o.vae_dtype,
-        o.text_encoder_dtype,
-        o.weights,
-        o.tp_degree,
-        o.cp_degree,
-    )
+    """What decides the loaded model: jobs with the same key share one load (its load options:
+    placement, dtypes, weights, sharding, kernels, engine)."""
+    return (job.model, job.model_path, job.options.load)
 
 
 def now() -> str:
@@ -131,7 +121,7 @@ class JobWorker:
         if key != self._key:
             self._model = None  # free the previous model before loading the next one
             started = time.perf_counter()
-            self._model = load_model(job.model, options, job.model_path)
+            self._model = load_model(job.model, options.load, job.model_path)
             self._load_s = time.perf_counter() - started
             self._key = key
         return self._model
@@ -161,7 +151,7 @@ class JobWorker:
             record = execute(
                 job.request,
                 model,
-                options,
+                options.run,
                 tmp,
                 request_id=job.request_id,
                 entropy=job.entropy,
