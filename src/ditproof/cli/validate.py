@@ -82,7 +82,7 @@ def validate_command(
     thresholds_path: Path | None = typer.Option(
         None,
         "--thresholds",
-        help="Thresholds file (ditproof.thresholds/2, or /1) for the metric comparison (default: the shipped model's).",
+        help="Thresholds file (ditproof.thresholds/3, or /2, /1) for the metric comparison (default: the shipped model's).",
     ),
     threshold: list[str] = typer.Option(
         [], "--threshold", help="METRIC[:STATISTIC]=VALUE, overrides the file (repeatable), e.g. lpips_alex=0.05."
