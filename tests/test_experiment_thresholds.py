@@ -16,7 +16,7 @@ from ditproof.experiment.analyze import ANALYSIS_FILE, THRESHOLDS_FILE, Method, 
 from ditproof.experiment.findings import CheckpointPosition, ReferenceTrajectory
 from ditproof.experiment.store import Store
 from ditproof.experiment.summaries import SCORES_CSV
-from ditproof.experiment.thresholds import CHECKPOINT_METRIC, position_ranges
+from ditproof.experiment.thresholds import CHECKPOINT_METRIC, position_ranges, thresholds_file
 from ditproof.validation.policy import ThresholdPolicy, ThresholdsFile
 from ditproof.validation.trajectory import step_position
 
@@ -171,3 +171,15 @@ def test_an_empirical_analysis_says_its_thresholds_hold_in_sample(tmp_path: Path
     analyze_folder(folder, method=Method(repeats=10, resamples=10, rule="empirical"))
     entries = [e for e in ThresholdsFile.load(folder / THRESHOLDS_FILE).entries if e.metric == CHECKPOINT_METRIC]
     assert entries and all("in-sample threshold (empirical rule" in e.provenance.notes for e in entries)
+
+
+def test_a_runtime_class_pattern_holds_the_checkpoint_entries_too(tmp_path: Path) -> None:
+    # `experiment analyze --runtime-class PATTERN`: one entry per checkpoint for that pattern.
+    analysis = analyze_folder(write_folder(tmp_path / "r", rows(20), layout()), method=FAST)
+    thresholds = thresholds_file(analysis, "cpu-*")
+    entries = [e for e in thresholds.entries if e.metric == CHECKPOINT_METRIC]
+    assert len(entries) == 4 and {e.runtime_class for e in entries} == {"cpu-*"}
+    policy = ThresholdPolicy(thresholds).bound_to(CLASS)
+    found = policy.trajectory_threshold("wan-tiny-random", REVISION, "cpu-other", CHECKPOINT_METRIC, "low-noise", 0.9)
+    final = next(k for k in analysis.keys if k.key == "latent_rel_l2:value")
+    assert found is not None and found.value == pytest.approx(final.pools[0].threshold)
