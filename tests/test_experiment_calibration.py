@@ -85,7 +85,7 @@ def test_a_separable_case_gives_auc_1_and_tpr_1_in_and_out_of_sample(tmp_path: P
     thresholds = ThresholdsFile.load(tmp_path / "r" / THRESHOLDS_FILE)
     (entry,) = thresholds.entries
     assert entry.runtime_class == "cpu-test/reference" and entry.value == pytest.approx(pool.threshold)
-    assert json.loads((tmp_path / "r" / ANALYSIS_FILE).read_text())["data"]["schema_version"].endswith("/2")
+    assert json.loads((tmp_path / "r" / ANALYSIS_FILE).read_text())["data"]["schema_version"].endswith("/3")
 
 
 def test_the_out_of_sample_split_is_by_prompt() -> None:

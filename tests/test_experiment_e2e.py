@@ -9,12 +9,20 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import groupby, pairwise
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from ditproof.experiment.analyze import THRESHOLDS_FILE, analyze_store
+from ditproof.experiment.analyze import (
+    ANALYSIS_FILE,
+    THRESHOLDS_FILE,
+    Analysis,
+    analyze_store,
+    reference_records,
+    reference_trajectory,
+)
 from ditproof.experiment.config import load_experiment
 from ditproof.experiment.jobs import MANIFEST_FILE, load_plan, read_result, result_path, save_plan
 from ditproof.experiment.plan import plan_jobs
@@ -22,7 +30,9 @@ from ditproof.experiment.report import write_report
 from ditproof.experiment.runners.local import run_local
 from ditproof.experiment.score import SCORES_FILE, SCORES_META_FILE, score_store
 from ditproof.experiment.store import Store
-from ditproof.validation.policy import ThresholdPolicy, ThresholdsFile
+from ditproof.validation.commitments import record_switch
+from ditproof.validation.policy import Phase, ThresholdPolicy, ThresholdsFile
+from ditproof.validation.trajectory import step_position
 
 CONFIG = """
 schema_version = "ditproof.experiment/1"
@@ -145,10 +155,69 @@ def test_thresholds_file_loads_in_the_validator_and_matches_the_scores(finished:
     assert thresholds.provisional  # too few benign pairs for the FPR bound: marked provisional
 
 
+def test_checkpoint_thresholds_by_position_from_the_reference_records(finished: tuple[str, Path]) -> None:
+    store_url, report = finished
+    analysis = Store(store_url).read_model(ANALYSIS_FILE, Analysis)
+    trajectory = analysis.reference_trajectory
+    assert trajectory is not None and trajectory.steps == 4
+    records = reference_records(Store(store_url))
+    assert trajectory.switch == record_switch(records[0])
+    names = [c.name for c in trajectory.checkpoints]
+    assert "pre_switch" in names and names[-1] == "final" and "initial" not in names
+    for checkpoint in trajectory.checkpoints:
+        assert (checkpoint.phase, checkpoint.fraction) == step_position(checkpoint.step, 4, trajectory.switch)
+    thresholds = ThresholdsFile.load(report / THRESHOLDS_FILE)
+    entries = [e for e in thresholds.entries if e.metric == "latent_rel_l2_checkpoint"]
+    assert entries and all(e.position is not None and e.position.phase != "any" for e in entries)
+    keys = {k.key: k for k in analysis.keys}
+    by_name = {p.name: p for p in analysis.pools}
+    checked = 0
+    for (executor, validator), group in groupby(
+        sorted(entries, key=lambda e: (e.runtime_class, e.validator_class)),
+        key=lambda e: (e.runtime_class, e.validator_class),
+    ):
+        group = list(group)
+        policy = ThresholdPolicy(thresholds).bound_to(validator)  # the pool's reference class
+
+        def lookup(phase: Phase, fraction: float, policy: ThresholdPolicy = policy, executor: str = executor) -> float:
+            found = policy.trajectory_threshold(
+                "wan-tiny-random", analysis.model_revision, executor, "latent_rel_l2_checkpoint", phase, fraction
+            )
+            assert found is not None
+            return found.value
+
+        for phase in ("high-noise", "low-noise"):
+            spans = sorted(
+                (e.position.start, e.position.end) for e in group if e.position and e.position.phase == phase
+            )
+            assert not spans or (spans[0][0] == 0.0 and spans[-1][1] == 1.0)
+        for checkpoint in trajectory.checkpoints:
+            pools = [
+                c
+                for c in keys[checkpoint.key].pools
+                if (by_name[c.pool].executor_runtime_class, by_name[c.pool].reference_runtime_class)
+                == (executor, validator)
+            ]
+            assert lookup(checkpoint.phase, checkpoint.fraction) == pytest.approx(max(c.threshold for c in pools))
+            checked += 1  # at its own step: its own threshold
+        # Between two checkpoints of a phase (another step count: positions are fractions), the nearer one's.
+        for phase in ("high-noise", "low-noise"):
+            points = [c for c in trajectory.checkpoints if c.phase == phase]
+            for a, b in pairwise(points):
+                for fraction, nearer in ((a.fraction + (b.fraction - a.fraction) / 4, a), (b.fraction - 0.01, b)):
+                    assert lookup(phase, fraction) == lookup(phase, nearer.fraction)
+    assert checked == len(trajectory.checkpoints) * len({(e.runtime_class, e.validator_class) for e in entries})
+    # Reference records of another step count place no checkpoint: no positions, and a note.
+    other = records[0].model_copy(update={"request": records[0].request.model_copy(update={"num_inference_steps": 5})})
+    none, notes = reference_trajectory([records[0], other])
+    assert none is None and "disagree" in notes[0]
+
+
 def test_report_files(finished: tuple[str, Path]) -> None:
     _, report = finished
     md = (report / "report.md").read_text()
     assert "## Exact matches" in md and "tp2" in md and "lpips_alex" in md
+    assert "## Trajectory thresholds by position" in md and "| pre_switch |" in md
     for name in ("roc-psnr-mean.png", "hist-", "divergence.png"):
         assert any(p.name.startswith(name) for p in report.iterdir()), name
     html = (report / "report.html").read_text()

@@ -27,10 +27,18 @@ averaged over malign classes (ties: mean AUC).
 best benign score, whose FPR on a new prompt is at most ``α`` on average; ``empirical`` lets
 ``floor(α·n)`` of the ``n`` pairs fail, which holds in sample only.
 
+**Where the checkpoints lie** (``Analysis.reference_trajectory``): from the reference jobs'
+records, their step count, expert switch (the ``pre_switch`` checkpoint's step) and each committed
+checkpoint's step, phase and fraction of the phase done, as the validator places it
+(:func:`~ditproof.validation.trajectory.step_position`); the final latent is the checkpoint
+``final`` (key ``latent_rel_l2:value``). A report folder keeps it in its ``analysis.json``.
+
 Outputs: ``analysis.json`` and a thresholds file in the format of
-:mod:`ditproof.validation.policy`, one entry per frame or final-latent key and executor class.
-The analysis runs on a store (``scores.parquet``) or on a committed report folder
-(``scores-summary.csv``), so committed numbers regenerate without the videos and latents.
+:mod:`ditproof.validation.policy`: one entry per frame or final-latent key and pair of classes, and
+one ``latent_rel_l2_checkpoint`` entry per checkpoint and pair of classes, at the checkpoint's
+position (:func:`ditproof.experiment.thresholds.thresholds_file`). The analysis runs on a store
+(``scores.parquet``) or on a committed report folder (``scores-summary.csv``), so committed numbers
+regenerate without the videos and latents.
 """
 
 from __future__ import annotations
@@ -60,11 +68,13 @@ from ditproof.experiment.findings import (
     NORMALISED_SEPARATOR,
     THRESHOLDS_FILE,
     Analysis,
+    CheckpointPosition,
     KeyResult,
     Method,
     Pool,
+    ReferenceTrajectory,
 )
-from ditproof.experiment.jobs import load_experiment_from_store, read_result
+from ditproof.experiment.jobs import load_experiment_from_store, load_plan, read_result
 from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX, SCORES_META_FILE, read_scores
 from ditproof.experiment.stats import ROC_FPR_GRID, ThresholdRule, bootstrap_counts, prompt_splits
 from ditproof.experiment.store import Store
@@ -72,6 +82,9 @@ from ditproof.experiment.summaries import SCORES_CSV, read_scores_csv
 from ditproof.experiment.thresholds import thresholds_file
 from ditproof.hashing import canonical_json, sha256_bytes
 from ditproof.metrics.registry import metric_spec, parse_score_key
+from ditproof.protocol.record import InferenceRecord
+from ditproof.validation.commitments import record_switch
+from ditproof.validation.trajectory import step_position
 
 
 def _direction(key: str) -> Literal["higher-is-better", "lower-is-better"]:
@@ -202,8 +215,13 @@ def analyze_rows(
     skipped_metrics: dict[str, str] | None = None,
     metric_weights: dict[str, dict[str, str]] | None = None,
     source: str = "scores",
+    reference_trajectory: ReferenceTrajectory | None = None,
+    notes: list[str] | None = None,
 ) -> Analysis:
     """The analysis of score rows (one dict per pair, the columns of ``scores.parquet``).
+
+    ``reference_trajectory`` (where each checkpoint lies) is kept in the analysis for the
+    thresholds file's trajectory entries; ``notes`` are added to the analysis's own.
 
     Raises:
         InvalidInputError: no rows, no benign or no malign configuration, fewer than two prompts, or
@@ -310,8 +328,45 @@ def analyze_rows(
         skipped_metrics=skipped_metrics or {},
         metric_weights=metric_weights or {},
         scores_sha256=scores_sha256,
-        notes=_notes(pools, fpr_target, method),
+        notes=[*_notes(pools, fpr_target, method), *(notes or [])],
+        reference_trajectory=reference_trajectory,
     )
+
+
+def trajectory_of(record: InferenceRecord) -> ReferenceTrajectory:
+    """Where each of a record's committed checkpoints lies: step, expert phase and fraction of it
+    done, as the validator's full mode places it (the switch: the ``pre_switch`` checkpoint's step).
+    The noise (step 0) is left out; the final latent is the checkpoint ``final``."""
+    steps = record.request.num_inference_steps
+    switch = record_switch(record)
+    checkpoints = []
+    for ref in sorted(record.checkpoints, key=lambda c: (c.step, c.name)):
+        if ref.step < 1:
+            continue  # the noise (and a pre_switch at 0): no regenerated latent is compared there
+        phase, fraction = step_position(ref.step, steps, switch)
+        key = FINAL_LATENT_KEY if ref.name == "final" else f"{CHECKPOINT_KEY_PREFIX}{ref.name}"
+        checkpoints.append(CheckpointPosition(name=ref.name, key=key, step=ref.step, phase=phase, fraction=fraction))
+    return ReferenceTrajectory(steps=steps, switch=switch, checkpoints=checkpoints)
+
+
+def reference_trajectory(records: list[InferenceRecord]) -> tuple[ReferenceTrajectory | None, list[str]]:
+    """The reference records' common trajectory (every checkpoint any of them commits to), and notes.
+
+    Records of one step count and switch place a checkpoint name at one position whatever their
+    schedules; records that disagree on those have no common positions: (None, a note saying so).
+    """
+    layouts = [trajectory_of(record) for record in records]
+    shapes = sorted({(t.steps, t.switch) for t in layouts}, key=str)
+    if len(shapes) != 1:
+        return None, [
+            f"reference records disagree on (steps, expert switch): {shapes}; no trajectory thresholds by position"
+        ]
+    by_name: dict[str, CheckpointPosition] = {}
+    for layout in layouts:
+        for checkpoint in layout.checkpoints:
+            by_name.setdefault(checkpoint.name, checkpoint)
+    (steps, switch), checkpoints = shapes[0], sorted(by_name.values(), key=lambda c: (c.step, c.name))
+    return ReferenceTrajectory(steps=steps, switch=switch, checkpoints=checkpoints), []
 
 
 def _with_checkpoint_names(row: dict[str, Any]) -> dict[str, Any]:
@@ -386,7 +441,9 @@ def analyze_store(store_url: str, fpr_target: float | None = None, method: Metho
     meta = store.read_json(SCORES_META_FILE)
     if not rows:
         raise InvalidInputError(f"store {store.url}: no scored pairs; run `ditproof experiment run` and `score` first")
-    revision, runtime_class = _reference_result(store)
+    records = reference_records(store)
+    revision, runtime_class = records[0].model.revision, records[0].runtime_class
+    trajectory, notes = reference_trajectory(records)
     analysis = analyze_rows(
         rows,
         experiment=experiment.file.name,
@@ -398,6 +455,8 @@ def analyze_store(store_url: str, fpr_target: float | None = None, method: Metho
         skipped_metrics=meta.get("skipped_metrics", {}),
         metric_weights=meta.get("metric_weights", {}),
         source=f"store {store.url}",
+        reference_trajectory=trajectory,
+        notes=notes,
     )
     _write_outputs(store, analysis)
     return analysis
@@ -406,9 +465,10 @@ def analyze_store(store_url: str, fpr_target: float | None = None, method: Metho
 def analyze_folder(folder: str | Path, fpr_target: float | None = None, method: Method | None = None) -> Analysis:
     """Analyzes a committed report folder's ``scores-summary.csv``; rewrites its analysis and thresholds.
 
-    The experiment, model, revision, reference class, FPR target (unless given), skipped metrics
-    and metric weights come from the folder's ``analysis.json`` (any schema version): nothing but
-    the committed files is read.
+    The experiment, model, revision, reference class, FPR target (unless given), skipped metrics,
+    metric weights and where the checkpoints lie come from the folder's ``analysis.json`` (any
+    schema version; a ``/2`` one does not say where the checkpoints lie, so its trajectory keys get
+    no thresholds-file entry): nothing but the committed files is read.
 
     Raises:
         InvalidInputError: a missing or malformed file.
@@ -425,6 +485,12 @@ def analyze_folder(folder: str | Path, fpr_target: float | None = None, method: 
         meta = {k: previous[k] for k in ("experiment", "model", "model_revision", "runtime_class", "fpr_target")}
     except (KeyError, TypeError) as exc:
         raise InvalidInputError(f"report folder {path}: {ANALYSIS_FILE} lacks {exc}") from exc
+    trajectory = None
+    if previous.get("reference_trajectory") is not None:
+        try:
+            trajectory = ReferenceTrajectory.model_validate(previous["reference_trajectory"])
+        except ValueError as exc:
+            raise InvalidInputError(f"report folder {path}: {ANALYSIS_FILE}: reference_trajectory: {exc}") from exc
     analysis = analyze_rows(
         read_scores_csv(path / SCORES_CSV),
         experiment=meta["experiment"],
@@ -436,6 +502,7 @@ def analyze_folder(folder: str | Path, fpr_target: float | None = None, method: 
         skipped_metrics=previous.get("skipped_metrics", {}),
         metric_weights=previous.get("metric_weights", {}),
         source=str(path / SCORES_CSV),
+        reference_trajectory=trajectory,
     )
     _write_outputs(store, analysis)
     return analysis
@@ -454,17 +521,20 @@ def rows_for_hash(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _reference_result(store: Store) -> tuple[str, str]:
-    """(model revision, runtime class) of the experiment's reference jobs, from their records."""
-    from ditproof.experiment.jobs import load_plan
-    from ditproof.protocol.record import InferenceRecord
+def reference_records(store: Store) -> list[InferenceRecord]:
+    """The records of the experiment's finished reference jobs, in plan order (the first names the
+    model revision and the reference's runtime class).
 
+    Raises:
+        InvalidInputError: no reference job has finished.
+    """
+    records = []
     for job in load_plan(store):
         if job.is_reference:
             result = read_result(store, job.job_id)
             if result is not None:
-                record = InferenceRecord.model_validate_json(
-                    store.read_bytes(result.artifact("record").path, result.artifact("record").sha256)
-                )
-                return record.model.revision, record.runtime_class
-    raise InvalidInputError(f"store {store.url}: no finished reference job")
+                artifact = result.artifact("record")
+                records.append(InferenceRecord.model_validate_json(store.read_bytes(artifact.path, artifact.sha256)))
+    if not records:
+        raise InvalidInputError(f"store {store.url}: no finished reference job")
+    return records

@@ -16,7 +16,8 @@ from ditproof.metrics.registry import score_key
 
 ANALYSIS_FILE = "analysis.json"
 THRESHOLDS_FILE = "thresholds.json"
-ANALYSIS_SCHEMA: Literal["ditproof.experiment-analysis/2"] = "ditproof.experiment-analysis/2"
+ANALYSIS_SCHEMA: Literal["ditproof.experiment-analysis/3"] = "ditproof.experiment-analysis/3"
+"""``/3`` adds ``reference_trajectory``; ``/2`` analyses (without it) are still read."""
 CONFIDENCE = 0.95
 LEGACY_PRE_SWITCH_KEY = "pre_switch_rel_l2"
 """The pre-switch distance as older scores name it (a trajectory checkpoint)."""
@@ -80,10 +81,34 @@ class KeyResult(_M):
     mean_auc: float
 
 
+class CheckpointPosition(_M):
+    """A committed checkpoint of the reference requests' trajectory, where the validator places it
+    (:func:`ditproof.validation.trajectory.step_position`), and the score key of its distance."""
+
+    name: str = Field(min_length=1)
+    """``step_NNN``, ``pre_switch`` or ``final``."""
+    key: str = Field(min_length=1)
+    """``checkpoint_rel_l2:<name>``; the final latent's is ``latent_rel_l2:value``."""
+    step: int = Field(ge=1)
+    phase: Literal["high-noise", "low-noise"]
+    fraction: float = Field(ge=0.0, le=1.0)
+    """Of the phase done after ``step``."""
+
+
+class ReferenceTrajectory(_M):
+    """The reference requests' step count, expert switch and committed checkpoints (from their records)."""
+
+    steps: int = Field(ge=1)
+    switch: int | None = Field(ge=0)
+    """The ``pre_switch`` checkpoint's step (None: one expert runs every step)."""
+    checkpoints: list[CheckpointPosition]
+    """In step order; the noise (step 0) is left out: the validator compares no latent there."""
+
+
 class Analysis(_M):
     """The analysis of one experiment's scores."""
 
-    schema_version: Literal["ditproof.experiment-analysis/2"] = ANALYSIS_SCHEMA
+    schema_version: Literal["ditproof.experiment-analysis/2", "ditproof.experiment-analysis/3"] = ANALYSIS_SCHEMA
     experiment: str
     model: str
     model_revision: str
@@ -102,3 +127,6 @@ class Analysis(_M):
     metric_weights: dict[str, dict[str, str]]
     scores_sha256: str
     notes: list[str]
+    reference_trajectory: ReferenceTrajectory | None = None
+    """Where each checkpoint lies (``/3``); None when unknown (a ``/2`` analysis, or reference records
+    that disagree): then no trajectory key gets a thresholds-file entry."""

@@ -25,6 +25,7 @@ from ditproof.experiment.plots import plot_divergence, plot_histogram, plot_roc,
 from ditproof.experiment.score import read_scores
 from ditproof.experiment.store import Store
 from ditproof.experiment.summaries import MANIFEST_CSV, SCORES_CSV, read_manifest_csv, read_scores_csv, write_csv
+from ditproof.experiment.thresholds import position_ranges
 from ditproof.hashing import atomic_write_bytes, atomic_write_text
 
 MAIN_STATISTICS = ("mean", "worst", "value")
@@ -248,6 +249,7 @@ def _markdown(
         rows.append(row)
     parts += [_table(header, rows), "", *_deciding_paragraph(analysis), ""]
     parts += _pool_tables(analysis)
+    parts += _checkpoint_table(analysis)
     if analysis.notes:
         parts += ["Notes:", "", *[f"- {n}" for n in analysis.notes], ""]
     if analysis.skipped_metrics:
@@ -285,6 +287,44 @@ def _markdown(
         "",
     ]
     return "\n".join(parts)
+
+
+def _checkpoint_table(analysis: Analysis) -> list[str]:
+    """Where each checkpoint lies and the range of its phase its ``latent_rel_l2_checkpoint`` entries hold."""
+    trajectory = analysis.reference_trajectory
+    if trajectory is None:
+        return []
+    keys = {k.key: k for k in analysis.keys if k.normalised_by is None}
+    rows = []
+    for phase in ("high-noise", "low-noise"):
+        points = [c for c in trajectory.checkpoints if c.phase == phase and c.key in keys and keys[c.key].pools]
+        steps = sorted({c.step for c in points})
+        fractions = [next(c.fraction for c in points if c.step == step) for step in steps]
+        for step, (start, end) in zip(steps, position_ranges(fractions), strict=True):
+            here = [c for c in points if c.step == step]
+            loosest = max(p.threshold for c in here for p in keys[c.key].pools)
+            rows.append(
+                [
+                    " = ".join(c.name for c in here),
+                    step,
+                    f"{phase} {here[0].fraction:.3g}",
+                    f"{start:.3g}–{end:.3g}",
+                    ", ".join(f"`{c.key}`" for c in here),
+                    _fmt(loosest),
+                ]
+            )
+    if not rows:
+        return []
+    return [
+        "## Trajectory thresholds by position",
+        "",
+        f"The reference requests' {trajectory.steps} steps, expert switch at step {trajectory.switch}: each "
+        "checkpoint's distance threshold holds, as `latent_rel_l2_checkpoint` in `thresholds.json`, over its "
+        "phase from halfway to the previous checkpoint of the phase (or 0) to halfway to the next (or 1).",
+        "",
+        _table(["checkpoint", "step", "position", "holds over", "key", "loosest pool's threshold"], rows),
+        "",
+    ]
 
 
 DECIDES = 0.95

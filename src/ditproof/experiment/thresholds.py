@@ -1,17 +1,30 @@
-"""The thresholds file of an analysis, in the validator's format (:mod:`ditproof.validation.policy`)."""
+"""The thresholds file of an analysis, in the validator's format (:mod:`ditproof.validation.policy`).
+
+Frame and final-latent keys give one entry per pair of runtime classes. Each trajectory checkpoint
+(``checkpoint_rel_l2:<name>``, and the final latent as the checkpoint ``final``) gives one
+``latent_rel_l2_checkpoint`` entry per pair of classes at the checkpoint's **position**: its expert
+phase, over a range of the fraction of the phase done that holds the checkpoint and reaches halfway
+to the phase's neighbouring checkpoints (the first and last of a phase reach 0 and 1), so every step
+of a run of any step count takes the threshold of the nearest checkpoint of its phase
+(:func:`position_ranges`). Ranges never cross the expert switch: each phase is its own.
+"""
 
 from __future__ import annotations
 
 import subprocess
 from collections import defaultdict
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 
 from ditproof.errors import InvalidInputError
 from ditproof.experiment.calibration import PoolCalibration
-from ditproof.experiment.findings import Analysis
+from ditproof.experiment.findings import Analysis, CheckpointPosition, KeyResult
 from ditproof.metrics.registry import parse_score_key, score_key
-from ditproof.validation.policy import Provenance, ThresholdEntry, ThresholdsFile
+from ditproof.validation.policy import Provenance, ThresholdEntry, ThresholdsFile, TrajectoryPosition
+
+CHECKPOINT_METRIC = "latent_rel_l2_checkpoint"
+"""The validator's metric of a committed checkpoint against its regeneration (full mode)."""
 
 
 def git_commit() -> str:
@@ -38,32 +51,25 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
     the loosest). Without executor classes in the scores,
     or with ``runtime_class`` given (an fnmatch pattern, e.g. ``cuda-sm90/*``), one entry per key
     for that class (default: the reference's), holding the loosest pool's threshold, so every
-    pool's in-sample FPR stays at or below the target. Trajectory keys are not validator metrics
-    and get no entry. Entries name the model revision, not the preset.
+    pool's in-sample FPR stays at or below the target. Entries name the model revision, not the
+    preset.
+
+    Trajectory checkpoints, where the analysis knows where they lie
+    (``analysis.reference_trajectory``): one ``latent_rel_l2_checkpoint`` entry per checkpoint and
+    pair of classes, holding that checkpoint's key's threshold (the final latent's:
+    ``latent_rel_l2:value``'s) at its position (module docstring). Normalised keys and the combined
+    ``trajectory:max`` (units that differ between pools) get no entry.
     """
     date = datetime.now(UTC).strftime("%Y-%m-%d")
-    by_name = {p.name: p for p in analysis.pools}
     commit = git_commit()
+    calibration = f"ditproof experiment {analysis.experiment} (scores {analysis.scores_sha256[:16]})"
     entries = []
     for result in analysis.keys:
         if result.kind == "trajectory" or result.normalised_by is not None or result.summary is None:
-            continue  # not a validator metric (yet): the analysis's only
+            continue  # checkpoints below; normalised and combined keys are the analysis's only
         metric, statistic = parse_score_key(result.key)
-        groups: dict[tuple[str, str], list[PoolCalibration]] = defaultdict(list)
-        for calibration in result.pools:
-            pool = by_name[calibration.pool]
-            target_class = runtime_class or pool.executor_runtime_class or analysis.runtime_class
-            validator_class = pool.reference_runtime_class or analysis.runtime_class
-            groups[(target_class, validator_class)].append(calibration)
-        for (target_class, validator_class), members in groups.items():
+        for (target_class, validator_class), members in _groups(analysis, result, runtime_class).items():
             loosest = max(members, key=lambda c: c.threshold)
-            value = loosest.threshold if result.direction == "lower-is-better" else -loosest.threshold
-            detail = "; ".join(
-                f"pool {c.pool}: {c.false_positives}/{c.pairs} false positives ({c.false_positive_prompts} prompts), "
-                f"bootstrap 95% FPR bound {_pct(c.fpr_upper_95_bootstrap)}, out-of-sample FPR {_pct(c.oos_fpr_mean)} "
-                f"(95th percentile {_pct(c.oos_fpr_p95)})"
-                for c in members
-            )
             entries.append(
                 ThresholdEntry(
                     model=analysis.model_revision,
@@ -72,17 +78,18 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
                     metric=metric,
                     statistic=statistic,
                     direction=result.direction,
-                    value=value,
+                    value=loosest.threshold if result.direction == "lower-is-better" else -loosest.threshold,
                     metric_weights=analysis.metric_weights.get(metric, {}),
                     provenance=Provenance(
-                        calibration=f"ditproof experiment {analysis.experiment} (scores {analysis.scores_sha256[:16]})",
+                        calibration=calibration,
                         fpr_target=analysis.fpr_target,
                         date=date,
                         samples=sum(c.pairs for c in members),
-                        notes=f"{detail}; threshold of pool {loosest.pool}; commit {commit}"[:2000],
+                        notes=f"{_detail(members)}; threshold of pool {loosest.pool}; commit {commit}"[:2000],
                     ),
                 )
             )
+    entries += _checkpoint_entries(analysis, runtime_class, calibration, date, commit)
     return ThresholdsFile(
         version=1,
         provisional=bool(analysis.notes),
@@ -91,6 +98,113 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
             f"(revision {analysis.model_revision[:16]}); best key {analysis.best_key}. " + " ".join(analysis.notes)
         )[:4000],
         entries=entries,
+    )
+
+
+def position_ranges(fractions: list[float]) -> list[tuple[float, float]]:
+    """Each checkpoint's ``(start, end)`` of the fraction of its phase done, for the checkpoints of
+    one phase at ``fractions`` (ascending, distinct): halfway to the neighbours, from 0 for the
+    first and to 1 for the last. Neighbouring ranges share their boundary (a step there is as near
+    to either), so together they hold every fraction from 0 to 1.
+
+    Raises:
+        ValueError: fractions outside [0, 1], or not ascending and distinct.
+    """
+    if any(not 0.0 <= f <= 1.0 for f in fractions) or any(a >= b for a, b in pairwise(fractions)):
+        raise ValueError(f"fractions: got {fractions}; allowed: ascending, distinct, within [0, 1]")
+    if not fractions:
+        return []
+    bounds = [0.0, *((a + b) / 2 for a, b in pairwise(fractions)), 1.0]
+    return list(pairwise(bounds))
+
+
+def _checkpoint_entries(
+    analysis: Analysis, runtime_class: str | None, calibration: str, date: str, commit: str
+) -> list[ThresholdEntry]:
+    """One ``latent_rel_l2_checkpoint`` entry per calibrated checkpoint and pair of classes (module docstring)."""
+    trajectory = analysis.reference_trajectory
+    if trajectory is None:
+        return []
+    results = {r.key: r for r in analysis.keys if r.normalised_by is None and r.summary is not None}
+    # Per pair of classes and step: the checkpoints there with a calibrated threshold (two names at
+    # one step, e.g. pre_switch and an extra step_NNN, hold the same latent: one entry, the looser).
+    by_group: dict[tuple[str, str], dict[int, list[tuple[CheckpointPosition, list[PoolCalibration]]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for checkpoint in trajectory.checkpoints:
+        result = results.get(checkpoint.key)
+        if result is None or result.direction != "lower-is-better":
+            continue
+        for group, members in _groups(analysis, result, runtime_class).items():
+            by_group[group][checkpoint.step].append((checkpoint, members))
+    entries = []
+    if analysis.method.rule == "conformal":
+        kind = "out-of-sample calibrated threshold (conformal rule: a new prompt's FPR at most the target on average)"
+    else:
+        kind = "in-sample threshold (empirical rule: holds in sample only)"
+    for (target_class, validator_class), at_step in by_group.items():
+        for phase in ("high-noise", "low-noise"):
+            steps = sorted(step for step, found in at_step.items() if found[0][0].phase == phase)
+            if not steps:
+                continue
+            ranges = position_ranges([at_step[step][0][0].fraction for step in steps])
+            for step, (start, end) in zip(steps, ranges, strict=True):
+                found = at_step[step]
+                members = [c for _, pools in found for c in pools]
+                loosest = max(members, key=lambda c: c.threshold)
+                checkpoint = found[0][0]
+                names = " = ".join(f"{c.name} ({c.key})" for c, _ in found)
+                where = (
+                    f"checkpoint {names} at step {step} of {trajectory.steps} (expert switch {trajectory.switch}; "
+                    f"{phase} {checkpoint.fraction:.4g}), held from {start:.4g} to {end:.4g} of the phase"
+                )
+                notes = (
+                    f"{where}: the checkpoint's {kind}, from pools "
+                    f"{', '.join(sorted({c.pool for c in members}))}; {_detail(members)}; "
+                    f"threshold of pool {loosest.pool}; commit {commit}"
+                )
+                entries.append(
+                    ThresholdEntry(
+                        model=analysis.model_revision,
+                        runtime_class=target_class,
+                        validator_class=validator_class,
+                        metric=CHECKPOINT_METRIC,
+                        statistic="value",
+                        direction="lower-is-better",
+                        value=loosest.threshold,
+                        position=TrajectoryPosition(phase=phase, start=start, end=end),
+                        provenance=Provenance(
+                            calibration=calibration,
+                            fpr_target=analysis.fpr_target,
+                            date=date,
+                            samples=sum(c.pairs for c in found[0][1]),
+                            notes=notes[:2000],
+                        ),
+                    )
+                )
+    return entries
+
+
+def _groups(
+    analysis: Analysis, result: KeyResult, runtime_class: str | None
+) -> dict[tuple[str, str], list[PoolCalibration]]:
+    """A key's pool calibrations by (executor class or ``runtime_class``, validator class)."""
+    by_name = {p.name: p for p in analysis.pools}
+    groups: dict[tuple[str, str], list[PoolCalibration]] = defaultdict(list)
+    for calibration in result.pools:
+        pool = by_name[calibration.pool]
+        target_class = runtime_class or pool.executor_runtime_class or analysis.runtime_class
+        validator_class = pool.reference_runtime_class or analysis.runtime_class
+        groups[(target_class, validator_class)].append(calibration)
+    return groups
+
+
+def _detail(members: list[PoolCalibration]) -> str:
+    return "; ".join(
+        f"pool {c.pool}: {c.false_positives}/{c.pairs} false positives ({c.false_positive_prompts} prompts), "
+        f"bootstrap 95% FPR bound {_pct(c.fpr_upper_95_bootstrap)}, out-of-sample FPR {_pct(c.oos_fpr_mean)} "
+        f"(95th percentile {_pct(c.oos_fpr_p95)})"
+        for c in members
     )
 
 
