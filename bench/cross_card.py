@@ -734,8 +734,8 @@ def host_info() -> dict[str, Any]:
 def run(args: argparse.Namespace) -> None:
     from diffusers import AutoencoderKLWan
 
-    from ditproof.models.init import cast_keeping_fp32, fill_seeded
     from ditproof.models.wan import A14B_VAE, hash_name
+    from ditproof.models.weight_fill import cast_keeping_fp32, fill_seeded
     from ditproof.randomness import cpu_normal
 
     device = torch.device("cpu" if args.smoke else args.device)

@@ -229,7 +229,7 @@ class Product:
 
     def torch_call(self) -> torch.Tensor:
         """The product as the model runs it in PyTorch (``fuse_elementwise``'s GELU epilogue for FFN up)."""
-        from ditproof.models.fused import linear_gelu_tanh
+        from ditproof.kernels.fused import linear_gelu_tanh
 
         if self.epilogue == "gelu-bias":
             return linear_gelu_tanh(self.x, self.w, self.b)

@@ -40,7 +40,7 @@ def sdpa(kernel: torch.nn.attention.SDPBackend) -> Callable[..., torch.Tensor]:
 
 
 def flash4(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    from ditproof.generation.flash4 import SELF_ATTENTION_TILE
+    from ditproof.kernels.flash4 import SELF_ATTENTION_TILE
 
     return torch.ops.ditproof.flash_attn4_forward(q, k, v, HEAD_DIM**-0.5, *SELF_ATTENTION_TILE)
 
@@ -84,7 +84,7 @@ def main() -> None:
         "--configs", default="", help="flash-attn-4 configurations to try, e.g. 128x128/rs0,128x128/ol0,192x128"
     )
     args = parser.parse_args()
-    import ditproof.generation.flash4 as f4
+    import ditproof.kernels.flash4 as f4
 
     kernels: dict[str, Callable[..., torch.Tensor]] = {
         "sdpa-cudnn": sdpa(torch.nn.attention.SDPBackend.CUDNN_ATTENTION),

@@ -65,7 +65,7 @@ def row(
 
 
 def ffn_rows(repeats: int) -> list[dict[str, Any]]:
-    from ditproof.models.fused import linear_gelu_tanh
+    from ditproof.kernels.fused import linear_gelu_tanh
 
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(1, TOKENS, DIM, device="cuda", generator=g).bfloat16()
@@ -91,7 +91,7 @@ def ffn_rows(repeats: int) -> list[dict[str, Any]]:
 
 def gelu_epilogue_rows(repeats: int) -> list[dict[str, Any]]:
     """Which GELU cuBLASLt's epilogue applies: ``I @ V + 0`` in float32 is exactly ``V``."""
-    from ditproof.models.fused import linear_gelu_tanh
+    from ditproof.kernels.fused import linear_gelu_tanh
 
     torch.backends.cuda.matmul.allow_tf32 = False
     size = 512
@@ -123,7 +123,7 @@ def diffusers_norm_rope(x: torch.Tensor, norm: torch.nn.RMSNorm, cos: torch.Tens
 
 
 def norm_rope_rows(repeats: int) -> list[dict[str, Any]]:
-    from ditproof.models.fused import launch_rms_norm_rope, rms_norm_rope, rms_norm_rope_reference
+    from ditproof.kernels.fused import launch_rms_norm_rope, rms_norm_rope, rms_norm_rope_reference
 
     g = torch.Generator(device="cuda").manual_seed(1)
     qkv = torch.randn(1, TOKENS, 3 * DIM, device="cuda", generator=g).bfloat16()
@@ -183,7 +183,7 @@ def norm_rope_rows(repeats: int) -> list[dict[str, Any]]:
 def diffusers_norm1(x: torch.Tensor, table: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
     """diffusers' Wan block: the modulation's chunks, the first norm, modulated (the reference is
     the block's own steps; a test checks it against diffusers')."""
-    from ditproof.models.fused import layer_norm_modulate_reference
+    from ditproof.kernels.fused import layer_norm_modulate_reference
 
     shift, scale = (table + temb.float()).chunk(6, dim=1)[:2]
     return layer_norm_modulate_reference(x, None, scale, shift, 1e-6)[0]
@@ -193,14 +193,14 @@ def diffusers_add_norm3(
     x: torch.Tensor, residual: torch.Tensor, table: torch.Tensor, temb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """diffusers' Wan block: the cross-attention's residual add, the third norm, modulated."""
-    from ditproof.models.fused import layer_norm_modulate_reference
+    from ditproof.kernels.fused import layer_norm_modulate_reference
 
     c_shift, c_scale = (table + temb.float()).chunk(6, dim=1)[3:5]
     return layer_norm_modulate_reference(x, residual, c_scale, c_shift, 1e-6)
 
 
 def norm_modulate_rows(repeats: int) -> list[dict[str, Any]]:
-    from ditproof.models.fused import launch_layer_norm_modulate, layer_norm_modulate_reference
+    from ditproof.kernels.fused import launch_layer_norm_modulate, layer_norm_modulate_reference
 
     g = torch.Generator(device="cuda").manual_seed(3)
     x = (2 * torch.randn(1, TOKENS, DIM, device="cuda", generator=g) + 0.5).bfloat16()
@@ -265,7 +265,7 @@ def norm_modulate_rows(repeats: int) -> list[dict[str, Any]]:
 
 
 def cross_rows(repeats: int) -> list[dict[str, Any]]:
-    from ditproof.generation import flash4
+    from ditproof.kernels import flash4
 
     g = torch.Generator(device="cuda").manual_seed(2)
     q = torch.randn(1, TOKENS, HEADS, HEAD_DIM, device="cuda", generator=g).bfloat16()

@@ -46,7 +46,7 @@ def products(
     x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, with_gelu: bool
 ) -> dict[str, Callable[[], torch.Tensor]]:
     """The ways to compute one product (module docstring)."""
-    from ditproof.models.fused import linear_gelu_tanh
+    from ditproof.kernels.fused import linear_gelu_tanh
 
     w_col = w.t().contiguous().t()
     full_bias = b.expand(x.shape[0], -1).contiguous()
@@ -64,7 +64,7 @@ def products(
 
 def ffn_pair_row(repeats: int, g: torch.Generator) -> dict[str, Any]:
     """The feed-forward's two products back to back, and each alone (module docstring)."""
-    from ditproof.models.fused import linear_gelu_tanh
+    from ditproof.kernels.fused import linear_gelu_tanh
 
     (dim, ffn), (_, out) = PRODUCTS["ffn-up"], PRODUCTS["ffn-down"]
     x = torch.randn(TOKENS, dim, device="cuda", generator=g).bfloat16()

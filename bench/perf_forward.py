@@ -31,10 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result
-from ditproof.models.fused import fuse_elementwise
-from ditproof.models.init import cast_keeping_fp32, fill_seeded
+from ditproof.kernels.fused import fuse_elementwise
 from ditproof.models.registry import fuse_projections
 from ditproof.models.wan import A14B_TRANSFORMER, TINY_TRANSFORMER, _materialize
+from ditproof.models.weight_fill import cast_keeping_fp32, fill_seeded
 from ditproof.randomness import cpu_normal
 
 SIZES = {"480p": (832, 480, 81), "720p": (1280, 720, 81)}
@@ -76,7 +76,7 @@ def inputs(size: tuple[int, int, int], text_dim: int, device: str) -> dict[str, 
 
 def select_backend(expert: torch.nn.Module, backend: str) -> None:
     """diffusers' dispatcher name, or ``flash-attn-4`` (ditproof's local FlashAttention-4 kernel)."""
-    from ditproof.generation import flash3, flash4
+    from ditproof.kernels import flash3, flash4
 
     if backend == flash3.BACKEND:
         flash3.install([expert], next(expert.parameters()).device)
@@ -94,7 +94,7 @@ def override_flash4(backend: str) -> None:
     another self-attention tile (cross-attention with cuDNN, as ditproof's)."""
     from diffusers.models.attention_dispatch import _HUB_KERNELS_REGISTRY, AttentionBackendName
 
-    from ditproof.generation import flash4
+    from ditproof.kernels import flash4
 
     variant = backend.removeprefix(flash4.BACKEND + "-")
     tile = (128, 128) if variant == "all" else tuple(int(side) for side in variant.removeprefix("t").split("x"))

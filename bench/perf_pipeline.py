@@ -201,7 +201,7 @@ def refuse_missing_kernels(planned: dict[str, RuntimeOptions], device: torch.dev
     """Exits before any work when a variant's attention kernel or fused steps cannot run here (a
     missing build would otherwise surface only after the variants before it had run for minutes)."""
     from ditproof.generation.attention import LOCAL_KERNELS
-    from ditproof.models import fused
+    from ditproof.kernels import fused
 
     for name, options in planned.items():
         kernels = LOCAL_KERNELS.get(options.attention_backend)

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result
 from ditproof.generation.generate import decode_frames
 from ditproof.hashing import sha256_bytes
-from ditproof.models.init import cast_keeping_fp32, fill_seeded
 from ditproof.models.wan import A14B_VAE, hash_name
+from ditproof.models.weight_fill import cast_keeping_fp32, fill_seeded
 from ditproof.randomness import cpu_normal
 
 SIZES = {"480p": (832, 480, 81), "720p": (1280, 720, 81)}

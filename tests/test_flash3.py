@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from ditproof.errors import RuntimeUnavailableError
-from ditproof.generation import flash3
 from ditproof.generation.generate import generate
 from ditproof.generation.runtime import kernels, runtime_fingerprint
+from ditproof.kernels import flash3
 from ditproof.models.registry import load_model
 from ditproof.protocol.options import LoadOptions, RuntimeOptions
 

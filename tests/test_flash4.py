@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from ditproof.errors import RuntimeUnavailableError
-from ditproof.generation import flash4
 from ditproof.generation.generate import generate
 from ditproof.generation.runtime import kernels, runtime_fingerprint
+from ditproof.kernels import flash4
 from ditproof.models.registry import load_model
 from ditproof.protocol.options import LoadOptions, RuntimeOptions
 
@@ -130,7 +130,7 @@ def test_kernel_modules_load_without_the_video_encoder():
     import subprocess
 
     check = (
-        "import sys; import ditproof.generation.flash4, ditproof.generation.flash3, ditproof.models.fused; "
+        "import sys; import ditproof.kernels.flash4, ditproof.kernels.flash3, ditproof.kernels.fused; "
         "print('av' in sys.modules)"
     )
     run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120, check=False)

@@ -20,7 +20,7 @@ from ditproof.errors import InvalidInputError
 from ditproof.generation.execute import execute
 from ditproof.generation.generate import generate
 from ditproof.generation.runtime import runtime_class
-from ditproof.models.fused import (
+from ditproof.kernels.fused import (
     add_layer_norm_modulate,
     fuse_elementwise,
     layer_norm_modulate,
@@ -95,7 +95,7 @@ def test_refused_with_tensor_parallelism_before_loading():
 
 def test_refused_on_cuda_without_triton_naming_it(monkeypatch):
     from ditproof.errors import RuntimeUnavailableError
-    from ditproof.models import fused
+    from ditproof.kernels import fused
 
     assert fused.unavailable_reason(torch.device("cpu")) is None
     monkeypatch.setattr(fused.importlib.util, "find_spec", lambda name: None)
@@ -147,7 +147,7 @@ def test_triton_kernel_in_the_interpreter_matches_the_reference(tmp_path: Path):
     script = textwrap.dedent(
         """
         import torch
-        from ditproof.models.fused import launch_rms_norm_rope, rms_norm_rope_reference
+        from ditproof.kernels.fused import launch_rms_norm_rope, rms_norm_rope_reference
 
         generator = torch.Generator().manual_seed(2)
         heads, head_dim, tokens = 3, 8, 5
@@ -210,7 +210,7 @@ def test_layer_norm_kernel_in_the_interpreter_matches_the_reference():
     script = textwrap.dedent(
         """
         import torch
-        from ditproof.models.fused import launch_layer_norm_modulate, layer_norm_modulate_reference
+        from ditproof.kernels.fused import launch_layer_norm_modulate, layer_norm_modulate_reference
 
         generator = torch.Generator().manual_seed(6)
         for dtype in (torch.bfloat16, torch.float32):
@@ -266,7 +266,7 @@ def test_option_is_applied_at_load_in_the_class_and_validates(tiny_model, small_
 
 
 def test_linears_the_fused_steps_read_directly_are_named_and_weight_swapping_refuses_them():
-    from ditproof.models.fused import bypassed_linears
+    from ditproof.kernels.fused import bypassed_linears
     from ditproof.poc.compute import PocModel
     from ditproof.poc.deviations import perturb_transform, swapped_weights
 

@@ -6,7 +6,7 @@ import torch
 from ditproof.errors import InvalidInputError
 from ditproof.generation.execute import execute
 from ditproof.generation.generate import generate
-from ditproof.generation.solver import ResumePoint
+from ditproof.generation.solver_state import ResumePoint
 from ditproof.models.registry import load_model
 from ditproof.protocol.options import CacheOptions, CaptureOptions, RuntimeOptions
 from ditproof.protocol.request import GenerationRequest

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (1, ("ditproof", "ditproof.protocol", "ditproof.errors", "ditproof.hashing")),
     (2, ("ditproof.randomness", "ditproof.video")),
-    (3, ("ditproof.models",)),
+    (3, ("ditproof.kernels", "ditproof.models")),
     (4, ("ditproof.generation", "ditproof.engines")),
     (5, ("ditproof.metrics", "ditproof.validation", "ditproof.poc", "ditproof.pricing")),
     (6, ("ditproof.experiment", "ditproof.evaluation", "ditproof.training")),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ditproof.errors import InvalidInputError
-from ditproof.generation.solver import SolverState
+from ditproof.generation.solver_state import SolverState
 from ditproof.protocol.options import CheckpointSchedule
 from ditproof.randomness import seeded_sample, spot_check_phase_segments, spot_check_segments
 from ditproof.validation.fingerprints import fingerprint_distance, first_divergent_step

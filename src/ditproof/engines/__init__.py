@@ -21,7 +21,7 @@ from ditproof.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from ditproof.generation.result import GenerationResult, StepCallback
-    from ditproof.generation.solver import ResumePoint
+    from ditproof.generation.solver_state import ResumePoint
     from ditproof.models.registry import LoadedModel
     from ditproof.protocol.options import RunOptions
     from ditproof.protocol.request import GenerationRequest

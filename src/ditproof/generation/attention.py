@@ -3,7 +3,7 @@
 One place for generation (both experts of a loaded model) and the pricing calibration (one
 expert built alone): the names of ``RunOptions.attention_backend`` map to diffusers'
 attention dispatcher, except ``flash-attn-4`` and ``flash-attn-3``, installed from local packages
-(:mod:`ditproof.generation.flash4`, :mod:`ditproof.generation.flash3`).
+(:mod:`ditproof.kernels.flash4`, :mod:`ditproof.kernels.flash3`).
 
 Generation selects the kernel per run (:func:`attention_for_run`) and puts the experts back as
 they were after it, so a loaded model carries no attention choice from one run to the next.
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
-from ditproof.generation import flash3, flash4
+from ditproof.kernels import flash3, flash4
 from ditproof.protocol.options import ATTENTION_BACKENDS, GPU_ONLY_BACKENDS
 
 LOCAL_KERNELS: dict[str, ModuleType] = {flash4.BACKEND: flash4, flash3.BACKEND: flash3}

@@ -22,7 +22,7 @@ from ditproof.errors import InvalidInputError
 from ditproof.generation.attention import attention_for_run
 from ditproof.generation.result import GenerationResult, StepCallback
 from ditproof.generation.shortcuts import ShortcutPlan, blocks_skipped
-from ditproof.generation.solver import ResumePoint
+from ditproof.generation.solver_state import ResumePoint
 from ditproof.generation.text import check_prompt_length
 from ditproof.generation.trajectory import TrajectoryCapture
 from ditproof.hashing import sha256_tensor

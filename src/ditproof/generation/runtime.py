@@ -12,7 +12,7 @@ import torch
 
 from ditproof.generation.attention import attention_library
 from ditproof.hashing import sha256_json
-from ditproof.models.fused import STEPS as FUSED_STEPS
+from ditproof.kernels.fused import STEPS as FUSED_STEPS
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RunOptions, RuntimeOptions, shortcut_label
 from ditproof.protocol.record import RuntimeFingerprint

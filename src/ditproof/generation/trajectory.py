@@ -5,7 +5,7 @@ low-noise step), ``final`` (after the last step, before the VAE), and ``step_NNN
 committed steps (the latent after NNN steps): those of the capture options' checkpoint schedule
 and the extra ``checkpoint_steps`` (:meth:`CaptureOptions.committed_steps`). Each checkpoint file
 holds the latent (key ``latent``) and the solver state at that point (keys ``solver.*``), so a
-generation can resume from it (:mod:`ditproof.generation.solver`).
+generation can resume from it (:mod:`ditproof.generation.solver_state`).
 
 The per-step fingerprints are computed on the CPU in float64 (the same values on any machine).
 That work runs on one background thread: on a GPU the latent is copied to pinned host memory
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as save_safetensors
 
-from ditproof.generation.solver import SolverState
+from ditproof.generation.solver_state import SolverState
 from ditproof.hashing import atomic_write_bytes, sha256_bytes, sha256_tensor
 from ditproof.protocol.options import CaptureOptions
 from ditproof.protocol.record import CheckpointRef, TrajectoryFingerprints

@@ -15,12 +15,12 @@ from diffusers import WanPipeline
 
 from ditproof.errors import InvalidInputError, ModelNotFoundError
 from ditproof.hashing import sha256_json, sha256_tensors
-from ditproof.models.fused import fuse_elementwise
-from ditproof.models.init import cast_keeping_fp32
+from ditproof.kernels.fused import fuse_elementwise
 from ditproof.models.local import check_pipeline_folder, folder_revision
 from ditproof.models.offload import HostResident
 from ditproof.models.presets import PRESETS, WAN22_PATH_ENV
 from ditproof.models.presets import ModelPreset as ModelPreset  # re-exported: callers import it from here
+from ditproof.models.weight_fill import cast_keeping_fp32
 from ditproof.protocol.options import LoadOptions, RunOptions, RuntimeOptions
 
 PromptKey = tuple[object, ...]

@@ -16,8 +16,8 @@ from torch import nn
 from transformers import UMT5Config, UMT5EncoderModel
 
 from ditproof.hashing import sha256_json
-from ditproof.models.init import WEIGHT_INIT, cast_keeping_fp32, fill_seeded
 from ditproof.models.vocab import build_tokenizer
+from ditproof.models.weight_fill import WEIGHT_INIT, cast_keeping_fp32, fill_seeded
 
 BOUNDARY_RATIO = 0.875
 

@@ -46,7 +46,7 @@ def swapped_weights(model: PocModel, transform: WeightTransform) -> Iterator[Non
     The transformed weight exists only during that module's forward (a pre-hook swaps it in, a
     hook swaps the original back), so the extra memory is one weight matrix at a time.
     """
-    from ditproof.models.fused import bypassed_linears
+    from ditproof.kernels.fused import bypassed_linears
 
     bypassed = [name for expert in model.experts for name in bypassed_linears(expert)]
     if bypassed:

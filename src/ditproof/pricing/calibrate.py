@@ -139,8 +139,8 @@ def build_expert(
     """
     from diffusers import WanTransformer3DModel
 
-    from ditproof.models.init import fill_seeded
     from ditproof.models.wan import _eval, _materialize, hash_name
+    from ditproof.models.weight_fill import fill_seeded
 
     config = dict(_shape(model).transformer)
     if layers is not None:

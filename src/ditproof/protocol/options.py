@@ -28,9 +28,9 @@ ATTENTION_BACKENDS: dict[str, str | None] = {
     "sdpa-cudnn": "_native_cudnn",
     "sdpa-math": "_native_math",
     "flex": "flex",
-    # The local flash-attn-4 package in diffusers' flash_4_hub slot (ditproof.generation.flash4).
+    # The local flash-attn-4 package in diffusers' flash_4_hub slot (ditproof.kernels.flash4).
     "flash-attn-4": "flash_4_hub",
-    # A local FlashAttention-3 build, through the same slot (ditproof.generation.flash3).
+    # A local FlashAttention-3 build, through the same slot (ditproof.kernels.flash3).
     "flash-attn-3": "flash_4_hub",
 }
 GPU_ONLY_BACKENDS = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "flash-attn-4", "flash-attn-3")
@@ -231,7 +231,7 @@ class LoadOptions(BaseModel):
     they are part of the runtime class.
     ``fuse_elementwise``: the feed-forward's tanh-GELU in its up-projection's epilogue and the
     self-attention's query/key RMS norm with the rotary embedding in one kernel
-    (:mod:`ditproof.models.fused`); changes the low bits, part of the runtime class.
+    (:mod:`ditproof.kernels.fused`); changes the low bits, part of the runtime class.
     ``ffn_chunks``: above 1, every block's feed-forward network runs as that many independent
     slices of its hidden units (each its own up-projection, GELU and down-projection), whose
     partial outputs are summed in one fixed order (:mod:`ditproof.models.parallel`). Tensor

@@ -84,7 +84,7 @@ class RuntimeFingerprint(_Model):
     ffn_chunks: int = 1
     fuse_projections: bool = False
     fuse_elementwise: bool = False
-    # Which steps fuse_elementwise fused (ditproof.models.fused.STEPS), e.g.
+    # Which steps fuse_elementwise fused (ditproof.kernels.fused.STEPS), e.g.
     # "gelu-epilogue,norm-rope,norm-modulate"; None in records made before the list was recorded.
     elementwise_steps: str | None = None
     compile: str = "none"

@@ -5,7 +5,7 @@ caption grammar's words, a UMT5 encoder, an ``AutoencoderKLWan`` (stride 4×8×8
 channels), two ``WanTransformer3DModel`` experts of one shape (patch 1×2×2, qk RMS-norm across
 heads, cross-attention norm) switched at ``boundary_ratio`` 0.875, and the UniPC flow solver.
 
-Weights start from :func:`ditproof.models.init.fill_seeded` (each parameter drawn from its own
+Weights start from :func:`ditproof.models.weight_fill.fill_seeded` (each parameter drawn from its own
 seeded CPU generator), never from torch's global RNG.
 """
 
@@ -25,8 +25,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from ditproof.errors import InvalidInputError
-from ditproof.models.init import fill_seeded
 from ditproof.models.wan import A14B_TRANSFORMER, BOUNDARY_RATIO, UMT5_XXL, hash_name, make_scheduler
+from ditproof.models.weight_fill import fill_seeded
 from ditproof.training.grammar import grammar_words
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")

@@ -22,7 +22,7 @@ import torch
 from ditproof.errors import IntegrityError, InvalidInputError
 from ditproof.generation.generate import generate
 from ditproof.generation.result import GenerationResult
-from ditproof.generation.solver import ResumePoint, SolverState, derived_resume_point, schedule_state
+from ditproof.generation.solver_state import ResumePoint, SolverState, derived_resume_point, schedule_state
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RunOptions
@@ -224,7 +224,7 @@ def rerun_segment(record: InferenceRecord, model: LoadedModel, options: RunOptio
     and measures its end state against the executor's end checkpoint.
 
     The solver's counters, timesteps and filled history slots at the start are derived from the
-    request's schedule (:func:`ditproof.generation.solver.schedule_state`), never read from the
+    request's schedule (:func:`ditproof.generation.solver_state.schedule_state`), never read from the
     file; a file whose bookkeeping disagrees cannot be resumed (the segment fails). The history
     tensors come from the file: the end state's comparison checks them, as it checks the latent.
 

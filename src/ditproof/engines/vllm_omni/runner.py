@@ -37,7 +37,7 @@ from ditproof.engines.vllm_omni.protocol import (
 )
 from ditproof.errors import IntegrityError, InvalidInputError, RuntimeUnavailableError
 from ditproof.generation.result import GenerationResult, StepCallback
-from ditproof.generation.solver import SolverState
+from ditproof.generation.solver_state import SolverState
 from ditproof.generation.text import check_prompt_length
 from ditproof.generation.trajectory import TrajectoryCapture
 from ditproof.hashing import sha256_bytes, sha256_tensor

@@ -10,7 +10,7 @@ layer at 480p on H100). At 480p self-attention FlashAttention-3 measured 700 TFL
 FlashAttention-4's 681 on the same H100 (docs/performance.md).
 
 The kernel is routed through the same diffusers slot as ``flash-attn-4``
-(:func:`ditproof.generation.flash4.route_through_slot`) as a ``torch.library`` custom operator.
+(:func:`ditproof.kernels.flash4.route_through_slot`) as a ``torch.library`` custom operator.
 Its forward is deterministic: one split (``num_splits=1``), tiles fixed per head dimension at
 build time. The build's distribution and version are in ``attention_library``.
 """
@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import torch
 
 from ditproof.errors import RuntimeUnavailableError
-from ditproof.generation import flash4
+from ditproof.kernels import flash4
 
 BACKEND = "flash-attn-3"
 BUILDS = (("flash_attn_interface", "flash_attn_3"), ("fa3_fwd_interface", "fa3_fwd"))
