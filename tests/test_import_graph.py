@@ -19,7 +19,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (4, ("ditproof.generation", "ditproof.engines")),
     (5, ("ditproof.metrics", "ditproof.validation", "ditproof.poc", "ditproof.pricing")),
     (6, ("ditproof.experiment", "ditproof.evaluation", "ditproof.training")),
-    (7, ("ditproof.server", "ditproof.client")),
+    (7, ("ditproof.server", "ditproof.client", "ditproof.api")),
     (8, ("ditproof.cli",)),
 ]
 

@@ -91,7 +91,7 @@ def run_generation(
     entropy_source: Literal["client", "executor"] = "client",
 ) -> InferenceRecord:
     """Runs the executor with a progress bar (the model holds the load options)."""
-    from ditproof.generation.execute import execute
+    from ditproof.api import execute
 
     with Progress(
         TextColumn("denoising"),
@@ -241,7 +241,7 @@ def generate_command(
             request_id = request_id or f"local-{uuid.uuid4().hex}"
             drawn = entropy is None
             entropy = entropy or os.urandom(32).hex()
-        from ditproof.models.registry import load_model
+        from ditproof.api import load_model
 
         started = time.perf_counter()
         loaded = load_model(model, options.load, model_path=model_path)

@@ -155,17 +155,16 @@ def validate_command(
         expected = load_request_file(request_path) if request_path else None
 
         quiet_libraries()
+        from ditproof.api import load_model, validate, validate_checkpoints, validate_spot_check
         from ditproof.metrics.registry import metric_spec
-        from ditproof.models.registry import load_model
         from ditproof.randomness import check_entropy
         from ditproof.validation.allowed import AllowedClasses
-        from ditproof.validation.checkpoints import choose_spot_segments, validate_checkpoints, validate_spot_check
+        from ditproof.validation.checkpoints import choose_spot_segments
         from ditproof.validation.compare import ComparisonOptions
         from ditproof.validation.delegation import ValidatorRegistry
         from ditproof.validation.policy import ThresholdPolicy
         from ditproof.validation.preflight import preflight, regeneration_options
         from ditproof.validation.segments import structure_problems
-        from ditproof.validation.validate import validate
 
         if validator_entropy is not None:
             check_entropy(validator_entropy)
@@ -279,10 +278,9 @@ def demo_command(
     """Generate a video with the default model, then validate it by regeneration."""
     quiet_libraries()
     with reported():
+        from ditproof.api import load_model, validate
         from ditproof.cli.generate import DEFAULT_MODEL, build_options, run_generation
-        from ditproof.models.registry import load_model
         from ditproof.protocol.request import parse_request
-        from ditproof.validation.validate import validate
 
         started = time.perf_counter()
         request = parse_request({"prompt": prompt, **DEMO_SIZE})

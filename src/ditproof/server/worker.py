@@ -30,9 +30,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from ditproof.api import LoadedModel, execute, load_model
 from ditproof.errors import DitproofError, IntegrityError, InvalidInputError
-from ditproof.generation.execute import execute
-from ditproof.models.registry import LoadedModel, load_model
 from ditproof.protocol.options import RuntimeOptions
 from ditproof.server.artifacts import ArtifactStore
 from ditproof.server.config import ServerConfig

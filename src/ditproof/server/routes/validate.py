@@ -287,8 +287,7 @@ async def validate_video(request: Request, worker: WorkerDep) -> Verdict:
     record = inputs.record
 
     def run(model: LoadedModel, options: RuntimeOptions) -> Verdict:
-        from ditproof.validation import validate
-        from ditproof.validation.checkpoints import validate_checkpoints, validate_spot_check
+        from ditproof.api import validate, validate_checkpoints, validate_spot_check
 
         if model.preset != record.model.preset:
             raise conflict(
