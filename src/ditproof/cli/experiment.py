@@ -12,7 +12,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ditproof.cli.common import err, out, quiet_libraries, reported
+from ditproof.cli.common import err, out, reported
+from ditproof.models.quiet import quiet_libraries
 
 experiment_app = typer.Typer(
     help="Stage 1 experiment: plan jobs, run them (local or Ray), score, analyze, report (docs/experiment.md).",

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Literal
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ditproof.cli.common import call, err, out, parse_steps, quiet_libraries, reported
+from ditproof.cli.common import call, err, out, parse_steps, reported
 from ditproof.errors import InvalidInputError
 from ditproof.models.presets import native_sizes
+from ditproof.models.quiet import quiet_libraries
 from ditproof.protocol.options import CaptureOptions, RunOptions, RuntimeOptions, VideoEncoding
 from ditproof.protocol.record import InferenceRecord
 from ditproof.protocol.request import GenerationRequest, parse_request

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 import typer
 from pydantic import ValidationError
 
-from ditproof.cli.common import EXIT_FAILURE, call, err, out, quiet_libraries, reported
+from ditproof.cli.common import EXIT_FAILURE, call, err, out, reported
 from ditproof.errors import InvalidInputError
+from ditproof.models.quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from ditproof.protocol.options import LoadOptions

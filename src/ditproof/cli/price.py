@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from ditproof.cli.common import call, err, out, quiet_libraries, reported
+from ditproof.cli.common import call, err, out, reported
 from ditproof.errors import InvalidInputError
+from ditproof.models.quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from ditproof.protocol.pricing import PriceQuote

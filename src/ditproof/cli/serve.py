@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ditproof.cli.common import out, quiet_libraries, reported
+from ditproof.cli.common import out, reported
 from ditproof.errors import DitproofError, InvalidInputError
+from ditproof.models.quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -5,10 +5,12 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from ditproof.cli.common import EXIT_FAILURE, out, quiet_libraries, reported
+from ditproof.cli.common import EXIT_FAILURE, out, reported
+from ditproof.models.quiet import quiet_libraries
 from ditproof.protocol.request import GenerationRequest
 from ditproof.protocol.verdict import Verdict
 
@@ -197,44 +199,26 @@ def validate_command(
             finish(verdict, verdict_path)
             return
         loaded = load_model(model or record.model.preset, options.load, model_path=model_path)
+        common: dict[str, Any] = {
+            "policy": policy,
+            "comparison": comparison,
+            "validators": registry,
+            "options": own,
+            "artifacts_dir": folder,
+            "expected_request": expected,
+            "allowed": allowed,
+            "require_client_entropy": require_client_entropy,
+        }
         if mode == "spot-check":
             entropy = validator_entropy or secrets.token_hex(32)
             if not structure_problems(record):
                 # Fail fast (exit 2) on a --spot-segments the record cannot give; a malformed record is
                 # the executor's fault and gets its verdict below.
                 choose_spot_segments(record, entropy, spot_segments)
-            verdict = validate_spot_check(
-                record,
-                video,
-                loaded,
-                spot_segments,
-                entropy,
-                device,
-                policy=policy,
-                comparison=comparison,
-                validators=registry,
-                options=own,
-                artifacts_dir=folder,
-                expected_request=expected,
-                allowed=allowed,
-                require_client_entropy=require_client_entropy,
-            )
+            verdict = validate_spot_check(record, video, loaded, spot_segments, entropy, device, **common)
         else:
             run = validate_checkpoints if mode == "checkpoints" else validate
-            verdict = run(
-                record,
-                video,
-                loaded,
-                device,
-                policy=policy,
-                comparison=comparison,
-                validators=registry,
-                options=own,
-                artifacts_dir=folder,
-                expected_request=expected,
-                allowed=allowed,
-                require_client_entropy=require_client_entropy,
-            )
+            verdict = run(record, video, loaded, device, **common)
         finish(verdict, verdict_path)
 
 

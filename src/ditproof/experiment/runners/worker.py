@@ -22,6 +22,7 @@ from typing import Any, Literal
 from ditproof.experiment.jobs import Artifact, JobFailure, JobResult, failure_path, read_result, result_path
 from ditproof.experiment.plan import Job
 from ditproof.experiment.store import Store, job_prefix
+from ditproof.models.quiet import quiet_libraries
 from ditproof.protocol.options import GPU_ONLY_BACKENDS
 
 
@@ -77,17 +78,6 @@ def load_key(job: Job) -> tuple[Any, ...]:
 def now() -> str:
     """UTC time in ISO 8601."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def quiet_libraries() -> None:
-    """Keeps diffusers' and transformers' advisory output out of worker logs; never goes online."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
 
 
 class JobWorker:
