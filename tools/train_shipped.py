@@ -2,14 +2,14 @@
 
 Stage 1 trains the VAE; stage 2 trains the two experts and the text encoder on the stage-1 VAE
 and writes a bundle of at most 8 files of at most 16 MB (what a GPU host returns). Then, on any
-machine, ``python -m ditproof.training.assemble --bundle DIR`` writes the diffusers folder into
+machine, ``tools/assemble_shipped.py --bundle DIR`` writes the diffusers folder into
 the package, and ``tools/eval_shipped.py`` measures prompt adherence.
 
     PYTHONPATH=src python3 tools/train_shipped.py --stage vae --out $OUT/shapes_vae
     # copy shapes_vae/ into the repository (e.g. to train_inputs/shapes_vae), then:
     PYTHONPATH=src python3 tools/train_shipped.py --stage experts --vae-from train_inputs/shapes_vae \
         --out $OUT/shapes_bundle
-    PYTHONPATH=src python3 -m ditproof.training.assemble --bundle shapes_bundle
+    PYTHONPATH=src tools/assemble_shipped.py --bundle shapes_bundle
 
     # CPU check of the whole path, tiny sizes (about a minute):
     PYTHONPATH=src python3 tools/train_shipped.py --stage vae --smoke --out /tmp/s1

@@ -190,7 +190,3 @@ def write_shipped() -> None:
     atomic_write_text(PROMPTS_DIR / SHIPPED["grammar"], to_jsonl(grammar_prompts()))
     atomic_write_text(PROMPTS_DIR / SHIPPED["freetext"], to_jsonl(freetext_prompts()))
     atomic_write_text(PROMPTS_DIR / SHIPPED["mixed"], to_jsonl(mixed_prompts()))
-
-
-if __name__ == "__main__":
-    write_shipped()

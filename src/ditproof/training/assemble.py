@@ -1,17 +1,12 @@
 """Turns a stage-2 bundle into the shipped diffusers folder, with its training record beside it.
 
-Usage::
-
-    PYTHONPATH=src python3 -m ditproof.training.assemble --bundle DIR [--root src/ditproof/models/shipped]
-
-writes ``ROOT/wan-shapes-small/`` (the ``WanPipeline`` folder, float16 weights), and
+``tools/assemble_shipped.py --bundle DIR`` is its command. It writes ``ROOT/wan-shapes-small/`` (the ``WanPipeline`` folder, float16 weights), and
 ``ROOT/training.json`` and ``ROOT/loss_curves.png`` (copied from the bundle), then the model card
 (:mod:`ditproof.training.card`, with evaluation results when ``ROOT/eval.json`` exists).
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from pathlib import Path
 
@@ -35,17 +30,3 @@ def assemble(bundle_dir: Path, root: Path = SHIPPED_ROOT) -> Path:
 
     write_card(root)
     return folder
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, required=True, help="the stage-2 output folder")
-    parser.add_argument("--root", type=Path, default=SHIPPED_ROOT, help="where the model folder and card go")
-    args = parser.parse_args(argv)
-    folder = assemble(args.bundle, args.root)
-    print(f"wrote {folder} and the model card in {args.root}")
-
-
-if __name__ == "__main__":
-    main()

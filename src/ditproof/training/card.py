@@ -199,9 +199,3 @@ def write_card(root: Path) -> Path:
     path = root / "MODEL_CARD.md"
     atomic_write_text(path, render_card(root))
     return path
-
-
-if __name__ == "__main__":
-    from ditproof.models.shipped import SHIPPED_ROOT
-
-    print(write_card(SHIPPED_ROOT))
