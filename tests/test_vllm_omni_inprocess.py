@@ -18,7 +18,7 @@ pytestmark = [needs_omni, pytest.mark.slow]
 
 SCRIPT = """
 import json, sys
-from ditproof.engines import configure_vllm_omni
+from ditproof.generation.engines import configure_vllm_omni
 from ditproof.generation.execute import execute
 from ditproof.models.registry import load_model
 from ditproof.protocol.options import RuntimeOptions

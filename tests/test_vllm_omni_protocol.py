@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from ditproof.engines import configure_vllm_omni, run_engine
-from ditproof.engines.vllm_omni import runner
-from ditproof.engines.vllm_omni.protocol import GenerateJob, artifacts_root, check_job_id
 from ditproof.errors import InvalidInputError
+from ditproof.generation.engines import configure_vllm_omni, run_engine
+from ditproof.generation.engines.vllm_omni import runner
+from ditproof.generation.engines.vllm_omni.protocol import GenerateJob, artifacts_root, check_job_id
 from ditproof.generation.generate import generate
 from ditproof.generation.runtime import runtime_class
 from ditproof.protocol.options import CaptureOptions, RunOptions, RuntimeOptions, VideoEncoding

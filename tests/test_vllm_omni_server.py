@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from ditproof.engines import configure_vllm_omni
-from ditproof.engines.vllm_omni import runner
-from ditproof.engines.vllm_omni.protocol import FRAMES_FILE, GenerateJob
 from ditproof.errors import RuntimeUnavailableError
+from ditproof.generation.engines import configure_vllm_omni
+from ditproof.generation.engines.vllm_omni import runner
+from ditproof.generation.engines.vllm_omni.protocol import FRAMES_FILE, GenerateJob
 from ditproof.generation.execute import execute
 from ditproof.generation.generate import generate
 from ditproof.hashing import sha256_bytes, sha256_tensor

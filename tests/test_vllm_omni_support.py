@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ditproof.engines.vllm_omni.launch import OmniServer, omni_env
+from ditproof.generation.engines.vllm_omni.launch import OmniServer, omni_env
 
 ROOT = Path(__file__).resolve().parents[1]
 OMNI_VENV = Path(os.environ.get("DITPROOF_OMNI_VENV", ROOT / ".venv-omni"))

@@ -228,7 +228,7 @@ def generate_command(
             compile=compile_mode,
         )
         if engine == "vllm-omni":
-            from ditproof.engines import configure_vllm_omni
+            from ditproof.generation.engines import configure_vllm_omni
 
             # Without --omni-url the model folder is loaded in this process (vLLM-Omni environment).
             configure_vllm_omni(

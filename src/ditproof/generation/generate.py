@@ -198,8 +198,8 @@ def generate(
             "(ditproof's own loop runs the experiments' shortcuts)"
         )
     if engine != "diffusers":
-        # Another engine runs the loop (ditproof.engines); it returns the same GenerationResult.
-        from ditproof.engines import run_engine
+        # Another engine runs the loop (ditproof.generation.engines); it returns the same GenerationResult.
+        from ditproof.generation.engines import run_engine
 
         return run_engine(request, seed, model, run, on_step, resume=resume, stop_after=stop_after)
 

@@ -1,7 +1,7 @@
 """What a generation returns, whichever loop ran it (ditproof's own or another engine's).
 
 Kept apart from :mod:`ditproof.generation.generate` so that other engines
-(:mod:`ditproof.engines`) return the same type without importing the loop that calls them.
+(:mod:`ditproof.generation.engines`) return the same type without importing the loop that calls them.
 """
 
 from __future__ import annotations

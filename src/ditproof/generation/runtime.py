@@ -74,13 +74,13 @@ def runtime_fingerprint(model: LoadedModel, options: RunOptions | RuntimeOptions
     :meth:`LoadedModel.run_options`).
 
     With an engine other than diffusers, what that engine ran on (device, libraries, kernel,
-    solver) replaces this process's own (:func:`ditproof.engines.engine_fingerprint_fields`).
+    solver) replaces this process's own (:func:`ditproof.generation.engines.engine_fingerprint_fields`).
     """
     run = model.run_options(options)
     local = _fingerprint(model, RuntimeOptions.of(model.load, run))
     if model.load.engine == "diffusers":
         return local
-    from ditproof.engines import engine_fingerprint_fields
+    from ditproof.generation.engines import engine_fingerprint_fields
 
     return local.model_copy(update=engine_fingerprint_fields(model, run))
 

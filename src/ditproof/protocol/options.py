@@ -240,7 +240,7 @@ class LoadOptions(BaseModel):
     leaves the runtime class. Not with ``fuse_elementwise``.
     ``engine``: what runs the denoising loop: ``diffusers`` (ditproof's own loop on a diffusers
     pipeline) or ``vllm-omni`` (vLLM-Omni's Wan2.2 pipeline with ditproof's plugin; see
-    :mod:`ditproof.engines` and docs/vllm-omni.md). Part of the runtime class.
+    :mod:`ditproof.generation.engines` and docs/vllm-omni.md). Part of the runtime class.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)

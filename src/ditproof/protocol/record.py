@@ -63,7 +63,7 @@ class RuntimeFingerprint(_Model):
     ditproof: str
     ftfy: bool
     engine: str = "diffusers"
-    # The engine's own version when it is not diffusers (e.g. vllm-omni 0.30.0); see ditproof.engines.
+    # The engine's own version when it is not diffusers (e.g. vllm-omni 0.30.0); see ditproof.generation.engines.
     engine_version: str | None = None
     attention_backend: str
     # The versions of a kernel library outside torch that the attention backend runs

@@ -1,7 +1,7 @@
 """ditproof's Wan2.2 text-to-video pipeline for vLLM-Omni: a subclass of vLLM-Omni's own.
 
 For a request without a ditproof job it is vLLM-Omni's ``Wan22Pipeline`` unchanged. For a request
-whose ``extra_args["ditproof"]`` holds a job (:mod:`ditproof.engines.vllm_omni.protocol`):
+whose ``extra_args["ditproof"]`` holds a job (:mod:`ditproof.generation.engines.vllm_omni.protocol`):
 
 1. checks that vLLM-Omni's sampling parameters are the job's request, field by field (vLLM-Omni
    rounds sizes and frame counts silently; a proof cannot accept that);
@@ -43,7 +43,7 @@ from vllm_omni.diffusion.models.wan2_2.pipeline_wan2_2 import (
     resolve_wan_sample_solver,
 )
 
-from ditproof.engines.vllm_omni.protocol import (
+from ditproof.generation.engines.vllm_omni.protocol import (
     ARTIFACTS_ENV,
     CAPTURE_FILE,
     ENGINE_FILE,

@@ -32,8 +32,8 @@ __all__ = ["ENGINES", "configure_vllm_omni", "engine_fingerprint_fields", "run_e
 
 
 def configure_vllm_omni(url: str | None = None, model_dir: str | None = None, artifacts: str | None = None) -> None:
-    """Sets where ``engine="vllm-omni"`` runs (see :class:`ditproof.engines.vllm_omni.runner.OmniTarget`)."""
-    from ditproof.engines.vllm_omni.runner import configure
+    """Sets where ``engine="vllm-omni"`` runs (see :class:`ditproof.generation.engines.vllm_omni.runner.OmniTarget`)."""
+    from ditproof.generation.engines.vllm_omni.runner import configure
 
     configure(url=url, model_dir=model_dir, artifacts=artifacts)
 
@@ -58,7 +58,7 @@ def run_engine(
                 "resume/stop_after: got a segment for engine 'vllm-omni'; allowed: whole runs only "
                 "(vLLM-Omni's loop cannot start from a checkpoint; regenerate segments with engine 'diffusers')"
             )
-        from ditproof.engines.vllm_omni.runner import generate_via_omni
+        from ditproof.generation.engines.vllm_omni.runner import generate_via_omni
 
         return generate_via_omni(request, seed, model, options, on_step)
     raise InvalidInputError(f"engine: got {options.engine!r}; allowed: {', '.join(ENGINES)}")
@@ -70,7 +70,7 @@ def engine_fingerprint_fields(model: LoadedModel, run: RunOptions) -> dict[str, 
 
     options = RuntimeOptions.of(model.load, run)
     if options.engine == "vllm-omni":
-        from ditproof.engines.vllm_omni.runner import fingerprint_fields
+        from ditproof.generation.engines.vllm_omni.runner import fingerprint_fields
 
         return fingerprint_fields(model, options)
     raise InvalidInputError(f"engine: got {options.engine!r}; allowed: {', '.join(ENGINES)}")

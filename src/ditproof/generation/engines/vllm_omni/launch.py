@@ -12,8 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from ditproof.engines.vllm_omni.protocol import ARTIFACTS_ENV
 from ditproof.errors import RuntimeUnavailableError
+from ditproof.generation.engines.vllm_omni.protocol import ARTIFACTS_ENV
 
 
 def omni_env(artifacts: Path, cpu: bool = True) -> dict[str, str]:

@@ -3,7 +3,7 @@
 The job goes in vLLM-Omni's own request (its documented fields, plus the job under
 ``extra_params["ditproof"]``); ditproof's plugin in the worker draws ditproof's noise, captures
 the trajectory and encodes the video, and writes a capture bundle into the artifacts folder
-(:mod:`ditproof.engines.vllm_omni.protocol`). This module turns that bundle back into the
+(:mod:`ditproof.generation.engines.vllm_omni.protocol`). This module turns that bundle back into the
 :class:`~ditproof.generation.generate.GenerationResult` that ditproof's own loop returns, after
 checking it against what ditproof computes itself (noise hash, model revision).
 """
@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 from safetensors.torch import load_file
 
-from ditproof.engines.vllm_omni.protocol import (
+from ditproof.errors import IntegrityError, InvalidInputError, RuntimeUnavailableError
+from ditproof.generation.engines.vllm_omni.protocol import (
     ARTIFACTS_ENV,
     CAPTURE_FILE,
     ENGINE_FILE,
@@ -35,7 +36,6 @@ from ditproof.engines.vllm_omni.protocol import (
     artifacts_root,
     read_model,
 )
-from ditproof.errors import IntegrityError, InvalidInputError, RuntimeUnavailableError
 from ditproof.generation.result import GenerationResult, StepCallback
 from ditproof.generation.solver_state import SolverState
 from ditproof.generation.text import check_prompt_length
