@@ -70,6 +70,8 @@ LONG: dict[tuple[str, ...], list[list[str]]] = {
     ("demo",): [["--no-such-flag"], ["--out"], ["--prompt", "\udcff"], ["--prompt", ""], ["x"]],
     ("poc", "calibrate"): [
         ["--nonces", "0"],
+        ["--first-nonce", "-1"],
+        ["--first-nonce", str(2**32)],
         ["--batch-sizes", "1,x"],
         ["--model", "\udcff"],
         ["--latent-height", "9" * 30],

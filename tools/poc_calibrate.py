@@ -12,9 +12,27 @@ The reference vectors go into the JSON; ``--compare other.json`` (a result of th
 another card, e.g. an H200) adds the honest cross-card distances, if the weights are the same,
 and derives the policy again with them as one more honest runtime.
 
+``--kept`` loads wan-a14b-shape in the kept fast configuration (fused projections, fused
+elementwise kernels, regional torch.compile) and runs the PoC forwards with flash-attn-3 (the
+other kernels stay as honest runtimes); the weight-swapping cheats (perturbed, FP8) cannot hook
+fused linears and are skipped with a warning there. ``--throughput-only`` builds the model,
+measures the throughput rows (which say the configuration) and writes the JSON: a quick
+before/after.
+
     PYTHONPATH=src python3 tools/poc_calibrate.py --out $OUT/poc_calibrate.json
     PYTHONPATH=src python3 tools/poc_calibrate.py --out $OUT/poc_h200.json --compare poc_calibrate.json
+    PYTHONPATH=src python3 tools/poc_calibrate.py --throughput-only --kept --out $OUT/poc_tput_kept.json
     PYTHONPATH=src python3 tools/poc_calibrate.py --smoke --out /tmp/poc_smoke.json   # CPU, tiny
+
+2,048 nonces per runtime take longer than one 600 s GPU call: run the calibration in parts over
+contiguous nonce ranges (the tiny model in the first part only), then merge them and derive the
+policy (the merge equals one run over the whole range):
+
+    PYTHONPATH=src python3 tools/poc_calibrate.py --nonces 683 --first-nonce 0 --out $OUT/part0.json
+    PYTHONPATH=src python3 tools/poc_calibrate.py --nonces 683 --first-nonce 683 --skip-tiny --out $OUT/part1.json
+    PYTHONPATH=src python3 tools/poc_calibrate.py --nonces 682 --first-nonce 1366 --skip-tiny --out $OUT/part2.json
+    ditproof poc calibrate --from part0.json --from part1.json --from part2.json \
+        --out calibration.json --policy-out policy.json
 """
 
 from __future__ import annotations
@@ -32,6 +50,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))  # bench/common.py
 from common import device_info, write_result
+from ditproof.generation.attention import attention_for_run
 from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel, load_model
 from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, format_table, l2_distances, rederive
@@ -56,18 +75,28 @@ def weights_fingerprint(model: LoadedModel) -> str:
     return sha256_tensor(torch.tensor([int(p[:8], 16) for p in parts], dtype=torch.int64))
 
 
-def throughput(model: LoadedModel, params: PocParams, batch_size: int, nonces: int) -> dict[str, Any]:
-    """Nonces per second (after one warm-up batch), and the peak memory."""
+KEPT = LoadOptions(device="cuda", dtype="bfloat16", fuse_projections=True, fuse_elementwise=True, compile="regional")
+"""The kept fast configuration's load options (--kept); its attention kernel is KEPT_ATTENTION."""
+KEPT_ATTENTION = "flash-attn-3"
+
+
+def throughput(
+    model: LoadedModel, params: PocParams, batch_size: int, nonces: int, attention: str = "sdpa"
+) -> dict[str, Any]:
+    """Nonces per second (after one warm-up batch), and the peak memory, with ``attention``."""
     poc = PocModel.from_loaded(model)
-    compute_vectors(poc, params, "aa" * 32, "warmup", list(range(batch_size)), batch_size)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    sync()
-    started = time.perf_counter()
-    compute_vectors(poc, params, "bb" * 32, "throughput", list(range(nonces)), batch_size)
-    sync()
+    experts = (model.pipeline.transformer, model.pipeline.transformer_2)
+    with attention_for_run(experts, attention, poc.device):
+        compute_vectors(poc, params, "aa" * 32, "warmup", list(range(batch_size)), batch_size)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        started = time.perf_counter()
+        compute_vectors(poc, params, "bb" * 32, "throughput", list(range(nonces)), batch_size)
+        sync()
     seconds = time.perf_counter() - started
     return {
+        "config": {"load": model.load.model_dump(mode="json"), "attention_backend": attention},
         "batch_size": batch_size,
         "nonces": nonces,
         "seconds": seconds,
@@ -87,6 +116,8 @@ def compare_with(previous_path: str, key: str, calibration: PocCalibration, fing
         "params"
     ] == calibration.params.model_dump(mode="json")
     same_weights = other.get("weights_fingerprint") == fingerprint
+    if other["calibration"].get("first_nonce", 0) != calibration.first_nonce:
+        return {"error": f"{previous_path} {key!r} starts at another nonce than this run ({calibration.first_nonce})"}
     n = min(len(other["calibration"]["reference_vectors"]), len(calibration.reference_vectors))
 
     def decode(items: list[str]) -> np.ndarray:
@@ -119,12 +150,32 @@ def main() -> None:
     parser.add_argument(
         "--nonces", type=int, default=2048, help="Nonces per runtime (the honest rate is bounded over them)."
     )
+    parser.add_argument(
+        "--first-nonce", type=int, default=0, help="First nonce calibrated (a part of a calibration in parts)."
+    )
+    parser.add_argument("--skip-tiny", action="store_true", help="No tiny-model calibration (one part has it).")
+    parser.add_argument(
+        "--throughput-only", action="store_true", help="Build the model, measure throughput, write the JSON, exit."
+    )
+    parser.add_argument(
+        "--kept",
+        action="store_true",
+        help="The kept fast configuration: fused projections and elementwise kernels, regional compile, "
+        f"attention {KEPT_ATTENTION} (CUDA only).",
+    )
     parser.add_argument("--latent", default="16,2,32,32", help="PoC latent C,F,H,W.")
     parser.add_argument("--text-len", type=int, default=32)
     parser.add_argument("--batch-sizes", default="1,8,32,64", help="Throughput batch sizes.")
     parser.add_argument("--skip-layers", type=int, default=1)
     parser.add_argument("--compare", default=None, help="A result of this script on another card.")
     args = parser.parse_args()
+    if args.kept and args.smoke:
+        parser.error(f"--kept: got it with --smoke; allowed: --kept on a CUDA GPU only ({KEPT_ATTENTION} is CUDA-only)")
+    if args.first_nonce < 0 or args.first_nonce + (32 if args.smoke else args.nonces) > 2**32 or args.nonces < 1:
+        parser.error(
+            f"--first-nonce/--nonces: got {args.first_nonce}/{args.nonces}; allowed: first nonce >= 0, nonces >= 1, "
+            "first nonce + nonces <= 2**32"
+        )
 
     channels, frames, height, width = (int(v) for v in args.latent.split(","))
     if args.smoke:
@@ -133,40 +184,31 @@ def main() -> None:
         latent_channels=channels, latent_frames=frames, latent_height=height, latent_width=width, text_len=args.text_len
     )
     nonces = 32 if args.smoke else args.nonces
-    result: dict[str, Any] = {"device": device_info(), "params": params.model_dump(mode="json")}
+    result: dict[str, Any] = {
+        "device": device_info(),
+        "params": params.model_dump(mode="json"),
+        "first_nonce": args.first_nonce,
+        "nonces": nonces,
+    }
     started_all = time.perf_counter()
 
     # 1. The tiny model: CPU float32 reference against CUDA float32 (honest) and bfloat16.
-    cpu_tiny = load_model("wan-tiny-random", LoadOptions())
-    tiny_others = [RuntimeSpec("cpu float32 batch 1", "honest", cpu_tiny, 1)]
-    if torch.cuda.is_available():
-        cuda32 = load_model("wan-tiny-random", LoadOptions(device="cuda"))
-        cuda16 = load_model("wan-tiny-random", LoadOptions(device="cuda", dtype="bfloat16"))
-        tiny_others += [
-            RuntimeSpec("cuda float32 batch 16", "honest", cuda32, 16),
-            RuntimeSpec("cuda float32 batch 64", "honest", cuda32, 64),
-            RuntimeSpec("cuda bfloat16 batch 16", "cross-dtype", cuda16, 16),
-        ]
-    tiny = calibrate(
-        RuntimeSpec("cpu float32 batch 16", "honest", cpu_tiny, 16),
-        tiny_others,
-        params,
-        CalibrationSettings(nonces=nonces, skip_layers=1),
-    )
-    result["tiny"] = {
-        "calibration": tiny.model_dump(mode="json"),
-        "weights_fingerprint": weights_fingerprint(cpu_tiny),
-    }
-    print(f"tiny model done at {time.perf_counter() - started_all:.0f} s", flush=True)
+    tiny: PocCalibration | None = None
+    if not (args.skip_tiny or args.throughput_only):
+        tiny, tiny_fingerprint = calibrate_tiny(params, nonces, args.first_nonce)
+        result["tiny"] = {"calibration": tiny.model_dump(mode="json"), "weights_fingerprint": tiny_fingerprint}
+        print(f"tiny model done at {time.perf_counter() - started_all:.0f} s", flush=True)
 
     # 2. The main model.
+    attention = KEPT_ATTENTION if args.kept else "sdpa"
     if args.smoke:
         main_model = load_model("wan-tiny-random", LoadOptions(dtype="bfloat16"))
         kernels = ["sdpa-math"]
         sizes = [1, 8]
     else:
         started = time.perf_counter()
-        main_model = load_model("wan-a14b-shape", LoadOptions(device="cuda", dtype="bfloat16"))
+        options = KEPT if args.kept else LoadOptions(device="cuda", dtype="bfloat16")
+        main_model = load_model("wan-a14b-shape", options)
         # PoC needs no text encoder: free its 11 GB for larger batches.
         main_model.pipeline.text_encoder.to("meta")
         torch.cuda.empty_cache()
@@ -176,60 +218,46 @@ def main() -> None:
         sizes = [int(v) for v in args.batch_sizes.split(",")]
     result["model"] = main_model.preset
     result["model_revision"] = main_model.revision
+    result["config"] = {"load": main_model.load.model_dump(mode="json"), "attention_backend": attention}
     fingerprint = weights_fingerprint(main_model)
     result["throughput"] = []
     for size in sizes:
         try:
-            row = throughput(main_model, params, size, max(2 * size, 16 if args.smoke else 64))
+            row = throughput(main_model, params, size, max(2 * size, 16 if args.smoke else 64), attention)
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             row = {"batch_size": size, "error": "out of memory"}
         result["throughput"].append(row)
         print(f"throughput batch {size}: {row}", flush=True)
 
-    device = "cpu" if args.smoke else "cuda"
-    dtype = "bfloat16"
-    others = [RuntimeSpec(f"{device} {dtype} batch {s}", "honest", main_model, s) for s in (1, 4)]
-    others += [RuntimeSpec(f"{device} {dtype} {k}", "honest", main_model, 16, k) for k in kernels]
-    skip_more = 4 if not args.smoke else 1
-    settings = CalibrationSettings(
-        nonces=nonces,
-        skip_layers=args.skip_layers,
-        extra_cheats=[
-            RuntimeSpec(
-                f"last {skip_more} layers skipped",
-                "cheat",
-                main_model,
-                16,
-                context=lambda pm: fewer_layers(pm, skip_more),
-            )
-        ],
-    )
-    main_calibration = calibrate(
-        RuntimeSpec(f"{device} {dtype} batch 16", "honest", main_model, 16),
-        others,
-        params,
-        settings,
-        on_run=lambda name, s: print(f"  {name}: {s:.1f} s", flush=True),
-    )
-    result["main"] = {"calibration": main_calibration.model_dump(mode="json"), "weights_fingerprint": fingerprint}
-    if args.compare:
-        result["compare"] = {
-            "main": compare_with(args.compare, "main", main_calibration, fingerprint),
-            "tiny": compare_with(args.compare, "tiny", tiny, result["tiny"]["weights_fingerprint"]),
-        }
+    main_calibration: PocCalibration | None = None
+    if not args.throughput_only:
+        main_calibration = calibrate_main(
+            main_model, params, nonces, args.first_nonce, args.skip_layers, attention, kernels, args.smoke
+        )
+        result["main"] = {"calibration": main_calibration.model_dump(mode="json"), "weights_fingerprint": fingerprint}
+        if args.compare:
+            result["compare"] = {"main": compare_with(args.compare, "main", main_calibration, fingerprint)}
+            if tiny is not None:
+                result["compare"]["tiny"] = compare_with(
+                    args.compare, "tiny", tiny, result["tiny"]["weights_fingerprint"]
+                )
     result["total_s"] = time.perf_counter() - started_all
     write_result(args.out, result)
 
     print()
-    print(f"== tiny model (reference CPU float32), {nonces} nonces ==")
-    for line in format_table(tiny):
-        print(line)
-    print(f"== {main_model.preset} on {result['device'].get('gpu') or 'cpu'}, {nonces} nonces ==")
-    for line in format_table(main_calibration):
-        print(line)
+    last = args.first_nonce + nonces - 1
+    if tiny is not None:
+        print(f"== tiny model (reference CPU float32), nonces {args.first_nonce}-{last} ==")
+        for line in format_table(tiny):
+            print(line)
+    if main_calibration is not None:
+        print(f"== {main_model.preset} on {result['device'].get('gpu') or 'cpu'}, nonces {args.first_nonce}-{last} ==")
+        for line in format_table(main_calibration):
+            print(line)
     if "compare" in result:
         print(f"cross-card: {json.dumps(result['compare'], sort_keys=True)}")
+    print(f"configuration: {json.dumps(result['config'], sort_keys=True)}")
     print(f"{'batch':>6} {'nonces/s':>10} {'tokens/nonce':>13} {'peak GiB':>9}")
     for row in result["throughput"]:
         if "error" in row:
@@ -238,6 +266,69 @@ def main() -> None:
             peak = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
             print(f"{row['batch_size']:>6} {row['nonces_per_s']:>10.1f} {row['tokens_per_nonce']:>13} {peak:>9}")
     print(f"total {result['total_s']:.0f} s")
+
+
+def calibrate_tiny(params: PocParams, nonces: int, first_nonce: int) -> tuple[PocCalibration, str]:
+    """The tiny model: CPU float32 batch 16 against CPU batch 1, CUDA float32 and bfloat16; and its
+    weights' fingerprint."""
+    cpu_tiny = load_model("wan-tiny-random", LoadOptions())
+    others = [RuntimeSpec("cpu float32 batch 1", "honest", cpu_tiny, 1)]
+    if torch.cuda.is_available():
+        cuda32 = load_model("wan-tiny-random", LoadOptions(device="cuda"))
+        cuda16 = load_model("wan-tiny-random", LoadOptions(device="cuda", dtype="bfloat16"))
+        others += [
+            RuntimeSpec("cuda float32 batch 16", "honest", cuda32, 16),
+            RuntimeSpec("cuda float32 batch 64", "honest", cuda32, 64),
+            RuntimeSpec("cuda bfloat16 batch 16", "cross-dtype", cuda16, 16),
+        ]
+    calibration = calibrate(
+        RuntimeSpec("cpu float32 batch 16", "honest", cpu_tiny, 16),
+        others,
+        params,
+        CalibrationSettings(nonces=nonces, first_nonce=first_nonce, skip_layers=1),
+    )
+    return calibration, weights_fingerprint(cpu_tiny)
+
+
+def calibrate_main(
+    model: LoadedModel,
+    params: PocParams,
+    nonces: int,
+    first_nonce: int,
+    skip_layers: int,
+    attention: str,
+    kernels: list[str],
+    smoke: bool,
+) -> PocCalibration:
+    """The main model: batch 16 with ``attention`` against batch 1 and 4, the other ``kernels``
+    (honest) and the cheats."""
+    device, dtype = ("cpu" if smoke else "cuda"), "bfloat16"
+    label = "" if attention == "sdpa" else f" {attention} (kept)"
+    others = [RuntimeSpec(f"{device} {dtype} batch {s}{label}", "honest", model, s, attention) for s in (1, 4)]
+    others += [RuntimeSpec(f"{device} {dtype} {k}", "honest", model, 16, k) for k in kernels if k != attention]
+    skip_more = 4 if not smoke else 1
+    settings = CalibrationSettings(
+        nonces=nonces,
+        first_nonce=first_nonce,
+        skip_layers=skip_layers,
+        extra_cheats=[
+            RuntimeSpec(
+                f"last {skip_more} layers skipped",
+                "cheat",
+                model,
+                16,
+                attention,
+                context=lambda pm: fewer_layers(pm, skip_more),
+            )
+        ],
+    )
+    return calibrate(
+        RuntimeSpec(f"{device} {dtype} batch 16{label}", "honest", model, 16, attention),
+        others,
+        params,
+        settings,
+        on_run=lambda name, s: print(f"  {name}: {s:.1f} s", flush=True),
+    )
 
 
 if __name__ == "__main__":

@@ -236,24 +236,39 @@ def calibrate_command(
     ),
     detection: float = typer.Option(0.99, "--detection", help="... is called fraud in at least this share of rounds."),
     sample_size: int = typer.Option(200, "--sample-size", help="Nonces a validator samples per round."),
-    from_file: Path | None = typer.Option(
-        None, "--from", help="Derive the policy again from a calibration file's per-nonce distances (no model run)."
+    first_nonce: int = typer.Option(
+        0, "--first-nonce", help="First nonce of a fresh run (runs over contiguous ranges merge with --from)."
+    ),
+    from_files: list[Path] | None = typer.Option(
+        None,
+        "--from",
+        help="Derive the policy again from a calibration file's per-nonce distances (no model run); repeated: "
+        "merge parts over contiguous nonce ranges first. A tools/poc_calibrate.py result is read at --key.",
+    ),
+    key: str = typer.Option(
+        "main", "--key", help="Which calibration of a tools/poc_calibrate.py result --from reads: main or tiny."
     ),
     out_path: Path | None = typer.Option(None, "--out", help="Where to write the calibration JSON."),
     policy_out: Path | None = typer.Option(
         None, "--policy-out", help="Where to write the derived policy file (Gonka's parameter names)."
     ),
 ) -> None:
-    """Measure honest and cheating PoC distances per nonce and derive the policy that meets the targets."""
+    """Measure honest and cheating PoC distances per nonce and derive the policy that meets the targets.
+
+    A long calibration runs in parts over contiguous nonce ranges (``--nonces N --first-nonce 0``,
+    ``--first-nonce N``, …, each with ``--out``); ``--from part0.json --from part1.json …`` merges
+    them and derives the policy, as one run over the whole range would.
+    """
     quiet_libraries()
     with reported():
         targets = _targets(honest_round_rate, cheat_fraction, detection, sample_size)
-        if from_file is not None:
-            result = _rederived(from_file, targets)
+        if from_files:
+            result = _merged(from_files, key, targets)
         else:
             result = _measure(
-                model, model_path, device, dtype, nonces, batch_size, batch_sizes, attention, cross_dtype, threads,
-                skip_layers, perturb_fraction, _params(latent_frames, latent_height, latent_width, text_len), targets,
+                model, model_path, device, dtype, nonces, first_nonce, batch_size, batch_sizes, attention, cross_dtype,
+                threads, skip_layers, perturb_fraction, _params(latent_frames, latent_height, latent_width, text_len),
+                targets,
             )  # fmt: skip
         if out_path is not None:
             result.save(out_path)
@@ -293,38 +308,40 @@ def _targets(honest_round_rate: float, cheat_fraction: float, detection: float, 
         ) from None
 
 
-def _rederived(path: Path, targets: PolicyTargets) -> PocCalibration:
-    from ditproof.poc.calibrate import rederive
+def _read_calibration(path: Path, key: str) -> PocCalibration:
+    """A calibration file, or the ``key`` calibration of a tools/poc_calibrate.py result."""
     from ditproof.protocol.poc import PocCalibration
 
+    allowed = (
+        "allowed: a file written by `ditproof poc calibrate --out`, or a tools/poc_calibrate.py result (its --key "
+        "section: main or tiny)"
+    )
     try:
-        calibration = PocCalibration.model_validate_json(path.read_bytes())
+        data = json.loads(path.read_bytes())
     except OSError as exc:
-        raise InvalidInputError(
-            f"--from: cannot read {path} ({exc.strerror}); allowed: a calibration JSON file"
-        ) from None
+        raise InvalidInputError(f"--from: cannot read {path} ({exc.strerror}); {allowed}") from None
+    except ValueError as exc:
+        raise InvalidInputError(f"--from: {path} is not JSON ({exc}); {allowed}") from None
+    if isinstance(data, dict) and "schema_version" not in data and "main" in data:
+        section = data.get(key)
+        if not isinstance(section, dict) or "calibration" not in section:
+            raise InvalidInputError(f"--key: got {key!r}; {path} has no {key!r} calibration; {allowed}")
+        data = section["calibration"]
+    try:
+        return PocCalibration.model_validate_json(json.dumps(data))  # JSON mode, as the file is read
     except ValidationError as exc:
         raise InvalidInputError(
             f"--from: {path} is not a ditproof calibration ({exc.error_count()} problem"
-            f"{'s' if exc.error_count() != 1 else ''}; first: {exc.errors()[0]['msg']}); allowed: a file written by "
-            "`ditproof poc calibrate --out`"
+            f"{'s' if exc.error_count() != 1 else ''}; first: {exc.errors()[0]['msg']}); {allowed}"
         ) from None
-    try:
-        derivation = rederive(calibration, targets)
-    except ValueError as exc:
-        raise InvalidInputError(f"--from: {path}: {exc}") from None
-    cheats = {c.name: c for c in calibration.cheats}
-    return calibration.model_copy(
-        update={
-            "derivation": derivation,
-            "proposed": derivation.policy,
-            "critical_mismatches": derivation.critical_mismatches,
-            "honest_mismatches": derivation.honest_exceeding,
-            "honest_checked": derivation.nonces,
-            "cheats": [cheats[c.name] for c in derivation.curves if c.name in cheats],
-            "warnings": derivation.warnings,
-        }
-    )
+
+
+def _merged(paths: list[Path], key: str, targets: PolicyTargets) -> PocCalibration:
+    """The calibration of one file, or of parts over contiguous nonce ranges, derived for ``targets``."""
+    from ditproof.poc.calibrate import merge_calibrations
+
+    parts = [_read_calibration(path, key) for path in paths]
+    return merge_calibrations(parts, targets, labels=[f"--from {path}" for path in paths])
 
 
 def _measure(
@@ -333,6 +350,7 @@ def _measure(
     device: str,
     dtype: str | None,
     nonces: int,
+    first_nonce: int,
     batch_size: int,
     batch_sizes: str,
     attention: str | None,
@@ -345,6 +363,8 @@ def _measure(
 ) -> PocCalibration:
     if nonces < 1 or nonces > 1_000_000:
         raise InvalidInputError(f"--nonces: got {nonces}; allowed: 1 to 1000000")
+    if first_nonce < 0 or first_nonce + nonces > 2**32:
+        raise InvalidInputError(f"--first-nonce: got {first_nonce}; allowed: 0 to 2**32 - --nonces ({nonces})")
     try:
         sizes = [int(part) for part in batch_sizes.split(",") if part]
         thread_counts = [int(part) for part in threads.split(",") if part] if threads else []
@@ -381,7 +401,11 @@ def _measure(
         second = load_model(model, _load_options(device, other_dtype, model), model_path=model_path)
         others.append(RuntimeSpec(f"{device} {other_dtype} batch {batch_size}", "cross-dtype", second, batch_size))
     settings = CalibrationSettings(
-        nonces=nonces, skip_layers=skip_layers, perturb_fraction=perturb_fraction, targets=targets
+        nonces=nonces,
+        first_nonce=first_nonce,
+        skip_layers=skip_layers,
+        perturb_fraction=perturb_fraction,
+        targets=targets,
     )
     return calibrate(
         reference, others, params, settings, on_run=lambda n, s: err.print(f"  {n}: {s:.1f} s", highlight=False)

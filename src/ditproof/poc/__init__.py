@@ -4,7 +4,7 @@
 - :mod:`ditproof.poc.commit`: the Merkle mountain range over the artifacts, and inclusion proofs.
 - :mod:`ditproof.poc.node`: a node's round: compute, append, commit.
 - :mod:`ditproof.poc.validate`: seeded sampling, proof checks, recomputation, binomial test.
-- :mod:`ditproof.poc.calibrate`: honest and cheating distances, proposed thresholds.
+- :mod:`ditproof.poc.calibrate`: honest and cheating distances, proposed thresholds, parts merged.
 """
 
 from ditproof.poc.commit import MerkleMountainRange, build_mmr, verify_proof

@@ -371,6 +371,9 @@ class NonceDistances(BaseModel):
     kind: Literal["honest", "cross-dtype", "cheat"]
     reference: str
     values: list[float]
+    non_finite: list[int] = Field(default_factory=list)
+    """Indices into ``values`` of the nonces whose vector was not finite (their value stored as 2.0 is
+    read back as infinite)."""
 
 
 class DistanceSummary(BaseModel):
@@ -419,6 +422,8 @@ class PocCalibration(BaseModel):
     model_revision: str
     params: PocParams
     nonces: int
+    first_nonce: int = Field(default=0, ge=0, le=MAX_NONCE)
+    """The calibrated nonces are ``first_nonce … first_nonce + nonces - 1`` (every runtime the same)."""
     comparisons: list[DistanceSummary]
     honest_max: float
     honest_mismatches: int
@@ -430,10 +435,10 @@ class PocCalibration(BaseModel):
     block_hash: str
     public_key: str
     reference_vectors: list[str]
+    """The reference run's vectors of nonces ``first_nonce``, … (base64 float16), to compare machines later."""
     distances: list[NonceDistances] = Field(default_factory=list)
     """Per runtime, every nonce's distance to the reference (so the policy can be derived again)."""
     derivation: PolicyDerivation | None = None
-    """The reference run's vectors of nonces 0, 1, … (base64 float16), to compare machines later."""
 
     def save(self, path: str | Path) -> None:
         """Writes the calibration atomically as canonical JSON."""
