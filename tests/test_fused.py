@@ -265,19 +265,35 @@ def test_option_is_applied_at_load_in_the_class_and_validates(tiny_model, small_
         generate(small_request, 1, model, RuntimeOptions())
 
 
-def test_linears_the_fused_steps_read_directly_are_named_and_weight_swapping_refuses_them():
+def test_linears_the_fused_steps_read_directly_are_named_and_weight_swaps_reach_them():
     from ditproof.kernels.fused import bypassed_linears
-    from ditproof.poc.compute import PocModel
-    from ditproof.poc.deviations import perturb_transform, swapped_weights
+    from ditproof.poc.compute import PocModel, compute_vectors
+    from ditproof.poc.deviations import fp8_transform, swapped_weights
+    from ditproof.protocol.poc import PocParams
 
     loaded = load_model("wan-tiny-random", LoadOptions(fuse_elementwise=True))
     expert, layers = loaded.pipeline.transformer, loaded.pipeline.transformer.config.num_layers
     assert bypassed_linears(expert) == [f"blocks.{i}.ffn.net.0.proj" for i in range(layers)]
-    # PoC's simulated cheats swap weights in forward hooks, which these layers never run.
-    with (
-        pytest.raises(ValueError, match="run fused .*load the model without fuse_elementwise"),
-        swapped_weights(PocModel.from_loaded(loaded), perturb_transform(0.01)),
-    ):
-        pass
     plain = load_model("wan-tiny-random", LoadOptions()).pipeline.transformer
     assert bypassed_linears(plain) == []
+
+    # PoC's simulated weight cheats: the fused layers never run their own hooks, so their weights
+    # are swapped for their block's forward; every linear layer computes with the cheat's weight.
+    poc = PocModel.from_loaded(loaded)
+    params = PocParams(latent_channels=16, latent_frames=1, latent_height=16, latent_width=16, text_len=8)
+    before = {name: w.clone() for name, w in expert.state_dict().items()}
+    used: list[str] = []
+
+    def recording(name: str, weight: torch.Tensor) -> torch.Tensor:
+        used.append(name)
+        return fp8_transform()(name, weight)
+
+    honest = compute_vectors(poc, params, "ab" * 32, "node", list(range(8)), 8)
+    with swapped_weights(poc, recording):
+        cheat = compute_vectors(poc, params, "ab" * 32, "node", list(range(8)), 8)
+    fused_names = {f"expert{i}.blocks.{b}.ffn.net.0.proj" for i in (0, 1) for b in range(layers)}
+    assert fused_names <= set(used)  # the fused GELU projections computed with FP8 weights too
+    assert (honest != cheat).any()
+    # Restored: the next honest run gives the same vectors, and no weight changed.
+    assert (compute_vectors(poc, params, "ab" * 32, "node", list(range(8)), 8) == honest).all()
+    assert all(torch.equal(before[name], w) for name, w in expert.state_dict().items())

@@ -14,8 +14,8 @@ and derives the policy again with them as one more honest runtime.
 
 ``--kept`` loads wan-a14b-shape in the kept fast configuration (fused projections, fused
 elementwise kernels, regional torch.compile) and runs the PoC forwards with flash-attn-3 (the
-other kernels stay as honest runtimes); the weight-swapping cheats (perturbed, FP8) cannot hook
-fused linears and are skipped with a warning there. ``--throughput-only`` builds the model,
+other kernels stay as honest runtimes); the weight-swapping cheats (perturbed, FP8) swap the
+fused GELU projections' weights per block there. ``--throughput-only`` builds the model,
 measures the throughput rows (which say the configuration) and writes the JSON: a quick
 before/after.
 

@@ -3,7 +3,8 @@
 Cheats run the same PoC code with something taken away: one expert only, perturbed or FP8
 weights, fewer blocks. Each is a context manager or a :class:`~ditproof.poc.compute.PocModel`
 view over the loaded model, restoring the model on exit, so a GPU holding the 14B experts
-needs no second copy: a weight deviation is swapped in per ``nn.Linear`` just for its forward.
+needs no second copy: a weight deviation is swapped in per ``nn.Linear`` just for its forward (per
+block for the linear layers a fused kernel reads directly).
 """
 
 from __future__ import annotations
@@ -43,37 +44,77 @@ def _linears(model: PocModel) -> Iterator[tuple[str, nn.Linear]]:
 def swapped_weights(model: PocModel, transform: WeightTransform) -> Iterator[None]:
     """Every ``nn.Linear`` of the experts computes with ``transform(name, weight)`` inside the block.
 
-    The transformed weight exists only during that module's forward (a pre-hook swaps it in, a
-    hook swaps the original back), so the extra memory is one weight matrix at a time.
+    The transformed weight exists only while it is used: a pre-hook swaps it in and a hook swaps
+    the original back, so the extra memory is a weight matrix (or one block's) at a time. A linear
+    layer whose weight a fused step reads without calling it (``fuse_elementwise``: the GELU
+    projections, :func:`~ditproof.kernels.fused.bypassed_linears`) never runs its own hooks: its
+    weight is swapped for the whole forward of the block that holds it instead.
     """
     from ditproof.kernels.fused import bypassed_linears
 
-    bypassed = [name for expert in model.experts for name in bypassed_linears(expert)]
-    if bypassed:
-        raise ValueError(
-            f"swapped_weights: {len(bypassed)} linear layers (e.g. {bypassed[0]}) run fused (fuse_elementwise), "
-            "so their forward hooks would not swap their weights; load the model without fuse_elementwise"
-        )
+    bypassed = {
+        name for index, expert in enumerate(model.experts) for name in _qualified(index, bypassed_linears(expert))
+    }
     handles = []
     saved: dict[int, torch.Tensor] = {}
+
+    def swap_in(module: nn.Linear, qualified: str) -> None:
+        saved[id(module)] = module.weight.data
+        module.weight.data = transform(qualified, module.weight.data)
+
+    def swap_back(module: nn.Linear) -> None:
+        module.weight.data = saved.pop(id(module))
+
     try:
+        by_block: dict[int, tuple[nn.Module, list[tuple[str, nn.Linear]]]] = {}
         for name, module in _linears(model):
+            if name in bypassed:
+                block = _enclosing_block(model, name)
+                by_block.setdefault(id(block), (block, []))[1].append((name, module))
+                continue
 
             def pre(mod: nn.Linear, args: object, qualified: str = name) -> None:
-                saved[id(mod)] = mod.weight.data
-                mod.weight.data = transform(qualified, mod.weight.data)
+                swap_in(mod, qualified)
 
             def post(mod: nn.Linear, args: object, output: object) -> None:
-                mod.weight.data = saved.pop(id(mod))
+                swap_back(mod)
 
             handles.append(module.register_forward_pre_hook(pre))
             handles.append(module.register_forward_hook(post))
+        for block, members in by_block.values():
+
+            def block_pre(mod: nn.Module, args: object, inner: list[tuple[str, nn.Linear]] = members) -> None:
+                for qualified, linear in inner:
+                    swap_in(linear, qualified)
+
+            def block_post(
+                mod: nn.Module, args: object, output: object, inner: list[tuple[str, nn.Linear]] = members
+            ) -> None:
+                for _, linear in inner:
+                    swap_back(linear)
+
+            handles.append(block.register_forward_pre_hook(block_pre))
+            handles.append(block.register_forward_hook(block_post))
         yield
     finally:
         for handle in handles:
             handle.remove()
         if saved:
             raise RuntimeError(f"{len(saved)} weights were left swapped after a failed forward")
+
+
+def _qualified(expert_index: int, names: list[str]) -> list[str]:
+    return [f"expert{expert_index}.{name}" for name in names]
+
+
+def _enclosing_block(model: PocModel, qualified: str) -> nn.Module:
+    """The transformer block (``expertN.blocks.I``) that holds the linear layer ``qualified``."""
+    expert_part, _, rest = qualified.partition(".")
+    parts = rest.split(".")
+    if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise ValueError(f"swapped_weights: fused linear {qualified!r} is not inside a transformer block")
+    expert = model.experts[int(expert_part.removeprefix("expert"))]
+    return expert.blocks[int(parts[1])]
 
 
 def perturb_transform(fraction: float = 0.01, seed: int = 0) -> WeightTransform:
