@@ -52,9 +52,8 @@ def swapped_weights(model: PocModel, transform: WeightTransform) -> Iterator[Non
     """
     from ditproof.kernels.fused import bypassed_linears
 
-    bypassed = {
-        name for index, expert in enumerate(model.experts) for name in _qualified(index, bypassed_linears(expert))
-    }
+    experts = {id(e): (i, e) for i, e in reversed(list(enumerate(model.experts)))}  # first index per expert
+    fused = {id(e.get_submodule(name)) for _, e in experts.values() for name in bypassed_linears(e)}
     handles = []
     saved: dict[int, torch.Tensor] = {}
 
@@ -66,12 +65,9 @@ def swapped_weights(model: PocModel, transform: WeightTransform) -> Iterator[Non
         module.weight.data = saved.pop(id(module))
 
     try:
-        by_block: dict[int, tuple[nn.Module, list[tuple[str, nn.Linear]]]] = {}
         for name, module in _linears(model):
-            if name in bypassed:
-                block = _enclosing_block(model, name)
-                by_block.setdefault(id(block), (block, []))[1].append((name, module))
-                continue
+            if id(module) in fused:
+                continue  # swapped for its block's forward, below
 
             def pre(mod: nn.Linear, args: object, qualified: str = name) -> None:
                 swap_in(mod, qualified)
@@ -81,40 +77,34 @@ def swapped_weights(model: PocModel, transform: WeightTransform) -> Iterator[Non
 
             handles.append(module.register_forward_pre_hook(pre))
             handles.append(module.register_forward_hook(post))
-        for block, members in by_block.values():
+        for index, expert in experts.values():
+            for number, block in enumerate(expert.blocks if fused else ()):
+                members = [
+                    (f"expert{index}.blocks.{number}.{name}", m)
+                    for name, m in block.named_modules()
+                    if id(m) in fused and isinstance(m, nn.Linear)
+                ]
+                if not members:
+                    continue
 
-            def block_pre(mod: nn.Module, args: object, inner: list[tuple[str, nn.Linear]] = members) -> None:
-                for qualified, linear in inner:
-                    swap_in(linear, qualified)
+                def block_pre(mod: nn.Module, args: object, inner: list[tuple[str, nn.Linear]] = members) -> None:
+                    for qualified, linear in inner:
+                        swap_in(linear, qualified)
 
-            def block_post(
-                mod: nn.Module, args: object, output: object, inner: list[tuple[str, nn.Linear]] = members
-            ) -> None:
-                for _, linear in inner:
-                    swap_back(linear)
+                def block_post(
+                    mod: nn.Module, args: object, output: object, inner: list[tuple[str, nn.Linear]] = members
+                ) -> None:
+                    for _, linear in inner:
+                        swap_back(linear)
 
-            handles.append(block.register_forward_pre_hook(block_pre))
-            handles.append(block.register_forward_hook(block_post))
+                handles.append(block.register_forward_pre_hook(block_pre))
+                handles.append(block.register_forward_hook(block_post))
         yield
     finally:
         for handle in handles:
             handle.remove()
         if saved:
             raise RuntimeError(f"{len(saved)} weights were left swapped after a failed forward")
-
-
-def _qualified(expert_index: int, names: list[str]) -> list[str]:
-    return [f"expert{expert_index}.{name}" for name in names]
-
-
-def _enclosing_block(model: PocModel, qualified: str) -> nn.Module:
-    """The transformer block (``expertN.blocks.I``) that holds the linear layer ``qualified``."""
-    expert_part, _, rest = qualified.partition(".")
-    parts = rest.split(".")
-    if len(parts) < 2 or parts[0] != "blocks" or not parts[1].isdigit():
-        raise ValueError(f"swapped_weights: fused linear {qualified!r} is not inside a transformer block")
-    expert = model.experts[int(expert_part.removeprefix("expert"))]
-    return expert.blocks[int(parts[1])]
 
 
 def perturb_transform(fraction: float = 0.01, seed: int = 0) -> WeightTransform:
