@@ -297,9 +297,7 @@ class ThresholdPolicy:
     def bound_to(self, validator_class: str) -> ThresholdPolicy:
         """This policy for a validator that regenerates in ``validator_class``: entries calibrated
         for another validator class no longer apply (module docstring, Matching)."""
-        bound = ThresholdPolicy(self.file, None, self.file_label, validator_class)
-        bound.explicit = dict(self.explicit)
-        return bound
+        return ThresholdPolicy(self.file, self.explicit, self.file_label, validator_class)
 
     @classmethod
     def from_cli(cls, path: str | Path | None, thresholds: list[str]) -> ThresholdPolicy:
