@@ -16,7 +16,15 @@ from typing import Any
 
 import typer
 
-from ditproof.cli.common import EXIT_FAILURE, EXIT_INVALID, err, out
+from ditproof.cli.common import (
+    EXIT_FAILURE,
+    EXIT_INVALID,
+    VALIDATION_MODES,
+    ModeOption,
+    ValidatorEntropyOption,
+    err,
+    out,
+)
 from ditproof.client import ApiError, Client, ClientError, checkpoint_files
 
 client_app = typer.Typer(help="Use a running ditproof node (ditproof serve) over HTTP.", no_args_is_help=True)
@@ -129,18 +137,11 @@ def validate(
     request: Path | None = typer.Option(
         None, "--request", help="The request the client made (JSON); the record's copy must equal it."
     ),
-    mode: str = typer.Option(
-        "full",
-        "--mode",
-        help="full: regenerate the whole video; checkpoints: re-run every segment between the executor's "
-        "checkpoints; spot-check: re-run --spot-segments of them per expert phase.",
-    ),
+    mode: str = ModeOption,
     spot_segments: int | None = typer.Option(
         None, "--spot-segments", help="Segments a spot check re-runs in each expert phase (node default: 1)."
     ),
-    validator_entropy: str | None = typer.Option(
-        None, "--validator-entropy", help="Hex digits (16-256) choosing the spot-checked segments."
-    ),
+    validator_entropy: str | None = ValidatorEntropyOption,
     artifacts: Path | None = typer.Option(
         None,
         "--artifacts",
@@ -151,8 +152,8 @@ def validate(
     token_file: Path | None = TokenFileOption,
 ) -> None:
     """Ask the node for a verdict on a record and video (exit 1 unless valid)."""
-    if mode not in ("full", "checkpoints", "spot-check"):
-        err.print(f"error: mode: got {mode!r}; allowed: full, checkpoints, spot-check", markup=False)
+    if mode not in VALIDATION_MODES:
+        err.print(f"error: mode: got {mode!r}; allowed: {', '.join(VALIDATION_MODES)}", markup=False)
         raise typer.Exit(EXIT_INVALID)
     with _node(url, token_file) as node:
         if record is None:

@@ -7,11 +7,26 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from typing import TypeVar
 
+import typer
 from rich.console import Console
 
 from ditproof.errors import DitproofError, InvalidInputError, ModelNotFoundError
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+
+VALIDATION_MODES = ("full", "checkpoints", "spot-check")
+"""``--mode`` of ``ditproof validate`` and ``ditproof client validate``."""
+ModeOption = typer.Option(
+    "full",
+    "--mode",
+    help="full: regenerate the whole video; checkpoints: re-run every segment between the executor's "
+    "checkpoints; spot-check: re-run --spot-segments of them per expert phase, chosen with --validator-entropy.",
+)
+ValidatorEntropyOption = typer.Option(
+    None,
+    "--validator-entropy",
+    help="Hex digits (16-256) choosing the spot-checked segments (default: fresh random, shown in the verdict).",
+)
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

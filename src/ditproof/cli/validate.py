@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from ditproof.cli.common import EXIT_FAILURE, out, reported
+from ditproof.cli.common import EXIT_FAILURE, VALIDATION_MODES, ModeOption, ValidatorEntropyOption, out, reported
 from ditproof.models.quiet import quiet_libraries
 from ditproof.protocol.request import GenerationRequest
 from ditproof.protocol.verdict import Verdict
@@ -71,9 +71,6 @@ def _limit(value: float | None) -> str:
     return "" if value is None else f" (≤ {value:.3g})"
 
 
-MODES = ("full", "checkpoints", "spot-check")
-
-
 def validate_command(
     record_path: Path = typer.Option(..., "--record", help="The executor's record.json."),
     video_path: Path | None = typer.Option(None, "--video", help="The video (default: next to the record)."),
@@ -113,12 +110,7 @@ def validate_command(
     artifacts: Path | None = typer.Option(
         None, "--artifacts", help="Folder of the record's latent files (default: the record's folder)."
     ),
-    mode: str = typer.Option(
-        "full",
-        "--mode",
-        help="full: regenerate the whole video; checkpoints: re-run every segment between the executor's "
-        "checkpoints; spot-check: re-run --spot-segments of them, chosen with --validator-entropy.",
-    ),
+    mode: str = ModeOption,
     request_path: Path | None = typer.Option(
         None,
         "--request",
@@ -129,11 +121,7 @@ def validate_command(
         "--spot-segments",
         help="Segments a spot check re-runs in each expert phase (all of a phase with fewer); default 1 per phase.",
     ),
-    validator_entropy: str | None = typer.Option(
-        None,
-        "--validator-entropy",
-        help="Hex digits (16-256) choosing the spot-checked segments (default: fresh random, shown in the verdict).",
-    ),
+    validator_entropy: str | None = ValidatorEntropyOption,
 ) -> None:
     """Validate a video against its inference record by regenerating it (whole or in segments).
 
@@ -147,8 +135,8 @@ def validate_command(
         # The flags and files first, before torch and diffusers load (seconds on two cores).
         if cfg_mode is not None and cfg_mode not in ("sequential", "batched"):
             raise InvalidInputError(f"cfg-mode: got {cfg_mode!r}; allowed: sequential, batched")
-        if mode not in MODES:
-            raise InvalidInputError(f"mode: got {mode!r}; allowed: {', '.join(MODES)}")
+        if mode not in VALIDATION_MODES:
+            raise InvalidInputError(f"mode: got {mode!r}; allowed: {', '.join(VALIDATION_MODES)}")
         if mode != "spot-check" and (validator_entropy is not None or spot_segments != 1):
             raise InvalidInputError(
                 f"--spot-segments/--validator-entropy: given with mode {mode!r}; allowed: only with --mode spot-check"
