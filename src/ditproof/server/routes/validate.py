@@ -26,6 +26,7 @@ import asyncio
 import json
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -236,7 +237,8 @@ async def _inputs(request: Request, worker: GpuWorker) -> Inputs:
         unknown = sorted(set(fields) - set(FORM_FIELDS))
         if unknown:
             raise invalid_fields([(name, f"unknown field; allowed: {', '.join(FORM_FIELDS)}") for name in unknown])
-        repeated = sorted({n for n, _ in items if n != "checkpoint" and sum(m == n for m, _ in items) > 1})
+        counts = Counter(name for name, _ in items)
+        repeated = sorted(name for name, count in counts.items() if count > 1 and name != "checkpoint")
         if repeated:
             raise invalid_fields([(name, "given more than once; allowed: once") for name in repeated])
         mode, spot_segments, entropy = _form_mode(fields)
