@@ -2,7 +2,7 @@
 # One host's part of a Stage 1 run whose store cannot be shared (a lent GPU host that sends back
 # at most a few files): plan, run the selected configurations, score, and pack what the merge needs.
 #
-#   [STORE=DIR] [SIDE_BY_SIDE=N | SHARD=I/N] tools/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
+#   [STORE=DIR] [SIDE_BY_SIDE=N | SHARD=I/N] [SEGMENTS=N|all] tools/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
 #
 # CONFIGURATIONS: comma-separated, or "all"; PACK: which jobs' videos and final latents (besides
 # the thin store) go into OUT/parts/ as 15 MB parts: "references", "all" or "none" (with the
@@ -37,6 +37,18 @@ wait
 cat "$out"/run.*.log > "$out/run.log" && rm "$out"/run.*.log
 echo "runners took $(( $(date +%s) - started )) s"
 grep -E "^(run |  skipped |failed)|(failed|gave-up) " "$out/run.log" | tail -n 25 || true
+# SEGMENTS=N: then the checkpoints-mode evidence (`experiment segments`) for the jobs of the first N
+# prompts ("all": every prompt), as SIDE_BY_SIDE processes (job shards) within SEGMENT_SECONDS.
+if [ -n "${SEGMENTS:-}" ]; then
+  limit=()
+  [ "$SEGMENTS" != all ] && limit=(--max-prompts "$SEGMENTS")
+  for i in $(seq 0 $(( side - 1 ))); do
+    ( timeout "${SEGMENT_SECONDS:-300}" "${ditproof[@]}" segments --store "$store" --device cuda "${limit[@]}" \
+        --shard "$i/$side" > "$out/segments.$i.log" 2>&1 || echo "segments $i stopped: exit $?" ) &
+  done
+  wait
+  tail -n 1 "$out"/segments.*.log || true
+fi
 timeout "${SCORE_SECONDS:-900}" "${ditproof[@]}" score --store "$store" --device "$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')" | tail -n 2 || echo "score stopped: exit $?"
 tar czf "$out/thin.tgz" --exclude='*.mp4' --exclude='*.safetensors' -C "$store" .
 if [ "$pack" != none ]; then

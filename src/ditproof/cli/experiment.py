@@ -214,6 +214,38 @@ def score_command(
             err.print(f"[yellow]skipped {metric}[/]: {reason}", highlight=False)
 
 
+@experiment_app.command("segments")
+def segments_command(
+    store: str = STORE,
+    device: str = typer.Option("cpu", help="Where the validator (the reference configuration) runs (cpu, cuda)."),
+    max_prompts: int | None = typer.Option(None, help="Only the jobs of the plan's first N prompts."),
+    configurations: str | None = typer.Option(None, help="Comma-separated configurations (default: all)."),
+    shard: str | None = typer.Option(None, help="I/N: every N-th job from the I-th (N processes side by side)."),
+) -> None:
+    """Re-runs every segment of each finished deviation as the checkpoints-mode validator does.
+
+    The reference configuration validates each job as a record claiming the reference's request,
+    seed and options; rows go to segments.parquet (one per job, resumable) for the analysis's
+    checkpoints and spot-check modes (docs/experiment.md, "Validation modes")."""
+    with reported():
+        from ditproof.experiment.segments import parse_shard, score_segments, shard_file
+
+        quiet_libraries()
+        names = [c.strip() for c in configurations.split(",")] if configurations else None
+        where = parse_shard(shard)
+        with _progress() as bar:
+            task = bar.add_task("jobs", total=None)
+            table = score_segments(
+                store,
+                device,
+                max_prompts=max_prompts,
+                configurations=names,
+                shard=where,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        out.print(f"{table.num_rows} jobs' segments in {shard_file(where)}")
+
+
 @experiment_app.command("merge")
 def merge_command(
     sources: list[str] = typer.Argument(..., help="Stores of the same plan to merge in (folders or URLs)."),

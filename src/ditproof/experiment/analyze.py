@@ -5,7 +5,9 @@ runtime class) with an executor's output (the deviation's class). Pairs are pool
 runtime classes compared (reference class × executor class; score rows without class columns:
 per configuration), never across them: each pool has its own threshold. A byte-identical pair
 (``video_exact``) is decided by exact match and never reaches a threshold, so it is kept out of
-the pool and counted apart; a pool with no other pair is decided by exact match alone.
+the pool and counted apart; a pool with no other pair is decided by exact match alone. For the
+segment keys the exact match is of every segment's end state (``segments_exact``): a
+checkpoints-mode validator compares those, not the video.
 
 **Per score key and pool** (:mod:`ditproof.experiment.calibration`): the in-sample threshold at
 the target FPR with its FPR bounds (Clopper–Pearson over pairs and over prompts, cluster
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,14 +61,18 @@ from ditproof.experiment.calibration import (
     calibrate_pool,
     fixed,
     normalised_max,
+    spot_check_max,
     worst_pool,
 )
 from ditproof.experiment.findings import (
     ANALYSIS_FILE,
+    CHECKPOINTS_MODE_KEY,
     COMBINED_TRAJECTORY_KEY,
     FINAL_LATENT_KEY,
     LEGACY_PRE_SWITCH_KEY,
     NORMALISED_SEPARATOR,
+    SEGMENT_KEY_PREFIX,
+    SPOT_CHECK_KEY_PREFIX,
     THRESHOLDS_FILE,
     Analysis,
     CheckpointPosition,
@@ -73,9 +80,11 @@ from ditproof.experiment.findings import (
     Method,
     Pool,
     ReferenceTrajectory,
+    spot_check_key,
 )
 from ditproof.experiment.jobs import load_experiment_from_store, load_plan, read_result
 from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX, SCORES_META_FILE, read_scores
+from ditproof.experiment.segments import read_segment_rows, with_segment_columns
 from ditproof.experiment.stats import ROC_FPR_GRID, ThresholdRule, bootstrap_counts, prompt_splits
 from ditproof.experiment.store import Store
 from ditproof.experiment.summaries import SCORES_CSV, read_scores_csv
@@ -88,7 +97,9 @@ from ditproof.validation.trajectory import step_position
 
 
 def _direction(key: str) -> Literal["higher-is-better", "lower-is-better"]:
-    if key == COMBINED_TRAJECTORY_KEY or is_trajectory_key(key) or NORMALISED_SEPARATOR in key:
+    if key in (COMBINED_TRAJECTORY_KEY, CHECKPOINTS_MODE_KEY) or is_trajectory_key(key) or is_segment_key(key):
+        return "lower-is-better"
+    if NORMALISED_SEPARATOR in key:
         return "lower-is-better"
     return metric_spec(parse_score_key(key)[0]).direction
 
@@ -96,6 +107,12 @@ def _direction(key: str) -> Literal["higher-is-better", "lower-is-better"]:
 def is_trajectory_key(key: str) -> bool:
     """A checkpoint distance column (``checkpoint_rel_l2:<name>`` or the older ``pre_switch_rel_l2``)."""
     return key == LEGACY_PRE_SWITCH_KEY or key.startswith(CHECKPOINT_KEY_PREFIX)
+
+
+def is_segment_key(key: str) -> bool:
+    """A segment re-run's column (``segment_rel_l2:<end>``) or a mode combining them
+    (``checkpoints:max``, ``spot-check:kK``)."""
+    return key.startswith((SEGMENT_KEY_PREFIX, SPOT_CHECK_KEY_PREFIX)) or key == CHECKPOINTS_MODE_KEY
 
 
 def score_keys(columns: list[str]) -> tuple[list[str], list[str]]:
@@ -161,17 +178,19 @@ def _key_scores(
     malign_classes: list[str],
     prompt_index: dict[str, int],
     target: float,
-    combined: bool,
+    combined: _Combined | None,
     rule: ThresholdRule,
 ) -> PoolScores | None:
-    """One key's (or, ``combined``, the trajectory keys') scores over one pool; None without benign values."""
-    benign_rows = [r for r, p in zip(rows, row_pool, strict=True) if p == pool and not r["video_exact"]]
+    """One key's (or, ``combined``, the checkpoint or segment keys') scores over one pool; None
+    without benign values."""
+    segments = is_segment_key(keys[0])
+    benign_rows = [r for r, p in zip(rows, row_pool, strict=True) if p == pool and not _exact(r, segments)]
     by_class = {c: [r for r in rows if r["configuration"] == c] for c in malign_classes}
 
     def prompts_of(members: list[dict[str, Any]]) -> np.ndarray:
         return np.array([prompt_index[r["prompt_id"]] for r in members], dtype=np.int64)
 
-    if combined:  # one column per checkpoint; a pair counts where it has at least one
+    if combined is not None:  # one column per checkpoint or segment; a pair counts where it has at least one
         benign = np.column_stack([_values(benign_rows, k) for k in keys])
         keep = ~np.isnan(benign).all(axis=1)
         if not keep.any():
@@ -181,7 +200,11 @@ def _key_scores(
             matrix = np.column_stack([_values(members, k) for k in keys])
             kept = ~np.isnan(matrix).all(axis=1)
             malign[c] = (matrix[kept], prompts_of(members)[kept])
-        return normalised_max(benign[keep], prompts_of(benign_rows)[keep], malign, target, rule)
+        if combined.phases is None:
+            return normalised_max(benign[keep], prompts_of(benign_rows)[keep], malign, target, rule)
+        return spot_check_max(
+            benign[keep], prompts_of(benign_rows)[keep], malign, target, combined.phases, combined.k, rule
+        )
     (key,) = keys
     sign = 1.0 if _direction(key) == "lower-is-better" else -1.0
     values = sign * _values(benign_rows, key)
@@ -196,8 +219,50 @@ def _key_scores(
     return fixed(values[keep], prompts_of(benign_rows)[keep], malign_scores)
 
 
-def _kind(key: str) -> Literal["frame", "latent", "trajectory"]:
+def _exact(row: dict[str, Any], segments: bool) -> bool:
+    """Whether a pair is decided by exact match (kept out of the pools): its video bytes, or for
+    the segment keys every segment's end state (a pair without segment rows counts as exact there)."""
+    if not segments:
+        return bool(row["video_exact"])
+    return row.get("segments") is None or row.get("segments_exact") == row.get("segments")
+
+
+SPOT_CHECK_KS = (1, 2)
+"""Segments a spot check draws per expert phase, as analysed (``--spot-segments`` of the validator)."""
+
+
+@dataclass(frozen=True)
+class _Combined:
+    """How a combined key joins its columns: the maximum over all (``phases`` None) or over a spot
+    check's draw of ``k`` columns per phase (``phases``: each phase's column indices)."""
+
+    phases: list[list[int]] | None = None
+    k: int = 1
+
+
+def _ordered_segment_keys(columns: list[str], trajectory: ReferenceTrajectory | None) -> list[str]:
+    """The segment columns, in trajectory order where the checkpoints' steps are known."""
+    keys = [c for c in columns if c.startswith(SEGMENT_KEY_PREFIX)]
+    steps = {c.name: c.step for c in trajectory.checkpoints} if trajectory else {}
+    return sorted(keys, key=lambda k: (steps.get(k[len(SEGMENT_KEY_PREFIX) :], 10**9), k))
+
+
+def _segment_phases(keys: list[str], trajectory: ReferenceTrajectory | None) -> list[list[int]] | None:
+    """Each expert phase's segment columns (a segment belongs to the phase of the checkpoint it
+    ends at, as the spot check draws); None where the trajectory or a segment's end is unknown."""
+    if trajectory is None:
+        return None
+    phase_of = {c.name: c.phase for c in trajectory.checkpoints}
+    names = [k[len(SEGMENT_KEY_PREFIX) :] for k in keys]
+    if any(n not in phase_of for n in names):
+        return None
+    return [[i for i, n in enumerate(names) if phase_of[n] == p] for p in ("high-noise", "low-noise")]
+
+
+def _kind(key: str) -> Literal["frame", "latent", "trajectory", "segment"]:
     key = key.split(NORMALISED_SEPARATOR)[0]
+    if is_segment_key(key):
+        return "segment"
     if key == COMBINED_TRAJECTORY_KEY or is_trajectory_key(key):
         return "trajectory"
     return "latent" if parse_score_key(key)[0].startswith("latent_") else "frame"
@@ -261,22 +326,35 @@ def analyze_rows(
     counts = bootstrap_counts(len(prompt_ids), method.resamples, method.seed + 1)
     pools, row_pool = _pools(rows)
     decided = [p for p in pools if p.decided_by == "thresholds"]
+    # A checkpoints-mode validator compares segment ends, not the video: a pool counts for the
+    # segment keys where some pair's segments are not all bit-exact, whatever its videos.
+    segment_decided = [
+        p for p in pools if any(not _exact(r, True) for r, q in zip(rows, row_pool, strict=True) if q == p.name)
+    ]
 
     metric_keys, trajectory_keys = score_keys(_columns(rows))
-    jobs: list[tuple[str, list[str], bool]] = [(k, [k], False) for k in (*metric_keys, *trajectory_keys)]
+    segment_keys = _ordered_segment_keys(_columns(rows), reference_trajectory)
+    jobs: list[tuple[str, list[str], _Combined | None]] = [
+        (k, [k], None) for k in (*metric_keys, *trajectory_keys, *segment_keys)
+    ]
     if trajectory_keys and FINAL_LATENT_KEY in metric_keys:
-        jobs.append((COMBINED_TRAJECTORY_KEY, [*trajectory_keys, FINAL_LATENT_KEY], True))
+        jobs.append((COMBINED_TRAJECTORY_KEY, [*trajectory_keys, FINAL_LATENT_KEY], _Combined()))
+    if segment_keys:
+        jobs.append((CHECKPOINTS_MODE_KEY, segment_keys, _Combined()))
+        phases = _segment_phases(segment_keys, reference_trajectory)
+        if phases is not None:
+            jobs += [(spot_check_key(k), segment_keys, _Combined(phases, k)) for k in SPOT_CHECK_KS]
     if method.normaliser is not None:
         distances = [k for k in (FINAL_LATENT_KEY, *trajectory_keys) if k in (*metric_keys, *trajectory_keys)]
         rows = _with_normalised(rows, distances, method.normaliser, benign_classes, source)
         for distance in distances:
             name = f"{distance}{NORMALISED_SEPARATOR}{method.normaliser}"
-            jobs.append((name, [name], False))
+            jobs.append((name, [name], None))
     results: list[KeyResult] = []
     for key, columns, combined in jobs:
         normaliser = key.split(NORMALISED_SEPARATOR)[1] if NORMALISED_SEPARATOR in key else None
         calibrated: list[tuple[PoolCalibration, Draws]] = []
-        for pool in decided:
+        for pool in decided if not is_segment_key(columns[0]) else segment_decided:
             if normaliser in pool.configurations:
                 continue  # divided by itself: every ratio 1
             scores = _key_scores(
@@ -298,7 +376,7 @@ def analyze_rows(
                 kind=_kind(key),
                 direction=direction,
                 normalised_by=normaliser,
-                threshold=None if combined else loosest if direction == "lower-is-better" else -loosest,
+                threshold=None if combined is not None else loosest if direction == "lower-is-better" else -loosest,
                 pools=[r for r, _ in calibrated],
                 summary=summary,
                 mean_tpr=float(np.mean(oos)) if oos else 0.0,
@@ -306,7 +384,7 @@ def analyze_rows(
             )
         )
     best = max(
-        (k for k in results if k.kind != "trajectory" and k.normalised_by is None),
+        (k for k in results if k.kind in ("frame", "latent") and k.normalised_by is None),
         key=lambda k: (k.mean_tpr, k.mean_auc),
         default=None,
     )
@@ -437,7 +515,7 @@ def analyze_store(store_url: str, fpr_target: float | None = None, method: Metho
     """
     store = Store(store_url)
     experiment = load_experiment_from_store(store)
-    rows = read_scores(store).to_pylist()
+    rows = with_segment_columns(read_scores(store).to_pylist(), read_segment_rows(store))
     meta = store.read_json(SCORES_META_FILE)
     if not rows:
         raise InvalidInputError(f"store {store.url}: no scored pairs; run `ditproof experiment run` and `score` first")

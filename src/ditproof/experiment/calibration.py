@@ -24,6 +24,7 @@ checkpoint's distance by that checkpoint's benign threshold on the training prom
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,24 @@ NORMALISER_FLOOR = 1e-12
 """A checkpoint whose training benign threshold is 0 (every benign pair equal there) divides by this."""
 
 
+def _column_norms(benign: np.ndarray, target: float, rule: ThresholdRule) -> np.ndarray:
+    """Each column's threshold at ``target`` over its finite benign values (NaN: a column without any)."""
+    norms = np.full(benign.shape[1], np.nan)
+    for k in range(benign.shape[1]):
+        column = benign[:, k][np.isfinite(benign[:, k])]
+        if column.size:
+            norms[k] = max(threshold_value(column, target, rule), NORMALISER_FLOOR)
+    return norms
+
+
+def _scaled(values: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """``values / norms`` with a missing value (NaN) at ``-inf``: it never decides a maximum. An
+    unmeasurable one (``+inf``: a segment the validator could not re-run) stays ``+inf``: caught."""
+    scaled = values / norms
+    scaled[np.isnan(scaled)] = -np.inf
+    return scaled
+
+
 def normalised_max(
     benign: np.ndarray,
     benign_prompt: np.ndarray,
@@ -88,23 +107,58 @@ def normalised_max(
     """
 
     def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        rows = benign[train[benign_prompt]]
-        norms = np.full(benign.shape[1], np.nan)
-        for k in range(benign.shape[1]):
-            column = rows[:, k][np.isfinite(rows[:, k])]
-            if column.size:
-                norms[k] = max(threshold_value(column, target, rule), NORMALISER_FLOOR)
-
-        def combine(values: np.ndarray) -> np.ndarray:
-            scaled = values / norms
-            scaled[~np.isfinite(scaled)] = -np.inf  # a missing checkpoint never decides the maximum
-            return scaled.max(axis=1)
-
-        return combine(benign), {name: combine(values) for name, (values, _) in malign.items()}
+        norms = _column_norms(benign[train[benign_prompt]], target, rule)
+        return _scaled(benign, norms).max(axis=1), {
+            name: _scaled(values, norms).max(axis=1) for name, (values, _) in malign.items()
+        }
 
     return PoolScores(
         benign_prompt=benign_prompt,
         malign_prompt={name: prompts for name, (_, prompts) in malign.items()},
+        badness=badness,
+        trained=True,
+    )
+
+
+def spot_check_draws(phases: list[list[int]], k: int) -> list[list[int]]:
+    """Every choice a spot check can make: ``k`` of each phase's columns (all of a phase with ``k``
+    or fewer), one list of column indices per choice; each choice is equally likely."""
+    per_phase = [list(itertools.combinations(columns, min(k, len(columns)))) for columns in phases if columns]
+    return [sorted(i for part in choice for i in part) for choice in itertools.product(*per_phase)]
+
+
+def spot_check_max(
+    benign: np.ndarray,
+    benign_prompt: np.ndarray,
+    malign: dict[str, tuple[np.ndarray, np.ndarray]],
+    target: float,
+    phases: list[list[int]],
+    k: int,
+    rule: ThresholdRule = "empirical",
+) -> PoolScores:
+    """The spot check's score: :func:`normalised_max` over the segments one draw re-runs.
+
+    Columns are segments (as for :func:`normalised_max`); ``phases`` lists each expert phase's
+    columns. Every pair enters once per possible draw (:func:`spot_check_draws`), so a rate over
+    the expanded pairs is the rate expected over the validator's random draws, and a prompt keeps
+    its weight (every pair has the same draws) in the bootstrap and the splits.
+    """
+    draws = spot_check_draws(phases, k)
+    if not draws:
+        raise ValueError("spot check: no segment in any phase")
+
+    def expand(scaled: np.ndarray) -> np.ndarray:
+        return np.stack([scaled[:, draw].max(axis=1) for draw in draws], axis=1).reshape(-1)
+
+    def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        norms = _column_norms(benign[train[benign_prompt]], target, rule)
+        return expand(_scaled(benign, norms)), {
+            name: expand(_scaled(values, norms)) for name, (values, _) in malign.items()
+        }
+
+    return PoolScores(
+        benign_prompt=np.repeat(benign_prompt, len(draws)),
+        malign_prompt={name: np.repeat(prompts, len(draws)) for name, (_, prompts) in malign.items()},
         badness=badness,
         trained=True,
     )

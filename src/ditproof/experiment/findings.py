@@ -22,9 +22,27 @@ CONFIDENCE = 0.95
 LEGACY_PRE_SWITCH_KEY = "pre_switch_rel_l2"
 """The pre-switch distance as older scores name it (a trajectory checkpoint)."""
 COMBINED_TRAJECTORY_KEY = "trajectory:max"
+"""Full mode: the largest committed checkpoint's distance, each over its own benign threshold."""
+CHECKPOINTS_MODE_KEY = "checkpoints:max"
+"""Checkpoints mode: the largest segment re-run's score, each over its own benign threshold."""
+SEGMENT_KEY_PREFIX = "segment_rel_l2:"
+"""Score column of a segment re-run: ``segment_rel_l2:<name of the checkpoint it ends at>``
+(:mod:`ditproof.experiment.segments`)."""
+SPOT_CHECK_KEY_PREFIX = "spot-check:k"
+"""Spot-check mode with ``k`` segments drawn per phase: ``spot-check:k1``, ``spot-check:k2``."""
 FINAL_LATENT_KEY = score_key("latent_rel_l2", "value")
 NORMALISED_SEPARATOR = "/"
 """``<key>/<configuration>``: a distance divided by that benign configuration's on the same prompt."""
+
+
+def segment_key(end_name: str) -> str:
+    """The score column of the segment that ends at checkpoint ``end_name``."""
+    return f"{SEGMENT_KEY_PREFIX}{end_name}"
+
+
+def spot_check_key(k: int) -> str:
+    """The key of the spot check drawing ``k`` segments in each expert phase."""
+    return f"{SPOT_CHECK_KEY_PREFIX}{k}"
 
 
 class _M(BaseModel):
@@ -66,7 +84,9 @@ class KeyResult(_M):
     """One score key over every pool it decides."""
 
     key: str
-    kind: Literal["frame", "latent", "trajectory"]
+    kind: Literal["frame", "latent", "trajectory", "segment"]
+    """``trajectory``: committed checkpoints against the regeneration's (full mode); ``segment``:
+    segment re-runs from the executor's checkpoints (checkpoints and spot-check modes)."""
     direction: Literal["higher-is-better", "lower-is-better"]
     normalised_by: str | None = None
     """The benign configuration whose same-prompt distance divides this key's (see ``Method.normaliser``)."""

@@ -17,6 +17,8 @@ per host that are merged afterwards::
 * A score row of a source is kept when the destination has none for that job and the row was
   computed from exactly the results the merged store holds (its ``inputs_sha256``); other rows
   are dropped, and ``score`` computes them again where the artifacts are.
+* Segment rows (``segments.parquet`` and its shards, :mod:`ditproof.experiment.segments`) of jobs
+  the merged store holds with the same video and final latent are kept, first per job.
 * ``skipped.json`` becomes the union of the reasons for jobs still not done; the manifest is
   rebuilt.
 """
@@ -87,6 +89,7 @@ def merge_stores(dest_url: str, source_urls: list[str]) -> MergeSummary:
         InvalidInputError: no source, a source without a plan, or a source of another plan.
     """
     from ditproof.experiment.score import SCORES_FILE, SCORES_META_FILE, merge_score_rows
+    from ditproof.experiment.segments import merged_segment_rows, write_segment_rows
 
     if not source_urls:
         raise InvalidInputError("merge: no source store given; allowed: one or more store URLs")
@@ -146,5 +149,8 @@ def merge_stores(dest_url: str, source_urls: list[str]) -> MergeSummary:
         summary.score_rows_kept, summary.score_rows_dropped = kept, dropped + dropped_by_metrics
         devices = sorted({str(meta.get("device")) for meta in metas})
         dest.write_json(SCORES_META_FILE, {**metas[0], "pairs": kept, "device": ", ".join(devices), "merged": True})
+    segment_rows = merged_segment_rows([dest, *sources], results)
+    if segment_rows:
+        write_segment_rows(dest, segment_rows)
     refresh_manifest(dest, jobs)
     return summary

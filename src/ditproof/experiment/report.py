@@ -21,8 +21,10 @@ from ditproof.errors import InvalidInputError
 from ditproof.experiment.config import load_experiment
 from ditproof.experiment.findings import ANALYSIS_FILE, THRESHOLDS_FILE, Analysis
 from ditproof.experiment.jobs import MANIFEST_FILE, load_experiment_from_store
+from ditproof.experiment.modes import modes_markdown
 from ditproof.experiment.plots import plot_divergence, plot_histogram, plot_roc, slug
 from ditproof.experiment.score import read_scores
+from ditproof.experiment.segments import read_segment_rows, with_segment_columns
 from ditproof.experiment.store import Store
 from ditproof.experiment.summaries import MANIFEST_CSV, SCORES_CSV, read_manifest_csv, read_scores_csv, write_csv
 from ditproof.experiment.thresholds import position_ranges
@@ -48,7 +50,7 @@ def write_report(store_url: str, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     experiment = load_experiment_from_store(store)
     analysis = store.read_model(ANALYSIS_FILE, Analysis)
-    scores = read_scores(store).to_pylist()
+    scores = with_segment_columns(read_scores(store).to_pylist(), read_segment_rows(store))
     manifest = store.read_parquet(MANIFEST_FILE).to_pylist()
     atomic_write_bytes(out / THRESHOLDS_FILE, store.read_bytes(THRESHOLDS_FILE))
     atomic_write_bytes(out / ANALYSIS_FILE, store.read_bytes(ANALYSIS_FILE))
@@ -248,6 +250,20 @@ def _markdown(
         ]
         rows.append(row)
     parts += [_table(header, rows), "", *_deciding_paragraph(analysis), ""]
+    modes = modes_markdown(analysis)
+    if modes:
+        parts += [
+            "## Validation modes",
+            "",
+            "Each mode decides on its own key (docs/validation.md): final-only and full regenerate the whole "
+            "video; checkpoints re-runs every segment from the executor's checkpoints, a spot check `k` "
+            "segments drawn per expert phase (its rates are expectations over the draws). The segment "
+            "re-runs judge each job as a record that claims the reference's request, seed and options "
+            "(`ditproof experiment segments`). Steps re-run: the share of the reference's denoising steps.",
+            "",
+            *modes,
+            "",
+        ]
     parts += _pool_tables(analysis)
     parts += _checkpoint_table(analysis)
     if analysis.notes:

@@ -20,7 +20,7 @@ SCORES_CSV = "scores-summary.csv"
 MANIFEST_CSV = "manifest-summary.csv"
 
 _BOOL_COLUMNS = ("video_exact", "frames_exact", "final_latent_exact", "noise_equal")
-_INT_COLUMNS = ("first_divergence_step", "fingerprint_steps")
+_INT_COLUMNS = ("first_divergence_step", "fingerprint_steps", "segments", "segments_exact")
 _STR_COLUMNS = (
     "job_id",
     "reference_job_id",

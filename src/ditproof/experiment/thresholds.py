@@ -19,12 +19,14 @@ from pathlib import Path
 
 from ditproof.errors import InvalidInputError
 from ditproof.experiment.calibration import PoolCalibration
-from ditproof.experiment.findings import Analysis, CheckpointPosition, KeyResult
+from ditproof.experiment.findings import Analysis, CheckpointPosition, KeyResult, segment_key
 from ditproof.metrics.registry import parse_score_key, score_key
 from ditproof.validation.policy import Provenance, ThresholdEntry, ThresholdsFile, TrajectoryPosition
 
 CHECKPOINT_METRIC = "latent_rel_l2_checkpoint"
 """The validator's metric of a committed checkpoint against its regeneration (full mode)."""
+SEGMENT_METRIC = "latent_rel_l2_segment"
+"""The validator's metric of a segment re-run's end against the executor's checkpoint there."""
 
 
 def git_commit() -> str:
@@ -65,8 +67,8 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
     calibration = f"ditproof experiment {analysis.experiment} (scores {analysis.scores_sha256[:16]})"
     entries = []
     for result in analysis.keys:
-        if result.kind == "trajectory" or result.normalised_by is not None or result.summary is None:
-            continue  # checkpoints below; normalised and combined keys are the analysis's only
+        if result.kind in ("trajectory", "segment") or result.normalised_by is not None or result.summary is None:
+            continue  # checkpoints and segments below; normalised and combined keys are the analysis's only
         metric, statistic = parse_score_key(result.key)
         for (target_class, validator_class), members in _groups(analysis, result, runtime_class).items():
             loosest = max(members, key=lambda c: c.threshold)
@@ -90,6 +92,7 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
                 )
             )
     entries += _checkpoint_entries(analysis, runtime_class, calibration, date, commit)
+    entries += _checkpoint_entries(analysis, runtime_class, calibration, date, commit, segments=True)
     return ThresholdsFile(
         version=1,
         provisional=bool(analysis.notes),
@@ -119,12 +122,20 @@ def position_ranges(fractions: list[float]) -> list[tuple[float, float]]:
 
 
 def _checkpoint_entries(
-    analysis: Analysis, runtime_class: str | None, calibration: str, date: str, commit: str
+    analysis: Analysis,
+    runtime_class: str | None,
+    calibration: str,
+    date: str,
+    commit: str,
+    segments: bool = False,
 ) -> list[ThresholdEntry]:
-    """One ``latent_rel_l2_checkpoint`` entry per calibrated checkpoint and pair of classes (module docstring)."""
+    """One ``latent_rel_l2_checkpoint`` entry per calibrated checkpoint and pair of classes (module
+    docstring); with ``segments``, one ``latent_rel_l2_segment`` entry per calibrated segment
+    re-run, at the position of the checkpoint it ends at."""
     trajectory = analysis.reference_trajectory
     if trajectory is None:
         return []
+    metric, what = (SEGMENT_METRIC, "segment ending at") if segments else (CHECKPOINT_METRIC, "checkpoint")
     results = {r.key: r for r in analysis.keys if r.normalised_by is None and r.summary is not None}
     # Per pair of classes and step: the checkpoints there with a calibrated threshold (two names at
     # one step, e.g. pre_switch and an extra step_NNN, hold the same latent: one entry, the looser).
@@ -132,7 +143,7 @@ def _checkpoint_entries(
         lambda: defaultdict(list)
     )
     for checkpoint in trajectory.checkpoints:
-        result = results.get(checkpoint.key)
+        result = results.get(segment_key(checkpoint.name) if segments else checkpoint.key)
         if result is None or result.direction != "lower-is-better":
             continue
         for group, members in _groups(analysis, result, runtime_class).items():
@@ -153,13 +164,13 @@ def _checkpoint_entries(
                 members = [c for _, pools in found for c in pools]
                 loosest = max(members, key=lambda c: c.threshold)
                 checkpoint = found[0][0]
-                names = " = ".join(f"{c.name} ({c.key})" for c, _ in found)
+                names = " = ".join(f"{c.name} ({segment_key(c.name) if segments else c.key})" for c, _ in found)
                 where = (
-                    f"checkpoint {names} at step {step} of {trajectory.steps} (expert switch {trajectory.switch}; "
+                    f"{what} {names} at step {step} of {trajectory.steps} (expert switch {trajectory.switch}; "
                     f"{phase} {checkpoint.fraction:.4g}), held from {start:.4g} to {end:.4g} of the phase"
                 )
                 notes = (
-                    f"{where}: the checkpoint's {kind}, from pools "
+                    f"{where}: the {what.split()[0]}'s {kind}, from pools "
                     f"{', '.join(sorted({c.pool for c in members}))}; {_detail(members)}; "
                     f"threshold of pool {loosest.pool}; commit {commit}"
                 )
@@ -168,7 +179,7 @@ def _checkpoint_entries(
                         model=analysis.model_revision,
                         runtime_class=target_class,
                         validator_class=validator_class,
-                        metric=CHECKPOINT_METRIC,
+                        metric=metric,
                         statistic="value",
                         direction="lower-is-better",
                         value=loosest.threshold,
