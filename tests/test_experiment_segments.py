@@ -172,3 +172,29 @@ def test_spot_check_rates_are_expectations_over_the_draws() -> None:
     scores = spot_check_max(benign, prompts, {"cheat": (unmeasurable, np.array([0]))}, 0.01, [[0, 1, 2], [3]], 3)
     _, malign = scores.badness(everything)
     assert np.isinf(malign["cheat"]).all()  # a segment that cannot be re-run is caught, not skipped
+
+
+def test_spot_check_cost_follows_the_schedule() -> None:
+    from ditproof.experiment.findings import CheckpointPosition, ReferenceTrajectory
+    from ditproof.experiment.modes import mode_cost, segment_steps, spot_check_cost
+    from ditproof.protocol.options import CheckpointSchedule
+    from ditproof.validation.trajectory import step_position
+
+    def trajectory(segments: int) -> ReferenceTrajectory:
+        steps = CheckpointSchedule(segments=segments).steps(40, 26)
+        checkpoints = [
+            CheckpointPosition(name=f"step_{s:03d}", key=f"k{s}", step=s, phase=p, fraction=f)
+            for s in steps
+            if s
+            for p, f in [step_position(s, 40, 26)]
+        ]
+        return ReferenceTrajectory(steps=40, switch=26, checkpoints=checkpoints)
+
+    eight, sixteen = trajectory(8), trajectory(16)
+    assert [n for n, _ in segment_steps(eight)] == [5, 5, 6, 5, 5, 5, 4, 5]
+    assert math.isclose(spot_check_cost(eight, 1), (26 / 5 + 14 / 3) / 40)  # about 0.25
+    assert math.isclose(spot_check_cost(sixteen, 1), (26 / 10 + 14 / 6) / 40)  # about 0.12
+    assert spot_check_cost(sixteen, 1) <= 0.15 < spot_check_cost(eight, 1)
+    assert mode_cost(sixteen, CHECKPOINTS_MODE_KEY) == 1.0 and math.isclose(
+        mode_cost(sixteen, spot_check_key(2)), 2 * spot_check_cost(sixteen, 1)
+    )
