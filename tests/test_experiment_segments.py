@@ -152,7 +152,7 @@ def test_shards_and_merge_keep_segment_rows(store: str, tmp_path: Path) -> None:
 def test_bad_shard_and_configuration_are_clear_errors(store: str) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["experiment", "segments", "--store", store, "--shard", "2/2"])
-    assert result.exit_code == 2 and "allowed: I/N with integers 0 <= I < N" in result.output
+    assert result.exit_code == 2 and "allowed: I/N with 0 <= I < N" in result.output
     result = runner.invoke(app, ["experiment", "segments", "--store", store, "--configurations", "nope"])
     assert result.exit_code == 2 and "allowed: attn-math, low-noise-reuse, other-seed, steps-7" in result.output
 

@@ -2,7 +2,7 @@
 # One host's part of a Stage 1 run whose store cannot be shared (a lent GPU host that sends back
 # at most a few files): plan, run the selected configurations, score, and pack what the merge needs.
 #
-#   [STORE=DIR] [SIDE_BY_SIDE=N | SHARD=I/N] [SEGMENTS=N|all] tools/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
+#   [STORE=DIR] [SIDE_BY_SIDE=N] [SHARD=I/N] [SEGMENTS=N|all] tools/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
 #
 # CONFIGURATIONS: comma-separated, or "all"; PACK: which jobs' videos and final latents (besides
 # the thin store) go into OUT/parts/ as 15 MB parts: "references", "all" or "none" (with the
@@ -22,13 +22,16 @@ started=$(date +%s)
 # SIDE_BY_SIDE=N: N runners at once, one per prompt shard, sharing the GPUs (small models leave a GPU
 # mostly idle; four tp4 launches on four GPUs then take about the time of one).
 # SHARD=I/N: only the jobs of prompt shard I of N (one of several calls whose packed artifacts
-# must each fit a host's return limit: an H200 host's other-gpu videos and latents, say).
+# must each fit a host's return limit, or whose jobs must each fit a call's time).
+# Both: SHARD=I/N split again into SIDE_BY_SIDE runners (shards I+N*j of N*SIDE_BY_SIDE: a prompt's
+# shard modulo N is I, so they hold exactly shard I's prompts).
 side=${SIDE_BY_SIDE:-1}
-if [ -n "${SHARD:-}" ] && [ "$side" -gt 1 ]; then echo "SHARD and SIDE_BY_SIDE: allowed: one of them" >&2; exit 2; fi
+part=${SHARD:-0/1}
 for i in $(seq 0 $(( side - 1 ))); do
   shard=()
-  [ "$side" -gt 1 ] && shard=(--shard "$i/$side")
-  [ -n "${SHARD:-}" ] && shard=(--shard "$SHARD")
+  if [ "$side" -gt 1 ] || [ -n "${SHARD:-}" ]; then
+    shard=(--shard "$(( ${part%/*} + ${part#*/} * i ))/$(( ${part#*/} * side ))")
+  fi
   ( timeout "$seconds" "${ditproof[@]}" run --store "$store" --workers-per-gpu "$per_gpu" \
       "${select[@]}" "${shard[@]}" > "$out/run.$i.log" 2>&1 \
     || echo "runner $i stopped: exit $? after $(( $(date +%s) - started )) s" ) &
@@ -39,17 +42,18 @@ echo "runners took $(( $(date +%s) - started )) s"
 grep -E "^(run |  skipped |failed)|(failed|gave-up) " "$out/run.log" | tail -n 25 || true
 # SEGMENTS=N: then the checkpoints-mode evidence (`experiment segments`) for the jobs of the first N
 # prompts ("all": every prompt), as SIDE_BY_SIDE processes (job shards) within SEGMENT_SECONDS.
+device=$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 if [ -n "${SEGMENTS:-}" ]; then
   limit=()
   [ "$SEGMENTS" != all ] && limit=(--max-prompts "$SEGMENTS")
   for i in $(seq 0 $(( side - 1 ))); do
-    ( timeout "${SEGMENT_SECONDS:-300}" "${ditproof[@]}" segments --store "$store" --device cuda "${limit[@]}" \
+    ( timeout "${SEGMENT_SECONDS:-300}" "${ditproof[@]}" segments --store "$store" --device "$device" "${limit[@]}" \
         --shard "$i/$side" > "$out/segments.$i.log" 2>&1 || echo "segments $i stopped: exit $?" ) &
   done
   wait
   tail -n 1 "$out"/segments.*.log || true
 fi
-timeout "${SCORE_SECONDS:-900}" "${ditproof[@]}" score --store "$store" --device "$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')" | tail -n 2 || echo "score stopped: exit $?"
+timeout "${SCORE_SECONDS:-900}" "${ditproof[@]}" score --store "$store" --device "$device" | tail -n 2 || echo "score stopped: exit $?"
 tar czf "$out/thin.tgz" --exclude='*.mp4' --exclude='*.safetensors' -C "$store" .
 if [ "$pack" != none ]; then
   python3 - "$store" "$pack" > /tmp/pack-list <<'PY'

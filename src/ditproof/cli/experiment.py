@@ -228,7 +228,8 @@ def segments_command(
     seed and options; rows go to segments.parquet (one per job, resumable) for the analysis's
     checkpoints and spot-check modes (docs/experiment.md, "Validation modes")."""
     with reported():
-        from ditproof.experiment.segments import parse_shard, score_segments, shard_file
+        from ditproof.experiment.runners.scheduler import parse_shard
+        from ditproof.experiment.segments import score_segments, shard_file
 
         quiet_libraries()
         names = [c.strip() for c in configurations.split(",")] if configurations else None

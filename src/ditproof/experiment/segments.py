@@ -58,23 +58,6 @@ def shard_file(shard: tuple[int, int] | None) -> str:
     return SEGMENTS_FILE if shard is None else f"segments-{shard[0]}-of-{shard[1]}.parquet"
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"I/N"`` → ``(I, N)``; None stays None.
-
-    Raises:
-        InvalidInputError: not two integers with ``0 <= I < N``.
-    """
-    if text is None:
-        return None
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise InvalidInputError(f"--shard: got {text!r}; allowed: I/N with integers 0 <= I < N") from None
-    if not 0 <= index < count:
-        raise InvalidInputError(f"--shard: got {text!r}; allowed: I/N with integers 0 <= I < N")
-    return index, count
-
-
 @dataclass(frozen=True)
 class _Side:
     """One job's record and checkpoint files, read from the store and checked against its result."""
