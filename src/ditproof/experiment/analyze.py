@@ -47,9 +47,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -57,11 +56,7 @@ from ditproof.errors import InvalidInputError
 from ditproof.experiment.calibration import (
     Draws,
     PoolCalibration,
-    PoolScores,
     calibrate_pool,
-    fixed,
-    normalised_max,
-    spot_check_max,
     worst_pool,
 )
 from ditproof.experiment.findings import (
@@ -71,8 +66,6 @@ from ditproof.experiment.findings import (
     FINAL_LATENT_KEY,
     LEGACY_PRE_SWITCH_KEY,
     NORMALISED_SEPARATOR,
-    SEGMENT_KEY_PREFIX,
-    SPOT_CHECK_KEY_PREFIX,
     THRESHOLDS_FILE,
     Analysis,
     CheckpointPosition,
@@ -83,53 +76,28 @@ from ditproof.experiment.findings import (
     spot_check_key,
 )
 from ditproof.experiment.jobs import load_experiment_from_store, load_plan, read_result
+from ditproof.experiment.keys import (
+    SPOT_CHECK_KS,
+    Combined,
+    direction,
+    is_segment_key,
+    key_kind,
+    key_scores,
+    ordered_segment_keys,
+    pair_exact,
+    score_keys,
+    segment_phases,
+)
 from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX, SCORES_META_FILE, read_scores
 from ditproof.experiment.segments import read_segment_rows, with_segment_columns
-from ditproof.experiment.stats import ROC_FPR_GRID, ThresholdRule, bootstrap_counts, prompt_splits
+from ditproof.experiment.stats import ROC_FPR_GRID, bootstrap_counts, prompt_splits
 from ditproof.experiment.store import Store
 from ditproof.experiment.summaries import SCORES_CSV, read_scores_csv
 from ditproof.experiment.thresholds import thresholds_file
 from ditproof.hashing import canonical_json, sha256_bytes
-from ditproof.metrics.registry import metric_spec, parse_score_key
 from ditproof.protocol.record import InferenceRecord
 from ditproof.validation.commitments import record_switch
 from ditproof.validation.trajectory import step_position
-
-
-def _direction(key: str) -> Literal["higher-is-better", "lower-is-better"]:
-    if key in (COMBINED_TRAJECTORY_KEY, CHECKPOINTS_MODE_KEY) or is_trajectory_key(key) or is_segment_key(key):
-        return "lower-is-better"
-    if NORMALISED_SEPARATOR in key:
-        return "lower-is-better"
-    return metric_spec(parse_score_key(key)[0]).direction
-
-
-def is_trajectory_key(key: str) -> bool:
-    """A checkpoint distance column (``checkpoint_rel_l2:<name>`` or the older ``pre_switch_rel_l2``)."""
-    return key == LEGACY_PRE_SWITCH_KEY or key.startswith(CHECKPOINT_KEY_PREFIX)
-
-
-def is_segment_key(key: str) -> bool:
-    """A segment re-run's column (``segment_rel_l2:<end>``) or a mode combining them
-    (``checkpoints:max``, ``spot-check:kK``)."""
-    return key.startswith((SEGMENT_KEY_PREFIX, SPOT_CHECK_KEY_PREFIX)) or key == CHECKPOINTS_MODE_KEY
-
-
-def score_keys(columns: list[str]) -> tuple[list[str], list[str]]:
-    """(frame and final-latent keys of the metric registry, trajectory checkpoint keys) among ``columns``."""
-    metric_keys, trajectory = [], []
-    for column in columns:
-        if is_trajectory_key(column):
-            trajectory.append(column)
-            continue
-        if ":" not in column:
-            continue
-        try:
-            parse_score_key(column)
-        except InvalidInputError:
-            continue
-        metric_keys.append(column)
-    return metric_keys, trajectory
 
 
 def _pools(rows: list[dict[str, Any]]) -> tuple[list[Pool], list[str | None]]:
@@ -164,108 +132,6 @@ def _pools(rows: list[dict[str, Any]]) -> tuple[list[Pool], list[str | None]]:
         for i in members:
             row_pool[i] = name
     return pools, row_pool
-
-
-def _values(rows: list[dict[str, Any]], key: str) -> np.ndarray:
-    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=np.float64)
-
-
-def _key_scores(
-    rows: list[dict[str, Any]],
-    keys: list[str],
-    pool: str,
-    row_pool: list[str | None],
-    malign_classes: list[str],
-    prompt_index: dict[str, int],
-    target: float,
-    combined: _Combined | None,
-    rule: ThresholdRule,
-) -> PoolScores | None:
-    """One key's (or, ``combined``, the checkpoint or segment keys') scores over one pool; None
-    without benign values."""
-    segments = is_segment_key(keys[0])
-    benign_rows = [r for r, p in zip(rows, row_pool, strict=True) if p == pool and not _exact(r, segments)]
-    by_class = {c: [r for r in rows if r["configuration"] == c] for c in malign_classes}
-
-    def prompts_of(members: list[dict[str, Any]]) -> np.ndarray:
-        return np.array([prompt_index[r["prompt_id"]] for r in members], dtype=np.int64)
-
-    if combined is not None:  # one column per checkpoint or segment; a pair counts where it has at least one
-        benign = np.column_stack([_values(benign_rows, k) for k in keys])
-        keep = ~np.isnan(benign).all(axis=1)
-        if not keep.any():
-            return None
-        malign = {}
-        for c, members in by_class.items():
-            matrix = np.column_stack([_values(members, k) for k in keys])
-            kept = ~np.isnan(matrix).all(axis=1)
-            malign[c] = (matrix[kept], prompts_of(members)[kept])
-        if combined.phases is None:
-            return normalised_max(benign[keep], prompts_of(benign_rows)[keep], malign, target, rule)
-        return spot_check_max(
-            benign[keep], prompts_of(benign_rows)[keep], malign, target, combined.phases, combined.k, rule
-        )
-    (key,) = keys
-    sign = 1.0 if _direction(key) == "lower-is-better" else -1.0
-    values = sign * _values(benign_rows, key)
-    keep = ~np.isnan(values)
-    if not keep.any():
-        return None
-    malign_scores = {}
-    for c, members in by_class.items():
-        m = sign * _values(members, key)
-        kept = ~np.isnan(m)
-        malign_scores[c] = (m[kept], prompts_of(members)[kept])
-    return fixed(values[keep], prompts_of(benign_rows)[keep], malign_scores)
-
-
-def _exact(row: dict[str, Any], segments: bool) -> bool:
-    """Whether a pair is decided by exact match (kept out of the pools): its video bytes, or for
-    the segment keys every segment's end state (a pair without segment rows counts as exact there)."""
-    if not segments:
-        return bool(row["video_exact"])
-    return row.get("segments") is None or row.get("segments_exact") == row.get("segments")
-
-
-SPOT_CHECK_KS = (1, 2)
-"""Segments a spot check draws per expert phase, as analysed (``--spot-segments`` of the validator)."""
-
-
-@dataclass(frozen=True)
-class _Combined:
-    """How a combined key joins its columns: the maximum over all (``phases`` None) or over a spot
-    check's draw of ``k`` columns per phase (``phases``: each phase's column indices)."""
-
-    phases: list[list[int]] | None = None
-    k: int = 1
-
-
-def _ordered_segment_keys(columns: list[str], trajectory: ReferenceTrajectory | None) -> list[str]:
-    """The segment columns, in trajectory order where the checkpoints' steps are known."""
-    keys = [c for c in columns if c.startswith(SEGMENT_KEY_PREFIX)]
-    steps = {c.name: c.step for c in trajectory.checkpoints} if trajectory else {}
-    return sorted(keys, key=lambda k: (steps.get(k[len(SEGMENT_KEY_PREFIX) :], 10**9), k))
-
-
-def _segment_phases(keys: list[str], trajectory: ReferenceTrajectory | None) -> list[list[int]] | None:
-    """Each expert phase's segment columns (a segment belongs to the phase of the checkpoint it
-    ends at, as the spot check draws); None where the trajectory or a segment's end is unknown."""
-    if trajectory is None:
-        return None
-    phase_of = {c.name: c.phase for c in trajectory.checkpoints}
-    names = [k[len(SEGMENT_KEY_PREFIX) :] for k in keys]
-    if any(n not in phase_of for n in names):
-        return None
-    return [[i for i, n in enumerate(names) if phase_of[n] == p] for p in ("high-noise", "low-noise")]
-
-
-def _kind(key: str) -> Literal["frame", "latent", "trajectory", "segment"]:
-    key = key.split(NORMALISED_SEPARATOR)[0]
-    if is_segment_key(key):
-        return "segment"
-    if key == COMBINED_TRAJECTORY_KEY or is_trajectory_key(key):
-        return "trajectory"
-    return "latent" if parse_score_key(key)[0].startswith("latent_") else "frame"
 
 
 def analyze_rows(
@@ -329,21 +195,21 @@ def analyze_rows(
     # A checkpoints-mode validator compares segment ends, not the video: a pool counts for the
     # segment keys where some pair's segments are not all bit-exact, whatever its videos.
     segment_decided = [
-        p for p in pools if any(not _exact(r, True) for r, q in zip(rows, row_pool, strict=True) if q == p.name)
+        p for p in pools if any(not pair_exact(r, True) for r, q in zip(rows, row_pool, strict=True) if q == p.name)
     ]
 
     metric_keys, trajectory_keys = score_keys(_columns(rows))
-    segment_keys = _ordered_segment_keys(_columns(rows), reference_trajectory)
-    jobs: list[tuple[str, list[str], _Combined | None]] = [
+    segment_keys = ordered_segment_keys(_columns(rows), reference_trajectory)
+    jobs: list[tuple[str, list[str], Combined | None]] = [
         (k, [k], None) for k in (*metric_keys, *trajectory_keys, *segment_keys)
     ]
     if trajectory_keys and FINAL_LATENT_KEY in metric_keys:
-        jobs.append((COMBINED_TRAJECTORY_KEY, [*trajectory_keys, FINAL_LATENT_KEY], _Combined()))
+        jobs.append((COMBINED_TRAJECTORY_KEY, [*trajectory_keys, FINAL_LATENT_KEY], Combined()))
     if segment_keys:
-        jobs.append((CHECKPOINTS_MODE_KEY, segment_keys, _Combined()))
-        phases = _segment_phases(segment_keys, reference_trajectory)
+        jobs.append((CHECKPOINTS_MODE_KEY, segment_keys, Combined()))
+        phases = segment_phases(segment_keys, reference_trajectory)
         if phases is not None:
-            jobs += [(spot_check_key(k), segment_keys, _Combined(phases, k)) for k in SPOT_CHECK_KS]
+            jobs += [(spot_check_key(k), segment_keys, Combined(phases, k)) for k in SPOT_CHECK_KS]
     if method.normaliser is not None:
         distances = [k for k in (FINAL_LATENT_KEY, *trajectory_keys) if k in (*metric_keys, *trajectory_keys)]
         rows = _with_normalised(rows, distances, method.normaliser, benign_classes, source)
@@ -357,7 +223,7 @@ def analyze_rows(
         for pool in decided if not is_segment_key(columns[0]) else segment_decided:
             if normaliser in pool.configurations:
                 continue  # divided by itself: every ratio 1
-            scores = _key_scores(
+            scores = key_scores(
                 rows, columns, pool.name, row_pool, malign_classes, prompt_index, fpr_target, combined, method.rule
             )
             if scores is not None:
@@ -367,16 +233,16 @@ def analyze_rows(
         if not calibrated:
             continue
         summary = worst_pool(calibrated, method.confidence)
-        direction = _direction(key)
+        key_direction = direction(key)
         loosest = max(r.threshold for r, _ in calibrated)
         oos = [c.oos_tpr_mean for c in summary.classes if c.oos_tpr_mean is not None]
         results.append(
             KeyResult(
                 key=key,
-                kind=_kind(key),
-                direction=direction,
+                kind=key_kind(key),
+                direction=key_direction,
                 normalised_by=normaliser,
-                threshold=None if combined is not None else loosest if direction == "lower-is-better" else -loosest,
+                threshold=None if combined is not None else loosest if key_direction == "lower-is-better" else -loosest,
                 pools=[r for r, _ in calibrated],
                 summary=summary,
                 mean_tpr=float(np.mean(oos)) if oos else 0.0,

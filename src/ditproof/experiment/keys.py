@@ -1,0 +1,175 @@
+"""Score keys: which columns of the score rows the analysis calibrates, and how each becomes one
+pool's scores (:class:`ditproof.experiment.calibration.PoolScores`).
+
+* **metric keys**: frame and final-latent metrics of the registry (``psnr:mean``,
+  ``latent_rel_l2:value`` …), one column each;
+* **trajectory keys**: committed checkpoints against the regeneration's (``checkpoint_rel_l2:<name>``,
+  the older ``pre_switch_rel_l2``), combined as ``trajectory:max`` with the final latent (full mode);
+* **segment keys**: segment re-runs from the executor's checkpoints (``segment_rel_l2:<end>``),
+  combined as ``checkpoints:max`` (checkpoints mode) and ``spot-check:kK`` (a spot check drawing
+  ``k`` segments per expert phase).
+
+A pair decided by exact match stays out of a benign pool: its video bytes for every key but the
+segment keys, whose exact match is of every segment's end state (a checkpoints-mode validator
+compares those, not the video).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from ditproof.errors import InvalidInputError
+from ditproof.experiment.calibration import PoolScores, fixed, normalised_max, spot_check_max
+from ditproof.experiment.findings import (
+    CHECKPOINTS_MODE_KEY,
+    COMBINED_TRAJECTORY_KEY,
+    LEGACY_PRE_SWITCH_KEY,
+    NORMALISED_SEPARATOR,
+    SEGMENT_KEY_PREFIX,
+    SPOT_CHECK_KEY_PREFIX,
+    ReferenceTrajectory,
+)
+from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX
+from ditproof.experiment.stats import ThresholdRule
+from ditproof.metrics.registry import metric_spec, parse_score_key
+
+
+def direction(key: str) -> Literal["higher-is-better", "lower-is-better"]:
+    if key in (COMBINED_TRAJECTORY_KEY, CHECKPOINTS_MODE_KEY) or is_trajectory_key(key) or is_segment_key(key):
+        return "lower-is-better"
+    if NORMALISED_SEPARATOR in key:
+        return "lower-is-better"
+    return metric_spec(parse_score_key(key)[0]).direction
+
+
+def is_trajectory_key(key: str) -> bool:
+    """A checkpoint distance column (``checkpoint_rel_l2:<name>`` or the older ``pre_switch_rel_l2``)."""
+    return key == LEGACY_PRE_SWITCH_KEY or key.startswith(CHECKPOINT_KEY_PREFIX)
+
+
+def is_segment_key(key: str) -> bool:
+    """A segment re-run's column (``segment_rel_l2:<end>``) or a mode combining them
+    (``checkpoints:max``, ``spot-check:kK``)."""
+    return key.startswith((SEGMENT_KEY_PREFIX, SPOT_CHECK_KEY_PREFIX)) or key == CHECKPOINTS_MODE_KEY
+
+
+def score_keys(columns: list[str]) -> tuple[list[str], list[str]]:
+    """(frame and final-latent keys of the metric registry, trajectory checkpoint keys) among ``columns``."""
+    metric_keys, trajectory = [], []
+    for column in columns:
+        if is_trajectory_key(column):
+            trajectory.append(column)
+            continue
+        if ":" not in column:
+            continue
+        try:
+            parse_score_key(column)
+        except InvalidInputError:
+            continue
+        metric_keys.append(column)
+    return metric_keys, trajectory
+
+
+def column_values(rows: list[dict[str, Any]], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=np.float64)
+
+
+def key_scores(
+    rows: list[dict[str, Any]],
+    keys: list[str],
+    pool: str,
+    row_pool: list[str | None],
+    malign_classes: list[str],
+    prompt_index: dict[str, int],
+    target: float,
+    combined: Combined | None,
+    rule: ThresholdRule,
+) -> PoolScores | None:
+    """One key's (or, ``combined``, the checkpoint or segment keys') scores over one pool; None
+    without benign values."""
+    segments = is_segment_key(keys[0])
+    benign_rows = [r for r, p in zip(rows, row_pool, strict=True) if p == pool and not pair_exact(r, segments)]
+    by_class = {c: [r for r in rows if r["configuration"] == c] for c in malign_classes}
+
+    def prompts_of(members: list[dict[str, Any]]) -> np.ndarray:
+        return np.array([prompt_index[r["prompt_id"]] for r in members], dtype=np.int64)
+
+    if combined is not None:  # one column per checkpoint or segment; a pair counts where it has at least one
+        benign = np.column_stack([column_values(benign_rows, k) for k in keys])
+        keep = ~np.isnan(benign).all(axis=1)
+        if not keep.any():
+            return None
+        malign = {}
+        for c, members in by_class.items():
+            matrix = np.column_stack([column_values(members, k) for k in keys])
+            kept = ~np.isnan(matrix).all(axis=1)
+            malign[c] = (matrix[kept], prompts_of(members)[kept])
+        if combined.phases is None:
+            return normalised_max(benign[keep], prompts_of(benign_rows)[keep], malign, target, rule)
+        return spot_check_max(
+            benign[keep], prompts_of(benign_rows)[keep], malign, target, combined.phases, combined.k, rule
+        )
+    (key,) = keys
+    sign = 1.0 if direction(key) == "lower-is-better" else -1.0
+    values = sign * column_values(benign_rows, key)
+    keep = ~np.isnan(values)
+    if not keep.any():
+        return None
+    malign_scores = {}
+    for c, members in by_class.items():
+        m = sign * column_values(members, key)
+        kept = ~np.isnan(m)
+        malign_scores[c] = (m[kept], prompts_of(members)[kept])
+    return fixed(values[keep], prompts_of(benign_rows)[keep], malign_scores)
+
+
+def pair_exact(row: dict[str, Any], segments: bool) -> bool:
+    """Whether a pair is decided by exact match (kept out of the pools): its video bytes, or for
+    the segment keys every segment's end state (a pair without segment rows counts as exact there)."""
+    if not segments:
+        return bool(row["video_exact"])
+    return row.get("segments") is None or row.get("segments_exact") == row.get("segments")
+
+
+SPOT_CHECK_KS = (1, 2)
+"""Segments a spot check draws per expert phase, as analysed (``--spot-segments`` of the validator)."""
+
+
+@dataclass(frozen=True)
+class Combined:
+    """How a combined key joins its columns: the maximum over all (``phases`` None) or over a spot
+    check's draw of ``k`` columns per phase (``phases``: each phase's column indices)."""
+
+    phases: list[list[int]] | None = None
+    k: int = 1
+
+
+def ordered_segment_keys(columns: list[str], trajectory: ReferenceTrajectory | None) -> list[str]:
+    """The segment columns, in trajectory order where the checkpoints' steps are known."""
+    keys = [c for c in columns if c.startswith(SEGMENT_KEY_PREFIX)]
+    steps = {c.name: c.step for c in trajectory.checkpoints} if trajectory else {}
+    return sorted(keys, key=lambda k: (steps.get(k[len(SEGMENT_KEY_PREFIX) :], 10**9), k))
+
+
+def segment_phases(keys: list[str], trajectory: ReferenceTrajectory | None) -> list[list[int]] | None:
+    """Each expert phase's segment columns (a segment belongs to the phase of the checkpoint it
+    ends at, as the spot check draws); None where the trajectory or a segment's end is unknown."""
+    if trajectory is None:
+        return None
+    phase_of = {c.name: c.phase for c in trajectory.checkpoints}
+    names = [k[len(SEGMENT_KEY_PREFIX) :] for k in keys]
+    if any(n not in phase_of for n in names):
+        return None
+    return [[i for i, n in enumerate(names) if phase_of[n] == p] for p in ("high-noise", "low-noise")]
+
+
+def key_kind(key: str) -> Literal["frame", "latent", "trajectory", "segment"]:
+    key = key.split(NORMALISED_SEPARATOR)[0]
+    if is_segment_key(key):
+        return "segment"
+    if key == COMBINED_TRAJECTORY_KEY or is_trajectory_key(key):
+        return "trajectory"
+    return "latent" if parse_score_key(key)[0].startswith("latent_") else "frame"
