@@ -145,6 +145,20 @@ def checkpoint_distances(job: dict[str, torch.Tensor], reference: dict[str, torc
     return distances
 
 
+def pair_columns(job: Job, result: JobResult, reference: JobResult) -> dict[str, Any]:
+    """The columns that name a pair (a deviation's job and its prompt's reference job) in every
+    row about it: ids, prompt, configuration, label and the two runtime classes."""
+    return {
+        "job_id": job.job_id,
+        "reference_job_id": job.reference_job_id,
+        "prompt_id": job.prompt_id,
+        "configuration": job.configuration,
+        "label": job.label,
+        "runtime_class": result.runtime_class,
+        "reference_runtime_class": reference.runtime_class,
+    }
+
+
 def pair_inputs_sha256(result: JobResult, reference: JobResult) -> str:
     """What a score row was computed from: both jobs' video and final-latent sha256."""
     parts = (result.video_sha256, result.final_latent_sha256, reference.video_sha256, reference.final_latent_sha256)
@@ -283,16 +297,9 @@ def score_store(
             cache.clear()  # jobs are in prompt order: keep only the current prompt's reference
             cache[job.reference_job_id] = _Loaded(store, reference)
         loaded = _Loaded(store, result)
-        row = {
-            "job_id": job.job_id,
-            "reference_job_id": job.reference_job_id,
-            "prompt_id": job.prompt_id,
-            "configuration": job.configuration,
-            "label": job.label,
+        row = pair_columns(job, result, reference) | {
             "device_name": loaded.result.device_name,
             "reference_device_name": cache[job.reference_job_id].result.device_name,
-            "runtime_class": result.runtime_class,
-            "reference_runtime_class": reference.runtime_class,
             "inputs_sha256": pair_inputs_sha256(result, reference),
         }
         row.update(score_pair(cache[job.reference_job_id], loaded, usable, device))

@@ -42,6 +42,7 @@ from ditproof.errors import InvalidInputError
 from ditproof.experiment.findings import SEGMENT_KEY_PREFIX, segment_key
 from ditproof.experiment.jobs import JobResult, load_plan, read_result
 from ditproof.experiment.plan import Job
+from ditproof.experiment.score import pair_columns
 from ditproof.experiment.store import Store
 from ditproof.generation.solver_state import ResumePoint, SolverState
 from ditproof.hashing import canonical_json, sha256_bytes, sha256_tensor
@@ -259,16 +260,7 @@ def score_segments(
             record_artifact = reference.artifact("record")
             record = InferenceRecord.model_validate_json(store.read_bytes(record_artifact.path, record_artifact.sha256))
             cached = (job.reference_job_id, record)
-        row = {
-            "job_id": job.job_id,
-            "reference_job_id": job.reference_job_id,
-            "prompt_id": job.prompt_id,
-            "configuration": job.configuration,
-            "label": job.label,
-            "runtime_class": result.runtime_class,
-            "reference_runtime_class": reference.runtime_class,
-            "inputs_sha256": digest,
-        }
+        row = pair_columns(job, result, reference) | {"inputs_sha256": digest}
         row.update(score_job(cached[1], _Side.read(store, result), model, options.run))
         rows[job.job_id] = row
         if time.monotonic() - saved_at >= SAVE_EVERY_S:
