@@ -198,3 +198,18 @@ def test_spot_check_cost_follows_the_schedule() -> None:
     assert mode_cost(sixteen, CHECKPOINTS_MODE_KEY) == 1.0 and math.isclose(
         mode_cost(sixteen, spot_check_key(2)), 2 * spot_check_cost(sixteen, 1)
     )
+
+
+def test_the_modes_regenerate_from_a_committed_report_folder(store: str, tmp_path: Path) -> None:
+    from ditproof.experiment.analyze import analyze_folder
+    from ditproof.experiment.report import write_report
+
+    first = analyze_store(store)
+    write_report(store, tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Validation modes" in report and "| spot-check k=1 | `spot-check:k1` |" in report
+    again = analyze_folder(tmp_path / "report")
+    for key in (CHECKPOINTS_MODE_KEY, spot_check_key(1)):
+        ours = next(k for k in first.keys if k.key == key)
+        theirs = next(k for k in again.keys if k.key == key)
+        assert theirs.summary == ours.summary  # from scores-summary.csv alone: the same figures
