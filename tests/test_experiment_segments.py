@@ -153,6 +153,10 @@ def test_bad_shard_and_configuration_are_clear_errors(store: str) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["experiment", "segments", "--store", store, "--shard", "2/2"])
     assert result.exit_code == 2 and "allowed: I/N with 0 <= I < N" in result.output
+    result = runner.invoke(app, ["experiment", "segments", "--store", store, "--device", "gpu"])
+    assert result.exit_code == 2 and "allowed: cpu, cuda or cuda:N" in result.output
+    result = runner.invoke(app, ["experiment", "segments", "--store", store, "--max-prompts", "0"])
+    assert result.exit_code == 2 and "allowed: 1 or more" in result.output
     result = runner.invoke(app, ["experiment", "segments", "--store", store, "--configurations", "nope"])
     assert result.exit_code == 2 and "allowed: attn-math, low-noise-reuse, other-seed, steps-7" in result.output
 

@@ -10,14 +10,8 @@ from typer.testing import CliRunner
 
 from ditproof.cli.main import app
 from ditproof.errors import InvalidInputError
-from ditproof.poc.calibrate import (
-    CalibrationSettings,
-    RuntimeSpec,
-    calibrate,
-    merge_calibrations,
-    rederive,
-    stored_distances,
-)
+from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate
+from ditproof.poc.calibration_data import merge_calibrations, rederive, stored_distances
 from ditproof.protocol.poc import NonceDistances, PocCalibration, PocParams, PolicyTargets
 
 PARAMS = PocParams(latent_frames=1, latent_height=16, latent_width=16, text_len=32)

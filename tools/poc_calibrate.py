@@ -53,7 +53,8 @@ from common import device_info, write_result
 from ditproof.generation.attention import attention_for_run
 from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel, load_model
-from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, format_table, l2_distances, rederive
+from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, l2_distances
+from ditproof.poc.calibration_data import format_table, rederive
 from ditproof.poc.compute import PocModel, compute_vectors
 from ditproof.poc.deviations import fewer_layers
 from ditproof.protocol.options import LoadOptions

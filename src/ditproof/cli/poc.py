@@ -272,7 +272,7 @@ def calibrate_command(
             )  # fmt: skip
         if out_path is not None:
             result.save(out_path)
-        from ditproof.poc.calibrate import format_table
+        from ditproof.poc.calibration_data import format_table
 
         for line in format_table(result):
             out.print(line, highlight=False, markup=False)
@@ -338,7 +338,7 @@ def _read_calibration(path: Path, key: str) -> PocCalibration:
 
 def _merged(paths: list[Path], key: str, targets: PolicyTargets) -> PocCalibration:
     """The calibration of one file, or of parts over contiguous nonce ranges, derived for ``targets``."""
-    from ditproof.poc.calibrate import merge_calibrations
+    from ditproof.poc.calibration_data import merge_calibrations
 
     parts = [_read_calibration(path, key) for path in paths]
     return merge_calibrations(parts, targets, labels=[f"--from {path}" for path in paths])

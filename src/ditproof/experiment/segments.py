@@ -46,6 +46,7 @@ from ditproof.experiment.score import pair_columns
 from ditproof.experiment.store import Store
 from ditproof.generation.solver_state import ResumePoint, SolverState
 from ditproof.hashing import canonical_json, sha256_bytes, sha256_tensor
+from ditproof.protocol.options import check_device
 from ditproof.protocol.record import CheckpointRef, InferenceRecord
 
 SEGMENTS_FILE = "segments.parquet"
@@ -215,6 +216,12 @@ def score_segments(
     """
     from ditproof.models.registry import load_model
 
+    try:
+        check_device(device)
+    except ValueError as exc:
+        raise InvalidInputError(f"device: {exc}") from None
+    if max_prompts is not None and max_prompts < 1:
+        raise InvalidInputError(f"max_prompts: got {max_prompts}; allowed: 1 or more")
     store = Store(store_url)
     jobs = load_plan(store)
     known = sorted({j.configuration for j in jobs if not j.is_reference})

@@ -4,7 +4,9 @@
 - :mod:`ditproof.poc.commit`: the Merkle mountain range over the artifacts, and inclusion proofs.
 - :mod:`ditproof.poc.node`: a node's round: compute, append, commit.
 - :mod:`ditproof.poc.validate`: seeded sampling, proof checks, recomputation, binomial test.
-- :mod:`ditproof.poc.calibrate`: honest and cheating distances, proposed thresholds, parts merged.
+- :mod:`ditproof.poc.calibrate`: honest and cheating distances per nonce, measured on a model.
+- :mod:`ditproof.poc.calibration_data`: those distances as a file: summaries, the derived policy,
+  parts merged, derived again for other targets (numpy only).
 """
 
 from ditproof.poc.commit import MerkleMountainRange, build_mmr, verify_proof

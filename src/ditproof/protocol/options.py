@@ -205,7 +205,12 @@ def shortcut_label(shortcut: LowNoiseReuse | CfgOffTail | UncondReuseTail | Skip
     return f"{shortcut.kind}:{params}"
 
 
-def _check_device(value: str) -> str:
+def check_device(value: str) -> str:
+    """``value`` when it names a device the options allow (``cpu``, ``cuda``, ``cuda:N``).
+
+    Raises:
+        ValueError: another value.
+    """
     base, _, index = value.partition(":")
     if base not in ("cpu", "cuda") or (index and (not index.isdigit() or base == "cpu")):
         raise ValueError(f"got {value!r}; allowed: cpu, cuda or cuda:N")
@@ -262,7 +267,7 @@ class LoadOptions(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        return _check_device(value)
+        return check_device(value)
 
 
 class RunOptions(BaseModel):
@@ -331,7 +336,7 @@ class RuntimeOptions(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        return _check_device(value)
+        return check_device(value)
 
     @property
     def load(self) -> LoadOptions:
