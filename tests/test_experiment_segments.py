@@ -212,6 +212,8 @@ def test_the_modes_regenerate_from_a_committed_report_folder(store: str, tmp_pat
     write_report(store, tmp_path / "report")
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## Validation modes" in report and "| spot-check k=1 | `spot-check:k1` |" in report
+    assert (tmp_path / "report" / "roc-spot-check-k1.png").is_file()  # a ROC curve per mode
+    assert not list((tmp_path / "report").glob("roc-segment-*.png"))  # not per segment
     again = analyze_folder(tmp_path / "report")
     for key in (CHECKPOINTS_MODE_KEY, spot_check_key(1)):
         ours = next(k for k in first.keys if k.key == key)

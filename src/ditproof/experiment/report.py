@@ -21,7 +21,7 @@ from ditproof.errors import InvalidInputError
 from ditproof.experiment.config import load_experiment
 from ditproof.experiment.findings import ANALYSIS_FILE, THRESHOLDS_FILE, Analysis
 from ditproof.experiment.jobs import MANIFEST_FILE, load_experiment_from_store
-from ditproof.experiment.modes import modes_markdown
+from ditproof.experiment.modes import MODES, modes_markdown
 from ditproof.experiment.plots import plot_divergence, plot_histogram, plot_roc, slug
 from ditproof.experiment.score import read_scores
 from ditproof.experiment.segments import read_segment_rows, with_segment_columns
@@ -31,6 +31,8 @@ from ditproof.experiment.thresholds import position_ranges
 from ditproof.hashing import atomic_write_bytes, atomic_write_text
 
 MAIN_STATISTICS = ("mean", "worst", "value")
+MODE_KEYS = {key for _, key in MODES}
+"""Each validation mode's key gets its ROC plot (the per-segment keys do not: the modes combine them)."""
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -91,7 +93,12 @@ def _render(
     main_keys = [
         k
         for k in analysis.keys
-        if k.pools and (k.kind == "trajectory" or k.key.split("/")[0].split(":")[1] in MAIN_STATISTICS)
+        if k.pools
+        and (
+            k.kind == "trajectory"
+            or k.key in MODE_KEYS
+            or (k.kind != "segment" and k.key.split("/")[0].split(":")[1] in MAIN_STATISTICS)
+        )
     ]
     for result in main_keys:
         name = f"roc-{slug(result.key)}.png"
