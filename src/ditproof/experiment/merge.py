@@ -18,7 +18,8 @@ per host that are merged afterwards::
   computed from exactly the results the merged store holds (its ``inputs_sha256``); other rows
   are dropped, and ``score`` computes them again where the artifacts are.
 * Segment rows (``segments.parquet`` and its shards, :mod:`ditproof.experiment.segments`) of jobs
-  the merged store holds with the same video and final latent are kept, first per job.
+  done in the merged store are kept, first per job; a row whose inputs changed since is
+  recomputed by the next ``segments`` run (its ``inputs_sha256``).
 * ``skipped.json`` becomes the union of the reasons for jobs still not done; the manifest is
   rebuilt.
 """

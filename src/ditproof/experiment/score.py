@@ -193,15 +193,19 @@ def _valid_rows(
     return kept, dropped
 
 
-def _write_scores(store: Store, jobs: list[Job], rows: dict[str, dict[str, Any]]) -> pa.Table:
-    ordered = [rows[job.job_id] for job in jobs if job.job_id in rows]  # plan order, whatever the sources
-    # Rows may differ in columns (checkpoints a pair lacks, rows kept from an older scoring):
-    # every column of any row, None where a row lacks it (pyarrow would keep the first row's only).
+def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows as one table. Rows may differ in columns (checkpoints a pair lacks, rows kept from an
+    older scoring): every column of any row, None where a row lacks it (pyarrow would keep the
+    first row's only); no rows give an empty ``job_id`` column."""
     columns: dict[str, None] = {}
-    for row in ordered:
+    for row in rows:
         columns.update(dict.fromkeys(row))
-    ordered = [{c: row.get(c) for c in columns} for row in ordered]
-    table = pa.Table.from_pylist(ordered) if ordered else pa.table({"job_id": pa.array([], pa.string())})
+    ordered = [{c: row.get(c) for c in columns} for row in rows]
+    return pa.Table.from_pylist(ordered) if ordered else pa.table({"job_id": pa.array([], pa.string())})
+
+
+def _write_scores(store: Store, jobs: list[Job], rows: dict[str, dict[str, Any]]) -> pa.Table:
+    table = rows_table([rows[job.job_id] for job in jobs if job.job_id in rows])  # plan order, whatever the sources
     store.write_parquet(SCORES_FILE, table)
     return table
 

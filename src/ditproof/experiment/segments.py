@@ -42,10 +42,10 @@ from ditproof.errors import InvalidInputError
 from ditproof.experiment.findings import SEGMENT_KEY_PREFIX, segment_key
 from ditproof.experiment.jobs import JobResult, load_plan, read_result
 from ditproof.experiment.plan import Job
-from ditproof.experiment.score import pair_columns
+from ditproof.experiment.score import pair_columns, rows_table
 from ditproof.experiment.store import Store
 from ditproof.generation.solver_state import ResumePoint, SolverState
-from ditproof.hashing import canonical_json, sha256_bytes, sha256_tensor
+from ditproof.hashing import canonical_json, sha256_bytes
 from ditproof.protocol.options import check_device
 from ditproof.protocol.record import CheckpointRef, InferenceRecord
 
@@ -103,7 +103,7 @@ def claimed_checkpoints(reference: InferenceRecord, job: _Side) -> list[Any]:
             source = _nearest(job.record, ref.step, steps)
         point = job.points[source.name]
         claimed = ref.model_copy(
-            update={"sha256": source.sha256, "tensor_sha256": sha256_tensor(point.latent), "file": source.file}
+            update={"sha256": source.sha256, "tensor_sha256": source.tensor_sha256, "file": source.file}
         )
         checkpoints.append(Checkpoint(claimed, point))
     return checkpoints
@@ -180,11 +180,7 @@ def write_segment_rows(store: Store, rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def _write(store: Store, name: str, rows: dict[str, dict[str, Any]]) -> pa.Table:
-    columns: dict[str, None] = {}
-    for row in rows.values():
-        columns.update(dict.fromkeys(row))
-    ordered = [{c: row.get(c) for c in columns} for row in rows.values()]
-    table = pa.Table.from_pylist(ordered) if ordered else pa.table({"job_id": pa.array([], pa.string())})
+    table = rows_table(list(rows.values()))
     store.write_parquet(name, table)
     return table
 
