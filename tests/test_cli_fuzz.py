@@ -284,6 +284,11 @@ def test_raw_bytes_argv_in_a_real_process(sandbox, argv):
         (["price", "calibrate", "--out", "c.json", "--device", "0"], "device: got '0'"),
         (["client", "pow", "result", "\x1f"], "/api/v1/inference/pow/generate/%1F"),
         (["client", "validate", "--record", "nope.json"], "record: nope.json cannot be read"),
+        (["price", "calibrate", "--out", "c.json", "--sizes", "16x16x1", "--out", ""], "--out: got '.', a folder"),
+        (["price", "import", "r.json", "--into", "."], "--into: got '.', a folder"),
+        (["price", "--coefficients", ""], "coefficients: got '.', a folder"),
+        (["poc", "calibrate", "--from", "p.json", "--policy-out", ""], "--policy-out: got '.', a folder"),
+        (["experiment", "analyze", "--folder", "f", "--thresholds-out", ""], "--thresholds-out: got '.', a folder"),
     ],
 )
 def test_what_the_fuzz_found_is_refused_with_a_message(sandbox, argv, message):

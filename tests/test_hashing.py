@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ditproof.errors import InvalidInputError
 from ditproof.hashing import atomic_write_bytes, canonical_json, sha256_json, sha256_tensor
 
 
@@ -30,6 +31,14 @@ def test_atomic_write_leaves_no_temporary_file(tmp_path: Path):
     atomic_write_bytes(target, b"two")
     assert target.read_bytes() == b"two"
     assert sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
+
+
+def test_atomic_write_to_a_folder_is_refused_and_leaves_it_untouched(tmp_path: Path):
+    (tmp_path / "kept.txt").write_text("stored")
+    for target in (tmp_path, ""):
+        with pytest.raises(InvalidInputError, match="it is a folder; allowed: a file path"):
+            atomic_write_bytes(target, b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"]
 
 
 def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path: Path):

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ditproof.errors import InvalidInputError
+
 if TYPE_CHECKING:  # torch is imported where a tensor is hashed: the client and the CLI's help need none
     import torch
 
@@ -157,6 +159,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     not the temporary file's owner-only 0600.
     """
     target = Path(path)
+    if str(path) == "" or target.is_dir():
+        raise InvalidInputError(f"cannot write a file at {str(path)!r}: it is a folder; allowed: a file path")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:

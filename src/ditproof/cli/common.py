@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 import typer
@@ -57,6 +58,22 @@ def parse_steps(text: str | None) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise InvalidInputError(f"checkpoint-steps: got {text!r}; allowed: comma-separated step numbers") from None
+
+
+def check_output_file(path: Path | None, option: str) -> None:
+    """Refuses an output file path that names a folder (``''`` is the current folder) or sits under a file.
+
+    Called before any work, so a typo costs nothing that was computed or already stored.
+    """
+    if path is None:
+        return
+    if str(path) in ("", ".") or path.is_dir():
+        raise InvalidInputError(
+            f"{option}: got {str(path)!r}, a folder; allowed: a file path (missing folders are created)"
+        )
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise InvalidInputError(f"{option}: got {str(path)!r}, but {str(parent)!r} is a file, not a folder")
 
 
 def call(fn: Callable[..., T], *args: object, **kwargs: object) -> T:

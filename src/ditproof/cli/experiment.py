@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ditproof.cli.common import err, out, reported
+from ditproof.cli.common import check_output_file, err, out, reported
 from ditproof.models.quiet import quiet_libraries
 
 experiment_app = typer.Typer(
@@ -327,6 +327,7 @@ def analyze_command(
         from ditproof.hashing import atomic_write_bytes, canonical_json
 
         _store_or_folder(store, folder)
+        check_output_file(thresholds_out, "--thresholds-out")
         if rule not in ("empirical", "conformal"):
             raise InvalidInputError(f"--rule: got {rule!r}; allowed: empirical, conformal")
         method = Method(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import typer
 from pydantic import ValidationError
 
-from ditproof.cli.common import EXIT_FAILURE, call, err, out, reported
+from ditproof.cli.common import EXIT_FAILURE, call, check_output_file, err, out, reported
 from ditproof.errors import InvalidInputError
 from ditproof.models.quiet import quiet_libraries
 
@@ -168,6 +168,7 @@ def validate_command(
     with reported():
         from ditproof.poc.policy import load_policy, with_overrides
 
+        check_output_file(verdict_path, "--out")
         if fraud_threshold is not None and p_value_threshold is not None and fraud_threshold != p_value_threshold:
             raise InvalidInputError(
                 f"--fraud-threshold ({fraud_threshold}) and --p-value-threshold ({p_value_threshold}) name one "
@@ -261,6 +262,8 @@ def calibrate_command(
     """
     quiet_libraries()
     with reported():
+        check_output_file(out_path, "--out")
+        check_output_file(policy_out, "--policy-out")
         targets = _targets(honest_round_rate, cheat_fraction, detection, sample_size)
         if from_files:
             result = _merged(from_files, key, targets)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from ditproof.cli.common import call, err, out, reported
+from ditproof.cli.common import call, check_output_file, err, out, reported
 from ditproof.errors import InvalidInputError
 from ditproof.models.quiet import quiet_libraries
 
@@ -128,7 +128,8 @@ def calibrate_command(
         from ditproof.pricing.coefficients import write_entry
         from ditproof.protocol.options import RuntimeOptions
 
-        # The device and kernel names are checked as generation checks them, before any model is built.
+        # The output path, device and kernel names are checked before any model is built.
+        check_output_file(out_path, "--out")
         call(RuntimeOptions, device=device, attention_backend=attention_backend)
 
         def progress(expert: str, size: str, patches: int, seconds: float) -> None:
@@ -185,6 +186,7 @@ def import_command(
         from ditproof.pricing.coefficients import PACKAGED_COEFFICIENTS, write_entry
         from ditproof.protocol.pricing import CoefficientEntry
 
+        check_output_file(into, "--into")
         try:
             data = json.loads(result.read_text())
         except (OSError, json.JSONDecodeError) as exc:

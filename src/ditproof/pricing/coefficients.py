@@ -30,6 +30,10 @@ def load_coefficients(path: str | Path | None = None) -> CoefficientsFile:
         text = target.read_text()
     except FileNotFoundError:
         raise ModelNotFoundError(f"coefficients: file {target} does not exist") from None
+    except IsADirectoryError:
+        raise InvalidInputError(
+            f"coefficients: got {str(path)!r}, a folder; allowed: a coefficients JSON file"
+        ) from None
     try:
         return CoefficientsFile.model_validate(json.loads(text))
     except json.JSONDecodeError as exc:
