@@ -1,6 +1,7 @@
 """Nonce → vector on the tiny model: seeds, inputs, hooks, batching, encoding."""
 
 import base64
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -15,6 +16,7 @@ from ditproof.poc.compute import (
     decode_vector,
     encode_vector,
     nonce_inputs,
+    padded_size,
     poc_context,
 )
 from ditproof.protocol.poc import PocParams
@@ -130,6 +132,39 @@ def test_a_nonce_gives_the_same_vector_in_any_batch(poc_model):
         assert distances.max() <= 1e-3  # the tiny model's CPU fp32 threshold (docs/poc.md)
 
 
+def test_padded_sizes_are_few_and_cover_every_count():
+    for batch_size in (1, 5, 8, 16, 33, 64, 256):
+        sizes = [padded_size(count, batch_size) for count in range(1, batch_size + 1)]
+        assert all(count <= size <= batch_size for count, size in zip(range(1, batch_size + 1), sizes, strict=True))
+        assert len(set(sizes)) <= 8 and sizes[-1] == batch_size
+    assert [padded_size(c, 16) for c in (1, 2, 3, 15, 16)] == [2, 2, 4, 16, 16]
+    assert [padded_size(c, 64) for c in (1, 8, 9, 64)] == [8, 8, 16, 64]
+
+
+def test_static_shape_experts_see_few_batch_sizes_and_give_the_same_vectors(poc_model):
+    # Compiled experts (compile="regional") compile once per shape: the split of a batch between
+    # the experts varies, so sub-batches are padded; the padding must not change a real nonce's vector.
+    static = dataclasses.replace(poc_model, static_shapes=True)
+    seen: list[int] = []
+    handles = [
+        expert.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["hidden_states"].shape[0]),
+                                         with_kwargs=True)
+        for expert in poc_model.experts
+    ]  # fmt: skip
+    try:
+        padded = compute_vectors(static, SMALL, BLOCK, KEY, list(range(96)), batch_size=16)
+        sizes_padded = set(seen)
+        seen.clear()
+        plain = compute_vectors(poc_model, SMALL, BLOCK, KEY, list(range(96)), batch_size=16)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(set(seen)) > len(sizes_padded)  # unpadded, every split is its own shape
+    assert sizes_padded <= {2, 4, 6, 8, 10, 12, 14, 16}
+    distances = np.linalg.norm(padded.astype(np.float32) - plain.astype(np.float32), axis=1)
+    assert distances.max() <= 1e-3  # the tiny model's CPU fp32 threshold (docs/poc.md)
+
+
 def test_default_shape_runs(poc_model):
     vectors = compute_vectors(poc_model, PocParams(), BLOCK, KEY, [0, 1], batch_size=2)
     assert vectors.shape == (2, 12) and np.isfinite(vectors.astype(np.float32)).all()
@@ -153,3 +188,21 @@ def test_params_the_model_cannot_run_are_refused(poc_model):
         compute_vectors(poc_model, SMALL, BLOCK, KEY, [0], batch_size=0)
     with pytest.raises(ValueError, match="even"):
         PocParams(latent_height=15)
+
+
+@pytest.mark.slow
+def test_compiled_experts_run_a_round_without_hitting_the_recompile_limit(tiny_model):
+    # Before the padding, 160 nonces in batches of 16 split into more sub-batch sizes than dynamo's
+    # recompile limit, and the fullgraph regional compile failed hard (FailOnRecompileLimitHit).
+    from ditproof.models.registry import load_model
+    from ditproof.protocol.options import LoadOptions
+
+    torch._dynamo.config.recompile_limit = 8  # dynamo's default; loading a compiled model raises it
+    compiled = PocModel.from_loaded(load_model("wan-tiny-random", LoadOptions(compile="regional")))
+    assert compiled.static_shapes
+    params = PocParams(latent_frames=1, latent_height=8, latent_width=8, text_len=8)
+    nonces = list(range(160))
+    fast = compute_vectors(compiled, params, BLOCK, KEY, nonces, batch_size=16)
+    plain = compute_vectors(PocModel.from_loaded(tiny_model), params, BLOCK, KEY, nonces, batch_size=16)
+    distances = np.linalg.norm(fast.astype(np.float32) - plain.astype(np.float32), axis=1)
+    assert distances.max() <= 1e-3

@@ -168,6 +168,10 @@ def load_model(name: str, load: LoadOptions, model_path: str | Path | None = Non
 COMPILE_OPTIONS = {"deterministic": True}
 """Inductor settings of ``compile="regional"`` (see :func:`apply_kernels`)."""
 
+RECOMPILE_LIMIT = 64
+"""Static graphs dynamo keeps per compiled block (its default, 8, is the PoC's padded batch sizes
+alone; generation adds one per video shape and CFG mode). Past it a fullgraph compile fails hard."""
+
 
 def apply_kernels(experts: tuple[torch.nn.Module, ...], options: LoadOptions) -> None:
     """Fuses the experts' attention projections and elementwise steps and compiles their repeated
@@ -178,8 +182,11 @@ def apply_kernels(experts: tuple[torch.nn.Module, ...], options: LoadOptions) ->
     720p as a fresh one. Inductor runs in its deterministic mode: by default it times candidate
     configurations of its reduction kernels (block sizes, warps) on the first call and keeps the
     fastest, which shifts the rounding from one process to the next; an executor and a validator
-    are two processes.
+    are two processes. Dynamo's recompile limit is raised, process-wide, to at least
+    :data:`RECOMPILE_LIMIT`.
     """
+    if options.compile == "regional":
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     for expert in experts:
         if options.fuse_projections:
             fuse_projections(expert)

@@ -19,7 +19,11 @@ For a round (``block_hash``) and a node (``public_key``), nonce ``n`` is compute
    normalized to unit length, and rounded to float16.
 
 Nonces are batched per expert; a nonce's vector does not depend on its batch beyond the
-rounding of the kernels (measured in docs/poc.md).
+rounding of the kernels (measured in docs/poc.md). Experts compiled for static shapes (``compile
+= "regional"``) would compile once per sub-batch size, and the split of a batch between the two
+experts varies from batch to batch: there each expert's sub-batch is padded with copies of its
+first nonce up to a multiple of ``ceil(batch_size / 8)`` (:func:`padded_size`), so a round
+compiles at most 8 batch shapes; the copies' outputs are dropped.
 """
 
 from __future__ import annotations
@@ -61,13 +65,15 @@ class PocModel:
     experts: tuple[Any, Any]
     device: torch.device
     dtype: torch.dtype
+    static_shapes: bool = False
+    """The experts are compiled for fixed shapes: sub-batches are padded to few sizes."""
 
     @classmethod
     def from_loaded(cls, model: LoadedModel) -> PocModel:
         """The experts of a loaded pipeline, on their device and in their dtype."""
         high, low = model.pipeline.transformer, model.pipeline.transformer_2
         first = next(high.parameters())
-        return cls((high, low), first.device, high.dtype)
+        return cls((high, low), first.device, high.dtype, static_shapes=model.load.compile != "none")
 
     @property
     def text_dim(self) -> int:
@@ -196,18 +202,36 @@ def check_params(model: PocModel, params: PocParams) -> None:
         raise InvalidInputError(f"params.k_dim: got {params.k_dim}; allowed: at most {size} (the output size)")
 
 
+PADDED_SHAPES = 8
+"""At most this many sub-batch sizes per batch size on experts compiled for static shapes."""
+
+
+def padded_size(count: int, batch_size: int) -> int:
+    """The sub-batch size ``count`` nonces run at on static-shape experts: the next multiple of
+    ``ceil(batch_size / PADDED_SHAPES)``, at most ``batch_size``."""
+    step = -(-batch_size // PADDED_SHAPES)
+    return min(batch_size, -(-count // step) * step)
+
+
 @torch.inference_mode()
 def _forward_group(
-    model: PocModel, expert: int, inputs: Sequence[NonceInputs], reflections: torch.Tensor
+    model: PocModel, expert: int, inputs: Sequence[NonceInputs], reflections: torch.Tensor, batch_size: int
 ) -> np.ndarray:
-    """Runs one expert on a batch of nonces that all chose it; returns their float16 vectors."""
+    """Runs one expert on a batch of nonces that all chose it; returns their float16 vectors.
+
+    On static-shape experts the batch is padded with copies of its first nonce
+    (:func:`padded_size`); only the real nonces' vectors are returned.
+    """
+    count = len(inputs)
+    if model.static_shapes:
+        inputs = [*inputs, *[inputs[0]] * (padded_size(count, batch_size) - count)]
     module = model.experts[expert]
     latents = torch.stack([item.latent for item in inputs]).to(model.device, model.dtype)
     texts = torch.stack([item.text for item in inputs]).to(model.device, model.dtype)
     timesteps = torch.tensor([item.timestep for item in inputs], dtype=torch.float32).to(model.device)
     output = module(hidden_states=latents, timestep=timesteps, encoder_hidden_states=texts, return_dict=False)[0]
-    picks = torch.tensor([item.pick for item in inputs], dtype=torch.long, device=output.device)
-    picked = output.flatten(1).gather(1, picks)
+    picks = torch.tensor([item.pick for item in inputs[:count]], dtype=torch.long, device=output.device)
+    picked = output[:count].flatten(1).gather(1, picks)
     return finish_vectors(picked, reflections)
 
 
@@ -242,7 +266,7 @@ def compute_vectors(
             for expert in (0, 1):
                 rows = [j for j, item in enumerate(chunk) if item.expert == expert]
                 if rows:
-                    vectors = _forward_group(model, expert, [chunk[j] for j in rows], reflections)
+                    vectors = _forward_group(model, expert, [chunk[j] for j in rows], reflections, batch_size)
                     result[[start + j for j in rows]] = vectors
             if on_batch is not None:
                 on_batch(min(start + batch_size, len(nonces)), len(nonces))
