@@ -20,7 +20,7 @@ from pathlib import Path
 from ditproof.errors import InvalidInputError
 from ditproof.experiment.calibration import PoolCalibration
 from ditproof.experiment.findings import Analysis, CheckpointPosition, KeyResult, segment_key
-from ditproof.metrics.registry import parse_score_key, score_key
+from ditproof.metrics.registry import Direction, parse_score_key, score_key
 from ditproof.validation.policy import Provenance, ThresholdEntry, ThresholdsFile, TrajectoryPosition
 
 CHECKPOINT_METRIC = "latent_rel_l2_checkpoint"
@@ -73,16 +73,12 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
         for (target_class, validator_class), members in _groups(analysis, result, runtime_class).items():
             loosest = max(members, key=lambda c: c.threshold)
             entries.append(
-                ThresholdEntry(
-                    model=analysis.model_revision,
-                    runtime_class=target_class,
-                    validator_class=validator_class,
-                    metric=metric,
-                    statistic=statistic,
-                    direction=result.direction,
-                    value=loosest.threshold if result.direction == "lower-is-better" else -loosest.threshold,
-                    metric_weights=analysis.metric_weights.get(metric, {}),
-                    provenance=Provenance(
+                _entry(
+                    analysis,
+                    (target_class, validator_class),
+                    (metric, statistic, result.direction),
+                    loosest.threshold if result.direction == "lower-is-better" else -loosest.threshold,
+                    Provenance(
                         calibration=calibration,
                         fpr_target=analysis.fpr_target,
                         date=date,
@@ -175,25 +171,47 @@ def _checkpoint_entries(
                     f"threshold of pool {loosest.pool}; commit {commit}"
                 )
                 entries.append(
-                    ThresholdEntry(
-                        model=analysis.model_revision,
-                        runtime_class=target_class,
-                        validator_class=validator_class,
-                        metric=metric,
-                        statistic="value",
-                        direction="lower-is-better",
-                        value=loosest.threshold,
-                        position=TrajectoryPosition(phase=phase, start=start, end=end),
-                        provenance=Provenance(
+                    _entry(
+                        analysis,
+                        (target_class, validator_class),
+                        (metric, "value", "lower-is-better"),
+                        loosest.threshold,
+                        Provenance(
                             calibration=calibration,
                             fpr_target=analysis.fpr_target,
                             date=date,
                             samples=sum(c.pairs for c in found[0][1]),
                             notes=notes[:2000],
                         ),
+                        TrajectoryPosition(phase=phase, start=start, end=end),
                     )
                 )
     return entries
+
+
+def _entry(
+    analysis: Analysis,
+    classes: tuple[str, str],
+    key: tuple[str, str, Direction],
+    value: float,
+    provenance: Provenance,
+    position: TrajectoryPosition | None = None,
+) -> ThresholdEntry:
+    """One entry of the analysis's model for (executor class, validator class) and (metric,
+    statistic, direction)."""
+    metric, statistic, direction = key
+    return ThresholdEntry(
+        model=analysis.model_revision,
+        runtime_class=classes[0],
+        validator_class=classes[1],
+        metric=metric,
+        statistic=statistic,
+        direction=direction,
+        value=value,
+        metric_weights=analysis.metric_weights.get(metric, {}),
+        position=position,
+        provenance=provenance,
+    )
 
 
 def _groups(
