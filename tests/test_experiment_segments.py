@@ -41,6 +41,10 @@ request = {{ width = 64, height = 48, num_frames = 5, num_inference_steps = 8 }}
 name = "attn-math"
 options = {{ attention_backend = "sdpa-math" }}
 
+[[benign]]
+name = "threads-1"
+options = {{ cpu_threads = 1 }}
+
 [[malign]]
 name = "steps-7"
 request = {{ num_inference_steps = 7 }}
@@ -64,7 +68,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = str(tmp_path / "store")
     save_plan(Store(url), experiment, plan_jobs(experiment))
     summary = run_local(url, workers=0)
-    assert summary.failed == [] and summary.executed == 15
+    assert summary.failed == [] and summary.executed == 18
     score_segments(url)
     score_store(url)
     return url
@@ -83,7 +87,7 @@ def _segments(row: dict) -> dict[str, float]:
 
 def test_every_segment_of_every_job_is_rerun_and_cheats_show_where_they_cheated(store: str) -> None:
     rows = _rows(store)
-    assert sorted(rows) == ["attn-math", "low-noise-reuse", "other-seed", "steps-7"]
+    assert sorted(rows) == ["attn-math", "low-noise-reuse", "other-seed", "steps-7", "threads-1"]
     for config_rows in rows.values():
         assert len(config_rows) == 3
         for row in config_rows:
@@ -128,6 +132,15 @@ def test_analysis_has_the_modes_and_segment_thresholds(store: str) -> None:
     segment_entries = [e for e in file.entries if e.metric == "latent_rel_l2_segment"]
     assert segment_entries and all(e.position is not None for e in segment_entries)
     assert {e.position.phase for e in segment_entries} == {"high-noise", "low-noise"}
+    # One CPU thread changes no latent of the tiny model: its segments all end bit-exact, so for
+    # that pair of classes the file requires exactness (value 0) rather than leaving no threshold.
+    pools = {p.name: p for p in analysis.pools}
+    assert pools["threads-1"].segments_exact and not pools["attn-math"].segments_exact
+    one_thread = pools["threads-1"].executor_runtime_class
+    exact = [e for e in segment_entries if e.runtime_class == one_thread]
+    assert exact and {e.value for e in exact} == {0.0}
+    assert {e.position.phase for e in exact} == {"high-noise", "low-noise"}
+    assert all(e.value > 0 for e in segment_entries if e.runtime_class == pools["attn-math"].executor_runtime_class)
 
 
 def test_shards_and_merge_keep_segment_rows(store: str, tmp_path: Path) -> None:

@@ -117,6 +117,7 @@ def _pools(rows: list[dict[str, Any]]) -> tuple[list[Pool], list[str | None]]:
         if any(p.name == name for p in pools):  # the same configurations in another class pair
             name = f"{name}#{sum(1 for p in pools if p.name.split('#')[0] == name) + 1}"
         exact = sum(1 for i in members if rows[i]["video_exact"])
+        with_segments = [i for i in members if rows[i].get("segments") is not None]
         pools.append(
             Pool(
                 name=name,
@@ -127,6 +128,7 @@ def _pools(rows: list[dict[str, Any]]) -> tuple[list[Pool], list[str | None]]:
                 exact_pairs=exact,
                 scored_pairs=len(members) - exact,
                 decided_by="thresholds" if exact < len(members) else "exact match",
+                segments_exact=all(pair_exact(rows[i], True) for i in with_segments) if with_segments else None,
             )
         )
         for i in members:

@@ -78,6 +78,9 @@ class Pool(_M):
     """Byte-identical videos: decided by exact match, kept out of the thresholds."""
     scored_pairs: int
     decided_by: Literal["exact match", "thresholds"]
+    segments_exact: bool | None = None
+    """Segment re-runs: True when every pair with segment rows had every segment end bit-exact
+    (the checkpoints modes decide this pair of classes by exact match), None without segment rows."""
 
 
 class KeyResult(_M):

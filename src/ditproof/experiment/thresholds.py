@@ -89,6 +89,7 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
             )
     entries += _checkpoint_entries(analysis, runtime_class, calibration, date, commit)
     entries += _checkpoint_entries(analysis, runtime_class, calibration, date, commit, segments=True)
+    entries += _exact_segment_entries(analysis, runtime_class, calibration, date, commit)
     return ThresholdsFile(
         version=1,
         provisional=bool(analysis.notes),
@@ -181,6 +182,54 @@ def _checkpoint_entries(
                             fpr_target=analysis.fpr_target,
                             date=date,
                             samples=sum(c.pairs for c in found[0][1]),
+                            notes=notes[:2000],
+                        ),
+                        TrajectoryPosition(phase=phase, start=start, end=end),
+                    )
+                )
+    return entries
+
+
+def _exact_segment_entries(
+    analysis: Analysis, runtime_class: str | None, calibration: str, date: str, commit: str
+) -> list[ThresholdEntry]:
+    """``latent_rel_l2_segment`` entries of value 0 for the pools whose every segment re-run ended
+    bit-exact (a thread count that changes only the VAE's sums): for that pair of classes the
+    checkpoints modes require exactness, so a segment that differs is a deviation, not a missing
+    threshold. At the positions of the segments the analysis calibrated for other pools."""
+    trajectory = analysis.reference_trajectory
+    calibrated = {r.key for r in analysis.keys if r.kind == "segment" and r.summary is not None}
+    if trajectory is None or not calibrated:
+        return []
+    entries = []
+    for pool in analysis.pools:
+        if not pool.segments_exact:
+            continue
+        target_class = runtime_class or pool.executor_runtime_class or analysis.runtime_class
+        validator_class = pool.reference_runtime_class or analysis.runtime_class
+        for phase in ("high-noise", "low-noise"):
+            at_step: dict[int, CheckpointPosition] = {}
+            for checkpoint in trajectory.checkpoints:
+                if checkpoint.phase == phase and segment_key(checkpoint.name) in calibrated:
+                    at_step.setdefault(checkpoint.step, checkpoint)
+            steps = sorted(at_step)
+            for step, (start, end) in zip(steps, position_ranges([at_step[s].fraction for s in steps]), strict=True):
+                notes = (
+                    f"segment ending at step {step} of {trajectory.steps} ({phase} {at_step[step].fraction:.4g}), held "
+                    f"from {start:.4g} to {end:.4g} of the phase: pool {pool.name}'s {pool.pairs} benign pairs ended "
+                    f"every segment bit-exact, so this pair of classes requires exactness; commit {commit}"
+                )
+                entries.append(
+                    _entry(
+                        analysis,
+                        (target_class, validator_class),
+                        (SEGMENT_METRIC, "value", "lower-is-better"),
+                        0.0,
+                        Provenance(
+                            calibration=calibration,
+                            fpr_target=analysis.fpr_target,
+                            date=date,
+                            samples=pool.pairs,
                             notes=notes[:2000],
                         ),
                         TrajectoryPosition(phase=phase, start=start, end=end),
