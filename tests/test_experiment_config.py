@@ -219,3 +219,44 @@ def test_shortcut_cheats_are_experiment_options(tmp_path: Path) -> None:
         match=r"malign\[m\]\.options\.shortcut\.skip-block\.blok: unknown key; allowed keys: kind, expert, block",
     ):
         load_experiment(write(tmp_path, extra=extra))
+
+
+def test_a_configuration_may_run_on_the_cpu_in_a_cuda_experiment_and_on_fewer_prompts(tmp_path: Path) -> None:
+    # A CPU validator against GPU executors: the configuration runs on the host's CPU, for the
+    # first prompts only (a slow pool); the other configurations' job ids do not move.
+    cuda = BASE.replace('model = "wan-tiny-random"', 'model = "wan-tiny-random"\ndevice = "cuda"')
+    extra = '[[benign]]\nname = "cpu-validator"\ndevice = "cpu"\nmax_prompts = 2\noptions = { cpu_threads = 2 }\n'
+    experiment = load_experiment(write(tmp_path, extra=extra, base=cuda))
+    on_cpu = experiment.configuration("cpu-validator")
+    assert on_cpu.options.device == "cpu" and experiment.reference.options.device == "cuda"
+    jobs = plan_jobs(experiment)
+    prompts = list(dict.fromkeys(j.prompt_id for j in jobs))
+    assert [j.prompt_id for j in jobs if j.configuration == "cpu-validator"] == prompts[:2]
+    assert len(jobs) == 3 * 3 + 2
+    plain = plan_jobs(load_experiment(write(tmp_path, base=cuda)))
+    assert {j.job_id for j in plain} <= {j.job_id for j in jobs}
+    with pytest.raises(InvalidInputError, match=r"benign\[g\]\.device: got 'cuda' in a cpu experiment"):
+        load_experiment(write(tmp_path, extra='[[benign]]\nname = "g"\ndevice = "cuda"\n'))
+    with pytest.raises(InvalidInputError, match=r"reference\.max_prompts: got 2; allowed: none"):
+        load_experiment(write(tmp_path, base=BASE.replace("[reference]\n", "[reference]\nmax_prompts = 2\n")))
+    with pytest.raises(InvalidInputError, match=r"device: got 'tpu'"):
+        load_experiment(write(tmp_path, extra='[[benign]]\nname = "t"\ndevice = "tpu"\n'))
+
+
+def test_a_cpu_configuration_runs_on_the_cpu_on_a_gpu_worker(tmp_path: Path) -> None:
+    # The worker of a GPU (cuda:0 here, never touched) runs a CPU configuration's job on the CPU,
+    # at the configuration's thread count, and records it so.
+    from ditproof.experiment.jobs import save_plan
+    from ditproof.experiment.runners.worker import JobWorker
+    from ditproof.experiment.store import Store
+
+    cuda = BASE.replace('model = "wan-tiny-random"', 'model = "wan-tiny-random"\ndevice = "cuda"')
+    extra = '[[benign]]\nname = "cpu-validator"\ndevice = "cpu"\nmax_prompts = 1\noptions = { cpu_threads = 1 }\n'
+    experiment = load_experiment(write(tmp_path, extra=extra, base=cuda))
+    store = str(tmp_path / "store")
+    jobs = plan_jobs(experiment)
+    save_plan(Store(store), experiment, jobs)
+    job = next(j for j in jobs if j.configuration == "cpu-validator")
+    result = JobWorker(store, "cuda:0", "run-1").run(job)
+    assert result.device == "cpu" and "-1threads/" in result.runtime_class
+    assert result.runtime_class.startswith("cpu-")

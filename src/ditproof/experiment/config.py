@@ -29,9 +29,13 @@ An experiment file is TOML (schema ``ditproof.experiment/1``)::
 Each deviation is a set of overrides of the reference's ``request`` (fields of
 :class:`~ditproof.protocol.request.GenerationRequest`) and ``options`` (fields of
 :class:`~ditproof.protocol.options.RuntimeOptions`, nested tables merged key by key), plus
-``seed_salt`` (another seed: the per-prompt seed is derived from ``"{prompt_id}.{salt}"``) and
+``seed_salt`` (another seed: the per-prompt seed is derived from ``"{prompt_id}.{salt}"``),
 ``gpu_model`` (a hardware deviation: the job runs only where the device name contains it; it is
-recorded, never simulated). Unknown keys anywhere are refused with the list of allowed ones.
+recorded, never simulated), ``device`` (``"cpu"`` in a ``cuda`` experiment: the configuration
+runs on the host's CPU, as a CPU validator would regenerate a GPU executor's record; set
+``options.cpu_threads`` with it, since the thread count is part of a CPU class) and
+``max_prompts`` (the configuration runs for the first N prompts only: a costly pool calibrated
+on fewer prompts). Unknown keys anywhere are refused with the list of allowed ones.
 
 Seeds: the job of prompt ``P`` runs with request id ``P`` (or ``P.{salt}``) and the experiment's
 ``entropy``, so its seed is :func:`ditproof.randomness.derive_seed` of the two, exactly as in
@@ -77,6 +81,10 @@ class Configuration(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     seed_salt: str | None = None
     gpu_model: str | None = None
+    device: Literal["cpu", "cuda"] | None = None
+    """Default: the experiment's."""
+    max_prompts: int | None = Field(default=None, ge=1)
+    """Default: every prompt of the experiment."""
 
     @field_validator("name")
     @classmethod
@@ -108,6 +116,8 @@ class ResolvedConfiguration(_Strict):
     options: RuntimeOptions
     seed_salt: str | None
     gpu_model: str | None
+    max_prompts: int | None = None
+    """Runs for the first N prompts only (None: all); not part of the job ids."""
 
     @property
     def world_size(self) -> int:
@@ -121,7 +131,7 @@ class ResolvedConfiguration(_Strict):
         :class:`RuntimeOptions` with a default (which leaves every existing run as it was) does
         not change the ids of a campaign in progress and send it back to the start.
         """
-        data = self.model_dump(mode="json", exclude={"options"})
+        data = self.model_dump(mode="json", exclude={"options", "max_prompts"})
         data["options"] = self.options.model_dump(mode="json", exclude_defaults=True)
         return data
 
@@ -288,7 +298,17 @@ def resolve(file: ExperimentFile, config: Configuration, label: Label) -> Resolv
     base_options = file.reference.options if label != "reference" else {}
     request = _merge(base_request, config.request)
     options_data = _merge(base_options, config.options)
-    options_data["device"] = file.device
+    options_data["device"] = config.device or file.device
+    if config.device == "cuda" and file.device == "cpu":
+        raise InvalidInputError(
+            f"invalid experiment configuration: {where}.device: got 'cuda' in a cpu experiment; allowed: 'cpu' "
+            "(a cuda experiment may run a configuration on the CPU, not the other way)"
+        )
+    if label == "reference" and config.max_prompts is not None:
+        raise InvalidInputError(
+            f"invalid experiment configuration: reference.max_prompts: got {config.max_prompts}; allowed: none "
+            "(the reference runs for every prompt: every other job is scored against it)"
+        )
     try:
         # JSON mode: TOML arrays arrive as lists, which the strict options accept only from JSON.
         options = RuntimeOptions.model_validate_json(json.dumps(options_data))
@@ -307,6 +327,7 @@ def resolve(file: ExperimentFile, config: Configuration, label: Label) -> Resolv
         options=options,
         seed_salt=config.seed_salt,
         gpu_model=config.gpu_model,
+        max_prompts=config.max_prompts,
     )
 
 

@@ -64,14 +64,17 @@ def job_id(prompt: Prompt, config: ResolvedConfiguration, reference_spec_sha256:
 
 
 def plan_jobs(experiment: Experiment, prompts: list[Prompt] | None = None) -> list[Job]:
-    """Every job of ``experiment``: prompts × configurations, reference first within each prompt."""
+    """Every job of ``experiment``: prompts × configurations, reference first within each prompt
+    (a configuration with ``max_prompts`` N: the first N prompts only)."""
     if prompts is None:
         prompts = load_prompts(experiment.prompts_path, experiment.file.max_prompts)
     reference_sha = experiment.reference_spec_sha256()
     jobs: list[Job] = []
-    for prompt in prompts:
+    for index, prompt in enumerate(prompts):
         reference_id = job_id(prompt, experiment.reference, reference_sha)
         for config in experiment.configurations:
+            if config.max_prompts is not None and index >= config.max_prompts:
+                continue
             request = GenerationRequest.model_validate(
                 {**config.request, "prompt": prompt.prompt, "negative_prompt": prompt.negative_prompt}
             )

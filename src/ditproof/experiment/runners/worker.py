@@ -85,7 +85,8 @@ class JobWorker:
 
     Args:
         store_url: the experiment store.
-        device: ``cpu`` or ``cuda:N`` (replaces the job options' device class).
+        device: ``cpu`` or ``cuda:N`` (replaces the job options' device class; a job whose
+            configuration runs on the CPU runs on the CPU whatever the worker's device).
         run_id: the id of the run (recorded in each result).
         threads: CPU threads for torch (None: torch's default).
     """
@@ -107,7 +108,7 @@ class JobWorker:
     def _model_for(self, job: Job, options: Any) -> Any:
         from ditproof.models.registry import load_model
 
-        key = (*load_key(job), self.device)
+        key = (*load_key(job), options.device)
         if key != self._key:
             self._model = None  # free the previous model before loading the next one
             started = time.perf_counter()
@@ -128,7 +129,8 @@ class JobWorker:
         from ditproof.generation.execute import execute
         from ditproof.protocol.record import RECORD_FILE, VIDEO_FILE
 
-        options = job.options.model_copy(update={"device": self.device})
+        device = "cpu" if job.options.device == "cpu" else self.device
+        options = job.options.model_copy(update={"device": device})
         if job.world_size > 1:
             from ditproof.models.parallel import init_parallel
 
@@ -163,7 +165,7 @@ class JobWorker:
             final_latent_sha256=final.tensor_sha256,
             noise_sha256=record.noise.sha256,
             seed=record.seed,
-            device=self.device,
+            device=device,
             device_name=record.runtime.device_name,
             runtime_class=record.runtime_class,
             total_s=record.timings.total_s,
