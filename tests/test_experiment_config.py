@@ -260,3 +260,18 @@ def test_a_cpu_configuration_runs_on_the_cpu_on_a_gpu_worker(tmp_path: Path) -> 
     result = JobWorker(store, "cuda:0", "run-1").run(job)
     assert result.device == "cpu" and "-1threads/" in result.runtime_class
     assert result.runtime_class.startswith("cpu-")
+
+
+def test_a_cpu_configuration_of_a_gpu_plan_costs_no_gpu_hours(tmp_path: Path) -> None:
+    from ditproof.experiment.estimate import estimate, load_timings
+
+    cuda = BASE.replace('model = "wan-tiny-random"', 'model = "wan-tiny-random"\ndevice = "cuda"')
+    extra = '[[benign]]\nname = "cpu-validator"\ndevice = "cpu"\noptions = { cpu_threads = 2 }\n'
+    timings = tmp_path / "t.toml"
+    timings.write_text('[timings.default]\nseconds = 36.0\ngpu_model = "H100"\n')
+    rows = {
+        r.configuration: r
+        for r in estimate(plan_jobs(load_experiment(write(tmp_path, extra, base=cuda))), load_timings(timings)).rows
+    }
+    assert rows["cpu-validator"].gpus == 0 and rows["cpu-validator"].gpu_hours == 0.0
+    assert rows["reference"].gpus == 1 and rows["reference"].gpu_hours == 3 * 36.0 / 3600

@@ -69,11 +69,13 @@ def plan_command(
         if not dry_run:
             save_plan(target, experiment, jobs)
         table = Table(title=f"plan {experiment.file.name}: {len(jobs)} jobs")
-        for column in ("configuration", "label", "jobs", "GPUs/job", "hardware"):
+        for column in ("configuration", "label", "jobs", "devices/job", "hardware"):
             table.add_column(column)
         for c in experiment.configurations:
             count = sum(1 for j in jobs if j.configuration == c.name)
-            table.add_row(c.name, c.label, str(count), str(c.world_size), c.gpu_model or "")
+            unit = "CPU" if c.options.device == "cpu" else "GPU"
+            devices = f"{c.world_size} {unit}" + ("s" if c.world_size > 1 else "")
+            table.add_row(c.name, c.label, str(count), devices, c.gpu_model or "")
         out.print(table)
         if estimate:
             _print_estimate(jobs, timings, target)

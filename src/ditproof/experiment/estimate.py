@@ -15,7 +15,8 @@ Timings file (TOML)::
 
     [timings.tp4]
     seconds = 91.7
-    gpus = 4                           # default: the configuration's tp × cp degree
+    gpus = 4                           # default: the configuration's tp × cp degree (0 for a
+                                       # configuration run on the CPU in a GPU experiment)
     gpu_model = "H100"
 """
 
@@ -129,7 +130,9 @@ def estimate(jobs: list[Job], timings: TimingsFile) -> Estimate:
                 f"timings: no entry for configuration {name!r} and no 'default'; allowed: an entry per "
                 f"configuration ({', '.join(by_config)}) or timings.default"
             )
-        gpus = timing.gpus or group[0].world_size
+        # A CPU configuration of a GPU experiment (a CPU validator's class) holds no GPU.
+        on_host_cpu = group[0].options.device == "cpu" and any(j.options.device == "cuda" for j in jobs)
+        gpus = timing.gpus or (0 if on_host_cpu else group[0].world_size)
         storage = sum(latent_bytes(job) + timings.video_bytes for job in group)
         rows.append(
             EstimateRow(
