@@ -286,6 +286,9 @@ def test_raw_bytes_argv_in_a_real_process(sandbox, argv):
         (["client", "validate", "--record", "nope.json"], "record: nope.json cannot be read"),
         (["price", "calibrate", "--out", "c.json", "--sizes", "16x16x1", "--out", ""], "--out: got '.', a folder"),
         (["price", "import", "r.json", "--into", "."], "--into: got '.', a folder"),
+        # Unbounded, these ran "forever" (10^30 timed passes).
+        (["price", "calibrate", "--out", "c.json", "--repeats", "9" * 30], "Invalid value for '--repeats'"),
+        (["price", "calibrate", "--out", "c.json", "--warmup", "9" * 30], "Invalid value for '--warmup'"),
         (["price", "--coefficients", ""], "coefficients: got '.', a folder"),
         (["poc", "calibrate", "--from", "p.json", "--policy-out", ""], "--policy-out: got '.', a folder"),
         (["experiment", "analyze", "--folder", "f", "--thresholds-out", ""], "--thresholds-out: got '.', a folder"),

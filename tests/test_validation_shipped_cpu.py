@@ -1,10 +1,11 @@
 """The shipped model on the CPU, validated across classes with the shipped thresholds file alone.
 
-The demo's own class (CPU float32) has trajectory thresholds per expert phase (provisional, from
-``tools/trajectory_cheats.py``): a validator regenerating in another CPU class (CFG batched)
-or with one CPU thread decides an honest record valid, and a lying cheater — the adaptive shortcut run, its record
-claiming the published algorithm — invalid at a step after the expert switch. Before those
-entries every non-identical pair on this class ended ``error`` ("no threshold").
+The demo's own class (CPU float32, 2 threads) has thresholds calibrated by the CPU Stage 1 run
+(``stage1-v2-cpu``: the final latent, every committed checkpoint and segment end by position, and
+PSNR) for the pairs it measured, in both directions: a validator regenerating with CFG batched or
+one CPU thread decides an honest record valid, and a lying cheater — the adaptive shortcut run,
+its record claiming the published algorithm — invalid at a step after the expert switch. Before
+those entries every non-identical pair on this class ended ``error`` ("no threshold").
 """
 
 from __future__ import annotations
