@@ -69,3 +69,32 @@ def test_default_thresholds_are_the_stage1_gpu_runs_for_this_model() -> None:
         t.metric == "psnr" for t in cpu_validator.thresholds_for(SHIPPED_NAME, loaded.revision, gpu_class).values()
     )
     assert DEFAULT_THRESHOLDS.is_file()
+
+
+def test_cpu_thresholds_name_their_calibrated_pairs_and_refuse_others() -> None:
+    # The CPU entries come from the CPU Stage 1 calibration (results/thresholds/cpu_stage1.py):
+    # each names an executor class and a validator class, both with a thread count and kernel;
+    # a pair no pool measured (another kernel as the validator) has no threshold at all.
+    policy = ThresholdPolicy.from_cli(None, [])
+    assert policy.file is not None
+    revision = load_model(SHIPPED_NAME, LoadOptions()).revision
+    cpu = [e for e in policy.file.entries if e.runtime_class.startswith("cpu-")]
+    assert cpu and all(e.provenance.fpr_target == 0.01 and "stage1-v2-cpu" in e.provenance.calibration for e in cpu)
+    assert all(e.validator_class.startswith("cpu-") and "*" not in e.validator_class.split("/", 2)[2] for e in cpu)
+    metrics = {e.metric for e in cpu}
+    assert {"latent_rel_l2", "latent_rel_l2_checkpoint", "latent_rel_l2_segment"} <= metrics
+    two = next(
+        e.validator_class
+        for e in cpu
+        if "/sdpa/cfg-sequential" in e.validator_class and "2threads" in e.validator_class
+    )
+    one = two.replace("-2threads/", "-1threads/", 1)
+    # Both directions of the thread-count pair decide on the final latent and the trajectory.
+    for executor, validator in ((one, two), (two, one)):
+        bound = policy.bound_to(validator.replace("*", "avx512", 1))
+        assert "latent_rel_l2:value" in bound.thresholds_for(SHIPPED_NAME, revision, executor.replace("*", "avx2", 1))
+        assert bound.trajectory_threshold(
+            SHIPPED_NAME, revision, executor.replace("*", "avx512", 1), "latent_rel_l2_segment", "low-noise", 0.5
+        )
+    math_validator = policy.bound_to(two.replace("/sdpa/", "/sdpa-math/", 1))
+    assert math_validator.thresholds_for(SHIPPED_NAME, revision, one) == {}
