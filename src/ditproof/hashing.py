@@ -159,7 +159,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     not the temporary file's owner-only 0600.
     """
     target = Path(path)
-    if str(path) == "" or target.is_dir():
+    if target.is_dir():  # Path("") is "."
         raise InvalidInputError(f"cannot write a file at {str(path)!r}: it is a folder; allowed: a file path")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

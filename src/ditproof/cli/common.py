@@ -67,7 +67,7 @@ def check_output_file(path: Path | None, option: str) -> None:
     """
     if path is None:
         return
-    if str(path) in ("", ".") or path.is_dir():
+    if path.is_dir():  # Path("") is "."
         raise InvalidInputError(
             f"{option}: got {str(path)!r}, a folder; allowed: a file path (missing folders are created)"
         )

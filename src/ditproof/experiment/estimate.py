@@ -122,6 +122,7 @@ def estimate(jobs: list[Job], timings: TimingsFile) -> Estimate:
     by_config: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
         by_config[job.configuration].append(job)
+    gpu_plan = any(job.options.device == "cuda" for job in jobs)
     rows = []
     for name, group in by_config.items():
         timing = timings.timings.get(name) or timings.timings.get("default")
@@ -131,7 +132,7 @@ def estimate(jobs: list[Job], timings: TimingsFile) -> Estimate:
                 f"configuration ({', '.join(by_config)}) or timings.default"
             )
         # A CPU configuration of a GPU experiment (a CPU validator's class) holds no GPU.
-        on_host_cpu = group[0].options.device == "cpu" and any(j.options.device == "cuda" for j in jobs)
+        on_host_cpu = gpu_plan and group[0].options.device == "cpu"
         gpus = timing.gpus or (0 if on_host_cpu else group[0].world_size)
         storage = sum(latent_bytes(job) + timings.video_bytes for job in group)
         rows.append(

@@ -21,7 +21,7 @@ from ditproof.errors import InvalidInputError
 from ditproof.experiment.calibration import PoolCalibration
 from ditproof.experiment.findings import Analysis, CheckpointPosition, KeyResult, segment_key
 from ditproof.metrics.registry import Direction, parse_score_key, score_key
-from ditproof.validation.policy import Provenance, ThresholdEntry, ThresholdsFile, TrajectoryPosition
+from ditproof.validation.policy import Phase, Provenance, ThresholdEntry, ThresholdsFile, TrajectoryPosition
 
 CHECKPOINT_METRIC = "latent_rel_l2_checkpoint"
 """The validator's metric of a committed checkpoint against its regeneration (full mode)."""
@@ -151,42 +151,38 @@ def _checkpoint_entries(
     else:
         kind = "in-sample threshold (empirical rule: holds in sample only)"
     for (target_class, validator_class), at_step in by_group.items():
-        for phase in ("high-noise", "low-noise"):
-            steps = sorted(step for step, found in at_step.items() if found[0][0].phase == phase)
-            if not steps:
-                continue
-            ranges = position_ranges([at_step[step][0][0].fraction for step in steps])
-            for step, (start, end) in zip(steps, ranges, strict=True):
-                found = at_step[step]
-                members = [c for _, pools in found for c in pools]
-                loosest = max(members, key=lambda c: c.threshold)
-                checkpoint = found[0][0]
-                names = " = ".join(f"{c.name} ({segment_key(c.name) if segments else c.key})" for c, _ in found)
-                where = (
-                    f"{what} {names} at step {step} of {trajectory.steps} (expert switch {trajectory.switch}; "
-                    f"{phase} {checkpoint.fraction:.4g}), held from {start:.4g} to {end:.4g} of the phase"
+        placed = _placed({step: found[0][0] for step, found in at_step.items()})
+        for step, phase, start, end in placed:
+            found = at_step[step]
+            members = [c for _, pools in found for c in pools]
+            loosest = max(members, key=lambda c: c.threshold)
+            checkpoint = found[0][0]
+            names = " = ".join(f"{c.name} ({segment_key(c.name) if segments else c.key})" for c, _ in found)
+            where = (
+                f"{what} {names} at step {step} of {trajectory.steps} (expert switch {trajectory.switch}; "
+                f"{phase} {checkpoint.fraction:.4g}), held from {start:.4g} to {end:.4g} of the phase"
+            )
+            notes = (
+                f"{where}: the {what.split()[0]}'s {kind}, from pools "
+                f"{', '.join(sorted({c.pool for c in members}))}; {_detail(members)}; "
+                f"threshold of pool {loosest.pool}; commit {commit}"
+            )
+            entries.append(
+                _entry(
+                    analysis,
+                    (target_class, validator_class),
+                    (metric, "value", "lower-is-better"),
+                    loosest.threshold,
+                    Provenance(
+                        calibration=calibration,
+                        fpr_target=analysis.fpr_target,
+                        date=date,
+                        samples=sum(c.pairs for c in found[0][1]),
+                        notes=notes[:2000],
+                    ),
+                    TrajectoryPosition(phase=phase, start=start, end=end),
                 )
-                notes = (
-                    f"{where}: the {what.split()[0]}'s {kind}, from pools "
-                    f"{', '.join(sorted({c.pool for c in members}))}; {_detail(members)}; "
-                    f"threshold of pool {loosest.pool}; commit {commit}"
-                )
-                entries.append(
-                    _entry(
-                        analysis,
-                        (target_class, validator_class),
-                        (metric, "value", "lower-is-better"),
-                        loosest.threshold,
-                        Provenance(
-                            calibration=calibration,
-                            fpr_target=analysis.fpr_target,
-                            date=date,
-                            samples=sum(c.pairs for c in found[0][1]),
-                            notes=notes[:2000],
-                        ),
-                        TrajectoryPosition(phase=phase, start=start, end=end),
-                    )
-                )
+            )
     return entries
 
 
@@ -207,35 +203,45 @@ def _exact_segment_entries(
             continue
         target_class = runtime_class or pool.executor_runtime_class or analysis.runtime_class
         validator_class = pool.reference_runtime_class or analysis.runtime_class
-        for phase in ("high-noise", "low-noise"):
-            at_step: dict[int, CheckpointPosition] = {}
-            for checkpoint in trajectory.checkpoints:
-                if checkpoint.phase == phase and segment_key(checkpoint.name) in calibrated:
-                    at_step.setdefault(checkpoint.step, checkpoint)
-            steps = sorted(at_step)
-            for step, (start, end) in zip(steps, position_ranges([at_step[s].fraction for s in steps]), strict=True):
-                notes = (
-                    f"segment ending at step {step} of {trajectory.steps} ({phase} {at_step[step].fraction:.4g}), held "
-                    f"from {start:.4g} to {end:.4g} of the phase: pool {pool.name}'s {pool.pairs} benign pairs ended "
-                    f"every segment bit-exact, so this pair of classes requires exactness; commit {commit}"
+        at_step: dict[int, CheckpointPosition] = {}
+        for checkpoint in trajectory.checkpoints:
+            if segment_key(checkpoint.name) in calibrated:
+                at_step.setdefault(checkpoint.step, checkpoint)
+        for step, phase, start, end in _placed(at_step):
+            notes = (
+                f"segment ending at step {step} of {trajectory.steps} ({phase} {at_step[step].fraction:.4g}), held "
+                f"from {start:.4g} to {end:.4g} of the phase: pool {pool.name}'s {pool.pairs} benign pairs ended "
+                f"every segment bit-exact, so this pair of classes requires exactness; commit {commit}"
+            )
+            entries.append(
+                _entry(
+                    analysis,
+                    (target_class, validator_class),
+                    (SEGMENT_METRIC, "value", "lower-is-better"),
+                    0.0,
+                    Provenance(
+                        calibration=calibration,
+                        fpr_target=analysis.fpr_target,
+                        date=date,
+                        samples=pool.pairs,
+                        notes=notes[:2000],
+                    ),
+                    TrajectoryPosition(phase=phase, start=start, end=end),
                 )
-                entries.append(
-                    _entry(
-                        analysis,
-                        (target_class, validator_class),
-                        (SEGMENT_METRIC, "value", "lower-is-better"),
-                        0.0,
-                        Provenance(
-                            calibration=calibration,
-                            fpr_target=analysis.fpr_target,
-                            date=date,
-                            samples=pool.pairs,
-                            notes=notes[:2000],
-                        ),
-                        TrajectoryPosition(phase=phase, start=start, end=end),
-                    )
-                )
+            )
     return entries
+
+
+def _placed(at_step: dict[int, CheckpointPosition]) -> list[tuple[int, Phase, float, float]]:
+    """``(step, phase, start, end)`` of each step's checkpoint: the range of its phase it holds
+    (:func:`position_ranges` over the phase's steps), high-noise steps first."""
+    placed: list[tuple[int, Phase, float, float]] = []
+    phases: tuple[Phase, ...] = ("high-noise", "low-noise")
+    for phase in phases:
+        steps = sorted(step for step, checkpoint in at_step.items() if checkpoint.phase == phase)
+        ranges = position_ranges([at_step[step].fraction for step in steps])
+        placed += [(step, phase, start, end) for step, (start, end) in zip(steps, ranges, strict=True)]
+    return placed
 
 
 def _entry(
