@@ -55,7 +55,7 @@ from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel, load_model
 from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, l2_distances
 from ditproof.poc.calibration_data import format_table, rederive
-from ditproof.poc.compute import PocModel, compute_vectors
+from ditproof.poc.compute import PADDED_SHAPES, PocModel, compute_vectors
 from ditproof.poc.deviations import fewer_layers
 from ditproof.protocol.options import LoadOptions
 from ditproof.protocol.poc import PocCalibration, PocParams
@@ -84,11 +84,14 @@ KEPT_ATTENTION = "flash-attn-3"
 def throughput(
     model: LoadedModel, params: PocParams, batch_size: int, nonces: int, attention: str = "sdpa"
 ) -> dict[str, Any]:
-    """Nonces per second (after one warm-up batch), and the peak memory, with ``attention``."""
+    """Nonces per second after warming up, and the peak memory, with ``attention``. A model compiled
+    for static shapes warms up over ``2 * PADDED_SHAPES`` batches, so that the padded sub-batch sizes
+    it meets (each a graph of its own) are compiled before the clock starts; eager, one batch."""
     poc = PocModel.from_loaded(model)
     experts = (model.pipeline.transformer, model.pipeline.transformer_2)
+    warmup = batch_size * (2 * PADDED_SHAPES if poc.static_shapes else 1)
     with attention_for_run(experts, attention, poc.device):
-        compute_vectors(poc, params, "aa" * 32, "warmup", list(range(batch_size)), batch_size)
+        compute_vectors(poc, params, "aa" * 32, "warmup", list(range(warmup)), batch_size)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         sync()
