@@ -19,7 +19,7 @@ the highest FPR and the lowest TPR over the pools, per split and per resample.
 **Keys.** Frame metrics (``psnr:mean`` …), final-latent metrics (``latent_rel_l2:value``,
 ``latent_cosine:value``), trajectory checkpoints (``checkpoint_rel_l2:<name>``; older scores:
 ``pre_switch_rel_l2``), the joint scores of the modes that decide on many positions, each the
-largest of the positions' distances divided by that position's benign median on the training
+largest of the positions' distances divided by that position's benign 90th percentile on the training
 prompts with one threshold on the maximum (:func:`~ditproof.experiment.calibration.normalised_max`):
 ``trajectory:max`` (every checkpoint and the final latent), ``full:max`` (those and the frame
 metric the validator ties the video with: what the full mode decides on), ``checkpoints:max`` and

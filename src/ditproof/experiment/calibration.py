@@ -19,12 +19,15 @@ Three estimates stand side by side:
 A score enters as *badness* (higher = more suspicious, flagged when strictly above the threshold).
 Its badness may depend on the training prompts: a joint score over many positions (the full and
 checkpoints modes' maximum over checkpoints or segments, :func:`normalised_max`) divides each
-position's distance by that position's **benign median** on the training prompts, then one
-threshold is fitted on the maximum of the scaled distances. The median is a robust scale: a
-position's own threshold at the target FPR (the earlier scale) is a tail estimate fitted to the
-same prompts as the joint threshold, so on them the scaled maximum hugged 1 and out of sample the
-joint FPR overshot the target several times over; the median puts every position on a common
-scale without spending the tail twice.
+position's distance by that position's **benign 90th percentile** on the training prompts
+(:data:`SCALE_QUANTILE`), then one threshold is fitted on the maximum of the scaled distances.
+Two scales were measured and left: a position's own threshold at the target FPR, the extreme tail
+fitted to the same prompts as the joint threshold (on them the scaled maximum hugged 1, and out
+of sample the joint FPR overshot the target several times over), and the median, which ignores
+how far each position's tail reaches (the frame metric's benign tail is 6–15× its median, the
+latents' 1.1–1.8×, so the frame metric set the joint threshold and every latent limit sat at
+6–15× its median). The 90th percentile puts the positions' tails on a common footing without
+spending the extreme tail twice.
 """
 
 from __future__ import annotations
@@ -77,19 +80,22 @@ def fixed(
 
 
 NORMALISER_FLOOR = 1e-12
-"""A column whose training benign median is 0 (or below this), but not every value, divides by this."""
+"""A column whose training benign scale is 0 (or below this), but not every value, divides by this."""
+SCALE_QUANTILE = 0.9
+"""The quantile of a column's benign values that is its scale in a joint score (module docstring)."""
 
 
 def column_scales(benign: np.ndarray) -> np.ndarray:
-    """Each column's median over its finite benign values, at least :data:`NORMALISER_FLOOR`; 0 for
-    a column whose every value is 0 (a position the pool never moves: any distance there is
-    flagged, as an exact match requires, whatever the other columns' units); NaN for a column
-    without any value."""
+    """Each column's :data:`SCALE_QUANTILE` quantile over its finite benign values, at least
+    :data:`NORMALISER_FLOOR`; 0 for a column whose every value is 0 (a position the pool never
+    moves: any distance there is flagged, as an exact match requires, whatever the other columns'
+    units); NaN for a column without any value."""
     scales = np.full(benign.shape[1], np.nan)
     for k in range(benign.shape[1]):
         column = benign[:, k][np.isfinite(benign[:, k])]
         if column.size:
-            scales[k] = 0.0 if not column.any() else max(float(np.median(column)), NORMALISER_FLOOR)
+            scale = float(np.quantile(column, SCALE_QUANTILE))
+            scales[k] = 0.0 if not column.any() else max(scale, NORMALISER_FLOOR)
     return scales
 
 
@@ -113,9 +119,9 @@ def normalised_max(
 
     ``benign`` and each malign matrix hold one row per pair and one column per position's distance
     (a checkpoint, a segment, the final latent or a frame metric as a distance; NaN where the pair
-    lacks that position; every row has at least one value). ``s_k`` is the median of column ``k``
+    lacks that position; every row has at least one value). ``s_k`` is the 90th percentile of column ``k``
     over the training prompts' benign pairs (:func:`column_scales`), so a pair scores 1 where it
-    sits at a position's typical benign distance, and the one threshold fitted on the maximum is
+    sits at a position's 90th-percentile benign distance, and the one threshold fitted on the maximum is
     the joint decision: a pair is flagged when any position exceeds the threshold times its scale.
     A column without training values is left out of the maximum; an unmeasurable value (``+inf``)
     is caught.
@@ -221,7 +227,7 @@ class PoolCalibration(_M):
     oos_fpr_p95: float | None
     classes: list[ClassDetection]
     scales: list[float | None] | None = None
-    """A joint score's in-sample scale of each column (its benign median over all prompts; None: a
+    """A joint score's in-sample scale of each column (its benign 90th percentile over all prompts; None: a
     column without benign values), in the order of the key's ``columns``: the threshold times a
     column's scale is that position's limit. None for a score of one column."""
 

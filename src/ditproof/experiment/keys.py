@@ -84,7 +84,7 @@ def column_values(rows: list[dict[str, Any]], key: str) -> np.ndarray:
 
 def as_distance(key: str, values: np.ndarray) -> np.ndarray:
     """A key's values as a non-negative distance (higher = further from the reference), the form a
-    joint score scales by its benign median: a lower-is-better distance as it is, PSNR as the
+    joint score scales by its benign 90th percentile: a lower-is-better distance as it is, PSNR as the
     root-mean-square error it stands for, ``10^(-psnr/20)`` (a norm of the difference, as the latent
     distances are, not its square; infinite PSNR, equal frames: 0).
 

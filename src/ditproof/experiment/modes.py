@@ -11,7 +11,7 @@ analysis calibrates the score each one decides on, so one table holds them all:
 | spot-check k | ``k`` segments drawn per expert phase (``spot-check:kK``) | the drawn segments' |
 
 The many-position modes decide on one joint score (each position's distance over its benign
-median, one threshold on the maximum), and the thresholds file writes each position's entry as
+90th percentile, one threshold on the maximum), and the thresholds file writes each position's entry as
 that threshold times the position's scale: a validator that flags a pair when any position is
 beyond its entry decides exactly the joint score, so the FPR here is the validator's. The full
 mode's joint score holds every entry its validator applies (checkpoints, the final latent, the

@@ -14,7 +14,7 @@ union of one test per position. Entries that each held their own position at the
 make that union's FPR many times the target; so where the analysis calibrated the mode's joint
 score (``full:max``, else ``trajectory:max``, for the checkpoints; ``checkpoints:max`` for the
 segments), a position's entry is the joint threshold times that position's in-sample scale (its
-benign median), and "some position beyond its entry" is exactly "the joint score beyond its
+benign 90th percentile), and "some position beyond its entry" is exactly "the joint score beyond its
 threshold", the decision the analysis calibrated. The full mode's joint score also holds the final
 latent (``latent_rel_l2:value``, beside its checkpoint position) and the frame metric
 ``psnr:mean``, the flat entries the full-mode validator applies too; their entries come from the
@@ -194,7 +194,7 @@ def _joint_note(joint: KeyResult, columns: list[str], limit: tuple[float, PoolCa
     assert joint.columns is not None and pool.scales is not None
     scale = min(s for s in (pool.scales[joint.columns.index(c)] for c in columns) if s is not None)
     return (
-        f"joint threshold {pool.threshold:.6g} of {joint.key} x scale {scale:.6g} (benign median of "
+        f"joint threshold {pool.threshold:.6g} of {joint.key} x scale {scale:.6g} (benign 90th percentile of "
         f"{' = '.join(columns)}) of pool {pool.pool} = {value:.6g}: a pair beyond any of the mode's entries "
         f"is beyond the joint threshold, the decision calibrated (its FPR below)"
     )
