@@ -14,12 +14,25 @@ import torch
 
 from ditproof.errors import InvalidInputError
 from ditproof.experiment.analyze import ANALYSIS_FILE, THRESHOLDS_FILE, Analysis, Method, analyze_folder
-from ditproof.experiment.calibration import calibrate_pool, fixed
+from ditproof.experiment.calibration import (
+    NORMALISER_FLOOR,
+    PoolScores,
+    calibrate_pool,
+    column_scales,
+    fixed,
+    normalised_max,
+)
 from ditproof.experiment.config import load_experiment
 from ditproof.experiment.plan import plan_jobs
 from ditproof.experiment.report import write_report_from_folder
 from ditproof.experiment.score import SCORES_FILE, _write_scores, checkpoint_distances
-from ditproof.experiment.stats import allowed_false_positives, bootstrap_counts, bootstrap_rates, prompt_splits
+from ditproof.experiment.stats import (
+    allowed_false_positives,
+    bootstrap_counts,
+    bootstrap_rates,
+    prompt_splits,
+    threshold_value,
+)
 from ditproof.experiment.store import Store
 from ditproof.experiment.summaries import MANIFEST_CSV, SCORES_CSV, read_scores_csv
 from ditproof.validation.policy import ThresholdsFile
@@ -403,3 +416,57 @@ def test_cli_analyze_and_report_a_folder(tmp_path: Path, capsys: pytest.CaptureF
     assert run("analyze", "--folder", str(folder), "--rule", "loose") == 2
     assert "--rule: got 'loose'; allowed: empirical, conformal" in capsys.readouterr().err
     assert run("report", "--store", str(tmp_path / "s")) == 2  # --out is required with --store
+
+
+def test_a_joint_score_scales_each_column_by_its_benign_90th_percentile() -> None:
+    ones = np.ones(10)
+    benign = np.column_stack([np.arange(1.0, 11.0), 0 * ones, np.r_[np.zeros(9), 1e-13], np.full(10, np.nan)])
+    # The 90th percentile (9.1 of 1..10); a column never moved: 0 (exactness); a tiny one: the floor.
+    assert np.allclose(column_scales(benign)[:3], [9.1, 0.0, NORMALISER_FLOOR], rtol=1e-12, atol=0)
+    assert np.isnan(column_scales(benign)[3])  # no value: no scale
+    prompts = np.arange(10)
+    cheat = np.array([[9.1, np.nan, 0.0, 5.0], [1.0, np.inf, 0.0, np.nan], [1.0, 1e-9, 0.0, np.nan]])
+    scores = normalised_max(benign, prompts, {"cheat": (cheat, np.array([0, 1, 2]))})
+    train = np.arange(10) < 9  # the last prompt (the only moved one in column 2) outside
+    assert scores.scales is not None and np.allclose(scores.scales(train)[:3], [8.2, 0.0, 0.0])
+    b, m = scores.badness(train)
+    assert b[9] == np.inf  # 1e-13 where every training pair was exact: caught
+    assert np.allclose(b[:9], np.arange(1.0, 10.0) / 8.2)
+    assert np.isclose(m["cheat"][0], 9.1 / 8.2) and m["cheat"][1] == np.inf  # a missing value never decides
+    assert m["cheat"][2] == np.inf
+    # The in-sample scales (all prompts) are kept in the pool's calibration, None where unknown.
+    splits, counts = prompt_splits(10, 5, seed=0), bootstrap_counts(10, 5, seed=0)
+    result, _ = calibrate_pool("b", scores, 0.25, splits, counts)
+    assert result.scales is not None and np.allclose(result.scales[:3], [9.1, 0.0, NORMALISER_FLOOR])  # type: ignore[arg-type]
+    assert result.scales[3] is None
+    plain, _ = calibrate_pool("b", fixed(benign[:, 0], prompts, {}), 0.25, splits, counts)
+    assert plain.scales is None
+
+
+def _tail_scaled_max(benign: np.ndarray, prompts: np.ndarray, target: float) -> PoolScores:
+    """The former joint score: each column over its own threshold at ``target`` on the training prompts."""
+
+    def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        fitted = benign[train[prompts]]
+        norms = np.array([threshold_value(fitted[:, k], target, "conformal") for k in range(benign.shape[1])])
+        return (benign / norms).max(axis=1), {}
+
+    return PoolScores(benign_prompt=prompts, malign_prompt={}, badness=badness, trained=True)
+
+
+def test_quantile_scaling_keeps_the_joint_fpr_at_the_target_where_tail_scaling_overshoots() -> None:
+    # 200 prompts, one pair each, 16 positions that move together per prompt (as a run's
+    # checkpoints do) with their own noise and scale. Scaling each position by its own training
+    # threshold puts every training maximum near 1, so a new prompt beyond any one position's
+    # tail is flagged: many times the target. The 90th percentile spends no extreme tail: one threshold, one target.
+    rng = np.random.default_rng(5)
+    prompts = np.arange(200)
+    shared = rng.normal(size=(200, 1))
+    benign = np.exp(0.6 * shared + 0.5 * rng.normal(size=(200, 16))) * np.geomspace(1e-4, 1e-1, 16)
+    splits, counts = prompt_splits(200, 200, seed=1), bootstrap_counts(200, 10, seed=1)
+    target = 0.01
+    scaled, _ = calibrate_pool("b", normalised_max(benign, prompts, {}), target, splits, counts, rule="conformal")
+    tail, _ = calibrate_pool("b", _tail_scaled_max(benign, prompts, target), target, splits, counts, rule="conformal")
+    assert scaled.oos_fpr_mean is not None and tail.oos_fpr_mean is not None
+    assert scaled.oos_fpr_mean < 1.5 * target
+    assert tail.oos_fpr_mean > 5 * target  # 7.6% here

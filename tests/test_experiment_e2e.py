@@ -191,15 +191,20 @@ def test_checkpoint_thresholds_by_position_from_the_reference_records(finished: 
                 (e.position.start, e.position.end) for e in group if e.position and e.position.phase == phase
             )
             assert not spans or (spans[0][0] == 0.0 and spans[-1][1] == 1.0)
+        # The full mode's joint score: each entry its threshold times the checkpoint's scale.
+        joint = keys.get("full:max") or keys["trajectory:max"]
+        assert joint.columns is not None
         for checkpoint in trajectory.checkpoints:
             pools = [
                 c
-                for c in keys[checkpoint.key].pools
+                for c in joint.pools
                 if (by_name[c.pool].executor_runtime_class, by_name[c.pool].reference_runtime_class)
                 == (executor, validator)
             ]
-            assert lookup(checkpoint.phase, checkpoint.fraction) == pytest.approx(max(c.threshold for c in pools))
-            checked += 1  # at its own step: its own threshold
+            column = joint.columns.index(checkpoint.key)
+            limits = [c.threshold * c.scales[column] for c in pools if c.scales and c.scales[column] is not None]
+            assert lookup(checkpoint.phase, checkpoint.fraction) == pytest.approx(max(limits), rel=1e-12, abs=0)
+            checked += 1  # at its own step: its own limit
         # Between two checkpoints of a phase (another step count: positions are fractions), the nearer one's.
         for phase in ("high-noise", "low-noise"):
             points = [c for c in trajectory.checkpoints if c.phase == phase]

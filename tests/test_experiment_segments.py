@@ -180,13 +180,13 @@ def test_spot_check_rates_are_expectations_over_the_draws() -> None:
     benign = np.full((40, 4), 1.0)
     prompts = np.arange(40)
     cheat = np.array([[1.0, 9.0, 1.0, 1.0]])  # one bad segment of three in the high-noise phase
-    scores = spot_check_max(benign, prompts, {"cheat": (cheat, np.array([0]))}, 0.01, [[0, 1, 2], [3]], 1)
+    scores = spot_check_max(benign, prompts, {"cheat": (cheat, np.array([0]))}, [[0, 1, 2], [3]], 1)
     everything = np.ones(40, dtype=bool)
     benign_badness, malign = scores.badness(everything)
     assert benign_badness.shape == (120,) and scores.benign_prompt.shape == (120,)
     assert np.isclose((malign["cheat"] > benign_badness.max()).mean(), 1 / 3)
     unmeasurable = np.array([[1.0, math.inf, 1.0, 1.0]])
-    scores = spot_check_max(benign, prompts, {"cheat": (unmeasurable, np.array([0]))}, 0.01, [[0, 1, 2], [3]], 3)
+    scores = spot_check_max(benign, prompts, {"cheat": (unmeasurable, np.array([0]))}, [[0, 1, 2], [3]], 3)
     _, malign = scores.badness(everything)
     assert np.isinf(malign["cheat"]).all()  # a segment that cannot be re-run is caught, not skipped
 

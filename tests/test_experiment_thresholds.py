@@ -1,6 +1,7 @@
 """The thresholds file of an analysis: per-position trajectory thresholds the validator's full mode
-looks up (``latent_rel_l2_checkpoint`` at a step's phase and fraction), from synthetic score tables
-analysed by the real code path (``analyze_folder``)."""
+looks up (``latent_rel_l2_checkpoint`` at a step's phase and fraction), each the joint threshold
+times the position's scale, from synthetic score tables analysed by the real code path
+(``analyze_folder``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from ditproof.experiment.analyze import ANALYSIS_FILE, THRESHOLDS_FILE, Method, analyze_folder
-from ditproof.experiment.findings import CheckpointPosition, ReferenceTrajectory
+from ditproof.experiment.findings import Analysis, CheckpointPosition, KeyResult, ReferenceTrajectory
 from ditproof.experiment.store import Store
 from ditproof.experiment.summaries import SCORES_CSV
 from ditproof.experiment.thresholds import CHECKPOINT_METRIC, position_ranges, thresholds_file
@@ -33,9 +34,9 @@ def key_of(name: str) -> str:
     return "latent_rel_l2:value" if name == "final" else f"checkpoint_rel_l2:{name}"
 
 
-def layout() -> ReferenceTrajectory:
+def layout(checkpoints: dict[str, tuple[int, float]] = CHECKPOINTS) -> ReferenceTrajectory:
     points = []
-    for name, step in [*((n, s) for n, (s, _) in CHECKPOINTS.items()), ("final", STEPS)]:
+    for name, step in [*((n, s) for n, (s, _) in checkpoints.items()), ("final", STEPS)]:
         phase, fraction = step_position(step, STEPS, SWITCH)
         points.append(CheckpointPosition(name=name, key=key_of(name), step=step, phase=phase, fraction=fraction))
     return ReferenceTrajectory(steps=STEPS, switch=SWITCH, checkpoints=sorted(points, key=lambda c: c.step))
@@ -62,11 +63,15 @@ def write_folder(folder: Path, rows: list[dict[str, Any]], trajectory: Reference
     return folder
 
 
-def rows(prompts: int = 60) -> list[dict[str, Any]]:
+def rows(
+    prompts: int = 60, checkpoints: dict[str, tuple[int, float]] = CHECKPOINTS, frame: bool = False
+) -> list[dict[str, Any]]:
+    """One benign and one malign pair per prompt; with ``frame``, a ``psnr:mean`` too; ``near``: a
+    malign class at the benign band's edge, so that some of its pairs pass and some do not."""
     rng = np.random.default_rng(11)
     out = []
     for p in range(prompts):
-        for configuration, label, factor in (("b", "benign", 1.0), ("m", "malign", 20.0)):
+        for configuration, label, factor in (("b", "benign", 1.0), ("m", "malign", 20.0), ("near", "malign", 1.3)):
             row: dict[str, Any] = {
                 "job_id": f"{configuration}-{p}",
                 "prompt_id": f"p{p:03d}",
@@ -76,11 +81,21 @@ def rows(prompts: int = 60) -> list[dict[str, Any]]:
                 "frames_exact": False,
                 "final_latent_exact": False,
             }
-            for name, (_, scale) in CHECKPOINTS.items():
+            for name, (_, scale) in checkpoints.items():
                 row[key_of(name)] = factor * scale * rng.uniform(0.5, 1.0)
             row[key_of("final")] = factor * 1e-2 * rng.uniform(0.5, 1.0)
+            if frame:
+                row["psnr:mean"] = 40.0 - 10.0 * np.log10(factor) - rng.uniform(0.0, 3.0)
             out.append(row)
     return out
+
+
+def joint_limits(analysis: Analysis, key: str = "trajectory:max") -> tuple[KeyResult, dict[str, float]]:
+    """The joint score's result and, per column, its one pool's threshold times the column's scale."""
+    joint = next(k for k in analysis.keys if k.key == key)
+    (pool,) = joint.pools
+    assert joint.columns is not None and pool.scales is not None
+    return joint, {c: pool.threshold * s for c, s in zip(joint.columns, pool.scales, strict=True) if s is not None}
 
 
 def test_position_ranges_reach_halfway_to_the_neighbours() -> None:
@@ -99,7 +114,7 @@ def test_checkpoint_thresholds_by_position_load_in_the_validator(tmp_path: Path)
     folder = write_folder(tmp_path / "r", rows(), layout())
     analysis = analyze_folder(folder, method=FAST)
     assert analysis.reference_trajectory == layout()  # kept through the folder's analysis.json
-    calibrated = {k.key: k.pools[0].threshold for k in analysis.keys if k.normalised_by is None and k.pools}
+    _, limits = joint_limits(analysis)
     thresholds = ThresholdsFile.load(folder / THRESHOLDS_FILE)
     assert thresholds.schema_version == "ditproof.thresholds/3"
     checkpoints = [e for e in thresholds.entries if e.metric == CHECKPOINT_METRIC]
@@ -116,7 +131,10 @@ def test_checkpoint_thresholds_by_position_load_in_the_validator(tmp_path: Path)
     switch_entry = next(
         e for e in checkpoints if e.position and e.position.phase == "high-noise" and e.position.end == 1
     )
-    assert "pre_switch" in switch_entry.provenance.notes and "out-of-sample" in switch_entry.provenance.notes
+    notes = switch_entry.provenance.notes
+    assert (
+        "pre_switch" in notes and "out-of-sample" in notes and "joint threshold" in notes and "trajectory:max" in notes
+    )
 
     policy = ThresholdPolicy(thresholds).bound_to(CLASS)
 
@@ -127,8 +145,9 @@ def test_checkpoint_thresholds_by_position_load_in_the_validator(tmp_path: Path)
         assert found is not None
         return found.value
 
-    expected = {name: calibrated[key_of(name)] for name in (*CHECKPOINTS, "final")}
-    switch_value = max(expected["pre_switch"], expected["step_026"])  # one latent, two names: the looser
+    expected = {name: limits[key_of(name)] for name in (*CHECKPOINTS, "final")}
+    # One latent, two names: the joint maximum over both flags it beyond the tighter limit.
+    switch_value = min(expected["pre_switch"], expected["step_026"])
     assert len(set(expected.values())) == 5  # every checkpoint its own threshold: the lookups tell them apart
     # At each checkpoint's own step: its own threshold.
     assert at(10) == pytest.approx(expected["step_010"])
@@ -181,5 +200,42 @@ def test_a_runtime_class_pattern_holds_the_checkpoint_entries_too(tmp_path: Path
     assert len(entries) == 4 and {e.runtime_class for e in entries} == {"cpu-*"}
     policy = ThresholdPolicy(thresholds).bound_to(CLASS)
     found = policy.trajectory_threshold("wan-tiny-random", REVISION, "cpu-other", CHECKPOINT_METRIC, "low-noise", 0.9)
-    final = next(k for k in analysis.keys if k.key == "latent_rel_l2:value")
-    assert found is not None and found.value == pytest.approx(final.pools[0].threshold)
+    assert found is not None and found.value == pytest.approx(joint_limits(analysis)[1]["latent_rel_l2:value"])
+
+
+def test_the_entries_decide_what_the_joint_score_decides(tmp_path: Path) -> None:
+    # Full mode: a pair is flagged when any checkpoint, the final latent (at its position and its
+    # flat entry) or psnr:mean is beyond its entry; that must be full:max beyond its threshold.
+    checkpoints = {k: v for k, v in CHECKPOINTS.items() if k != "step_026"}  # one name per latent
+    table = rows(80, checkpoints, frame=True)
+    folder = write_folder(tmp_path / "r", table, layout(checkpoints))
+    analysis = analyze_folder(folder, method=FAST)
+    joint, _ = joint_limits(analysis, "full:max")
+    assert joint.columns == [*(key_of(n) for n in checkpoints), "latent_rel_l2:value", "psnr:mean"]
+    (pool,) = joint.pools
+    assert pool.scales is not None
+    thresholds = ThresholdsFile.load(folder / THRESHOLDS_FILE)
+    assert all("joint threshold" in e.provenance.notes and "full:max" in e.provenance.notes for e in thresholds.entries)
+    policy = ThresholdPolicy(thresholds).bound_to(CLASS)
+    flat = policy.thresholds_for("wan-tiny-random", REVISION, CLASS)
+    assert set(flat) == {"latent_rel_l2:value", "psnr:mean"}
+
+    def joint_flags(row: dict[str, Any]) -> bool:
+        distances = [row[key_of(n)] for n in checkpoints] + [row["latent_rel_l2:value"], 10 ** (-row["psnr:mean"] / 20)]
+        return max(d / s for d, s in zip(distances, pool.scales, strict=True)) > pool.threshold  # type: ignore[operator]
+
+    def entries_flag(row: dict[str, Any]) -> bool:
+        for name, (step, _) in [*checkpoints.items(), ("final", (STEPS, 0.0))]:
+            limit = policy.trajectory_threshold(
+                "wan-tiny-random", REVISION, CLASS, CHECKPOINT_METRIC, *step_position(step, STEPS, SWITCH)
+            )
+            assert limit is not None
+            if not limit.passes(row[key_of(name)]):
+                return True
+        return not all(t.passes(row[key]) for key, t in flat.items())
+
+    decided = [(joint_flags(r), entries_flag(r), r["configuration"]) for r in table]
+    assert all(a == b for a, b, _ in decided)
+    flagged = {c: sum(a for a, _, n in decided if n == c) for c in ("b", "near", "m")}
+    assert flagged["b"] == pool.false_positives  # the in-sample FPR the analysis reports is the entries'
+    assert 0 < flagged["near"] < 80 and flagged["m"] == 80  # both outcomes exercised

@@ -18,10 +18,13 @@ the highest FPR and the lowest TPR over the pools, per split and per resample.
 
 **Keys.** Frame metrics (``psnr:mean`` …), final-latent metrics (``latent_rel_l2:value``,
 ``latent_cosine:value``), trajectory checkpoints (``checkpoint_rel_l2:<name>``; older scores:
-``pre_switch_rel_l2``) and the combined trajectory score ``trajectory:max`` (the largest
-checkpoint distance, final latent included, each divided by that checkpoint's benign threshold
-on the training prompts) and, with ``Method.normaliser = B``, each latent distance divided by the
-same prompt's distance of benign configuration ``B`` (``<key>/B``). The best key is the
+``pre_switch_rel_l2``), the joint scores of the modes that decide on many positions, each the
+largest of the positions' distances divided by that position's benign 90th percentile on the training
+prompts with one threshold on the maximum (:func:`~ditproof.experiment.calibration.normalised_max`):
+``trajectory:max`` (every checkpoint and the final latent), ``full:max`` (those and the frame
+metric the validator ties the video with: what the full mode decides on), ``checkpoints:max`` and
+``spot-check:kK`` (segment re-runs); and, with ``Method.normaliser = B``, each latent distance
+divided by the same prompt's distance of benign configuration ``B`` (``<key>/B``). The best key is the
 thresholds-file key (frame or final-latent metric) with the highest out-of-sample worst-pool TPR
 averaged over malign classes (ties: mean AUC).
 
@@ -37,8 +40,9 @@ checkpoint's step, phase and fraction of the phase done, as the validator places
 
 Outputs: ``analysis.json`` and a thresholds file in the format of
 :mod:`ditproof.validation.policy`: one entry per frame or final-latent key and pair of classes, and
-one ``latent_rel_l2_checkpoint`` entry per checkpoint and pair of classes, at the checkpoint's
-position (:func:`ditproof.experiment.thresholds.thresholds_file`). The analysis runs on a store
+one ``latent_rel_l2_checkpoint`` (``latent_rel_l2_segment``) entry per checkpoint (segment) and pair
+of classes, at its position, from the joint threshold times the position's scale
+(:func:`ditproof.experiment.thresholds.thresholds_file`). The analysis runs on a store
 (``scores.parquet``) or on a committed report folder (``scores-summary.csv``), so committed numbers
 regenerate without the videos and latents.
 """
@@ -64,6 +68,8 @@ from ditproof.experiment.findings import (
     CHECKPOINTS_MODE_KEY,
     COMBINED_TRAJECTORY_KEY,
     FINAL_LATENT_KEY,
+    FULL_MODE_FRAME_KEY,
+    FULL_MODE_KEY,
     LEGACY_PRE_SWITCH_KEY,
     NORMALISED_SEPARATOR,
     THRESHOLDS_FILE,
@@ -207,6 +213,9 @@ def analyze_rows(
     ]
     if trajectory_keys and FINAL_LATENT_KEY in metric_keys:
         jobs.append((COMBINED_TRAJECTORY_KEY, [*trajectory_keys, FINAL_LATENT_KEY], Combined()))
+        if FULL_MODE_FRAME_KEY in metric_keys:
+            full = [*trajectory_keys, FINAL_LATENT_KEY, FULL_MODE_FRAME_KEY]
+            jobs.append((FULL_MODE_KEY, full, Combined()))
     if segment_keys:
         jobs.append((CHECKPOINTS_MODE_KEY, segment_keys, Combined()))
         phases = segment_phases(segment_keys, reference_trajectory)
@@ -225,9 +234,7 @@ def analyze_rows(
         for pool in decided if not is_segment_key(columns[0]) else segment_decided:
             if normaliser in pool.configurations:
                 continue  # divided by itself: every ratio 1
-            scores = key_scores(
-                rows, columns, pool.name, row_pool, malign_classes, prompt_index, fpr_target, combined, method.rule
-            )
+            scores = key_scores(rows, columns, pool.name, row_pool, malign_classes, prompt_index, combined)
             if scores is not None:
                 calibrated.append(
                     calibrate_pool(pool.name, scores, fpr_target, splits, counts, method.confidence, method.rule)
@@ -245,6 +252,7 @@ def analyze_rows(
                 direction=key_direction,
                 normalised_by=normaliser,
                 threshold=None if combined is not None else loosest if key_direction == "lower-is-better" else -loosest,
+                columns=columns if combined is not None else None,
                 pools=[r for r, _ in calibrated],
                 summary=summary,
                 mean_tpr=float(np.mean(oos)) if oos else 0.0,

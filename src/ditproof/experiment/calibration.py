@@ -17,9 +17,17 @@ Three estimates stand side by side:
   the unit: the share of prompts with at least one false positive.
 
 A score enters as *badness* (higher = more suspicious, flagged when strictly above the threshold).
-Its badness may depend on the training prompts: the combined trajectory score divides each
-checkpoint's distance by that checkpoint's benign threshold on the training prompts
-(:func:`normalised_max`).
+Its badness may depend on the training prompts: a joint score over many positions (the full and
+checkpoints modes' maximum over checkpoints or segments, :func:`normalised_max`) divides each
+position's distance by that position's **benign 90th percentile** on the training prompts
+(:data:`SCALE_QUANTILE`), then one threshold is fitted on the maximum of the scaled distances.
+Two scales were measured and left: a position's own threshold at the target FPR, the extreme tail
+fitted to the same prompts as the joint threshold (on them the scaled maximum hugged 1, and out
+of sample the joint FPR overshot the target several times over), and the median, which ignores
+how far each position's tail reaches (the frame metric's benign tail is 6–15× its median, the
+latents' 1.1–1.8×, so the frame metric set the joint threshold and every latent limit sat at
+6–15× its median). The 90th percentile puts the positions' tails on a common footing without
+spending the extreme tail twice.
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ class PoolScores:
     badness: Badness
     trained: bool = False
     """Whether the badness depends on the training prompts (then it is recomputed per split)."""
+    scales: Callable[[np.ndarray], np.ndarray] | None = None
+    """A joint score's training-prompt mask → each column's scale (NaN: a column without training
+    values); None for a score of one column."""
 
 
 def fixed(
@@ -69,23 +80,32 @@ def fixed(
 
 
 NORMALISER_FLOOR = 1e-12
-"""A checkpoint whose training benign threshold is 0 (every benign pair equal there) divides by this."""
+"""A column whose training benign scale is 0 (or below this), but not every value, divides by this."""
+SCALE_QUANTILE = 0.9
+"""The quantile of a column's benign values that is its scale in a joint score (module docstring)."""
 
 
-def _column_norms(benign: np.ndarray, target: float, rule: ThresholdRule) -> np.ndarray:
-    """Each column's threshold at ``target`` over its finite benign values (NaN: a column without any)."""
-    norms = np.full(benign.shape[1], np.nan)
+def column_scales(benign: np.ndarray) -> np.ndarray:
+    """Each column's :data:`SCALE_QUANTILE` quantile over its finite benign values, at least
+    :data:`NORMALISER_FLOOR`; 0 for a column whose every value is 0 (a position the pool never
+    moves: any distance there is flagged, as an exact match requires, whatever the other columns'
+    units); NaN for a column without any value."""
+    scales = np.full(benign.shape[1], np.nan)
     for k in range(benign.shape[1]):
         column = benign[:, k][np.isfinite(benign[:, k])]
         if column.size:
-            norms[k] = max(threshold_value(column, target, rule), NORMALISER_FLOOR)
-    return norms
+            scale = float(np.quantile(column, SCALE_QUANTILE))
+            scales[k] = 0.0 if not column.any() else max(scale, NORMALISER_FLOOR)
+    return scales
 
 
-def _scaled(values: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    """``values / norms`` with a missing value (NaN) at ``-inf``: it never decides a maximum. An
-    unmeasurable one (``+inf``: a segment the validator could not re-run) stays ``+inf``: caught."""
-    scaled = values / norms
+def _scaled(values: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """``values / scales`` with a missing value (NaN) at ``-inf``: it never decides a maximum. An
+    unmeasurable one (``+inf``: a segment the validator could not re-run) stays ``+inf``: caught.
+    Over a scale of 0: a distance of 0 scores 0, any other ``+inf``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = values / scales
+    scaled[(values == 0) & (scales == 0)] = 0.0
     scaled[np.isnan(scaled)] = -np.inf
     return scaled
 
@@ -94,22 +114,23 @@ def normalised_max(
     benign: np.ndarray,
     benign_prompt: np.ndarray,
     malign: dict[str, tuple[np.ndarray, np.ndarray]],
-    target: float,
-    rule: ThresholdRule = "empirical",
 ) -> PoolScores:
-    """The combined trajectory score: ``max_k d_k / t_k`` over the checkpoints ``k`` a pair has.
+    """A joint score over many positions: ``max_k d_k / s_k`` over the columns ``k`` a pair has.
 
-    ``benign`` and each malign matrix hold one row per pair and one column per checkpoint distance
-    (NaN where the pair lacks that checkpoint; every row has at least one value). ``t_k`` is the
-    threshold at ``target`` of checkpoint ``k``'s distances over the training prompts' benign pairs,
-    so a pair scores 1 where it sits at a checkpoint's own benign threshold. A checkpoint without
-    training values is left out of the maximum.
+    ``benign`` and each malign matrix hold one row per pair and one column per position's distance
+    (a checkpoint, a segment, the final latent or a frame metric as a distance; NaN where the pair
+    lacks that position; every row has at least one value). ``s_k`` is the 90th percentile of column ``k``
+    over the training prompts' benign pairs (:func:`column_scales`), so a pair scores 1 where it
+    sits at a position's 90th-percentile benign distance, and the one threshold fitted on the maximum is
+    the joint decision: a pair is flagged when any position exceeds the threshold times its scale.
+    A column without training values is left out of the maximum; an unmeasurable value (``+inf``)
+    is caught.
     """
 
     def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        norms = _column_norms(benign[train[benign_prompt]], target, rule)
-        return _scaled(benign, norms).max(axis=1), {
-            name: _scaled(values, norms).max(axis=1) for name, (values, _) in malign.items()
+        scales = column_scales(benign[train[benign_prompt]])
+        return _scaled(benign, scales).max(axis=1), {
+            name: _scaled(values, scales).max(axis=1) for name, (values, _) in malign.items()
         }
 
     return PoolScores(
@@ -117,6 +138,7 @@ def normalised_max(
         malign_prompt={name: prompts for name, (_, prompts) in malign.items()},
         badness=badness,
         trained=True,
+        scales=lambda train: column_scales(benign[train[benign_prompt]]),
     )
 
 
@@ -131,17 +153,16 @@ def spot_check_max(
     benign: np.ndarray,
     benign_prompt: np.ndarray,
     malign: dict[str, tuple[np.ndarray, np.ndarray]],
-    target: float,
     phases: list[list[int]],
     k: int,
-    rule: ThresholdRule = "empirical",
 ) -> PoolScores:
     """The spot check's score: :func:`normalised_max` over the segments one draw re-runs.
 
     Columns are segments (as for :func:`normalised_max`); ``phases`` lists each expert phase's
     columns. Every pair enters once per possible draw (:func:`spot_check_draws`), so a rate over
     the expanded pairs is the rate expected over the validator's random draws, and a prompt keeps
-    its weight (every pair has the same draws) in the bootstrap and the splits.
+    its weight (every pair has the same draws) in the bootstrap and the splits. The columns' scales
+    are :func:`normalised_max`'s over the same segments.
     """
     draws = spot_check_draws(phases, k)
     if not draws:
@@ -151,9 +172,9 @@ def spot_check_max(
         return np.stack([scaled[:, draw].max(axis=1) for draw in draws], axis=1).reshape(-1)
 
     def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        norms = _column_norms(benign[train[benign_prompt]], target, rule)
-        return expand(_scaled(benign, norms)), {
-            name: expand(_scaled(values, norms)) for name, (values, _) in malign.items()
+        scales = column_scales(benign[train[benign_prompt]])
+        return expand(_scaled(benign, scales)), {
+            name: expand(_scaled(values, scales)) for name, (values, _) in malign.items()
         }
 
     return PoolScores(
@@ -161,6 +182,7 @@ def spot_check_max(
         malign_prompt={name: np.repeat(prompts, len(draws)) for name, (_, prompts) in malign.items()},
         badness=badness,
         trained=True,
+        scales=lambda train: column_scales(benign[train[benign_prompt]]),
     )
 
 
@@ -204,6 +226,10 @@ class PoolCalibration(_M):
     oos_fpr_mean: float | None
     oos_fpr_p95: float | None
     classes: list[ClassDetection]
+    scales: list[float | None] | None = None
+    """A joint score's in-sample scale of each column (its benign 90th percentile over all prompts; None: a
+    column without benign values), in the order of the key's ``columns``: the threshold times a
+    column's scale is that position's limit. None for a score of one column."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +280,7 @@ def calibrate_pool(
         raise ValueError(f"pool {name}: no benign pair to calibrate on")
     everything = np.ones(splits.shape[1], dtype=bool)
     benign, malign = scores.badness(everything)
+    scales = None if scores.scales is None else [None if np.isnan(s) else float(s) for s in scores.scales(everything)]
     threshold = threshold_value(benign, target, rule)
     flagged = benign > threshold
     prompts = np.unique(scores.benign_prompt)
@@ -306,6 +333,7 @@ def calibrate_pool(
         oos_fpr_mean=_mean(oos_fpr),
         oos_fpr_p95=_quantile(oos_fpr, confidence),
         classes=classes,
+        scales=scales,
     )
     return result, Draws(oos_fpr=oos_fpr, oos_tpr=oos_tpr, boot_tpr=boot_tpr)
 

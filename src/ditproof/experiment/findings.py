@@ -22,15 +22,26 @@ CONFIDENCE = 0.95
 LEGACY_PRE_SWITCH_KEY = "pre_switch_rel_l2"
 """The pre-switch distance as older scores name it (a trajectory checkpoint)."""
 COMBINED_TRAJECTORY_KEY = "trajectory:max"
-"""Full mode: the largest committed checkpoint's distance, each over its own benign threshold."""
+"""The trajectory's joint score: every committed checkpoint's distance and the final latent's, each
+over its benign 90th percentile, at their maximum (:func:`~ditproof.experiment.calibration.normalised_max`)."""
+FULL_MODE_KEY = "full:max"
+"""Full mode as a cross-class validator decides it: :data:`COMBINED_TRAJECTORY_KEY`'s columns and
+the frame metric :data:`FULL_MODE_FRAME_KEY` (as a distance), each over its benign 90th percentile, at
+their maximum. The validator flags a pair when any checkpoint, the final latent or the frame
+metric is beyond its entry; the thresholds file writes those entries from this one threshold, so
+the union it applies is this joint decision."""
 CHECKPOINTS_MODE_KEY = "checkpoints:max"
-"""Checkpoints mode: the largest segment re-run's score, each over its own benign threshold."""
+"""Checkpoints mode: every segment re-run's distance, each over its benign 90th percentile, at their maximum."""
 SEGMENT_KEY_PREFIX = "segment_rel_l2:"
 """Score column of a segment re-run: ``segment_rel_l2:<name of the checkpoint it ends at>``
 (:mod:`ditproof.experiment.segments`)."""
 SPOT_CHECK_KEY_PREFIX = "spot-check:k"
 """Spot-check mode with ``k`` segments drawn per phase: ``spot-check:k1``, ``spot-check:k2``."""
 FINAL_LATENT_KEY = score_key("latent_rel_l2", "value")
+FULL_MODE_FRAME_KEY = score_key("psnr", "mean")
+"""The frame metric a cross-class validator ties the submitted video to its regeneration with (the
+shipped CPU policy's); it joins the full mode's joint score as the root-mean-square error it stands
+for, ``10^(-psnr/20)`` (:func:`ditproof.experiment.keys.as_distance`)."""
 NORMALISED_SEPARATOR = "/"
 """``<key>/<configuration>``: a distance divided by that benign configuration's on the same prompt."""
 
@@ -95,8 +106,10 @@ class KeyResult(_M):
     """The benign configuration whose same-prompt distance divides this key's (see ``Method.normaliser``)."""
     threshold: float | None
     """The loosest pool's in-sample threshold, in the score's units (what one file entry for every pool
-    holds); None for the combined trajectory score, whose units (multiples of each pool's own
-    checkpoint thresholds) differ between pools."""
+    holds); None for a joint score, whose units (multiples of each pool's own benign 90th percentiles)
+    differ between pools."""
+    columns: list[str] | None = None
+    """A joint score's columns, in the order of each pool's ``scales``; None for a score of one column."""
     pools: list[PoolCalibration]
     summary: WorstPool | None
     mean_tpr: float

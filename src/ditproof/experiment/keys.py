@@ -4,7 +4,9 @@ pool's scores (:class:`ditproof.experiment.calibration.PoolScores`).
 * **metric keys**: frame and final-latent metrics of the registry (``psnr:mean``,
   ``latent_rel_l2:value`` …), one column each;
 * **trajectory keys**: committed checkpoints against the regeneration's (``checkpoint_rel_l2:<name>``,
-  the older ``pre_switch_rel_l2``), combined as ``trajectory:max`` with the final latent (full mode);
+  the older ``pre_switch_rel_l2``), combined as ``trajectory:max`` with the final latent, and as
+  ``full:max`` with the final latent and the frame metric a validator ties the video with (full
+  mode: what the validator decides on);
 * **segment keys**: segment re-runs from the executor's checkpoints (``segment_rel_l2:<end>``),
   combined as ``checkpoints:max`` (checkpoints mode) and ``spot-check:kK`` (a spot check drawing
   ``k`` segments per expert phase).
@@ -26,6 +28,7 @@ from ditproof.experiment.calibration import PoolScores, fixed, normalised_max, s
 from ditproof.experiment.findings import (
     CHECKPOINTS_MODE_KEY,
     COMBINED_TRAJECTORY_KEY,
+    FULL_MODE_KEY,
     LEGACY_PRE_SWITCH_KEY,
     NORMALISED_SEPARATOR,
     SEGMENT_KEY_PREFIX,
@@ -33,12 +36,14 @@ from ditproof.experiment.findings import (
     ReferenceTrajectory,
 )
 from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX
-from ditproof.experiment.stats import ThresholdRule
 from ditproof.metrics.registry import metric_spec, parse_score_key
+
+JOINT_KEYS = (COMBINED_TRAJECTORY_KEY, FULL_MODE_KEY, CHECKPOINTS_MODE_KEY)
+"""Joint scores over every position of a mode (spot checks apart: their key names their draw)."""
 
 
 def direction(key: str) -> Literal["higher-is-better", "lower-is-better"]:
-    if key in (COMBINED_TRAJECTORY_KEY, CHECKPOINTS_MODE_KEY) or is_trajectory_key(key) or is_segment_key(key):
+    if key in JOINT_KEYS or is_trajectory_key(key) or is_segment_key(key):
         return "lower-is-better"
     if NORMALISED_SEPARATOR in key:
         return "lower-is-better"
@@ -77,6 +82,32 @@ def column_values(rows: list[dict[str, Any]], key: str) -> np.ndarray:
     return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=np.float64)
 
 
+def as_distance(key: str, values: np.ndarray) -> np.ndarray:
+    """A key's values as a non-negative distance (higher = further from the reference), the form a
+    joint score scales by its benign 90th percentile: a lower-is-better distance as it is, PSNR as the
+    root-mean-square error it stands for, ``10^(-psnr/20)`` (a norm of the difference, as the latent
+    distances are, not its square; infinite PSNR, equal frames: 0).
+
+    Raises:
+        ValueError: a higher-is-better key other than PSNR (no distance form defined).
+    """
+    if direction(key) == "lower-is-better":
+        return values
+    if parse_score_key(key)[0] == "psnr":
+        return np.power(10.0, -values / 20.0)
+    raise ValueError(f"joint score column {key!r}: no distance form; allowed: lower-is-better keys or psnr")
+
+
+def from_distance(key: str, distance: float) -> float:
+    """The key's value at ``distance`` (:func:`as_distance` inverted); a PSNR at a distance of 0 is
+    taken at the smallest positive one, so it stays finite."""
+    if direction(key) == "lower-is-better":
+        return distance
+    if parse_score_key(key)[0] == "psnr":
+        return -20.0 * float(np.log10(max(distance, np.finfo(np.float64).tiny)))
+    raise ValueError(f"joint score column {key!r}: no distance form; allowed: lower-is-better keys or psnr")
+
+
 def key_scores(
     rows: list[dict[str, Any]],
     keys: list[str],
@@ -84,12 +115,10 @@ def key_scores(
     row_pool: list[str | None],
     malign_classes: list[str],
     prompt_index: dict[str, int],
-    target: float,
     combined: Combined | None,
-    rule: ThresholdRule,
 ) -> PoolScores | None:
-    """One key's (or, ``combined``, the checkpoint or segment keys') scores over one pool; None
-    without benign values."""
+    """One key's (or, ``combined``, a joint score's columns': checkpoints, segments, the final
+    latent, a frame metric as a distance) scores over one pool; None without benign values."""
     segments = is_segment_key(keys[0])
     benign_rows = [r for r, p in zip(rows, row_pool, strict=True) if p == pool and not pair_exact(r, segments)]
     by_class = {c: [r for r in rows if r["configuration"] == c] for c in malign_classes}
@@ -98,20 +127,18 @@ def key_scores(
         return np.array([prompt_index[r["prompt_id"]] for r in members], dtype=np.int64)
 
     if combined is not None:  # one column per checkpoint or segment; a pair counts where it has at least one
-        benign = np.column_stack([column_values(benign_rows, k) for k in keys])
+        benign = np.column_stack([as_distance(k, column_values(benign_rows, k)) for k in keys])
         keep = ~np.isnan(benign).all(axis=1)
         if not keep.any():
             return None
         malign = {}
         for c, members in by_class.items():
-            matrix = np.column_stack([column_values(members, k) for k in keys])
+            matrix = np.column_stack([as_distance(k, column_values(members, k)) for k in keys])
             kept = ~np.isnan(matrix).all(axis=1)
             malign[c] = (matrix[kept], prompts_of(members)[kept])
         if combined.phases is None:
-            return normalised_max(benign[keep], prompts_of(benign_rows)[keep], malign, target, rule)
-        return spot_check_max(
-            benign[keep], prompts_of(benign_rows)[keep], malign, target, combined.phases, combined.k, rule
-        )
+            return normalised_max(benign[keep], prompts_of(benign_rows)[keep], malign)
+        return spot_check_max(benign[keep], prompts_of(benign_rows)[keep], malign, combined.phases, combined.k)
     (key,) = keys
     sign = 1.0 if direction(key) == "lower-is-better" else -1.0
     values = sign * column_values(benign_rows, key)
@@ -170,6 +197,6 @@ def key_kind(key: str) -> Literal["frame", "latent", "trajectory", "segment"]:
     key = key.split(NORMALISED_SEPARATOR)[0]
     if is_segment_key(key):
         return "segment"
-    if key == COMBINED_TRAJECTORY_KEY or is_trajectory_key(key):
+    if key in (COMBINED_TRAJECTORY_KEY, FULL_MODE_KEY) or is_trajectory_key(key):
         return "trajectory"
     return "latent" if parse_score_key(key)[0].startswith("latent_") else "frame"

@@ -6,9 +6,19 @@ analysis calibrates the score each one decides on, so one table holds them all:
 | mode | decides on | denoising steps re-run |
 | --- | --- | --- |
 | final-only | the final latent of a full regeneration (``latent_rel_l2:value``) | all |
-| full | every committed checkpoint of a full regeneration (``trajectory:max``) | all |
+| full | every committed checkpoint, the final latent and the frame metric of a full regeneration (``full:max``; without frame scores ``trajectory:max``) | all |
 | checkpoints | every segment re-run from the executor's checkpoints (``checkpoints:max``) | all |
 | spot-check k | ``k`` segments drawn per expert phase (``spot-check:kK``) | the drawn segments' |
+
+The many-position modes decide on one joint score (each position's distance over its benign
+90th percentile, one threshold on the maximum), and the thresholds file writes each position's entry as
+that threshold times the position's scale: a validator that flags a pair when any position is
+beyond its entry decides exactly the joint score, so the FPR here is the validator's. The full
+mode's joint score holds every entry its validator applies (checkpoints, the final latent, the
+frame metric). A spot check tests the drawn segments against the checkpoints mode's entries:
+fewer positions under the same limits, so its FPR is at most the checkpoints mode's (the
+``spot-check:kK`` rows calibrate a threshold of their own, the figures a spot check with its own
+entries would reach; the shipped entries are the checkpoints mode's, which flag no more often).
 
 Per mode: the out-of-sample FPR of the worst pool (mean and 95th percentile over the prompt
 splits) with the bootstrap 95% bound of the in-sample FPR, and per malign class the worst pool's
@@ -26,19 +36,20 @@ from ditproof.experiment.findings import (
     CHECKPOINTS_MODE_KEY,
     COMBINED_TRAJECTORY_KEY,
     FINAL_LATENT_KEY,
+    FULL_MODE_KEY,
     Analysis,
     ReferenceTrajectory,
     spot_check_key,
 )
 
-MODES: tuple[tuple[str, str], ...] = (
-    ("final-only", FINAL_LATENT_KEY),
-    ("full", COMBINED_TRAJECTORY_KEY),
-    ("checkpoints", CHECKPOINTS_MODE_KEY),
-    ("spot-check k=1", spot_check_key(1)),
-    ("spot-check k=2", spot_check_key(2)),
+MODES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("final-only", (FINAL_LATENT_KEY,)),
+    ("full", (FULL_MODE_KEY, COMBINED_TRAJECTORY_KEY)),
+    ("checkpoints", (CHECKPOINTS_MODE_KEY,)),
+    ("spot-check k=1", (spot_check_key(1),)),
+    ("spot-check k=2", (spot_check_key(2),)),
 )
-"""(mode, the analysis key it decides on), in the table's order."""
+"""(mode, the analysis keys it decides on, the first the analysis has), in the table's order."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +106,8 @@ def mode_rows(analysis: Analysis) -> list[ModeRow]:
     """The modes the analysis has scores for, in :data:`MODES` order."""
     results = {k.key: k for k in analysis.keys}
     rows = []
-    for mode, key in MODES:
+    for mode, candidates in MODES:
+        key = next((k for k in candidates if k in results), candidates[0])
         result = results.get(key)
         if result is None or result.summary is None:
             continue

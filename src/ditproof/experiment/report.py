@@ -31,7 +31,7 @@ from ditproof.experiment.thresholds import position_ranges
 from ditproof.hashing import atomic_write_bytes, atomic_write_text
 
 MAIN_STATISTICS = ("mean", "worst", "value")
-MODE_KEYS = {key for _, key in MODES}
+MODE_KEYS = {key for _, keys in MODES for key in keys}
 """Each validation mode's key gets its ROC plot (the per-segment keys do not: the modes combine them)."""
 
 
@@ -420,7 +420,7 @@ def _deciding_paragraph(analysis: Analysis) -> list[str]:
     return ["### Which metrics decide", "", " ".join(sentences), "", *lines]
 
 
-POOL_TABLE_KEYS = ("latent_rel_l2:value", "checkpoint_rel_l2:pre_switch", "trajectory:max")
+POOL_TABLE_KEYS = ("latent_rel_l2:value", "checkpoint_rel_l2:pre_switch", "trajectory:max", "full:max")
 
 
 def _pool_tables(analysis: Analysis) -> list[str]:

@@ -6,7 +6,20 @@ Frame and final-latent keys give one entry per pair of runtime classes. Each tra
 phase, over a range of the fraction of the phase done that holds the checkpoint and reaches halfway
 to the phase's neighbouring checkpoints (the first and last of a phase reach 0 and 1), so every step
 of a run of any step count takes the threshold of the nearest checkpoint of its phase
-(:func:`position_ranges`). Ranges never cross the expert switch: each phase is its own.
+(:func:`position_ranges`). Ranges never cross the expert switch: each phase is its own. Segment
+re-runs give ``latent_rel_l2_segment`` entries the same way, at the checkpoint each segment ends at.
+
+**One joint decision per mode.** A validator flags a pair when any position is beyond its entry: a
+union of one test per position. Entries that each held their own position at the target FPR would
+make that union's FPR many times the target; so where the analysis calibrated the mode's joint
+score (``full:max``, else ``trajectory:max``, for the checkpoints; ``checkpoints:max`` for the
+segments), a position's entry is the joint threshold times that position's in-sample scale (its
+benign 90th percentile), and "some position beyond its entry" is exactly "the joint score beyond its
+threshold", the decision the analysis calibrated. The full mode's joint score also holds the final
+latent (``latent_rel_l2:value``, beside its checkpoint position) and the frame metric
+``psnr:mean``, the flat entries the full-mode validator applies too; their entries come from the
+same threshold. With several pools in one pair of classes, each position takes the loosest pool's
+limit. Without the joint score, each position holds its own key's threshold.
 """
 
 from __future__ import annotations
@@ -19,7 +32,18 @@ from pathlib import Path
 
 from ditproof.errors import InvalidInputError
 from ditproof.experiment.calibration import PoolCalibration
-from ditproof.experiment.findings import Analysis, CheckpointPosition, KeyResult, segment_key
+from ditproof.experiment.findings import (
+    CHECKPOINTS_MODE_KEY,
+    COMBINED_TRAJECTORY_KEY,
+    FINAL_LATENT_KEY,
+    FULL_MODE_FRAME_KEY,
+    FULL_MODE_KEY,
+    Analysis,
+    CheckpointPosition,
+    KeyResult,
+    segment_key,
+)
+from ditproof.experiment.keys import from_distance
 from ditproof.metrics.registry import Direction, parse_score_key, score_key
 from ditproof.validation.policy import Phase, Provenance, ThresholdEntry, ThresholdsFile, TrajectoryPosition
 
@@ -58,18 +82,31 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
 
     Trajectory checkpoints, where the analysis knows where they lie
     (``analysis.reference_trajectory``): one ``latent_rel_l2_checkpoint`` entry per checkpoint and
-    pair of classes, holding that checkpoint's key's threshold (the final latent's:
-    ``latent_rel_l2:value``'s) at its position (module docstring). Normalised keys and the combined
-    ``trajectory:max`` (units that differ between pools) get no entry.
+    pair of classes at its position, and one ``latent_rel_l2_segment`` entry per segment, each the
+    mode's joint threshold times the position's scale (module docstring; without a joint score,
+    the position's own key's threshold). The final latent's and ``psnr:mean``'s entries come from
+    the full mode's joint threshold where it holds them. Normalised keys and the joint scores
+    themselves (units that differ between pools) get no entry of their own.
     """
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     commit = git_commit()
     calibration = f"ditproof experiment {analysis.experiment} (scores {analysis.scores_sha256[:16]})"
     entries = []
+    # The flat final-latent and frame entries join the full mode's joint decision only beside its
+    # checkpoint entries (positions known); alone they keep their own thresholds.
+    known = analysis.reference_trajectory is not None
+    full = _joint(analysis, (FULL_MODE_KEY, COMBINED_TRAJECTORY_KEY)) if known else None
     for result in analysis.keys:
         if result.kind in ("trajectory", "segment") or result.normalised_by is not None or result.summary is None:
             continue  # checkpoints and segments below; normalised and combined keys are the analysis's only
         metric, statistic = parse_score_key(result.key)
+        if (
+            full is not None
+            and result.key in (full.columns or [])
+            and result.key in (FINAL_LATENT_KEY, FULL_MODE_FRAME_KEY)
+        ):
+            entries += _joint_flat_entries(analysis, full, result.key, runtime_class, calibration, date, commit)
+            continue
         for (target_class, validator_class), members in _groups(analysis, result, runtime_class).items():
             loosest = max(members, key=lambda c: c.threshold)
             entries.append(
@@ -83,7 +120,10 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
                         fpr_target=analysis.fpr_target,
                         date=date,
                         samples=sum(c.pairs for c in members),
-                        notes=f"{_detail(members)}; threshold of pool {loosest.pool}; commit {commit}"[:2000],
+                        notes=(
+                            f"{_detail(members)}; threshold of pool {loosest.pool} (this key's own: applied beside "
+                            f"a mode's joint entries, the verdict's FPR exceeds the target); commit {commit}"
+                        )[:2000],
                     ),
                 )
             )
@@ -118,6 +158,86 @@ def position_ranges(fractions: list[float]) -> list[tuple[float, float]]:
     return list(pairwise(bounds))
 
 
+def _joint(analysis: Analysis, keys: tuple[str, ...]) -> KeyResult | None:
+    """The first of ``keys`` the analysis calibrated as a joint score with every pool's scales."""
+    for key in keys:
+        result = next((r for r in analysis.keys if r.key == key), None)
+        if (
+            result is not None
+            and result.columns
+            and result.summary is not None
+            and all(p.scales is not None and len(p.scales) == len(result.columns) for p in result.pools)
+        ):
+            return result
+    return None
+
+
+def _limit(
+    joint: KeyResult, columns: list[str], members: list[PoolCalibration]
+) -> tuple[float, PoolCalibration] | None:
+    """The loosest pool's limit on a position held by ``columns`` of ``joint`` (several names of one
+    latent: their tightest, as the joint maximum over them is), with that pool; None where no pool
+    has a scale there (the joint score leaves the position out)."""
+    assert joint.columns is not None
+    found = []
+    for pool in members:
+        assert pool.scales is not None
+        scales = [pool.scales[joint.columns.index(c)] for c in columns]
+        known = [s for s in scales if s is not None]
+        if known:
+            found.append((pool.threshold * min(known), pool))
+    return max(found, key=lambda x: x[0]) if found else None
+
+
+def _joint_note(joint: KeyResult, columns: list[str], limit: tuple[float, PoolCalibration]) -> str:
+    value, pool = limit
+    assert joint.columns is not None and pool.scales is not None
+    scale = min(s for s in (pool.scales[joint.columns.index(c)] for c in columns) if s is not None)
+    return (
+        f"joint threshold {pool.threshold:.6g} of {joint.key} x scale {scale:.6g} (benign 90th percentile of "
+        f"{' = '.join(columns)}) of pool {pool.pool} = {value:.6g}: a pair beyond any of the mode's entries "
+        f"is beyond the joint threshold, the decision calibrated (its FPR below)"
+    )
+
+
+def _joint_flat_entries(
+    analysis: Analysis,
+    joint: KeyResult,
+    key: str,
+    runtime_class: str | None,
+    calibration: str,
+    date: str,
+    commit: str,
+) -> list[ThresholdEntry]:
+    """The final latent's or the frame metric's entries from the full mode's joint threshold."""
+    metric, statistic = parse_score_key(key)
+    direction: Direction = "lower-is-better" if key == FINAL_LATENT_KEY else "higher-is-better"
+    entries = []
+    for classes, members in _groups(analysis, joint, runtime_class).items():
+        limit = _limit(joint, [key], members)
+        if limit is None:
+            continue
+        note = _joint_note(joint, [key], limit)
+        if key != FINAL_LATENT_KEY:
+            note += f", as {key} {from_distance(key, limit[0]):.6g} (the distance is 10^(-psnr/20))"
+        entries.append(
+            _entry(
+                analysis,
+                classes,
+                (metric, statistic, direction),
+                from_distance(key, limit[0]),
+                Provenance(
+                    calibration=calibration,
+                    fpr_target=analysis.fpr_target,
+                    date=date,
+                    samples=sum(c.pairs for c in members),
+                    notes=f"{note}; {_detail(members)}; commit {commit}"[:2000],
+                ),
+            )
+        )
+    return entries
+
+
 def _checkpoint_entries(
     analysis: Analysis,
     runtime_class: str | None,
@@ -128,34 +248,59 @@ def _checkpoint_entries(
 ) -> list[ThresholdEntry]:
     """One ``latent_rel_l2_checkpoint`` entry per calibrated checkpoint and pair of classes (module
     docstring); with ``segments``, one ``latent_rel_l2_segment`` entry per calibrated segment
-    re-run, at the position of the checkpoint it ends at."""
+    re-run, at the position of the checkpoint it ends at. Each the mode's joint threshold times the
+    position's scale, or without a joint score the position's own key's threshold."""
     trajectory = analysis.reference_trajectory
     if trajectory is None:
         return []
     metric, what = (SEGMENT_METRIC, "segment ending at") if segments else (CHECKPOINT_METRIC, "checkpoint")
+    joint = _joint(analysis, (CHECKPOINTS_MODE_KEY,) if segments else (FULL_MODE_KEY, COMBINED_TRAJECTORY_KEY))
     results = {r.key: r for r in analysis.keys if r.normalised_by is None and r.summary is not None}
     # Per pair of classes and step: the checkpoints there with a calibrated threshold (two names at
-    # one step, e.g. pre_switch and an extra step_NNN, hold the same latent: one entry, the looser).
+    # one step, e.g. pre_switch and an extra step_NNN, hold the same latent: one entry).
     by_group: dict[tuple[str, str], dict[int, list[tuple[CheckpointPosition, list[PoolCalibration]]]]] = defaultdict(
         lambda: defaultdict(list)
     )
     for checkpoint in trajectory.checkpoints:
-        result = results.get(segment_key(checkpoint.name) if segments else checkpoint.key)
-        if result is None or result.direction != "lower-is-better":
-            continue
+        column = segment_key(checkpoint.name) if segments else checkpoint.key
+        if joint is not None:
+            if column not in (joint.columns or []):
+                continue
+            result = joint
+        else:
+            own = results.get(column)
+            if own is None or own.direction != "lower-is-better":
+                continue
+            result = own
         for group, members in _groups(analysis, result, runtime_class).items():
             by_group[group][checkpoint.step].append((checkpoint, members))
-    entries = []
     if analysis.method.rule == "conformal":
         kind = "out-of-sample calibrated threshold (conformal rule: a new prompt's FPR at most the target on average)"
     else:
         kind = "in-sample threshold (empirical rule: holds in sample only)"
+    entries = []
     for (target_class, validator_class), at_step in by_group.items():
-        placed = _placed({step: found[0][0] for step, found in at_step.items()})
+        # Each step's value, the pools it comes from and what it is.
+        values: dict[int, tuple[float, list[PoolCalibration], str]] = {}
+        for step, found in at_step.items():
+            members = list(found[0][1]) if joint is not None else [c for _, pools in found for c in pools]
+            if joint is not None:
+                columns = [segment_key(c.name) if segments else c.key for c, _ in found]
+                limit = _limit(joint, columns, members)
+                if limit is None:
+                    continue
+                values[step] = (limit[0], members, f"{_joint_note(joint, columns, limit)}, the joint score's {kind}")
+            else:
+                loosest = max(members, key=lambda c: c.threshold)
+                values[step] = (
+                    loosest.threshold,
+                    members,
+                    f"the {what.split()[0]}'s {kind}; threshold of pool {loosest.pool}",
+                )
+        placed = _placed({step: at_step[step][0][0] for step in values})
         for step, phase, start, end in placed:
             found = at_step[step]
-            members = [c for _, pools in found for c in pools]
-            loosest = max(members, key=lambda c: c.threshold)
+            value, members, how = values[step]
             checkpoint = found[0][0]
             names = " = ".join(f"{c.name} ({segment_key(c.name) if segments else c.key})" for c, _ in found)
             where = (
@@ -163,16 +308,15 @@ def _checkpoint_entries(
                 f"{phase} {checkpoint.fraction:.4g}), held from {start:.4g} to {end:.4g} of the phase"
             )
             notes = (
-                f"{where}: the {what.split()[0]}'s {kind}, from pools "
-                f"{', '.join(sorted({c.pool for c in members}))}; {_detail(members)}; "
-                f"threshold of pool {loosest.pool}; commit {commit}"
+                f"{where}: {how}; pools {', '.join(sorted({c.pool for c in members}))}; {_detail(members)}; "
+                f"commit {commit}"
             )
             entries.append(
                 _entry(
                     analysis,
                     (target_class, validator_class),
                     (metric, "value", "lower-is-better"),
-                    loosest.threshold,
+                    value,
                     Provenance(
                         calibration=calibration,
                         fpr_target=analysis.fpr_target,
