@@ -72,7 +72,7 @@ def test_default_thresholds_are_the_stage1_gpu_runs_for_this_model() -> None:
 
 
 def test_cpu_thresholds_name_their_calibrated_pairs_and_refuse_others() -> None:
-    # The CPU entries come from the CPU Stage 1 calibration (results/thresholds/cpu_stage1.py):
+    # The CPU entries come from the CPU Stage 1 calibration (`ditproof experiment install-thresholds`):
     # each names an executor class and a validator class, both with a thread count and kernel;
     # a pair no pool measured (another kernel as the validator) has no threshold at all.
     policy = ThresholdPolicy.from_cli(None, [])

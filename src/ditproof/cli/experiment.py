@@ -1,4 +1,4 @@
-"""``ditproof experiment plan|run|score|analyze|report``: the Stage 1 calibration harness.
+"""``ditproof experiment plan|run|segments|merge|score|analyze|report|install-thresholds``: the Stage 1 harness.
 
 A thin layer over ``ditproof.experiment``; see docs/experiment.md.
 """
@@ -391,6 +391,48 @@ def analyze_command(
                 f"pool {pool.name}: {pool.pairs} pairs, {pool.exact_pairs} byte-identical (decided by exact match), "
                 f"{pool.scored_pairs} against thresholds"
             )
+
+
+@experiment_app.command("install-thresholds")
+def install_thresholds_command(
+    calibrated: Path = typer.Argument(..., help="A thresholds file `experiment analyze` wrote."),
+    into: Path = typer.Option(
+        ..., "--into", help="The thresholds file to update, e.g. src/ditproof/models/shipped/thresholds.json."
+    ),
+    replace: list[str] = typer.Option(
+        ...,
+        "--replace",
+        help="fnmatch pattern of runtime classes (repeatable): installs the entries whose executor or validator "
+        "class matches, in place of the target's entries of the same model that match.",
+    ),
+    keys: str | None = typer.Option(
+        None,
+        "--keys",
+        help="Comma-separated metric:statistic keys to install (default: latent_rel_l2:value, "
+        "latent_rel_l2_checkpoint:value, latent_rel_l2_segment:value, psnr:mean).",
+    ),
+    mirror: bool = typer.Option(
+        False, "--mirror", help="Also write each pair of classes in the other direction (distances are symmetric)."
+    ),
+    any_cpu_isa: bool = typer.Option(
+        False, "--any-cpu-isa", help="Write the instruction set of every CPU class as '*' (cpu-x86_64/*-2threads/...)."
+    ),
+) -> None:
+    """Installs calibrated thresholds into another thresholds file (docs/experiment.md, "Installing thresholds").
+
+    Writes nothing unless every check passes; prints how many entries were kept, removed and installed."""
+    with reported():
+        from ditproof.experiment.install import DEFAULT_KEYS, install_thresholds, parse_keys
+
+        check_output_file(into, "--into")
+        chosen = parse_keys(keys) if keys is not None else DEFAULT_KEYS
+        result = install_thresholds(calibrated, into, replace, chosen, mirror=mirror, any_isa=any_cpu_isa)
+        out.print(
+            f"{into}: {result.kept} entries kept, {result.removed} removed, {result.installed} installed from "
+            f"{calibrated} (version {result.file.version})",
+            highlight=False,
+            markup=False,
+        )
 
 
 @experiment_app.command("report")
