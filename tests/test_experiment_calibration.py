@@ -21,6 +21,7 @@ from ditproof.experiment.calibration import (
     column_scales,
     fixed,
     normalised_max,
+    worst_pool,
 )
 from ditproof.experiment.config import load_experiment
 from ditproof.experiment.plan import plan_jobs
@@ -361,6 +362,29 @@ def test_the_conformal_rule_keeps_the_out_of_sample_fpr_at_the_target() -> None:
     assert empirical.oos_fpr_mean is not None and conformal.oos_fpr_mean is not None
     assert empirical.oos_fpr_mean > 0.055 and conformal.oos_fpr_mean < 0.0515
     assert empirical.fpr == 0.05 and conformal.fpr == 0.045  # in sample both look at or under the target
+
+
+def test_the_bound_over_prompts_holds_a_new_prompts_fpr_at_the_in_sample_threshold() -> None:
+    # One pair per prompt, 150 prompts, conformal rule at 1%: the threshold is the pool's maximum,
+    # which no pair exceeds in sample, so a bootstrap of the in-sample FPR reads 0; the bound over
+    # prompts (Clopper-Pearson, 0 of 150) is the 95% quantile of a new prompt's FPR there.
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(3)
+    prompts = np.arange(150)
+    splits, counts = prompt_splits(150, 2, seed=0), bootstrap_counts(150, 50, seed=0)
+    above, bounds = 0, []
+    for _ in range(400):
+        result, draws = calibrate_pool(
+            "b", fixed(rng.normal(size=150), prompts, {}), 0.01, splits, counts, rule="conformal"
+        )
+        assert result.false_positives == 0 and result.fpr_upper_95_bootstrap == 0.0
+        bounds.append((result, draws))
+        above += float(norm.sf(result.threshold)) > result.fpr_upper_95_prompts  # the true FPR beyond the bound
+    assert bounds[0][0].fpr_upper_95_prompts == pytest.approx(1 - 0.05 ** (1 / 150))  # 2.0%
+    assert 0.02 <= above / 400 <= 0.08  # a 95% bound: exceeded about 5% of the time
+    summary = worst_pool(bounds[:2])
+    assert summary.fpr_upper_95_prompts == max(r.fpr_upper_95_prompts for r, _ in bounds[:2])
 
 
 def test_a_prompts_own_benign_distance_normalises_its_chaos_away(tmp_path: Path) -> None:

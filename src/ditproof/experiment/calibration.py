@@ -362,6 +362,11 @@ class WorstPool(_M):
     pools: list[str]
     fpr: float
     fpr_upper_95_bootstrap: float | None
+    fpr_upper_95_prompts: float | None = None
+    """The highest pool's Clopper–Pearson bound over prompts. With one pair per prompt and the
+    conformal rule it bounds a new prompt's FPR at the in-sample threshold: that FPR is distributed
+    as Beta(a + 1, n − a) for a threshold that ``a`` of ``n`` exchangeable pairs exceed, whose
+    quantile is this bound (analyses written before it: None)."""
     oos_fpr_mean: float | None
     oos_fpr_p95: float | None
     classes: list[ClassSummary]
@@ -404,6 +409,7 @@ def worst_pool(results: list[tuple[PoolCalibration, Draws]], confidence: float =
         pools=[r.pool for r, _ in results],
         fpr=max(r.fpr for r, _ in results),
         fpr_upper_95_bootstrap=_highest([r.fpr_upper_95_bootstrap for r, _ in results]),
+        fpr_upper_95_prompts=_highest([r.fpr_upper_95_prompts for r, _ in results]),
         oos_fpr_mean=_highest([r.oos_fpr_mean for r, _ in results]),
         oos_fpr_p95=_highest([r.oos_fpr_p95 for r, _ in results]),
         classes=classes,

@@ -21,7 +21,10 @@ fewer positions under the same limits, so its FPR is at most the checkpoints mod
 entries would reach; the shipped entries are the checkpoints mode's, which flag no more often).
 
 Per mode: the out-of-sample FPR of the worst pool (mean and 95th percentile over the prompt
-splits) with the bootstrap 95% bound of the in-sample FPR, and per malign class the worst pool's
+splits) with the bootstrap 95% bound of the in-sample FPR and the exact bound over prompts (a
+new prompt's FPR at the in-sample threshold: Clopper–Pearson over prompts, which for a conformal
+threshold that ``a`` of ``n`` exchangeable prompts exceed is the 95% quantile of that FPR's
+Beta(a + 1, n − a) law; a bootstrap of a threshold at the pool's maximum reads 0), and per malign class the worst pool's
 out-of-sample TPR and AUC. A spot check's rates are expectations over the validator's draws
 (:func:`ditproof.experiment.calibration.spot_check_max`); its cost is the expected share of the
 reference trajectory's denoising steps its drawn segments hold.
@@ -71,6 +74,8 @@ class ModeRow:
     fpr_oos_mean: float | None
     fpr_oos_p95: float | None
     fpr_bootstrap_95: float | None
+    fpr_prompts_95: float | None
+    """The worst pool's exact bound over prompts: a new prompt's FPR at the in-sample threshold."""
     classes: dict[str, ClassRate]
 
 
@@ -120,6 +125,7 @@ def mode_rows(analysis: Analysis) -> list[ModeRow]:
                 fpr_oos_mean=summary.oos_fpr_mean,
                 fpr_oos_p95=summary.oos_fpr_p95,
                 fpr_bootstrap_95=summary.fpr_upper_95_bootstrap,
+                fpr_prompts_95=summary.fpr_upper_95_prompts,
                 classes={c.configuration: ClassRate(c.oos_tpr_mean, c.auc) for c in summary.classes},
             )
         )
@@ -136,14 +142,15 @@ def modes_markdown(analysis: Analysis) -> list[str]:
     if not rows:
         return []
     lines = [
-        "| mode | decides on | steps re-run | FPR out of sample (mean, p95) | FPR bootstrap 95% bound |",
-        "| --- | --- | --- | --- | --- |",
+        "| mode | decides on | steps re-run | FPR out of sample (mean, p95) | FPR bootstrap 95% bound "
+        "| new prompt's FPR, 95% bound (exact, over prompts) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         cost = "n/a" if row.cost is None else f"{row.cost:.3f}"
         lines.append(
             f"| {row.mode} | `{row.key}` | {cost} | {_pct(row.fpr_oos_mean)}, {_pct(row.fpr_oos_p95)} "
-            f"| {_pct(row.fpr_bootstrap_95)} |"
+            f"| {_pct(row.fpr_bootstrap_95)} | {_pct(row.fpr_prompts_95)} |"
         )
     lines += ["", "| malign class | " + " | ".join(r.mode for r in rows) + " |", "| --- |" + " --- |" * len(rows)]
     for name in analysis.malign_classes:
