@@ -31,6 +31,7 @@ from ditproof.experiment.stats import (
     allowed_false_positives,
     bootstrap_counts,
     bootstrap_rates,
+    clopper_pearson_upper,
     prompt_splits,
     threshold_value,
 )
@@ -387,6 +388,21 @@ def test_the_bound_over_prompts_holds_a_new_prompts_fpr_at_the_in_sample_thresho
     assert summary.fpr_upper_95_prompts == max(r.fpr_upper_95_prompts for r, _ in bounds[:2])
 
 
+def test_the_bounded_rule_keeps_the_95_bound_of_a_new_prompts_fpr_at_the_target() -> None:
+    # The most pairs above the threshold whose Clopper-Pearson bound stays at or under the target.
+    assert [allowed_false_positives(n, 0.01, "bounded") for n in (200, 298, 299, 1000, 10_000)] == [0, 0, 0, 4, 83]
+    for n in (299, 1000, 10_000):
+        a = allowed_false_positives(n, 0.01, "bounded")
+        assert clopper_pearson_upper(a, n) <= 0.01 < clopper_pearson_upper(a + 1, n)
+    assert clopper_pearson_upper(0, 298) > 0.01  # below 299 pairs even the maximum's bound is above 1%
+    # Simulated: 1,000 pairs, threshold by the rule; a new pair's true FPR beyond 1% in about 5% of sets at most.
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(7)
+    beyond = sum(float(norm.sf(threshold_value(rng.normal(size=1000), 0.01, "bounded"))) > 0.01 for _ in range(300))
+    assert beyond / 300 <= 0.08
+
+
 def test_a_prompts_own_benign_distance_normalises_its_chaos_away(tmp_path: Path) -> None:
     # Three chaotic prompts scale every distance by 20. Raw, their benign pairs sit above every
     # ordinary malign pair; divided by the normaliser configuration's distance on the same prompt
@@ -438,7 +454,7 @@ def test_cli_analyze_and_report_a_folder(tmp_path: Path, capsys: pytest.CaptureF
     assert run("report", "--folder", str(folder)) == 0 and (folder / "report.md").is_file()
     assert run("analyze") == 2 and "exactly one of --store and --folder" in capsys.readouterr().err
     assert run("analyze", "--folder", str(folder), "--rule", "loose") == 2
-    assert "--rule: got 'loose'; allowed: empirical, conformal" in capsys.readouterr().err
+    assert "--rule: got 'loose'; allowed: empirical, conformal, bounded" in capsys.readouterr().err
     assert run("report", "--store", str(tmp_path / "s")) == 2  # --out is required with --store
 
 

@@ -314,7 +314,8 @@ def analyze_command(
     rule: str = typer.Option(
         "conformal",
         help="Threshold rule: conformal (the ceil((n+1)(1-target))-th smallest benign score: a new prompt's "
-        "FPR at most the target on average) or empirical (floor(target·n) benign pairs may fail: in sample only).",
+        "FPR at most the target on average), bounded (the threshold whose new-prompt FPR has a 95% upper bound at "
+        "most the target; from 299 pairs at 1%) or empirical (floor(target·n) benign pairs may fail: in sample only).",
     ),
 ) -> None:
     """Per benign pool and score key: thresholds, FPR bounds, out-of-sample FPR and TPR, AUC; thresholds.json.
@@ -324,20 +325,21 @@ def analyze_command(
     with reported():
         from ditproof.errors import InvalidInputError
         from ditproof.experiment.analyze import THRESHOLDS_FILE, Method, analyze_folder, analyze_store
+        from ditproof.experiment.stats import THRESHOLD_RULES
         from ditproof.experiment.store import Store
         from ditproof.experiment.thresholds import thresholds_file
         from ditproof.hashing import atomic_write_bytes, canonical_json
 
         _store_or_folder(store, folder)
         check_output_file(thresholds_out, "--thresholds-out")
-        if rule not in ("empirical", "conformal"):
-            raise InvalidInputError(f"--rule: got {rule!r}; allowed: empirical, conformal")
+        if rule not in THRESHOLD_RULES:
+            raise InvalidInputError(f"--rule: got {rule!r}; allowed: {', '.join(THRESHOLD_RULES)}")
         method = Method(
             repeats=repeats,
             train_fraction=train_fraction,
             resamples=resamples,
             seed=seed,
-            rule="conformal" if rule == "conformal" else "empirical",
+            rule=next(r for r in THRESHOLD_RULES if r == rule),
             normaliser=normalise_by,
         )
         if store is not None:

@@ -100,7 +100,10 @@ def clopper_pearson_lower(successes: int, trials: int, confidence: float = 0.95)
     return float(beta.ppf(1.0 - confidence, successes, trials - successes + 1))
 
 
-ThresholdRule = Literal["empirical", "conformal"]
+ThresholdRule = Literal["empirical", "conformal", "bounded"]
+THRESHOLD_RULES: tuple[ThresholdRule, ...] = ("empirical", "conformal", "bounded")
+BOUND_CONFIDENCE = 0.95
+"""The confidence of the ``bounded`` rule's bound."""
 
 
 def allowed_false_positives(n: int, target: float, rule: ThresholdRule = "empirical") -> int:
@@ -112,9 +115,25 @@ def allowed_false_positives(n: int, target: float, rule: ThresholdRule = "empiri
       score exchangeable with the ``n`` (here: a new prompt's pair) exceeds it with probability at
       most ``target`` on average over calibration sets (split conformal). Below
       ``n = 1/target − 1`` no threshold can promise that; the rule then takes the maximum.
+    * ``bounded``: the most that keeps the 95% upper bound of a new score's exceedance probability
+      at or below ``target``. A threshold that ``a`` of ``n`` exchangeable scores exceed leaves a
+      new one an exceedance probability distributed as Beta(a + 1, n − a), whose 95% quantile is
+      the Clopper–Pearson bound of ``a`` in ``n``: the largest ``a`` with that bound ≤ ``target``
+      (a bound, not an average, at the target: about half the conformal rule's ``a``). Below
+      ``n = ln(0.05)/ln(1 − target)`` (299 at 1%) even the maximum's bound is above the target;
+      the rule then takes the maximum.
     """
     if rule == "empirical":
         return math.floor(target * n + 1e-12)
+    if rule == "bounded":
+        low, high = 0, n  # clopper_pearson_upper(a, n) grows with a: the largest a at or under target
+        while low < high:
+            middle = (low + high + 1) // 2
+            if clopper_pearson_upper(middle, n, BOUND_CONFIDENCE) <= target:
+                low = middle
+            else:
+                high = middle - 1
+        return low
     rank = math.ceil((n + 1) * (1.0 - target) - 1e-9)
     return max(n - rank, 0)
 
