@@ -6,7 +6,7 @@ A thin layer over ``ditproof.experiment``; see docs/experiment.md.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -325,7 +325,7 @@ def analyze_command(
     with reported():
         from ditproof.errors import InvalidInputError
         from ditproof.experiment.analyze import THRESHOLDS_FILE, Method, analyze_folder, analyze_store
-        from ditproof.experiment.stats import THRESHOLD_RULES
+        from ditproof.experiment.stats import THRESHOLD_RULES, ThresholdRule
         from ditproof.experiment.store import Store
         from ditproof.experiment.thresholds import thresholds_file
         from ditproof.hashing import atomic_write_bytes, canonical_json
@@ -339,7 +339,7 @@ def analyze_command(
             train_fraction=train_fraction,
             resamples=resamples,
             seed=seed,
-            rule=next(r for r in THRESHOLD_RULES if r == rule),
+            rule=cast(ThresholdRule, rule),  # one of THRESHOLD_RULES (checked above)
             normaliser=normalise_by,
         )
         if store is not None:

@@ -61,6 +61,7 @@ MIRRORED_NOTE = "mirrored: the pool measured the other direction (distances are 
 _CPU_ISA = re.compile(r"^cpu-(?P<arch>[^/]+)/(?P<isa>[^/-]+)-(?P<threads>\d+threads)/")
 
 _Identity = tuple[str, str, str, str, str, TrajectoryPosition | None]
+"""A thresholds entry's :attr:`~ditproof.validation.policy.ThresholdEntry.identity`."""
 
 
 def any_cpu_isa(runtime_class: str) -> str:
@@ -88,11 +89,6 @@ def parse_keys(text: str) -> tuple[tuple[str, str], ...]:
     if not keys:
         raise InvalidInputError(f"--keys: got {text!r}; allowed: comma-separated metric:statistic keys")
     return tuple(dict.fromkeys(keys))
-
-
-def _identity(entry: ThresholdEntry) -> _Identity:
-    # What the thresholds file keeps unique.
-    return (entry.model, entry.runtime_class, entry.validator_class, entry.metric, entry.statistic, entry.position)
 
 
 def _matches(entry: ThresholdEntry, patterns: Sequence[str]) -> bool:
@@ -172,20 +168,20 @@ def select_entries(
         executor = any_cpu_isa(entry.runtime_class) if any_isa else entry.runtime_class
         validator = any_cpu_isa(entry.validator_class) if any_isa else entry.validator_class
         fresh = _rewritten(entry, executor, validator, [n for n in (MEASURED_NOTE if mirror else None, isa) if n])
-        if _identity(fresh) in measured:
+        if fresh.identity in measured:
             raise InvalidInputError(
                 f"two calibrated entries of {score_key(entry.metric, entry.statistic)} become one for executor class "
                 f"{executor!r} and validator class {validator!r}; allowed: entries that stay distinct "
                 "(install them without --any-cpu-isa)"
             )
-        measured.add(_identity(fresh))
+        measured.add(fresh.identity)
         other = _rewritten(entry, validator, executor, [n for n in (MIRRORED_NOTE, isa) if n]) if mirror else None
         pairs.append((fresh, other))
     entries: dict[_Identity, ThresholdEntry] = {}
     for fresh, other in pairs:
-        entries[_identity(fresh)] = fresh
-        if other is not None and _identity(other) not in measured:
-            entries.setdefault(_identity(other), other)  # once, where both directions are one pair
+        entries[fresh.identity] = fresh
+        if other is not None and other.identity not in measured:
+            entries.setdefault(other.identity, other)  # once, where both directions are one pair
     return list(entries.values())
 
 
@@ -206,9 +202,9 @@ def replace_entries(target: ThresholdsFile, fresh: Sequence[ThresholdEntry], pat
         InvalidInputError: the result fails the thresholds file's own checks.
     """
     models = {e.model for e in fresh}
-    restated = {_identity(e) for e in fresh}
+    restated = {e.identity for e in fresh}
     kept = [
-        e for e in target.entries if not (e.model in models and _matches(e, patterns)) and _identity(e) not in restated
+        e for e in target.entries if not (e.model in models and _matches(e, patterns)) and e.identity not in restated
     ]
     document = target.model_dump(mode="json")
     document["entries"] = [e.model_dump(mode="json") for e in (*kept, *fresh)]

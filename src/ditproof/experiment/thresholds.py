@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import subprocess
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
@@ -44,7 +45,7 @@ from ditproof.experiment.findings import (
     segment_key,
 )
 from ditproof.experiment.keys import from_distance
-from ditproof.metrics.registry import Direction, parse_score_key, score_key
+from ditproof.metrics.registry import Direction, metric_spec, parse_score_key, score_key
 from ditproof.validation.policy import Phase, Provenance, ThresholdEntry, ThresholdsFile, TrajectoryPosition
 
 CHECKPOINT_METRIC = "latent_rel_l2_checkpoint"
@@ -172,31 +173,34 @@ def _joint(analysis: Analysis, keys: tuple[str, ...]) -> KeyResult | None:
     return None
 
 
-def _limit(
-    joint: KeyResult, columns: list[str], members: list[PoolCalibration]
-) -> tuple[float, PoolCalibration] | None:
+@dataclass(frozen=True)
+class _Limit:
+    """A position's limit under a joint score: the pool's joint threshold times its scale there."""
+
+    value: float
+    pool: PoolCalibration
+    scale: float
+
+
+def _limit(joint: KeyResult, columns: list[str], members: list[PoolCalibration]) -> _Limit | None:
     """The loosest pool's limit on a position held by ``columns`` of ``joint`` (several names of one
-    latent: their tightest, as the joint maximum over them is), with that pool; None where no pool
-    has a scale there (the joint score leaves the position out)."""
+    latent: their tightest, as the joint maximum over them is); None where no pool has a scale
+    there (the joint score leaves the position out)."""
     assert joint.columns is not None
     found = []
     for pool in members:
         assert pool.scales is not None
-        scales = [pool.scales[joint.columns.index(c)] for c in columns]
-        known = [s for s in scales if s is not None]
+        known = [s for s in (pool.scales[joint.columns.index(c)] for c in columns) if s is not None]
         if known:
-            found.append((pool.threshold * min(known), pool))
-    return max(found, key=lambda x: x[0]) if found else None
+            found.append(_Limit(pool.threshold * min(known), pool, min(known)))
+    return max(found, key=lambda limit: limit.value) if found else None
 
 
-def _joint_note(joint: KeyResult, columns: list[str], limit: tuple[float, PoolCalibration]) -> str:
-    value, pool = limit
-    assert joint.columns is not None and pool.scales is not None
-    scale = min(s for s in (pool.scales[joint.columns.index(c)] for c in columns) if s is not None)
+def _joint_note(joint: KeyResult, columns: list[str], limit: _Limit) -> str:
     return (
-        f"joint threshold {pool.threshold:.6g} of {joint.key} x scale {scale:.6g} (benign 90th percentile of "
-        f"{' = '.join(columns)}) of pool {pool.pool} = {value:.6g}: a pair beyond any of the mode's entries "
-        f"is beyond the joint threshold, the decision calibrated (its FPR below)"
+        f"joint threshold {limit.pool.threshold:.6g} of {joint.key} x scale {limit.scale:.6g} (benign 90th "
+        f"percentile of {' = '.join(columns)}) of pool {limit.pool.pool} = {limit.value:.6g}: a pair beyond any of "
+        f"the mode's entries is beyond the joint threshold, the decision calibrated (its FPR below)"
     )
 
 
@@ -211,7 +215,7 @@ def _joint_flat_entries(
 ) -> list[ThresholdEntry]:
     """The final latent's or the frame metric's entries from the full mode's joint threshold."""
     metric, statistic = parse_score_key(key)
-    direction: Direction = "lower-is-better" if key == FINAL_LATENT_KEY else "higher-is-better"
+    direction = metric_spec(metric).direction
     entries = []
     for classes, members in _groups(analysis, joint, runtime_class).items():
         limit = _limit(joint, [key], members)
@@ -219,13 +223,13 @@ def _joint_flat_entries(
             continue
         note = _joint_note(joint, [key], limit)
         if key != FINAL_LATENT_KEY:
-            note += f", as {key} {from_distance(key, limit[0]):.6g} (the distance is 10^(-psnr/20))"
+            note += f", as {key} {from_distance(key, limit.value):.6g} (the distance is 10^(-psnr/20))"
         entries.append(
             _entry(
                 analysis,
                 classes,
                 (metric, statistic, direction),
-                from_distance(key, limit[0]),
+                from_distance(key, limit.value),
                 Provenance(
                     calibration=calibration,
                     fpr_target=analysis.fpr_target,
@@ -289,7 +293,7 @@ def _checkpoint_entries(
                 limit = _limit(joint, columns, members)
                 if limit is None:
                     continue
-                values[step] = (limit[0], members, f"{_joint_note(joint, columns, limit)}, the joint score's {kind}")
+                values[step] = (limit.value, members, f"{_joint_note(joint, columns, limit)}, the joint score's {kind}")
             else:
                 loosest = max(members, key=lambda c: c.threshold)
                 values[step] = (

@@ -133,6 +133,11 @@ class ThresholdEntry(_Model):
     position: TrajectoryPosition | None = None
     provenance: Provenance
 
+    @property
+    def identity(self) -> tuple[str, str, str, str, str, TrajectoryPosition | None]:
+        """What a thresholds file holds once: model, both classes, metric, statistic and position."""
+        return (self.model, self.runtime_class, self.validator_class, self.metric, self.statistic, self.position)
+
     @model_validator(mode="after")
     def _check(self) -> ThresholdEntry:
         spec = metric_spec(self.metric) if self.metric in METRICS else None
@@ -174,14 +179,7 @@ class ThresholdsFile(_Model):
     def _unique(cls, entries: list[ThresholdEntry]) -> list[ThresholdEntry]:
         seen = set()
         for entry in entries:
-            key = (
-                entry.model,
-                entry.runtime_class,
-                entry.validator_class,
-                entry.metric,
-                entry.statistic,
-                entry.position,
-            )
+            key = entry.identity
             if key in seen:
                 position = f", position {entry.position.describe()}" if entry.position else ""
                 raise ValueError(
