@@ -118,3 +118,85 @@ def test_cli_merges_parts_and_reads_a_tool_result(runs, tmp_path):
         refused = runner.invoke(app, ["poc", "calibrate", "--from", str(a), *extra])
         assert refused.exit_code == 2 and message in refused.output, refused.output
         assert "Traceback" not in refused.output
+
+
+# A runtime measured later against a calibration (another card or configuration) joins it as one
+# more honest runtime, and gives what a run that had it from the start gives.
+
+
+def _later_run(calibration: PocCalibration, model, batch_size: int, name: str):
+    from ditproof.poc.calibration_data import runtime_run
+    from ditproof.poc.compute import PocModel, compute_vectors
+
+    nonces = list(range(calibration.first_nonce, calibration.first_nonce + calibration.nonces))
+    vectors = compute_vectors(
+        PocModel.from_loaded(model), calibration.params, calibration.block_hash, calibration.public_key, nonces,
+        batch_size,
+    )  # fmt: skip
+    return runtime_run(
+        calibration, name, vectors.astype(np.float32), created="2026-12-06T00:00:00+00:00", device="cpu",
+        torch_version="x", configuration={"batch_size": batch_size},
+    )  # fmt: skip
+
+
+def test_a_runtime_measured_later_joins_as_if_run_with_the_calibration(runs, tiny_model):
+    from ditproof.poc.calibration_data import with_runtimes
+
+    whole = runs["whole"]
+    with_batch_1 = calibrate(
+        RuntimeSpec("cpu float32 batch 16", "honest", tiny_model, 16),
+        [RuntimeSpec("cpu float32 batch 4", "honest", tiny_model, 4), RuntimeSpec("b1", "honest", tiny_model, 1)],
+        PARAMS,
+        CalibrationSettings(nonces=64, first_nonce=0, targets=TARGETS),
+    )
+    later = _later_run(whole, tiny_model, 1, "b1")
+    assert later.distances.reference == "cpu float32 batch 16"
+    joined = with_runtimes(whole, [later])
+    for key in ("derivation", "proposed", "cheats", "honest_max", "reference_vectors"):
+        assert getattr(joined, key) == getattr(with_batch_1, key), key
+    for key in ("distances", "comparisons"):  # the same entries; the later runtime comes last
+        assert sorted(getattr(joined, key), key=lambda e: e.name) == sorted(
+            getattr(with_batch_1, key), key=lambda e: e.name
+        ), key
+    assert joined.derivation is not None and "b1" in joined.derivation.honest_runtimes
+
+
+def test_a_runtime_that_does_not_fit_the_calibration_is_refused(runs, tiny_model):
+    from ditproof.poc.calibration_data import with_runtimes
+
+    whole = runs["whole"]
+    later = _later_run(whole, tiny_model, 1, "b1")
+    short = later.distances.model_copy(update={"values": later.distances.values[:10]})
+    cheat = later.distances.model_copy(update={"kind": "cheat"})
+    for run, message in [
+        (later.model_copy(update={"block_hash": "ff" * 32}), "block_hash"),
+        (later.model_copy(update={"first_nonce": 32}), "first_nonce"),
+        (later.model_copy(update={"distances": short}), "10 distances"),
+        (later.model_copy(update={"distances": cheat}), "a cheat runtime"),
+        (later.model_copy(update={"distances": later.distances.model_copy(update={"name": "cpu float32 batch 4"})}),
+         "already in the calibration"),
+    ]:  # fmt: skip
+        with pytest.raises(InvalidInputError, match=message) as info:
+            with_runtimes(whole, [run])
+        assert "allowed:" in str(info.value)
+
+
+def test_cli_adds_a_runtime_measured_later(runs, tiny_model, tmp_path):
+    whole, runner = runs["whole"], CliRunner()
+    cal, run_file, joined = tmp_path / "cal.json", tmp_path / "b1.json", tmp_path / "joined.json"
+    whole.save(cal)
+    _later_run(whole, tiny_model, 1, "b1").save(run_file)
+    targets = ["--cheat-fraction", "0.5", "--detection", "0.9"]
+    result = runner.invoke(app, ["poc", "calibrate", "--from", str(cal), "--honest", str(run_file), *targets,
+                                 "--out", str(joined)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "b1" in PocCalibration.model_validate_json(joined.read_bytes()).derivation.honest_runtimes
+    (tmp_path / "bad.json").write_text('{"schema_version": "ditproof.poc-runtime/1"}')
+    for args, message in [
+        (["--honest", str(run_file)], "--honest: got it without --from"),
+        (["--from", str(cal), "--honest", str(tmp_path / "bad.json")], "is not a PoC runtime file"),
+        (["--from", str(cal), "--honest", str(tmp_path / "missing.json")], "--honest: cannot read"),
+    ]:
+        refused = runner.invoke(app, ["poc", "calibrate", *args])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+        assert "Traceback" not in refused.output

@@ -200,11 +200,19 @@ def test_policy_accepts_both_names_of_the_threshold():
 
 
 def test_shipped_policies_load():
+    from importlib import resources
+
     from ditproof.poc.policy import policy_names
 
+    shipped = {f.name.removesuffix(".json") for f in resources.files("ditproof.poc").joinpath("policies").iterdir()}
+    assert shipped and shipped <= set(policy_names())  # every shipped file loads by its name
     for name in policy_names():
         policy = load_policy(name)
         assert policy.dist_threshold > 0 and policy.sample_size == 200
+    # Derived on an H100 from 2,048 nonces per runtime: at the largest honest distance (0.0503),
+    # below FP8's median (0.096); fraud from 4 mismatches of 200.
+    a14b = load_policy("wan-a14b-shape-bf16")
+    assert 0.0503 <= a14b.dist_threshold < 0.096 and a14b.fraud_threshold == 0.001
     # Derived from 4,096 nonces per runtime (docs/poc.md): between the largest honest CPU float32
     # distance (4.9e-4) and the smallest FP8 one (0.0102); fraud from 3 mismatches of 200.
     tiny = load_policy("wan-tiny-random-cpu-fp32")

@@ -19,10 +19,19 @@ fused GELU projections' weights per block there. ``--throughput-only`` builds th
 measures the throughput rows (which say the configuration) and writes the JSON: a quick
 before/after.
 
+``--honest-against CAL`` measures one more honest runtime against a calibration (a file of
+``ditproof poc calibrate --out``) without its cheats: this card and configuration (``--kept``,
+``--batch-size``) compute the calibration's nonces, and every nonce's distance to its reference
+vectors goes into a runtime file (``ditproof.poc-runtime/1``) that ``ditproof poc calibrate
+--from CAL --honest RUN`` adds to the calibration. ``--expect-weights`` refuses a card whose
+random weights differ from the calibration's (their fingerprint, printed by every run).
+
     PYTHONPATH=src python3 tools/poc_calibrate.py --out $OUT/poc_calibrate.json
     PYTHONPATH=src python3 tools/poc_calibrate.py --out $OUT/poc_h200.json --compare poc_calibrate.json
     PYTHONPATH=src python3 tools/poc_calibrate.py --throughput-only --kept --out $OUT/poc_tput_kept.json
     PYTHONPATH=src python3 tools/poc_calibrate.py --smoke --out /tmp/poc_smoke.json   # CPU, tiny
+    PYTHONPATH=src python3 tools/poc_calibrate.py --honest-against calibration.json --name "H200 bf16 batch 16" \
+        --expect-weights FINGERPRINT --out $OUT/h200.json      # then: ditproof poc calibrate --from … --honest …
 
 2,048 nonces per runtime take longer than one 600 s GPU call: run the calibration in parts over
 contiguous nonce ranges (the tiny model in the first part only), then merge them and derive the
@@ -38,7 +47,6 @@ policy (the merge equals one run over the whole range):
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
 import time
@@ -54,7 +62,14 @@ from ditproof.generation.attention import attention_for_run
 from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel, load_model
 from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, l2_distances
-from ditproof.poc.calibration_data import format_table, rederive
+from ditproof.poc.calibration_data import (
+    decode_vectors,
+    format_derivation,
+    format_table,
+    rederive,
+    runtime_run,
+    with_runtimes,
+)
 from ditproof.poc.compute import PADDED_SHAPES, PocModel, compute_vectors
 from ditproof.poc.deviations import fewer_layers
 from ditproof.protocol.options import LoadOptions
@@ -124,10 +139,9 @@ def compare_with(previous_path: str, key: str, calibration: PocCalibration, fing
         return {"error": f"{previous_path} {key!r} starts at another nonce than this run ({calibration.first_nonce})"}
     n = min(len(other["calibration"]["reference_vectors"]), len(calibration.reference_vectors))
 
-    def decode(items: list[str]) -> np.ndarray:
-        return np.stack([np.frombuffer(base64.b64decode(v), dtype="<f2") for v in items[:n]]).astype(np.float32)
-
-    distances = l2_distances(decode(calibration.reference_vectors), decode(other["calibration"]["reference_vectors"]))
+    distances = l2_distances(
+        decode_vectors(calibration.reference_vectors[:n]), decode_vectors(other["calibration"]["reference_vectors"][:n])
+    )
     derived: dict[str, Any] | None = None
     if same_round and same_weights and n == calibration.nonces and calibration.derivation is not None:
         # The other card's reference is one more honest runtime: derive the policy with it.
@@ -172,7 +186,23 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,8,32,64", help="Throughput batch sizes.")
     parser.add_argument("--skip-layers", type=int, default=1)
     parser.add_argument("--compare", default=None, help="A result of this script on another card.")
+    parser.add_argument(
+        "--honest-against",
+        default=None,
+        metavar="CAL",
+        help="Measure only this card and configuration against a calibration file's reference vectors.",
+    )
+    parser.add_argument("--name", default=None, help="--honest-against: the runtime's name (say card and settings).")
+    parser.add_argument("--batch-size", type=int, default=16, help="--honest-against: the batch size.")
+    parser.add_argument("--device", default="cuda", help="--honest-against: the device (plain configuration).")
+    parser.add_argument("--dtype", default="bfloat16", help="--honest-against: the dtype (plain configuration).")
+    parser.add_argument(
+        "--expect-weights", default=None, help="--honest-against: the calibration's weights fingerprint."
+    )
     args = parser.parse_args()
+    if args.honest_against:
+        honest_against(args)
+        return
     if args.kept and args.smoke:
         parser.error(f"--kept: got it with --smoke; allowed: --kept on a CUDA GPU only ({KEPT_ATTENTION} is CUDA-only)")
     if args.first_nonce < 0 or args.first_nonce + (32 if args.smoke else args.nonces) > 2**32 or args.nonces < 1:
@@ -270,6 +300,68 @@ def main() -> None:
             peak = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
             print(f"{row['batch_size']:>6} {row['nonces_per_s']:>10.1f} {row['tokens_per_nonce']:>13} {peak:>9}")
     print(f"total {result['total_s']:.0f} s")
+
+
+def honest_against(args: argparse.Namespace) -> None:
+    """One more honest runtime (this card, ``--kept`` or plain, ``--batch-size``) against a
+    calibration's reference vectors: the runtime file, and the policy derived with it."""
+    calibration = PocCalibration.model_validate_json(Path(args.honest_against).read_bytes())
+    if not args.name:
+        sys.exit("--name: missing; allowed: a name that says the card and the configuration, e.g. 'H200 bf16 batch 16'")
+    started = time.perf_counter()
+    model = load_model(calibration.model, KEPT if args.kept else LoadOptions(device=args.device, dtype=args.dtype))
+    model.pipeline.text_encoder.to("meta")  # PoC needs no text encoder
+    torch.cuda.empty_cache()
+    fingerprint = weights_fingerprint(model)
+    print(f"weights fingerprint {fingerprint}", flush=True)
+    if args.expect_weights and fingerprint != args.expect_weights:
+        sys.exit(
+            f"--expect-weights: this card's weights fingerprint is {fingerprint}, the calibration's "
+            f"{args.expect_weights}: its random weights differ, so distances would measure the weights, not the runtime"
+        )
+    if model.revision != calibration.model_revision:
+        sys.exit(f"model revision {model.revision} differs from the calibration's {calibration.model_revision}")
+    attention = KEPT_ATTENTION if args.kept else "sdpa"
+    poc = PocModel.from_loaded(model)
+    experts = (model.pipeline.transformer, model.pipeline.transformer_2)
+    nonces = list(range(calibration.first_nonce, calibration.first_nonce + calibration.nonces))
+    with attention_for_run(experts, attention, poc.device):
+        sync()
+        computed = time.perf_counter()
+        vectors = compute_vectors(
+            poc, calibration.params, calibration.block_hash, calibration.public_key, nonces, args.batch_size
+        )
+        sync()
+    seconds = time.perf_counter() - computed
+    info = device_info()
+    run = runtime_run(
+        calibration,
+        args.name,
+        vectors.astype(np.float32),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        device=f"{poc.device} ({info.get('gpu')})",
+        torch_version=torch.__version__,
+        configuration={
+            "load": model.load.model_dump(mode="json"),
+            "attention_backend": attention,
+            "batch_size": args.batch_size,
+            "seconds": seconds,
+            "nonces_per_s": len(nonces) / seconds,
+            "total_s": time.perf_counter() - started,
+            "device_info": info,
+        },
+        weights_fingerprint=fingerprint,
+    )
+    run.save(args.out)
+    values = np.array(run.distances.values)
+    print(
+        f"{args.name}: {len(nonces)} nonces in {seconds:.0f} s ({len(nonces) / seconds:.1f}/s); distance p50 "
+        f"{np.median(values):.3g}, p99 {np.quantile(values, 0.99):.3g}, max {values.max():.3g}, exact "
+        f"{(values == 0).mean():.1%}; beyond the calibration's dist_threshold {calibration.proposed.dist_threshold}: "
+        f"{int((values > calibration.proposed.dist_threshold).sum())}"
+    )
+    for line in format_derivation(with_runtimes(calibration, [run]).derivation):  # type: ignore[arg-type]
+        print(line)
 
 
 def calibrate_tiny(params: PocParams, nonces: int, first_nonce: int) -> tuple[PocCalibration, str]:

@@ -23,7 +23,7 @@ from ditproof.models.quiet import quiet_libraries
 
 if TYPE_CHECKING:
     from ditproof.protocol.options import LoadOptions
-    from ditproof.protocol.poc import PocArtifacts, PocCalibration, PocParams, PolicyTargets
+    from ditproof.protocol.poc import PocArtifacts, PocCalibration, PocParams, PocRuntimeRun, PolicyTargets
 
 poc_app = typer.Typer(
     help="Proof-of-Compute (Gonka PoC v2 for two-expert Wan DiTs): generate, validate, calibrate.",
@@ -145,7 +145,9 @@ def generate_command(
 def validate_command(
     artifacts: Path = typer.Option(..., "--artifacts", help="artifacts.json of a round, or its folder."),
     policy: str = typer.Option(
-        "ml-node", "--policy", help="ml-node, chain, wan-tiny-random-cpu-fp32, wan-a14b-shape-bf16 or a file."
+        "ml-node",
+        "--policy",
+        help="ml-node, chain, wan-tiny-random-cpu-fp32, wan-shapes-small-cpu-fp32, wan-a14b-shape-bf16 or a file.",
     ),
     dist_threshold: float | None = typer.Option(None, "--dist-threshold"),
     p_mismatch: float | None = typer.Option(None, "--p-mismatch"),
@@ -249,6 +251,12 @@ def calibrate_command(
     key: str = typer.Option(
         "main", "--key", help="Which calibration of a tools/poc_calibrate.py result --from reads: main or tiny."
     ),
+    honest_files: list[Path] | None = typer.Option(
+        None,
+        "--honest",
+        help="With --from: one more honest runtime measured against that calibration's reference vectors "
+        "(another card or configuration: tools/poc_calibrate.py --honest-against); repeatable.",
+    ),
     out_path: Path | None = typer.Option(None, "--out", help="Where to write the calibration JSON."),
     policy_out: Path | None = typer.Option(
         None, "--policy-out", help="Where to write the derived policy file (Gonka's parameter names)."
@@ -258,15 +266,27 @@ def calibrate_command(
 
     A long calibration runs in parts over contiguous nonce ranges (``--nonces N --first-nonce 0``,
     ``--first-nonce N``, …, each with ``--out``); ``--from part0.json --from part1.json …`` merges
-    them and derives the policy, as one run over the whole range would.
+    them and derives the policy, as one run over the whole range would. ``--honest RUN`` adds a
+    runtime measured later against the calibration's reference vectors (another card, another
+    configuration) as one more honest runtime.
     """
     quiet_libraries()
     with reported():
         check_output_file(out_path, "--out")
         check_output_file(policy_out, "--policy-out")
         targets = _targets(honest_round_rate, cheat_fraction, detection, sample_size)
+        if honest_files and not from_files:
+            raise InvalidInputError(
+                "--honest: got it without --from; allowed: --from CALIBRATION with --honest RUN (the run was measured "
+                "against that calibration's reference vectors)"
+            )
         if from_files:
             result = _merged(from_files, key, targets)
+            if honest_files:
+                from ditproof.poc.calibration_data import with_runtimes
+
+                runs = [_read_runtime(path) for path in honest_files]
+                result = with_runtimes(result, runs, targets, labels=[f"--honest {path}" for path in honest_files])
         else:
             result = _measure(
                 model, model_path, device, dtype, nonces, first_nonce, batch_size, batch_sizes, attention, cross_dtype,
@@ -335,6 +355,24 @@ def _read_calibration(path: Path, key: str) -> PocCalibration:
     except ValidationError as exc:
         raise InvalidInputError(
             f"--from: {path} is not a ditproof calibration ({exc.error_count()} problem"
+            f"{'s' if exc.error_count() != 1 else ''}; first: {exc.errors()[0]['msg']}); {allowed}"
+        ) from None
+
+
+def _read_runtime(path: Path) -> PocRuntimeRun:
+    """A runtime file of ``tools/poc_calibrate.py --honest-against``."""
+    from ditproof.protocol.poc import PocRuntimeRun
+
+    allowed = "allowed: a runtime file written by tools/poc_calibrate.py --honest-against (ditproof.poc-runtime/1)"
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"--honest: cannot read {path} ({exc.strerror}); {allowed}") from None
+    try:
+        return PocRuntimeRun.model_validate_json(text)
+    except ValidationError as exc:
+        raise InvalidInputError(
+            f"--honest: {path} is not a PoC runtime file ({exc.error_count()} problem"
             f"{'s' if exc.error_count() != 1 else ''}; first: {exc.errors()[0]['msg']}); {allowed}"
         ) from None
 

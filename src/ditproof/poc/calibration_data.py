@@ -7,6 +7,9 @@ rates ask for (:func:`ditproof.poc.derive.derive_policy`) and its power against 
 (:func:`assemble`). Runs over contiguous nonce ranges (parts) join with
 :func:`merge_calibrations`, which gives what one run over the whole range gives; a file's policy
 is derived again for other targets with :func:`rederive` (``ditproof poc calibrate --from``).
+A runtime measured later against a calibration's reference vectors (another card, another
+configuration: :func:`runtime_run`) joins it with :func:`with_runtimes`
+(``ditproof poc calibrate --from CAL --honest RUN``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ditproof.protocol.poc import (
     DistanceSummary,
     NonceDistances,
     PocCalibration,
+    PocRuntimeRun,
     PolicyDerivation,
     PolicyTargets,
 )
@@ -257,6 +261,144 @@ def merge_calibrations(
         distances,
         kinds,
         run_warnings,
+        chosen,
+    )
+
+
+def reference_name(calibration: PocCalibration) -> str:
+    """The name of a calibration's reference runtime (what its distances are measured against)."""
+    return calibration.distances[0].reference if calibration.distances else "reference"
+
+
+def decode_vectors(items: Sequence[str]) -> np.ndarray:
+    """Base64 float16 vectors (a calibration's ``reference_vectors``) as float32 rows."""
+    import base64
+
+    return np.stack([np.frombuffer(base64.b64decode(v), dtype="<f2") for v in items]).astype(np.float32)
+
+
+def runtime_run(
+    calibration: PocCalibration,
+    name: str,
+    vectors: np.ndarray,
+    *,
+    created: str,
+    device: str,
+    torch_version: str,
+    configuration: dict[str, object],
+    weights_fingerprint: str | None = None,
+) -> PocRuntimeRun:
+    """One more honest runtime's every-nonce distance to ``calibration``'s reference vectors.
+
+    Args:
+        calibration: the calibration whose nonces ``vectors`` are of (same order).
+        name: the runtime's name (says the card and configuration).
+        vectors: ``(nonces, k_dim)``, this runtime's vectors of the calibration's nonces.
+
+    Raises:
+        InvalidInputError: ``vectors`` of another shape than the reference vectors.
+    """
+    reference = decode_vectors(calibration.reference_vectors)
+    if vectors.shape != reference.shape:
+        raise InvalidInputError(
+            f"vectors: got shape {tuple(vectors.shape)}; allowed: {tuple(reference.shape)} (one per calibrated nonce)"
+        )
+    with np.errstate(invalid="ignore", over="ignore"):
+        distances = np.linalg.norm(vectors.astype(np.float32) - reference, axis=1)
+    values = kept_distances(np.where(np.isfinite(distances), distances, np.inf))
+    return PocRuntimeRun(
+        created=created,
+        device=device,
+        torch_version=torch_version,
+        model=calibration.model,
+        model_revision=calibration.model_revision,
+        params=calibration.params,
+        block_hash=calibration.block_hash,
+        public_key=calibration.public_key,
+        first_nonce=calibration.first_nonce,
+        weights_fingerprint=weights_fingerprint,
+        configuration=configuration,
+        distances=NonceDistances(
+            name=name,
+            kind="honest",
+            reference=reference_name(calibration),
+            values=[v if np.isfinite(v) else 2.0 for v in values.tolist()],
+            non_finite=[int(i) for i in np.flatnonzero(~np.isfinite(values))],
+        ),
+    )
+
+
+def with_runtimes(
+    calibration: PocCalibration,
+    runs: Sequence[PocRuntimeRun],
+    targets: PolicyTargets | None = None,
+    labels: Sequence[str] | None = None,
+) -> PocCalibration:
+    """``calibration`` with ``runs`` as more honest runtimes, its policy derived again.
+
+    Each run must be of the calibration's round (block hash, public key, PoC parameters, model and
+    revision, nonces) and measured against its reference, under a name it does not use yet.
+
+    Raises:
+        InvalidInputError: a calibration without per-nonce distances, or a run that does not fit it.
+    """
+    names = list(labels) if labels is not None else [f"run {i}" for i in range(len(runs))]
+    if not calibration.distances:
+        raise InvalidInputError(
+            "calibration: holds no per-nonce distances (schema ditproof.poc-calibration/1); allowed: a file written "
+            "by this version's `ditproof poc calibrate --out`"
+        )
+    reference = reference_name(calibration)
+    distances = {d.name: stored_distances(d) for d in calibration.distances}
+    kinds: dict[str, RuntimeKind] = {d.name: d.kind for d in calibration.distances}
+    expected: dict[str, object] = {
+        "block_hash": calibration.block_hash,
+        "public_key": calibration.public_key,
+        "params": calibration.params.model_dump(mode="json"),
+        "model": calibration.model,
+        "model_revision": calibration.model_revision,
+        "first_nonce": calibration.first_nonce,
+    }
+    for label, run in zip(names, runs, strict=True):
+        got: dict[str, object] = {
+            "block_hash": run.block_hash,
+            "public_key": run.public_key,
+            "params": run.params.model_dump(mode="json"),
+            "model": run.model,
+            "model_revision": run.model_revision,
+            "first_nonce": run.first_nonce,
+        }
+        for key, value in expected.items():
+            if got[key] != value:
+                raise InvalidInputError(
+                    f"{label}: {key} {got[key]!r} differs from the calibration's {value!r}; allowed: a run of the "
+                    "calibration's round and nonces (tools/poc_calibrate.py --honest-against that calibration)"
+                )
+        entry = run.distances
+        if len(entry.values) != calibration.nonces:
+            raise InvalidInputError(
+                f"{label}: {len(entry.values)} distances; allowed: {calibration.nonces}, one per calibrated nonce"
+            )
+        if entry.reference != reference or entry.kind != "honest":
+            raise InvalidInputError(
+                f"{label}: a {entry.kind} runtime measured against {entry.reference!r}; allowed: an honest runtime "
+                f"measured against the calibration's reference {reference!r}"
+            )
+        if entry.name in distances:
+            raise InvalidInputError(
+                f"{label}: runtime {entry.name!r} is already in the calibration; allowed: a runtime of another name"
+            )
+        distances[entry.name], kinds[entry.name] = stored_distances(entry), "honest"
+    derived = {NO_HONEST, HONEST_NON_FINITE, *(calibration.derivation.warnings if calibration.derivation else [])}
+    chosen = targets or (calibration.derivation.targets if calibration.derivation is not None else PolicyTargets())
+    return assemble(
+        calibration,
+        reference,
+        list(calibration.reference_vectors),
+        calibration.first_nonce,
+        distances,
+        kinds,
+        [w for w in calibration.warnings if w not in derived],
         chosen,
     )
 

@@ -1,8 +1,9 @@
 """Named PoC policies and policy files.
 
 ``ml-node`` and ``chain`` are Gonka's defaults; ``wan-tiny-random-cpu-fp32`` was calibrated for
-the tiny test model on the CPU in float32, ``wan-a14b-shape-bf16`` for the A14B-shape random
-model in bf16 on an H100 (the calibration's proposal; measurements in docs/poc.md). Any other
+the tiny test model on the CPU in float32, ``wan-shapes-small-cpu-fp32`` for the shipped model
+there, ``wan-a14b-shape-bf16`` for the A14B-shape random model in bf16 on an H100 (each derived
+from target error rates; measurements in docs/poc.md). Any other
 name is read as the path of a policy file (schema ``ditproof.poc-policy/1``).
 """
 
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from ditproof.errors import InvalidInputError
 from ditproof.protocol.poc import CHAIN_POLICY, ML_NODE_POLICY, PocPolicy
 
-_SHIPPED = ("wan-tiny-random-cpu-fp32", "wan-a14b-shape-bf16")
+_SHIPPED = ("wan-tiny-random-cpu-fp32", "wan-shapes-small-cpu-fp32", "wan-a14b-shape-bf16")
 
 
 def policy_names() -> list[str]:

@@ -291,6 +291,7 @@ class PocVerdict(BaseModel):
 
 
 POC_CALIBRATION_SCHEMA: Literal["ditproof.poc-calibration/2"] = "ditproof.poc-calibration/2"
+POC_RUNTIME_SCHEMA: Literal["ditproof.poc-runtime/1"] = "ditproof.poc-runtime/1"
 
 
 class PolicyTargets(BaseModel):
@@ -442,4 +443,34 @@ class PocCalibration(BaseModel):
 
     def save(self, path: str | Path) -> None:
         """Writes the calibration atomically as canonical JSON."""
+        atomic_write_bytes(path, canonical_json(self.model_dump(mode="json")) + b"\n")
+
+
+class PocRuntimeRun(BaseModel):
+    """One more runtime measured against a calibration's reference vectors, on its nonces: another
+    card, or another configuration of the model (``tools/poc_calibrate.py --honest-against``), so
+    that a calibration can take in a runtime without running its cheats again
+    (``ditproof poc calibrate --from CAL --honest RUN``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal["ditproof.poc-runtime/1"] = POC_RUNTIME_SCHEMA
+    created: str
+    device: str
+    torch_version: str
+    model: str
+    model_revision: str
+    params: PocParams
+    block_hash: str
+    public_key: str
+    first_nonce: int = Field(ge=0, le=MAX_NONCE)
+    weights_fingerprint: str | None = None
+    """A digest of a few weight tensors: two runs of a random-weight preset have the same weights only
+    if these agree."""
+    configuration: dict[str, Any] = Field(default_factory=dict)
+    """How the runtime ran (load options, attention kernel, batch size)."""
+    distances: NonceDistances
+
+    def save(self, path: str | Path) -> None:
+        """Writes the run atomically as canonical JSON."""
         atomic_write_bytes(path, canonical_json(self.model_dump(mode="json")) + b"\n")
