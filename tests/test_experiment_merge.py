@@ -145,3 +145,54 @@ def test_shards_split_by_prompt_and_keep_a_prompts_jobs_together(tmp_path: Path)
     prompts = [{by_id[i].prompt_id for i in part} for part in ids]
     assert all(not (a & b) for k, a in enumerate(prompts) for b in prompts[k + 1 :])
     assert sum(bool(p) for p in prompts) >= 2  # 6 prompts do not all land in one shard
+
+
+def test_a_thin_pair_whose_record_commits_the_reference_bytes_is_exact_without_artifacts(tmp_path: Path) -> None:
+    """Another card in the reference's class sends back a thin store: a pair whose record commits
+    the reference's video, noise, final latent and every checkpoint is an exact match without its
+    artifacts; one checkpoint hash that differs leaves the pair to be scored from artifacts."""
+    from ditproof.protocol.record import InferenceRecord
+
+    a = make_store(tmp_path, "a")
+    run_local(a, workers=0, configurations=["reference", "attn-math", "steps-3"])
+    score_store(a)  # steps-3 keeps its rows; attn-math's are recomputed below
+    store = Store(a)
+    plan = load_plan(store)
+    copies = [j for j in plan if j.configuration == "attn-math"]
+    for index, job in enumerate(copies):
+        # The run of that card: the reference's bytes under the job's own id (what an identical run writes).
+        reference = read_result(store, job.reference_job_id)
+        assert reference is not None
+        record_artifact = reference.artifact("record")
+        record = InferenceRecord.model_validate_json(store.read_bytes(record_artifact.path, record_artifact.sha256))
+        if index == 1:  # the second pair: one trajectory checkpoint committed differently
+            changed = [
+                c.model_copy(update={"tensor_sha256": "0" * 64}) if c.name.startswith("step_") else c
+                for c in record.checkpoints
+            ]
+            assert changed != record.checkpoints
+            record = record.model_copy(update={"checkpoints": changed})
+        path = f"copies/{job.job_id}/record.json"
+        sha = store.write_bytes(path, record.model_dump_json().encode())
+        artifacts = [
+            a.model_copy(update={"path": path, "sha256": sha}) if a.name == "record" else a for a in reference.artifacts
+        ]
+        store.write_model(
+            result_path(job.job_id),
+            reference.model_copy(
+                update={"job_id": job.job_id, "configuration": job.configuration, "artifacts": artifacts}
+            ),
+        )
+    thin(a)
+    table = score_store(a).to_pylist()
+    meta = store.read_json(SCORES_META_FILE)
+    rows = {r["job_id"]: r for r in table}
+    first, second = copies
+    assert rows[first.job_id]["scored_from"] == "hashes" and rows[first.job_id]["video_exact"] is True
+    assert rows[first.job_id].get("psnr:mean") is None and rows[first.job_id]["final_latent_exact"] is True
+    assert second.job_id not in rows and meta["pairs_without_artifacts"] == 1
+    assert sum(r["configuration"] == "steps-3" for r in table) == 2
+    from ditproof.experiment.analyze import analyze_store
+
+    analysis = analyze_store(a)  # an exact row without metric columns stays out of the pools
+    assert analysis is not None

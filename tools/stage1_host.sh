@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One host's part of a Stage 1 run whose store cannot be shared (a lent GPU host that sends back
-# at most a few files): plan, run the selected configurations, score, and pack what the merge needs.
+# at most a few files): plan, run the selected configurations, score, re-run segments, and pack what the merge needs.
 #
-#   [STORE=DIR] [SIDE_BY_SIDE=N] [SHARD=I/N] [SEGMENTS=N|all] tools/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
+#   [STORE=DIR] [SIDE_BY_SIDE=N] [SHARD=I/N] [SEGMENTS=N|all] [DEADLINE=S] tools/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
 #
 # CONFIGURATIONS: comma-separated, or "all"; PACK: which jobs' videos and final latents (besides
 # the thin store) go into OUT/parts/ as 15 MB parts: "references", "all" or "none" (with the
@@ -40,20 +40,30 @@ wait
 cat "$out"/run.*.log > "$out/run.log" && rm "$out"/run.*.log
 echo "runners took $(( $(date +%s) - started )) s"
 grep -E "^(run |  skipped |failed)|(failed|gave-up) " "$out/run.log" | tail -n 25 || true
-# SEGMENTS=N: then the checkpoints-mode evidence (`experiment segments`) for the jobs of the first N
-# prompts ("all": every prompt), as SIDE_BY_SIDE processes (job shards) within SEGMENT_SECONDS.
+# DEADLINE=S: every step after the runners ends within S seconds of the start (the score first, then
+# the segment re-runs with what is left), so that a call of a fixed length always packs what it did.
+left() { if [ -n "${DEADLINE:-}" ]; then echo $(( DEADLINE - ($(date +%s) - started) - ${1:-0} )); else echo 100000; fi; }
+limit() { local l; l=$(left "$2"); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 device=$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
+# The scores of the finished pairs (they need the videos and latents, which stay on this host).
+timeout "$(limit "${SCORE_SECONDS:-900}" 30)" "${ditproof[@]}" score --store "$store" --device "$device" \
+  | tail -n 2 || echo "score stopped: exit $?"
+# SEGMENTS=N: then the checkpoints-mode evidence (`experiment segments`) for the jobs of the first N
+# prompts ("all": every prompt), as SEGMENT_PROCESSES job shards (default: all the runners'
+# workers) within SEGMENT_SECONDS; their logs go into run.log.
 if [ -n "${SEGMENTS:-}" ]; then
-  limit=()
-  [ "$SEGMENTS" != all ] && limit=(--max-prompts "$SEGMENTS")
-  for i in $(seq 0 $(( side - 1 ))); do
-    ( timeout "${SEGMENT_SECONDS:-300}" "${ditproof[@]}" segments --store "$store" --device "$device" "${limit[@]}" \
-        --shard "$i/$side" > "$out/segments.$i.log" 2>&1 || echo "segments $i stopped: exit $?" ) &
+  segment_limit=()
+  [ "$SEGMENTS" != all ] && segment_limit=(--max-prompts "$SEGMENTS")
+  processes=${SEGMENT_PROCESSES:-$(( side * per_gpu ))}
+  seconds_left=$(limit "${SEGMENT_SECONDS:-300}" 20)
+  for i in $(seq 0 $(( processes - 1 ))); do
+    ( timeout "$seconds_left" "${ditproof[@]}" segments --store "$store" --device "$device" \
+        "${segment_limit[@]}" --shard "$i/$processes" > "/tmp/segments.$i.log" 2>&1 \
+      || echo "segments $i stopped: exit $?" >> "/tmp/segments.$i.log" ) &
   done
   wait
-  tail -n 1 "$out"/segments.*.log || true
+  for i in $(seq 0 $(( processes - 1 ))); do tail -n 2 "/tmp/segments.$i.log"; done | tee -a "$out/run.log"
 fi
-timeout "${SCORE_SECONDS:-900}" "${ditproof[@]}" score --store "$store" --device "$device" | tail -n 2 || echo "score stopped: exit $?"
 tar czf "$out/thin.tgz" --exclude='*.mp4' --exclude='*.safetensors' -C "$store" .
 if [ "$pack" != none ]; then
   python3 - "$store" "$pack" > /tmp/pack-list <<'PY'

@@ -165,6 +165,39 @@ def pair_inputs_sha256(result: JobResult, reference: JobResult) -> str:
     return sha256_bytes("|".join(parts).encode())
 
 
+def exact_by_hashes(store: Store, result: JobResult, reference: JobResult) -> dict[str, Any] | None:
+    """The row columns of a pair decided from its records alone, or None.
+
+    A thin store holds the records but not the videos and latents. When a job's record commits the
+    reference's video, noise, final latent, every trajectory checkpoint (tensor sha256, by name) and
+    every step's fingerprint, the two runs are the same bytes: the pair is an exact match, kept out
+    of the pools, with nothing left to measure (its metric columns stay empty). Anything that
+    differs, or a record that is not here, gives None: such a pair needs its artifacts.
+    """
+    if (result.video_sha256, result.final_latent_sha256) != (reference.video_sha256, reference.final_latent_sha256):
+        return None
+    records = []
+    for side in (result, reference):
+        artifact = side.artifact("record")
+        if not store.exists(artifact.path):
+            return None
+        records.append(InferenceRecord.model_validate_json(store.read_bytes(artifact.path, artifact.sha256)))
+    job, ref = records
+    steps = [record.fingerprints.values if record.fingerprints else [] for record in (job, ref)]
+    checkpoints = [{c.name: c.tensor_sha256 for c in record.checkpoints} for record in (job, ref)]
+    if job.noise.sha256 != ref.noise.sha256 or checkpoints[0] != checkpoints[1] or steps[0] != steps[1]:
+        return None
+    return {
+        "video_exact": True,
+        "frames_exact": True,
+        "final_latent_exact": True,
+        "noise_equal": True,
+        "first_divergence_step": None,
+        "fingerprint_steps": len(steps[0]),
+        "scored_from": "hashes",
+    }
+
+
 def _has_artifacts(store: Store, result: JobResult) -> bool:
     needed = [result.artifact("video"), result.artifact("record"), result.artifact("latent:final")]
     return all(store.exists(a.path) for a in needed)
@@ -235,7 +268,8 @@ def score_store(
     Rows already in the store that were computed with the same metrics from the same results (their
     ``inputs_sha256``) are kept unless ``rescore``; the other pairs are scored, which needs their
     artifacts: pairs of a thin store (results without videos or latents) that have no valid row are
-    counted in ``scores-meta.json`` as ``pairs_without_artifacts``. Rows are written every
+    counted in ``scores-meta.json`` as ``pairs_without_artifacts``, unless their records show them
+    to be exact matches (:func:`exact_by_hashes`: rows with ``scored_from`` ``hashes``). Rows are written every
     ``SAVE_EVERY_S`` seconds too: a scoring run that is stopped (a host's time limit) loses at most
     that much work, and the next run goes on from there.
 
@@ -271,6 +305,23 @@ def score_store(
         if not (_has_artifacts(store, results[job.job_id]) and _has_artifacts(store, results[job.reference_job_id]))  # type: ignore[arg-type]
     ]
     todo = [job for job in todo if job.job_id not in set(without_artifacts)]
+    by_id = {job.job_id: job for job in pairs}
+    for job_id in list(without_artifacts):  # exact matches need no artifacts: their records say so
+        job = by_id[job_id]
+        result, reference = results[job_id], results[job.reference_job_id]
+        assert result is not None and reference is not None
+        exact = exact_by_hashes(store, result, reference)
+        if exact is not None:
+            rows[job_id] = (
+                pair_columns(job, result, reference)
+                | {
+                    "device_name": result.device_name,
+                    "reference_device_name": reference.device_name,
+                    "inputs_sha256": pair_inputs_sha256(result, reference),
+                }
+                | exact
+            )
+            without_artifacts.remove(job_id)
     jobs_without_reference = sum(
         1 for j in jobs if not j.is_reference and results[j.job_id] and not results[j.reference_job_id]
     )
