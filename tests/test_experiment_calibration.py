@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -510,3 +511,30 @@ def test_quantile_scaling_keeps_the_joint_fpr_at_the_target_where_tail_scaling_o
     assert scaled.oos_fpr_mean is not None and tail.oos_fpr_mean is not None
     assert scaled.oos_fpr_mean < 1.5 * target
     assert tail.oos_fpr_mean > 5 * target  # 7.6% here
+
+
+def test_a_large_summary_is_written_compressed_and_read_back_the_same(tmp_path: Path) -> None:
+    from ditproof.experiment.summaries import COMPRESS_FROM_ROWS, summary_path, write_csv, write_summary
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for p in range(COMPRESS_FROM_ROWS // 2):
+        rows.append(pair(p, "cfg-batched", "benign", **{"latent_rel_l2:value": float(rng.uniform(0.01, 0.02))}))
+        rows.append(pair(p, "steps-3", "malign", **{"latent_rel_l2:value": float(rng.uniform(0.05, 0.1))}))
+    rows[0] |= {"scored_from": "hashes"}  # a pair decided from its records: the column is text
+    plain = write_folder(tmp_path / "plain", rows)
+    write_csv(plain / SCORES_CSV, read_scores_csv(plain / SCORES_CSV))  # as the report writes it: 9 digits
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    shutil.copy(plain / "analysis.json", packed / "analysis.json")
+    (packed / SCORES_CSV).write_text("stale")  # a plain file from an earlier, smaller write goes
+    written = write_summary(packed, SCORES_CSV, read_scores_csv(plain / SCORES_CSV))
+    assert written.name == f"{SCORES_CSV}.gz" and not (packed / SCORES_CSV).exists()
+    assert summary_path(packed, SCORES_CSV) == written
+    assert read_scores_csv(written) == read_scores_csv(plain / SCORES_CSV)
+    assert read_scores_csv(written)[0]["scored_from"] == "hashes"
+    first = written.read_bytes()
+    write_summary(packed, SCORES_CSV, read_scores_csv(written))
+    assert written.read_bytes() == first  # the same rows give the same bytes
+    one, other = analyze_folder(plain, method=FAST), analyze_folder(packed, method=FAST)
+    assert one.pools == other.pools and one.keys == other.keys

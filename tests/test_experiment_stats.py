@@ -29,6 +29,17 @@ def test_roc_and_auc_agree_with_scikit_learn(seed: int) -> None:
     assert ours.fpr[0] == 0.0 and ours.tpr[-1] == 1.0
 
 
+def test_roc_and_auc_of_large_pools_need_no_pairwise_table() -> None:
+    # 300,000 scores a side (a spot check's draws over a 1,000-prompt run): a table of all pairs
+    # would take 90 GB; sorted counts take a few MB.
+    n = 300_000
+    benign = np.arange(n, dtype=np.float64)
+    malign = benign + 0.5
+    assert auc(benign, malign) == pytest.approx((n + 1) / (2 * n), abs=1e-12)
+    ours = roc_curve(benign[:1000], np.r_[malign[:999], np.inf])  # an unmeasurable segment scores inf
+    assert ours.tpr[1] == pytest.approx(1 / 1000) and ours.fpr[-1] == 1.0
+
+
 def test_threshold_at_fpr_allows_floor_target_times_n_false_positives() -> None:
     benign = np.arange(1, 201, dtype=np.float64)  # 200 benign scores
     point = threshold_at_fpr(benign, 0.01)

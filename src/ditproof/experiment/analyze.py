@@ -100,7 +100,7 @@ from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX, SCORES_META_FILE, r
 from ditproof.experiment.segments import read_segment_rows, with_segment_columns
 from ditproof.experiment.stats import ROC_FPR_GRID, bootstrap_counts, prompt_splits
 from ditproof.experiment.store import Store
-from ditproof.experiment.summaries import SCORES_CSV, read_scores_csv
+from ditproof.experiment.summaries import SCORES_CSV, read_scores_csv, summary_path
 from ditproof.experiment.thresholds import thresholds_file
 from ditproof.hashing import canonical_json, sha256_bytes
 from ditproof.protocol.record import InferenceRecord
@@ -432,7 +432,7 @@ def analyze_folder(folder: str | Path, fpr_target: float | None = None, method: 
     path = Path(folder)
     store = Store(str(path))
     for name in (SCORES_CSV, ANALYSIS_FILE):
-        if not (path / name).is_file():
+        if not (path / name).is_file() and not (name == SCORES_CSV and summary_path(path, name).is_file()):
             raise InvalidInputError(
                 f"report folder {path}: no {name}; allowed: a folder written by `experiment report`"
             )
@@ -448,7 +448,7 @@ def analyze_folder(folder: str | Path, fpr_target: float | None = None, method: 
         except ValueError as exc:
             raise InvalidInputError(f"report folder {path}: {ANALYSIS_FILE}: reference_trajectory: {exc}") from exc
     analysis = analyze_rows(
-        read_scores_csv(path / SCORES_CSV),
+        read_scores_csv(summary_path(path, SCORES_CSV)),
         experiment=meta["experiment"],
         model=meta["model"],
         model_revision=meta["model_revision"],
@@ -457,7 +457,7 @@ def analyze_folder(folder: str | Path, fpr_target: float | None = None, method: 
         method=method,
         skipped_metrics=previous.get("skipped_metrics", {}),
         metric_weights=previous.get("metric_weights", {}),
-        source=str(path / SCORES_CSV),
+        source=str(summary_path(path, SCORES_CSV)),
         reference_trajectory=trajectory,
     )
     _write_outputs(store, analysis)

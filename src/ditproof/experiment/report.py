@@ -26,7 +26,14 @@ from ditproof.experiment.plots import plot_divergence, plot_histogram, plot_roc,
 from ditproof.experiment.score import read_scores
 from ditproof.experiment.segments import read_segment_rows, with_segment_columns
 from ditproof.experiment.store import Store
-from ditproof.experiment.summaries import MANIFEST_CSV, SCORES_CSV, read_manifest_csv, read_scores_csv, write_csv
+from ditproof.experiment.summaries import (
+    MANIFEST_CSV,
+    SCORES_CSV,
+    read_manifest_csv,
+    read_scores_csv,
+    summary_path,
+    write_summary,
+)
 from ditproof.experiment.thresholds import position_ranges
 from ditproof.hashing import atomic_write_bytes, atomic_write_text
 
@@ -56,8 +63,8 @@ def write_report(store_url: str, out_dir: str | Path) -> Path:
     manifest = store.read_parquet(MANIFEST_FILE).to_pylist()
     atomic_write_bytes(out / THRESHOLDS_FILE, store.read_bytes(THRESHOLDS_FILE))
     atomic_write_bytes(out / ANALYSIS_FILE, store.read_bytes(ANALYSIS_FILE))
-    write_csv(out / SCORES_CSV, scores)
-    write_csv(out / MANIFEST_CSV, manifest)
+    write_summary(out, SCORES_CSV, scores)
+    write_summary(out, MANIFEST_CSV, manifest)
     return _render(out, experiment, analysis, scores, manifest)
 
 
@@ -72,7 +79,7 @@ def write_report_from_folder(folder: str | Path) -> Path:
     """
     out = Path(folder)
     for name in (ANALYSIS_FILE, SCORES_CSV, MANIFEST_CSV):
-        if not (out / name).is_file():
+        if not summary_path(out, name).is_file():
             raise InvalidInputError(f"report folder {out}: no {name}; allowed: a folder written by `experiment report`")
     store = Store(str(out))
     data = store.read_json(ANALYSIS_FILE)
@@ -83,7 +90,13 @@ def write_report_from_folder(folder: str | Path) -> Path:
         )
     analysis = store.read_model(ANALYSIS_FILE, Analysis)
     experiment = load_experiment(analysis.experiment)
-    return _render(out, experiment, analysis, read_scores_csv(out / SCORES_CSV), read_manifest_csv(out / MANIFEST_CSV))
+    return _render(
+        out,
+        experiment,
+        analysis,
+        read_scores_csv(summary_path(out, SCORES_CSV)),
+        read_manifest_csv(summary_path(out, MANIFEST_CSV)),
+    )
 
 
 def _render(

@@ -36,17 +36,23 @@ def roc_curve(benign: np.ndarray, malign: np.ndarray) -> Roc:
     values = np.unique(np.concatenate([benign, malign]))[::-1]
     # Flag when badness > t: thresholds from above the maximum down to just below each value.
     thresholds = np.concatenate([[np.inf], values[1:], [-np.inf]]) if values.size > 1 else np.array([np.inf, -np.inf])
-    fpr = np.array([(benign > t).mean() for t in thresholds])
-    tpr = np.array([(malign > t).mean() for t in thresholds])
-    return Roc(fpr=fpr, tpr=tpr, thresholds=thresholds)
+    return Roc(fpr=_share_above(benign, thresholds), tpr=_share_above(malign, thresholds), thresholds=thresholds)
+
+
+def _share_above(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """For each threshold t, the share of ``scores`` above t (sorted once: no scores × thresholds table)."""
+    ordered = np.sort(scores)
+    return (ordered.size - np.searchsorted(ordered, thresholds, side="right")) / ordered.size
 
 
 def auc(benign: np.ndarray, malign: np.ndarray) -> float:
     """Area under the ROC: P(malign badness > benign badness) + ½ P(equal) (Mann–Whitney)."""
     if benign.size == 0 or malign.size == 0:
         raise ValueError("AUC needs at least one benign and one malign score")
-    greater = (malign[:, None] > benign[None, :]).sum()
-    equal = (malign[:, None] == benign[None, :]).sum()
+    ordered = np.sort(benign)
+    below = np.searchsorted(ordered, malign, side="left")  # benign scores under each malign one
+    at_or_below = np.searchsorted(ordered, malign, side="right")
+    greater, equal = int(below.sum()), int((at_or_below - below).sum())
     return float((greater + 0.5 * equal) / (benign.size * malign.size))
 
 
