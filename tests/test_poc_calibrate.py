@@ -200,3 +200,30 @@ def test_cli_adds_a_runtime_measured_later(runs, tiny_model, tmp_path):
         refused = runner.invoke(app, ["poc", "calibrate", *args])
         assert refused.exit_code == 2 and message in refused.output, refused.output
         assert "Traceback" not in refused.output
+
+
+def test_the_gpu_tool_measures_a_runtime_against_a_calibration_on_the_cpu(runs, tmp_path):
+    """tools/poc_calibrate.py --honest-against (run on another card in practice), here on the CPU:
+    the runtime file it writes joins the calibration; another card's weights are refused."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cal, out = tmp_path / "cal.json", tmp_path / "b1.json"
+    runs["whole"].save(cal)
+    command = [sys.executable, str(root / "tools" / "poc_calibrate.py"), "--honest-against", str(cal),
+               "--name", "cpu float32 batch 1 (tool)", "--device", "cpu", "--dtype", "float32", "--batch-size", "1"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    done = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "cpu float32 batch 1 (tool): 64 nonces" in done.stdout and "policy: dist_threshold" in done.stdout
+    result = CliRunner().invoke(app, ["poc", "calibrate", "--from", str(cal), "--honest", str(out)])
+    assert result.exit_code == 0 and "cpu float32 batch 1 (tool)" in result.output, result.output
+    refused = subprocess.run(
+        [*command, "--out", str(tmp_path / "x.json"), "--expect-weights", "0" * 64],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "random weights differ" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "x.json").exists()
