@@ -196,3 +196,46 @@ def test_a_thin_pair_whose_record_commits_the_reference_bytes_is_exact_without_a
 
     analysis = analyze_store(a)  # an exact row without metric columns stays out of the pools
     assert analysis is not None
+
+
+def test_the_gpu_host_script_packs_a_shard_that_merges(tmp_path: Path) -> None:
+    """tools/stage1_host.sh as a lent GPU host runs it (here on the CPU, tiny model): one prompt
+    shard planned, run, scored and re-run by segments within its DEADLINE; the thin store and
+    the references' artifacts it packs merge into a store with every pair scored."""
+    import io
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    root = Path(__file__).resolve().parents[1]
+    out, store, host = tmp_path / "out", tmp_path / "host-store", tmp_path / "host"
+    out.mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # python3: this interpreter
+        "PYTHONPATH": str(root / "src"),
+        "STORE": str(store),
+        "SHARD": "0/6",
+        "SEGMENTS": "all",
+        "DEADLINE": "240",
+        "SEGMENT_PROCESSES": "2",
+    }
+    script = str(root / "tools" / "stage1_host.sh")
+    args = ["bash", script, "stage1-tiny-cpu", "reference,cfg-batched,steps-39", str(out), "1", "120", "all"]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with tarfile.open(out / "thin.tgz") as tar:
+        names = tar.getnames()
+        tar.extractall(host, filter="data")
+    assert "./scores.parquet" in names and any(n.startswith("./segments-") for n in names)
+    assert not any(n.endswith((".mp4", ".safetensors")) for n in names)
+    parts = sorted((out / "parts").iterdir())
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as tar:
+        tar.extractall(host, filter="data")
+    merged = str(tmp_path / "merged")
+    merge_stores(merged, [str(host)])
+    table = score_store(merged)
+    meta = Store(merged).read_json(SCORES_META_FILE)
+    assert table.num_rows == 4 and meta["pairs_without_artifacts"] == 0  # 2 prompts of shard 0 × 2 deviations
+    assert "2 jobs' segments" in (out / "run.log").read_text()
