@@ -305,7 +305,17 @@ def main() -> None:
 def honest_against(args: argparse.Namespace) -> None:
     """One more honest runtime (this card, ``--kept`` or plain, ``--batch-size``) against a
     calibration's reference vectors: the runtime file, and the policy derived with it."""
-    calibration = PocCalibration.model_validate_json(Path(args.honest_against).read_bytes())
+    try:
+        calibration = PocCalibration.model_validate_json(Path(args.honest_against).read_bytes())
+    except (OSError, ValueError) as exc:
+        sys.exit(
+            f"--honest-against: cannot read {args.honest_against} as a calibration ({str(exc).splitlines()[0]}); "
+            "allowed: a file written by `ditproof poc calibrate --out` (merge a tool result's parts with --from first)"
+        )
+    if not calibration.reference_vectors:
+        sys.exit(
+            f"--honest-against: {args.honest_against} keeps no reference vectors; allowed: a calibration that does"
+        )
     if not args.name:
         sys.exit("--name: missing; allowed: a name that says the card and the configuration, e.g. 'H200 bf16 batch 16'")
     started = time.perf_counter()
