@@ -29,11 +29,11 @@ takes a few minutes, so a call with a time limit can run the one-GPU baseline fi
         python3 bench/multi_gpu.py --gpus 2,4,8 --steps 4 --merge $OUT/multi_gpu_1.json --out $OUT/multi_gpu.json
     PYTHONPATH=src python3 bench/multi_gpu.py --smoke --out /tmp/multi_gpu_smoke.json   # CPU: tiny, TP-2 over gloo
 
-Exactness by regeneration at several GPUs is the Stage 1 harness's job, but it has only ``cp2``
-(``stage1.toml`` at A14B, ``stage1-shapes-gpu.toml`` with the shipped model), no ``cp4``/``cp8``;
-on a four-GPU host (docs/experiment.md):
+Exactness by regeneration at several GPUs is the Stage 1 harness's job: ``cp-a14b-shape.toml``
+runs CP-2, CP-4 and CP-8 at A14B shape in the kept configuration against one GPU (8 prompts, a
+short request), on a host of 8 GPUs (docs/experiment.md):
 
-    SIDE_BY_SIDE=2 tools/stage1_host.sh stage1-shapes-gpu reference,cp2 OUT 4 300 none
+    tools/stage1_host.sh cp-a14b-shape all OUT 1 540 none
 """
 
 from __future__ import annotations

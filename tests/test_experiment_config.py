@@ -66,6 +66,20 @@ def test_shipped_configurations_load(name: str) -> None:
     assert experiment.reference.name == "reference"
 
 
+def test_the_context_parallel_check_runs_every_degree_in_the_kept_configuration() -> None:
+    experiment = load_experiment("cp-a14b-shape")
+    by_name = {c.name: c for c in experiment.configurations}
+    assert [by_name[f"cp{n}"].world_size for n in (2, 4, 8)] == [2, 4, 8]
+    for name in ("cp2", "cp4", "cp8"):  # each degree is the reference's kept options and its degree
+        options = by_name[name].options
+        assert options.compile == "regional" and options.fuse_projections and options.fuse_elementwise
+        assert options.attention_backend == "sdpa-cudnn" and options.dtype == "bfloat16"
+    # Ulysses splits the video tokens evenly: 832x480x17 is 5 latent frames of 30x52 patches.
+    request = by_name["reference"].request
+    tokens = ((request["num_frames"] - 1) // 4 + 1) * (request["height"] // 16) * (request["width"] // 16)
+    assert tokens == 7800 and tokens % 8 == 0
+
+
 def test_stage1_has_every_deviation_of_the_design() -> None:
     experiment = load_experiment("stage1")
     by_name = {c.name: c for c in experiment.configurations}
