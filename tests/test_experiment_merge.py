@@ -238,4 +238,5 @@ def test_the_gpu_host_script_packs_a_shard_that_merges(tmp_path: Path) -> None:
     table = score_store(merged)
     meta = Store(merged).read_json(SCORES_META_FILE)
     assert table.num_rows == 4 and meta["pairs_without_artifacts"] == 0  # 2 prompts of shard 0 × 2 deviations
-    assert "2 jobs' segments" in (out / "run.log").read_text()
+    log = (out / "run.log").read_text()
+    assert "2 jobs' segments" in log and "4 pairs scored" in log  # both ran, side by side

@@ -40,30 +40,36 @@ wait
 cat "$out"/run.*.log > "$out/run.log" && rm "$out"/run.*.log
 echo "runners took $(( $(date +%s) - started )) s"
 grep -E "^(run |  skipped |failed)|(failed|gave-up) " "$out/run.log" | tail -n 25 || true
-# DEADLINE=S: every step after the runners ends within S seconds of the start (the score first, then
-# the segment re-runs with what is left), so that a call of a fixed length always packs what it did.
+# DEADLINE=S: the steps after the runners (the score and the segment re-runs, side by side) end
+# within S seconds of the start, so that a call of a fixed length always packs what it did.
 left() { if [ -n "${DEADLINE:-}" ]; then echo $(( DEADLINE - ($(date +%s) - started) - ${1:-0} )); else echo 100000; fi; }
 limit() { local l; l=$(left "$2"); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 device=$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
-# The scores of the finished pairs (they need the videos and latents, which stay on this host).
-timeout "$(limit "${SCORE_SECONDS:-900}" 30)" "${ditproof[@]}" score --store "$store" --device "$device" \
-  | tail -n 2 || echo "score stopped: exit $?"
-# SEGMENTS=N: then the checkpoints-mode evidence (`experiment segments`) for the jobs of the first N
+logs=$(mktemp -d)
+# The scores of the finished pairs (they need the videos and latents, which stay on this host): in
+# the background, beside the segment re-runs (scores.parquet and segments-*.parquet are apart).
+( timeout "$(limit "${SCORE_SECONDS:-900}" 30)" "${ditproof[@]}" score --store "$store" --device "$device" \
+    > "$logs/score.log" 2>&1 || echo "score stopped: exit $?" >> "$logs/score.log" ) &
+# SEGMENTS=N: the checkpoints-mode evidence (`experiment segments`) for the jobs of the first N
 # prompts ("all": every prompt), as SEGMENT_PROCESSES job shards (default: all the runners'
-# workers) within SEGMENT_SECONDS; their logs go into run.log.
+# workers) within SEGMENT_SECONDS.
+processes=0
 if [ -n "${SEGMENTS:-}" ]; then
   segment_limit=()
   [ "$SEGMENTS" != all ] && segment_limit=(--max-prompts "$SEGMENTS")
   processes=${SEGMENT_PROCESSES:-$(( side * per_gpu ))}
-  seconds_left=$(limit "${SEGMENT_SECONDS:-300}" 20)
+  seconds_left=$(limit "${SEGMENT_SECONDS:-300}" 30)
   for i in $(seq 0 $(( processes - 1 ))); do
     ( timeout "$seconds_left" "${ditproof[@]}" segments --store "$store" --device "$device" \
-        "${segment_limit[@]}" --shard "$i/$processes" > "/tmp/segments.$i.log" 2>&1 \
-      || echo "segments $i stopped: exit $?" >> "/tmp/segments.$i.log" ) &
+        "${segment_limit[@]}" --shard "$i/$processes" > "$logs/segments.$i.log" 2>&1 \
+      || echo "segments $i stopped: exit $?" >> "$logs/segments.$i.log" ) &
   done
-  wait
-  for i in $(seq 0 $(( processes - 1 ))); do tail -n 2 "/tmp/segments.$i.log"; done | tee -a "$out/run.log"
 fi
+wait
+# Their last lines go into run.log (the host sends back few files).
+{ tail -n 5 "$logs/score.log"; for i in $(seq 0 $(( processes - 1 ))); do tail -n 2 "$logs/segments.$i.log"; done; } \
+  | tee -a "$out/run.log"
+rm -rf "$logs"
 tar czf "$out/thin.tgz" --exclude='*.mp4' --exclude='*.safetensors' -C "$store" .
 if [ "$pack" != none ]; then
   python3 - "$store" "$pack" > /tmp/pack-list <<'PY'
