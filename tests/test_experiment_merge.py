@@ -202,14 +202,13 @@ def test_the_gpu_host_script_packs_a_shard_that_merges(tmp_path: Path) -> None:
     """tools/stage1_host.sh as a lent GPU host runs it (here on the CPU, tiny model): one prompt
     shard planned, run, scored and re-run by segments within its DEADLINE; the thin store and
     the references' artifacts it packs merge into a store with every pair scored."""
-    import io
     import os
     import subprocess
     import sys
     import tarfile
 
     root = Path(__file__).resolve().parents[1]
-    out, store, host = tmp_path / "out", tmp_path / "host-store", tmp_path / "host"
+    out, store = tmp_path / "out", tmp_path / "host-store"
     out.mkdir()
     env = {
         **os.environ,
@@ -225,17 +224,18 @@ def test_the_gpu_host_script_packs_a_shard_that_merges(tmp_path: Path) -> None:
     args = ["bash", script, "stage1-tiny-cpu", "reference,cfg-batched,steps-39", str(out), "1", "120", "all"]
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python 3.11.4 and later
     with tarfile.open(out / "thin.tgz") as tar:
         names = tar.getnames()
-        tar.extractall(host, **safe)
     assert "./scores.parquet" in names and any(n.startswith("./segments-") for n in names)
     assert not any(n.endswith((".mp4", ".safetensors")) for n in names)
-    parts = sorted((out / "parts").iterdir())
-    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as tar:
-        tar.extractall(host, **safe)
+    assert sorted((out / "parts").iterdir())  # the packed artifacts
+    # Here: tools/stage1_collect.sh unpacks the call's folder and merges it into a store.
     merged = str(tmp_path / "merged")
-    merge_stores(merged, [str(host)])
+    collect = [str(root / "tools" / "stage1_collect.sh"), merged, str(out)]
+    done = subprocess.run(["bash", *collect], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    refused = subprocess.run(["bash", *collect[:2], str(tmp_path)], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "no thin.tgz" in refused.stderr
     table = score_store(merged)
     meta = Store(merged).read_json(SCORES_META_FILE)
     assert table.num_rows == 4 and meta["pairs_without_artifacts"] == 0  # 2 prompts of shard 0 × 2 deviations
