@@ -61,11 +61,12 @@ from common import device_info, write_result
 from ditproof.generation.attention import attention_for_run
 from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel, load_model
-from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate, l2_distances
+from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate
 from ditproof.poc.calibration_data import (
     decode_vectors,
     format_derivation,
     format_table,
+    l2_distances,
     rederive,
     runtime_run,
     with_runtimes,

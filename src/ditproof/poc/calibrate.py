@@ -30,7 +30,7 @@ import torch
 from ditproof.errors import InvalidInputError
 from ditproof.generation.attention import attention_for_run
 from ditproof.models.registry import LoadedModel
-from ditproof.poc.calibration_data import RuntimeKind, assemble, kept_distances
+from ditproof.poc.calibration_data import RuntimeKind, assemble, kept_distances, l2_distances
 from ditproof.poc.compute import PocModel, compute_vectors, encode_vector
 from ditproof.poc.deviations import fewer_layers, fp8_transform, high_noise_only, perturb_transform, swapped_weights
 from ditproof.protocol.poc import (
@@ -68,12 +68,6 @@ class CalibrationSettings:
     perturb_fraction: float = 0.01
     skip_layers: int = 1
     extra_cheats: list[RuntimeSpec] = field(default_factory=list)
-
-
-def l2_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-row L2 distance in float32; non-finite rows give ``inf``."""
-    d = np.linalg.norm(a.astype(np.float32) - b.astype(np.float32), axis=1)
-    return np.where(np.isfinite(d), d, np.inf)
 
 
 def _attention(model: LoadedModel, backend: str) -> AbstractContextManager[None]:

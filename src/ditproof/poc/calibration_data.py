@@ -67,6 +67,25 @@ def kept_distances(distances: np.ndarray) -> np.ndarray:
     return np.array([float(f"{v:.7g}") if np.isfinite(v) else np.inf for v in distances.tolist()])
 
 
+def l2_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row L2 distance in float32; non-finite rows give ``inf``."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.linalg.norm(a.astype(np.float32) - b.astype(np.float32), axis=1)
+    return np.where(np.isfinite(d), d, np.inf)
+
+
+def nonce_distances(name: str, kind: RuntimeKind, reference: str, values: np.ndarray) -> NonceDistances:
+    """Kept distances as the file stores them (a non-finite one as 2.0, its index in ``non_finite``);
+    :func:`stored_distances` reads them back."""
+    return NonceDistances(
+        name=name,
+        kind=kind,
+        reference=reference,
+        values=[v if np.isfinite(v) else 2.0 for v in values.tolist()],
+        non_finite=[int(i) for i in np.flatnonzero(~np.isfinite(values))],
+    )
+
+
 def stored_distances(entry: NonceDistances) -> np.ndarray:
     """A runtime's kept distances read back (its ``non_finite`` nonces as ``inf``).
 
@@ -125,16 +144,7 @@ def assemble(
         )
         for curve in derivation.curves
     ]
-    stored = [
-        NonceDistances(
-            name=name,
-            kind=kinds[name],
-            reference=reference,
-            values=[v if np.isfinite(v) else 2.0 for v in values.tolist()],
-            non_finite=[int(i) for i in np.flatnonzero(~np.isfinite(values))],
-        )
-        for name, values in distances.items()
-    ]
+    stored = [nonce_distances(name, kinds[name], reference, values) for name, values in distances.items()]
     return PocCalibration(
         created=base.created,
         device=base.device,
@@ -203,14 +213,7 @@ def merge_calibrations(
             )
 
     def identity(part: PocCalibration) -> dict[str, object]:
-        return {
-            "block_hash": part.block_hash,
-            "public_key": part.public_key,
-            "params": part.params.model_dump(mode="json"),
-            "model": part.model,
-            "model_revision": part.model_revision,
-            "runtimes": [(d.name, d.kind, d.reference) for d in part.distances],
-        }
+        return _round(part) | {"runtimes": [(d.name, d.kind, d.reference) for d in part.distances]}
 
     first = identity(parts[0])
     for name, part in zip(names[1:], parts[1:], strict=True):
@@ -234,11 +237,7 @@ def merge_calibrations(
         for j, d in enumerate(ordered[0].distances)
     }
     kinds: dict[str, RuntimeKind] = {d.name: d.kind for d in ordered[0].distances}
-    derived = {NO_HONEST, HONEST_NON_FINITE}
-    run_warnings: list[str] = []
-    for part in ordered:
-        derived |= set(part.derivation.warnings if part.derivation is not None else [])
-        run_warnings += [w for w in part.warnings if w not in derived and w not in run_warnings]
+    run_warnings = _run_warnings(ordered)
     devices = list(dict.fromkeys(p.device for p in ordered))
     versions = list(dict.fromkeys(p.torch_version for p in ordered))
     if len(devices) > 1 or len(versions) > 1:
@@ -303,9 +302,7 @@ def runtime_run(
         raise InvalidInputError(
             f"vectors: got shape {tuple(vectors.shape)}; allowed: {tuple(reference.shape)} (one per calibrated nonce)"
         )
-    with np.errstate(invalid="ignore", over="ignore"):
-        distances = np.linalg.norm(vectors.astype(np.float32) - reference, axis=1)
-    values = kept_distances(np.where(np.isfinite(distances), distances, np.inf))
+    values = kept_distances(l2_distances(vectors, reference))
     return PocRuntimeRun(
         created=created,
         device=device,
@@ -318,13 +315,7 @@ def runtime_run(
         first_nonce=calibration.first_nonce,
         weights_fingerprint=weights_fingerprint,
         configuration=configuration,
-        distances=NonceDistances(
-            name=name,
-            kind="honest",
-            reference=reference_name(calibration),
-            values=[v if np.isfinite(v) else 2.0 for v in values.tolist()],
-            non_finite=[int(i) for i in np.flatnonzero(~np.isfinite(values))],
-        ),
+        distances=nonce_distances(name, "honest", reference_name(calibration), values),
     )
 
 
@@ -351,23 +342,9 @@ def with_runtimes(
     reference = reference_name(calibration)
     distances = {d.name: stored_distances(d) for d in calibration.distances}
     kinds: dict[str, RuntimeKind] = {d.name: d.kind for d in calibration.distances}
-    expected: dict[str, object] = {
-        "block_hash": calibration.block_hash,
-        "public_key": calibration.public_key,
-        "params": calibration.params.model_dump(mode="json"),
-        "model": calibration.model,
-        "model_revision": calibration.model_revision,
-        "first_nonce": calibration.first_nonce,
-    }
+    expected = _round(calibration) | {"first_nonce": calibration.first_nonce}
     for label, run in zip(names, runs, strict=True):
-        got: dict[str, object] = {
-            "block_hash": run.block_hash,
-            "public_key": run.public_key,
-            "params": run.params.model_dump(mode="json"),
-            "model": run.model,
-            "model_revision": run.model_revision,
-            "first_nonce": run.first_nonce,
-        }
+        got = _round(run) | {"first_nonce": run.first_nonce}
         for key, value in expected.items():
             if got[key] != value:
                 raise InvalidInputError(
@@ -389,7 +366,6 @@ def with_runtimes(
                 f"{label}: runtime {entry.name!r} is already in the calibration; allowed: a runtime of another name"
             )
         distances[entry.name], kinds[entry.name] = stored_distances(entry), "honest"
-    derived = {NO_HONEST, HONEST_NON_FINITE, *(calibration.derivation.warnings if calibration.derivation else [])}
     chosen = targets or (calibration.derivation.targets if calibration.derivation is not None else PolicyTargets())
     return assemble(
         calibration,
@@ -398,9 +374,31 @@ def with_runtimes(
         calibration.first_nonce,
         distances,
         kinds,
-        [w for w in calibration.warnings if w not in derived],
+        _run_warnings([calibration]),
         chosen,
     )
+
+
+def _run_warnings(calibrations: Sequence[PocCalibration]) -> list[str]:
+    """The warnings the runs reported, without those their derivations added (derived again)."""
+    derived = {NO_HONEST, HONEST_NON_FINITE}
+    for calibration in calibrations:
+        derived |= set(calibration.derivation.warnings if calibration.derivation is not None else [])
+    kept: list[str] = []
+    for calibration in calibrations:
+        kept += [w for w in calibration.warnings if w not in derived and w not in kept]
+    return kept
+
+
+def _round(item: PocCalibration | PocRuntimeRun) -> dict[str, object]:
+    """What makes runs comparable nonce by nonce: the round, the PoC shape and the model."""
+    return {
+        "block_hash": item.block_hash,
+        "public_key": item.public_key,
+        "params": item.params.model_dump(mode="json"),
+        "model": item.model,
+        "model_revision": item.model_revision,
+    }
 
 
 def rederive(

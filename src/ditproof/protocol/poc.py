@@ -38,6 +38,14 @@ def decode_b64(text: str) -> bytes:
         raise ValueError(f"got {text[:40]!r}; allowed: standard base64 with padding") from None
 
 
+class _Document(BaseModel):
+    """A model written to disk on its own: :meth:`save` writes it atomically as canonical JSON."""
+
+    def save(self, path: str | Path) -> None:
+        """Writes the document atomically as canonical JSON."""
+        atomic_write_bytes(path, canonical_json(self.model_dump(mode="json")) + b"\n")
+
+
 class PocParams(BaseModel):
     """What every nonce's computation depends on besides the model and the seeds.
 
@@ -264,7 +272,7 @@ class PocMismatch(BaseModel):
     distance: float | None = None
 
 
-class PocVerdict(BaseModel):
+class PocVerdict(_Document):
     """A validator's decision on one commitment, with every measurement behind it.
 
     ``invalid``: the artifacts break the protocol (bad proof, duplicate nonce, porosity, wrong
@@ -284,10 +292,6 @@ class PocVerdict(BaseModel):
     p_value: float | None
     distances: list[float | None]
     mismatch_details: list[PocMismatch]
-
-    def save(self, path: str | Path) -> None:
-        """Writes the verdict atomically as canonical JSON."""
-        atomic_write_bytes(path, canonical_json(self.model_dump(mode="json")) + b"\n")
 
 
 POC_CALIBRATION_SCHEMA: Literal["ditproof.poc-calibration/2"] = "ditproof.poc-calibration/2"
@@ -410,7 +414,7 @@ class CheatDetection(BaseModel):
     detection_probability: float
 
 
-class PocCalibration(BaseModel):
+class PocCalibration(_Document):
     """Measured distances and the policy proposed from them (``ditproof poc calibrate``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -441,12 +445,8 @@ class PocCalibration(BaseModel):
     """Per runtime, every nonce's distance to the reference (so the policy can be derived again)."""
     derivation: PolicyDerivation | None = None
 
-    def save(self, path: str | Path) -> None:
-        """Writes the calibration atomically as canonical JSON."""
-        atomic_write_bytes(path, canonical_json(self.model_dump(mode="json")) + b"\n")
 
-
-class PocRuntimeRun(BaseModel):
+class PocRuntimeRun(_Document):
     """One more runtime measured against a calibration's reference vectors, on its nonces: another
     card, or another configuration of the model (``tools/poc_calibrate.py --honest-against``), so
     that a calibration can take in a runtime without running its cheats again
@@ -470,7 +470,3 @@ class PocRuntimeRun(BaseModel):
     configuration: dict[str, Any] = Field(default_factory=dict)
     """How the runtime ran (load options, attention kernel, batch size)."""
     distances: NonceDistances
-
-    def save(self, path: str | Path) -> None:
-        """Writes the run atomically as canonical JSON."""
-        atomic_write_bytes(path, canonical_json(self.model_dump(mode="json")) + b"\n")
