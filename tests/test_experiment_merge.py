@@ -219,6 +219,7 @@ def test_the_gpu_host_script_packs_a_shard_that_merges(tmp_path: Path) -> None:
         "SEGMENTS": "all",
         "DEADLINE": "240",
         "SEGMENT_PROCESSES": "2",
+        "MPS": "1",  # asked for where there is no GPU: said and skipped
     }
     script = str(root / "tools" / "stage1_host.sh")
     args = ["bash", script, "stage1-tiny-cpu", "reference,cfg-batched,steps-39", str(out), "1", "120", "all"]
@@ -241,3 +242,4 @@ def test_the_gpu_host_script_packs_a_shard_that_merges(tmp_path: Path) -> None:
     assert table.num_rows == 4 and meta["pairs_without_artifacts"] == 0  # 2 prompts of shard 0 × 2 deviations
     log = (out / "run.log").read_text()
     assert "2 jobs' segments" in log and "4 pairs scored" in log  # both ran, side by side
+    assert "MPS: off (" in log

@@ -2,7 +2,7 @@
 # One host's part of a Stage 1 run whose store cannot be shared (a lent GPU host that sends back
 # at most a few files): plan, run the selected configurations, score, re-run segments, and pack what the merge needs.
 #
-#   [STORE=DIR] [SIDE_BY_SIDE=N] [SHARD=I/N] [SEGMENTS=N|all] [DEADLINE=S] tools/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
+#   [STORE=DIR] [SIDE_BY_SIDE=N] [SHARD=I/N] [SEGMENTS=N|all] [DEADLINE=S] [MPS=1] tools/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
 #
 # CONFIGURATIONS: comma-separated, or "all"; PACK: which jobs' videos and final latents (besides
 # the thin store) go into OUT/parts/ as 15 MB parts: "references", "all" or "none" (with the
@@ -16,6 +16,27 @@ config=$1 configurations=$2 out=$3 per_gpu=${4:-1} seconds=${5:-540} pack=${6:-r
 store=${STORE:-/tmp/stage1-store}
 ditproof=(python3 -m ditproof.cli.main experiment)  # `ditproof experiment` from the source tree (docs/gpu.md)
 "${ditproof[@]}" plan "$config" --store "$store"
+# MPS=1: the runners' processes share the GPU through NVIDIA's Multi-Process Service, so that their
+# kernels run side by side instead of in time slices (small models leave a GPU mostly idle; the
+# kernels, and so the bytes, are the same). Skipped, saying why, where the daemon is missing or a
+# CUDA context cannot be made through it.
+mps_started=
+: > "$out/run.log"
+if [ "${MPS:-0}" = 1 ]; then
+  if command -v nvidia-cuda-mps-control > /dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/ditproof-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/ditproof-mps/log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    if nvidia-cuda-mps-control -d && python3 -c 'import torch; torch.ones(1, device="cuda").sum().item()'; then
+      mps_started=1 && echo "MPS: on" | tee -a "$out/run.log"
+    else
+      echo quit | nvidia-cuda-mps-control 2> /dev/null || true
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+      echo "MPS: off (no CUDA context through the daemon)" | tee -a "$out/run.log"
+    fi
+  else
+    echo "MPS: off (nvidia-cuda-mps-control is not installed)" | tee -a "$out/run.log"
+  fi
+fi
 select=()
 [ "$configurations" != all ] && select=(--configurations "$configurations")
 started=$(date +%s)
@@ -37,7 +58,7 @@ for i in $(seq 0 $(( side - 1 ))); do
     || echo "runner $i stopped: exit $? after $(( $(date +%s) - started )) s" ) &
 done
 wait
-cat "$out"/run.*.log > "$out/run.log" && rm "$out"/run.*.log
+cat "$out"/run.*.log >> "$out/run.log" && rm "$out"/run.*.log
 echo "runners took $(( $(date +%s) - started )) s"
 grep -E "^(run |  skipped |failed)|(failed|gave-up) " "$out/run.log" | tail -n 25 || true
 # DEADLINE=S: the steps after the runners (the score and the segment re-runs, side by side) end
@@ -70,6 +91,7 @@ wait
 { tail -n 5 "$logs/score.log"; for i in $(seq 0 $(( processes - 1 ))); do tail -n 2 "$logs/segments.$i.log"; done; } \
   | tee -a "$out/run.log"
 rm -rf "$logs"
+[ -n "$mps_started" ] && { echo quit | nvidia-cuda-mps-control || true; }
 tar czf "$out/thin.tgz" --exclude='*.mp4' --exclude='*.safetensors' -C "$store" .
 if [ "$pack" != none ]; then
   python3 - "$store" "$pack" > /tmp/pack-list <<'PY'
