@@ -8,9 +8,8 @@ Measures, on one GPU:
    (:mod:`ditproof.poc.derive`);
 3. the tiny model on the CPU (float32) against CUDA float32 and bfloat16.
 
-The reference vectors go into the JSON; ``--compare other.json`` (a result of this script on
-another card, e.g. an H200) adds the honest cross-card distances, if the weights are the same,
-and derives the policy again with them as one more honest runtime.
+The reference vectors go into the JSON, so that another card or configuration can be measured
+against them later (``--honest-against``, below).
 
 ``--kept`` loads wan-a14b-shape in the kept fast configuration (fused projections, fused
 elementwise kernels, regional torch.compile) and runs the PoC forwards with flash-attn-3 (the
@@ -27,7 +26,6 @@ vectors goes into a runtime file (``ditproof.poc-runtime/1``) that ``ditproof po
 random weights differ from the calibration's (their fingerprint, printed by every run).
 
     PYTHONPATH=src python3 tools/poc_calibrate.py --out $OUT/poc_calibrate.json
-    PYTHONPATH=src python3 tools/poc_calibrate.py --out $OUT/poc_h200.json --compare poc_calibrate.json
     PYTHONPATH=src python3 tools/poc_calibrate.py --throughput-only --kept --out $OUT/poc_tput_kept.json
     PYTHONPATH=src python3 tools/poc_calibrate.py --smoke --out /tmp/poc_smoke.json   # CPU, tiny
     PYTHONPATH=src python3 tools/poc_calibrate.py --honest-against calibration.json --name "H200 bf16 batch 16" \
@@ -63,11 +61,8 @@ from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel, load_model
 from ditproof.poc.calibrate import CalibrationSettings, RuntimeSpec, calibrate
 from ditproof.poc.calibration_data import (
-    decode_vectors,
     format_derivation,
     format_table,
-    l2_distances,
-    rederive,
     runtime_run,
     with_runtimes,
 )
@@ -126,42 +121,6 @@ def throughput(
     }
 
 
-def compare_with(previous_path: str, key: str, calibration: PocCalibration, fingerprint: str) -> dict[str, Any]:
-    """Distances between this run's reference vectors and another machine's (same nonces, same round)."""
-    previous = json.loads(Path(previous_path).read_text())
-    if key not in previous:
-        return {"error": f"{previous_path} has no {key!r} section"}
-    other = previous[key]
-    same_round = other["calibration"]["block_hash"] == calibration.block_hash and other["calibration"][
-        "params"
-    ] == calibration.params.model_dump(mode="json")
-    same_weights = other.get("weights_fingerprint") == fingerprint
-    if other["calibration"].get("first_nonce", 0) != calibration.first_nonce:
-        return {"error": f"{previous_path} {key!r} starts at another nonce than this run ({calibration.first_nonce})"}
-    n = min(len(other["calibration"]["reference_vectors"]), len(calibration.reference_vectors))
-
-    distances = l2_distances(
-        decode_vectors(calibration.reference_vectors[:n]), decode_vectors(other["calibration"]["reference_vectors"][:n])
-    )
-    derived: dict[str, Any] | None = None
-    if same_round and same_weights and n == calibration.nonces and calibration.derivation is not None:
-        # The other card's reference is one more honest runtime: derive the policy with it.
-        name = f"{previous.get('device', {}).get('gpu')} reference (another card)"
-        derived = rederive(calibration, calibration.derivation.targets, {name: distances}).model_dump(mode="json")
-    return {
-        "derivation_with_other_card": derived,
-        "other_device": previous.get("device", {}).get("gpu"),
-        "same_round": same_round,
-        "same_weights": same_weights,
-        "n": n,
-        "mean": float(distances.mean()),
-        "p99": float(np.quantile(distances, 0.99)),
-        "max": float(distances.max()),
-        "bitwise_equal_share": float((distances == 0).mean()),
-        "over_proposed_threshold": int((distances > calibration.proposed.dist_threshold).sum()),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -186,7 +145,6 @@ def main() -> None:
     parser.add_argument("--text-len", type=int, default=32)
     parser.add_argument("--batch-sizes", default="1,8,32,64", help="Throughput batch sizes.")
     parser.add_argument("--skip-layers", type=int, default=1)
-    parser.add_argument("--compare", default=None, help="A result of this script on another card.")
     parser.add_argument(
         "--honest-against",
         default=None,
@@ -271,12 +229,6 @@ def main() -> None:
             main_model, params, nonces, args.first_nonce, args.skip_layers, attention, kernels, args.smoke
         )
         result["main"] = {"calibration": main_calibration.model_dump(mode="json"), "weights_fingerprint": fingerprint}
-        if args.compare:
-            result["compare"] = {"main": compare_with(args.compare, "main", main_calibration, fingerprint)}
-            if tiny is not None:
-                result["compare"]["tiny"] = compare_with(
-                    args.compare, "tiny", tiny, result["tiny"]["weights_fingerprint"]
-                )
     result["total_s"] = time.perf_counter() - started_all
     write_result(args.out, result)
 
@@ -290,8 +242,6 @@ def main() -> None:
         print(f"== {main_model.preset} on {result['device'].get('gpu') or 'cpu'}, nonces {args.first_nonce}-{last} ==")
         for line in format_table(main_calibration):
             print(line)
-    if "compare" in result:
-        print(f"cross-card: {json.dumps(result['compare'], sort_keys=True)}")
     print(f"configuration: {json.dumps(result['config'], sort_keys=True)}")
     print(f"{'batch':>6} {'nonces/s':>10} {'tokens/nonce':>13} {'peak GiB':>9}")
     for row in result["throughput"]:
