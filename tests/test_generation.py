@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
 from ditproof.generation.execute import execute, resolve_seed
-from ditproof.generation.generate import generate
+from ditproof.generation.generate import decode_frames, generate, generate_video
 from ditproof.hashing import sha256_file, sha256_tensor
 from ditproof.protocol.options import CaptureOptions, RuntimeOptions
 from ditproof.protocol.record import InferenceRecord
@@ -37,6 +37,38 @@ def test_loop_matches_diffusers_wan_pipeline_bitwise(tiny_model, small_request, 
         max_sequence_length=tiny_model.text_max_length,
     ).frames
     assert torch.equal(ours.capture.latents["final"][1], reference.float())
+
+
+@pytest.mark.parametrize("preset", ["wan-tiny-random", "wan-shapes-small"])
+def test_frames_decoded_a_latent_frame_at_a_time_are_the_whole_decodes_bytes(preset, tiny_model, cpu_options):
+    """decode_frames with a sink runs the VAE's own per-latent-frame loop, handing over 1 then 4
+    frames at a time: the frames are those of one vae.decode call, byte for byte, and the mp4 encoded
+    meanwhile is encode_video's."""
+    from ditproof.models.registry import load_model
+    from ditproof.protocol.request import GenerationRequest
+    from ditproof.video import encode_video
+
+    model = tiny_model if preset == "wan-tiny-random" else load_model(preset, cpu_options.load)
+    request = GenerationRequest(
+        prompt="a red circle moves left", width=64, height=64, num_frames=17, num_inference_steps=2
+    )
+    result, video, _ = generate_video(request, 5, model, cpu_options, cpu_options.encoding)
+    latent = result.capture.latents["final"][1]
+    chunks: list[np.ndarray] = []
+    streamed = decode_frames(model.pipeline, latent, chunks.append)
+    assert [len(c) for c in chunks] == [1, 4, 4, 4, 4]
+    whole = decode_frames(model.pipeline, latent)  # one vae.decode call, as WanPipeline
+    assert np.array_equal(streamed, whole) and np.array_equal(np.concatenate(chunks), whole)
+    assert np.array_equal(result.frames, whole)
+    assert video == encode_video(whole, request.fps, cpu_options.encoding)
+    # A VAE that tiles is decoded whole: the sink gets every frame at once.
+    model.pipeline.vae.enable_tiling()
+    try:
+        chunks.clear()
+        assert np.array_equal(decode_frames(model.pipeline, latent, chunks.append), whole)
+        assert [len(c) for c in chunks] == [17]
+    finally:
+        model.pipeline.vae.disable_tiling()
 
 
 def test_same_request_twice_gives_identical_files_and_record(tiny_model, small_request, cpu_options, tmp_path):

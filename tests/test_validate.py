@@ -204,3 +204,33 @@ def test_a_record_of_an_older_ditproof_with_its_own_class_naming_is_delegated(ex
     )
     verdict = validate(older, out / "video.mp4", validator_model)
     assert verdict.decision == "delegate" and "made by ditproof 0.1.0" in verdict.reason
+
+
+def test_the_cpu_class_names_the_kernels_its_processor_runs(executed):
+    """A CPU run's class carries the kernel probe: the same processor and libraries give the same
+    eight digits in every process; a library made to take another code path (MKL's compatible
+    branch) gives others, so its records are another class and never compared byte for byte; a
+    record made before the probe keeps its class."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from ditproof.generation.runtime import cpu_kernels_probe, runtime_class
+
+    record, _ = executed
+    probe = record.runtime.cpu_kernels
+    assert probe is not None and len(probe) == 8 and f"+probe{probe}-" in record.runtime_class
+    assert cpu_kernels_probe(record.runtime.cpu_threads) == probe
+    old = record.runtime.model_copy(update={"cpu_kernels": None})
+    assert runtime_class(old) == record.runtime_class.replace(f"+probe{probe}", "")
+    code = f"from ditproof.generation.runtime import cpu_kernels_probe; print(cpu_kernels_probe({record.runtime.cpu_threads}))"
+
+    def probe_in(**env: str) -> str:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert probe_in() == probe
+    if platform.machine() == "x86_64":  # PyTorch's x86 wheels run MKL
+        assert probe_in(MKL_CBWR="COMPATIBLE") != probe

@@ -3,7 +3,7 @@ import pytest
 
 from ditproof.errors import InvalidInputError
 from ditproof.protocol.options import VideoEncoding
-from ditproof.video import decode_video, encode_video, frames_to_uint8
+from ditproof.video import BackgroundEncode, Mp4Writer, decode_video, encode_video, frames_to_uint8
 
 
 @pytest.fixture()
@@ -183,3 +183,36 @@ def test_records_made_before_the_integer_conversion_keep_theirs(tmp_path, tiny_m
         del data[part]["encoding"]["yuv"]
     old = InferenceRecord.model_validate_json(json.dumps(data))
     assert old.video.encoding.yuv == old.options.encoding.yuv == old.runtime.encoding.yuv == "bt601-float64"
+
+
+def test_frames_given_a_few_at_a_time_encode_to_the_same_bytes(frames):
+    """Mp4Writer and BackgroundEncode (the encode beside the VAE decode) give encode_video's bytes
+    however the frames are split, for one and for several x264 threads."""
+    for encoding in (VideoEncoding(), VideoEncoding(threads=4), VideoEncoding(codec="h264-lossless")):
+        whole = encode_video(frames, 16, encoding)
+        writer = Mp4Writer(64, 48, 16, encoding)
+        for start, stop in ((0, 1), (1, 5), (5, 9)):  # as the Wan VAE hands them over: 1, then 4 each
+            writer.add(frames[start:stop])
+        assert writer.finish() == whole and writer.frames == 9
+        with BackgroundEncode(16, encoding) as encoder:
+            for index in range(9):
+                encoder(frames[index : index + 1])
+            assert encoder.finish() == whole and encoder.frames == 9
+
+
+def test_the_background_encode_refuses_bad_frames_without_hanging(frames):
+    encoder = BackgroundEncode(16, VideoEncoding())
+    with pytest.raises(InvalidInputError, match="got none"):
+        encoder.finish()
+    with pytest.raises(InvalidInputError, match="uint8"):
+        encoder(frames.astype(np.float32))  # refused where it is handed over
+    encoder(frames[:2])
+    encoder(frames[:2, :32])  # another size: refused by the encode, raised by finish
+    encoder(frames[2:4])  # handed over after the error: dropped, and nothing blocks
+    with pytest.raises(InvalidInputError, match="allowed: 64x48"):
+        encoder.finish()
+    # An error of the producer (the decode) stops the thread on the way out.
+    with pytest.raises(RuntimeError, match="decode failed"), BackgroundEncode(16, VideoEncoding()) as encoder:
+        encoder(frames[:1])
+        raise RuntimeError("decode failed")
+    assert encoder._thread is not None and not encoder._thread.is_alive()

@@ -23,6 +23,8 @@ values that lie on a rounding tie), so two hosts could encode the same frames di
 from __future__ import annotations
 
 import io
+import queue
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -118,45 +120,147 @@ def yuv420p_to_rgb(planes: np.ndarray) -> np.ndarray:
 def encode_video(frames: np.ndarray, fps: int, encoding: VideoEncoding) -> bytes:
     """Encodes RGB frames ``(F, H, W, 3)`` uint8 into mp4 bytes with pinned settings."""
     _check_frames(frames)
-    return _encode(frames, fps, encoding)
-
-
-def _encode(frames: np.ndarray, fps: int, encoding: VideoEncoding) -> bytes:
-    buffer = io.BytesIO()
-    container = av.open(buffer, mode="w", format="mp4", options={"fflags": "+bitexact"})
+    writer = Mp4Writer(frames.shape[2], frames.shape[1], fps, encoding)
     try:
-        if encoding.codec == "h264-lossless":
-            stream = container.add_stream("libx264rgb", rate=fps)
+        writer.add(frames)
+        return writer.finish()
+    finally:
+        writer.close()
+
+
+class Mp4Writer:
+    """An mp4 encode that takes its frames a few at a time (pinned settings, as :func:`encode_video`).
+
+    The bytes depend only on the frames, their order and the settings, not on how they were split
+    into :meth:`add` calls or when each call came (x264 is deterministic for a pinned thread count).
+    """
+
+    def __init__(self, width: int, height: int, fps: int, encoding: VideoEncoding):
+        self.width, self.height, self.fps, self.encoding = width, height, fps, encoding
+        self.frames = 0
+        self._buffer = io.BytesIO()
+        self._container = av.open(self._buffer, mode="w", format="mp4", options={"fflags": "+bitexact"})
+        self._lossless = encoding.codec == "h264-lossless"
+        if self._lossless:
+            stream = self._container.add_stream("libx264rgb", rate=fps)
             stream.pix_fmt = "rgb24"
             codec_options = {"qp": "0", "preset": encoding.preset, "x264-params": f"mbtree={int(encoding.mbtree)}"}
         else:
-            stream = container.add_stream("libx264", rate=fps)
+            stream = self._container.add_stream("libx264", rate=fps)
             stream.pix_fmt = "yuv420p"
             codec_options = {
                 "crf": str(encoding.crf),
                 "preset": encoding.preset,
                 "x264-params": f"mbtree={int(encoding.mbtree)}",
             }
-        stream.width = frames.shape[2]
-        stream.height = frames.shape[1]
+        stream.width = width
+        stream.height = height
         stream.time_base = Fraction(1, fps)
         stream.codec_context.time_base = Fraction(1, fps)
         stream.codec_context.thread_count = encoding.threads
         stream.codec_context.thread_type = "FRAME" if encoding.threads > 1 else "SLICE"
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
         stream.codec_context.options = codec_options
-        lossless = encoding.codec == "h264-lossless"
-        for index, array in enumerate(frames):
-            frame = _input_frame(array, lossless, encoding.yuv)
-            frame.pts = index
-            frame.time_base = Fraction(1, fps)
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    finally:
-        container.close()
-    return buffer.getvalue()
+        self._stream = stream
+
+    def add(self, frames: np.ndarray) -> None:
+        """Encodes the next RGB frames ``(F, H, W, 3)`` uint8 of this writer's size."""
+        _check_frames(frames)
+        if frames.shape[1:3] != (self.height, self.width):
+            raise InvalidInputError(
+                f"frames: got {frames.shape[2]}x{frames.shape[1]}; allowed: {self.width}x{self.height} "
+                "(the size of the frames before them)"
+            )
+        for array in frames:
+            frame = _input_frame(array, self._lossless, self.encoding.yuv)
+            frame.pts = self.frames
+            frame.time_base = Fraction(1, self.fps)
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.frames += 1
+
+    def finish(self) -> bytes:
+        """Flushes the encoder and returns the mp4's bytes."""
+        for packet in self._stream.encode(None):
+            self._container.mux(packet)
+        self.close()
+        return self._buffer.getvalue()
+
+    def close(self) -> None:
+        """Closes the container (idempotent); after :meth:`finish` the bytes stay readable."""
+        if self._container is not None:
+            self._container.close()
+            self._container = None  # type: ignore[assignment]
+
+
+class BackgroundEncode:
+    """:class:`Mp4Writer` on its own thread, fed as the frames are decoded: the GPU decodes the next
+    frames while the CPU encodes the last ones (the same bytes as :func:`encode_video`).
+
+    Call it with each chunk of frames in order, then :meth:`finish`; use it as a context manager so
+    that an error on the way stops the thread. An error of the encode (bad frames) is raised by
+    :meth:`finish`.
+    """
+
+    _END = None
+
+    def __init__(self, fps: int, encoding: VideoEncoding):
+        self.fps, self.encoding = fps, encoding
+        self.frames = 0
+        self._queue: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._writer: Mp4Writer | None = None
+        self._error: BaseException | None = None
+        self._data: bytes | None = None
+
+    def __call__(self, frames: np.ndarray) -> None:
+        _check_frames(frames)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, args=(frames.shape[2], frames.shape[1]), daemon=True)
+            self._thread.start()
+        self.frames += frames.shape[0]
+        self._queue.put(frames)
+
+    def _work(self, width: int, height: int) -> None:
+        ended = False
+        try:
+            self._writer = Mp4Writer(width, height, self.fps, self.encoding)
+            while (frames := self._queue.get()) is not self._END:
+                self._writer.add(frames)
+            ended = True
+            self._data = self._writer.finish()
+        except BaseException as exc:  # handed to finish(), which raises it in the caller's thread
+            self._error = exc
+            while not ended and self._queue.get() is not self._END:  # the rest is dropped
+                pass
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+
+    def finish(self) -> bytes:
+        """Waits for the encode of every frame handed over and returns the mp4's bytes.
+
+        Raises:
+            InvalidInputError: no frames were handed over, or the frames were not encodable.
+        """
+        if self._thread is None:
+            raise InvalidInputError("frames: got none; allowed: at least one frame to encode")
+        self._stop()
+        if self._error is not None:
+            raise self._error
+        assert self._data is not None
+        return self._data
+
+    def _stop(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+
+    def __enter__(self) -> BackgroundEncode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
 
 
 def _input_frame(array: np.ndarray, lossless: bool, yuv: str) -> av.VideoFrame:

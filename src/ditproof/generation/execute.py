@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Literal
 
 from ditproof.errors import InvalidInputError
-from ditproof.generation.generate import StepCallback, generate
+from ditproof.generation.generate import StepCallback, generate_video
 from ditproof.generation.runtime import runtime_class, runtime_fingerprint
 from ditproof.generation.trajectory import save_checkpoints
+from ditproof.hashing import atomic_write_bytes, sha256_bytes
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import RunOptions, RuntimeOptions
 from ditproof.protocol.record import (
@@ -31,7 +32,6 @@ from ditproof.protocol.record import (
 )
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import NOISE_DERIVATION, check_entropy, check_request_id, derive_seed
-from ditproof.video import write_video
 
 
 def resolve_seed(request: GenerationRequest, request_id: str | None, entropy: str | None) -> tuple[int, str]:
@@ -92,12 +92,11 @@ def execute(
         raise InvalidInputError(f"out: got {out}, which is a file; allowed: a folder (created if missing)")
 
     run = model.run_options(options)
-    result = generate(request, seed, model, run, on_step=on_step)
+    # The mp4 encode runs beside the VAE decode; encode_s is what it took after the decode.
+    result, video, encode_s = generate_video(request, seed, model, run, run.encoding, on_step=on_step)
     assert result.frames is not None  # a whole run always decodes
-
-    encode_start = time.perf_counter()
-    video_sha, video_size = write_video(out / VIDEO_FILE, result.frames, request.fps, run.encoding)
-    encode_s = time.perf_counter() - encode_start
+    atomic_write_bytes(out / VIDEO_FILE, video)
+    video_sha, video_size = sha256_bytes(video), len(video)
     checkpoints = save_checkpoints(result.capture, out / LATENTS_DIR, prefix=f"{LATENTS_DIR}/")
 
     fingerprint = runtime_fingerprint(model, run)

@@ -20,17 +20,17 @@ from diffusers import UniPCMultistepScheduler
 
 from ditproof.errors import InvalidInputError
 from ditproof.generation.attention import attention_for_run
-from ditproof.generation.result import GenerationResult, StepCallback
+from ditproof.generation.result import FrameSink, GenerationResult, StepCallback
 from ditproof.generation.shortcuts import ShortcutPlan, blocks_skipped
 from ditproof.generation.solver_state import ResumePoint
 from ditproof.generation.text import check_prompt_length
 from ditproof.generation.trajectory import TrajectoryCapture
 from ditproof.hashing import sha256_tensor
 from ditproof.models.registry import LoadedModel
-from ditproof.protocol.options import CacheOptions, RunOptions, RuntimeOptions
+from ditproof.protocol.options import CacheOptions, RunOptions, RuntimeOptions, VideoEncoding
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import initial_noise
-from ditproof.video import frames_to_uint8
+from ditproof.video import BackgroundEncode, frames_to_uint8
 
 
 class _Clock:
@@ -169,6 +169,7 @@ def generate(
     *,
     resume: ResumePoint | None = None,
     stop_after: int | None = None,
+    on_frames: FrameSink | None = None,
 ) -> GenerationResult:
     """Runs one text-to-video generation, or a segment of one, on a loaded model.
 
@@ -186,6 +187,9 @@ def generate(
             instead of the noise.
         stop_after: stop once this many steps are done; the VAE is then skipped, ``frames`` is
             None and the last latent is captured as ``step_NNN``.
+        on_frames: takes the frames as the VAE decodes them, a latent frame's worth at a time
+            (:func:`decode_frames`); ditproof's own loop only (another engine's frames come whole
+            in the result).
 
     Returns:
         Frames as uint8 ``(F, H, W, 3)``, the noise hash and the captured trajectory.
@@ -209,7 +213,7 @@ def generate(
     device = torch.device(model.load.device)
     experts = (model.pipeline.transformer, model.pipeline.transformer_2)
     with attention_for_run(experts, run.attention_backend, device), step_cache(model, run.cache):
-        return _denoise(request, seed, model, run, device, on_step, resume, stop_after)
+        return _denoise(request, seed, model, run, device, on_step, resume, stop_after, on_frames)
 
 
 def _denoise(
@@ -221,6 +225,7 @@ def _denoise(
     on_step: StepCallback | None,
     resume: ResumePoint | None,
     stop_after: int | None,
+    on_frames: FrameSink | None = None,
 ) -> GenerationResult:
     """Steps 2 to 6 of :func:`generate`: noise, prompt, timesteps, the loop, the VAE."""
     pipe = model.pipeline
@@ -312,7 +317,7 @@ def _denoise(
         return GenerationResult(None, noise_sha256, tuple(noise.shape), capture, timings, steps)
 
     # 6. Decode with the VAE (as WanPipeline), then to uint8 frames.
-    frames = decode_frames(pipe, latents)
+    frames = decode_frames(pipe, latents, on_frames)
     timings["vae_decode_s"] = clock.lap()
     return GenerationResult(
         frames=frames,
@@ -325,17 +330,90 @@ def _denoise(
 
 
 @torch.inference_mode()
-def decode_frames(pipe: Any, latents: torch.Tensor) -> np.ndarray:
-    """The final latent through the VAE (un-normalized as WanPipeline does) to uint8 frames."""
+def decode_frames(pipe: Any, latents: torch.Tensor, on_frames: FrameSink | None = None) -> np.ndarray:
+    """The final latent through the VAE (un-normalized as WanPipeline does) to uint8 frames.
+
+    With ``on_frames``, the frames are also handed over as they are decoded: the Wan VAE decodes
+    one latent frame at a time (its causal convolutions keep what the next one needs), and here
+    each latent frame's video frames (1, then 4 each) go to ``on_frames`` before the next is
+    decoded. The loop is the VAE's own (``AutoencoderKLWan._decode``: the same modules, inputs and
+    order, clamped and converted elementwise), so the frames are the same bytes as one decode
+    (tested); a VAE that tiles, patchifies or is moved by offload hooks is decoded whole and its
+    frames handed over at once.
+    """
     vae = pipe.vae
     latents = latents.to(vae.device, dtype=vae.dtype)
     mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
     inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(
         latents.device, latents.dtype
     )
-    video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+    z = latents / inv_std + mean
+    if on_frames is None or not _decodes_by_latent_frame(vae):
+        frames = _to_uint8(pipe, vae.decode(z, return_dict=False)[0])
+        if on_frames is not None:
+            on_frames(frames)
+        return frames
+    chunks = []
+    for video in _decode_by_latent_frame(vae, z):
+        chunks.append(_to_uint8(pipe, video))
+        on_frames(chunks[-1])
+    return np.concatenate(chunks)
+
+
+def _to_uint8(pipe: Any, video: torch.Tensor) -> np.ndarray:
     frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
     return frames_to_uint8(np.asarray(frames))
+
+
+def _decodes_by_latent_frame(vae: Any) -> bool:
+    """Whether :func:`_decode_by_latent_frame` runs exactly what ``vae.decode`` would."""
+    from diffusers import AutoencoderKLWan
+
+    return (
+        isinstance(vae, AutoencoderKLWan)
+        and not vae.use_tiling
+        and vae.config.patch_size is None
+        and not hasattr(vae, "_hf_hook")  # accelerate's offload hooks run around decode() only
+        and all(hasattr(vae, name) for name in ("clear_cache", "post_quant_conv", "decoder"))
+    )
+
+
+def _decode_by_latent_frame(vae: Any, z: torch.Tensor) -> Iterator[torch.Tensor]:
+    """``vae.decode(z)``'s output, a latent frame's decoded frames at a time (clamped to [-1, 1])."""
+    vae.clear_cache()  # the causal convolutions' carried features (the decode's own first step)
+    try:
+        x = vae.post_quant_conv(z)
+        for i in range(x.shape[2]):
+            vae._conv_idx = [0]
+            out = vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0)
+            yield torch.clamp(out, min=-1.0, max=1.0)
+    finally:
+        vae.clear_cache()
+
+
+def generate_video(
+    request: GenerationRequest,
+    seed: int,
+    model: LoadedModel,
+    options: RunOptions | RuntimeOptions,
+    encoding: VideoEncoding,
+    on_step: StepCallback | None = None,
+) -> tuple[GenerationResult, bytes, float]:
+    """:func:`generate` and the mp4 encode, overlapped: the CPU encodes the frames the VAE has
+    decoded while it decodes the next ones (:class:`~ditproof.video.BackgroundEncode`).
+
+    Returns:
+        The result, the mp4's bytes (those of ``encode_video(result.frames, ...)``) and the
+        seconds the encode went on after the decode.
+    """
+    with BackgroundEncode(request.fps, encoding) as encoder:
+        result = generate(request, seed, model, options, on_step, on_frames=encoder)
+        assert result.frames is not None  # a whole run always decodes
+        if encoder.frames == 0:  # another engine's loop: the frames come whole, after it
+            encoder(result.frames)
+        started = time.perf_counter()
+        data = encoder.finish()
+    return result, data, time.perf_counter() - started
 
 
 def _predict(

@@ -16,6 +16,10 @@ from ditproof.generation.trajectory import TrajectoryCapture
 StepCallback = Callable[[int, int], None]
 """Called after each denoising step with (steps done, total steps)."""
 
+FrameSink = Callable[[np.ndarray], None]
+"""Takes the decoded frames, uint8 ``(F, H, W, 3)``, a few at a time and in order, as the VAE makes
+them (:class:`ditproof.video.BackgroundEncode` encodes them meanwhile)."""
+
 
 @dataclass
 class GenerationResult:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import platform
@@ -42,6 +44,49 @@ def _nvidia_driver_version() -> str | None:
         return None
     match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([0-9][0-9.]+)", text)
     return match.group(1) if match else None
+
+
+@functools.lru_cache(maxsize=16)
+def cpu_kernels_probe(threads: int) -> str:
+    """Eight hex digits that name the CPU kernels this process runs: a hash of a few fixed
+    computations through the libraries that choose their code per processor (MKL's float32 matrix
+    product at two sizes, oneDNN's bfloat16 matrix product and 3D convolution, the attention
+    kernel, normalisation and GELU), at ``threads`` intra-op threads.
+
+    PyTorch's vector capability alone does not name them: on 2026-12-06 an AMD EPYC (Zen 4,
+    AVX-512) gave other latents from the first step than the AVX-512 machine that recorded the
+    golden generation, with the same torch, diffusers and transformers (MKL dispatches by
+    processor, not only by instruction set). Two machines whose probes differ are different
+    classes; whose probes agree ran the same code paths on these operations.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(20261206)
+
+        def draw(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=generator)
+
+        with torch.inference_mode():
+            a, b = draw(512, 1024), draw(1024, 768)
+            small_a, small_b = draw(24, 40), draw(40, 56)
+            q, k, v = draw(1, 2, 96, 64), draw(1, 2, 96, 64), draw(1, 2, 96, 64)
+            volume, kernel = draw(1, 8, 3, 18, 18), draw(8, 8, 3, 3, 3)
+            outputs = [
+                a @ b,
+                small_a @ small_b,
+                (a.bfloat16() @ b.bfloat16()).float(),
+                torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                torch.nn.functional.conv3d(volume, kernel, padding=1),
+                torch.nn.functional.conv3d(volume.bfloat16(), kernel.bfloat16(), padding=1).float(),
+                torch.nn.functional.gelu(torch.nn.functional.layer_norm(a, (1024,)), approximate="tanh"),
+            ]
+        digest = hashlib.sha256()
+        for tensor in outputs:
+            digest.update(tensor.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:8]
+    finally:
+        torch.set_num_threads(previous)
 
 
 def solver_name(scheduler_config: dict[str, object]) -> str:
@@ -112,6 +157,7 @@ def _fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeFingerpr
         cpu_arch=platform.machine(),
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
         cpu_threads=None if on_gpu else (options.cpu_threads or torch.get_num_threads()),
+        cpu_kernels=None if on_gpu else cpu_kernels_probe(options.cpu_threads or torch.get_num_threads()),
         triton=_version("triton") if on_gpu else None,
         cublas=_cublas_version() if on_gpu else None,
         python=platform.python_version(),
@@ -170,7 +216,8 @@ def class_parts(fp: RuntimeFingerprint) -> dict[str, str]:
         libraries = f"torch-{fp.torch}+cudnn-{fp.cudnn_version}+cublas-{fp.cublas}+triton-{fp.triton}"
     else:
         arch = f"cpu-{fp.cpu_arch}"
-        hardware = f"{fp.cpu_capability.lower()}-{fp.cpu_threads}threads"
+        probe = "" if fp.cpu_kernels is None else f"+probe{fp.cpu_kernels}"  # None: records made before it
+        hardware = f"{fp.cpu_capability.lower()}{probe}-{fp.cpu_threads}threads"
         libraries = f"torch-{fp.torch}"
     dtypes = (
         fp.dtype

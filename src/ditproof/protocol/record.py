@@ -51,6 +51,10 @@ class RuntimeFingerprint(_Model):
     # PyTorch's intra-op threads of a CPU run (None on a GPU, and in records made before it was
     # recorded): the CPU VAE decode's bytes depend on it.
     cpu_threads: int | None = None
+    # A CPU run's kernel probe (ditproof.generation.runtime.cpu_kernels_probe): eight hex digits
+    # naming the code paths the processor's libraries chose; None on a GPU and in records made
+    # before 2026-12-06.
+    cpu_kernels: str | None = None
     # Kernel libraries of a GPU run besides torch's own version: Triton (compiled and fused
     # kernels) and cuBLAS (the matrix products); None on the CPU or when not installed.
     triton: str | None = None
@@ -135,6 +139,8 @@ class PhaseTimings(_Model):
     forward_passes: int
     vae_decode_s: float
     encode_s: float
+    """The mp4 encode's time after the VAE decode ended (it runs beside the decode; records made
+    before 2026-12-06: the whole encode, after the decode)."""
     total_s: float
 
 

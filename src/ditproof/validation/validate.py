@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Unpack
 
 from ditproof.errors import IntegrityError
-from ditproof.generation.generate import expert_switch, generate
+from ditproof.generation.generate import expert_switch, generate_video
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel
 from ditproof.protocol.record import InferenceRecord
@@ -50,7 +50,6 @@ from ditproof.validation.preflight import (
     same_class_mismatch,
 )
 from ditproof.validation.trajectory import check_trajectory
-from ditproof.video import encode_video
 
 
 def validate(
@@ -101,12 +100,12 @@ def validate(
     # 4. Regenerate, keeping the latent at every step the record commits to.
     held = tuple(sorted({c.step for c in record.checkpoints if 0 < c.step < steps}))
     capture = options.capture.model_copy(update={"checkpoint_steps": held})
-    result = generate(record.request, record.seed, model, options.run.model_copy(update={"capture": capture}))
+    run = options.run.model_copy(update={"capture": capture})
+    result, regenerated, _ = generate_video(record.request, record.seed, model, run, record.video.encoding)
 
     # 5. Exact match: the video's bytes; in the executor's class also every commitment of the record
     # (the committed checkpoints' latents, the per-step fingerprints) must be the regeneration's.
     assert result.frames is not None  # a full run (no stop_after) always decodes
-    regenerated = encode_video(result.frames, record.request.fps, record.video.encoding)
     final = result.capture.latents["final"][1]
     recorded_final = next((c.tensor_sha256 for c in record.checkpoints if c.name == "final"), None)
     video_exact = sha256_bytes(regenerated) == record.video.sha256
