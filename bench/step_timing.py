@@ -29,15 +29,21 @@ def short_request(size: str, steps: int) -> GenerationRequest:
     return GenerationRequest(prompt=PROMPT, width=width, height=height, num_frames=frames, num_inference_steps=steps)
 
 
-def timed_generation(model: Any, options: RuntimeOptions, request: GenerationRequest) -> tuple[Any, list[float]]:
-    """One generation; returns the result and each step's seconds.
+def timed_generation(
+    model: Any, options: RuntimeOptions, request: GenerationRequest, on_frames: Any = None
+) -> tuple[Any, list[float]]:
+    """One generation; returns the result and each step's seconds (``on_frames``: as :func:`generate`'s).
 
     The model's kept prompt embeddings are dropped first, so the text-encode phase is measured
     as a new request's (the benches warm up with the same prompt).
     """
     model.prompts.clear()
     marks: list[float] = []
-    result = generate(request, SEED, model, options, on_step=lambda done, total: marks.append(time.perf_counter()))
+
+    def mark(done: int, total: int) -> None:
+        marks.append(time.perf_counter())
+
+    result = generate(request, SEED, model, options, on_step=mark, on_frames=on_frames)
     denoise = result.timings["high_noise_s"] + result.timings["low_noise_s"]
     later = [b - a for a, b in itertools.pairwise(marks)]
     return result, [denoise - sum(later), *later]

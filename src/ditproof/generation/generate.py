@@ -399,17 +399,22 @@ def generate_video(
     encoding: VideoEncoding,
     on_step: StepCallback | None = None,
 ) -> tuple[GenerationResult, bytes, float]:
-    """:func:`generate` and the mp4 encode, overlapped: the CPU encodes the frames the VAE has
-    decoded while it decodes the next ones (:class:`~ditproof.video.BackgroundEncode`).
+    """:func:`generate` and the mp4 encode; on a GPU overlapped: the CPU encodes the frames the VAE
+    has decoded while the GPU decodes the next ones (:class:`~ditproof.video.BackgroundEncode`).
+
+    On the CPU the decode comes first and the encode after it: there both need the cores, and the
+    decode's OpenMP threads slowed down several-fold with the encode beside them
+    (``bench/decode_encode_overlap.py``).
 
     Returns:
         The result, the mp4's bytes (those of ``encode_video(result.frames, ...)``) and the
         seconds the encode went on after the decode.
     """
+    side_by_side = torch.device(model.load.device).type == "cuda"
     with BackgroundEncode(request.fps, encoding) as encoder:
-        result = generate(request, seed, model, options, on_step, on_frames=encoder)
+        result = generate(request, seed, model, options, on_step, on_frames=encoder if side_by_side else None)
         assert result.frames is not None  # a whole run always decodes
-        if encoder.frames == 0:  # another engine's loop: the frames come whole, after it
+        if encoder.frames == 0:  # on the CPU, or another engine's loop: the frames come whole, after it
             encoder(result.frames)
         started = time.perf_counter()
         data = encoder.finish()
