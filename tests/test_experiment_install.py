@@ -113,6 +113,9 @@ def test_mirror_writes_each_pair_both_ways_once() -> None:
 def test_any_cpu_isa_writes_the_instruction_set_as_a_pattern() -> None:
     assert any_cpu_isa(CPU2) == f"cpu-x86_64/*-2threads/{TAIL}"
     assert any_cpu_isa("cpu-aarch64/neon-8threads/x") == "cpu-aarch64/*-8threads/x"
+    assert (
+        any_cpu_isa("cpu-x86_64/avx512+probe82369a65-2threads/x") == "cpu-x86_64/*-2threads/x"
+    )  # with the kernel probe
     assert any_cpu_isa(GPU) == GPU
     # A GPU validator's pool with a CPU executor: the CPU side generalised, the mirror for a CPU validator.
     pool = thresholds(entry(CPU2, GPU), entry(GPU, GPU))
