@@ -36,7 +36,7 @@ from ditproof.video import BackgroundEncode, encode_video
 class _Pipe:
     """What :func:`decode_frames` reads of a pipeline: the VAE and the video post-processor."""
 
-    def __init__(self, vae: torch.nn.Module) -> None:
+    def __init__(self, vae: Any) -> None:
         from diffusers.video_processor import VideoProcessor
 
         self.vae = vae
@@ -68,7 +68,7 @@ def sync(device: str) -> None:
 
 def one_size(pipe: _Pipe, size: str, device: str, encoding: VideoEncoding, repeats: int) -> dict[str, Any]:
     width, height, frames = (int(x) for x in size.split("x"))
-    z_dim = pipe.vae.config.z_dim
+    z_dim = int(pipe.vae.config.z_dim)
     latent = cpu_normal(7, (1, z_dim, (frames - 1) // 4 + 1, height // 8, width // 8)).to(device)
     decode_frames(pipe, latent)  # warm-up: kernel choices, allocator
     serial, overlapped, equal = [], [], []
