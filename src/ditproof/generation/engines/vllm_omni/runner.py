@@ -226,8 +226,9 @@ def fingerprint_fields(model: LoadedModel, options: RuntimeOptions) -> dict[str,
         "cudnn_version": None,
         "cpu_arch": info.cpu_arch,
         "cpu_capability": info.cpu_capability,
-        # The worker's thread count is its own, not this process's: not known here.
+        # The worker's thread count and CPU kernels are its own, not this process's: not known here.
         "cpu_threads": None,
+        "cpu_kernels": None,
         "python": info.python,
         "torch": info.torch,
         "diffusers": info.diffusers,
