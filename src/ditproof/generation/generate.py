@@ -403,8 +403,8 @@ def generate_video(
     has decoded while the GPU decodes the next ones (:class:`~ditproof.video.BackgroundEncode`).
 
     On the CPU the decode comes first and the encode after it: there both need the cores, and the
-    decode's OpenMP threads slowed down several-fold with the encode beside them
-    (``bench/decode_encode_overlap.py``).
+    decode slowed down by about half with the encode beside it (shipped VAE, 480×832×33, 2 cores:
+    68–101 s alone, 116–151 s beside the encode; ``bench/decode_encode_overlap.py``).
 
     Returns:
         The result, the mp4's bytes (those of ``encode_video(result.frames, ...)``) and the
