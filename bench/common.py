@@ -110,3 +110,29 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     fn()
     torch.cuda.synchronize()
     return statistics.median(call_seconds(fn, repeats))
+
+
+class VaePipe:
+    """What :func:`ditproof.generation.generate.decode_frames` reads of a pipeline: a VAE and the
+    video post-processor (Wan's: spatial factor 8), for the benches that decode without a pipeline."""
+
+    def __init__(self, vae: Any) -> None:
+        from diffusers.video_processor import VideoProcessor
+
+        self.vae = vae
+        self.video_processor = VideoProcessor(vae_scale_factor=8)
+
+
+def seeded_a14b_vae(device: str | torch.device, dtype: torch.dtype | None = None) -> Any:
+    """The real-size Wan2.1 VAE of ``wan-a14b-shape`` with its seeded weights, on ``device``, in
+    evaluation mode (``dtype``: cast keeping the float32 parts, as the preset does)."""
+    from diffusers import AutoencoderKLWan
+
+    from ditproof.models.wan import A14B_VAE, hash_name
+    from ditproof.models.weight_fill import cast_keeping_fp32, fill_seeded
+
+    vae = AutoencoderKLWan(**A14B_VAE).to(device)
+    fill_seeded(vae, 0 ^ hash_name("vae"))
+    if dtype is not None:
+        cast_keeping_fp32(vae, dtype)
+    return vae.eval().requires_grad_(False)

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, write_result
+from common import VaePipe, device_info, seeded_a14b_vae, write_result
 
 COMPONENTS = ("text_encoder", "vae", "transformer", "transformer_2")
 LATENT_SEED = 7
@@ -187,16 +187,6 @@ def backend_settings(
 # Step 1: VAE decode variants
 
 
-class _Pipe:
-    """What :func:`decode_frames` reads of a pipeline: the VAE and the video post-processor."""
-
-    def __init__(self, vae: torch.nn.Module) -> None:
-        from diffusers.video_processor import VideoProcessor
-
-        self.vae = vae
-        self.video_processor = VideoProcessor(vae_scale_factor=8)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -302,7 +292,7 @@ def run_decodes(
     plan += [(dtype, "e_no_cudnn") for dtype in vaes]
     for dtype, name in plan:
         settings = VARIANTS.get(name.removesuffix("_repeat"), {})
-        pipe = _Pipe(vaes[dtype])
+        pipe = VaePipe(vaes[dtype])
         key = f"{dtype}/{name}"
         estimate: dict[str, Any] = {}
         if name.startswith("f_defaults_free_"):
@@ -614,7 +604,7 @@ def run_weights(
         log(f"decode {key}: {entry.get('error', '')[:90] or short(entry['frames_sha256'])}")
         write_result(args.out, result)
     vae = copy.deepcopy(vae_cpu).to(device)
-    _, entry = decode_entry(_Pipe(vae), latent, {})
+    _, entry = decode_entry(VaePipe(vae), latent, {})
     decodes["float32/resident_cpu_filled_vae_te_offloaded"] = entry
     log(f"decode resident, the CPU-filled VAE: {entry.get('error', '')[:90] or short(entry['frames_sha256'])}")
     write_result(args.out, result)
@@ -732,10 +722,7 @@ def host_info() -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from diffusers import AutoencoderKLWan
-
-    from ditproof.models.wan import A14B_VAE, hash_name
-    from ditproof.models.weight_fill import cast_keeping_fp32, fill_seeded
+    from ditproof.models.weight_fill import cast_keeping_fp32
     from ditproof.randomness import cpu_normal
 
     device = torch.device("cpu" if args.smoke else args.device)
@@ -754,9 +741,7 @@ def run(args: argparse.Namespace) -> None:
     log(f"device {result['device'].get('gpu') or 'cpu'}; CPU {cpu.get('model name')}")
 
     began = time.perf_counter()
-    vae_cpu = AutoencoderKLWan(**A14B_VAE)
-    fill_seeded(vae_cpu, 0 ^ hash_name("vae"))
-    vae_cpu.eval().requires_grad_(False)
+    vae_cpu = seeded_a14b_vae("cpu")
     result["vae"] = {"fill_s": round(time.perf_counter() - began, 2), "init": "cpu fill_seeded(0 ^ hash_name('vae'))"}
     latent_cpu = cpu_normal(LATENT_SEED, shape)
     result["latent"] = {

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, write_result
+from common import VaePipe, device_info, seeded_a14b_vae, write_result
 from ditproof.generation.generate import decode_frames
 from ditproof.hashing import sha256_bytes
 from ditproof.protocol.options import VideoEncoding
@@ -33,32 +33,13 @@ from ditproof.randomness import cpu_normal
 from ditproof.video import BackgroundEncode, encode_video
 
 
-class _Pipe:
-    """What :func:`decode_frames` reads of a pipeline: the VAE and the video post-processor."""
-
-    def __init__(self, vae: Any) -> None:
-        from diffusers.video_processor import VideoProcessor
-
-        self.vae = vae
-        self.video_processor = VideoProcessor(vae_scale_factor=8)
-
-
-def build_vae(kind: str, device: str) -> torch.nn.Module:
+def build_vae(kind: str, device: str) -> Any:
     if kind == "shipped":
         from ditproof.models.registry import load_model
         from ditproof.protocol.options import LoadOptions
 
         return load_model("wan-shapes-small", LoadOptions(device=device)).pipeline.vae
-    from diffusers import AutoencoderKLWan
-
-    from ditproof.models.wan import A14B_VAE, hash_name
-    from ditproof.models.weight_fill import cast_keeping_fp32, fill_seeded
-
-    vae = AutoencoderKLWan(**A14B_VAE).to(device)
-    fill_seeded(vae, 0 ^ hash_name("vae"))
-    if device.startswith("cuda"):
-        cast_keeping_fp32(vae, torch.bfloat16)
-    return vae.eval().requires_grad_(False)
+    return seeded_a14b_vae(device, torch.bfloat16 if device.startswith("cuda") else None)
 
 
 def sync(device: str) -> None:
@@ -66,7 +47,7 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def one_size(pipe: _Pipe, size: str, device: str, encoding: VideoEncoding, repeats: int) -> dict[str, Any]:
+def one_size(pipe: VaePipe, size: str, device: str, encoding: VideoEncoding, repeats: int) -> dict[str, Any]:
     width, height, frames = (int(x) for x in size.split("x"))
     z_dim = int(pipe.vae.config.z_dim)
     latent = cpu_normal(7, (1, z_dim, (frames - 1) // 4 + 1, height // 8, width // 8)).to(device)
@@ -112,7 +93,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     encoding = VideoEncoding(threads=args.encode_threads)
-    pipe = _Pipe(build_vae(args.vae, args.device))
+    pipe = VaePipe(build_vae(args.vae, args.device))
     rows = []
     for size in args.sizes.split(","):
         rows.append(one_size(pipe, size, args.device, encoding, args.repeats))

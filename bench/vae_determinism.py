@@ -21,24 +21,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, write_result
+from common import VaePipe, device_info, seeded_a14b_vae, write_result
 from ditproof.generation.generate import decode_frames
 from ditproof.hashing import sha256_bytes
-from ditproof.models.wan import A14B_VAE, hash_name
-from ditproof.models.weight_fill import cast_keeping_fp32, fill_seeded
 from ditproof.randomness import cpu_normal
 
 SIZES = {"480p": (832, 480, 81), "720p": (1280, 720, 81)}
-
-
-class _Pipe:
-    """What :func:`decode_frames` reads of a pipeline: the VAE and the video post-processor."""
-
-    def __init__(self, vae: torch.nn.Module) -> None:
-        from diffusers.video_processor import VideoProcessor
-
-        self.vae = vae
-        self.video_processor = VideoProcessor(vae_scale_factor=8)
 
 
 def main() -> None:
@@ -49,13 +37,8 @@ def main() -> None:
     parser.add_argument("--deterministic", action="store_true", help="torch.backends.cudnn.deterministic")
     parser.add_argument("--sequence", default=None, help="sizes decoded one after another in this process")
     args = parser.parse_args()
-    from diffusers import AutoencoderKLWan
-
     torch.backends.cudnn.deterministic = args.deterministic
-    vae = AutoencoderKLWan(**A14B_VAE).to("cuda")
-    fill_seeded(vae, 0 ^ hash_name("vae"))
-    cast_keeping_fp32(vae, torch.bfloat16)
-    vae.eval().requires_grad_(False)
+    vae = seeded_a14b_vae("cuda", torch.bfloat16)
     if args.sequence:
         decode_sequence(vae, args.sequence.split(","), args.out)
         return
@@ -71,7 +54,7 @@ def main() -> None:
     began = time.perf_counter()
     try:
         with torch.inference_mode():
-            frames_u8 = decode_frames(_Pipe(vae), latent)
+            frames_u8 = decode_frames(VaePipe(vae), latent)
         torch.cuda.synchronize()
         result: dict[str, object] = {"frames_sha256": sha256_bytes(frames_u8.tobytes()), "shape": list(frames_u8.shape)}
     except torch.OutOfMemoryError as exc:
@@ -105,7 +88,7 @@ def decode_sequence(vae: torch.nn.Module, sizes: list[str], out: str) -> None:
         width, height, frames = SIZES[size]
         latent = cpu_normal(7, (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)).to("cuda")
         with torch.inference_mode():
-            frames_u8 = decode_frames(_Pipe(vae), latent)
+            frames_u8 = decode_frames(VaePipe(vae), latent)
         videos = [sha256_bytes(encode_video(frames_u8, 16, VideoEncoding())) for _ in range(2)]
         rows.append({"size": size, "frames_sha256": sha256_bytes(frames_u8.tobytes()), "video_sha256": videos})
         print(rows[-1], flush=True)

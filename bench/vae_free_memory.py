@@ -26,20 +26,12 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device_info, write_result
+from common import VaePipe, device_info, write_result
 from ditproof.generation.generate import decode_frames
 from ditproof.models.wan import build_a14b_shape
 from ditproof.randomness import cpu_normal
 
 DECODES = ("float32-cudnn", "float32-no-cudnn", "bfloat16-cudnn")
-
-
-class _Pipe:
-    """What :func:`decode_frames` reads of a pipeline: the VAE and the video post-processor."""
-
-    def __init__(self, vae: torch.nn.Module, processor: Any) -> None:
-        self.vae = vae
-        self.video_processor = processor
 
 
 def free_gib() -> float:
@@ -48,12 +40,12 @@ def free_gib() -> float:
     return torch.cuda.mem_get_info()[0] / 2**30
 
 
-def decode(pipe: Any, vaes: dict[str, torch.nn.Module], latent: torch.Tensor, name: str) -> tuple[str, float]:
+def decode(vaes: dict[str, torch.nn.Module], latent: torch.Tensor, name: str) -> tuple[str, float]:
     """sha256 (16 hex) of the frames of one decode, and its seconds."""
     dtype, _, kernels = name.partition("-")
     started = time.perf_counter()
     with torch.backends.cudnn.flags(enabled=kernels == "cudnn"):
-        frames = decode_frames(_Pipe(vaes[dtype], pipe.video_processor), latent)
+        frames = decode_frames(VaePipe(vaes[dtype]), latent)
     torch.cuda.synchronize()
     return hashlib.sha256(frames.tobytes()).hexdigest()[:16], time.perf_counter() - started
 
@@ -77,7 +69,7 @@ def main() -> None:
         gc.collect()
         free = free_gib()
         for name in DECODES:
-            digest, seconds = decode(pipe, vaes, latent, name)
+            digest, seconds = decode(vaes, latent, name)
             result["decodes"].setdefault(name, {})[condition] = {"sha256": digest, "seconds": round(seconds, 3)}
             print(f"{condition:<24} {free:6.1f} GiB free  {name:<18} {digest}  {seconds:6.2f} s", flush=True)
             write_result(args.out, result)

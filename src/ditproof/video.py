@@ -209,7 +209,6 @@ class BackgroundEncode:
         self.frames = 0
         self._queue: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self._writer: Mp4Writer | None = None
         self._error: BaseException | None = None
         self._data: bytes | None = None
 
@@ -223,19 +222,20 @@ class BackgroundEncode:
 
     def _work(self, width: int, height: int) -> None:
         ended = False
+        writer: Mp4Writer | None = None
         try:
-            self._writer = Mp4Writer(width, height, self.fps, self.encoding)
+            writer = Mp4Writer(width, height, self.fps, self.encoding)
             while (frames := self._queue.get()) is not self._END:
-                self._writer.add(frames)
+                writer.add(frames)
             ended = True
-            self._data = self._writer.finish()
-        except BaseException as exc:  # handed to finish(), which raises it in the caller's thread
+            self._data = writer.finish()
+        except BaseException as exc:  # not swallowed: finish() raises it in the caller's thread
             self._error = exc
             while not ended and self._queue.get() is not self._END:  # the rest is dropped
                 pass
         finally:
-            if self._writer is not None:
-                self._writer.close()
+            if writer is not None:
+                writer.close()
 
     def finish(self) -> bytes:
         """Waits for the encode of every frame handed over and returns the mp4's bytes.

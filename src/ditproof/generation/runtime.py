@@ -59,34 +59,31 @@ def cpu_kernels_probe(threads: int) -> str:
     processor, not only by instruction set). Two machines whose probes differ are different
     classes; whose probes agree ran the same code paths on these operations.
     """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    from ditproof.generation.generate import cpu_threads
+
+    with cpu_threads("cpu", threads), torch.inference_mode():
         generator = torch.Generator().manual_seed(20261206)
 
         def draw(*shape: int) -> torch.Tensor:
             return torch.randn(*shape, generator=generator)
 
-        with torch.inference_mode():
-            a, b = draw(512, 1024), draw(1024, 768)
-            small_a, small_b = draw(24, 40), draw(40, 56)
-            q, k, v = draw(1, 2, 96, 64), draw(1, 2, 96, 64), draw(1, 2, 96, 64)
-            volume, kernel = draw(1, 8, 3, 18, 18), draw(8, 8, 3, 3, 3)
-            outputs = [
-                a @ b,
-                small_a @ small_b,
-                (a.bfloat16() @ b.bfloat16()).float(),
-                torch.nn.functional.scaled_dot_product_attention(q, k, v),
-                torch.nn.functional.conv3d(volume, kernel, padding=1),
-                torch.nn.functional.conv3d(volume.bfloat16(), kernel.bfloat16(), padding=1).float(),
-                torch.nn.functional.gelu(torch.nn.functional.layer_norm(a, (1024,)), approximate="tanh"),
-            ]
-        digest = hashlib.sha256()
-        for tensor in outputs:
-            digest.update(tensor.contiguous().numpy().tobytes())
-        return digest.hexdigest()[:8]
-    finally:
-        torch.set_num_threads(previous)
+        a, b = draw(512, 1024), draw(1024, 768)
+        small_a, small_b = draw(24, 40), draw(40, 56)
+        q, k, v = draw(1, 2, 96, 64), draw(1, 2, 96, 64), draw(1, 2, 96, 64)
+        volume, kernel = draw(1, 8, 3, 18, 18), draw(8, 8, 3, 3, 3)
+        outputs = [
+            a @ b,
+            small_a @ small_b,
+            (a.bfloat16() @ b.bfloat16()).float(),
+            torch.nn.functional.scaled_dot_product_attention(q, k, v),
+            torch.nn.functional.conv3d(volume, kernel, padding=1),
+            torch.nn.functional.conv3d(volume.bfloat16(), kernel.bfloat16(), padding=1).float(),
+            torch.nn.functional.gelu(torch.nn.functional.layer_norm(a, (1024,)), approximate="tanh"),
+        ]
+    digest = hashlib.sha256()
+    for tensor in outputs:
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:8]
 
 
 def solver_name(scheduler_config: dict[str, object]) -> str:
