@@ -9,7 +9,7 @@ import pytest
 
 import ditproof.experiment
 from ditproof.errors import InvalidInputError
-from ditproof.experiment.config import DATA_DIR, load_experiment
+from ditproof.experiment.config import DATA_DIR, load_experiment, selected_prompts
 from ditproof.experiment.plan import plan_jobs
 from ditproof.experiment.prompts import (
     PROMPTS_DIR,
@@ -255,6 +255,29 @@ def test_a_configuration_may_run_on_the_cpu_in_a_cuda_experiment_and_on_fewer_pr
         load_experiment(write(tmp_path, base=BASE.replace("[reference]\n", "[reference]\nmax_prompts = 2\n")))
     with pytest.raises(InvalidInputError, match=r"device: got 'tpu'"):
         load_experiment(write(tmp_path, extra='[[benign]]\nname = "t"\ndevice = "tpu"\n'))
+
+
+def test_a_configuration_on_fewer_prompts_may_take_them_spread_over_the_set(tmp_path: Path) -> None:
+    # A set whose kinds come in blocks (mixed: grammar captions, then free text) gives a configuration
+    # on its first N prompts one kind only; "spread" takes N from the whole set. The job ids of the
+    # prompts both selections share are the same (the selection is not part of an id).
+    base = BASE.replace("max_prompts = 3", "max_prompts = 10")
+    extra = '[[malign]]\nname = "fp8"\nmax_prompts = 3\noptions = { weights = "fp8-e4m3" }\n'
+    first = plan_jobs(load_experiment(write(tmp_path, extra=extra, base=base)))
+    spread_extra = extra.replace("max_prompts = 3", 'max_prompts = 3\nprompt_selection = "spread"')
+    spread = plan_jobs(load_experiment(write(tmp_path, extra=spread_extra, base=base)))
+    prompts = list(dict.fromkeys(j.prompt_id for j in first))
+    assert len(prompts) == 10
+    assert [j.prompt_id for j in first if j.configuration == "fp8"] == prompts[:3]
+    assert [j.prompt_id for j in spread if j.configuration == "fp8"] == [prompts[1], prompts[5], prompts[8]]
+    ids = {j.prompt_id: j.job_id for j in first if j.configuration == "fp8"}
+    assert [j.job_id for j in spread if j.prompt_id == prompts[1] and j.configuration == "fp8"] == [ids[prompts[1]]]
+    assert selected_prompts(1000, 300, "spread") == frozenset((2 * i + 1) * 1000 // 600 for i in range(300))
+    assert len(selected_prompts(1000, 300, "spread")) == 300 and max(selected_prompts(1000, 300, "spread")) == 998
+    assert selected_prompts(4, 9, "spread") == selected_prompts(4, 9, "first") == frozenset(range(4))
+    bad = extra.replace("max_prompts = 3", 'max_prompts = 3\nprompt_selection = "random"')
+    with pytest.raises(InvalidInputError, match=r"prompt_selection"):
+        load_experiment(write(tmp_path, extra=bad, base=base))
 
 
 def test_a_cpu_configuration_runs_on_the_cpu_on_a_gpu_worker(tmp_path: Path) -> None:

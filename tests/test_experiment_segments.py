@@ -143,6 +143,21 @@ def test_analysis_has_the_modes_and_segment_thresholds(store: str) -> None:
     assert all(e.value > 0 for e in segment_entries if e.runtime_class == pools["attn-math"].executor_runtime_class)
 
 
+def test_segments_of_prompts_spread_over_the_plan(store: str, tmp_path: Path) -> None:
+    # --max-prompts 1 --spread: the middle prompt of the plan's 3, as a configuration with
+    # prompt_selection = "spread" takes it; without --spread the first.
+    copy = tmp_path / "spread"
+    shutil.copytree(store, copy)
+    (copy / SEGMENTS_FILE).unlink()
+    prompts = list(dict.fromkeys(j.prompt_id for j in load_plan(Store(str(copy)))))
+    by_job = {j.job_id: j.prompt_id for j in load_plan(Store(str(copy)))}
+    score_segments(str(copy), configurations=["other-seed"], max_prompts=1, spread=True)
+    assert [by_job[r["job_id"]] for r in read_segment_rows(Store(str(copy)))] == [prompts[1]]
+    (copy / SEGMENTS_FILE).unlink()
+    score_segments(str(copy), configurations=["other-seed"], max_prompts=1)
+    assert [by_job[r["job_id"]] for r in read_segment_rows(Store(str(copy)))] == [prompts[0]]
+
+
 def test_shards_and_merge_keep_segment_rows(store: str, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(store, copy)

@@ -2,7 +2,7 @@
 # One host's part of a Stage 1 run whose store cannot be shared (a lent GPU host that sends back
 # at most a few files): plan, run the selected configurations, score, re-run segments, and pack what the merge needs.
 #
-#   [STORE=DIR] [SIDE_BY_SIDE=N] [SHARD=I/N] [SEGMENTS=N|all] [DEADLINE=S] [MPS=1] tools/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
+#   [STORE=DIR] [SIDE_BY_SIDE=N] [SHARD=I/N] [SEGMENTS=N|spread:N|all] [DEADLINE=S] [MPS=1] tools/stage1_host.sh CONFIG CONFIGURATIONS OUT [WORKERS_PER_GPU] [RUN_SECONDS] [PACK]
 #
 # CONFIGURATIONS: comma-separated, or "all"; PACK: which jobs' videos and final latents (besides
 # the thin store) go into OUT/parts/ as 15 MB parts: "references", "all" or "none" (with the
@@ -72,12 +72,17 @@ logs=$(mktemp -d)
 ( timeout "$(limit "${SCORE_SECONDS:-900}" 30)" "${ditproof[@]}" score --store "$store" --device "$device" \
     > "$logs/score.log" 2>&1 || echo "score stopped: exit $?" >> "$logs/score.log" ) &
 # SEGMENTS=N: the checkpoints-mode evidence (`experiment segments`) for the jobs of the first N
-# prompts ("all": every prompt), as SEGMENT_PROCESSES job shards (default: all the runners'
+# prompts ("all": every prompt; "spread:N": N prompts spread evenly over the plan, as configurations
+# with prompt_selection = "spread"), as SEGMENT_PROCESSES job shards (default: all the runners'
 # workers) within SEGMENT_SECONDS.
 processes=0
 if [ -n "${SEGMENTS:-}" ]; then
   segment_limit=()
-  [ "$SEGMENTS" != all ] && segment_limit=(--max-prompts "$SEGMENTS")
+  case "$SEGMENTS" in
+    all) ;;
+    spread:*) segment_limit=(--max-prompts "${SEGMENTS#spread:}" --spread) ;;
+    *) segment_limit=(--max-prompts "$SEGMENTS") ;;
+  esac
   processes=${SEGMENT_PROCESSES:-$(( side * per_gpu ))}
   seconds_left=$(limit "${SEGMENT_SECONDS:-300}" 30)
   for i in $(seq 0 $(( processes - 1 ))); do

@@ -221,6 +221,7 @@ def segments_command(
     store: str = STORE,
     device: str = typer.Option("cpu", help="Where the validator (the reference configuration) runs (cpu, cuda)."),
     max_prompts: int | None = typer.Option(None, help="Only the jobs of the plan's first N prompts."),
+    spread: bool = typer.Option(False, "--spread", help="With --max-prompts: N prompts spread evenly over the plan."),
     configurations: str | None = typer.Option(None, help="Comma-separated configurations (default: all)."),
     shard: str | None = typer.Option(None, help="I/N: every N-th job from the I-th (N processes side by side)."),
 ) -> None:
@@ -242,6 +243,7 @@ def segments_command(
                 store,
                 device,
                 max_prompts=max_prompts,
+                spread=spread,
                 configurations=names,
                 shard=where,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),

@@ -34,8 +34,11 @@ Each deviation is a set of overrides of the reference's ``request`` (fields of
 recorded, never simulated), ``device`` (``"cpu"`` in a ``cuda`` experiment: the configuration
 runs on the host's CPU, as a CPU validator would regenerate a GPU executor's record; set
 ``options.cpu_threads`` with it, since the thread count is part of a CPU class) and
-``max_prompts`` (the configuration runs for the first N prompts only: a costly pool calibrated
-on fewer prompts). Unknown keys anywhere are refused with the list of allowed ones.
+``max_prompts`` (the configuration runs for N prompts only: a costly pool calibrated on fewer
+prompts) with ``prompt_selection`` (``"first"``, the default: the set's first N; ``"spread"``: N
+spread evenly over the set, so that a set whose kinds come in blocks, as ``mixed``'s grammar
+captions then free text, gives the configuration every kind in proportion). Unknown keys anywhere
+are refused with the list of allowed ones.
 
 Seeds: the job of prompt ``P`` runs with request id ``P`` (or ``P.{salt}``) and the experiment's
 ``entropy``, so its seed is :func:`ditproof.randomness.derive_seed` of the two, exactly as in
@@ -44,6 +47,7 @@ production, and every configuration of a prompt starts from the same CPU-drawn n
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tomllib
@@ -66,6 +70,19 @@ _PLANNED_REQUEST_FIELDS = ("schema_version", "prompt", "negative_prompt", "seed"
 _PLANNED_OPTION_FIELDS = ("device",)
 
 Label = Literal["reference", "benign", "malign"]
+PromptSelection = Literal["first", "spread"]
+
+
+@functools.lru_cache(maxsize=64)
+def selected_prompts(prompts: int, count: int, selection: PromptSelection = "first") -> frozenset[int]:
+    """Indices of the ``count`` of ``prompts`` prompts a configuration runs on: the first ``count``
+    (``"first"``) or ``floor((i + 1/2) · prompts / count)`` for ``i < count`` (``"spread"``: the
+    middle of each of ``count`` equal stretches of the set); every index when ``count >= prompts``."""
+    if count >= prompts:
+        return frozenset(range(prompts))
+    if selection == "first":
+        return frozenset(range(count))
+    return frozenset((2 * i + 1) * prompts // (2 * count) for i in range(count))
 
 
 class _Strict(BaseModel):
@@ -85,6 +102,8 @@ class Configuration(_Strict):
     """Default: the experiment's."""
     max_prompts: int | None = Field(default=None, ge=1)
     """Default: every prompt of the experiment."""
+    prompt_selection: PromptSelection = "first"
+    """Which ``max_prompts`` prompts: the first, or spread evenly over the set (module docstring)."""
 
     @field_validator("name")
     @classmethod
@@ -117,7 +136,13 @@ class ResolvedConfiguration(_Strict):
     seed_salt: str | None
     gpu_model: str | None
     max_prompts: int | None = None
-    """Runs for the first N prompts only (None: all); not part of the job ids."""
+    """Runs for N prompts only (None: all); not part of the job ids."""
+    prompt_selection: PromptSelection = "first"
+    """Which N prompts (:func:`selected_prompts`); not part of the job ids."""
+
+    def runs_on(self, index: int, prompts: int) -> bool:
+        """Whether this configuration runs on prompt ``index`` of a plan of ``prompts`` prompts."""
+        return self.max_prompts is None or index in selected_prompts(prompts, self.max_prompts, self.prompt_selection)
 
     @property
     def world_size(self) -> int:
@@ -131,7 +156,7 @@ class ResolvedConfiguration(_Strict):
         :class:`RuntimeOptions` with a default (which leaves every existing run as it was) does
         not change the ids of a campaign in progress and send it back to the start.
         """
-        data = self.model_dump(mode="json", exclude={"options", "max_prompts"})
+        data = self.model_dump(mode="json", exclude={"options", "max_prompts", "prompt_selection"})
         data["options"] = self.options.model_dump(mode="json", exclude_defaults=True)
         return data
 
@@ -328,6 +353,7 @@ def resolve(file: ExperimentFile, config: Configuration, label: Label) -> Resolv
         seed_salt=config.seed_salt,
         gpu_model=config.gpu_model,
         max_prompts=config.max_prompts,
+        prompt_selection=config.prompt_selection,
     )
 
 

@@ -65,7 +65,7 @@ def job_id(prompt: Prompt, config: ResolvedConfiguration, reference_spec_sha256:
 
 def plan_jobs(experiment: Experiment, prompts: list[Prompt] | None = None) -> list[Job]:
     """Every job of ``experiment``: prompts × configurations, reference first within each prompt
-    (a configuration with ``max_prompts`` N: the first N prompts only)."""
+    (a configuration with ``max_prompts`` N: N prompts only, the first or spread over the set)."""
     if prompts is None:
         prompts = load_prompts(experiment.prompts_path, experiment.file.max_prompts)
     reference_sha = experiment.reference_spec_sha256()
@@ -73,7 +73,7 @@ def plan_jobs(experiment: Experiment, prompts: list[Prompt] | None = None) -> li
     for index, prompt in enumerate(prompts):
         reference_id = job_id(prompt, experiment.reference, reference_sha)
         for config in experiment.configurations:
-            if config.max_prompts is not None and index >= config.max_prompts:
+            if not config.runs_on(index, len(prompts)):
                 continue
             request = GenerationRequest.model_validate(
                 {**config.request, "prompt": prompt.prompt, "negative_prompt": prompt.negative_prompt}

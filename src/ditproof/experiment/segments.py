@@ -25,7 +25,8 @@ while those do. Rows are saved every ``SAVE_EVERY_S`` seconds; a stopped run res
 analysis reads them all).
 
 Cost: re-running every segment is one generation per job (the denoising steps; the last segment
-decodes the frames too). ``max_prompts`` limits the work to the plan's first prompts.
+decodes the frames too). ``max_prompts`` limits the work to N of the plan's prompts: the first N,
+or with ``spread`` N spread evenly over the plan (as a configuration's ``prompt_selection``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import pyarrow as pa
 from safetensors.torch import load as load_safetensors
 
 from ditproof.errors import InvalidInputError
+from ditproof.experiment.config import selected_prompts
 from ditproof.experiment.findings import SEGMENT_KEY_PREFIX, segment_key
 from ditproof.experiment.jobs import JobResult, load_plan, read_result
 from ditproof.experiment.plan import Job
@@ -190,6 +192,7 @@ def score_segments(
     device: str = "cpu",
     *,
     max_prompts: int | None = None,
+    spread: bool = False,
     configurations: list[str] | None = None,
     shard: tuple[int, int] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -199,7 +202,8 @@ def score_segments(
     Args:
         store_url: the experiment store (with the jobs' checkpoint files: not a thin copy).
         device: where the validator runs (``cpu`` or ``cuda``).
-        max_prompts: only jobs of the plan's first ``max_prompts`` prompts.
+        max_prompts: only jobs of ``max_prompts`` of the plan's prompts (the first ones).
+        spread: ``max_prompts`` spread evenly over the plan's prompts instead of the first.
         configurations: only these configurations (default: every non-reference one).
         shard: ``(I, N)``: only every N-th job from the I-th (one of N processes side by side).
         progress: called with (jobs done now, jobs to do).
@@ -225,7 +229,8 @@ def score_segments(
     if unknown:
         raise InvalidInputError(f"configurations: got {unknown}; allowed: {', '.join(known)}")
     prompts = list(dict.fromkeys(j.prompt_id for j in jobs))
-    kept_prompts = set(prompts[:max_prompts] if max_prompts is not None else prompts)
+    chosen = selected_prompts(len(prompts), max_prompts or len(prompts), "spread" if spread else "first")
+    kept_prompts = {prompts[i] for i in chosen}
     by_id = {j.job_id: j for j in jobs}
     results = {j.job_id: read_result(store, j.job_id) for j in jobs if j.prompt_id in kept_prompts}
     todo = [
