@@ -240,6 +240,17 @@ def test_the_gpu_host_script_packs_a_shard_that_merges(tmp_path: Path) -> None:
     table = score_store(merged)
     meta = Store(merged).read_json(SCORES_META_FILE)
     assert table.num_rows == 4 and meta["pairs_without_artifacts"] == 0  # 2 prompts of shard 0 × 2 deviations
+    # The thin store alone, repacked as kept between sessions, merges too (its pairs came scored).
+    unpacked, archive = tmp_path / "unpacked", tmp_path / "shard-0.tar.xz"
+    unpacked.mkdir()
+    with tarfile.open(out / "thin.tgz") as tar:
+        tar.extractall(unpacked, filter="data")
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(unpacked, arcname=".")
+    kept = str(tmp_path / "kept")
+    done = subprocess.run(["bash", collect[0], kept, str(archive)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert Store(kept).read_parquet(SCORES_FILE).num_rows == 4
     log = (out / "run.log").read_text()
     assert "2 jobs' segments" in log and "4 pairs scored" in log  # both ran, side by side
     assert "MPS: off (" in log

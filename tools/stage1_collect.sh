@@ -5,8 +5,10 @@
 #
 #   tools/stage1_collect.sh STORE OUT [OUT ...]
 #
-# OUT folders are read, never changed; STORE may already hold earlier calls (the merge adds the new
-# jobs and keeps the rows computed from the results it holds).
+# An OUT is a call's folder (thin.tgz, maybe parts/) or a thin store archive on its own (a call's
+# thin.tgz repacked, e.g. `.tar.xz`, as kept in git between sessions). OUTs are read, never
+# changed; STORE may already hold earlier calls (the merge adds the new jobs and keeps the rows
+# computed from the results it holds).
 set -euo pipefail
 store=$1
 shift
@@ -16,9 +18,14 @@ trap 'rm -rf "$work"' EXIT
 ditproof=(python3 -m ditproof.cli.main experiment)
 hosts=()
 for out in "$@"; do
-  [ -f "$out/thin.tgz" ] || { echo "$out: no thin.tgz; allowed: a folder tools/stage1_host.sh wrote" >&2; exit 2; }
   host="$work/host${#hosts[@]}"
   mkdir -p "$host"
+  if [ -f "$out" ]; then
+    tar xf "$out" -C "$host" || { echo "$out: not a tar archive; allowed: a thin store archive" >&2; exit 2; }
+    hosts+=("$host")
+    continue
+  fi
+  [ -f "$out/thin.tgz" ] || { echo "$out: no thin.tgz; allowed: a folder tools/stage1_host.sh wrote, or an archive" >&2; exit 2; }
   tar xzf "$out/thin.tgz" -C "$host"
   if compgen -G "$out/parts/artifacts.tgz.part-*" > /dev/null; then
     cat "$out"/parts/artifacts.tgz.part-* | tar xzf - -C "$host"

@@ -13,7 +13,10 @@
 #   ditproof experiment merge --store merged host other_host ...; ditproof experiment score --store merged
 set -euo pipefail
 config=$1 configurations=$2 out=$3 per_gpu=${4:-1} seconds=${5:-540} pack=${6:-references}
-store=${STORE:-/tmp/stage1-store}
+# One store per shard by default: calls for several shards on one warm host then send back each
+# shard's own thin store, not a growing one.
+shard_tag=${SHARD:+-shard-${SHARD%/*}-of-${SHARD#*/}}
+store=${STORE:-/tmp/stage1-store$shard_tag}
 ditproof=(python3 -m ditproof.cli.main experiment)  # `ditproof experiment` from the source tree (docs/gpu.md)
 "${ditproof[@]}" plan "$config" --store "$store"
 # MPS=1: the runners' processes share the GPU through NVIDIA's Multi-Process Service, so that their
