@@ -248,7 +248,9 @@ def test_the_gpu_host_script_packs_a_shard_that_merges(tmp_path: Path) -> None:
     with tarfile.open(archive, "w:xz") as tar:
         tar.add(unpacked, arcname=".")
     kept = str(tmp_path / "kept")
-    done = subprocess.run(["bash", collect[0], kept, str(archive)], capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        ["bash", collect[0], kept, str(archive)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert Store(kept).read_parquet(SCORES_FILE).num_rows == 4
     log = (out / "run.log").read_text()
