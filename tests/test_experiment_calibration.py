@@ -16,10 +16,11 @@ import torch
 from ditproof.errors import InvalidInputError
 from ditproof.experiment.analyze import ANALYSIS_FILE, THRESHOLDS_FILE, Analysis, Method, analyze_folder
 from ditproof.experiment.calibration import (
+    CROSS_FIT_FOLDS,
     NORMALISER_FLOOR,
     PoolScores,
     calibrate_pool,
-    column_scales,
+    column_standards,
     fixed,
     normalised_max,
     worst_pool,
@@ -459,29 +460,77 @@ def test_cli_analyze_and_report_a_folder(tmp_path: Path, capsys: pytest.CaptureF
     assert run("report", "--store", str(tmp_path / "s")) == 2  # --out is required with --store
 
 
-def test_a_joint_score_scales_each_column_by_its_benign_90th_percentile() -> None:
+def test_a_joint_score_standardises_each_column_by_its_benign_median_and_99th_percentile() -> None:
     ones = np.ones(10)
     benign = np.column_stack([np.arange(1.0, 11.0), 0 * ones, np.r_[np.zeros(9), 1e-13], np.full(10, np.nan)])
-    # The 90th percentile (9.1 of 1..10); a column never moved: 0 (exactness); a tiny one: the floor.
-    assert np.allclose(column_scales(benign)[:3], [9.1, 0.0, NORMALISER_FLOOR], rtol=1e-12, atol=0)
-    assert np.isnan(column_scales(benign)[3])  # no value: no scale
+    # Median 5.5 and 99th percentile 9.91 of 1..10; a column never moved: width 0 (exactness); a
+    # tiny spread: the floor; no value: no standard.
+    centres, widths = column_standards(benign)
+    assert np.allclose(centres[:3], [5.5, 0.0, 0.0]) and np.isnan(centres[3])
+    assert np.allclose(widths[:3], [4.41, 0.0, NORMALISER_FLOOR], rtol=1e-12, atol=0) and np.isnan(widths[3])
     prompts = np.arange(10)
     cheat = np.array([[9.1, np.nan, 0.0, 5.0], [1.0, np.inf, 0.0, np.nan], [1.0, 1e-9, 0.0, np.nan]])
     scores = normalised_max(benign, prompts, {"cheat": (cheat, np.array([0, 1, 2]))})
     train = np.arange(10) < 9  # the last prompt (the only moved one in column 2) outside
-    assert scores.scales is not None and np.allclose(scores.scales(train)[:3], [8.2, 0.0, 0.0])
+    assert scores.standards is not None
+    fitted = scores.standards(train)
+    assert np.allclose(fitted[0][:3], [5.0, 0.0, 0.0]) and np.allclose(fitted[1][:3], [3.92, 0.0, 0.0])
     b, m = scores.badness(train)
     assert b[9] == np.inf  # 1e-13 where every training pair was exact: caught
-    assert np.allclose(b[:9], np.arange(1.0, 10.0) / 8.2)
-    assert np.isclose(m["cheat"][0], 9.1 / 8.2) and m["cheat"][1] == np.inf  # a missing value never decides
+    assert np.allclose(b[:9], np.maximum((benign[:9, 0] - 5.0) / 3.92, 0.0))  # column 0 decides, the others sit at 0
+    # The threshold is fitted on the training pairs scored with the other folds' standards (folds:
+    # prompt index modulo 5), as a new prompt would be scored.
+    assert scores.fitting is not None
+    fitted_on = scores.fitting(train)
+    assert fitted_on[9] == np.inf
+    for pair in range(9):
+        rest = train & (prompts % CROSS_FIT_FOLDS != pair % CROSS_FIT_FOLDS)
+        centre, width = np.median(benign[rest, 0]), np.quantile(benign[rest, 0], 0.99) - np.median(benign[rest, 0])
+        assert np.isclose(fitted_on[pair], max((benign[pair, 0] - centre) / width, 0.0))
+    assert np.isclose(m["cheat"][0], (9.1 - 5.0) / 3.92) and m["cheat"][1] == np.inf  # a missing value never decides
     assert m["cheat"][2] == np.inf
-    # The in-sample scales (all prompts) are kept in the pool's calibration, None where unknown.
+    # The in-sample standards (all prompts) are kept in the pool's calibration, None where unknown.
     splits, counts = prompt_splits(10, 5, seed=0), bootstrap_counts(10, 5, seed=0)
     result, _ = calibrate_pool("b", scores, 0.25, splits, counts)
-    assert result.scales is not None and np.allclose(result.scales[:3], [9.1, 0.0, NORMALISER_FLOOR])  # type: ignore[arg-type]
-    assert result.scales[3] is None
+    assert result.scales is not None and np.allclose(result.scales[:3], [4.41, 0.0, NORMALISER_FLOOR])  # type: ignore[arg-type]
+    assert result.centres is not None and np.allclose(result.centres[:3], [5.5, 0.0, 0.0])  # type: ignore[arg-type]
+    assert result.scales[3] is None and result.centres[3] is None
     plain, _ = calibrate_pool("b", fixed(benign[:, 0], prompts, {}), 0.25, splits, counts)
-    assert plain.scales is None
+    assert plain.scales is None and plain.centres is None
+
+
+def _scaled_max(benign: np.ndarray, prompts: np.ndarray, malign: np.ndarray) -> PoolScores:
+    """The joint score before standardisation: each column over its benign 90th percentile."""
+
+    def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        scales = np.quantile(benign[train[prompts]], 0.9, axis=0)
+        return (benign / scales).max(axis=1), {"cheat": (malign / scales).max(axis=1)}
+
+    return PoolScores(benign_prompt=prompts, malign_prompt={"cheat": prompts}, badness=badness, trained=True)
+
+
+def test_a_tight_position_keeps_its_power_beside_heavy_tailed_ones() -> None:
+    # A trajectory's early positions are tight (benign maximum about 1.2x the median) and its
+    # middle ones heavy-tailed (a few prompts spread far). A cheat that moves only a tight position
+    # 1.5x (10 standard deviations) is lost under 90th-percentile scales, whose one threshold the heavy tails set; the
+    # median and 99th-percentile standardisation keeps it, at the same out-of-sample FPR.
+    rng = np.random.default_rng(7)
+    n = 400
+    prompts = np.arange(n)
+    tight = 1e-4 * (1 + 0.05 * rng.normal(size=(n, 4)))
+    heavy = 1e-3 * np.exp(0.3 * rng.normal(size=(n, 4)))
+    heavy[rng.choice(n, 12, replace=False)] *= rng.uniform(4, 15, size=(12, 1))  # 3% spread far
+    benign = np.hstack([tight, heavy])
+    cheat = np.hstack([tight[:, :1] * 1.5, benign[:, 1:]])[rng.permutation(n)]
+    splits, counts = prompt_splits(n, 50, seed=2), bootstrap_counts(n, 10, seed=2)
+    new, _ = calibrate_pool(
+        "b", normalised_max(benign, prompts, {"cheat": (cheat, prompts)}), 0.01, splits, counts, rule="conformal"
+    )
+    old, _ = calibrate_pool("b", _scaled_max(benign, prompts, cheat), 0.01, splits, counts, rule="conformal")
+    assert new.oos_fpr_mean is not None and old.oos_fpr_mean is not None and new.oos_fpr_mean < 0.015
+    new_tpr, old_tpr = new.classes[0].oos_tpr_mean, old.classes[0].oos_tpr_mean
+    assert new_tpr is not None and old_tpr is not None
+    assert new_tpr > 0.75 and old_tpr < 0.1, (new_tpr, old_tpr)  # 0.83 and 0.007 here
 
 
 def _tail_scaled_max(benign: np.ndarray, prompts: np.ndarray, target: float) -> PoolScores:
@@ -495,11 +544,12 @@ def _tail_scaled_max(benign: np.ndarray, prompts: np.ndarray, target: float) -> 
     return PoolScores(benign_prompt=prompts, malign_prompt={}, badness=badness, trained=True)
 
 
-def test_quantile_scaling_keeps_the_joint_fpr_at_the_target_where_tail_scaling_overshoots() -> None:
+def test_standardising_keeps_the_joint_fpr_at_the_target_where_tail_scaling_overshoots() -> None:
     # 200 prompts, one pair each, 16 positions that move together per prompt (as a run's
     # checkpoints do) with their own noise and scale. Scaling each position by its own training
     # threshold puts every training maximum near 1, so a new prompt beyond any one position's
-    # tail is flagged: many times the target. The 90th percentile spends no extreme tail: one threshold, one target.
+    # tail is flagged: many times the target. Standardised columns whose training pairs are scored
+    # cross-fitted give the threshold a new prompt's scores: one threshold, one target.
     rng = np.random.default_rng(5)
     prompts = np.arange(200)
     shared = rng.normal(size=(200, 1))

@@ -200,7 +200,7 @@ def test_checkpoint_thresholds_by_position_from_the_reference_records(finished: 
                 (e.position.start, e.position.end) for e in group if e.position and e.position.phase == phase
             )
             assert not spans or (spans[0][0] == 0.0 and spans[-1][1] == 1.0)
-        # The full mode's joint score: each entry its threshold times the checkpoint's scale.
+        # The full mode's joint score: each entry the checkpoint's centre plus its threshold times its width.
         joint = keys.get("full:max") or keys["trajectory:max"]
         assert joint.columns is not None
         for checkpoint in trajectory.checkpoints:
@@ -211,7 +211,11 @@ def test_checkpoint_thresholds_by_position_from_the_reference_records(finished: 
                 == (executor, validator)
             ]
             column = joint.columns.index(checkpoint.key)
-            limits = [c.threshold * c.scales[column] for c in pools if c.scales and c.scales[column] is not None]
+            limits = [
+                (c.centres[column] or 0.0) + c.threshold * c.scales[column]
+                for c in pools
+                if c.scales and c.centres and c.scales[column] is not None
+            ]
             assert lookup(checkpoint.phase, checkpoint.fraction) == pytest.approx(max(limits), rel=1e-12, abs=0)
             checked += 1  # at its own step: its own limit
         # Between two checkpoints of a phase (another step count: positions are fractions), the nearer one's.

@@ -91,11 +91,16 @@ def rows(
 
 
 def joint_limits(analysis: Analysis, key: str = "trajectory:max") -> tuple[KeyResult, dict[str, float]]:
-    """The joint score's result and, per column, its one pool's threshold times the column's scale."""
+    """The joint score's result and, per column, its one pool's centre plus its threshold times the
+    column's width."""
     joint = next(k for k in analysis.keys if k.key == key)
     (pool,) = joint.pools
-    assert joint.columns is not None and pool.scales is not None
-    return joint, {c: pool.threshold * s for c, s in zip(joint.columns, pool.scales, strict=True) if s is not None}
+    assert joint.columns is not None and pool.scales is not None and pool.centres is not None
+    return joint, {
+        c: centre + pool.threshold * width
+        for c, centre, width in zip(joint.columns, pool.centres, pool.scales, strict=True)
+        if width is not None and centre is not None
+    }
 
 
 def test_position_ranges_reach_halfway_to_the_neighbours() -> None:
@@ -213,7 +218,7 @@ def test_the_entries_decide_what_the_joint_score_decides(tmp_path: Path) -> None
     joint, _ = joint_limits(analysis, "full:max")
     assert joint.columns == [*(key_of(n) for n in checkpoints), "latent_rel_l2:value", "psnr:mean"]
     (pool,) = joint.pools
-    assert pool.scales is not None
+    assert pool.scales is not None and pool.centres is not None
     thresholds = ThresholdsFile.load(folder / THRESHOLDS_FILE)
     assert all("joint threshold" in e.provenance.notes and "full:max" in e.provenance.notes for e in thresholds.entries)
     policy = ThresholdPolicy(thresholds).bound_to(CLASS)
@@ -222,7 +227,8 @@ def test_the_entries_decide_what_the_joint_score_decides(tmp_path: Path) -> None
 
     def joint_flags(row: dict[str, Any]) -> bool:
         distances = [row[key_of(n)] for n in checkpoints] + [row["latent_rel_l2:value"], 10 ** (-row["psnr:mean"] / 20)]
-        return max(d / s for d, s in zip(distances, pool.scales, strict=True)) > pool.threshold  # type: ignore[operator]
+        standardised = [(d - c) / w for d, c, w in zip(distances, pool.centres, pool.scales, strict=True)]  # type: ignore[operator]
+        return max(standardised) > pool.threshold
 
     def entries_flag(row: dict[str, Any]) -> bool:
         for name, (step, _) in [*checkpoints.items(), ("final", (STEPS, 0.0))]:

@@ -313,6 +313,11 @@ def analyze_command(
         help="A benign configuration B: latent distances also enter divided by the same prompt's distance of B "
         "(keys KEY/B; a validator measures it with one more regeneration in class B).",
     ),
+    cross_fit: bool = typer.Option(
+        True,
+        "--cross-fit/--no-cross-fit",
+        help="Fit a joint score's threshold on its training pairs' cross-fitted scores (default), or in sample.",
+    ),
     rule: str = typer.Option(
         "conformal",
         help="Threshold rule: conformal (the ceil((n+1)(1-target))-th smallest benign score: a new prompt's "
@@ -343,6 +348,7 @@ def analyze_command(
             seed=seed,
             rule=cast(ThresholdRule, rule),  # one of THRESHOLD_RULES (checked above)
             normaliser=normalise_by,
+            cross_fit=cross_fit,
         )
         if store is not None:
             analysis = analyze_store(store, fpr_target, method)

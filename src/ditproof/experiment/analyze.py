@@ -19,8 +19,9 @@ the highest FPR and the lowest TPR over the pools, per split and per resample.
 **Keys.** Frame metrics (``psnr:mean`` …), final-latent metrics (``latent_rel_l2:value``,
 ``latent_cosine:value``), trajectory checkpoints (``checkpoint_rel_l2:<name>``; older scores:
 ``pre_switch_rel_l2``), the joint scores of the modes that decide on many positions, each the
-largest of the positions' distances divided by that position's benign 90th percentile on the training
-prompts with one threshold on the maximum (:func:`~ditproof.experiment.calibration.normalised_max`):
+largest of the positions' standardised distances (minus the position's benign median, over its
+benign 99th percentile minus that median, on the training prompts; the training pairs' own scores
+cross-fitted by prompt fold) with one threshold on the maximum (:func:`~ditproof.experiment.calibration.normalised_max`):
 ``trajectory:max`` (every checkpoint and the final latent), ``full:max`` (those and the frame
 metric the validator ties the video with: what the full mode decides on), ``checkpoints:max`` and
 ``spot-check:kK`` (segment re-runs); and, with ``Method.normaliser = B``, each latent distance
@@ -236,7 +237,9 @@ def analyze_rows(
         for pool in decided if not is_segment_key(columns[0]) else segment_decided:
             if normaliser in pool.configurations:
                 continue  # divided by itself: every ratio 1
-            scores = key_scores(rows, columns, pool.name, row_pool, malign_classes, prompt_index, combined)
+            scores = key_scores(
+                rows, columns, pool.name, row_pool, malign_classes, prompt_index, combined, method.cross_fit
+            )
             if scores is not None:
                 calibrated.append(
                     calibrate_pool(pool.name, scores, fpr_target, splits, counts, method.confidence, method.rule)

@@ -18,16 +18,22 @@ Three estimates stand side by side:
 
 A score enters as *badness* (higher = more suspicious, flagged when strictly above the threshold).
 Its badness may depend on the training prompts: a joint score over many positions (the full and
-checkpoints modes' maximum over checkpoints or segments, :func:`normalised_max`) divides each
-position's distance by that position's **benign 90th percentile** on the training prompts
-(:data:`SCALE_QUANTILE`), then one threshold is fitted on the maximum of the scaled distances.
-Two scales were measured and left: a position's own threshold at the target FPR, the extreme tail
-fitted to the same prompts as the joint threshold (on them the scaled maximum hugged 1, and out
-of sample the joint FPR overshot the target several times over), and the median, which ignores
-how far each position's tail reaches (the frame metric's benign tail is 6–15× its median, the
-latents' 1.1–1.8×, so the frame metric set the joint threshold and every latent limit sat at
-6–15× its median). The 90th percentile puts the positions' tails on a common footing without
-spending the extreme tail twice.
+checkpoints modes' maximum over checkpoints or segments, :func:`normalised_max`) standardises each
+position's distance by that position's benign **median** and the distance from it to the benign
+**99th percentile**, both on the training prompts (:func:`column_standards`), then fits one
+threshold on the maximum: a position's limit is its median plus the threshold times that width.
+The training pairs' own joint scores are **cross-fitted**: each pair is standardised with the
+medians and percentiles of the other training prompts (:data:`CROSS_FIT_FOLDS` folds by prompt),
+so the threshold is fitted on scores that behave as a new prompt's would (a position's percentile
+fitted on the very pairs it then judges keeps them inside it, and the joint FPR out of sample
+overshoots). Measured and left: scales without a centre (a position's 90th percentile, then its
+maximum over it), which put the tight early positions of a trajectory (benign maximum 1.1–1.5× the
+median) and the heavy-tailed middle ones (a few prompts whose trajectories spread, 4–13× the
+99th percentile) on one footing: the heavy tails set the joint threshold, and the early limits
+sat at many times their benign maximum. On the shipped model's GPU pools (191 prompts, fitted on
+half) the median-and-99th-percentile standardisation caught 76% of the cache pairs, 100% of FP8
+and 77% of 39 steps for 40 where the 90th-percentile scale caught 35%, 32% and 24%; a logarithmic
+standardisation did less well, and is undefined where a position is exact for some prompts.
 """
 
 from __future__ import annotations
@@ -62,9 +68,12 @@ class PoolScores:
     badness: Badness
     trained: bool = False
     """Whether the badness depends on the training prompts (then it is recomputed per split)."""
-    scales: Callable[[np.ndarray], np.ndarray] | None = None
-    """A joint score's training-prompt mask → each column's scale (NaN: a column without training
-    values); None for a score of one column."""
+    fitting: Callable[[np.ndarray], np.ndarray] | None = None
+    """A training-prompt mask → the benign badness the threshold is fitted on, where it differs
+    from ``badness``'s (a joint score's training pairs cross-fitted); None: ``badness``'s."""
+    standards: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    """A joint score's training-prompt mask → each column's centre and width (NaN: a column
+    without training values); None for a score of one column."""
 
 
 def fixed(
@@ -80,57 +89,94 @@ def fixed(
 
 
 NORMALISER_FLOOR = 1e-12
-"""A column whose training benign scale is 0 (or below this), but not every value, divides by this."""
-SCALE_QUANTILE = 0.9
-"""The quantile of a column's benign values that is its scale in a joint score (module docstring)."""
+"""The least width a column with any spread gets."""
+WIDTH_QUANTILE = 0.99
+"""A column's width in a joint score: this quantile of its benign values minus their median."""
+CROSS_FIT_FOLDS = 5
+"""Folds (by prompt) of the training pairs' cross-fitted joint scores (module docstring)."""
 
 
-def column_scales(benign: np.ndarray) -> np.ndarray:
-    """Each column's :data:`SCALE_QUANTILE` quantile over its finite benign values, at least
-    :data:`NORMALISER_FLOOR`; 0 for a column whose every value is 0 (a position the pool never
-    moves: any distance there is flagged, as an exact match requires, whatever the other columns'
-    units); NaN for a column without any value."""
-    scales = np.full(benign.shape[1], np.nan)
+def column_standards(benign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's centre (the median of its finite benign values) and width (their
+    :data:`WIDTH_QUANTILE` quantile minus the median, at least :data:`NORMALISER_FLOOR`); width 0
+    for a column whose every value is the same (a position the pool never moves: any larger
+    distance there is flagged, as an exact match requires); NaN for a column without any value."""
+    centres = np.full(benign.shape[1], np.nan)
+    widths = np.full(benign.shape[1], np.nan)
     for k in range(benign.shape[1]):
         column = benign[:, k][np.isfinite(benign[:, k])]
         if column.size:
-            scale = float(np.quantile(column, SCALE_QUANTILE))
-            scales[k] = 0.0 if not column.any() else max(scale, NORMALISER_FLOOR)
-    return scales
+            centres[k] = float(np.median(column))
+            spread = float(np.quantile(column, WIDTH_QUANTILE)) - centres[k]
+            widths[k] = 0.0 if column.max() == column.min() else max(spread, NORMALISER_FLOOR)
+    return centres, widths
 
 
-def _scaled(values: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """``values / scales`` with a missing value (NaN) at ``-inf``: it never decides a maximum. An
-    unmeasurable one (``+inf``: a segment the validator could not re-run) stays ``+inf``: caught.
-    Over a scale of 0: a distance of 0 scores 0, any other ``+inf``."""
+def _standardised(values: np.ndarray, centres: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """``(values - centres) / widths`` with a missing value (NaN) at ``-inf``: it never decides a
+    maximum. An unmeasurable one (``+inf``: a segment the validator could not re-run) stays
+    ``+inf``: caught. Over a width of 0: a value at most the centre scores 0, any other ``+inf``."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        scaled = values / scales
-    scaled[(values == 0) & (scales == 0)] = 0.0
+        scaled = (values - centres) / widths
+    still = (widths == 0) & np.isfinite(values)
+    scaled[still & (values <= centres)] = 0.0
+    scaled[still & (values > centres)] = np.inf
     scaled[np.isnan(scaled)] = -np.inf
+    scaled[np.isposinf(values)] = np.inf
     return scaled
+
+
+def _cross_fitted(
+    benign: np.ndarray, benign_prompt: np.ndarray, train: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Every benign pair's standardised columns, reduced to its joint score(s) by ``reduce``: a
+    training pair's with the standards of the other folds' training pairs (folds by prompt index
+    modulo :data:`CROSS_FIT_FOLDS`), any other pair's with the standards of all training pairs."""
+    in_train = train[benign_prompt]
+    centres, widths = column_standards(benign[in_train])
+    scores = reduce(_standardised(benign, centres, widths))
+    fold = benign_prompt % CROSS_FIT_FOLDS
+    repeat = scores.size // max(benign.shape[0], 1)  # a spot check's draws per pair
+    for k in range(CROSS_FIT_FOLDS):
+        held = in_train & (fold == k)
+        rest = in_train & (fold != k)
+        if not held.any() or not rest.any():
+            continue
+        fold_centres, fold_widths = column_standards(benign[rest])
+        # A position the other folds never moved but the training prompts did: the training width
+        # (a held-out pair beyond it would otherwise score infinity, and no threshold could be fitted).
+        fold_widths = np.where((fold_widths == 0) & (widths > 0), widths, fold_widths)
+        folded = reduce(_standardised(benign[held], fold_centres, fold_widths))
+        scores.reshape(-1, repeat)[held] = folded.reshape(-1, repeat)
+    return scores
 
 
 def normalised_max(
     benign: np.ndarray,
     benign_prompt: np.ndarray,
     malign: dict[str, tuple[np.ndarray, np.ndarray]],
+    cross_fit: bool = True,
 ) -> PoolScores:
-    """A joint score over many positions: ``max_k d_k / s_k`` over the columns ``k`` a pair has.
+    """A joint score over many positions: ``max_k (d_k - c_k) / w_k`` over the columns ``k`` a pair has.
 
     ``benign`` and each malign matrix hold one row per pair and one column per position's distance
     (a checkpoint, a segment, the final latent or a frame metric as a distance; NaN where the pair
-    lacks that position; every row has at least one value). ``s_k`` is the 90th percentile of column ``k``
-    over the training prompts' benign pairs (:func:`column_scales`), so a pair scores 1 where it
-    sits at a position's 90th-percentile benign distance, and the one threshold fitted on the maximum is
-    the joint decision: a pair is flagged when any position exceeds the threshold times its scale.
-    A column without training values is left out of the maximum; an unmeasurable value (``+inf``)
-    is caught.
+    lacks that position; every row has at least one value). ``c_k`` is the median of column ``k``
+    over the training prompts' benign pairs and ``w_k`` its 99th percentile minus that median
+    (:func:`column_standards`), so a pair scores 1 where it sits at a position's 99th-percentile
+    benign distance, and the one threshold fitted on the maximum is the joint decision: a pair is
+    flagged when any position exceeds its centre plus the threshold times its width. The training
+    pairs' scores are cross-fitted (module docstring) unless ``cross_fit`` is False. A column without
+    training values is left out of the maximum; an unmeasurable value (``+inf``) is caught.
     """
 
+    def joint(standardised: np.ndarray) -> np.ndarray:
+        return standardised.max(axis=1)
+
     def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        scales = column_scales(benign[train[benign_prompt]])
-        return _scaled(benign, scales).max(axis=1), {
-            name: _scaled(values, scales).max(axis=1) for name, (values, _) in malign.items()
+        standards = column_standards(benign[train[benign_prompt]])
+        return joint(_standardised(benign, *standards)), {
+            name: joint(_standardised(values, *standards)) for name, (values, _) in malign.items()
         }
 
     return PoolScores(
@@ -138,7 +184,8 @@ def normalised_max(
         malign_prompt={name: prompts for name, (_, prompts) in malign.items()},
         badness=badness,
         trained=True,
-        scales=lambda train: column_scales(benign[train[benign_prompt]]),
+        fitting=(lambda train: _cross_fitted(benign, benign_prompt, train, joint)) if cross_fit else None,
+        standards=lambda train: column_standards(benign[train[benign_prompt]]),
     )
 
 
@@ -155,26 +202,27 @@ def spot_check_max(
     malign: dict[str, tuple[np.ndarray, np.ndarray]],
     phases: list[list[int]],
     k: int,
+    cross_fit: bool = True,
 ) -> PoolScores:
     """The spot check's score: :func:`normalised_max` over the segments one draw re-runs.
 
     Columns are segments (as for :func:`normalised_max`); ``phases`` lists each expert phase's
     columns. Every pair enters once per possible draw (:func:`spot_check_draws`), so a rate over
     the expanded pairs is the rate expected over the validator's random draws, and a prompt keeps
-    its weight (every pair has the same draws) in the bootstrap and the splits. The columns' scales
-    are :func:`normalised_max`'s over the same segments.
+    its weight (every pair has the same draws) in the bootstrap and the splits. The columns'
+    standards are :func:`normalised_max`'s over the same segments.
     """
     draws = spot_check_draws(phases, k)
     if not draws:
         raise ValueError("spot check: no segment in any phase")
 
-    def expand(scaled: np.ndarray) -> np.ndarray:
-        return np.stack([scaled[:, draw].max(axis=1) for draw in draws], axis=1).reshape(-1)
+    def expand(standardised: np.ndarray) -> np.ndarray:
+        return np.stack([standardised[:, draw].max(axis=1) for draw in draws], axis=1).reshape(-1)
 
     def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        scales = column_scales(benign[train[benign_prompt]])
-        return expand(_scaled(benign, scales)), {
-            name: expand(_scaled(values, scales)) for name, (values, _) in malign.items()
+        standards = column_standards(benign[train[benign_prompt]])
+        return expand(_standardised(benign, *standards)), {
+            name: expand(_standardised(values, *standards)) for name, (values, _) in malign.items()
         }
 
     return PoolScores(
@@ -182,7 +230,8 @@ def spot_check_max(
         malign_prompt={name: np.repeat(prompts, len(draws)) for name, (_, prompts) in malign.items()},
         badness=badness,
         trained=True,
-        scales=lambda train: column_scales(benign[train[benign_prompt]]),
+        fitting=(lambda train: _cross_fitted(benign, benign_prompt, train, expand)) if cross_fit else None,
+        standards=lambda train: column_standards(benign[train[benign_prompt]]),
     )
 
 
@@ -227,9 +276,14 @@ class PoolCalibration(_M):
     oos_fpr_p95: float | None
     classes: list[ClassDetection]
     scales: list[float | None] | None = None
-    """A joint score's in-sample scale of each column (its benign 90th percentile over all prompts; None: a
-    column without benign values), in the order of the key's ``columns``: the threshold times a
-    column's scale is that position's limit. None for a score of one column."""
+    """A joint score's in-sample width of each column (its benign 99th percentile minus its median
+    over all prompts; None: a column without benign values), in the order of the key's
+    ``columns``: a column's centre plus the threshold times its width is that position's limit.
+    None for a score of one column."""
+    centres: list[float | None] | None = None
+    """A joint score's in-sample centre of each column (its benign median), beside ``scales``; None
+    for a score of one column, or an analysis written before centres (whose limits were the
+    threshold times the scale: a centre of 0)."""
 
 
 @dataclass(frozen=True)
@@ -280,8 +334,13 @@ def calibrate_pool(
         raise ValueError(f"pool {name}: no benign pair to calibrate on")
     everything = np.ones(splits.shape[1], dtype=bool)
     benign, malign = scores.badness(everything)
-    scales = None if scores.scales is None else [None if np.isnan(s) else float(s) for s in scores.scales(everything)]
-    threshold = threshold_value(benign, target, rule)
+    centres = scales = None
+    if scores.standards is not None:
+        centre_values, width_values = scores.standards(everything)
+        centres = [None if np.isnan(c) else float(c) for c in centre_values]
+        scales = [None if np.isnan(w) else float(w) for w in width_values]
+    fitted_on = benign if scores.fitting is None else scores.fitting(everything)
+    threshold = threshold_value(fitted_on, target, rule)
     flagged = benign > threshold
     prompts = np.unique(scores.benign_prompt)
     flagged_prompts = np.unique(scores.benign_prompt[flagged])
@@ -294,7 +353,8 @@ def calibrate_pool(
         in_train = train[scores.benign_prompt]
         if not in_train.any() or in_train.all():
             continue  # this split left the pool on one side only
-        t = threshold_value(b[in_train], target, rule)
+        f = b if scores.fitting is None else scores.fitting(train)
+        t = threshold_value(f[in_train], target, rule)
         oos_fpr[repeat] = float((b[~in_train] > t).mean())
         for c, values in m.items():
             test = ~train[scores.malign_prompt[c]]
@@ -334,6 +394,7 @@ def calibrate_pool(
         oos_fpr_p95=_quantile(oos_fpr, confidence),
         classes=classes,
         scales=scales,
+        centres=centres,
     )
     return result, Draws(oos_fpr=oos_fpr, oos_tpr=oos_tpr, boot_tpr=boot_tpr)
 

@@ -23,15 +23,16 @@ LEGACY_PRE_SWITCH_KEY = "pre_switch_rel_l2"
 """The pre-switch distance as older scores name it (a trajectory checkpoint)."""
 COMBINED_TRAJECTORY_KEY = "trajectory:max"
 """The trajectory's joint score: every committed checkpoint's distance and the final latent's, each
-over its benign 90th percentile, at their maximum (:func:`~ditproof.experiment.calibration.normalised_max`)."""
+standardised by its benign median and 99th percentile, at their maximum
+(:func:`~ditproof.experiment.calibration.normalised_max`)."""
 FULL_MODE_KEY = "full:max"
 """Full mode as a cross-class validator decides it: :data:`COMBINED_TRAJECTORY_KEY`'s columns and
-the frame metric :data:`FULL_MODE_FRAME_KEY` (as a distance), each over its benign 90th percentile, at
-their maximum. The validator flags a pair when any checkpoint, the final latent or the frame
+the frame metric :data:`FULL_MODE_FRAME_KEY` (as a distance), each standardised by its benign
+median and 99th percentile, at their maximum. The validator flags a pair when any checkpoint, the final latent or the frame
 metric is beyond its entry; the thresholds file writes those entries from this one threshold, so
 the union it applies is this joint decision."""
 CHECKPOINTS_MODE_KEY = "checkpoints:max"
-"""Checkpoints mode: every segment re-run's distance, each over its benign 90th percentile, at their maximum."""
+"""Checkpoints mode: every segment re-run's distance, each standardised as above, at their maximum."""
 SEGMENT_KEY_PREFIX = "segment_rel_l2:"
 """Score column of a segment re-run: ``segment_rel_l2:<name of the checkpoint it ends at>``
 (:mod:`ditproof.experiment.segments`)."""
@@ -75,6 +76,11 @@ class Method(_M):
     """A benign configuration ``B``: each latent distance key also enters divided by the same prompt's
     distance of ``B`` (key ``<key>/B``), the spread a validator measures with one more regeneration
     of its own in class ``B``."""
+    cross_fit: bool = True
+    """A joint score's threshold fitted on its training pairs' cross-fitted scores (each scored with
+    the standards of the other prompt folds, :mod:`ditproof.experiment.calibration`); False: on the
+    scores the fitted standards give those same pairs (in sample: tighter, and an out-of-sample FPR
+    above the target at a few hundred prompts)."""
 
 
 class Pool(_M):
@@ -106,10 +112,10 @@ class KeyResult(_M):
     """The benign configuration whose same-prompt distance divides this key's (see ``Method.normaliser``)."""
     threshold: float | None
     """The loosest pool's in-sample threshold, in the score's units (what one file entry for every pool
-    holds); None for a joint score, whose units (multiples of each pool's own benign 90th percentiles)
-    differ between pools."""
+    holds); None for a joint score, whose units (each pool's own standardised distances) differ
+    between pools."""
     columns: list[str] | None = None
-    """A joint score's columns, in the order of each pool's ``scales``; None for a score of one column."""
+    """A joint score's columns, in the order of each pool's ``scales`` and ``centres``; None for a score of one column."""
     pools: list[PoolCalibration]
     summary: WorstPool | None
     mean_tpr: float

@@ -84,7 +84,7 @@ def column_values(rows: list[dict[str, Any]], key: str) -> np.ndarray:
 
 def as_distance(key: str, values: np.ndarray) -> np.ndarray:
     """A key's values as a non-negative distance (higher = further from the reference), the form a
-    joint score scales by its benign 90th percentile: a lower-is-better distance as it is, PSNR as the
+    joint score standardises by its benign median and 99th percentile: a lower-is-better distance as it is, PSNR as the
     root-mean-square error it stands for, ``10^(-psnr/20)`` (a norm of the difference, as the latent
     distances are, not its square; infinite PSNR, equal frames: 0).
 
@@ -116,9 +116,11 @@ def key_scores(
     malign_classes: list[str],
     prompt_index: dict[str, int],
     combined: Combined | None,
+    cross_fit: bool = True,
 ) -> PoolScores | None:
     """One key's (or, ``combined``, a joint score's columns': checkpoints, segments, the final
-    latent, a frame metric as a distance) scores over one pool; None without benign values."""
+    latent, a frame metric as a distance) scores over one pool; None without benign values.
+    ``cross_fit``: a joint score's threshold is fitted on cross-fitted scores (``Method.cross_fit``)."""
     segments = is_segment_key(keys[0])
     benign_rows = [r for r, p in zip(rows, row_pool, strict=True) if p == pool and not pair_exact(r, segments)]
     by_class = {c: [r for r in rows if r["configuration"] == c] for c in malign_classes}
@@ -137,8 +139,10 @@ def key_scores(
             kept = ~np.isnan(matrix).all(axis=1)
             malign[c] = (matrix[kept], prompts_of(members)[kept])
         if combined.phases is None:
-            return normalised_max(benign[keep], prompts_of(benign_rows)[keep], malign)
-        return spot_check_max(benign[keep], prompts_of(benign_rows)[keep], malign, combined.phases, combined.k)
+            return normalised_max(benign[keep], prompts_of(benign_rows)[keep], malign, cross_fit)
+        return spot_check_max(
+            benign[keep], prompts_of(benign_rows)[keep], malign, combined.phases, combined.k, cross_fit
+        )
     (key,) = keys
     sign = 1.0 if direction(key) == "lower-is-better" else -1.0
     values = sign * column_values(benign_rows, key)

@@ -10,9 +10,9 @@ analysis calibrates the score each one decides on, so one table holds them all:
 | checkpoints | every segment re-run from the executor's checkpoints (``checkpoints:max``) | all |
 | spot-check k | ``k`` segments drawn per expert phase (``spot-check:kK``) | the drawn segments' |
 
-The many-position modes decide on one joint score (each position's distance over its benign
-90th percentile, one threshold on the maximum), and the thresholds file writes each position's entry as
-that threshold times the position's scale: a validator that flags a pair when any position is
+The many-position modes decide on one joint score (each position's distance standardised by its
+benign median and 99th percentile, one threshold on the maximum), and the thresholds file writes
+each position's entry as its median plus that threshold times its width: a validator that flags a pair when any position is
 beyond its entry decides exactly the joint score, so the FPR here is the validator's. The full
 mode's joint score holds every entry its validator applies (checkpoints, the final latent, the
 frame metric). A spot check tests the drawn segments against the checkpoints mode's entries:

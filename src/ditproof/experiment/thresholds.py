@@ -13,9 +13,10 @@ re-runs give ``latent_rel_l2_segment`` entries the same way, at the checkpoint e
 union of one test per position. Entries that each held their own position at the target FPR would
 make that union's FPR many times the target; so where the analysis calibrated the mode's joint
 score (``full:max``, else ``trajectory:max``, for the checkpoints; ``checkpoints:max`` for the
-segments), a position's entry is the joint threshold times that position's in-sample scale (its
-benign 90th percentile), and "some position beyond its entry" is exactly "the joint score beyond its
-threshold", the decision the analysis calibrated. The full mode's joint score also holds the final
+segments), a position's entry is that position's in-sample centre (its benign median) plus the
+joint threshold times its width (its benign 99th percentile minus the median), and "some position
+beyond its entry" is exactly "the joint score beyond its threshold", the decision the analysis
+calibrated. The full mode's joint score also holds the final
 latent (``latent_rel_l2:value``, beside its checkpoint position) and the frame metric
 ``psnr:mean``, the flat entries the full-mode validator applies too; their entries come from the
 same threshold. With several pools in one pair of classes, each position takes the loosest pool's
@@ -84,8 +85,8 @@ def thresholds_file(analysis: Analysis, runtime_class: str | None = None) -> Thr
     Trajectory checkpoints, where the analysis knows where they lie
     (``analysis.reference_trajectory``): one ``latent_rel_l2_checkpoint`` entry per checkpoint and
     pair of classes at its position, and one ``latent_rel_l2_segment`` entry per segment, each the
-    mode's joint threshold times the position's scale (module docstring; without a joint score,
-    the position's own key's threshold). The final latent's and ``psnr:mean``'s entries come from
+    position's centre plus the mode's joint threshold times its width (module docstring; without a
+    joint score, the position's own key's threshold). The final latent's and ``psnr:mean``'s entries come from
     the full mode's joint threshold where it holds them. Normalised keys and the joint scores
     themselves (units that differ between pools) get no entry of their own.
     """
@@ -160,7 +161,7 @@ def position_ranges(fractions: list[float]) -> list[tuple[float, float]]:
 
 
 def _joint(analysis: Analysis, keys: tuple[str, ...]) -> KeyResult | None:
-    """The first of ``keys`` the analysis calibrated as a joint score with every pool's scales."""
+    """The first of ``keys`` the analysis calibrated as a joint score with every pool's widths."""
     for key in keys:
         result = next((r for r in analysis.keys if r.key == key), None)
         if (
@@ -175,32 +176,42 @@ def _joint(analysis: Analysis, keys: tuple[str, ...]) -> KeyResult | None:
 
 @dataclass(frozen=True)
 class _Limit:
-    """A position's limit under a joint score: the pool's joint threshold times its scale there."""
+    """A position's limit under a joint score: the pool's centre there plus its joint threshold
+    times its width there."""
 
     value: float
     pool: PoolCalibration
+    centre: float
     scale: float
 
 
 def _limit(joint: KeyResult, columns: list[str], members: list[PoolCalibration]) -> _Limit | None:
     """The loosest pool's limit on a position held by ``columns`` of ``joint`` (several names of one
-    latent: their tightest, as the joint maximum over them is); None where no pool has a scale
+    latent: their tightest, as the joint maximum over them is); None where no pool has a width
     there (the joint score leaves the position out)."""
     assert joint.columns is not None
     found = []
     for pool in members:
         assert pool.scales is not None
-        known = [s for s in (pool.scales[joint.columns.index(c)] for c in columns) if s is not None]
-        if known:
-            found.append(_Limit(pool.threshold * min(known), pool, min(known)))
+        limits = []
+        for column in columns:
+            index = joint.columns.index(column)
+            width = pool.scales[index]
+            if width is None:
+                continue
+            centre = (pool.centres[index] if pool.centres is not None else None) or 0.0
+            limits.append(_Limit(centre + pool.threshold * width, pool, centre, width))
+        if limits:
+            found.append(min(limits, key=lambda limit: limit.value))
     return max(found, key=lambda limit: limit.value) if found else None
 
 
 def _joint_note(joint: KeyResult, columns: list[str], limit: _Limit) -> str:
     return (
-        f"joint threshold {limit.pool.threshold:.6g} of {joint.key} x scale {limit.scale:.6g} (benign 90th "
-        f"percentile of {' = '.join(columns)}) of pool {limit.pool.pool} = {limit.value:.6g}: a pair beyond any of "
-        f"the mode's entries is beyond the joint threshold, the decision calibrated (its FPR below)"
+        f"benign median {limit.centre:.6g} + joint threshold {limit.pool.threshold:.6g} of {joint.key} x width "
+        f"{limit.scale:.6g} (benign 99th percentile - median of {' = '.join(columns)}) of pool {limit.pool.pool} = "
+        f"{limit.value:.6g}: a pair beyond any of the mode's entries is beyond the joint threshold, the decision "
+        f"calibrated (its FPR below)"
     )
 
 
@@ -252,8 +263,9 @@ def _checkpoint_entries(
 ) -> list[ThresholdEntry]:
     """One ``latent_rel_l2_checkpoint`` entry per calibrated checkpoint and pair of classes (module
     docstring); with ``segments``, one ``latent_rel_l2_segment`` entry per calibrated segment
-    re-run, at the position of the checkpoint it ends at. Each the mode's joint threshold times the
-    position's scale, or without a joint score the position's own key's threshold."""
+    re-run, at the position of the checkpoint it ends at. Each the position's centre plus the
+    mode's joint threshold times its width, or without a joint score the position's own key's
+    threshold."""
     trajectory = analysis.reference_trajectory
     if trajectory is None:
         return []
