@@ -4,7 +4,9 @@ analyze → report, plus kill-and-resume and retries."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,6 +133,30 @@ def test_scores_are_consistent_and_queryable(finished: tuple[str, Path]) -> None
     pools = json.loads((Path(store_url) / "analysis.json").read_text())["data"]["pools"]
     assert {p["name"] for p in pools} == {"cfg-batched", "attn-math", "tp2"}
     assert all(p["executor_runtime_class"] for p in pools)
+
+
+def test_scoring_over_processes_gives_the_rows_of_one(
+    finished: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # score --workers 2: each spawned process takes a share of the prompts (one prompt a task here).
+    import ditproof.experiment.score as score_module
+
+    store_url, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(store_url, copy)
+    monkeypatch.setattr(score_module, "PROMPTS_PER_TASK", 1)
+    calls: list[tuple[int, int]] = []
+    score_store(str(copy), rescore=True, workers=2, progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) == 2 and calls[-1] == (12, 12)  # two prompts, two tasks
+    one = {r["job_id"]: r for r in Store(store_url).read_parquet(SCORES_FILE).to_pylist()}
+    two = {r["job_id"]: r for r in Store(str(copy)).read_parquet(SCORES_FILE).to_pylist()}
+    assert one.keys() == two.keys()
+    for job_id, row in one.items():
+        for key, value in row.items():
+            if isinstance(value, float) and math.isfinite(value):
+                assert two[job_id][key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
+            else:
+                assert two[job_id][key] == value or (value != value and two[job_id][key] != two[job_id][key]), key
 
 
 def test_thresholds_file_loads_in_the_validator_and_matches_the_scores(finished: tuple[str, Path]) -> None:

@@ -72,8 +72,10 @@ device=$(python3 -c 'import torch; print("cuda" if torch.cuda.is_available() els
 logs=$(mktemp -d)
 # The scores of the finished pairs (they need the videos and latents, which stay on this host): in
 # the background, beside the segment re-runs (scores.parquet and segments-*.parquet are apart).
+# SCORE_WORKERS processes score side by side (default: half the runners' workers, at least one).
+score_workers=${SCORE_WORKERS:-$(( side * per_gpu / 2 > 1 ? side * per_gpu / 2 : 1 ))}
 ( timeout "$(limit "${SCORE_SECONDS:-900}" 30)" "${ditproof[@]}" score --store "$store" --device "$device" \
-    > "$logs/score.log" 2>&1 || echo "score stopped: exit $?" >> "$logs/score.log" ) &
+    --workers "$score_workers" > "$logs/score.log" 2>&1 || echo "score stopped: exit $?" >> "$logs/score.log" ) &
 # SEGMENTS=N: the checkpoints-mode evidence (`experiment segments`) for the jobs of the first N
 # prompts ("all": every prompt; "spread:N": N prompts spread evenly over the plan, as configurations
 # with prompt_selection = "spread"), as SEGMENT_PROCESSES job shards (default: all the runners'

@@ -188,6 +188,9 @@ def score_command(
     device: str = typer.Option("cpu", help="Where the frame metrics run (cpu, cuda, cuda:N)."),
     metrics: str | None = typer.Option(None, help="Comma-separated frame metrics (default: the experiment's)."),
     rescore: bool = typer.Option(False, "--rescore", help="Recompute the rows already scored."),
+    workers: int = typer.Option(
+        1, min=1, max=256, help="Processes scoring side by side (a share of the prompts each)."
+    ),
 ) -> None:
     """Scores every finished deviation against its prompt's reference into scores.parquet.
 
@@ -200,7 +203,12 @@ def score_command(
         with _progress() as bar:
             task = bar.add_task("pairs", total=None)
             table = score_store(
-                store, device, names, lambda done, total: bar.update(task, completed=done, total=total), rescore
+                store,
+                device,
+                names,
+                lambda done, total: bar.update(task, completed=done, total=total),
+                rescore,
+                workers,
             )
         meta = Store(store).read_json(SCORES_META_FILE)
         out.print(

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -262,6 +262,7 @@ def score_store(
     metrics: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     rescore: bool = False,
+    workers: int = 1,
 ) -> pa.Table:
     """Scores every finished non-reference job whose reference is finished; writes ``scores.parquet``.
 
@@ -279,6 +280,8 @@ def score_store(
         metrics: frame metrics (default: the experiment's ``metrics``).
         progress: called with (pairs scored, pairs to score).
         rescore: recompute every row.
+        workers: processes scoring side by side (each a share of the prompts, torch threads shared
+            out among them); the rows are those of one process.
 
     Returns:
         The scores table (also written to the store, with ``scores-meta.json``).
@@ -343,10 +346,31 @@ def score_store(
         )
         return table
 
-    cache: dict[str, _Loaded] = {}
     saved_at = time.monotonic()
-    for index, job in enumerate(todo):
-        result, reference = results[job.job_id], results[job.reference_job_id]
+    done = 0
+    for scored in _scored_rows(store_url, todo, usable, device, workers):
+        rows.update(scored)
+        done += len(scored)
+        if time.monotonic() - saved_at >= SAVE_EVERY_S and done < len(todo):
+            save(done)  # a scoring run that is stopped keeps what it scored
+            saved_at = time.monotonic()
+        if progress is not None:
+            progress(done, len(todo))
+    refresh_manifest(store, jobs)  # runs on GPU hosts without pyarrow leave it to this step
+    return save(len(todo))
+
+
+PROMPTS_PER_TASK = 4
+"""Prompts a scoring process takes at a time (each loads its prompts' references once)."""
+
+
+def _score_jobs(store_url: str, todo: list[Job], metrics: list[str], device: str) -> dict[str, dict[str, Any]]:
+    """The rows of ``todo``'s pairs (jobs in prompt order: each prompt's reference loaded once)."""
+    store = Store(store_url)
+    rows: dict[str, dict[str, Any]] = {}
+    cache: dict[str, _Loaded] = {}
+    for job in todo:
+        result, reference = read_result(store, job.job_id), read_result(store, job.reference_job_id)
         assert result is not None and reference is not None
         if job.reference_job_id not in cache:
             cache.clear()  # jobs are in prompt order: keep only the current prompt's reference
@@ -357,15 +381,43 @@ def score_store(
             "reference_device_name": cache[job.reference_job_id].result.device_name,
             "inputs_sha256": pair_inputs_sha256(result, reference),
         }
-        row.update(score_pair(cache[job.reference_job_id], loaded, usable, device))
+        row.update(score_pair(cache[job.reference_job_id], loaded, metrics, device))
         rows[job.job_id] = row
-        if time.monotonic() - saved_at >= SAVE_EVERY_S and index + 1 < len(todo):
-            save(index + 1)  # a scoring run that is stopped keeps what it scored
-            saved_at = time.monotonic()
-        if progress is not None:
-            progress(index + 1, len(todo))
-    refresh_manifest(store, jobs)  # runs on GPU hosts without pyarrow leave it to this step
-    return save(len(todo))
+    return rows
+
+
+def _worker_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _scored_rows(
+    store_url: str, todo: list[Job], metrics: list[str], device: str, workers: int
+) -> Iterator[dict[str, dict[str, Any]]]:
+    """``todo``'s rows, a few prompts' pairs at a time: in this process, or over ``workers``
+    processes (spawned: a CUDA metric device cannot be forked)."""
+    by_prompt: dict[str, list[Job]] = {}
+    for job in todo:
+        by_prompt.setdefault(job.reference_job_id, []).append(job)
+    groups = list(by_prompt.values())
+    tasks = [
+        [job for group in groups[i : i + PROMPTS_PER_TASK] for job in group]
+        for i in range(0, len(groups), PROMPTS_PER_TASK)
+    ]
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield _score_jobs(store_url, task, metrics, device)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    processes = min(workers, len(tasks))
+    threads = max(1, torch.get_num_threads() // processes)
+    with ProcessPoolExecutor(
+        processes, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_threads, initargs=(threads,)
+    ) as pool:
+        futures = [pool.submit(_score_jobs, store_url, task, metrics, device) for task in tasks]
+        for future in as_completed(futures):
+            yield future.result()
 
 
 def read_scores(store: Store) -> pa.Table:
