@@ -135,9 +135,10 @@ def _cross_fitted(
     modulo :data:`CROSS_FIT_FOLDS`), any other pair's with the standards of all training pairs."""
     in_train = train[benign_prompt]
     centres, widths = column_standards(benign[in_train])
-    scores = reduce(_standardised(benign, centres, widths))
+    scores = np.ascontiguousarray(reduce(_standardised(benign, centres, widths)))
     fold = benign_prompt % CROSS_FIT_FOLDS
     repeat = scores.size // max(benign.shape[0], 1)  # a spot check's draws per pair
+    by_pair = scores.reshape(-1, repeat)  # a view: writing a pair's row writes its scores
     for k in range(CROSS_FIT_FOLDS):
         held = in_train & (fold == k)
         rest = in_train & (fold != k)
@@ -148,7 +149,7 @@ def _cross_fitted(
         # (a held-out pair beyond it would otherwise score infinity, and no threshold could be fitted).
         fold_widths = np.where((fold_widths == 0) & (widths > 0), widths, fold_widths)
         folded = reduce(_standardised(benign[held], fold_centres, fold_widths))
-        scores.reshape(-1, repeat)[held] = folded.reshape(-1, repeat)
+        by_pair[held] = folded.reshape(-1, repeat)
     return scores
 
 
