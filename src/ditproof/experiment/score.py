@@ -365,9 +365,14 @@ PROMPTS_PER_TASK = 4
 
 
 def _score_jobs(store_url: str, todo: list[Job], metrics: list[str], device: str) -> dict[str, dict[str, Any]]:
-    """The rows of ``todo``'s pairs (jobs in prompt order: each prompt's reference loaded once)."""
+    """The rows of ``todo``'s pairs (a scoring process's task)."""
+    return dict(_each_row(store_url, todo, metrics, device))
+
+
+def _each_row(store_url: str, todo: list[Job], metrics: list[str], device: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each of ``todo``'s pairs' job id and row, one at a time (jobs in prompt order: each prompt's
+    reference loaded once)."""
     store = Store(store_url)
-    rows: dict[str, dict[str, Any]] = {}
     cache: dict[str, _Loaded] = {}
     for job in todo:
         result, reference = read_result(store, job.job_id), read_result(store, job.reference_job_id)
@@ -382,8 +387,7 @@ def _score_jobs(store_url: str, todo: list[Job], metrics: list[str], device: str
             "inputs_sha256": pair_inputs_sha256(result, reference),
         }
         row.update(score_pair(cache[job.reference_job_id], loaded, metrics, device))
-        rows[job.job_id] = row
-    return rows
+        yield job.job_id, row
 
 
 def _worker_threads(threads: int) -> None:
@@ -393,8 +397,8 @@ def _worker_threads(threads: int) -> None:
 def _scored_rows(
     store_url: str, todo: list[Job], metrics: list[str], device: str, workers: int
 ) -> Iterator[dict[str, dict[str, Any]]]:
-    """``todo``'s rows, a few prompts' pairs at a time: in this process, or over ``workers``
-    processes (spawned: a CUDA metric device cannot be forked)."""
+    """``todo``'s rows: one pair at a time in this process, or a few prompts' pairs at a time
+    over ``workers`` processes (spawned: a CUDA metric device cannot be forked)."""
     by_prompt: dict[str, list[Job]] = {}
     for job in todo:
         by_prompt.setdefault(job.reference_job_id, []).append(job)
@@ -404,8 +408,8 @@ def _scored_rows(
         for i in range(0, len(groups), PROMPTS_PER_TASK)
     ]
     if workers <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            yield _score_jobs(store_url, task, metrics, device)
+        for job_id, row in _each_row(store_url, todo, metrics, device):
+            yield {job_id: row}
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
