@@ -348,7 +348,7 @@ def score_store(
 
     saved_at = time.monotonic()
     done = 0
-    for scored in _scored_rows(store_url, todo, usable, device, workers):
+    for scored in _scored_rows(store_url, todo, usable, device, workers, results):
         rows.update(scored)
         done += len(scored)
         if time.monotonic() - saved_at >= SAVE_EVERY_S and done < len(todo):
@@ -365,17 +365,20 @@ PROMPTS_PER_TASK = 4
 
 
 def _score_jobs(store_url: str, todo: list[Job], metrics: list[str], device: str) -> dict[str, dict[str, Any]]:
-    """The rows of ``todo``'s pairs (a scoring process's task)."""
-    return dict(_each_row(store_url, todo, metrics, device))
+    """The rows of ``todo``'s pairs (a scoring process's task: it reads the results itself)."""
+    store = Store(store_url)
+    ids = {i for job in todo for i in (job.job_id, job.reference_job_id)}
+    return dict(_each_row(store, todo, metrics, device, {i: read_result(store, i) for i in ids}))
 
 
-def _each_row(store_url: str, todo: list[Job], metrics: list[str], device: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def _each_row(
+    store: Store, todo: list[Job], metrics: list[str], device: str, results: dict[str, JobResult | None]
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """Each of ``todo``'s pairs' job id and row, one at a time (jobs in prompt order: each prompt's
     reference loaded once)."""
-    store = Store(store_url)
     cache: dict[str, _Loaded] = {}
     for job in todo:
-        result, reference = read_result(store, job.job_id), read_result(store, job.reference_job_id)
+        result, reference = results[job.job_id], results[job.reference_job_id]
         assert result is not None and reference is not None
         if job.reference_job_id not in cache:
             cache.clear()  # jobs are in prompt order: keep only the current prompt's reference
@@ -395,10 +398,16 @@ def _worker_threads(threads: int) -> None:
 
 
 def _scored_rows(
-    store_url: str, todo: list[Job], metrics: list[str], device: str, workers: int
+    store_url: str,
+    todo: list[Job],
+    metrics: list[str],
+    device: str,
+    workers: int,
+    results: dict[str, JobResult | None],
 ) -> Iterator[dict[str, dict[str, Any]]]:
-    """``todo``'s rows: one pair at a time in this process, or a few prompts' pairs at a time
-    over ``workers`` processes (spawned: a CUDA metric device cannot be forked)."""
+    """``todo``'s rows: one pair at a time in this process (from ``results``, read already), or a
+    few prompts' pairs at a time over ``workers`` processes (spawned: a CUDA metric device cannot
+    be forked)."""
     by_prompt: dict[str, list[Job]] = {}
     for job in todo:
         by_prompt.setdefault(job.reference_job_id, []).append(job)
@@ -408,7 +417,7 @@ def _scored_rows(
         for i in range(0, len(groups), PROMPTS_PER_TASK)
     ]
     if workers <= 1 or len(tasks) <= 1:
-        for job_id, row in _each_row(store_url, todo, metrics, device):
+        for job_id, row in _each_row(Store(store_url), todo, metrics, device, results):
             yield {job_id: row}
         return
     import multiprocessing
