@@ -23,6 +23,8 @@ from ditproof.experiment.calibration import (
     column_standards,
     fixed,
     normalised_max,
+    spot_check_draws,
+    spot_check_max,
     worst_pool,
 )
 from ditproof.experiment.config import load_experiment
@@ -588,3 +590,30 @@ def test_a_large_summary_is_written_compressed_and_read_back_the_same(tmp_path: 
     assert written.read_bytes() == first  # the same rows give the same bytes
     one, other = analyze_folder(plain, method=FAST), analyze_folder(packed, method=FAST)
     assert one.pools == other.pools and one.keys == other.keys
+
+
+def test_a_spot_check_scores_each_draw_at_the_largest_of_its_segments() -> None:
+    # Every draw of k segments per phase (an empty phase draws none, a phase with k or fewer draws
+    # all): the spot check's score for a pair and a draw is its largest standardised segment in
+    # that draw, in the order of spot_check_draws; a missing segment never decides, an
+    # unmeasurable one (inf) is caught.
+    rng = np.random.default_rng(4)
+    benign = rng.lognormal(size=(40, 7))
+    cheat = benign[:5] * 1.0
+    cheat[0, 2] = np.nan
+    cheat[1, 5] = np.inf
+    prompts = np.arange(40)
+    for phases in ([[0, 1, 2, 3], [4, 5, 6]], [[0, 1], [], [2, 3, 4, 5, 6]], [[0], [1, 2]]):
+        for k in (1, 2, 3):
+            draws = spot_check_draws(phases, k)
+            scores = spot_check_max(benign, prompts, {"cheat": (cheat, prompts[:5])}, phases, k)
+            train = prompts < 30
+            b, m = scores.badness(train)
+            centres, widths = column_standards(benign[train])
+            for values, got in ((benign, b), (cheat, m["cheat"])):
+                with np.errstate(invalid="ignore"):
+                    standardised = np.where(np.isnan(values), -np.inf, (values - centres) / widths)
+                expected = np.stack([standardised[:, draw].max(axis=1) for draw in draws], axis=1)
+                assert np.array_equal(got.reshape(len(values), len(draws)), expected), (phases, k)
+            if any(5 in phase for phase in phases):  # segment 5 unmeasurable for the second cheat
+                assert m["cheat"].reshape(5, -1)[1].max() == np.inf

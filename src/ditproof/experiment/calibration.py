@@ -104,7 +104,16 @@ def column_standards(benign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     distance there is flagged, as an exact match requires); NaN for a column without any value."""
     centres = np.full(benign.shape[1], np.nan)
     widths = np.full(benign.shape[1], np.nan)
-    for k in range(benign.shape[1]):
+    # Columns without a missing value at once (numpy's median and quantile along an axis compute
+    # each column as they would alone); the others one by one, over their finite values.
+    whole = np.isfinite(benign).all(axis=0) if benign.shape[0] else np.zeros(benign.shape[1], dtype=bool)
+    if whole.any():
+        block = benign[:, whole]
+        centres[whole] = np.median(block, axis=0)
+        spread = np.quantile(block, WIDTH_QUANTILE, axis=0) - centres[whole]
+        still = block.max(axis=0) == block.min(axis=0)
+        widths[whole] = np.where(still, 0.0, np.maximum(spread, NORMALISER_FLOOR))
+    for k in np.flatnonzero(~whole):
         column = benign[:, k][np.isfinite(benign[:, k])]
         if column.size:
             centres[k] = float(np.median(column))
@@ -198,6 +207,22 @@ def spot_check_draws(phases: list[list[int]], k: int) -> list[list[int]]:
     return [sorted(i for part in choice for i in part) for choice in itertools.product(*per_phase)]
 
 
+def _draw_maxima(standardised: np.ndarray, phases: list[list[int]], k: int) -> np.ndarray:
+    """Each row's maximum over the columns of every draw, one column per draw in the order of
+    :func:`spot_check_draws`: per phase the maximum over each choice of ``k`` columns, then the
+    larger of the phases' for every combination of choices."""
+    rows = standardised.shape[0]
+    maxima = np.empty((rows, 1))
+    maxima.fill(-np.inf)
+    for columns in phases:
+        if not columns:
+            continue
+        choices = np.array(list(itertools.combinations(columns, min(k, len(columns)))), dtype=np.int64)
+        phase = standardised[:, choices].max(axis=2)  # (rows, choices)
+        maxima = np.maximum(maxima[:, :, None], phase[:, None, :]).reshape(rows, -1)
+    return maxima
+
+
 def spot_check_max(
     benign: np.ndarray,
     benign_prompt: np.ndarray,
@@ -219,7 +244,7 @@ def spot_check_max(
         raise ValueError("spot check: no segment in any phase")
 
     def expand(standardised: np.ndarray) -> np.ndarray:
-        return np.stack([standardised[:, draw].max(axis=1) for draw in draws], axis=1).reshape(-1)
+        return _draw_maxima(standardised, phases, k).reshape(-1)
 
     def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         standards = column_standards(benign[train[benign_prompt]])
