@@ -617,3 +617,18 @@ def test_a_spot_check_scores_each_draw_at_the_largest_of_its_segments() -> None:
                 assert np.array_equal(got.reshape(len(values), len(draws)), expected), (phases, k)
             if any(5 in phase for phase in phases):  # segment 5 unmeasurable for the second cheat
                 assert m["cheat"].reshape(5, -1)[1].max() == np.inf
+
+
+def test_a_summary_holds_every_rows_columns_where_the_first_row_lacks_some(tmp_path: Path) -> None:
+    # A run whose segment re-runs cover some prompts only: the first pair has no segment columns,
+    # later ones do. The summary holds every column, empty where a pair lacks it (read back: None).
+    from ditproof.experiment.summaries import write_csv
+
+    segment = {"segments": 2, "segments_exact": 1, "segment_rel_l2:step_003": 1.5e-4}
+    rows = [pair(0, "b", "benign", **{"latent_rel_l2:value": 0.01})]
+    rows += [pair(p, "b", "benign", **{"latent_rel_l2:value": 0.02}, **segment) for p in (1, 2)]
+    write_csv(tmp_path / SCORES_CSV, rows)
+    back = read_scores_csv(tmp_path / SCORES_CSV)
+    assert list(back[0]) == list(rows[1])
+    assert back[0]["segments"] is None and back[0]["segment_rel_l2:step_003"] is None
+    assert back[1]["segments"] == 2 and back[1]["segments_exact"] == 1 and back[1]["segment_rel_l2:step_003"] == 1.5e-4

@@ -115,10 +115,13 @@ def read_manifest_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Rows as CSV (the first row's columns; floats with 9 significant digits), written atomically."""
+    """Rows as CSV (every column any row has, in the order first seen, empty where a row lacks it:
+    pairs without segment re-runs beside pairs with them; floats with 9 significant digits),
+    written atomically."""
     buffer = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        columns = list(dict.fromkeys(column for row in rows for column in row))
+        writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: (f"{v:.9g}" if isinstance(v, float) else v) for k, v in row.items()})
