@@ -36,7 +36,7 @@ caught 28% of the cache pairs, 47% of FP8 and 32% of 39 steps for 40 with this s
 against 16%, 18% and 12% under the 90th-percentile scale. A logarithmic standardisation did less
 well in a trial, and breaks down where a position is exact for some prompts and not for others;
 so did a Pareto tail fitted beyond each position's benign 90th percentile (on the GPU run's first
-300 prompts: cache 26% and steps-39 30% instead of 22% and 19%, but high-noise-only 20% and
+three tenths, 281 prompts: cache 26% and steps-39 30% instead of 22% and 19%, but high-noise-only 20% and
 skip-block-low 19% instead of 93% and 75%, docs/experiment.md).
 """
 
