@@ -140,14 +140,17 @@ def _standardised(values: np.ndarray, centres: np.ndarray, widths: np.ndarray) -
 
 
 def _cross_fitted(
-    benign: np.ndarray, benign_prompt: np.ndarray, train: np.ndarray, reduce: Callable[[np.ndarray], np.ndarray]
+    benign: np.ndarray,
+    benign_prompt: np.ndarray,
+    train: np.ndarray,
+    reduce: Callable[[np.ndarray], np.ndarray],
+    widths: np.ndarray,
+    scores: np.ndarray,
 ) -> np.ndarray:
-    """Every benign pair's standardised columns, reduced to its joint score(s) by ``reduce``: a
-    training pair's with the standards of the other folds' training pairs (folds by prompt index
-    modulo :data:`CROSS_FIT_FOLDS`), any other pair's with the standards of all training pairs."""
+    """``scores`` (every benign pair's joint score(s) under the training prompts' standards, whose
+    widths are ``widths``) with each training pair's replaced by its score under the standards of
+    the other folds' training pairs (folds by prompt index modulo :data:`CROSS_FIT_FOLDS`)."""
     in_train = train[benign_prompt]
-    centres, widths = column_standards(benign[in_train])
-    scores = np.ascontiguousarray(reduce(_standardised(benign, centres, widths)))
     fold = benign_prompt % CROSS_FIT_FOLDS
     repeat = scores.size // max(benign.shape[0], 1)  # a spot check's draws per pair
     by_pair = scores.reshape(-1, repeat)  # a view: writing a pair's row writes its scores
@@ -163,6 +166,47 @@ def _cross_fitted(
         folded = reduce(_standardised(benign[held], fold_centres, fold_widths))
         by_pair[held] = folded.reshape(-1, repeat)
     return scores
+
+
+def _joint_scores(
+    benign: np.ndarray,
+    benign_prompt: np.ndarray,
+    malign: dict[str, tuple[np.ndarray, np.ndarray]],
+    reduce: Callable[[np.ndarray], np.ndarray],
+    repeat: int,
+    cross_fit: bool,
+) -> PoolScores:
+    """The :class:`PoolScores` of a joint score: each column standardised by
+    :func:`column_standards` of the training prompts' benign pairs, then ``reduce`` gives each pair's
+    ``repeat`` score(s); the training pairs' scores cross-fitted for the threshold unless
+    ``cross_fit`` is False. One mask's standards and benign scores are computed once and shared by
+    ``badness``, ``fitting`` and ``standards`` (the calibration asks all three per split)."""
+    last: dict[bytes, tuple[tuple[np.ndarray, np.ndarray], np.ndarray]] = {}
+
+    def fit(train: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+        key = train.tobytes()
+        if key not in last:
+            standards = column_standards(benign[train[benign_prompt]])
+            last.clear()
+            last[key] = (standards, reduce(_standardised(benign, *standards)))
+        return last[key]
+
+    def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        standards, scores = fit(train)
+        return scores, {name: reduce(_standardised(values, *standards)) for name, (values, _) in malign.items()}
+
+    def fitting(train: np.ndarray) -> np.ndarray:
+        (_, widths), scores = fit(train)
+        return _cross_fitted(benign, benign_prompt, train, reduce, widths, scores.copy())
+
+    return PoolScores(
+        benign_prompt=np.repeat(benign_prompt, repeat),
+        malign_prompt={name: np.repeat(prompts, repeat) for name, (_, prompts) in malign.items()},
+        badness=badness,
+        trained=True,
+        fitting=fitting if cross_fit else None,
+        standards=lambda train: fit(train)[0],
+    )
 
 
 def normalised_max(
@@ -183,24 +227,7 @@ def normalised_max(
     pairs' scores are cross-fitted (module docstring) unless ``cross_fit`` is False. A column without
     training values is left out of the maximum; an unmeasurable value (``+inf``) is caught.
     """
-
-    def joint(standardised: np.ndarray) -> np.ndarray:
-        return standardised.max(axis=1)
-
-    def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        standards = column_standards(benign[train[benign_prompt]])
-        return joint(_standardised(benign, *standards)), {
-            name: joint(_standardised(values, *standards)) for name, (values, _) in malign.items()
-        }
-
-    return PoolScores(
-        benign_prompt=benign_prompt,
-        malign_prompt={name: prompts for name, (_, prompts) in malign.items()},
-        badness=badness,
-        trained=True,
-        fitting=(lambda train: _cross_fitted(benign, benign_prompt, train, joint)) if cross_fit else None,
-        standards=lambda train: column_standards(benign[train[benign_prompt]]),
-    )
+    return _joint_scores(benign, benign_prompt, malign, lambda standardised: standardised.max(axis=1), 1, cross_fit)
 
 
 def spot_check_draws(phases: list[list[int]], k: int) -> list[list[int]]:
@@ -249,20 +276,7 @@ def spot_check_max(
     def expand(standardised: np.ndarray) -> np.ndarray:
         return _draw_maxima(standardised, phases, k).reshape(-1)
 
-    def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        standards = column_standards(benign[train[benign_prompt]])
-        return expand(_standardised(benign, *standards)), {
-            name: expand(_standardised(values, *standards)) for name, (values, _) in malign.items()
-        }
-
-    return PoolScores(
-        benign_prompt=np.repeat(benign_prompt, len(draws)),
-        malign_prompt={name: np.repeat(prompts, len(draws)) for name, (_, prompts) in malign.items()},
-        badness=badness,
-        trained=True,
-        fitting=(lambda train: _cross_fitted(benign, benign_prompt, train, expand)) if cross_fit else None,
-        standards=lambda train: column_standards(benign[train[benign_prompt]]),
-    )
+    return _joint_scores(benign, benign_prompt, malign, expand, len(draws), cross_fit)
 
 
 class _M(BaseModel):
