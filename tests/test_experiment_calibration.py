@@ -535,6 +535,57 @@ def test_a_tight_position_keeps_its_power_beside_heavy_tailed_ones() -> None:
     assert new_tpr > 0.75 and old_tpr < 0.1, (new_tpr, old_tpr)  # 0.83 and 0.007 here
 
 
+def _spread_trajectory(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Three tight early positions and six heavy-tailed later ones (3% of the prompts spread 5-40x),
+    and a cheat that moves only the first early position by 1.3x."""
+    rng = np.random.default_rng(seed)
+    tight = 1e-4 * (1 + 0.05 * rng.normal(size=(n, 3)))
+    heavy = 1e-3 * np.exp(0.3 * rng.normal(size=(n, 6)))
+    heavy[rng.choice(n, 18 * n // 600, replace=False)] *= rng.uniform(5, 40, size=(18 * n // 600, 1))
+    benign = np.hstack([tight, heavy])
+    cheat = np.hstack([tight[:, :1] * 1.3, benign[:, 1:]])[rng.permutation(n)]
+    return benign, cheat
+
+
+def test_blocks_keep_an_early_cheat_that_the_later_tails_hide_at_the_same_fpr() -> None:
+    # With one threshold on the maximum, the spread prompts' scores at the later positions set it,
+    # and the early limits rise with it; each block scaled to its own training maximum keeps them.
+    n = 600
+    benign, cheat = _spread_trajectory(11, n)
+    prompts = np.arange(n)
+    splits, counts = prompt_splits(n, 50, seed=2), bootstrap_counts(n, 10, seed=2)
+    results = {}
+    for blocks in (None, [[0, 1, 2], [3, 4, 5, 6, 7, 8]]):
+        scores = normalised_max(benign, prompts, {"cheat": (cheat, prompts)}, blocks=blocks)
+        results[blocks is not None], _ = calibrate_pool("b", scores, 0.01, splits, counts, rule="conformal")
+    one, blocked = results[False], results[True]
+    assert one.oos_fpr_mean is not None and blocked.oos_fpr_mean is not None
+    assert blocked.oos_fpr_mean < 0.015 and one.oos_fpr_mean < 0.015  # 0.66% and 0.50% here
+    one_tpr, blocked_tpr = one.classes[0].oos_tpr_mean, blocked.classes[0].oos_tpr_mean
+    assert one_tpr is not None and blocked_tpr is not None
+    assert blocked_tpr > 0.9 and one_tpr < 0.75, (blocked_tpr, one_tpr)  # 0.98 and 0.59 here
+
+
+def test_a_blocked_scores_limits_are_its_centres_plus_the_threshold_times_its_widths() -> None:
+    # What a thresholds file keeps of a joint score (each position's centre and width, one
+    # threshold) must flag the pairs the score flags: the block's factor is in the widths.
+    n = 300
+    benign, cheat = _spread_trajectory(4, n)
+    prompts = np.arange(n)
+    splits, counts = prompt_splits(n, 5, seed=1), bootstrap_counts(n, 10, seed=1)
+    scores = normalised_max(benign, prompts, {"cheat": (cheat, prompts)}, blocks=[[0, 1, 2], [3, 4, 5, 6, 7, 8]])
+    result, _ = calibrate_pool("b", scores, 0.01, splits, counts, rule="conformal")
+    assert result.scales is not None and result.centres is not None
+    limits = np.array(result.centres, dtype=float) + result.threshold * np.array(result.scales, dtype=float)
+    plain_centres, plain_widths = column_standards(benign)
+    factors = np.array(result.scales, dtype=float) / plain_widths
+    assert np.allclose(factors[:3], factors[0]) and np.allclose(factors[3:], factors[3])
+    assert not np.isclose(factors[0], factors[3])
+    assert np.allclose(result.centres, plain_centres)
+    for matrix, rate in ((benign, result.fpr), (cheat, result.classes[0].tpr)):
+        assert np.mean((matrix > limits).any(axis=1)) == pytest.approx(rate)
+
+
 def _tail_scaled_max(benign: np.ndarray, prompts: np.ndarray, target: float) -> PoolScores:
     """The former joint score: each column over its own threshold at ``target`` on the training prompts."""
 
@@ -632,3 +683,23 @@ def test_a_summary_holds_every_rows_columns_where_the_first_row_lacks_some(tmp_p
     assert list(back[0]) == list(rows[1])
     assert back[0]["segments"] is None and back[0]["segment_rel_l2:step_003"] is None
     assert back[1]["segments"] == 2 and back[1]["segments_exact"] == 1 and back[1]["segment_rel_l2:step_003"] == 1.5e-4
+
+
+def test_the_full_modes_blocks_follow_the_schedule() -> None:
+    from ditproof.experiment.findings import CheckpointPosition, ReferenceTrajectory
+    from ditproof.experiment.keys import trajectory_blocks
+
+    def position(name: str, step: int) -> CheckpointPosition:
+        phase = "high-noise" if step <= 26 else "low-noise"
+        key = "latent_rel_l2:value" if name == "final" else f"checkpoint_rel_l2:{name}"
+        return CheckpointPosition(name=name, key=key, step=step, phase=phase, fraction=0.5)
+
+    names = {"step_003": 3, "step_008": 8, "step_013": 13, "pre_switch": 26, "step_031": 31, "final": 40}
+    trajectory = ReferenceTrajectory(steps=40, switch=26, checkpoints=[position(n, s) for n, s in names.items()])
+    keys = [f"checkpoint_rel_l2:{n}" for n in list(names)[:-1]] + ["latent_rel_l2:value", "psnr:worst"]
+    # Steps 3 and 8 (at most 20% of 40); 13 and the switch; step 31, the final latent and the video.
+    assert trajectory_blocks(keys, trajectory) == [[0, 1], [2, 3], [4, 5, 6]]
+    assert trajectory_blocks(["checkpoint_rel_l2:step_099", *keys], trajectory) is None
+    assert trajectory_blocks(keys, None) is None
+    one_expert = trajectory.model_copy(update={"switch": None})
+    assert trajectory_blocks(keys, one_expert) == [[0, 1], [2, 3, 4], [5, 6]]

@@ -326,6 +326,12 @@ def analyze_command(
         "--cross-fit/--no-cross-fit",
         help="Fit a joint score's threshold on its training pairs' cross-fitted scores (default), or in sample.",
     ),
+    full_blocks: bool = typer.Option(
+        False,
+        "--full-blocks/--no-full-blocks",
+        help="Full mode: one scale per block of steps (early high-noise, rest of high-noise, low-noise with "
+        "the final latent and video), each block reaching the threshold at its own training maximum.",
+    ),
     rule: str = typer.Option(
         "conformal",
         help="Threshold rule: conformal (the ceil((n+1)(1-target))-th smallest benign score: a new prompt's "
@@ -357,6 +363,7 @@ def analyze_command(
             rule=cast(ThresholdRule, rule),  # one of THRESHOLD_RULES (checked above)
             normaliser=normalise_by,
             cross_fit=cross_fit,
+            full_blocks=full_blocks,
         )
         if store is not None:
             analysis = analyze_store(store, fpr_target, method)

@@ -96,6 +96,7 @@ from ditproof.experiment.keys import (
     pair_exact,
     score_keys,
     segment_phases,
+    trajectory_blocks,
 )
 from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX, SCORES_META_FILE, read_scores
 from ditproof.experiment.segments import read_segment_rows, with_segment_columns
@@ -214,11 +215,20 @@ def analyze_rows(
     jobs: list[tuple[str, list[str], Combined | None]] = [
         (k, [k], None) for k in (*metric_keys, *trajectory_keys, *segment_keys)
     ]
+    block_notes: list[str] = []
     if trajectory_keys and FINAL_LATENT_KEY in metric_keys:
-        jobs.append((COMBINED_TRAJECTORY_KEY, [*trajectory_keys, FINAL_LATENT_KEY], Combined()))
+
+        def full_mode(columns: list[str]) -> Combined:
+            blocks = trajectory_blocks(columns, reference_trajectory) if method.full_blocks else None
+            if method.full_blocks and blocks is None and not block_notes:
+                block_notes.append("full blocks: the reference trajectory's checkpoints are unknown; one block")
+            return Combined(blocks=blocks)
+
+        trajectory = [*trajectory_keys, FINAL_LATENT_KEY]
+        jobs.append((COMBINED_TRAJECTORY_KEY, trajectory, full_mode(trajectory)))
         if FULL_MODE_FRAME_KEY in metric_keys:
             full = [*trajectory_keys, FINAL_LATENT_KEY, FULL_MODE_FRAME_KEY]
-            jobs.append((FULL_MODE_KEY, full, Combined()))
+            jobs.append((FULL_MODE_KEY, full, full_mode(full)))
     if segment_keys:
         jobs.append((CHECKPOINTS_MODE_KEY, segment_keys, Combined()))
         phases = segment_phases(segment_keys, reference_trajectory)
@@ -287,7 +297,7 @@ def analyze_rows(
         skipped_metrics=skipped_metrics or {},
         metric_weights=metric_weights or {},
         scores_sha256=scores_sha256,
-        notes=[*_notes(pools, fpr_target, method), *(notes or [])],
+        notes=[*_notes(pools, fpr_target, method), *block_notes, *(notes or [])],
         reference_trajectory=reference_trajectory,
     )
 

@@ -146,10 +146,12 @@ def _cross_fitted(
     reduce: Callable[[np.ndarray], np.ndarray],
     widths: np.ndarray,
     scores: np.ndarray,
+    rescale: np.ndarray | None = None,
 ) -> np.ndarray:
     """``scores`` (every benign pair's joint score(s) under the training prompts' standards, whose
     widths are ``widths``) with each training pair's replaced by its score under the standards of
-    the other folds' training pairs (folds by prompt index modulo :data:`CROSS_FIT_FOLDS`)."""
+    the other folds' training pairs (folds by prompt index modulo :data:`CROSS_FIT_FOLDS`), their
+    widths times ``rescale`` where given (a block's scale, :func:`normalised_max`)."""
     in_train = train[benign_prompt]
     fold = benign_prompt % CROSS_FIT_FOLDS
     repeat = scores.size // max(benign.shape[0], 1)  # a spot check's draws per pair
@@ -160,12 +162,39 @@ def _cross_fitted(
         if not held.any() or not rest.any():
             continue
         fold_centres, fold_widths = column_standards(benign[rest])
+        if rescale is not None:
+            fold_widths = fold_widths * rescale
         # A position the other folds never moved but the training prompts did: the training width
         # (a held-out pair beyond it would otherwise score infinity, and no threshold could be fitted).
         fold_widths = np.where((fold_widths == 0) & (widths > 0), widths, fold_widths)
         folded = reduce(_standardised(benign[held], fold_centres, fold_widths))
         by_pair[held] = folded.reshape(-1, repeat)
     return scores
+
+
+def _block_rescale(
+    benign: np.ndarray,
+    benign_prompt: np.ndarray,
+    train: np.ndarray,
+    standards: tuple[np.ndarray, np.ndarray],
+    blocks: list[list[int]],
+) -> np.ndarray:
+    """Each column's factor on its width under a block rule: its block's largest cross-fitted
+    maximum over the training pairs (1 for a column in no block, or a block without a positive
+    finite maximum), so that every block reaches 1 at its own training maximum."""
+    centres, widths = standards
+
+    def block_maxima(standardised: np.ndarray) -> np.ndarray:
+        return np.column_stack([standardised[:, block].max(axis=1) for block in blocks])
+
+    maxima = block_maxima(_standardised(benign, centres, widths))
+    maxima = _cross_fitted(benign, benign_prompt, train, block_maxima, widths, maxima)[train[benign_prompt]]
+    rescale = np.ones(benign.shape[1])
+    for b, block in enumerate(blocks):
+        finite = maxima[:, b][np.isfinite(maxima[:, b])]
+        if finite.size and finite.max() > 0:
+            rescale[block] = finite.max()
+    return rescale
 
 
 def _joint_scores(
@@ -175,29 +204,35 @@ def _joint_scores(
     reduce: Callable[[np.ndarray], np.ndarray],
     repeat: int,
     cross_fit: bool,
+    blocks: list[list[int]] | None = None,
 ) -> PoolScores:
     """The :class:`PoolScores` of a joint score: each column standardised by
-    :func:`column_standards` of the training prompts' benign pairs, then ``reduce`` gives each pair's
+    :func:`column_standards` of the training prompts' benign pairs (each width times its block's
+    factor, :func:`_block_rescale`, where ``blocks`` are given), then ``reduce`` gives each pair's
     ``repeat`` score(s); the training pairs' scores cross-fitted for the threshold unless
     ``cross_fit`` is False. One mask's standards and benign scores are computed once and shared by
     ``badness``, ``fitting`` and ``standards`` (the calibration asks all three per split)."""
-    last: dict[bytes, tuple[tuple[np.ndarray, np.ndarray], np.ndarray]] = {}
+    last: dict[bytes, tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray | None]] = {}
 
-    def fit(train: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    def fit(train: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray | None]:
         key = train.tobytes()
         if key not in last:
-            standards = column_standards(benign[train[benign_prompt]])
+            centres, widths = column_standards(benign[train[benign_prompt]])
+            rescale = None
+            if blocks is not None:
+                rescale = _block_rescale(benign, benign_prompt, train, (centres, widths), blocks)
+                widths = widths * rescale
             last.clear()
-            last[key] = (standards, reduce(_standardised(benign, *standards)))
+            last[key] = ((centres, widths), reduce(_standardised(benign, centres, widths)), rescale)
         return last[key]
 
     def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        standards, scores = fit(train)
+        standards, scores, _ = fit(train)
         return scores, {name: reduce(_standardised(values, *standards)) for name, (values, _) in malign.items()}
 
     def fitting(train: np.ndarray) -> np.ndarray:
-        (_, widths), scores = fit(train)
-        return _cross_fitted(benign, benign_prompt, train, reduce, widths, scores.copy())
+        (_, widths), scores, rescale = fit(train)
+        return _cross_fitted(benign, benign_prompt, train, reduce, widths, scores.copy(), rescale)
 
     return PoolScores(
         benign_prompt=np.repeat(benign_prompt, repeat),
@@ -214,6 +249,7 @@ def normalised_max(
     benign_prompt: np.ndarray,
     malign: dict[str, tuple[np.ndarray, np.ndarray]],
     cross_fit: bool = True,
+    blocks: list[list[int]] | None = None,
 ) -> PoolScores:
     """A joint score over many positions: ``max_k (d_k - c_k) / w_k`` over the columns ``k`` a pair has.
 
@@ -226,8 +262,18 @@ def normalised_max(
     flagged when any position exceeds its centre plus the threshold times its width. The training
     pairs' scores are cross-fitted (module docstring) unless ``cross_fit`` is False. A column without
     training values is left out of the maximum; an unmeasurable value (``+inf``) is caught.
+
+    ``blocks`` (lists of column indices; the full mode's blocks of steps,
+    :func:`ditproof.experiment.keys.trajectory_blocks`): each
+    block's widths are multiplied by the largest cross-fitted maximum its block reaches on the
+    training pairs (:func:`_block_rescale`), so each block reaches 1 at its own training maximum
+    and no block's heavy tail sets another block's limits; the one threshold is then fitted on the
+    maximum as before. With fewer training prompts than blocks over the target FPR this is one
+    threshold per block at the target over the blocks' count (Bonferroni). A position's limit is
+    still its median plus the threshold times its (rescaled) width.
     """
-    return _joint_scores(benign, benign_prompt, malign, lambda standardised: standardised.max(axis=1), 1, cross_fit)
+    maximum = lambda standardised: standardised.max(axis=1)  # noqa: E731
+    return _joint_scores(benign, benign_prompt, malign, maximum, 1, cross_fit, blocks)
 
 
 def spot_check_draws(phases: list[list[int]], k: int) -> list[list[int]]:

@@ -81,6 +81,11 @@ class Method(_M):
     the standards of the other prompt folds, :mod:`ditproof.experiment.calibration`); False: on the
     scores the fitted standards give those same pairs (in sample: tighter, and an out-of-sample FPR
     above the target at a few hundred prompts)."""
+    full_blocks: bool = False
+    """The full mode's joint scores (``trajectory:max``, ``full:max``) with one scale per block of
+    steps (:func:`ditproof.experiment.keys.trajectory_blocks`): each block reaches the threshold at
+    its own training maximum, so the heavy tails of the middle and late steps do not set the early
+    steps' limits."""
 
 
 class Pool(_M):

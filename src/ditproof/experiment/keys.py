@@ -139,7 +139,7 @@ def key_scores(
             kept = ~np.isnan(matrix).all(axis=1)
             malign[c] = (matrix[kept], prompts_of(members)[kept])
         if combined.phases is None:
-            return normalised_max(benign[keep], prompts_of(benign_rows)[keep], malign, cross_fit)
+            return normalised_max(benign[keep], prompts_of(benign_rows)[keep], malign, cross_fit, combined.blocks)
         return spot_check_max(
             benign[keep], prompts_of(benign_rows)[keep], malign, combined.phases, combined.k, cross_fit
         )
@@ -172,10 +172,44 @@ SPOT_CHECK_KS = (1, 2)
 @dataclass(frozen=True)
 class Combined:
     """How a combined key joins its columns: the maximum over all (``phases`` None) or over a spot
-    check's draw of ``k`` columns per phase (``phases``: each phase's column indices)."""
+    check's draw of ``k`` columns per phase (``phases``: each phase's column indices); ``blocks``:
+    the maximum over all with each block of columns scaled to its own training maximum
+    (:func:`ditproof.experiment.calibration.normalised_max`)."""
 
     phases: list[list[int]] | None = None
     k: int = 1
+    blocks: list[list[int]] | None = None
+
+
+EARLY_FRACTION = 0.2
+"""The full mode's early block: checkpoints at or before this share of the steps (steps 3, 5 and 8
+of 40 in the GPU run's schedule)."""
+
+
+def trajectory_blocks(keys: list[str], trajectory: ReferenceTrajectory | None) -> list[list[int]] | None:
+    """The full mode's blocks of ``keys`` (checkpoint columns, then the final latent and any frame
+    metric), fixed by the schedule: the checkpoints at or before :data:`EARLY_FRACTION` of the steps,
+    the rest of the high-noise phase (to the latent entering the low-noise expert, the switch), and
+    the low-noise phase with every column that is not a checkpoint (the final latent, the video);
+    empty blocks left out. None where the trajectory or a checkpoint column's position is unknown."""
+    if trajectory is None:
+        return None
+    where = {c.key: c for c in trajectory.checkpoints}
+    early, middle, late = [], [], []
+    for index, key in enumerate(keys):
+        if not is_trajectory_key(key):
+            late.append(index)
+            continue
+        position = where.get(key)
+        if position is None:
+            return None
+        if position.step <= EARLY_FRACTION * trajectory.steps:
+            early.append(index)
+        elif trajectory.switch is None or position.step <= trajectory.switch:
+            middle.append(index)
+        else:
+            late.append(index)
+    return [block for block in (early, middle, late) if block]
 
 
 def ordered_segment_keys(columns: list[str], trajectory: ReferenceTrajectory | None) -> list[str]:
