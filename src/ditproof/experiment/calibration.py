@@ -264,16 +264,16 @@ def normalised_max(
     training values is left out of the maximum; an unmeasurable value (``+inf``) is caught.
 
     ``blocks`` (lists of column indices; the full mode's blocks of steps,
-    :func:`ditproof.experiment.keys.trajectory_blocks`): each
-    block's widths are multiplied by the largest cross-fitted maximum its block reaches on the
-    training pairs (:func:`_block_rescale`), so each block reaches 1 at its own training maximum
-    and no block's heavy tail sets another block's limits; the one threshold is then fitted on the
-    maximum as before. With fewer training prompts than blocks over the target FPR this is one
-    threshold per block at the target over the blocks' count (Bonferroni). A position's limit is
-    still its median plus the threshold times its (rescaled) width.
+    :func:`ditproof.experiment.keys.trajectory_blocks`): each block's widths are multiplied by the
+    largest cross-fitted maximum the block reaches on the training pairs (:func:`_block_rescale`),
+    so each block reaches 1 at its own training maximum and no block's heavy tail sets another
+    block's limits; the one threshold is then fitted on the maximum as before. While the threshold
+    rule keeps the training maximum (under about ``len(blocks) / target`` training prompts), that is
+    one threshold per block at its own training maximum, a union whose FPR is up to ``len(blocks)``
+    times the rule's floor. A position's limit is still its median plus the threshold times its
+    (rescaled) width.
     """
-    maximum = lambda standardised: standardised.max(axis=1)  # noqa: E731
-    return _joint_scores(benign, benign_prompt, malign, maximum, 1, cross_fit, blocks)
+    return _joint_scores(benign, benign_prompt, malign, lambda scaled: scaled.max(axis=1), 1, cross_fit, blocks)
 
 
 def spot_check_draws(phases: list[list[int]], k: int) -> list[list[int]]:
