@@ -217,14 +217,13 @@ def analyze_rows(
     ]
     block_notes: list[str] = []
     if trajectory_keys and FINAL_LATENT_KEY in metric_keys:
+        trajectory = [*trajectory_keys, FINAL_LATENT_KEY]
+        if method.full_blocks and trajectory_blocks(trajectory, reference_trajectory) is None:
+            block_notes.append("full blocks: the reference trajectory's checkpoints are unknown; one block")
 
         def full_mode(columns: list[str]) -> Combined:
-            blocks = trajectory_blocks(columns, reference_trajectory) if method.full_blocks else None
-            if method.full_blocks and blocks is None and not block_notes:
-                block_notes.append("full blocks: the reference trajectory's checkpoints are unknown; one block")
-            return Combined(blocks=blocks)
+            return Combined(blocks=trajectory_blocks(columns, reference_trajectory) if method.full_blocks else None)
 
-        trajectory = [*trajectory_keys, FINAL_LATENT_KEY]
         jobs.append((COMBINED_TRAJECTORY_KEY, trajectory, full_mode(trajectory)))
         if FULL_MODE_FRAME_KEY in metric_keys:
             full = [*trajectory_keys, FINAL_LATENT_KEY, FULL_MODE_FRAME_KEY]

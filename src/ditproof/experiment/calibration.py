@@ -146,12 +146,10 @@ def _cross_fitted(
     reduce: Callable[[np.ndarray], np.ndarray],
     widths: np.ndarray,
     scores: np.ndarray,
-    rescale: np.ndarray | None = None,
 ) -> np.ndarray:
     """``scores`` (every benign pair's joint score(s) under the training prompts' standards, whose
     widths are ``widths``) with each training pair's replaced by its score under the standards of
-    the other folds' training pairs (folds by prompt index modulo :data:`CROSS_FIT_FOLDS`), their
-    widths times ``rescale`` where given (a block's scale, :func:`normalised_max`)."""
+    the other folds' training pairs (folds by prompt index modulo :data:`CROSS_FIT_FOLDS`)."""
     in_train = train[benign_prompt]
     fold = benign_prompt % CROSS_FIT_FOLDS
     repeat = scores.size // max(benign.shape[0], 1)  # a spot check's draws per pair
@@ -162,8 +160,6 @@ def _cross_fitted(
         if not held.any() or not rest.any():
             continue
         fold_centres, fold_widths = column_standards(benign[rest])
-        if rescale is not None:
-            fold_widths = fold_widths * rescale
         # A position the other folds never moved but the training prompts did: the training width
         # (a held-out pair beyond it would otherwise score infinity, and no threshold could be fitted).
         fold_widths = np.where((fold_widths == 0) & (widths > 0), widths, fold_widths)
@@ -172,29 +168,28 @@ def _cross_fitted(
     return scores
 
 
-def _block_rescale(
+def _block_scaled(
     benign: np.ndarray,
     benign_prompt: np.ndarray,
     train: np.ndarray,
-    standards: tuple[np.ndarray, np.ndarray],
+    widths: np.ndarray,
+    standardised: np.ndarray,
     blocks: list[list[int]],
-) -> np.ndarray:
-    """Each column's factor on its width under a block rule: its block's largest cross-fitted
-    maximum over the training pairs (1 for a column in no block, or a block without a positive
-    finite maximum), so that every block reaches 1 at its own training maximum."""
-    centres, widths = standards
-
-    def block_maxima(standardised: np.ndarray) -> np.ndarray:
-        return np.column_stack([standardised[:, block].max(axis=1) for block in blocks])
-
-    maxima = block_maxima(_standardised(benign, centres, widths))
-    maxima = _cross_fitted(benign, benign_prompt, train, block_maxima, widths, maxima)[train[benign_prompt]]
-    rescale = np.ones(benign.shape[1])
-    for b, block in enumerate(blocks):
-        finite = maxima[:, b][np.isfinite(maxima[:, b])]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A block rule's widths and standardised rows: each column's width times its block's factor,
+    the block's largest cross-fitted maximum over the training pairs (1 for a column in no block,
+    or a block without a positive finite maximum), so that every block reaches 1 at its own
+    training maximum. Returns the widths, every benign pair's row over them, and the same rows with
+    the training pairs' cross-fitted (one cross-fit serves the factors and the threshold's fit)."""
+    crossed = _cross_fitted(benign, benign_prompt, train, lambda rows: rows, widths, standardised.copy())
+    trained = crossed[train[benign_prompt]]
+    factors = np.ones(benign.shape[1])
+    for block in blocks:
+        maxima = trained[:, block].max(axis=1)
+        finite = maxima[np.isfinite(maxima)]
         if finite.size and finite.max() > 0:
-            rescale[block] = finite.max()
-    return rescale
+            factors[block] = finite.max()
+    return widths * factors, standardised / factors, crossed / factors
 
 
 def _joint_scores(
@@ -208,22 +203,25 @@ def _joint_scores(
 ) -> PoolScores:
     """The :class:`PoolScores` of a joint score: each column standardised by
     :func:`column_standards` of the training prompts' benign pairs (each width times its block's
-    factor, :func:`_block_rescale`, where ``blocks`` are given), then ``reduce`` gives each pair's
+    factor, :func:`_block_scaled`, where ``blocks`` are given), then ``reduce`` gives each pair's
     ``repeat`` score(s); the training pairs' scores cross-fitted for the threshold unless
     ``cross_fit`` is False. One mask's standards and benign scores are computed once and shared by
     ``badness``, ``fitting`` and ``standards`` (the calibration asks all three per split)."""
     last: dict[bytes, tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray | None]] = {}
 
     def fit(train: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray | None]:
+        """The mask's standards, benign scores and (a block rule's, already computed) cross-fitted scores."""
         key = train.tobytes()
         if key not in last:
             centres, widths = column_standards(benign[train[benign_prompt]])
-            rescale = None
+            standardised = _standardised(benign, centres, widths)
+            crossed = None
             if blocks is not None:
-                rescale = _block_rescale(benign, benign_prompt, train, (centres, widths), blocks)
-                widths = widths * rescale
+                widths, standardised, crossed = _block_scaled(
+                    benign, benign_prompt, train, widths, standardised, blocks
+                )
             last.clear()
-            last[key] = ((centres, widths), reduce(_standardised(benign, centres, widths)), rescale)
+            last[key] = ((centres, widths), reduce(standardised), None if crossed is None else reduce(crossed))
         return last[key]
 
     def badness(train: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -231,8 +229,10 @@ def _joint_scores(
         return scores, {name: reduce(_standardised(values, *standards)) for name, (values, _) in malign.items()}
 
     def fitting(train: np.ndarray) -> np.ndarray:
-        (_, widths), scores, rescale = fit(train)
-        return _cross_fitted(benign, benign_prompt, train, reduce, widths, scores.copy(), rescale)
+        (_, widths), scores, crossed = fit(train)
+        if crossed is not None:
+            return crossed
+        return _cross_fitted(benign, benign_prompt, train, reduce, widths, scores.copy())
 
     return PoolScores(
         benign_prompt=np.repeat(benign_prompt, repeat),
@@ -265,7 +265,7 @@ def normalised_max(
 
     ``blocks`` (lists of column indices; the full mode's blocks of steps,
     :func:`ditproof.experiment.keys.trajectory_blocks`): each block's widths are multiplied by the
-    largest cross-fitted maximum the block reaches on the training pairs (:func:`_block_rescale`),
+    largest cross-fitted maximum the block reaches on the training pairs (:func:`_block_scaled`),
     so each block reaches 1 at its own training maximum and no block's heavy tail sets another
     block's limits; the one threshold is then fitted on the maximum as before. While the threshold
     rule keeps the training maximum (under about ``len(blocks) / target`` training prompts), that is
