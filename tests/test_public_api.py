@@ -11,8 +11,8 @@ PINNED = [
     "DownloadIntegrityError", "GenerationRequest", "InferenceRecord", "IntegrityError", "InvalidInputError",
     "InvalidRequestError", "LoadOptions", "LoadedModel", "ModelNotFoundError", "RunOptions", "RuntimeOptions",
     "RuntimeUnavailableError", "ThresholdPolicy", "ThresholdsFile", "ValidatorRegistry", "Verdict", "VideoEncoding",
-    "derive_seed", "execute", "generate", "load_model", "parse_request", "validate", "validate_checkpoints",
-    "validate_spot_check",
+    "derive_seed", "execute", "generate", "load_model", "parse_request", "validate", "validate_auto",
+    "validate_checkpoints", "validate_spot_check",
 ]  # fmt: skip
 
 

@@ -52,6 +52,11 @@ def test_a_stored_video_validates_in_each_checkpoint_mode(client, stored):
     assert verdict["decision"] == "valid" and verdict["mode"] == "spot-check", verdict["reason"]
     assert verdict["spot_check"]["validator_entropy"] == SPOT_ENTROPY
     assert 0 < verdict["cost_fraction"] < 1
+    # The node regenerates in the executor's class: auto runs the full mode and says why.
+    verdict = client.validate_stored(video_id, mode="auto")
+    assert verdict["decision"] == "valid" and verdict["mode"] == "full", verdict["reason"]
+    chosen = next(c for c in verdict["checks"] if c["name"] == "mode")
+    assert chosen["detail"].startswith("full: the executor's class")
 
 
 def test_uploaded_checkpoints_validate_and_a_forged_one_is_invalid(client, stored):

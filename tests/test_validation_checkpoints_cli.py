@@ -94,7 +94,7 @@ def test_checkpoints_command_exits_1_on_a_tampered_checkpoint_and_3_without_file
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--mode", "partial"], "mode: got 'partial'; allowed: full, checkpoints, spot-check"),
+        (["--mode", "partial"], "mode: got 'partial'; allowed: full, checkpoints, spot-check, auto"),
         (["--mode", "spot-check", "--spot-segments", "0"], "got k=0 per phase; allowed: 1 or more"),
         (["--validator-entropy", "00" * 16], "only with --mode spot-check"),
         (["--mode", "spot-check", "--validator-entropy", "zz"], "entropy: got 'zz'"),

@@ -18,6 +18,7 @@ from ditproof.generation.execute import execute
 from ditproof.models.registry import load_model
 from ditproof.protocol.options import LoadOptions, LowNoiseReuse, RuntimeOptions
 from ditproof.protocol.request import parse_request
+from ditproof.validation.auto import validate_auto
 from ditproof.validation.policy import ThresholdPolicy
 from ditproof.validation.validate import validate
 
@@ -68,3 +69,55 @@ def test_an_honest_record_is_valid_and_a_lying_cheater_invalid_across_cpu_classe
     assert verdict.decision == "invalid", verdict.reason
     switch = next(c.step for c in honest.checkpoints if c.name == "pre_switch")
     assert verdict.divergent_step is not None and verdict.divergent_step > switch
+
+
+def mode_check(verdict) -> str:
+    return next(c.detail for c in verdict.checks if c.name == "mode")
+
+
+def test_auto_mode_reruns_segments_across_classes_and_regenerates_in_the_class(tmp_path, shapes_model):
+    policy = ThresholdPolicy.from_cli(None, [])  # the shipped file: segment entries for the CPU pairs
+    honest_dir = tmp_path / "honest"
+    honest = execute(request(), shapes_model, RuntimeOptions(), honest_dir, request_id="cpu-2", entropy=ENTROPY)
+    video = honest_dir / "video.mp4"
+
+    same = validate_auto(honest, video, shapes_model, policy=policy)
+    assert same.decision == "valid" and same.mode == "full" and same.exact_match, same.reason
+    assert mode_check(same).startswith("full: the executor's class")
+
+    across = validate_auto(honest, video, shapes_model, policy=policy, options=BATCHED)
+    assert across.decision == "valid" and across.mode == "checkpoints", across.reason
+    assert across.comparison == "cross-class" and across.cost_fraction == 1.0
+    assert len(across.segments) == len(honest.checkpoints) - 1
+
+    # Without the executor's checkpoint files, or without segment thresholds for the pair, the
+    # full regeneration decides, and the verdict says what was missing.
+    bare = tmp_path / "bare"  # the video and the final latent, which the full mode compares
+    (bare / "latents").mkdir(parents=True)
+    (bare / "video.mp4").write_bytes(video.read_bytes())
+    final = next(c.file for c in honest.checkpoints if c.name == "final")
+    (bare / final).write_bytes((honest_dir / final).read_bytes())
+    alone = validate_auto(honest, bare / "video.mp4", shapes_model, policy=policy, options=BATCHED)
+    assert alone.decision == "valid" and alone.mode == "full", alone.reason
+    assert f"of the executor's {len(honest.checkpoints)} checkpoint files are not in" in mode_check(alone)
+    final_only = ThresholdPolicy(None, {"latent_rel_l2": 1.0})
+    loose = validate_auto(honest, video, shapes_model, policy=final_only, options=BATCHED)
+    assert loose.mode == "full" and "no latent_rel_l2_segment thresholds" in mode_check(loose)
+
+    # A cheater that lies in its record (the low-noise phase reuses predictions; the record claims
+    # the published algorithm) fails in the checkpoints mode at a segment after the expert switch.
+    cheat_dir = tmp_path / "cheat"
+    cheap = execute(
+        request(),
+        shapes_model,
+        RuntimeOptions(shortcut=LowNoiseReuse(kind="low-noise-reuse")),
+        cheat_dir,
+        request_id="cpu-2",
+        entropy=ENTROPY,
+    )
+    claimed = declaring(cheap, {"shortcut": None}, shortcut=None)
+    verdict = validate_auto(claimed, cheat_dir / "video.mp4", shapes_model, policy=policy, options=BATCHED)
+    assert verdict.decision == "invalid" and verdict.mode == "checkpoints", verdict.reason
+    switch = next(c.step for c in honest.checkpoints if c.name == "pre_switch")
+    failed = next(s for s in verdict.segments if not s.passed)
+    assert failed.end_step > switch

@@ -9,8 +9,8 @@
     assert verdict.decision == "valid"
 
 The names below are the stable surface (``__all__`` is pinned by a test): the data models of
-requests, options, records, verdicts and thresholds; loading; generation; the three validation
-modes; seeds; the HTTP client; the errors. Everything else is reachable in its module but may
+requests, options, records, verdicts and thresholds; loading; generation; the validation
+modes (full, checkpoints, spot check, and auto, which picks one); seeds; the HTTP client; the errors. Everything else is reachable in its module but may
 move. The CLI and the HTTP server are built on these same functions (docs/architecture.md).
 """
 
@@ -33,6 +33,7 @@ from ditproof.protocol.request import GenerationRequest, parse_request
 from ditproof.protocol.verdict import Verdict
 from ditproof.randomness import derive_seed
 from ditproof.validation.allowed import AllowedClasses
+from ditproof.validation.auto import validate_auto
 from ditproof.validation.checkpoints import validate_checkpoints, validate_spot_check
 from ditproof.validation.delegation import ValidatorRegistry
 from ditproof.validation.policy import ThresholdPolicy, ThresholdsFile
@@ -68,6 +69,7 @@ __all__ = [
     "load_model",
     "parse_request",
     "validate",
+    "validate_auto",
     "validate_checkpoints",
     "validate_spot_check",
 ]

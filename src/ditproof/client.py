@@ -191,8 +191,8 @@ class Client:
         """``POST /api/v1/validate`` with a record and either a video (bytes or path) or a stored video id.
 
         ``request``: the generation request the client made (a dict, the bytes of its JSON, or a
-        JSON file); the record's copy must equal it. ``mode``: ``full``, ``checkpoints`` or
-        ``spot-check`` (with ``spot_segments`` per expert phase, chosen with ``validator_entropy``);
+        JSON file); the record's copy must equal it. ``mode``: ``full``, ``checkpoints``,
+        ``auto`` or ``spot-check`` (with ``spot_segments`` per expert phase, chosen with ``validator_entropy``);
         with an uploaded video the checkpoint modes need ``checkpoints``: the executor's checkpoint
         files by base name (see :func:`checkpoint_files`).
         """

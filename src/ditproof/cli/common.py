@@ -15,13 +15,14 @@ from ditproof.errors import DitproofError, InvalidInputError, ModelNotFoundError
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
-VALIDATION_MODES = ("full", "checkpoints", "spot-check")
+VALIDATION_MODES = ("full", "checkpoints", "spot-check", "auto")
 """``--mode`` of ``ditproof validate`` and ``ditproof client validate``."""
 ModeOption = typer.Option(
     "full",
     "--mode",
     help="full: regenerate the whole video; checkpoints: re-run every segment between the executor's "
-    "checkpoints; spot-check: re-run --spot-segments of them per expert phase, chosen with --validator-entropy.",
+    "checkpoints; spot-check: re-run --spot-segments of them per expert phase, chosen with --validator-entropy; "
+    "auto: full in the executor's class, checkpoints across classes where segment thresholds and the files are at hand.",
 )
 ValidatorEntropyOption = typer.Option(
     None,

@@ -145,7 +145,7 @@ def validate_command(
         expected = load_request_file(request_path) if request_path else None
 
         quiet_libraries()
-        from ditproof.api import load_model, validate, validate_checkpoints, validate_spot_check
+        from ditproof.api import load_model, validate, validate_auto, validate_checkpoints, validate_spot_check
         from ditproof.metrics.registry import metric_spec
         from ditproof.randomness import check_entropy
         from ditproof.validation.allowed import AllowedClasses
@@ -205,7 +205,7 @@ def validate_command(
                 choose_spot_segments(record, entropy, spot_segments)
             verdict = validate_spot_check(record, video, loaded, spot_segments, entropy, device, **common)
         else:
-            run = validate_checkpoints if mode == "checkpoints" else validate
+            run = {"checkpoints": validate_checkpoints, "auto": validate_auto}.get(mode, validate)
             verdict = run(record, video, loaded, device, **common)
         finish(verdict, verdict_path)
 

@@ -157,7 +157,7 @@ class ReadinessResponse(BaseModel):
     state: str
 
 
-ValidationMode = Literal["full", "checkpoints", "spot-check"]
+ValidationMode = Literal["full", "checkpoints", "spot-check", "auto"]
 """How ``POST /api/v1/validate`` regenerates: the whole video; every segment between the
 executor's checkpoints; or ``spot_segments`` of them per expert phase, chosen with
 ``validator_entropy`` (docs/validation.md)."""

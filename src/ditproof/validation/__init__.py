@@ -1,6 +1,7 @@
 """The validator: integrity → record → class → regenerate (whole, or checkpoint segments) → exact
 match → compare by policy."""
 
+from ditproof.validation.auto import choose_mode, validate_auto
 from ditproof.validation.checkpoints import (
     SEGMENT_KEY,
     choose_spot_segments,
@@ -23,11 +24,13 @@ __all__ = [
     "ThresholdsFile",
     "ValidatorNode",
     "ValidatorRegistry",
+    "choose_mode",
     "choose_spot_segments",
     "first_divergent_step",
     "parse_threshold",
     "regeneration_options",
     "validate",
+    "validate_auto",
     "validate_checkpoints",
     "validate_spot_check",
 ]

@@ -121,6 +121,17 @@ def validate_checkpoints(
     pre = preflight(record, video, model, device, **inputs)
     if isinstance(pre, Verdict):
         return pre
+    return rerun_and_decide(record, model, pre, policy, comparison)
+
+
+def rerun_and_decide(
+    record: InferenceRecord,
+    model: LoadedModel,
+    pre: Preflight,
+    policy: ThresholdPolicy | None,
+    comparison: ComparisonOptions | None,
+) -> Verdict:
+    """Steps 4–6 of the checkpoints mode after its preflight (``pre``): every segment re-run."""
     policy = policy.bound_to(pre.local_class) if policy is not None else None
     return _validate_segments(record, model, pre, policy, comparison, "checkpoints", None)
 

@@ -45,6 +45,7 @@ from ditproof.validation.fingerprints import fingerprint_tolerance, locate_diver
 from ditproof.validation.policy import ThresholdPolicy
 from ditproof.validation.preflight import (
     SAME_CLASS_FINGERPRINT_TOLERANCE,
+    Preflight,
     PreflightInputs,
     preflight,
     same_class_mismatch,
@@ -90,6 +91,18 @@ def validate(
     pre = preflight(record, video, model, device, **inputs)
     if isinstance(pre, Verdict):
         return pre
+    return regenerate_and_decide(record, model, pre, policy, comparison)
+
+
+def regenerate_and_decide(
+    record: InferenceRecord,
+    model: LoadedModel,
+    pre: Preflight,
+    policy: ThresholdPolicy | None,
+    comparison: ComparisonOptions | None,
+) -> Verdict:
+    """Steps 4–6 of :func:`validate` after its preflight (``pre``): regenerate, exact match, and
+    across classes the trajectory and the comparison by ``policy``."""
     checks, data, options, local_class = pre.checks, pre.data, pre.options, pre.local_class
     if policy is not None:  # thresholds hold for the pair of classes they were calibrated on
         policy = policy.bound_to(local_class)

@@ -11,8 +11,8 @@ Both forms take an optional ``request``: the generation request the client made.
 copy must equal it (check ``request``, the first one), or an executor could record a cheaper
 request than the one it was paid for and be checked against that.
 
-Both forms take a ``mode`` (``full``, ``checkpoints``, ``spot-check``; with ``spot_segments`` and
-``validator_entropy`` for a spot check), as ``ditproof validate --mode``. The checkpoint modes
+Both forms take a ``mode`` (``full``, ``checkpoints``, ``spot-check``, ``auto``; with ``spot_segments``
+and ``validator_entropy`` for a spot check), as ``ditproof validate --mode``. The checkpoint modes
 re-run segments from the executor's checkpoint files: those stored with a ``video_id``, or in a
 multipart upload one ``checkpoint`` file part per file the record names (the part's file name is
 the file's base name, e.g. ``step_005.safetensors``).
@@ -80,7 +80,7 @@ VALIDATE_OPENAPI = {
                         "video": {"type": "string", "format": "binary", "description": "the mp4"},
                         "video_id": {"type": "string", "pattern": r"^video_[0-9a-f]{32}$"},
                         "request": {"type": "string", "description": "the client's request JSON (optional)"},
-                        "mode": {"type": "string", "enum": ["full", "checkpoints", "spot-check"]},
+                        "mode": {"type": "string", "enum": ["full", "checkpoints", "spot-check", "auto"]},
                         "spot_segments": {"type": "integer", "minimum": 1, "maximum": MAX_SPOT_SEGMENTS},
                         "validator_entropy": {"type": "string", "description": "16-256 hex digits"},
                         "checkpoint": {
@@ -134,7 +134,7 @@ class Inputs:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-MODES: tuple[ValidationMode, ...] = ("full", "checkpoints", "spot-check")
+MODES: tuple[ValidationMode, ...] = ("full", "checkpoints", "spot-check", "auto")
 FORM_FIELDS = ("record", "video", "video_id", "request", "mode", "spot_segments", "validator_entropy", "checkpoint")
 MAX_CHECKPOINT_FILES = 64
 
@@ -289,7 +289,7 @@ async def validate_video(request: Request, worker: WorkerDep) -> Verdict:
     record = inputs.record
 
     def run(model: LoadedModel, options: RuntimeOptions) -> Verdict:
-        from ditproof.api import validate, validate_checkpoints, validate_spot_check
+        from ditproof.api import validate, validate_auto, validate_checkpoints, validate_spot_check
 
         if model.preset != record.model.preset:
             raise conflict(
@@ -310,6 +310,8 @@ async def validate_video(request: Request, worker: WorkerDep) -> Verdict:
             )
         if inputs.mode == "checkpoints":
             return validate_checkpoints(record, inputs.video, model, options.device, **common)
+        if inputs.mode == "auto":
+            return validate_auto(record, inputs.video, model, options.device, **common)
         return validate(record, inputs.video, model, device=options.device, **common)
 
     try:
