@@ -501,6 +501,22 @@ def test_a_joint_score_standardises_each_column_by_its_benign_median_and_99th_pe
     assert plain.scales is None and plain.centres is None
 
 
+def test_a_column_exact_but_for_one_prompt_takes_that_prompts_distance_as_its_width() -> None:
+    # 150 prompts: one position exact but for one prompt (its 99th percentile is its median, 0), one
+    # that spreads on every prompt. The floor as the first column's width would put that prompt at
+    # 10^8 widths and the joint threshold with it; its distance as the width keeps it at 1.
+    rng = np.random.default_rng(0)
+    sparse = np.r_[np.zeros(149), 3e-4]
+    spread = rng.uniform(1e-3, 2e-3, 150)
+    benign = np.column_stack([sparse, spread])
+    centres, widths = column_standards(benign)
+    assert centres[0] == 0.0 and np.isclose(widths[0], 3e-4, rtol=1e-12) and widths[0] > NORMALISER_FLOOR
+    prompts = np.arange(150)
+    scores = normalised_max(benign, prompts, {"cheat": (np.array([[0.0, 0.5]]), np.array([0]))})
+    b, m = scores.badness(np.ones(150, dtype=bool))
+    assert b.max() < 2 and m["cheat"][0] > 100  # the cheat, 0.5 at the spread position, far beyond
+
+
 def _scaled_max(benign: np.ndarray, prompts: np.ndarray, malign: np.ndarray) -> PoolScores:
     """The joint score before standardisation: each column over its benign 90th percentile."""
 

@@ -104,7 +104,12 @@ def column_standards(benign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each column's centre (the median of its finite benign values) and width (their
     :data:`WIDTH_QUANTILE` quantile minus the median, at least :data:`NORMALISER_FLOOR`); width 0
     for a column whose every value is the same (a position the pool never moves: any larger
-    distance there is flagged, as an exact match requires); NaN for a column without any value."""
+    distance there is flagged, as an exact match requires); NaN for a column without any value.
+
+    A column whose quantile is its median but that moves above it on a few pairs (a position
+    exact for all but under 1% of the prompts, as segments re-run with CFG batched are) takes its
+    largest value minus the median as its width. The floor would put those few pairs at 10^8
+    widths, their joint score would set the pool's threshold, and nothing could pass it."""
     centres = np.full(benign.shape[1], np.nan)
     widths = np.full(benign.shape[1], np.nan)
     # Columns without a missing value at once (numpy's median and quantile along an axis compute
@@ -114,6 +119,8 @@ def column_standards(benign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         block = benign[:, whole]
         centres[whole] = np.median(block, axis=0)
         spread = np.quantile(block, WIDTH_QUANTILE, axis=0) - centres[whole]
+        above = block.max(axis=0) - centres[whole]
+        spread = np.where(spread > 0, spread, above)
         still = block.max(axis=0) == block.min(axis=0)
         widths[whole] = np.where(still, 0.0, np.maximum(spread, NORMALISER_FLOOR))
     for k in np.flatnonzero(~whole):
@@ -121,6 +128,7 @@ def column_standards(benign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if column.size:
             centres[k] = float(np.median(column))
             spread = float(np.quantile(column, WIDTH_QUANTILE)) - centres[k]
+            spread = spread if spread > 0 else float(column.max()) - centres[k]
             widths[k] = 0.0 if column.max() == column.min() else max(spread, NORMALISER_FLOOR)
     return centres, widths
 
