@@ -2,6 +2,7 @@
 checkpoints are not one consistent trajectory are caught at the first bad segment."""
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from safetensors.torch import save as save_safetensors
 
 from conftest import PREFLIGHT_CHECKS
 from ditproof.generation.execute import execute
+from ditproof.generation.generate import step_sigmas
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import load_model
 from ditproof.protocol.options import CaptureOptions, LoadOptions, RuntimeOptions
@@ -24,6 +26,7 @@ from ditproof.validation import (
     validate_checkpoints,
     validate_spot_check,
 )
+from ditproof.validation.segments import NOISE_ANCHOR_RATIO, load_checkpoints, noise_anchor_problems
 
 ENTROPY = "4d" * 32
 REQUEST_ID = "ckpt-1"
@@ -136,8 +139,8 @@ def test_honest_record_passes_checkpoint_mode(honest, validator_model):
     assert (verdict.regenerated_steps, verdict.total_steps, verdict.cost_fraction) == (8, 8, 1.0)
     assert verdict.scores["latent_rel_l2_segment:value"] == 0.0
     names = [c.name for c in verdict.checks]
-    assert names[:8] == [*PREFLIGHT_CHECKS, "checkpoint_files", "fingerprints"]
-    assert names[8:17] == ["segment"] * 8 + ["exact_match"]
+    assert names[:9] == [*PREFLIGHT_CHECKS, "checkpoint_files", "fingerprints", "noise_anchor"]
+    assert names[9:18] == ["segment"] * 8 + ["exact_match"]
 
 
 def test_honest_record_passes_spot_check_at_a_fraction_of_the_cost(honest, validator_model):
@@ -231,10 +234,38 @@ def test_fewer_steps_labelled_as_more_are_caught(honest, tiny_model, validator_m
     forged = forge(record, out, tmp_path / "f", files, video_from=short, prints_from=done.fingerprints.values)
     verdict = validate_checkpoints(forged, tmp_path / "f" / "video.mp4", validator_model, policy=POLICY)
     assert verdict.decision == "invalid", verdict.reason
-    assert verdict.first_failing_segment == SEGMENTS[0] and verdict.divergent_step == 1
+    # The 6-step latents sit at lower noise than the 8-step schedule puts at their steps (the last
+    # ones are the 6-step run's final latent): the noise anchor refuses them before any segment runs.
+    assert verdict.first_failing_check == "noise_anchor" and verdict.regenerated_steps is None
 
 
-def test_another_seed_is_caught_in_the_first_segment(honest, tiny_model, validator_model, tmp_path):
+def test_the_noise_anchor_bounds_the_clean_latent_each_checkpoint_implies(honest, validator_model):
+    record, out = honest
+    checkpoints = load_checkpoints(record, out)
+    sigmas = step_sigmas(validator_model.pipeline.scheduler.config, record.request)
+    assert sigmas[0] > 0.999 and sigmas[-1] == 0.0 and noise_anchor_problems(checkpoints, sigmas) == []
+    noise, first = checkpoints[0].point.latent, checkpoints[1]
+    sigma = sigmas[first.step]
+    clean = (first.point.latent - sigma * noise) / (1 - sigma)
+
+    def at(latent: torch.Tensor) -> list[str]:
+        moved = replace(first, point=replace(first.point, latent=latent))
+        return noise_anchor_problems([checkpoints[0], moved, *checkpoints[2:]], sigmas)
+
+    # The same clean latent reached from another noise: sigma * sqrt(2) / (1 - sigma) noise norms away.
+    other = torch.randn(noise.shape, generator=torch.Generator().manual_seed(1))
+    problems = at(sigma * other + (1 - sigma) * clean)
+    assert len(problems) == 1 and problems[0].startswith(f"{first.name} (step {first.step}, noise level")
+    # The bound itself: a clean latent of NOISE_ANCHOR_RATIO noise norms passes, a little more fails.
+    unit = clean / clean.norm() * noise.norm()
+    assert at(sigma * noise + (1 - sigma) * NOISE_ANCHOR_RATIO * 0.999 * unit) == []
+    assert len(at(sigma * noise + (1 - sigma) * NOISE_ANCHOR_RATIO * 1.001 * unit)) == 1
+    assert len(at(torch.full_like(noise, float("nan")))) == 1
+
+
+def test_another_seed_is_caught_by_the_noise_anchor_in_every_segment_mode(
+    honest, tiny_model, validator_model, tmp_path
+):
     record, out = honest
     other = tmp_path / "other"
     done = execute(
@@ -244,8 +275,12 @@ def test_another_seed_is_caught_in_the_first_segment(honest, tiny_model, validat
     files = {ref.name: tensors(other, ref.name) for ref in record.checkpoints if ref.name != "initial"}
     forged = forge(record, out, tmp_path / "f", files, video_from=other, prints_from=done.fingerprints.values)
     verdict = validate_checkpoints(forged, tmp_path / "f" / "video.mp4", validator_model, policy=POLICY)
-    assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[0]
-    assert verdict.divergent_step == 1 and verdict.segments[0].latent_rel_l2 > 0.1
+    assert verdict.decision == "invalid" and verdict.first_failing_check == "noise_anchor", verdict.reason
+    assert "step_001 (step 1, noise level" in verdict.reason and verdict.regenerated_steps is None
+    # A spot check refuses it whichever segments it would draw: the anchor needs no re-run.
+    for entropy in ("00" * 16, "11" * 16, "22" * 16):
+        spot = validate_spot_check(forged, tmp_path / "f" / "video.mp4", validator_model, 1, entropy, policy=POLICY)
+        assert spot.decision == "invalid" and spot.first_failing_check == "noise_anchor"
 
     # With the other seed's noise as 'initial', the cheap file check already refuses it.
     files["initial"] = tensors(other, "initial")

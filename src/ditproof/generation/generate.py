@@ -77,6 +77,14 @@ def expert_switch(scheduler_config: Any, request: GenerationRequest) -> int | No
     return high.index(False) if False in high else None
 
 
+def step_sigmas(scheduler_config: Any, request: GenerationRequest) -> list[float]:
+    """The noise level of the latent after each number of steps (index 0: the noise, 1.0; the last:
+    the final latent, 0.0), as :func:`generate`'s scheduler sets it for ``request``."""
+    scheduler = UniPCMultistepScheduler.from_config(scheduler_config, flow_shift=request.flow_shift)
+    scheduler.set_timesteps(request.num_inference_steps, device="cpu")
+    return [float(sigma) for sigma in scheduler.sigmas]
+
+
 @contextmanager
 def step_cache(model: LoadedModel, cache: CacheOptions | None) -> Iterator[None]:
     """Step caching (diffusers' first-block cache) on both experts for the block, removed after

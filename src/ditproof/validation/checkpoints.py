@@ -5,7 +5,9 @@ piece. After steps 1–3 of :func:`ditproof.validation.validate` (integrity, rec
 
 4. checkpoint files: the record's list of checkpoints is well formed and every file is the one
    the record's hashes name (``initial`` is the seed's noise); the record's per-step fingerprints
-   at the checkpoint steps are the projections of those latents (no model run needed);
+   at the checkpoint steps are the projections of those latents (no model run needed); every
+   checkpoint lies on a trajectory from the seed's noise
+   (:func:`ditproof.validation.segments.noise_anchor_problems`, no model run either);
 5. segments: each segment between consecutive checkpoints (``checkpoints`` mode: all of them;
    ``spot-check`` mode: k in each expert phase, chosen by the validator *after* the executor
    committed, see :func:`choose_spot_segments`) is re-run from the executor's checkpoint (its
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Literal, Unpack
 
 from ditproof.errors import IntegrityError
-from ditproof.generation.generate import cpu_threads, decode_frames
+from ditproof.generation.generate import cpu_threads, decode_frames, step_sigmas
 from ditproof.hashing import sha256_bytes
 from ditproof.metrics.registry import METRICS
 from ditproof.models.registry import LoadedModel
@@ -61,10 +63,12 @@ from ditproof.validation.preflight import (
     same_class_mismatch,
 )
 from ditproof.validation.segments import (
+    NOISE_ANCHOR_RATIO,
     CheckpointMissingError,
     Segment,
     SegmentRun,
     load_checkpoints,
+    noise_anchor_problems,
     rerun_segment,
     structure_problems,
     trajectory_segments,
@@ -227,6 +231,18 @@ def _validate_segments(
             "invalid", "the record's fingerprints contradict its checkpoints: " + problems[0], **extra
         )
     checks.add("fingerprints", True, "absent" if record.fingerprints is None else "agree with the checkpoint latents")
+    anchor = segments[0].start
+    problems = noise_anchor_problems(
+        [anchor, *(s.end for s in segments)], step_sigmas(model.pipeline.scheduler.config, record.request)
+    )
+    if problems:
+        checks.add("noise_anchor", False, "; ".join(problems))
+        return checks.verdict(
+            "invalid", "the record's trajectory does not start from its seed's noise: " + problems[0], **extra
+        )
+    checks.add(
+        "noise_anchor", True, f"every checkpoint implies a clean latent within {NOISE_ANCHOR_RATIO:g}x the noise"
+    )
 
     # 5. Segments: all, or the validator's choice (k per expert phase).
     switch = record_switch(record)

@@ -54,6 +54,39 @@ class Checkpoint:
         return self.ref.step
 
 
+NOISE_ANCHOR_RATIO = 4.0
+"""The largest norm, relative to the seed's noise, of the clean latent a checkpoint implies
+(:func:`noise_anchor_problems`). Honest runs of the shipped and tiny models: 0.69 to 1.54."""
+
+
+def noise_anchor_problems(checkpoints: list[Checkpoint], sigmas: list[float]) -> list[str]:
+    """Checkpoints that do not lie on a trajectory from the seed's noise (``checkpoints[0]``, the
+    verified ``initial``); ``sigmas[s]``: the noise level after ``s`` steps.
+
+    A latent at noise level σ is the noise times σ plus (1 − σ) times the clean latent the
+    trajectory heads for, so ``‖latent − σ·noise‖ / ((1 − σ)·‖noise‖)`` is that clean latent's norm
+    relative to the noise: about 1 for an honest run (latents of unit scale), at most
+    :data:`NOISE_ANCHOR_RATIO`. A trajectory from another noise puts about ``σ√2 / (1 − σ)`` there
+    (200 at σ = 0.993), so every checkpoint of the high-noise steps pins the trajectory to the seed's
+    noise, at no model cost: a record cannot claim the seed while committing another seed's
+    trajectory, whichever segments a spot check draws."""
+    noise = checkpoints[0].point.latent.double()
+    scale = float(noise.norm())
+    problems = []
+    for checkpoint in checkpoints[1:]:
+        sigma = sigmas[checkpoint.step]
+        if sigma >= 1.0 or scale == 0.0:
+            continue
+        ratio = float((checkpoint.point.latent.double() - sigma * noise).norm()) / ((1.0 - sigma) * scale)
+        if not ratio <= NOISE_ANCHOR_RATIO:  # NaN fails too
+            problems.append(
+                f"{checkpoint.name} (step {checkpoint.step}, noise level {sigma:.3f}): its implied clean latent is "
+                f"{ratio:.3g} times the noise's norm (allowed: at most {NOISE_ANCHOR_RATIO:g}, a trajectory from "
+                "the seed's noise)"
+            )
+    return problems
+
+
 @dataclass(frozen=True)
 class Segment:
     """The trajectory from checkpoint ``start`` to checkpoint ``end`` (``end.step > start.step``)."""
