@@ -57,6 +57,10 @@ class Checkpoint:
 NOISE_ANCHOR_RATIO = 4.0
 """The largest norm, relative to the seed's noise, of the clean latent a checkpoint implies
 (:func:`noise_anchor_problems`). Honest runs of the shipped and tiny models: 0.69 to 1.54."""
+NOISE_ANCHOR_MIN_SIGMA = 0.5
+"""Checkpoints below this noise level are not held to the anchor: there the implied clean latent is
+the content's own (a saturated video's latent may be far from unit scale), and another noise would
+pass anyway (σ√2 / (1 − σ) falls below the bound under σ ≈ 0.74)."""
 
 
 def noise_anchor_problems(checkpoints: list[Checkpoint], sigmas: list[float]) -> list[str]:
@@ -69,13 +73,14 @@ def noise_anchor_problems(checkpoints: list[Checkpoint], sigmas: list[float]) ->
     :data:`NOISE_ANCHOR_RATIO`. A trajectory from another noise puts about ``σ√2 / (1 − σ)`` there
     (200 at σ = 0.993), so every checkpoint of the high-noise steps pins the trajectory to the seed's
     noise, at no model cost: a record cannot claim the seed while committing another seed's
-    trajectory, whichever segments a spot check draws."""
+    trajectory, whichever segments a spot check draws. Checked at noise levels from
+    :data:`NOISE_ANCHOR_MIN_SIGMA` up."""
     noise = checkpoints[0].point.latent.double()
     scale = float(noise.norm())
     problems = []
     for checkpoint in checkpoints[1:]:
         sigma = sigmas[checkpoint.step]
-        if sigma >= 1.0 or scale == 0.0:
+        if not NOISE_ANCHOR_MIN_SIGMA <= sigma < 1.0 or scale == 0.0:
             continue
         ratio = float((checkpoint.point.latent.double() - sigma * noise).norm()) / ((1.0 - sigma) * scale)
         if not ratio <= NOISE_ANCHOR_RATIO:  # NaN fails too
