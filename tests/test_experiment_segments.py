@@ -21,9 +21,10 @@ from ditproof.experiment.merge import merge_stores
 from ditproof.experiment.plan import plan_jobs
 from ditproof.experiment.runners.local import run_local
 from ditproof.experiment.score import score_store
-from ditproof.experiment.segments import SEGMENTS_FILE, read_segment_rows, score_segments
+from ditproof.experiment.segments import NOISE_ANCHOR_COLUMN, SEGMENTS_FILE, read_segment_rows, score_segments
 from ditproof.experiment.store import Store
 from ditproof.validation.policy import ThresholdsFile
+from ditproof.validation.segments import NOISE_ANCHOR_RATIO
 
 CONFIG = """
 schema_version = "ditproof.experiment/1"
@@ -94,6 +95,12 @@ def test_every_segment_of_every_job_is_rerun_and_cheats_show_where_they_cheated(
             assert row["segments"] == len(_segments(row)) >= 4
     for row in rows["attn-math"]:  # another kernel: every segment end within float32 noise
         assert max(_segments(row).values()) < 1e-4
+    # The noise anchor, measured as the validator's: honest high-noise checkpoints imply a clean
+    # latent of about the noise's norm; another seed's trajectory about sigma * sqrt(2) / (1 - sigma)
+    # times it (116 at step 1 of 8).
+    for name in ("attn-math", "threads-1", "low-noise-reuse"):
+        assert all(row[NOISE_ANCHOR_COLUMN] <= NOISE_ANCHOR_RATIO for row in rows[name]), name
+    assert all(row[NOISE_ANCHOR_COLUMN] > 100 for row in rows["other-seed"])
     for row in rows[
         "other-seed"
     ]:  # another noise: the first segment (from the claimed seed) fails, the rest are its own

@@ -15,7 +15,9 @@ committing its own latents:
   job with another step count, such as ``steps-39``, commits the checkpoint at the nearest fraction
   of its run: what it can forge without paying for the steps it claims).
 
-One row per job in ``segments.parquet``: ``segment_rel_l2:<end checkpoint name>`` per segment (the
+One row per job in ``segments.parquet``: ``noise_anchor_ratio`` (the largest norm, over the seed's
+noise's, of the clean latent a claimed checkpoint implies: the validator's noise anchor refuses
+above 4), ``segment_rel_l2:<end checkpoint name>`` per segment (the
 larger of the end latent's and the solver history's relative L2, as the validator scores a
 segment; ``inf`` when the segment cannot be re-run from the job's file), ``segments`` and
 ``segments_exact`` (end states equal bit for bit), the classes compared and ``inputs_sha256``
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import torch
 from safetensors.torch import load as load_safetensors
 
 from ditproof.errors import InvalidInputError
@@ -52,6 +55,8 @@ from ditproof.protocol.options import check_device
 from ditproof.protocol.record import CheckpointRef, InferenceRecord
 
 SEGMENTS_FILE = "segments.parquet"
+NOISE_ANCHOR_COLUMN = "noise_anchor_ratio"
+"""A segment row's largest implied clean-latent norm over the seed's noise (rows of older runs lack it)."""
 SAVE_EVERY_S = 30.0
 UNMEASURABLE = float("inf")
 """A segment the validator cannot re-run from the job's file scores this (caught at any threshold)."""
@@ -111,12 +116,22 @@ def claimed_checkpoints(reference: InferenceRecord, job: _Side) -> list[Any]:
     return checkpoints
 
 
-def score_job(reference: InferenceRecord, job: _Side, model: Any, options: Any) -> dict[str, Any]:
-    """Every segment of one job re-run by the validator: ``segment_rel_l2:<end>`` and the counts."""
-    from ditproof.validation.segments import rerun_segment, trajectory_segments
+def score_job(
+    reference: InferenceRecord, job: _Side, model: Any, options: Any, noise: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Every segment of one job re-run by the validator: ``segment_rel_l2:<end>`` and the counts;
+    with the seed's ``noise``, also ``noise_anchor_ratio``: the largest clean-latent norm (over the
+    noise's) that the claimed checkpoints imply, as the validator's noise anchor measures it."""
+    from ditproof.generation.generate import step_sigmas
+    from ditproof.validation.segments import noise_anchor_ratios, rerun_segment, trajectory_segments
 
-    segments = trajectory_segments(claimed_checkpoints(reference, job))
+    claimed = claimed_checkpoints(reference, job)
+    segments = trajectory_segments(claimed)
     row: dict[str, Any] = {"segments": len(segments), "segments_exact": 0}
+    if noise is not None:
+        sigmas = step_sigmas(model.pipeline.scheduler.config, reference.request)
+        ratios = [ratio for _, _, ratio in noise_anchor_ratios(noise, claimed[1:], sigmas)]
+        row[NOISE_ANCHOR_COLUMN] = float("nan") if any(r != r for r in ratios) else max(ratios, default=None)
     for segment in segments:
         run = rerun_segment(reference, model, options, segment)
         score = run.score
@@ -255,7 +270,7 @@ def score_segments(
     options = validator.options.model_copy(update={"device": device})
     model = None
     saved_at = time.monotonic()
-    cached: tuple[str, InferenceRecord] | None = None
+    cached: tuple[str, InferenceRecord, torch.Tensor] | None = None
     for index, job in enumerate(todo):
         result, reference = results[job.job_id], results[job.reference_job_id]
         assert result is not None and reference is not None
@@ -267,9 +282,11 @@ def score_segments(
         if cached is None or cached[0] != job.reference_job_id:
             record_artifact = reference.artifact("record")
             record = InferenceRecord.model_validate_json(store.read_bytes(record_artifact.path, record_artifact.sha256))
-            cached = (job.reference_job_id, record)
+            initial = reference.artifact("latent:initial")  # the seed's noise
+            noise = load_safetensors(store.read_bytes(initial.path, initial.sha256))["latent"]
+            cached = (job.reference_job_id, record, noise)
         row = pair_columns(job, result, reference) | {"inputs_sha256": digest}
-        row.update(score_job(cached[1], _Side.read(store, result), model, options.run))
+        row.update(score_job(cached[1], _Side.read(store, result), model, options.run, cached[2]))
         rows[job.job_id] = row
         if time.monotonic() - saved_at >= SAVE_EVERY_S:
             _write(store, name, rows)

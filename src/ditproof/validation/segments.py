@@ -63,6 +63,24 @@ the content's own (a saturated video's latent may be far from unit scale), and a
 pass anyway (σ√2 / (1 − σ) falls below the bound under σ ≈ 0.74)."""
 
 
+def noise_anchor_ratios(
+    noise: torch.Tensor, checkpoints: list[Checkpoint], sigmas: list[float]
+) -> list[tuple[Checkpoint, float, float]]:
+    """(checkpoint, its noise level σ, the norm of the clean latent it implies over the noise's) for
+    each of ``checkpoints`` held to the anchor (noise level from :data:`NOISE_ANCHOR_MIN_SIGMA`,
+    below 1); see :func:`noise_anchor_problems`. NaN where the latent is not finite."""
+    base = noise.double()
+    scale = float(base.norm())
+    found = []
+    for checkpoint in checkpoints:
+        sigma = sigmas[checkpoint.step]
+        if not NOISE_ANCHOR_MIN_SIGMA <= sigma < 1.0 or scale == 0.0:
+            continue
+        ratio = float((checkpoint.point.latent.double() - sigma * base).norm()) / ((1.0 - sigma) * scale)
+        found.append((checkpoint, sigma, ratio))
+    return found
+
+
 def noise_anchor_problems(checkpoints: list[Checkpoint], sigmas: list[float]) -> list[str]:
     """Checkpoints that do not lie on a trajectory from the seed's noise (``checkpoints[0]``, the
     verified ``initial``); ``sigmas[s]``: the noise level after ``s`` steps.
@@ -75,14 +93,8 @@ def noise_anchor_problems(checkpoints: list[Checkpoint], sigmas: list[float]) ->
     noise, at no model cost: a record cannot claim the seed while committing another seed's
     trajectory, whichever segments a spot check draws. Checked at noise levels from
     :data:`NOISE_ANCHOR_MIN_SIGMA` up."""
-    noise = checkpoints[0].point.latent.double()
-    scale = float(noise.norm())
     problems = []
-    for checkpoint in checkpoints[1:]:
-        sigma = sigmas[checkpoint.step]
-        if not NOISE_ANCHOR_MIN_SIGMA <= sigma < 1.0 or scale == 0.0:
-            continue
-        ratio = float((checkpoint.point.latent.double() - sigma * noise).norm()) / ((1.0 - sigma) * scale)
+    for checkpoint, sigma, ratio in noise_anchor_ratios(checkpoints[0].point.latent, checkpoints[1:], sigmas):
         if not ratio <= NOISE_ANCHOR_RATIO:  # NaN fails too
             problems.append(
                 f"{checkpoint.name} (step {checkpoint.step}, noise level {sigma:.3f}): its implied clean latent is "
