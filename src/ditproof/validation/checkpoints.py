@@ -63,6 +63,7 @@ from ditproof.validation.preflight import (
     same_class_mismatch,
 )
 from ditproof.validation.segments import (
+    NOISE_ANCHOR_MIN_SIGMA,
     NOISE_ANCHOR_RATIO,
     CheckpointMissingError,
     Segment,
@@ -241,7 +242,10 @@ def _validate_segments(
             "invalid", "the record's trajectory does not start from its seed's noise: " + problems[0], **extra
         )
     checks.add(
-        "noise_anchor", True, f"every checkpoint implies a clean latent within {NOISE_ANCHOR_RATIO:g}x the noise"
+        "noise_anchor",
+        True,
+        f"every checkpoint at noise level {NOISE_ANCHOR_MIN_SIGMA:g} or more implies a clean latent within "
+        f"{NOISE_ANCHOR_RATIO:g}x the noise's norm",
     )
 
     # 5. Segments: all, or the validator's choice (k per expert phase).
