@@ -40,6 +40,20 @@ def request():
     )  # fmt: skip
 
 
+def lying_low_noise_reuse(model, out, request_id: str):
+    """The adaptive cheat's record (the low-noise phase reuses predictions), written to ``out``,
+    claiming the published algorithm."""
+    cheap = execute(
+        request(),
+        model,
+        RuntimeOptions(shortcut=LowNoiseReuse(kind="low-noise-reuse")),
+        out,
+        request_id=request_id,
+        entropy=ENTROPY,
+    )
+    return declaring(cheap, {"shortcut": None}, shortcut=None)
+
+
 def test_an_honest_record_is_valid_and_a_lying_cheater_invalid_across_cpu_classes(tmp_path, shapes_model):
     policy = ThresholdPolicy.from_cli(None, [])  # the shipped file, as `ditproof validate` without flags
     honest_dir = tmp_path / "honest"
@@ -55,15 +69,7 @@ def test_an_honest_record_is_valid_and_a_lying_cheater_invalid_across_cpu_classe
         assert decided_by_thresholds >= 1
 
     cheat_dir = tmp_path / "cheat"
-    cheap = execute(
-        request(),
-        shapes_model,
-        RuntimeOptions(shortcut=LowNoiseReuse(kind="low-noise-reuse")),
-        cheat_dir,
-        request_id="cpu-1",
-        entropy=ENTROPY,
-    )
-    claimed = declaring(cheap, {"shortcut": None}, shortcut=None)  # claims the published algorithm
+    claimed = lying_low_noise_reuse(shapes_model, cheat_dir, "cpu-1")
     assert claimed.runtime_class == honest.runtime_class
     verdict = validate(claimed, cheat_dir / "video.mp4", shapes_model, policy=policy, options=BATCHED)
     assert verdict.decision == "invalid", verdict.reason
@@ -107,15 +113,7 @@ def test_auto_mode_reruns_segments_across_classes_and_regenerates_in_the_class(t
     # A cheater that lies in its record (the low-noise phase reuses predictions; the record claims
     # the published algorithm) fails in the checkpoints mode at a segment after the expert switch.
     cheat_dir = tmp_path / "cheat"
-    cheap = execute(
-        request(),
-        shapes_model,
-        RuntimeOptions(shortcut=LowNoiseReuse(kind="low-noise-reuse")),
-        cheat_dir,
-        request_id="cpu-2",
-        entropy=ENTROPY,
-    )
-    claimed = declaring(cheap, {"shortcut": None}, shortcut=None)
+    claimed = lying_low_noise_reuse(shapes_model, cheat_dir, "cpu-2")
     verdict = validate_auto(claimed, cheat_dir / "video.mp4", shapes_model, policy=policy, options=BATCHED)
     assert verdict.decision == "invalid" and verdict.mode == "checkpoints", verdict.reason
     switch = next(c.step for c in honest.checkpoints if c.name == "pre_switch")

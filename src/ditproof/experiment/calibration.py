@@ -119,17 +119,18 @@ def column_standards(benign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         block = benign[:, whole]
         centres[whole] = np.median(block, axis=0)
         spread = np.quantile(block, WIDTH_QUANTILE, axis=0) - centres[whole]
-        above = block.max(axis=0) - centres[whole]
-        spread = np.where(spread > 0, spread, above)
-        still = block.max(axis=0) == block.min(axis=0)
+        highest = block.max(axis=0)
+        spread = np.where(spread > 0, spread, highest - centres[whole])
+        still = highest == block.min(axis=0)
         widths[whole] = np.where(still, 0.0, np.maximum(spread, NORMALISER_FLOOR))
     for k in np.flatnonzero(~whole):
         column = benign[:, k][np.isfinite(benign[:, k])]
         if column.size:
             centres[k] = float(np.median(column))
             spread = float(np.quantile(column, WIDTH_QUANTILE)) - centres[k]
-            spread = spread if spread > 0 else float(column.max()) - centres[k]
-            widths[k] = 0.0 if column.max() == column.min() else max(spread, NORMALISER_FLOOR)
+            highest = float(column.max())
+            spread = spread if spread > 0 else highest - centres[k]
+            widths[k] = 0.0 if highest == column.min() else max(spread, NORMALISER_FLOOR)
     return centres, widths
 
 

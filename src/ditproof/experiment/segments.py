@@ -117,20 +117,23 @@ def claimed_checkpoints(reference: InferenceRecord, job: _Side) -> list[Any]:
 
 
 def score_job(
-    reference: InferenceRecord, job: _Side, model: Any, options: Any, noise: torch.Tensor | None = None
+    reference: InferenceRecord,
+    job: _Side,
+    model: Any,
+    options: Any,
+    anchor: tuple[torch.Tensor, list[float]] | None = None,
 ) -> dict[str, Any]:
     """Every segment of one job re-run by the validator: ``segment_rel_l2:<end>`` and the counts;
-    with the seed's ``noise``, also ``noise_anchor_ratio``: the largest clean-latent norm (over the
-    noise's) that the claimed checkpoints imply, as the validator's noise anchor measures it."""
-    from ditproof.generation.generate import step_sigmas
+    with ``anchor`` (the seed's noise and the schedule's noise level after each step), also
+    ``noise_anchor_ratio``: the largest clean-latent norm (over the noise's) that the claimed
+    checkpoints imply, as the validator's noise anchor measures it."""
     from ditproof.validation.segments import noise_anchor_ratios, rerun_segment, trajectory_segments
 
     claimed = claimed_checkpoints(reference, job)
     segments = trajectory_segments(claimed)
     row: dict[str, Any] = {"segments": len(segments), "segments_exact": 0}
-    if noise is not None:
-        sigmas = step_sigmas(model.pipeline.scheduler.config, reference.request)
-        ratios = [ratio for _, _, ratio in noise_anchor_ratios(noise, claimed[1:], sigmas)]
+    if anchor is not None:
+        ratios = [ratio for _, _, ratio in noise_anchor_ratios(anchor[0], claimed[1:], anchor[1])]
         row[NOISE_ANCHOR_COLUMN] = float("nan") if any(r != r for r in ratios) else max(ratios, default=None)
     for segment in segments:
         run = rerun_segment(reference, model, options, segment)
@@ -229,6 +232,7 @@ def score_segments(
     Raises:
         InvalidInputError: an unknown configuration, or no finished reference job to load.
     """
+    from ditproof.generation.generate import step_sigmas
     from ditproof.models.registry import load_model
 
     try:
@@ -270,7 +274,7 @@ def score_segments(
     options = validator.options.model_copy(update={"device": device})
     model = None
     saved_at = time.monotonic()
-    cached: tuple[str, InferenceRecord, torch.Tensor] | None = None
+    cached: tuple[str, InferenceRecord, tuple[torch.Tensor, list[float]]] | None = None
     for index, job in enumerate(todo):
         result, reference = results[job.job_id], results[job.reference_job_id]
         assert result is not None and reference is not None
@@ -284,7 +288,11 @@ def score_segments(
             record = InferenceRecord.model_validate_json(store.read_bytes(record_artifact.path, record_artifact.sha256))
             initial = reference.artifact("latent:initial")  # the seed's noise
             noise = load_safetensors(store.read_bytes(initial.path, initial.sha256))["latent"]
-            cached = (job.reference_job_id, record, noise)
+            cached = (
+                job.reference_job_id,
+                record,
+                (noise, step_sigmas(model.pipeline.scheduler.config, record.request)),
+            )
         row = pair_columns(job, result, reference) | {"inputs_sha256": digest}
         row.update(score_job(cached[1], _Side.read(store, result), model, options.run, cached[2]))
         rows[job.job_id] = row

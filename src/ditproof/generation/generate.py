@@ -71,18 +71,21 @@ def expert_phases(scheduler: UniPCMultistepScheduler, request: GenerationRequest
 def expert_switch(scheduler_config: Any, request: GenerationRequest) -> int | None:
     """The first step the low-noise expert runs (the ``pre_switch`` latent's step), as
     :func:`generate` computes it; None when one expert runs every step."""
-    scheduler = UniPCMultistepScheduler.from_config(scheduler_config, flow_shift=request.flow_shift)
-    scheduler.set_timesteps(request.num_inference_steps, device="cpu")
-    high = expert_phases(scheduler, request)
+    high = expert_phases(_request_scheduler(scheduler_config, request), request)
     return high.index(False) if False in high else None
 
 
 def step_sigmas(scheduler_config: Any, request: GenerationRequest) -> list[float]:
     """The noise level of the latent after each number of steps (index 0: the noise, 1.0; the last:
     the final latent, 0.0), as :func:`generate`'s scheduler sets it for ``request``."""
+    return [float(sigma) for sigma in _request_scheduler(scheduler_config, request).sigmas]
+
+
+def _request_scheduler(scheduler_config: Any, request: GenerationRequest) -> UniPCMultistepScheduler:
+    """A fresh scheduler of ``scheduler_config`` set for ``request`` (a loaded model's own is left alone)."""
     scheduler = UniPCMultistepScheduler.from_config(scheduler_config, flow_shift=request.flow_shift)
     scheduler.set_timesteps(request.num_inference_steps, device="cpu")
-    return [float(sigma) for sigma in scheduler.sigmas]
+    return scheduler
 
 
 @contextmanager

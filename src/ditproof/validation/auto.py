@@ -29,7 +29,7 @@ from ditproof.validation.checkpoints import SEGMENT_METRIC, rerun_and_decide
 from ditproof.validation.compare import ComparisonOptions
 from ditproof.validation.policy import ThresholdPolicy
 from ditproof.validation.preflight import Preflight, PreflightInputs, preflight
-from ditproof.validation.segments import structure_problems
+from ditproof.validation.segments import missing_checkpoint_files, structure_problems
 from ditproof.validation.validate import regenerate_and_decide
 
 __all__ = ["choose_mode", "validate_auto"]
@@ -46,12 +46,11 @@ def choose_mode(
         return "full", f"another class, and no {SEGMENT_METRIC} thresholds for this pair of classes"
     if structure_problems(record):
         return "full", "another class, and the record's checkpoint list gives no segments"
-    folder = pre.artifacts_dir
-    missing = [c.file for c in record.checkpoints if folder is None or not (Path(folder) / c.file).is_file()]
+    missing = missing_checkpoint_files(record, pre.artifacts_dir)
     if missing:
         return "full", (
             f"another class, and {len(missing)} of the executor's {len(record.checkpoints)} checkpoint files "
-            f"are not in {folder or 'any folder given'} (the checkpoints mode needs them all)"
+            f"are not in {pre.artifacts_dir or 'any folder given'} (the checkpoints mode needs them all)"
         )
     return "checkpoints", "another class with segment thresholds for this pair: every segment re-run decides"
 

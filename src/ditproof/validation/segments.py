@@ -160,6 +160,12 @@ def trajectory_steps(record: InferenceRecord) -> list[int]:
     return sorted({c.step for c in record.checkpoints})
 
 
+def missing_checkpoint_files(record: InferenceRecord, artifacts_dir: Path | None) -> list[str]:
+    """The record's checkpoint files (as it names them) that are not in ``artifacts_dir`` (all of
+    them without a folder)."""
+    return [c.file for c in record.checkpoints if artifacts_dir is None or not (artifacts_dir / c.file).is_file()]
+
+
 def load_checkpoints(record: InferenceRecord, artifacts_dir: Path) -> list[Checkpoint]:
     """Every checkpoint file of the record, checked against it (call after :func:`structure_problems`).
 
@@ -171,7 +177,7 @@ def load_checkpoints(record: InferenceRecord, artifacts_dir: Path) -> list[Check
         CheckpointMissingError: files absent from ``artifacts_dir`` (all of them named).
         IntegrityError: a file that differs from what the record states.
     """
-    missing = [c.file for c in record.checkpoints if not (artifacts_dir / c.file).is_file()]
+    missing = missing_checkpoint_files(record, artifacts_dir)
     if missing:
         raise CheckpointMissingError(
             f"checkpoint files: {len(missing)} of {len(record.checkpoints)} missing in {artifacts_dir}: "
