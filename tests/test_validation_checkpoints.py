@@ -234,9 +234,10 @@ def test_fewer_steps_labelled_as_more_are_caught(honest, tiny_model, validator_m
     forged = forge(record, out, tmp_path / "f", files, video_from=short, prints_from=done.fingerprints.values)
     verdict = validate_checkpoints(forged, tmp_path / "f" / "video.mp4", validator_model, policy=POLICY)
     assert verdict.decision == "invalid", verdict.reason
-    # The 6-step latents sit at lower noise than the 8-step schedule puts at their steps (the last
-    # ones are the 6-step run's final latent): the noise anchor refuses them before any segment runs.
-    assert verdict.first_failing_check == "noise_anchor" and verdict.regenerated_steps is None
+    # The 6-step latents sit at lower noise than the 8-step schedule puts at their steps, but at 8
+    # steps the checkpoints held to the noise anchor (noise level 0.9 and up) are few and near the
+    # noise: the first segment re-run from them lands elsewhere.
+    assert verdict.first_failing_check == "segment", verdict.reason
 
 
 def test_the_noise_anchor_bounds_the_clean_latent_each_checkpoint_implies(honest, validator_model):
