@@ -24,7 +24,7 @@ from ditproof.experiment.score import score_store
 from ditproof.experiment.segments import NOISE_ANCHOR_COLUMN, SEGMENTS_FILE, read_segment_rows, score_segments
 from ditproof.experiment.store import Store
 from ditproof.validation.policy import ThresholdsFile
-from ditproof.validation.segments import NOISE_ANCHOR_RATIO
+from ditproof.validation.segments import NOISE_ANCHOR_MIN_SIGMA, noise_anchor_bound
 
 CONFIG = """
 schema_version = "ditproof.experiment/1"
@@ -99,7 +99,7 @@ def test_every_segment_of_every_job_is_rerun_and_cheats_show_where_they_cheated(
     # latent of about the noise's norm; another seed's trajectory about sigma * sqrt(2) / (1 - sigma)
     # times it (116 at step 1 of 8).
     for name in ("attn-math", "threads-1", "low-noise-reuse"):
-        assert all(row[NOISE_ANCHOR_COLUMN] <= NOISE_ANCHOR_RATIO for row in rows[name]), name
+        assert all(row[NOISE_ANCHOR_COLUMN] <= noise_anchor_bound(NOISE_ANCHOR_MIN_SIGMA) for row in rows[name]), name
     assert all(row[NOISE_ANCHOR_COLUMN] > 100 for row in rows["other-seed"])
     for row in rows[
         "other-seed"

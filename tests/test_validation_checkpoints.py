@@ -26,7 +26,7 @@ from ditproof.validation import (
     validate_checkpoints,
     validate_spot_check,
 )
-from ditproof.validation.segments import NOISE_ANCHOR_RATIO, load_checkpoints, noise_anchor_problems
+from ditproof.validation.segments import load_checkpoints, noise_anchor_bound, noise_anchor_problems
 
 ENTROPY = "4d" * 32
 REQUEST_ID = "ckpt-1"
@@ -257,10 +257,12 @@ def test_the_noise_anchor_bounds_the_clean_latent_each_checkpoint_implies(honest
     other = torch.randn(noise.shape, generator=torch.Generator().manual_seed(1))
     problems = at(sigma * other + (1 - sigma) * clean)
     assert len(problems) == 1 and problems[0].startswith(f"{first.name} (step {first.step}, noise level")
-    # The bound itself: a clean latent of NOISE_ANCHOR_RATIO noise norms passes, a little more fails.
+    # The bound itself: a clean latent of half what another noise implies passes, a little more fails.
     unit = clean / clean.norm() * noise.norm()
-    assert at(sigma * noise + (1 - sigma) * NOISE_ANCHOR_RATIO * 0.999 * unit) == []
-    assert len(at(sigma * noise + (1 - sigma) * NOISE_ANCHOR_RATIO * 1.001 * unit)) == 1
+    bound = noise_anchor_bound(sigma)
+    assert bound == pytest.approx(0.5 * sigma * 2**0.5 / (1 - sigma))
+    assert at(sigma * noise + (1 - sigma) * bound * 0.999 * unit) == []
+    assert len(at(sigma * noise + (1 - sigma) * bound * 1.001 * unit)) == 1
     assert len(at(torch.full_like(noise, float("nan")))) == 1
 
 

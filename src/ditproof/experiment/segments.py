@@ -17,7 +17,7 @@ committing its own latents:
 
 One row per job in ``segments.parquet``: ``noise_anchor_ratio`` (the largest norm, over the seed's
 noise's, of the clean latent a claimed checkpoint implies: the validator's noise anchor refuses
-above ``NOISE_ANCHOR_RATIO``), ``segment_rel_l2:<end checkpoint name>`` per segment (the
+above its bound, half what another noise implies), ``segment_rel_l2:<end checkpoint name>`` per segment (the
 larger of the end latent's and the solver history's relative L2, as the validator scores a
 segment; ``inf`` when the segment cannot be re-run from the job's file), ``segments`` and
 ``segments_exact`` (end states equal bit for bit), the classes compared and ``inputs_sha256``

@@ -64,7 +64,6 @@ from ditproof.validation.preflight import (
 )
 from ditproof.validation.segments import (
     NOISE_ANCHOR_MIN_SIGMA,
-    NOISE_ANCHOR_RATIO,
     CheckpointMissingError,
     Segment,
     SegmentRun,
@@ -244,8 +243,8 @@ def _validate_segments(
     checks.add(
         "noise_anchor",
         True,
-        f"every checkpoint at noise level {NOISE_ANCHOR_MIN_SIGMA:g} or more implies a clean latent within "
-        f"{NOISE_ANCHOR_RATIO:g}x the noise's norm",
+        f"every checkpoint at noise level {NOISE_ANCHOR_MIN_SIGMA:g} or more implies a clean latent within half "
+        "the norm another noise would imply there",
     )
 
     # 5. Segments: all, or the validator's choice (k per expert phase).
