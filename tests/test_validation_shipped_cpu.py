@@ -15,11 +15,18 @@ import torch
 
 from conftest import declaring
 from ditproof.generation.execute import execute
+from ditproof.generation.generate import step_sigmas
 from ditproof.models.registry import load_model
 from ditproof.protocol.options import LoadOptions, LowNoiseReuse, RuntimeOptions
-from ditproof.protocol.request import parse_request
+from ditproof.protocol.request import MAX_GUIDANCE, parse_request
 from ditproof.validation.auto import validate_auto
 from ditproof.validation.policy import ThresholdPolicy
+from ditproof.validation.segments import (
+    load_checkpoints,
+    noise_anchor_bound,
+    noise_anchor_problems,
+    noise_anchor_ratios,
+)
 from ditproof.validation.validate import validate
 
 ENTROPY = "5a" * 32
@@ -119,3 +126,17 @@ def test_auto_mode_reruns_segments_across_classes_and_regenerates_in_the_class(t
     switch = next(c.step for c in honest.checkpoints if c.name == "pre_switch")
     failed = next(s for s in verdict.segments if not s.passed)
     assert failed.end_step > switch
+
+
+def test_an_honest_record_at_the_largest_guidance_passes_the_noise_anchor(tmp_path, shapes_model):
+    # Classifier-free guidance amplifies the first predictions: at guidance 50 (the most a request
+    # may ask) the clean latent an honest checkpoint implies is many noise norms, past the fixed
+    # bounds once used (4, then 12); the bound at each checkpoint is half what another noise implies.
+    loud = request().model_copy(update={"guidance_scale": MAX_GUIDANCE, "guidance_scale_2": MAX_GUIDANCE})
+    record = execute(loud, shapes_model, RuntimeOptions(), tmp_path, request_id="cpu-loud", entropy=ENTROPY)
+    checkpoints = load_checkpoints(record, tmp_path)
+    sigmas = step_sigmas(shapes_model.pipeline.scheduler.config, loud)
+    held = noise_anchor_ratios(checkpoints[0].point.latent, checkpoints[1:], sigmas)
+    assert held and max(ratio for _, _, ratio in held) > 12.0
+    assert all(ratio <= noise_anchor_bound(sigma) for _, sigma, ratio in held)
+    assert noise_anchor_problems(checkpoints, sigmas) == []
