@@ -235,7 +235,7 @@ def test_fewer_steps_labelled_as_more_are_caught(honest, tiny_model, validator_m
     verdict = validate_checkpoints(forged, tmp_path / "f" / "video.mp4", validator_model, policy=POLICY)
     assert verdict.decision == "invalid", verdict.reason
     # The 6-step latents sit at lower noise than the 8-step schedule puts at their steps, but at 8
-    # steps the checkpoints held to the noise anchor (noise level 0.9 and up) are few and near the
+    # steps the checkpoints held to the noise anchor (noise level 0.98 and up) are few and near the
     # noise: the first segment re-run from them lands elsewhere.
     assert verdict.first_failing_check == "segment", verdict.reason
 
