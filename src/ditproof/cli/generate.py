@@ -180,7 +180,6 @@ def generate_command(
     force: bool = typer.Option(False, "--force", help="Replace an earlier run's files in --out."),
 ) -> None:
     """Generate a video deterministically and write its inference record."""
-    quiet_libraries()
     with reported():
         if (out_dir / "record.json").exists() and not force:
             raise InvalidInputError(
@@ -234,6 +233,15 @@ def generate_command(
             configure_vllm_omni(
                 url=omni_url, model_dir=None if omni_url else (model_path or model), artifacts=omni_artifacts
             )
+        if entropy is not None:
+            from ditproof.randomness import check_entropy
+
+            check_entropy(entropy)
+        if model == "wan2.2-t2v-a14b" and model_path is not None and engine == "diffusers":
+            from ditproof.models.local import check_pipeline_folder
+
+            check_pipeline_folder(Path(model_path))
+        quiet_libraries()  # after the cheap checks: bad input is told before the libraries load
         options = init_parallel(options)
         drawn = False
         if seed is None:
