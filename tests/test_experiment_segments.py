@@ -21,7 +21,13 @@ from ditproof.experiment.merge import merge_stores
 from ditproof.experiment.plan import plan_jobs
 from ditproof.experiment.runners.local import run_local
 from ditproof.experiment.score import score_store
-from ditproof.experiment.segments import NOISE_ANCHOR_COLUMN, SEGMENTS_FILE, read_segment_rows, score_segments
+from ditproof.experiment.segments import (
+    NOISE_ANCHOR_COLUMN,
+    NOISE_ANCHOR_EXCESS_COLUMN,
+    SEGMENTS_FILE,
+    read_segment_rows,
+    score_segments,
+)
 from ditproof.experiment.store import Store
 from ditproof.validation.policy import ThresholdsFile
 from ditproof.validation.segments import NOISE_ANCHOR_MIN_SIGMA, noise_anchor_bound
@@ -102,6 +108,10 @@ def test_every_segment_of_every_job_is_rerun_and_cheats_show_where_they_cheated(
     for name in ("attn-math", "threads-1", "low-noise-reuse"):
         assert all(row[NOISE_ANCHOR_COLUMN] <= noise_anchor_bound(NOISE_ANCHOR_MIN_SIGMA) for row in rows[name]), name
     assert all(row[NOISE_ANCHOR_COLUMN] > 100 for row in rows["other-seed"])
+    # Its excess (the largest ratio over the bound at its noise level) decides: at most 1 passes.
+    for name in ("attn-math", "threads-1", "low-noise-reuse"):
+        assert all(0 < row[NOISE_ANCHOR_EXCESS_COLUMN] <= 1 for row in rows[name]), name
+    assert all(row[NOISE_ANCHOR_EXCESS_COLUMN] > 1.5 for row in rows["other-seed"])
     for row in rows[
         "other-seed"
     ]:  # another noise: the first segment (from the claimed seed) fails, the rest are its own
@@ -149,6 +159,13 @@ def test_analysis_has_the_modes_and_segment_thresholds(store: str) -> None:
     assert exact and {e.value for e in exact} == {0.0}
     assert {e.position.phase for e in exact} == {"high-noise", "low-noise"}
     assert all(e.value > 0 for e in segment_entries if e.runtime_class == pools["attn-math"].executor_runtime_class)
+    # The noise anchor per configuration: every job with segment re-runs measured once, only
+    # another seed's refused.
+    anchor = {a.configuration: a for a in analysis.noise_anchor}
+    assert sorted(anchor) == ["attn-math", "low-noise-reuse", "other-seed", "steps-7", "threads-1"]
+    assert all(a.jobs == a.with_excess == 3 for a in anchor.values())
+    assert anchor["other-seed"].refused == 3 and anchor["other-seed"].smallest_excess > 1
+    assert all(anchor[name].refused == 0 for name in ("attn-math", "low-noise-reuse", "threads-1"))
 
 
 def test_segments_of_prompts_spread_over_the_plan(store: str, tmp_path: Path) -> None:
@@ -255,3 +272,9 @@ def test_the_modes_regenerate_from_a_committed_report_folder(store: str, tmp_pat
         ours = next(k for k in first.keys if k.key == key)
         theirs = next(k for k in again.keys if k.key == key)
         assert theirs.summary == ours.summary  # from scores-summary.csv alone: the same figures
+    assert "## Noise anchor" in report and "| other-seed | malign | 3 |" in report
+    for ours_anchor, theirs_anchor in zip(first.noise_anchor, again.noise_anchor, strict=True):  # CSV: 9 digits
+        assert theirs_anchor.model_dump(exclude={"configuration", "label"}) == pytest.approx(
+            ours_anchor.model_dump(exclude={"configuration", "label"}), rel=1e-8
+        )
+        assert (theirs_anchor.configuration, theirs_anchor.label) == (ours_anchor.configuration, ours_anchor.label)

@@ -77,6 +77,7 @@ from ditproof.experiment.findings import (
     NORMALISED_SEPARATOR,
     THRESHOLDS_FILE,
     Analysis,
+    AnchorRow,
     CheckpointPosition,
     KeyResult,
     Method,
@@ -99,7 +100,12 @@ from ditproof.experiment.keys import (
     trajectory_blocks,
 )
 from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX, SCORES_META_FILE, read_scores
-from ditproof.experiment.segments import read_segment_rows, with_segment_columns
+from ditproof.experiment.segments import (
+    NOISE_ANCHOR_COLUMN,
+    NOISE_ANCHOR_EXCESS_COLUMN,
+    read_segment_rows,
+    with_segment_columns,
+)
 from ditproof.experiment.stats import ROC_FPR_GRID, bootstrap_counts, prompt_splits
 from ditproof.experiment.store import Store
 from ditproof.experiment.summaries import SCORES_CSV, read_scores_csv, summary_path
@@ -297,8 +303,42 @@ def analyze_rows(
         metric_weights=metric_weights or {},
         scores_sha256=scores_sha256,
         notes=[*_notes(pools, fpr_target, method), *block_notes, *(notes or [])],
+        noise_anchor=anchor_rows(rows, labels),
         reference_trajectory=reference_trajectory,
     )
+
+
+def anchor_rows(rows: list[dict[str, Any]], labels: dict[str, str]) -> list[AnchorRow]:
+    """The noise anchor per configuration, over its jobs with a measurement (one per job, however
+    many pairs it is in)."""
+    by_config: dict[str, dict[str, tuple[float, float | None]]] = {}
+    for index, row in enumerate(rows):
+        ratio = row.get(NOISE_ANCHOR_COLUMN)
+        if ratio is None:
+            continue
+        job = row.get("job_id") or f"row {index}"
+        by_config.setdefault(row["configuration"], {})[job] = (ratio, row.get(NOISE_ANCHOR_EXCESS_COLUMN))
+    found = []
+    for name, jobs in sorted(by_config.items()):
+        ratios = [ratio for ratio, _ in jobs.values()]
+        excess = [e for _, e in jobs.values() if e is not None]
+        found.append(
+            AnchorRow(
+                configuration=name,
+                label=labels[name],
+                jobs=len(jobs),
+                largest_ratio=_largest(ratios),
+                with_excess=len(excess),
+                smallest_excess=min(excess) if excess and not any(math.isnan(e) for e in excess) else None,
+                largest_excess=_largest(excess),
+                refused=sum(1 for e in excess if not e <= 1.0),
+            )
+        )
+    return found
+
+
+def _largest(values: list[float]) -> float | None:
+    return None if not values else math.nan if any(math.isnan(v) for v in values) else max(values)
 
 
 def trajectory_of(record: InferenceRecord) -> ReferenceTrajectory:

@@ -152,6 +152,24 @@ class ReferenceTrajectory(_M):
     """In step order; the noise (step 0) is left out: the validator compares no latent there."""
 
 
+class AnchorRow(_M):
+    """The noise anchor over one configuration's jobs with segment re-runs (their
+    ``noise_anchor_ratio`` and ``noise_anchor_excess`` columns, :mod:`ditproof.experiment.segments`)."""
+
+    configuration: str
+    label: str
+    jobs: int
+    """Jobs with an anchor measurement."""
+    largest_ratio: float | None
+    """The largest implied clean-latent norm over the noise's (NaN: a latent that is not finite)."""
+    with_excess: int
+    """Jobs whose row has the excess (rows measured before it was recorded have only the ratio)."""
+    smallest_excess: float | None
+    largest_excess: float | None
+    refused: int
+    """Jobs whose excess is above 1 or not finite: the validator refuses them in every segment mode."""
+
+
 class Analysis(_M):
     """The analysis of one experiment's scores."""
 
@@ -174,6 +192,8 @@ class Analysis(_M):
     metric_weights: dict[str, dict[str, str]]
     scores_sha256: str
     notes: list[str]
+    noise_anchor: list[AnchorRow] = []
+    """Per configuration with anchor measurements (empty for scores without them)."""
     reference_trajectory: ReferenceTrajectory | None = None
     """Where each checkpoint lies (``/3``); None when unknown (a ``/2`` analysis, or reference records
     that disagree): then no trajectory key gets a thresholds-file entry."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import statistics
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -36,6 +37,7 @@ from ditproof.experiment.summaries import (
 )
 from ditproof.experiment.thresholds import position_ranges
 from ditproof.hashing import atomic_write_bytes, atomic_write_text
+from ditproof.validation.segments import NOISE_ANCHOR_MIN_SIGMA
 
 MAIN_STATISTICS = ("mean", "worst", "value")
 MODE_KEYS = {key for _, keys in MODES for key in keys}
@@ -284,6 +286,7 @@ def _markdown(
             *modes,
             "",
         ]
+    parts += _anchor_table(analysis)
     parts += _pool_tables(analysis)
     parts += _checkpoint_table(analysis)
     if analysis.notes:
@@ -323,6 +326,33 @@ def _markdown(
         "",
     ]
     return "\n".join(parts)
+
+
+def _anchor_table(analysis: Analysis) -> list[str]:
+    if not analysis.noise_anchor:
+        return []
+    rows = []
+    for a in analysis.noise_anchor:
+        span = "n/a" if a.with_excess == 0 else f"{_fmt(a.smallest_excess or 0.0)} to {_fmt(a.largest_excess or 0.0)}"
+        if a.largest_excess is not None and math.isnan(a.largest_excess):
+            span = "not finite"
+        ratio = "n/a" if a.largest_ratio is None else _fmt(a.largest_ratio)
+        rows.append([a.configuration, a.label, a.jobs, ratio, a.with_excess, span, a.refused])
+    header = ["configuration", "label", "jobs", "largest ratio", "jobs with the excess", "excess", "refused"]
+    return [
+        "## Noise anchor",
+        "",
+        "Every segment mode first checks that the committed checkpoints at noise level "
+        f"{NOISE_ANCHOR_MIN_SIGMA} and above lie on a trajectory from the seed's noise, at no model cost "
+        "(docs/validation.md): the clean latent a checkpoint implies, its norm over the noise's (the ratio), "
+        "against half what another noise implies at that level. The excess is the largest ratio over its "
+        "bound: above 1 the validator refuses the record whichever segments it draws. Measured on the jobs "
+        "with segment re-runs; rows measured before the excess was recorded have only the largest ratio "
+        "(then over noise levels from 0.5).",
+        "",
+        _table(header, rows),
+        "",
+    ]
 
 
 def _checkpoint_table(analysis: Analysis) -> list[str]:

@@ -16,8 +16,9 @@ committing its own latents:
   of its run: what it can forge without paying for the steps it claims).
 
 One row per job in ``segments.parquet``: ``noise_anchor_ratio`` (the largest norm, over the seed's
-noise's, of the clean latent a claimed checkpoint implies: the validator's noise anchor refuses
-above its bound, half what another noise implies), ``segment_rel_l2:<end checkpoint name>`` per segment (the
+noise's, of the clean latent a claimed checkpoint implies) and ``noise_anchor_excess`` (the largest
+such norm over its bound at its noise level, half what another noise implies: the validator's noise
+anchor refuses above 1), ``segment_rel_l2:<end checkpoint name>`` per segment (the
 larger of the end latent's and the solver history's relative L2, as the validator scores a
 segment; ``inf`` when the segment cannot be re-run from the job's file), ``segments`` and
 ``segments_exact`` (end states equal bit for bit), the classes compared and ``inputs_sha256``
@@ -56,6 +57,8 @@ from ditproof.protocol.record import CheckpointRef, InferenceRecord
 
 SEGMENTS_FILE = "segments.parquet"
 NOISE_ANCHOR_COLUMN = "noise_anchor_ratio"
+NOISE_ANCHOR_EXCESS_COLUMN = "noise_anchor_excess"
+"""The largest implied norm over its bound at its noise level: above 1 the validator refuses."""
 """A segment row's largest implied clean-latent norm over the seed's noise (rows of older runs lack it)."""
 SAVE_EVERY_S = 30.0
 UNMEASURABLE = float("inf")
@@ -127,20 +130,31 @@ def score_job(
     with ``anchor`` (the seed's noise and the schedule's noise level after each step), also
     ``noise_anchor_ratio``: the largest clean-latent norm (over the noise's) that the claimed
     checkpoints imply, as the validator's noise anchor measures it."""
-    from ditproof.validation.segments import noise_anchor_ratios, rerun_segment, trajectory_segments
+    from ditproof.validation.segments import (
+        noise_anchor_bound,
+        noise_anchor_ratios,
+        rerun_segment,
+        trajectory_segments,
+    )
 
     claimed = claimed_checkpoints(reference, job)
     segments = trajectory_segments(claimed)
     row: dict[str, Any] = {"segments": len(segments), "segments_exact": 0}
     if anchor is not None:
-        ratios = [ratio for _, _, ratio in noise_anchor_ratios(anchor[0], claimed[1:], anchor[1])]
-        row[NOISE_ANCHOR_COLUMN] = float("nan") if any(r != r for r in ratios) else max(ratios, default=None)
+        found = noise_anchor_ratios(anchor[0], claimed[1:], anchor[1])
+        row[NOISE_ANCHOR_COLUMN] = _largest([ratio for _, _, ratio in found])
+        row[NOISE_ANCHOR_EXCESS_COLUMN] = _largest([ratio / noise_anchor_bound(sigma) for _, sigma, ratio in found])
     for segment in segments:
         run = rerun_segment(reference, model, options, segment)
         score = run.score
         row[segment_key(segment.end.name)] = UNMEASURABLE if score is None else float(score)
         row["segments_exact"] += int(run.exact)
     return row
+
+
+def _largest(values: list[float]) -> float | None:
+    """The largest of ``values``; NaN if any is (a latent that is not finite); None if there are none."""
+    return float("nan") if any(v != v for v in values) else max(values, default=None)
 
 
 def _inputs_sha256(result: JobResult, reference: JobResult, validator: Job) -> str:
@@ -171,12 +185,12 @@ def _shard_files(store: Store) -> list[str]:
     return [str(path).rsplit("/", 1)[-1] for path in found]
 
 
-SEGMENT_COLUMNS = ("segments", "segments_exact")
+SEGMENT_COLUMNS = ("segments", "segments_exact", NOISE_ANCHOR_COLUMN, NOISE_ANCHOR_EXCESS_COLUMN)
 
 
 def with_segment_columns(rows: list[dict[str, Any]], segment_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Score rows with their job's segment columns added (``segment_rel_l2:*``, ``segments``,
-    ``segments_exact``); a job without a segment row gets none."""
+    ``segments_exact`` and the noise anchor's); a job without a segment row gets none."""
     by_job = {
         r["job_id"]: {k: v for k, v in r.items() if k.startswith(SEGMENT_KEY_PREFIX) or k in SEGMENT_COLUMNS}
         for r in segment_rows
