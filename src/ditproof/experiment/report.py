@@ -348,7 +348,8 @@ def _anchor_table(analysis: Analysis) -> list[str]:
         "against half what another noise implies at that level. The excess is the largest ratio over its "
         "bound: above 1 the validator refuses the record whichever segments it draws. Measured on the jobs "
         "with segment re-runs; rows measured before the excess was recorded have only the largest ratio "
-        "(then over noise levels from 0.5).",
+        "(then over noise levels from 0.5). The modes' figures above are the segment re-runs alone: a "
+        "class's share refused here is caught in every segment mode besides.",
         "",
         _table(header, rows),
         "",
