@@ -30,7 +30,7 @@ from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import CacheOptions, RunOptions, RuntimeOptions, VideoEncoding
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import initial_noise
-from ditproof.video import BackgroundEncode, frames_to_uint8
+from ditproof.video import BackgroundEncode, encode_video, frames_to_uint8
 
 
 class _Clock:
@@ -369,6 +369,28 @@ def decode_frames(pipe: Any, latents: torch.Tensor, on_frames: FrameSink | None 
         chunks.append(_to_uint8(pipe, video))
         on_frames(chunks[-1])
     return np.concatenate(chunks)
+
+
+def decode_video(
+    model: LoadedModel,
+    latents: torch.Tensor,
+    fps: int,
+    encoding: VideoEncoding,
+    threads: int | None = None,
+    overlap: bool | None = None,
+) -> bytes:
+    """A final latent's mp4, the bytes of ``encode_video(decode_frames(...), fps, encoding)``.
+
+    With ``overlap`` (default: on a GPU) the CPU encodes the frames already decoded while the VAE
+    decodes the next ones, as :func:`generate_video` does; otherwise one after the other (on the
+    CPU both need the cores), the decode under :func:`cpu_threads` of ``threads``."""
+    if not (torch.device(model.load.device).type == "cuda" if overlap is None else overlap):
+        with cpu_threads(model.load.device, threads):
+            frames = decode_frames(model.pipeline, latents)
+        return encode_video(frames, fps, encoding)
+    with BackgroundEncode(fps, encoding) as encoder:
+        decode_frames(model.pipeline, latents, on_frames=encoder)
+        return encoder.finish()
 
 
 def _to_uint8(pipe: Any, video: torch.Tensor) -> np.ndarray:

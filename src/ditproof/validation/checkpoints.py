@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Literal, Unpack
 
 from ditproof.errors import IntegrityError
-from ditproof.generation.generate import cpu_threads, decode_frames, step_sigmas
+from ditproof.generation.generate import decode_video, step_sigmas
 from ditproof.hashing import sha256_bytes
 from ditproof.metrics.registry import METRICS
 from ditproof.models.registry import LoadedModel
@@ -413,12 +413,11 @@ def _check_video(
     """Step 6: the submitted video against the decoded final latent (re-run or the executor's)."""
     checks = pre.checks
     if final_run is not None and final_run.result is not None and final_run.result.frames is not None:
-        frames, latent, source = final_run.result.frames, final_run.result.capture.latents["final"][1], "re-run"
+        latent, source = final_run.result.capture.latents["final"][1], "re-run"
+        regenerated = encode_video(final_run.result.frames, record.request.fps, record.video.encoding)
     else:
         latent, source = last.end.point.latent, "executor's"
-        with cpu_threads(model.load.device, pre.options.cpu_threads):
-            frames = decode_frames(model.pipeline, latent)
-    regenerated = encode_video(frames, record.request.fps, record.video.encoding)
+        regenerated = decode_video(model, latent, record.request.fps, record.video.encoding, pre.options.cpu_threads)
     if checks.add(
         "exact_match",
         sha256_bytes(regenerated) == record.video.sha256,
