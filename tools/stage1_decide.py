@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     analyses = []
     for flag, folder in (("--all", args.all), ("--unseen", args.unseen), ("--unseen-blocks", args.unseen_blocks)):
         if not (Path(folder) / ANALYSIS_FILE).is_file():
-            print(f"error: {flag}: {folder} holds no {ANALYSIS_FILE}; allowed: a store after "
-                  "`ditproof experiment analyze`, or a report folder", file=sys.stderr)  # fmt: skip
+            allowed = "a store after `ditproof experiment analyze`, or a report folder"
+            print(f"error: {flag}: {folder} holds no {ANALYSIS_FILE}; allowed: {allowed}", file=sys.stderr)
             return 2
         try:
             analyses.append(Store(folder).read_model(ANALYSIS_FILE, Analysis))
