@@ -103,6 +103,7 @@ from ditproof.experiment.score import CHECKPOINT_KEY_PREFIX, SCORES_META_FILE, r
 from ditproof.experiment.segments import (
     NOISE_ANCHOR_COLUMN,
     NOISE_ANCHOR_EXCESS_COLUMN,
+    largest,
     read_segment_rows,
     with_segment_columns,
 )
@@ -327,18 +328,14 @@ def anchor_rows(rows: list[dict[str, Any]], labels: dict[str, str]) -> list[Anch
                 configuration=name,
                 label=labels[name],
                 jobs=len(jobs),
-                largest_ratio=_largest(ratios),
+                largest_ratio=largest(ratios),
                 with_excess=len(excess),
                 smallest_excess=min(excess) if excess and not any(math.isnan(e) for e in excess) else None,
-                largest_excess=_largest(excess),
+                largest_excess=largest(excess),
                 refused=sum(1 for e in excess if not e <= 1.0),
             )
         )
     return found
-
-
-def _largest(values: list[float]) -> float | None:
-    return None if not values else math.nan if any(math.isnan(v) for v in values) else max(values)
 
 
 def trajectory_of(record: InferenceRecord) -> ReferenceTrajectory:

@@ -57,9 +57,9 @@ from ditproof.protocol.record import CheckpointRef, InferenceRecord
 
 SEGMENTS_FILE = "segments.parquet"
 NOISE_ANCHOR_COLUMN = "noise_anchor_ratio"
+"""A segment row's largest implied clean-latent norm over the seed's noise (rows of older runs lack it)."""
 NOISE_ANCHOR_EXCESS_COLUMN = "noise_anchor_excess"
 """The largest implied norm over its bound at its noise level: above 1 the validator refuses."""
-"""A segment row's largest implied clean-latent norm over the seed's noise (rows of older runs lack it)."""
 SAVE_EVERY_S = 30.0
 UNMEASURABLE = float("inf")
 """A segment the validator cannot re-run from the job's file scores this (caught at any threshold)."""
@@ -129,7 +129,8 @@ def score_job(
     """Every segment of one job re-run by the validator: ``segment_rel_l2:<end>`` and the counts;
     with ``anchor`` (the seed's noise and the schedule's noise level after each step), also
     ``noise_anchor_ratio``: the largest clean-latent norm (over the noise's) that the claimed
-    checkpoints imply, as the validator's noise anchor measures it."""
+    checkpoints imply, as the validator's noise anchor measures it, and ``noise_anchor_excess``:
+    the largest such norm over its bound."""
     from ditproof.validation.segments import (
         noise_anchor_bound,
         noise_anchor_ratios,
@@ -142,8 +143,8 @@ def score_job(
     row: dict[str, Any] = {"segments": len(segments), "segments_exact": 0}
     if anchor is not None:
         found = noise_anchor_ratios(anchor[0], claimed[1:], anchor[1])
-        row[NOISE_ANCHOR_COLUMN] = _largest([ratio for _, _, ratio in found])
-        row[NOISE_ANCHOR_EXCESS_COLUMN] = _largest([ratio / noise_anchor_bound(sigma) for _, sigma, ratio in found])
+        row[NOISE_ANCHOR_COLUMN] = largest([ratio for _, _, ratio in found])
+        row[NOISE_ANCHOR_EXCESS_COLUMN] = largest([ratio / noise_anchor_bound(sigma) for _, sigma, ratio in found])
     for segment in segments:
         run = rerun_segment(reference, model, options, segment)
         score = run.score
@@ -152,7 +153,7 @@ def score_job(
     return row
 
 
-def _largest(values: list[float]) -> float | None:
+def largest(values: list[float]) -> float | None:
     """The largest of ``values``; NaN if any is (a latent that is not finite); None if there are none."""
     return float("nan") if any(v != v for v in values) else max(values, default=None)
 
