@@ -30,7 +30,7 @@ from ditproof.models.registry import LoadedModel
 from ditproof.protocol.options import CacheOptions, RunOptions, RuntimeOptions, VideoEncoding
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import initial_noise
-from ditproof.video import BackgroundEncode, encode_video, frames_to_uint8
+from ditproof.video import BackgroundEncode, frames_to_uint8
 
 
 class _Clock:
@@ -371,6 +371,12 @@ def decode_frames(pipe: Any, latents: torch.Tensor, on_frames: FrameSink | None 
     return np.concatenate(chunks)
 
 
+def encodes_beside_decode(model: LoadedModel) -> bool:
+    """Whether the mp4 encode runs beside the VAE decode (on a GPU) rather than after it (on the
+    CPU both need the cores: see :func:`generate_video`)."""
+    return torch.device(model.load.device).type == "cuda"
+
+
 def decode_video(
     model: LoadedModel,
     latents: torch.Tensor,
@@ -379,17 +385,15 @@ def decode_video(
     threads: int | None = None,
     overlap: bool | None = None,
 ) -> bytes:
-    """A final latent's mp4, the bytes of ``encode_video(decode_frames(...), fps, encoding)``.
-
-    With ``overlap`` (default: on a GPU) the CPU encodes the frames already decoded while the VAE
-    decodes the next ones, as :func:`generate_video` does; otherwise one after the other (on the
-    CPU both need the cores), the decode under :func:`cpu_threads` of ``threads``."""
-    if not (torch.device(model.load.device).type == "cuda" if overlap is None else overlap):
-        with cpu_threads(model.load.device, threads):
-            frames = decode_frames(model.pipeline, latents)
-        return encode_video(frames, fps, encoding)
+    """A final latent's mp4, the bytes of ``encode_video(decode_frames(...), fps, encoding)``, the
+    decode under :func:`cpu_threads` of ``threads``; with ``overlap`` (default:
+    :func:`encodes_beside_decode`) encoded beside the decode, as :func:`generate_video` does."""
+    beside = encodes_beside_decode(model) if overlap is None else overlap
     with BackgroundEncode(fps, encoding) as encoder:
-        decode_frames(model.pipeline, latents, on_frames=encoder)
+        with cpu_threads(model.load.device, threads):
+            frames = decode_frames(model.pipeline, latents, on_frames=encoder if beside else None)
+        if encoder.frames == 0:
+            encoder(frames)
         return encoder.finish()
 
 
@@ -443,7 +447,7 @@ def generate_video(
         The result, the mp4's bytes (those of ``encode_video(result.frames, ...)``) and the
         seconds the encode went on after the decode.
     """
-    side_by_side = torch.device(model.load.device).type == "cuda"
+    side_by_side = encodes_beside_decode(model)
     with BackgroundEncode(request.fps, encoding) as encoder:
         result = generate(request, seed, model, options, on_step, on_frames=encoder if side_by_side else None)
         assert result.frames is not None  # a whole run always decodes
