@@ -1,8 +1,9 @@
-"""``POST /api/v1/validate`` in the checkpoint and spot-check modes, over real HTTP (tiny model).
+"""``POST /api/v1/validate`` in the checkpoint and spot-check modes and the default ``auto``, over
+real HTTP (tiny model).
 
 The node re-runs segments from the executor's checkpoint files: those stored with a video, or
-uploaded beside the record and video. Same class, different bytes is ``invalid`` in every mode,
-with no threshold consulted.
+uploaded beside the record and video (in every mode but ``full``). Same class, different bytes is
+``invalid`` in every mode, with no threshold consulted.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ditproof.client import checkpoint_files
+from ditproof.client import ApiError, Client, checkpoint_files
 from test_server_support import ENTROPY, TINY, TOKEN, NodeProcess
 
 pytestmark = pytest.mark.slow
@@ -73,6 +74,50 @@ def test_uploaded_checkpoints_validate_and_a_forged_one_is_invalid(client, store
     # Without the files there is nothing to re-run: an error naming what is needed, not a guess.
     verdict = client.validate(record, video=video, mode="checkpoints")
     assert verdict["decision"] == "error" and "checkpoint files" in verdict["reason"]
+
+
+def test_without_a_mode_the_node_runs_auto_and_takes_uploaded_checkpoints(client, http, stored):
+    video_id, record, video, folder = stored
+    files = checkpoint_files(json.loads(record), folder)
+    parts = [("record", ("record.json", record)), ("video", ("video.mp4", video))]
+    parts += [("checkpoint", (name, content)) for name, content in sorted(files.items())]
+    # No mode field: auto. The node regenerates in the executor's class, so the full mode runs.
+    response = http.post("/api/v1/validate", files=parts)
+    assert response.status_code == 200, response.text
+    verdict = response.json()
+    assert verdict["decision"] == "valid" and verdict["mode"] == "full", verdict["reason"]
+    chosen = next(c for c in verdict["checks"] if c["name"] == "mode")
+    assert chosen["detail"].startswith("full: the executor's class")
+    # The JSON form's default is auto too.
+    verdict = http.post("/api/v1/validate", json={"video_id": video_id}).json()
+    assert verdict["decision"] == "valid" and "mode" in [c["name"] for c in verdict["checks"]]
+    # The full mode regenerates from the noise: checkpoint files beside it are refused, naming why.
+    response = http.post("/api/v1/validate", files=parts, data={"mode": "full"})
+    assert response.status_code == 422 and error_fields(response) == ["checkpoint"]
+    assert "given in mode 'full'; allowed: with an uploaded video, in any mode but 'full'" in response.text
+    with pytest.raises(ApiError) as info:
+        client.validate(record, video=video, mode="full", checkpoints=files)
+    assert info.value.status == 422 and [f["field"] for f in info.value.fields] == ["checkpoint"]
+
+
+def test_the_client_leaves_the_default_mode_out_and_sends_any_other():
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"decision": "valid"})
+
+    with Client("http://node", TOKEN, transport=httpx.MockTransport(answer)) as node:
+        node.validate_stored("video_" + "0" * 32)
+        node.validate_stored("video_" + "0" * 32, mode="full")
+        node.validate(b"{}", video=b"v")
+        node.validate(b"{}", video=b"v", mode="full")
+    assert [json.loads(r.content) for r in sent[:2]] == [
+        {"video_id": "video_" + "0" * 32},
+        {"video_id": "video_" + "0" * 32, "mode": "full"},
+    ]
+    assert b'name="mode"' not in sent[2].content
+    assert b'name="mode"\r\n\r\nfull\r\n' in sent[3].content
 
 
 def test_same_class_different_bytes_is_invalid_in_the_checkpoint_modes(client, stored):

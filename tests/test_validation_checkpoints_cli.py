@@ -1,4 +1,4 @@
-"""``ditproof validate --mode checkpoints|spot-check`` (in process, on the tiny model)."""
+"""``ditproof validate --mode checkpoints|spot-check`` and the default ``auto`` (in process, on the tiny model)."""
 
 import json
 
@@ -89,6 +89,29 @@ def test_checkpoints_command_exits_1_on_a_tampered_checkpoint_and_3_without_file
     shutil.rmtree(folder / "latents")
     assert validate_cli("--record", str(folder / "record.json"), "--mode", "checkpoints", *THRESHOLDS) == 3
     assert "missing in" in capsys.readouterr().out
+
+
+def test_without_a_mode_the_command_runs_auto(run, tmp_path, capsys):
+    record = str(run / "record.json")
+    verdict_path = tmp_path / "v.json"
+    # The executor's class: auto runs the full regeneration and says why.
+    code = validate_cli("--record", record, "--verdict", str(verdict_path))
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "ok mode: full: the executor's class" in printed and "verdict: valid" in printed
+    saved = json.loads(verdict_path.read_text())
+    chosen = [c for c in saved["checks"] if c["name"] == "mode"]
+    assert saved["mode"] == "full"
+    assert len(chosen) == 1 and chosen[0]["detail"].startswith("full: the executor's class")
+    # Another class with segment thresholds and every checkpoint file at hand: the checkpoints mode.
+    assert validate_cli("--record", record, "--cfg-mode", "batched", "--verdict", str(verdict_path), *THRESHOLDS) == 0
+    saved = json.loads(verdict_path.read_text())
+    assert saved["mode"] == "checkpoints" and saved["segments"], saved["reason"]
+    # --mode full stays: no choice made, no mode check.
+    assert validate_cli("--record", record, "--mode", "full", "--verdict", str(verdict_path)) == 0
+    saved = json.loads(verdict_path.read_text())
+    assert saved["mode"] == "full" and "mode" not in [c["name"] for c in saved["checks"]]
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize(

@@ -183,7 +183,7 @@ class Client:
         video_id: str | None = None,
         request: dict[str, Any] | bytes | Path | None = None,
         *,
-        mode: str = "full",
+        mode: str = "auto",
         spot_segments: int | None = None,
         validator_entropy: str | None = None,
         checkpoints: dict[str, bytes] | None = None,
@@ -191,10 +191,11 @@ class Client:
         """``POST /api/v1/validate`` with a record and either a video (bytes or path) or a stored video id.
 
         ``request``: the generation request the client made (a dict, the bytes of its JSON, or a
-        JSON file); the record's copy must equal it. ``mode``: ``full``, ``checkpoints``,
-        ``auto`` or ``spot-check`` (with ``spot_segments`` per expert phase, chosen with ``validator_entropy``);
-        with an uploaded video the checkpoint modes need ``checkpoints``: the executor's checkpoint
-        files by base name (see :func:`checkpoint_files`).
+        JSON file); the record's copy must equal it. ``mode``: ``auto`` (the node's default),
+        ``full``, ``checkpoints`` or ``spot-check`` (with ``spot_segments`` per expert phase, chosen with
+        ``validator_entropy``); with an uploaded video the checkpoint modes need ``checkpoints``: the
+        executor's checkpoint files by base name (see :func:`checkpoint_files`), which ``auto`` uses too
+        and ``full`` refuses.
         """
         record_bytes = Path(record).read_bytes() if isinstance(record, str | Path) else record
         files: list[tuple[str, Any]] = [("record", ("record.json", record_bytes, "application/json"))]
@@ -220,7 +221,7 @@ class Client:
         video_id: str,
         request: dict[str, Any] | None = None,
         *,
-        mode: str = "full",
+        mode: str = "auto",
         spot_segments: int | None = None,
         validator_entropy: str | None = None,
     ) -> dict[str, Any]:
@@ -342,7 +343,7 @@ def _segment(value: str) -> str:
 
 def _mode_fields(mode: str, spot_segments: int | None, validator_entropy: str | None) -> dict[str, Any]:
     """The validation mode's fields of a validate body (the defaults left out)."""
-    fields: dict[str, Any] = {} if mode == "full" else {"mode": mode}
+    fields: dict[str, Any] = {} if mode == "auto" else {"mode": mode}
     if spot_segments is not None:
         fields["spot_segments"] = spot_segments
     if validator_entropy is not None:
@@ -352,7 +353,7 @@ def _mode_fields(mode: str, spot_segments: int | None, validator_entropy: str | 
 
 def checkpoint_files(record: dict[str, Any], folder: str | Path) -> dict[str, bytes]:
     """The executor's checkpoint files a record names, read from its output folder, by base name
-    (what :meth:`Client.validate` uploads for the checkpoint modes). Missing files are left
+    (what :meth:`Client.validate` uploads in every mode but ``full``). Missing files are left
     out: the node's verdict names them."""
     files: dict[str, bytes] = {}
     for ref in record.get("checkpoints") or []:

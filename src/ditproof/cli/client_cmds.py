@@ -145,7 +145,7 @@ def validate(
     artifacts: Path | None = typer.Option(
         None,
         "--artifacts",
-        help="The executor's output folder with the checkpoint files, uploaded in a checkpoint mode "
+        help="The executor's output folder with the checkpoint files, uploaded in every mode but full "
         "(default: the record's folder).",
     ),
     url: str | None = UrlOption,
@@ -180,7 +180,7 @@ def validate(
             record_bytes = _read("record", record)
             video_bytes = _read("video", video or record.parent / "video.mp4")
             checkpoints = None
-            if mode != "full":
+            if mode != "full":  # checkpoints, spot-check and auto (which uses them across classes)
                 checkpoints = checkpoint_files(_record_json(record_bytes), artifacts or record.parent)
             verdict = node.validate(
                 record_bytes,

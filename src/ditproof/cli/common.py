@@ -18,11 +18,12 @@ EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 VALIDATION_MODES = ("full", "checkpoints", "spot-check", "auto")
 """``--mode`` of ``ditproof validate`` and ``ditproof client validate``."""
 ModeOption = typer.Option(
-    "full",
+    "auto",
     "--mode",
-    help="full: regenerate the whole video; checkpoints: re-run every segment between the executor's "
-    "checkpoints; spot-check: re-run --spot-segments of them per expert phase, chosen with --validator-entropy; "
-    "auto: full in the executor's class, checkpoints across classes where segment thresholds and the files are at hand.",
+    help="auto (default): full in the executor's class, checkpoints across classes where segment thresholds and "
+    "the files are at hand, else full; full: regenerate the whole video; checkpoints: re-run every segment between "
+    "the executor's checkpoints; spot-check: re-run --spot-segments of them per expert phase, chosen with "
+    "--validator-entropy.",
 )
 ValidatorEntropyOption = typer.Option(
     None,

@@ -159,8 +159,9 @@ class ReadinessResponse(BaseModel):
 
 ValidationMode = Literal["full", "checkpoints", "spot-check", "auto"]
 """How ``POST /api/v1/validate`` regenerates: the whole video; every segment between the
-executor's checkpoints; or ``spot_segments`` of them per expert phase, chosen with
-``validator_entropy`` (docs/validation.md)."""
+executor's checkpoints; ``spot_segments`` of them per expert phase, chosen with
+``validator_entropy``; or, by default, ``auto``: the mode that suits the classes compared
+(docs/validation.md)."""
 MAX_SPOT_SEGMENTS = 64
 
 
@@ -187,7 +188,7 @@ class ValidateReference(_Strict):
     video_id: str = Field(pattern=r"^video_[0-9a-f]{32}$")
     record: dict[str, Any] | None = None
     request: dict[str, Any] | None = None
-    mode: ValidationMode = "full"
+    mode: ValidationMode = "auto"
     spot_segments: int | None = Field(default=None, ge=1, le=MAX_SPOT_SEGMENTS)
     validator_entropy: str | None = None
 

@@ -11,11 +11,12 @@ Both forms take an optional ``request``: the generation request the client made.
 copy must equal it (check ``request``, the first one), or an executor could record a cheaper
 request than the one it was paid for and be checked against that.
 
-Both forms take a ``mode`` (``full``, ``checkpoints``, ``spot-check``, ``auto``; with ``spot_segments``
-and ``validator_entropy`` for a spot check), as ``ditproof validate --mode``. The checkpoint modes
-re-run segments from the executor's checkpoint files: those stored with a ``video_id``, or in a
-multipart upload one ``checkpoint`` file part per file the record names (the part's file name is
-the file's base name, e.g. ``step_005.safetensors``).
+Both forms take a ``mode`` (``auto``, the default, ``full``, ``checkpoints``, ``spot-check``; with
+``spot_segments`` and ``validator_entropy`` for a spot check), as ``ditproof validate --mode``. The
+checkpoint modes re-run segments from the executor's checkpoint files: those stored with a
+``video_id``, or in a multipart upload one ``checkpoint`` file part per file the record names (the
+part's file name is the file's base name, e.g. ``step_005.safetensors``). ``auto`` takes them too;
+``full`` refuses them.
 
 The regeneration runs on the worker, ahead of waiting jobs, never beside a generation.
 """
@@ -80,13 +81,17 @@ VALIDATE_OPENAPI = {
                         "video": {"type": "string", "format": "binary", "description": "the mp4"},
                         "video_id": {"type": "string", "pattern": r"^video_[0-9a-f]{32}$"},
                         "request": {"type": "string", "description": "the client's request JSON (optional)"},
-                        "mode": {"type": "string", "enum": ["full", "checkpoints", "spot-check", "auto"]},
+                        "mode": {
+                            "type": "string",
+                            "enum": ["full", "checkpoints", "spot-check", "auto"],
+                            "default": "auto",
+                        },
                         "spot_segments": {"type": "integer", "minimum": 1, "maximum": MAX_SPOT_SEGMENTS},
                         "validator_entropy": {"type": "string", "description": "16-256 hex digits"},
                         "checkpoint": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
-                            "description": "the executor's checkpoint files (checkpoint modes, with an uploaded video)",
+                            "description": "the executor's checkpoint files (with an uploaded video; not in mode full)",
                         },
                     },
                 }
@@ -124,7 +129,7 @@ class Inputs:
     video: bytes
     folder: Path | None
     expected: GenerationRequest | None
-    mode: ValidationMode = "full"
+    mode: ValidationMode = "auto"
     spot_segments: int | None = None
     validator_entropy: str | None = None
     scratch: list[Path] = field(default_factory=list)  # removed when the validation is done
@@ -154,7 +159,7 @@ def _form_mode(fields: dict[str, Any]) -> tuple[ValidationMode, int | None, str 
         if value is not None and not isinstance(value, str):
             raise invalid(name, "got a file; allowed: a text field")
         values[name] = value
-    mode = values["mode"] or "full"
+    mode = values["mode"] or "auto"
     if mode not in MODES:
         raise invalid("mode", f"got {mode!r}; allowed: {', '.join(MODES)}")
     spot_segments: int | None = None
@@ -258,7 +263,7 @@ async def _inputs(request: Request, worker: GpuWorker) -> Inputs:
         uploads = [value for name, value in items if name == "checkpoint"]
         if uploads and (video_id is not None or mode == "full"):
             why = "with a video_id (its stored checkpoints are used)" if video_id is not None else "in mode 'full'"
-            raise invalid("checkpoint", f"given {why}; allowed: with an uploaded video in a checkpoint mode")
+            raise invalid("checkpoint", f"given {why}; allowed: with an uploaded video, in any mode but 'full'")
         if video_id is not None:
             if not isinstance(video_id, str) or not is_job_id(video_id):
                 raise invalid("video_id", f"got {video_id!r}; allowed: video_ followed by 32 hex digits")
