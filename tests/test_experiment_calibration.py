@@ -456,6 +456,12 @@ def test_cli_analyze_and_report_a_folder(tmp_path: Path, capsys: pytest.CaptureF
     assert run("analyze", "--folder", str(folder), "--repeats", "20", "--resamples", "50") == 0
     assert "latent_rel_l2:value" in capsys.readouterr().out
     assert run("report", "--folder", str(folder)) == 0 and (folder / "report.md").is_file()
+    assert "(conformal rule:" in (folder / "report.md").read_text()
+    # The report names the rule the analysis used.
+    assert run("analyze", "--folder", str(folder), "--repeats", "5", "--resamples", "5", "--rule", "bounded") == 0
+    assert run("report", "--folder", str(folder)) == 0
+    report = (folder / "report.md").read_text()
+    assert "(bounded rule:" in report and "conformal rule" not in report and "empirical rule" not in report
     assert run("analyze") == 2 and "exactly one of --store and --folder" in capsys.readouterr().err
     assert run("analyze", "--folder", str(folder), "--rule", "loose") == 2
     assert "--rule: got 'loose'; allowed: empirical, conformal, bounded" in capsys.readouterr().err

@@ -142,6 +142,12 @@ def _rule_text(analysis: Analysis) -> str:
             f"benign scores' ceil((n+1)(1-{target:g}))-th best (conformal rule: a new prompt's benign pair fails "
             f"with probability at most {target:.0%} on average, so in sample it flags fewer)"
         )
+    if analysis.method.rule == "bounded":
+        return (
+            f"benign scores' (n - a)-th best with a the most false positives whose Clopper–Pearson 95% upper bound "
+            f"stays at or below {target:.0%} (bounded rule: a new prompt's benign pair fails with probability at most "
+            f"{target:.0%} with 95% confidence)"
+        )
     return f"benign scores' (n - floor({target:g}n))-th best (empirical rule: {target:.0%} of these pairs fail)"
 
 
