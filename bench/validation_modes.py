@@ -11,7 +11,7 @@ denoising steps re-run, and both as a fraction of the full regeneration.
         --text-encoder-dtype float32 --steps 40 --segments 16   # the Stage 1 v2 GPU reference
     PYTHONPATH=src python3 bench/validation_modes.py --out $OUT/validation_modes.json \
         --preset wan-a14b-shape --device cuda --width 832 --height 480 --frames 81 --steps 40 \
-        --segments 16 --repeats 2 --no-full   # spot checks against the executor's generation
+        --segments 16 --repeats 2 --no-full [--encode-threads 8]   # spot checks against the executor's generation
     PYTHONPATH=src python3 bench/validation_modes.py --smoke --out /tmp/validation_modes.json   # CPU, tiny
 """
 
@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_info, write_result
 from ditproof.generation.execute import execute
 from ditproof.models.registry import load_model
-from ditproof.protocol.options import CaptureOptions, CheckpointSchedule, DType, RuntimeOptions
+from ditproof.protocol.options import CaptureOptions, CheckpointSchedule, DType, RuntimeOptions, VideoEncoding
 from ditproof.protocol.request import GenerationRequest
 from ditproof.protocol.verdict import Verdict
 from ditproof.validation import ThresholdPolicy, validate, validate_checkpoints, validate_spot_check
@@ -78,6 +78,12 @@ def main() -> None:
         action="store_true",
         help="time the spot checks only, against the executor's generation (A14B: a regeneration is minutes)",
     )
+    parser.add_argument(
+        "--encode-threads",
+        type=int,
+        default=1,
+        help="the executor's libx264 threads (part of its encoding, so the validator's re-encode uses them too)",
+    )
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny model, 8 steps (tests the script)")
     args = parser.parse_args()
     if args.smoke:
@@ -96,6 +102,7 @@ def main() -> None:
         vae_dtype=args.vae_dtype or ("bfloat16" if args.preset == "wan-a14b-shape" else "float32"),
         text_encoder_dtype=args.text_encoder_dtype,
         capture=capture,
+        encoding=VideoEncoding(threads=args.encode_threads),
     )
     request = GenerationRequest(
         prompt="a red circle moves left on a blue background",
@@ -159,6 +166,7 @@ def main() -> None:
         "preset": args.preset,
         "request": request.model_dump(),
         "checkpoint_steps": sorted({c.step for c in record.checkpoints}),
+        "encoding": record.video.encoding.model_dump(),
         "generate_s": generate_s,
         "denominator": "the executor's generation" if args.no_full else "the full validation",
         "rows": rows,

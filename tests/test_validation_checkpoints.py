@@ -332,6 +332,52 @@ def test_honest_trajectory_with_another_video_is_caught(honest, tiny_model, vali
     assert verdict.comparison == "same-class" and not verdict.thresholds.keys() - {"latent_rel_l2_segment:value"}
 
 
+def test_on_a_gpu_the_video_is_decoded_first_and_encoded_beside_the_segments(
+    honest, tiny_model, validator_model, tmp_path, monkeypatch
+):
+    # Where the encode runs beside the GPU (forced here on the CPU), a spot check that does not re-run
+    # the last segment decodes the executor's final latent before the segments and takes the encode's
+    # bytes at the end: the same verdicts, and no encode thread left behind by an early verdict.
+    import threading
+
+    from ditproof.validation import checkpoints
+
+    record, out = honest
+    last_not_chosen = entropy_choosing(record, 1, lambda chosen: 7 not in chosen)
+    serial = validate_spot_check(record, out / "video.mp4", validator_model, 1, last_not_chosen, policy=POLICY)
+    started: list[int] = []
+    real_start = checkpoints.start_decode_video
+
+    def start(*args, **kwargs):
+        started.append(1)
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "encodes_beside_decode", lambda model: True)
+    monkeypatch.setattr(checkpoints, "start_decode_video", start)
+    threads = threading.active_count()
+    early = validate_spot_check(record, out / "video.mp4", validator_model, 1, last_not_chosen, policy=POLICY)
+    assert started == [1] and early.decision == serial.decision == "valid", early.reason
+    assert early.reason == serial.reason and [c.name for c in early.checks] == [c.name for c in serial.checks]
+
+    other = tmp_path / "other"
+    execute(request().model_copy(update={"seed": 5}), tiny_model, RuntimeOptions(), other)
+    forged = forge(record, out, tmp_path / "f", {}, video_from=other)
+    choice = entropy_choosing(forged, 1, lambda chosen: 7 not in chosen)
+    verdict = validate_spot_check(forged, tmp_path / "f" / "video.mp4", validator_model, 1, choice, policy=POLICY)
+    assert verdict.decision == "invalid" and verdict.first_failing_check == "exact_match"
+
+    files = tensors(out, "step_004")
+    files["latent"] = files["latent"] * 1.01
+    bad = forge(record, out, tmp_path / "g", {"step_004": files})
+    hit = entropy_choosing(bad, 1, lambda chosen: BAD in chosen and 7 not in chosen)
+    verdict = validate_spot_check(bad, tmp_path / "g" / "video.mp4", validator_model, 1, hit, policy=POLICY)
+    assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[BAD]
+    assert len(started) == 3 and threading.active_count() == threads
+    # The checkpoints mode re-runs the last segment: its frames are the re-run's, nothing starts early.
+    assert validate_checkpoints(record, out / "video.mp4", validator_model, policy=POLICY).decision == "valid"
+    assert len(started) == 3
+
+
 # Thresholds and missing files.
 
 

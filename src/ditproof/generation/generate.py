@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
@@ -388,13 +388,31 @@ def decode_video(
     """A final latent's mp4, the bytes of ``encode_video(decode_frames(...), fps, encoding)``, the
     decode under :func:`cpu_threads` of ``threads``; with ``overlap`` (default:
     :func:`encodes_beside_decode`) encoded beside the decode, as :func:`generate_video` does."""
+    with start_decode_video(model, latents, fps, encoding, threads, overlap) as encoder:
+        return encoder.finish()
+
+
+def start_decode_video(
+    model: LoadedModel,
+    latents: torch.Tensor,
+    fps: int,
+    encoding: VideoEncoding,
+    threads: int | None = None,
+    overlap: bool | None = None,
+) -> BackgroundEncode:
+    """:func:`decode_video` up to the end of the VAE decode: every frame is handed to the encode,
+    whose thread goes on after this returns, so that the GPU can run other work while the CPU
+    encodes. ``finish()`` gives the bytes of :func:`decode_video`; use the result as a context
+    manager, so that its thread stops when the caller leaves early."""
     beside = encodes_beside_decode(model) if overlap is None else overlap
-    with BackgroundEncode(fps, encoding) as encoder:
+    with ExitStack() as cleanup:
+        encoder = cleanup.enter_context(BackgroundEncode(fps, encoding))
         with cpu_threads(model.load.device, threads):
             frames = decode_frames(model.pipeline, latents, on_frames=encoder if beside else None)
         if encoder.frames == 0:
             encoder(frames)
-        return encoder.finish()
+        cleanup.pop_all()  # the caller stops it from here on
+    return encoder
 
 
 def _to_uint8(pipe: Any, video: torch.Tensor) -> np.ndarray:

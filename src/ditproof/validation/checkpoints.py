@@ -33,11 +33,12 @@ encoding (per segment) and one VAE decode come on top.
 from __future__ import annotations
 
 import secrets
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Literal, Unpack
 
 from ditproof.errors import IntegrityError
-from ditproof.generation.generate import decode_video, step_sigmas
+from ditproof.generation.generate import decode_video, encodes_beside_decode, start_decode_video, step_sigmas
 from ditproof.hashing import sha256_bytes
 from ditproof.metrics.registry import METRICS
 from ditproof.models.registry import LoadedModel
@@ -75,7 +76,7 @@ from ditproof.validation.segments import (
     trajectory_steps,
 )
 from ditproof.validation.trajectory import describe_position, step_position
-from ditproof.video import encode_video
+from ditproof.video import BackgroundEncode, encode_video
 
 SEGMENT_METRIC = "latent_rel_l2_segment"
 SEGMENT_KEY = f"{SEGMENT_METRIC}:value"
@@ -268,6 +269,32 @@ def _validate_segments(
             f"segments {chosen} of {len(segments)} ({k} per phase of {phases}; {cost} of {total} steps) from "
             f"validator entropy {entropy}",
         )
+    # 6 begins here when no chosen segment ends at the final latent: on a GPU the executor's final
+    # latent is decoded first, and its encode runs on the CPU while the GPU re-runs the segments.
+    video: BackgroundEncode | None = None
+    if chosen and chosen[-1] != len(segments) - 1 and encodes_beside_decode(model):
+        video = start_decode_video(
+            model, segments[-1].end.point.latent, record.request.fps, record.video.encoding, pre.options.cpu_threads
+        )
+    with video or nullcontext():
+        return _run_segments(record, model, pre, policy, comparison, segments, chosen, switch, extra, video)
+
+
+def _run_segments(
+    record: InferenceRecord,
+    model: LoadedModel,
+    pre: Preflight,
+    policy: ThresholdPolicy | None,
+    comparison: ComparisonOptions | None,
+    segments: list[Segment],
+    chosen: list[int],
+    switch: int | None,
+    extra: dict[str, object],
+    video: BackgroundEncode | None,
+) -> Verdict:
+    """Steps 5 and 6 of :func:`_validate_segments`: the chosen segments' re-runs, then the video."""
+    checks = pre.checks
+    total = record.request.num_inference_steps
     results: list[SegmentCheck] = []
     last_run: SegmentRun | None = None
     done = 0
@@ -302,7 +329,7 @@ def _validate_segments(
 
     # 6. The video comes from the final latent.
     final_run = last_run if chosen and chosen[-1] == len(segments) - 1 else None
-    return _check_video(record, model, pre, segments[-1], final_run, policy, comparison, extra)
+    return _check_video(record, model, pre, segments[-1], final_run, policy, comparison, extra, video)
 
 
 def _decide_segment(
@@ -409,15 +436,21 @@ def _check_video(
     policy: ThresholdPolicy | None,
     comparison: ComparisonOptions | None,
     extra: dict[str, object],
+    video: BackgroundEncode | None = None,
 ) -> Verdict:
-    """Step 6: the submitted video against the decoded final latent (re-run or the executor's)."""
+    """Step 6: the submitted video against the decoded final latent (re-run or the executor's;
+    ``video``: the executor's, decoded already and being encoded)."""
     checks = pre.checks
     if final_run is not None and final_run.result is not None and final_run.result.frames is not None:
         latent, source = final_run.result.capture.latents["final"][1], "re-run"
         regenerated = encode_video(final_run.result.frames, record.request.fps, record.video.encoding)
     else:
         latent, source = last.end.point.latent, "executor's"
-        regenerated = decode_video(model, latent, record.request.fps, record.video.encoding, pre.options.cpu_threads)
+        regenerated = (
+            video.finish()
+            if video is not None
+            else decode_video(model, latent, record.request.fps, record.video.encoding, pre.options.cpu_threads)
+        )
     if checks.add(
         "exact_match",
         sha256_bytes(regenerated) == record.video.sha256,
