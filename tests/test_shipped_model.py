@@ -78,8 +78,12 @@ def test_cpu_thresholds_name_their_calibrated_pairs_and_refuse_others() -> None:
     policy = ThresholdPolicy.from_cli(None, [])
     assert policy.file is not None
     revision = load_model(SHIPPED_NAME, LoadOptions()).revision
-    cpu = [e for e in policy.file.entries if e.runtime_class.startswith("cpu-")]
+    entries = policy.file.entries
+    cpu = [e for e in entries if e.runtime_class.startswith("cpu-") and (e.validator_class or "").startswith("cpu-")]
     assert cpu and all(e.provenance.fpr_target == 0.01 and "stage1-v2-cpu" in e.provenance.calibration for e in cpu)
+    # A CPU validator of a GPU executor (and the mirror) is the GPU run's pool, calibrated there.
+    across = [e for e in entries if {e.runtime_class[:4], (e.validator_class or "")[:4]} == {"cpu-", "cuda"}]
+    assert across and all("stage1-v2-gpu" in e.provenance.calibration for e in across)
     assert all(e.validator_class.startswith("cpu-") and "*" not in e.validator_class.split("/", 2)[2] for e in cpu)
     metrics = {e.metric for e in cpu}
     assert {"latent_rel_l2", "latent_rel_l2_checkpoint", "latent_rel_l2_segment"} <= metrics
