@@ -373,9 +373,25 @@ def test_on_a_gpu_the_video_is_decoded_first_and_encoded_beside_the_segments(
     verdict = validate_spot_check(bad, tmp_path / "g" / "video.mp4", validator_model, 1, hit, policy=POLICY)
     assert verdict.decision == "invalid" and verdict.first_failing_segment == SEGMENTS[BAD]
     assert len(started) == 3 and threading.active_count() == threads
-    # The checkpoints mode re-runs the last segment: its frames are the re-run's, nothing starts early.
+    # A draw with the last segment (and the checkpoints mode) encodes the re-run's frames as its VAE
+    # decodes them: nothing starts early, the bytes are the same.
+    fed: list[int] = []
+    real_rerun = checkpoints.rerun_segment
+
+    def rerun(*args, on_frames=None):
+        if on_frames is not None:
+            fed.append(1)
+        return real_rerun(*args, on_frames=on_frames)
+
+    monkeypatch.setattr(checkpoints, "rerun_segment", rerun)
+    last_chosen = entropy_choosing(record, 1, lambda chosen: 7 in chosen)
+    verdict = validate_spot_check(record, out / "video.mp4", validator_model, 1, last_chosen, policy=POLICY)
+    assert verdict.decision == "valid" and fed == [1], verdict.reason
     assert validate_checkpoints(record, out / "video.mp4", validator_model, policy=POLICY).decision == "valid"
-    assert len(started) == 3
+    choice = entropy_choosing(forged, 1, lambda chosen: 7 in chosen)
+    verdict = validate_spot_check(forged, tmp_path / "f" / "video.mp4", validator_model, 1, choice, policy=POLICY)
+    assert verdict.decision == "invalid" and verdict.first_failing_check == "exact_match"
+    assert len(started) == 3 and fed == [1, 1, 1] and threading.active_count() == threads
 
 
 # Thresholds and missing files.

@@ -269,13 +269,17 @@ def _validate_segments(
             f"segments {chosen} of {len(segments)} ({k} per phase of {phases}; {cost} of {total} steps) from "
             f"validator entropy {entropy}",
         )
-    # 6 begins here when no chosen segment ends at the final latent: on a GPU the executor's final
-    # latent is decoded first, and its encode runs on the CPU while the GPU re-runs the segments.
+    # 6's encode runs beside the GPU there: when no chosen segment ends at the final latent, the
+    # executor's final latent is decoded first and encoded while the GPU re-runs the segments; else
+    # the last segment's re-run hands its frames over as the VAE decodes them (as a generation does).
     video: BackgroundEncode | None = None
-    if chosen and chosen[-1] != len(segments) - 1 and encodes_beside_decode(model):
-        video = start_decode_video(
-            model, segments[-1].end.point.latent, record.request.fps, record.video.encoding, pre.options.cpu_threads
-        )
+    if chosen and encodes_beside_decode(model):
+        if chosen[-1] != len(segments) - 1:
+            latent = segments[-1].end.point.latent
+            encoding, threads = record.video.encoding, pre.options.cpu_threads
+            video = start_decode_video(model, latent, record.request.fps, encoding, threads)
+        else:
+            video = BackgroundEncode(record.request.fps, record.video.encoding)
     with video or nullcontext():
         return _run_segments(record, model, pre, policy, comparison, segments, chosen, switch, extra, video)
 
@@ -307,7 +311,8 @@ def _run_segments(
         tolerance = SAME_CLASS_FINGERPRINT_TOLERANCE
         if not pre.same_class:
             tolerance = max(threshold.value, 0.0) if threshold is not None else fingerprint_tolerance(policy, record)
-        run = rerun_segment(record, model, pre.options.run, segment)
+        sink = video if index == len(segments) - 1 else None
+        run = rerun_segment(record, model, pre.options.run, segment, on_frames=sink)
         done += segment.steps
         extra.update(regenerated_steps=done, cost_fraction=done / total)
         position = describe_position(segment.end.step, total, switch)
@@ -439,17 +444,20 @@ def _check_video(
     video: BackgroundEncode | None = None,
 ) -> Verdict:
     """Step 6: the submitted video against the decoded final latent (re-run or the executor's;
-    ``video``: the executor's, decoded already and being encoded)."""
+    ``video``: the encode of its frames, running already)."""
     checks = pre.checks
+    fps, encoding = record.request.fps, record.video.encoding
     if final_run is not None and final_run.result is not None and final_run.result.frames is not None:
         latent, source = final_run.result.capture.latents["final"][1], "re-run"
-        regenerated = encode_video(final_run.result.frames, record.request.fps, record.video.encoding)
+        if video is not None and video.frames == 0:  # another engine hands its frames over whole
+            video(final_run.result.frames)
+        regenerated = video.finish() if video is not None else encode_video(final_run.result.frames, fps, encoding)
     else:
         latent, source = last.end.point.latent, "executor's"
         regenerated = (
             video.finish()
-            if video is not None
-            else decode_video(model, latent, record.request.fps, record.video.encoding, pre.options.cpu_threads)
+            if video is not None and video.frames
+            else decode_video(model, latent, fps, encoding, pre.options.cpu_threads)
         )
     if checks.add(
         "exact_match",

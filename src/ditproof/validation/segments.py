@@ -22,7 +22,7 @@ import torch
 
 from ditproof.errors import IntegrityError, InvalidInputError
 from ditproof.generation.generate import generate
-from ditproof.generation.result import GenerationResult
+from ditproof.generation.result import FrameSink, GenerationResult
 from ditproof.generation.solver_state import ResumePoint, SolverState, derived_resume_point, schedule_state
 from ditproof.hashing import sha256_bytes, sha256_tensor
 from ditproof.models.registry import LoadedModel
@@ -286,7 +286,13 @@ class SegmentRun:
         return max(self.latent_rel_l2, self.solver_rel_l2)
 
 
-def rerun_segment(record: InferenceRecord, model: LoadedModel, options: RunOptions, segment: Segment) -> SegmentRun:
+def rerun_segment(
+    record: InferenceRecord,
+    model: LoadedModel,
+    options: RunOptions,
+    segment: Segment,
+    on_frames: FrameSink | None = None,
+) -> SegmentRun:
     """Re-runs ``segment`` from the executor's start checkpoint (from the seed's noise at step 0)
     and measures its end state against the executor's end checkpoint.
 
@@ -295,7 +301,8 @@ def rerun_segment(record: InferenceRecord, model: LoadedModel, options: RunOptio
     file; a file whose bookkeeping disagrees cannot be resumed (the segment fails). The history
     tensors come from the file: the end state's comparison checks them, as it checks the latent.
 
-    A segment that ends at the last step also decodes the frames (the one generation path does).
+    A segment that ends at the last step also decodes the frames (the one generation path does),
+    handing them to ``on_frames`` as they are decoded (:func:`~ditproof.generation.generate.generate`).
     A start checkpoint the generation path refuses (a solver state of another order) makes the
     segment unmeasurable, not an exception: the file is the executor's.
     """
@@ -309,7 +316,9 @@ def rerun_segment(record: InferenceRecord, model: LoadedModel, options: RunOptio
             )
             start = segment.start.point
             resume = derived_resume_point(derived, start.latent, start.solver)
-        result = generate(record.request, record.seed, model, options, resume=resume, stop_after=segment.end.step)
+        result = generate(
+            record.request, record.seed, model, options, resume=resume, stop_after=segment.end.step, on_frames=on_frames
+        )
     except InvalidInputError as exc:
         return SegmentRun(False, None, None, f"cannot resume from {segment.start.name}: {exc}", None)
     name = "final" if segment.end.step == steps else f"step_{segment.end.step:03d}"
