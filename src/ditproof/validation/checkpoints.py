@@ -26,8 +26,11 @@ piece. After steps 1–3 of :func:`ditproof.validation.validate` (integrity, rec
    passes), or, across classes, pass step 6 of full validation
    (:func:`ditproof.validation.compare.compare`) with the frame metrics in force.
 
-The cost is the re-run steps over the request's steps (``cost_fraction`` in the verdict); text
-encoding (per segment) and one VAE decode come on top.
+The cost is the re-run steps over the request's steps (``cost_fraction`` in the verdict); one
+text encoding (kept for the other segments), one VAE decode and the file checks come on top. On a
+GPU the mp4 encode of step 6 runs on the CPU beside the GPU's work: beside the segment re-runs
+when the executor's final latent is decoded (before them), beside the VAE decode when the last
+segment's re-run is.
 """
 
 from __future__ import annotations
