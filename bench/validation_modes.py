@@ -168,6 +168,8 @@ def main() -> None:
         "checkpoint_steps": sorted({c.step for c in record.checkpoints}),
         "encoding": record.video.encoding.model_dump(),
         "generate_s": generate_s,
+        # The executor's phases (its first generation after the load): what the denominator holds.
+        "generate_timings": record.timings.model_dump(mode="json"),
         "denominator": "the executor's generation" if args.no_full else "the full validation",
         "rows": rows,
     }
