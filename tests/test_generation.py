@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from ditproof.errors import InvalidInputError, RuntimeUnavailableError
 from ditproof.generation.execute import execute, resolve_seed
-from ditproof.generation.generate import decode_frames, decode_video, generate, generate_video
+from ditproof.generation.generate import decode_frames, generate, generate_video, start_decode_video
 from ditproof.hashing import sha256_file, sha256_tensor
 from ditproof.protocol.options import CaptureOptions, RuntimeOptions
 from ditproof.protocol.record import InferenceRecord
@@ -63,7 +63,8 @@ def test_frames_decoded_a_latent_frame_at_a_time_are_the_whole_decodes_bytes(pre
     assert video == encode_video(whole, request.fps, cpu_options.encoding)
     # The validator's decode of a final latent, overlapped as on a GPU or one after the other: the same mp4.
     for overlap in (True, False):
-        assert decode_video(model, latent, request.fps, cpu_options.encoding, overlap=overlap) == video
+        with start_decode_video(model, latent, request.fps, cpu_options.encoding, overlap=overlap) as encoder:
+            assert encoder.finish() == video
     # A VAE that tiles is decoded whole: the sink gets every frame at once.
     model.pipeline.vae.enable_tiling()
     try:

@@ -377,21 +377,6 @@ def encodes_beside_decode(model: LoadedModel) -> bool:
     return torch.device(model.load.device).type == "cuda"
 
 
-def decode_video(
-    model: LoadedModel,
-    latents: torch.Tensor,
-    fps: int,
-    encoding: VideoEncoding,
-    threads: int | None = None,
-    overlap: bool | None = None,
-) -> bytes:
-    """A final latent's mp4, the bytes of ``encode_video(decode_frames(...), fps, encoding)``, the
-    decode under :func:`cpu_threads` of ``threads``; with ``overlap`` (default:
-    :func:`encodes_beside_decode`) encoded beside the decode, as :func:`generate_video` does."""
-    with start_decode_video(model, latents, fps, encoding, threads, overlap) as encoder:
-        return encoder.finish()
-
-
 def start_decode_video(
     model: LoadedModel,
     latents: torch.Tensor,
@@ -400,10 +385,13 @@ def start_decode_video(
     threads: int | None = None,
     overlap: bool | None = None,
 ) -> BackgroundEncode:
-    """:func:`decode_video` up to the end of the VAE decode: every frame is handed to the encode,
-    whose thread goes on after this returns, so that the GPU can run other work while the CPU
-    encodes. ``finish()`` gives the bytes of :func:`decode_video`; use the result as a context
-    manager, so that its thread stops when the caller leaves early."""
+    """A final latent's mp4 on its way: the VAE decode (under :func:`cpu_threads` of ``threads``)
+    is done when this returns, every frame handed to an encode whose thread goes on, so that the GPU
+    can run other work while the CPU encodes. With ``overlap`` (default:
+    :func:`encodes_beside_decode`) the encode runs beside the decode too, as in
+    :func:`generate_video`. ``finish()`` gives the bytes of ``encode_video(decode_frames(...), fps,
+    encoding)``; use the result as a context manager, so that its thread stops when the caller
+    leaves early."""
     beside = encodes_beside_decode(model) if overlap is None else overlap
     with ExitStack() as cleanup:
         encoder = cleanup.enter_context(BackgroundEncode(fps, encoding))

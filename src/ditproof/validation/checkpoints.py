@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Literal, Unpack
 
 from ditproof.errors import IntegrityError
-from ditproof.generation.generate import decode_video, encodes_beside_decode, start_decode_video, step_sigmas
+from ditproof.generation.generate import encodes_beside_decode, start_decode_video, step_sigmas
 from ditproof.hashing import sha256_bytes
 from ditproof.metrics.registry import METRICS
 from ditproof.models.registry import LoadedModel
@@ -457,11 +457,8 @@ def _check_video(
         regenerated = video.finish() if video is not None else encode_video(final_run.result.frames, fps, encoding)
     else:
         latent, source = last.end.point.latent, "executor's"
-        regenerated = (
-            video.finish()
-            if video is not None and video.frames
-            else decode_video(model, latent, fps, encoding, pre.options.cpu_threads)
-        )
+        with video or start_decode_video(model, latent, fps, encoding, pre.options.cpu_threads) as encoder:
+            regenerated = encoder.finish()
     if checks.add(
         "exact_match",
         sha256_bytes(regenerated) == record.video.sha256,
