@@ -17,8 +17,10 @@ latent are byte-equal to the one-GPU run of the same host. It ends with where th
 largest N: text encode, VAE decode and mp4 encode are not parallelised (every rank encodes the
 prompt and decodes the whole latent; rank 0 encodes the mp4 beside its decode).
 
-CFG-parallel (the conditional and unconditional passes on two rank groups) is not run: the
-generation path has no such mode (``cfg_mode`` is ``sequential`` or ``batched`` in one process).
+A world size written ``Ncfg`` (``--gpus 1,4,8,4cfg,8cfg``) runs CFG parallelism instead: the
+conditional pass on N/2 ranks and the unconditional on the other N/2 (``cfg_degree=2``), each half
+with ``cp_degree=N/2`` (none at N=2); its rows say ``N+cfg`` and are compared with the same one-GPU
+run.
 
 Host (4 or 8 GPUs; diffusers and its needs unpacked under /tmp/site; each world size's group
 takes a few minutes, so a call with a time limit can run the one-GPU baseline first and merge):
@@ -26,12 +28,12 @@ takes a few minutes, so a call with a time limit can run the one-GPU baseline fi
     PYTHONPATH=/tmp/site:src HF_HUB_OFFLINE=1 TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) \
         python3 bench/multi_gpu.py --gpus 1 --steps 4 --out $OUT/multi_gpu_1.json
     PYTHONPATH=/tmp/site:src HF_HUB_OFFLINE=1 TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) \
-        python3 bench/multi_gpu.py --gpus 2,4,8 --steps 4 --merge $OUT/multi_gpu_1.json --out $OUT/multi_gpu.json
-    PYTHONPATH=src python3 bench/multi_gpu.py --smoke --out /tmp/multi_gpu_smoke.json   # CPU: tiny, TP-2 over gloo
+        python3 bench/multi_gpu.py --gpus 2,4,8,4cfg,8cfg --steps 4 --merge $OUT/multi_gpu_1.json --out $OUT/multi_gpu.json
+    PYTHONPATH=src python3 bench/multi_gpu.py --smoke --gpus 1,2,2cfg --out /tmp/multi_gpu_smoke.json  # CPU: TP-2, CFG-2
 
 Exactness by regeneration at several GPUs is the Stage 1 harness's job: ``cp-a14b-shape.toml``
-runs CP-2, CP-4 and CP-8 at A14B shape in the kept configuration against one GPU (8 prompts, a
-short request), on a host of 8 GPUs (docs/experiment.md):
+runs CP-2, CP-4, CP-8, CFG-2 and CFG-2 × CP-2/4 at A14B shape in the kept configuration against
+one GPU (8 prompts, a short request), on a host of 8 GPUs (docs/experiment.md):
 
     tools/stage1_host.sh cp-a14b-shape all OUT 1 540 none
 """
@@ -69,8 +71,6 @@ TARGETS_S: dict[str, dict[int, float]] = {
     "1280x720x81": {4: 170.0, 8: 90.0},
 }
 NOT_SUPPORTED = {
-    "cfg_parallel": "not supported: the generation path runs both CFG passes in every process "
-    "(cfg_mode sequential or batched); no mode splits them across two rank groups",
     "vae_parallel_decode": "not supported: every rank decodes the whole final latent with the full VAE "
     "(decode_frames); rank 0's decode is on the critical path",
     "text_encode_parallel": "not needed: every rank encodes the prompt itself (about 0.5 s)",
@@ -81,18 +81,41 @@ DOMINANT_SHARE = 0.5
 """Share of the whole video above which the phases that do not scale are said to dominate."""
 
 
-def kept_options(world: int, smoke: bool, attention: str) -> Any:
-    """The options of one world size's group: the kept configuration with ``cp_degree=world``, or on
-    the CPU smoke the tiny model's with ``tp_degree=world`` over 2 fixed-order FFN slices (context
-    parallelism needs NCCL; TP-N with ``ffn_chunks`` gives the bytes of one process)."""
+def kept_options(world: int, smoke: bool, attention: str, cfg: bool = False) -> Any:
+    """The options of one world size's group: the kept configuration with ``cp_degree=world`` (with
+    ``cfg``: ``cfg_degree=2`` and ``cp_degree=world/2``), or on the CPU smoke the tiny model's over 2
+    fixed-order FFN slices with ``tp_degree=world`` (with ``cfg``: ``cfg_degree=2``; context
+    parallelism needs NCCL; both give the bytes of one process)."""
     from ditproof.protocol.options import RuntimeOptions
 
     if smoke:
-        return RuntimeOptions(cpu_threads=1, ffn_chunks=2, tp_degree=world)
+        layout = {"cfg_degree": 2} if cfg else {"tp_degree": world}
+        return RuntimeOptions(cpu_threads=1, ffn_chunks=2, **layout)  # type: ignore[arg-type]
     from perf_pipeline import VARIANTS, base_options, variant_options
 
-    overrides = {**VARIANTS["ditproof-best"], "attention_backend": attention, "cp_degree": world}
+    layout = {"cfg_degree": 2, "cp_degree": world // 2} if cfg else {"cp_degree": world}
+    overrides = {**VARIANTS["ditproof-best"], "attention_backend": attention, **layout}
     return variant_options(base_options("cuda"), overrides, "cuda")
+
+
+def parse_worlds(text: str) -> list[tuple[int, bool]]:
+    """``--gpus`` as (world size, CFG-parallel) pairs: ``N`` or ``Ncfg`` (N even)."""
+    worlds = []
+    for item in text.split(","):
+        number, cfg = item.removesuffix("cfg"), item.endswith("cfg")
+        if not number.isdigit() or int(number) < 1 or (cfg and int(number) % 2):
+            raise SystemExit(f"multi_gpu: --gpus: got {item!r}; allowed: N, or Ncfg with N even, comma-separated")
+        worlds.append((int(number), cfg))
+    return worlds
+
+
+def layout_of(group: dict[str, Any]) -> tuple[int, bool]:
+    """A group's (world size, CFG-parallel); groups of older results are context-parallel only."""
+    return group["world_size"], bool(group.get("cfg_parallel", False))
+
+
+def label(world: int, cfg: bool) -> str:
+    return f"{world}+cfg" if cfg else str(world)
 
 
 def parse_runs(text: str, steps: int | None) -> list[tuple[str, int]]:
@@ -235,15 +258,16 @@ def same_host(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def table_rows(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (size, world size) of the groups that ran, compared with one GPU's run."""
-    ran = {g["world_size"]: g for g in groups if g["status"] == "ok"}
-    base = ran.get(1)
+    ran = {layout_of(g): g for g in groups if g["status"] == "ok"}
+    base = ran.get((1, False))
     rows = []
-    for world, group in sorted(ran.items()):
+    for (world, cfg), group in sorted(ran.items()):
         for run in group["runs"]:
             one = None if base is None else next((r for r in base["runs"] if r["size"] == run["size"]), None)
             row: dict[str, Any] = {
                 "size": run["size"],
                 "gpus": world,
+                "cfg_parallel": cfg,
                 "steps": run["steps"],
                 "target_steps": run["target_steps"],
                 "whole_s": run["whole_s"],
@@ -279,8 +303,8 @@ def time_split(groups: list[dict[str, Any]]) -> dict[str, Any] | None:
     ran = [g for g in groups if g["status"] == "ok"]
     if not ran:
         return None
-    group = max(ran, key=lambda g: g["world_size"])
-    split: dict[str, Any] = {"gpus": group["world_size"], "sizes": {}}
+    group = max(ran, key=layout_of)
+    split: dict[str, Any] = {"gpus": group["world_size"], "cfg_parallel": layout_of(group)[1], "sizes": {}}
     for run in group["runs"]:
         whole = run["whole_target_s"]
         parts = {
@@ -309,14 +333,14 @@ def print_report(groups: list[dict[str, Any]], rows: list[dict[str, Any]], split
         f"{'size':>12} {'GPUs':>4} {'steps':>5} {'whole s':>8} {'s @ target':>10} {'speed-up':>8} {'effic.':>6} "
         f"{'ideal s':>7} {'target':>6} {'Wan2.2':>6} {'text':>5} {'denoise':>8} {'VAE':>5} {'encode':>6}  bytes = 1 GPU"
     )
-    runs = {(g["world_size"], r["size"]): r for g in groups if g["status"] == "ok" for r in g["runs"]}
+    runs = {(*layout_of(g), r["size"]): r for g in groups if g["status"] == "ok" for r in g["runs"]}
     for row in rows:
-        run = runs[(row["gpus"], row["size"])]
+        run = runs[(row["gpus"], row["cfg_parallel"], row["size"])]
         equal = {True: "yes", False: "no", None: "-"}[row["bytes_equal_1gpu"]]
         if row["bytes_note"]:
             equal += f" ({row['bytes_note']})"
         print(
-            f"{row['size']:>12} {row['gpus']:>4} {row['steps']:>5} {row['whole_s']:>8.1f} {row['whole_target_s']:>10.1f} "
+            f"{row['size']:>12} {label(row['gpus'], row['cfg_parallel']):>4} {row['steps']:>5} {row['whole_s']:>8.1f} {row['whole_target_s']:>10.1f} "
             f"{fmt(row['speedup'], '.2f'):>8} {fmt(row['efficiency'], '.0%'):>6} {fmt(row['ideal_target_s']):>7} "
             f"{fmt(row['target_s'], '.0f'):>6} {fmt(row['official_wan22_s']):>6} {run['text_encode_s']:>5.2f} "
             f"{run['denoise_target_s']:>8.1f} {run['vae_decode_s']:>5.2f} {run['encode_s']:>6.2f}  {equal}"
@@ -327,7 +351,7 @@ def print_report(groups: list[dict[str, Any]], rows: list[dict[str, Any]], split
     )
     for group in groups:
         if group["status"] != "ok":
-            print(f"{group['world_size']} GPUs: {group['status']}: {group['reason']}")
+            print(f"{label(*layout_of(group))} GPUs: {group['status']}: {group['reason']}")
     for name, why in NOT_SUPPORTED.items():
         print(f"{name}: {why}")
     if split is None:
@@ -336,7 +360,7 @@ def print_report(groups: list[dict[str, Any]], rows: list[dict[str, Any]], split
         shares = ", ".join(f"{k.removesuffix('_s')} {v:.0%}" for k, v in parts["shares"].items())
         verdict = "dominate" if parts["vae_and_encode_dominate"] else "do not dominate"
         print(
-            f"at {split['gpus']} GPUs, {size}: {shares}; VAE decode + mp4 encode (not parallelised) "
+            f"at {label(split['gpus'], split['cfg_parallel'])} GPUs, {size}: {shares}; VAE decode + mp4 encode (not parallelised) "
             f"{parts['vae_and_encode_share']:.0%} of the whole: they {verdict}"
         )
 
@@ -346,7 +370,9 @@ def main() -> None:
         rank_main(sys.argv[2])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpus", default="1,2,4,8", help="world sizes, comma-separated")
+    parser.add_argument(
+        "--gpus", default="1,2,4,8,4cfg,8cfg", help="world sizes, comma-separated; Ncfg: CFG-parallel over N/2 + N/2"
+    )
     parser.add_argument("--runs", default="832x480x81:40,1280x720x81:40", help="SIZE:STEPS,...")
     parser.add_argument("--steps", type=int, default=None, help="steps of every run (then scaled to --target-steps)")
     parser.add_argument("--target-steps", type=int, default=40)
@@ -360,7 +386,7 @@ def main() -> None:
     if args.smoke:
         preset, args.runs, args.target_steps = "wan-tiny-random", "64x48x5:3", 4
     runs = parse_runs(args.runs, args.steps)
-    worlds = [int(v) for v in args.gpus.split(",")]
+    worlds = parse_worlds(args.gpus)
     if args.smoke:
         available, limit_reason = 2, "the smoke runs 1 and 2 processes"
     else:
@@ -369,15 +395,18 @@ def main() -> None:
         available, limit_reason = torch.cuda.device_count(), f"{torch.cuda.device_count()} GPUs on this host"
     merged: list[dict[str, Any]] = []
     if args.merge:
-        merged = [g for g in json.loads(Path(args.merge).read_text())["groups"] if g["world_size"] not in worlds]
+        merged = [g for g in json.loads(Path(args.merge).read_text())["groups"] if layout_of(g) not in worlds]
     groups = list(merged)
     out = args.out
-    for world in worlds:
+    for world, cfg in worlds:
         if world > available:
-            groups.append({"world_size": world, "status": "not run", "reason": limit_reason})
+            groups.append({"world_size": world, "cfg_parallel": cfg, "status": "not run", "reason": limit_reason})
             continue
-        options = kept_options(world, args.smoke, args.attention)
-        print(f"group of {world}: {preset} {options.attention_backend} cp={options.cp_degree} tp={options.tp_degree}")
+        options = kept_options(world, args.smoke, args.attention, cfg)
+        print(
+            f"group of {world}: {preset} {options.attention_backend} cp={options.cp_degree} "
+            f"tp={options.tp_degree} cfg={options.cfg_degree}"
+        )
         spec = {
             "preset": preset,
             "options": options.model_dump_json(),
@@ -385,14 +414,14 @@ def main() -> None:
             "warmup_steps": warmup_steps,
             "target_steps": args.target_steps,
         }
-        groups.append(run_group(world, spec, args.timeout))
-        groups.sort(key=lambda g: g["world_size"])
+        groups.append({**run_group(world, spec, args.timeout), "cfg_parallel": cfg})
+        groups.sort(key=layout_of)
         device = next((g["device"] for g in groups if g["status"] == "ok"), None)
         if out is None and device is not None:
             out = str(RESULTS / f"multi_gpu_{card_name(device)}_{device['date']}.json")
         if out is not None:  # after each group: a later one that fails leaves the earlier ones on disk
             write_result(out, summary(preset, runs, args, groups))
-    groups.sort(key=lambda g: g["world_size"])
+    groups.sort(key=layout_of)
     result = summary(preset, runs, args, groups)
     if out is not None:
         write_result(out, result)
@@ -413,7 +442,9 @@ def summary(
         "preset": preset,
         "runs": [list(r) for r in runs],
         "target_steps": args.target_steps,
-        "parallelism": "tp_degree with ffn_chunks=2 over gloo (CPU smoke)" if args.smoke else "cp_degree (Ulysses)",
+        "parallelism": "tp_degree (Ncfg: cfg_degree 2) with ffn_chunks=2 over gloo (CPU smoke)"
+        if args.smoke
+        else "cp_degree (Ulysses); Ncfg: cfg_degree 2 × cp_degree N/2",
         "groups": groups,
         "table": table_rows(groups),
         "time_split_at_largest": time_split(groups),

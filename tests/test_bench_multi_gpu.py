@@ -18,7 +18,7 @@ def test_smoke_runs_one_and_two_processes_and_finds_the_bytes_equal(tmp_path):
     out = tmp_path / "multi_gpu.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "multi_gpu.py"), "--smoke", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / "multi_gpu.py"), "--smoke", "--gpus", "1,2,4,8,2cfg", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -28,8 +28,11 @@ def test_smoke_runs_one_and_two_processes_and_finds_the_bytes_equal(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
 
-    groups = {g["world_size"]: g for g in result["groups"]}
+    groups = {g["world_size"]: g for g in result["groups"] if not g["cfg_parallel"]}
     assert sorted(groups) == [1, 2, 4, 8]
+    (cfg,) = [g for g in result["groups"] if g["cfg_parallel"]]
+    assert cfg["world_size"] == 2 and cfg["status"] == "ok"
+    assert cfg["options"]["cfg_degree"] == 2 and "tp_degree" in cfg["options"] and cfg["options"]["tp_degree"] == 1
     assert groups[1]["status"] == groups[2]["status"] == "ok"
     assert groups[4]["status"] == groups[8]["status"] == "not run"
     assert groups[2]["options"]["tp_degree"] == 2 and groups[2]["options"]["ffn_chunks"] == 2
@@ -42,19 +45,22 @@ def test_smoke_runs_one_and_two_processes_and_finds_the_bytes_equal(tmp_path):
         assert timed["whole_target_s"] > timed["whole_s"]  # 3 steps scaled to 4
         assert len(timed["video_sha256"]) == len(timed["final_latent_sha256"]) == 64
     assert groups[1]["runs"][0]["video_sha256"] == groups[2]["runs"][0]["video_sha256"]
+    assert groups[1]["runs"][0]["video_sha256"] == cfg["runs"][0]["video_sha256"]  # CFG-2: one process's bytes
 
-    rows = {row["gpus"]: row for row in result["table"]}
-    assert sorted(rows) == [1, 2]
-    assert rows[2]["bytes_equal_1gpu"] is True and rows[2]["video_equal_1gpu"] is True
-    assert rows[1]["speedup"] == 1.0 and rows[2]["speedup"] > 0 and rows[2]["efficiency"] == rows[2]["speedup"] / 2
-    assert result["time_split_at_largest"]["gpus"] == 2
-    assert "cfg_parallel" in result["not_supported"]
+    rows = {(row["gpus"], row["cfg_parallel"]): row for row in result["table"]}
+    assert sorted(rows) == [(1, False), (2, False), (2, True)]
+    for layout in ((2, False), (2, True)):
+        assert rows[layout]["bytes_equal_1gpu"] is True and rows[layout]["video_equal_1gpu"] is True
+        assert rows[layout]["speedup"] > 0 and rows[layout]["efficiency"] == rows[layout]["speedup"] / 2
+    assert rows[(1, False)]["speedup"] == 1.0
+    assert result["time_split_at_largest"]["gpus"] == 2 and result["time_split_at_largest"]["cfg_parallel"] is True
+    assert "cfg_parallel" not in result["not_supported"]
 
     lines = run.stdout.splitlines()
     table = [line.split() for line in lines if line.strip().startswith("64x48x5")]
-    assert [row[1] for row in table] == ["1", "2"] and all(row[-1] == "yes" for row in table)
+    assert [row[1] for row in table] == ["1", "2", "2+cfg"] and all(row[-1] == "yes" for row in table)
     assert "4 GPUs: not run: the smoke runs 1 and 2 processes" in lines
-    assert any(line.startswith("at 2 GPUs, 64x48x5:") for line in lines)
+    assert any(line.startswith("at 2+cfg GPUs, 64x48x5:") for line in lines)
 
 
 def load_bench():
@@ -93,3 +99,15 @@ def test_bytes_are_compared_only_on_one_host_and_card_names_are_short():
     assert bench.card_name({"gpu": "NVIDIA H100 80GB HBM3"}) == "h100"
     assert bench.card_name({"gpu": "NVIDIA H200"}) == "h200"
     assert bench.card_name({"gpu": None}) == "cpu"
+
+
+def test_cfg_layouts_are_parsed_and_kept_apart_from_context_parallel_ones():
+    bench = load_bench()
+    assert bench.parse_worlds("1,4,8,4cfg,8cfg") == [(1, False), (4, False), (8, False), (4, True), (8, True)]
+    with pytest.raises(SystemExit, match="allowed: N, or Ncfg with N even"):
+        bench.parse_worlds("3cfg")
+    with pytest.raises(SystemExit, match="got 'four'"):
+        bench.parse_worlds("four")
+    options = bench.kept_options(8, False, "sdpa-cudnn", cfg=True)
+    assert (options.cfg_degree, options.cp_degree, options.tp_degree) == (2, 4, 1)
+    assert bench.layout_of({"world_size": 4}) == (4, False)  # results written before CFG parallelism

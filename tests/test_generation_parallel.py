@@ -43,11 +43,12 @@ def one_process(out, *args: str, env: dict[str, str] | None = None) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
 
 
-def two_processes(out, port: int, *args: str) -> None:
-    """``ditproof generate --tp-degree 2`` under torchrun (gloo); fails the test if it fails."""
+def two_processes(out, port: int, *args: str, parallel: tuple[str, ...] = ("--tp-degree", "2")) -> None:
+    """``ditproof generate`` with ``parallel`` (TP-2 by default) on two processes under torchrun
+    (gloo); fails the test if it fails."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
     run = subprocess.run(
-        [*launcher, "-m", "ditproof.cli.main", "generate", "--out", str(out), "--tp-degree", "2", *args],
+        [*launcher, "-m", "ditproof.cli.main", "generate", "--out", str(out), *parallel, *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -71,6 +72,12 @@ def test_parallel_options_are_checked():
     assert init_parallel(RuntimeOptions()) == RuntimeOptions()
     with pytest.raises(InvalidInputError, match="not both"):
         init_parallel(RuntimeOptions(tp_degree=2, cp_degree=2))
+    with pytest.raises(InvalidInputError, match="not with tensor parallelism"):
+        init_parallel(RuntimeOptions(tp_degree=2, cfg_degree=2))
+    with pytest.raises(InvalidInputError, match="cfg_mode: got 'batched' with cfg_degree 2; allowed: 'sequential'"):
+        init_parallel(RuntimeOptions(cfg_degree=2, cfg_mode="batched"))
+    with pytest.raises(RuntimeUnavailableError, match="launch with torchrun --nproc-per-node 4"):
+        init_parallel(RuntimeOptions(cfg_degree=2, cp_degree=2, device="cuda"))
     with pytest.raises(RuntimeUnavailableError, match="launch with torchrun --nproc-per-node 2"):
         init_parallel(RuntimeOptions(tp_degree=2))
     assert torch.distributed.is_available()
@@ -110,3 +117,39 @@ def test_ffn_slices_are_checked(tiny_model):
         load_model("wan-tiny-random", LoadOptions(ffn_chunks=3, tp_degree=2))
     with pytest.raises(InvalidInputError, match="a divisor of the FFN width"):
         load_model("wan-tiny-random", LoadOptions(ffn_chunks=7))
+
+
+def test_cfg_parallel_on_two_processes_gives_the_bytes_of_one_process(tmp_path):
+    # The conditional pass on rank 0, the unconditional on rank 1, outputs exchanged and combined on
+    # both: every pass is one process's forward, so latents, video and class are one process's, and
+    # a validator in one process reproduces the record byte for byte.
+    import json
+    import os
+
+    one_process(tmp_path / "one", *ARGS, env={**os.environ, "OMP_NUM_THREADS": "1"})  # a rank's one thread
+    two_processes(tmp_path / "cfg2", 29521, *ARGS, parallel=("--cfg-degree", "2"))
+    one, two = (json.loads((tmp_path / name / "record.json").read_text()) for name in ("one", "cfg2"))
+    assert two["options"]["cfg_degree"] == 2 and two["runtime"]["cfg_degree"] == 2
+    assert "cfg_degree" not in one["options"] and "cfg_degree" not in one["runtime"]  # 1: left out
+    assert one["video"]["sha256"] == two["video"]["sha256"]
+    assert [c["tensor_sha256"] for c in one["checkpoints"]] == [c["tensor_sha256"] for c in two["checkpoints"]]
+    assert one["fingerprints"] == two["fingerprints"]
+    assert one["runtime_class"] == two["runtime_class"]
+    validated = subprocess.run(
+        [sys.executable, "-m", "ditproof.cli.main", "validate", "--record", str(tmp_path / "cfg2" / "record.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert validated.returncode == 0, validated.stdout[-2000:]
+    assert "matched byte for byte" in validated.stdout
+
+
+def test_cfg_parallel_refuses_what_it_cannot_run(tiny_model):
+    from ditproof.models.registry import load_model
+
+    # Outside a process group of two: said before anything is loaded onto ranks that do not exist.
+    with pytest.raises(RuntimeUnavailableError, match="launch with torchrun --nproc-per-node 2"):
+        load_model("wan-tiny-random", LoadOptions(cfg_degree=2))
+    with pytest.raises(ValueError, match="cfg_degree"):
+        LoadOptions(cfg_degree=3)

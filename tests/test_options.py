@@ -38,6 +38,7 @@ RECORD_FIELDS = (
     "compile",
     "cpu_threads",
     "ffn_chunks",
+    "cfg_degree",
 )
 """The record's ``options`` fields, in their order (the record format: unchanged by the split)."""
 

@@ -153,6 +153,11 @@ def generate_command(
     cache_threshold: float | None = typer.Option(None, "--cache-threshold", help="First-block cache (experiments)."),
     tp_degree: int = typer.Option(1, "--tp-degree", help="Tensor parallelism (run under torchrun)."),
     cp_degree: int = typer.Option(1, "--cp-degree", help="Context parallelism (run under torchrun)."),
+    cfg_degree: int = typer.Option(
+        1,
+        "--cfg-degree",
+        help="2: CFG's two passes on two halves of the ranks, each with --cp-degree (run under torchrun).",
+    ),
     ffn_chunks: int = typer.Option(
         1,
         "--ffn-chunks",
@@ -220,6 +225,7 @@ def generate_command(
             cache=cache,
             tp_degree=tp_degree,
             cp_degree=cp_degree,
+            cfg_degree=cfg_degree,
             ffn_chunks=ffn_chunks,
             engine=engine,
             fuse_projections=fuse_projections,
@@ -245,7 +251,7 @@ def generate_command(
         options = init_parallel(options)
         drawn = False
         if seed is None:
-            if tp_degree * cp_degree > 1 and (request_id is None or entropy is None):
+            if tp_degree * cp_degree * cfg_degree > 1 and (request_id is None or entropy is None):
                 raise InvalidInputError("request_id and entropy: a parallel run needs both given (all ranks agree)")
             request_id = request_id or f"local-{uuid.uuid4().hex}"
             drawn = entropy is None

@@ -146,8 +146,8 @@ class ResolvedConfiguration(_Strict):
 
     @property
     def world_size(self) -> int:
-        """Processes (GPUs) one job of this configuration needs: tensor × context parallel degrees."""
-        return self.options.tp_degree * self.options.cp_degree
+        """Processes (GPUs) one job of this configuration needs: tensor × context × CFG parallel degrees."""
+        return self.options.tp_degree * self.options.cp_degree * self.options.cfg_degree
 
     def spec(self) -> dict[str, Any]:
         """The JSON description hashed into job ids.

@@ -12,7 +12,7 @@ import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from ditproof.protocol.options import CacheOptions, RunOptions, RuntimeOptions, 
 from ditproof.protocol.request import GenerationRequest
 from ditproof.randomness import initial_noise
 from ditproof.video import BackgroundEncode, frames_to_uint8
+
+if TYPE_CHECKING:
+    from ditproof.models.parallel import CfgGroup
 
 
 class _Clock:
@@ -218,6 +221,11 @@ def generate(
 
         return run_engine(request, seed, model, run, on_step, resume=resume, stop_after=stop_after)
 
+    if model.cfg_group is not None and run.cfg_mode != "sequential":
+        raise InvalidInputError(
+            f"cfg_mode: got {run.cfg_mode!r} on a model loaded with cfg_degree {model.load.cfg_degree}; allowed: "
+            "'sequential' (the two halves of the ranks run one pass each)"
+        )
     # 1. Check inputs the request model cannot check alone.
     check_prompt_length(model, request.prompt, request.negative_prompt)
     check_segment(request, resume, stop_after)
@@ -308,6 +316,7 @@ def _denoise(
                     options.cfg_mode,
                     context,
                     uncond=reuse,
+                    cfg_group=model.cfg_group,
                 )
             previous = (noise_pred, uncond)
             passes += 2 if guided and reuse is None else 1
@@ -474,12 +483,15 @@ def _predict(
     cfg_mode: str,
     context: dict[str, float | int],
     uncond: torch.Tensor | None = None,
+    cfg_group: CfgGroup | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One guided velocity prediction: conditional, unconditional, combined as in WanPipeline.
 
     Returns the guided prediction and the unconditional output (None without CFG). ``uncond``: an
     unconditional output to reuse instead of running that pass (the ``uncond-reuse-tail``
-    shortcut; None in the published algorithm).
+    shortcut; None in the published algorithm). ``cfg_group``: under CFG parallelism this rank
+    runs only its pass and takes the other from its counterpart; a forward without guidance runs
+    on every rank alike.
 
     Each forward runs inside the expert's ``cache_context`` as in WanPipeline, which step caches
     (first-block cache) key on; without a cache it does nothing.
@@ -493,6 +505,14 @@ def _predict(
         return forward("cond", latent_input, timestep, prompt_embeds), None
     if uncond is not None:
         cond = forward("cond", latent_input, timestep, prompt_embeds)
+    elif cfg_group is not None:
+        # The same forward as one process's on this rank's half, then the two outputs exchanged.
+        mine = (
+            forward("cond", latent_input, timestep, prompt_embeds)
+            if cfg_group.branch == 0
+            else forward("uncond", latent_input, timestep, negative_embeds)
+        )
+        cond, uncond = cfg_group.exchange(mine)
     elif cfg_mode == "batched":
         both = forward(
             "cond_uncond",

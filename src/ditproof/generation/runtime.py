@@ -176,6 +176,7 @@ def _fingerprint(model: LoadedModel, options: RuntimeOptions) -> RuntimeFingerpr
         shortcut=shortcut_label(options.shortcut),
         tp_degree=options.tp_degree,
         cp_degree=options.cp_degree,
+        cfg_degree=options.cfg_degree,
         ffn_chunks=options.ffn_chunks,
         fuse_projections=options.fuse_projections,
         fuse_elementwise=options.fuse_elementwise,

@@ -18,13 +18,22 @@ Launch with ``torchrun --nproc-per-node N`` (the CLI's ``generate --tp-degree N`
   process without parallelism, computes the same matrix products on the same shapes and adds
   them in the same order: TP-N gives the bytes of TP-1 (measured on CPU processes, tests).
 
-Only one of the two per run for now. Ranks other than 0 compute but write nothing. On CPUs the
-process group uses gloo (tensor parallelism only), which is how the tests run it.
+- CFG parallelism (``cfg_degree`` 2): the conditional pass on the first half of the ranks, the
+  unconditional on the second, each half with ``cp_degree`` context parallelism over a device
+  mesh ``(cfg, ring, ulysses) = (2, 1, cp_degree)``. After each guided forward, rank ``r`` of
+  one half and rank ``r`` of the other all-gather their outputs (:class:`CfgGroup`) and every
+  rank combines them as one process does. Each pass is the forward one process would run, on
+  the same shapes, so the bytes are one process's (measured on CPU processes, tests).
+
+Tensor parallelism goes alone; CFG and context parallelism go together. Ranks other than 0
+compute but write nothing. On CPUs the process group uses gloo (tensor and CFG parallelism),
+which is how the tests run it.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -55,12 +64,23 @@ def init_parallel(options: Options) -> Options:
         InvalidInputError: both degrees above 1, or a world size that does not match.
         RuntimeUnavailableError: a parallel run not launched by torchrun.
     """
-    degree = options.tp_degree * options.cp_degree
+    degree = options.tp_degree * options.cp_degree * options.cfg_degree
     if degree == 1:
         return options
     if options.tp_degree > 1 and options.cp_degree > 1:
         raise InvalidInputError(
             f"tp_degree={options.tp_degree}, cp_degree={options.cp_degree}: allowed: one of them above 1, not both"
+        )
+    if options.tp_degree > 1 and options.cfg_degree > 1:
+        raise InvalidInputError(
+            f"tp_degree={options.tp_degree}, cfg_degree={options.cfg_degree}: allowed: cfg_degree 2 alone or "
+            "with cp_degree, not with tensor parallelism"
+        )
+    cfg_mode = getattr(options, "cfg_mode", "sequential")  # a run's choice: RuntimeOptions only
+    if options.cfg_degree > 1 and cfg_mode != "sequential":
+        raise InvalidInputError(
+            f"cfg_mode: got {cfg_mode!r} with cfg_degree {options.cfg_degree}; allowed: 'sequential' "
+            "(the two halves of the ranks run one pass each)"
         )
     if "WORLD_SIZE" not in os.environ:
         raise RuntimeUnavailableError(
@@ -68,7 +88,7 @@ def init_parallel(options: Options) -> Options:
         )
     if int(os.environ["WORLD_SIZE"]) != degree:
         raise InvalidInputError(
-            f"tp/cp degree: got {degree} with {os.environ['WORLD_SIZE']} processes; allowed: equal numbers"
+            f"tp × cp × cfg degree: got {degree} with {os.environ['WORLD_SIZE']} processes; allowed: equal numbers"
         )
     device = options.device
     if device.startswith("cuda"):
@@ -93,8 +113,34 @@ def ffn_plan(expert: torch.nn.Module) -> dict[str, object]:
     return plan
 
 
-def apply_parallel(experts: tuple[torch.nn.Module, ...], options: LoadOptions) -> None:
-    """Shards the experts in place for the run's tensor or context parallelism."""
+@dataclass(frozen=True)
+class CfgGroup:
+    """This rank's part in CFG parallelism: which pass it runs and the two ranks that exchange."""
+
+    branch: int
+    """0: the conditional pass; 1: the unconditional pass."""
+    group: Any
+    """The process group of this rank and its counterpart in the other half (cond's rank first)."""
+
+    def exchange(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditional, unconditional) outputs, from this rank's pass and its counterpart's."""
+        parts = [torch.empty_like(output) for _ in range(2)]
+        dist.all_gather(parts, output.contiguous(), group=self.group)
+        return parts[0], parts[1]
+
+
+def apply_parallel(experts: tuple[torch.nn.Module, ...], options: LoadOptions) -> CfgGroup | None:
+    """Shards the experts in place for the run's tensor or context parallelism; with CFG
+    parallelism, returns this rank's :class:`CfgGroup` (None without).
+
+    Raises:
+        RuntimeUnavailableError: CFG parallelism outside a process group of ``2 × cp_degree``.
+    """
+    if options.cfg_degree > 1 and world()[1] != options.cfg_degree * options.cp_degree:
+        raise RuntimeUnavailableError(
+            f"cfg_degree {options.cfg_degree} with cp_degree {options.cp_degree}: the process group has "
+            f"{world()[1]} processes; launch with torchrun --nproc-per-node {options.cfg_degree * options.cp_degree}"
+        )
     if options.tp_degree > 1 and options.ffn_chunks == 1:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.tensor.parallel import parallelize_module
@@ -107,7 +153,27 @@ def apply_parallel(experts: tuple[torch.nn.Module, ...], options: LoadOptions) -
         from diffusers import ContextParallelConfig
 
         for expert in experts:
-            expert.enable_parallelism(config=ContextParallelConfig(ulysses_degree=options.cp_degree))  # type: ignore[operator]
+            # Each expert its own mesh (diffusers flattens the one it is given); under CFG
+            # parallelism the mesh holds the two halves and each expert's Ulysses group is its half.
+            config = ContextParallelConfig(
+                ulysses_degree=options.cp_degree, mesh=cfg_mesh(options) if options.cfg_degree > 1 else None
+            )
+            expert.enable_parallelism(config=config)  # type: ignore[operator]
+    if options.cfg_degree == 1:
+        return None
+    mesh = cfg_mesh(options)
+    return CfgGroup(branch=mesh.get_local_rank("cfg"), group=mesh.get_group("cfg"))
+
+
+def cfg_mesh(options: LoadOptions) -> Any:
+    """The device mesh ``(cfg, ring, ulysses) = (2, 1, cp_degree)``: ranks 0 … cp−1 run the
+    conditional pass, cp … 2cp−1 the unconditional one, and rank ``r`` pairs with ``r + cp``."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    device_type = "cuda" if options.device.startswith("cuda") else "cpu"
+    return init_device_mesh(
+        device_type, (options.cfg_degree, 1, options.cp_degree), mesh_dim_names=("cfg", "ring", "ulysses")
+    )
 
 
 class SlicedFeedForward(torch.nn.Module):

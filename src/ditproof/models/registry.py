@@ -9,6 +9,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import WanPipeline
@@ -22,6 +23,9 @@ from ditproof.models.presets import PRESETS, WAN22_PATH_ENV
 from ditproof.models.presets import ModelPreset as ModelPreset  # re-exported: callers import it from here
 from ditproof.models.weight_fill import cast_keeping_fp32
 from ditproof.protocol.options import LoadOptions, RunOptions, RuntimeOptions
+
+if TYPE_CHECKING:
+    from ditproof.models.parallel import CfgGroup
 
 PromptKey = tuple[object, ...]
 PromptEmbeddings = tuple[torch.Tensor, torch.Tensor | None]
@@ -73,7 +77,9 @@ class LoadedModel:
       :class:`RunOptions`, and a record states both through ``RuntimeOptions.of``);
     - ``text_encoder_host``: with ``load.offload_text_encoder``, the text encoder kept in host
       memory between prompts (None otherwise);
-    - ``prompts``: the :class:`PromptCache` of the last few prompts' text-encoder outputs.
+    - ``prompts``: the :class:`PromptCache` of the last few prompts' text-encoder outputs;
+    - ``cfg_group``: with ``load.cfg_degree`` 2, which CFG pass this rank runs and with whom it
+      exchanges (:class:`ditproof.models.parallel.CfgGroup`; None otherwise).
 
     A generation leaves the model as it found it: its attention kernel and step cache are set for
     the run and restored after (:mod:`ditproof.generation.attention`,
@@ -88,6 +94,7 @@ class LoadedModel:
     load: LoadOptions = field(default_factory=LoadOptions)
     text_encoder_host: HostResident | None = None
     prompts: PromptCache = field(default_factory=PromptCache)
+    cfg_group: CfgGroup | None = None
 
     def run_options(self, options: RunOptions | RuntimeOptions) -> RunOptions:
         """The run part of ``options``: complete options must have been loaded as this model was.
@@ -159,8 +166,8 @@ def load_model(name: str, load: LoadOptions, model_path: str | Path | None = Non
             fp8_roundtrip_linear_weights(expert)
     if load.ffn_chunks > 1:
         slice_feed_forwards(experts, load)
-    if load.tp_degree > 1 or load.cp_degree > 1:
-        apply_parallel(experts, load)
+    if load.tp_degree > 1 or load.cp_degree > 1 or load.cfg_degree > 1:
+        model.cfg_group = apply_parallel(experts, load)
     apply_kernels(experts, load)
     return model
 

@@ -205,6 +205,11 @@ def shortcut_label(shortcut: LowNoiseReuse | CfgOffTail | UncondReuseTail | Skip
     return f"{shortcut.kind}:{params}"
 
 
+def _is_one(value: int) -> bool:
+    """A degree of 1 (none), which a dump leaves out."""
+    return value == 1
+
+
 def check_device(value: str) -> str:
     """``value`` when it names a device the options allow (``cpu``, ``cuda``, ``cuda:N``).
 
@@ -243,6 +248,12 @@ class LoadOptions(BaseModel):
     parallelism then hands whole slices to the ranks and gathers the partial outputs, so a run
     with ``tp_degree`` N (dividing ``ffn_chunks``) gives the bytes of one process: the degree
     leaves the runtime class. Not with ``fuse_elementwise``.
+    ``cfg_degree``: 2 runs classifier-free guidance's two passes in parallel on two halves of the
+    processes (the conditional on ranks ``0 … N/2−1``, the unconditional on the others, each half
+    with ``cp_degree`` context parallelism), which exchange their outputs and combine them as one
+    process does: every pass is the forward one process runs, so the bytes are one process's and
+    the degree leaves the runtime class. Not with tensor parallelism or ``cfg_mode="batched"``.
+    Left out of a record's options when 1 (records without it keep their bytes).
     ``engine``: what runs the denoising loop: ``diffusers`` (ditproof's own loop on a diffusers
     pipeline) or ``vllm-omni`` (vLLM-Omni's Wan2.2 pipeline with ditproof's plugin; see
     :mod:`ditproof.generation.engines` and docs/vllm-omni.md). Part of the runtime class.
@@ -263,6 +274,7 @@ class LoadOptions(BaseModel):
     fuse_elementwise: bool = False
     compile: Literal["none", "regional"] = "none"
     ffn_chunks: int = Field(default=1, ge=1, le=64)
+    cfg_degree: int = Field(default=1, ge=1, le=2, exclude_if=_is_one)
 
     @field_validator("device")
     @classmethod
@@ -332,6 +344,7 @@ class RuntimeOptions(BaseModel):
     compile: Literal["none", "regional"] = "none"
     cpu_threads: int | None = Field(default=None, ge=1, le=256)
     ffn_chunks: int = Field(default=1, ge=1, le=64)
+    cfg_degree: int = Field(default=1, ge=1, le=2, exclude_if=_is_one)
 
     @field_validator("device")
     @classmethod

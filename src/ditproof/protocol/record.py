@@ -85,6 +85,8 @@ class RuntimeFingerprint(_Model):
     shortcut: str | None = None
     tp_degree: int = 1
     cp_degree: int = 1
+    # CFG's two passes on two halves of the ranks (ditproof.models.parallel); left out when 1.
+    cfg_degree: int = Field(default=1, exclude_if=lambda value: value == 1)
     ffn_chunks: int = 1
     fuse_projections: bool = False
     fuse_elementwise: bool = False

@@ -45,11 +45,13 @@ REFERENCE_ALGORITHM: dict[str, object] = {
     "shortcut": None,
     "tp_degree": 1,
     "cp_degree": 1,
+    "cfg_degree": 1,
 }
 """What the validator always regenerates with: the published model, run whole, in one process. A
 record is never allowed to lower this (a record that states a malign deviation is invalid at once;
 one that hides it is caught by the comparison). The context-parallel degree is not part of the
-class (bitwise equal to one GPU); a tensor-parallel record is delegated (its degree is its class)."""
+class (bitwise equal to one GPU), nor is CFG parallelism's (each pass is one process's forward); a
+tensor-parallel record is delegated (its degree is its class)."""
 
 REGENERATION_OPTION_FIELDS = (
     "device",
@@ -61,6 +63,7 @@ REGENERATION_OPTION_FIELDS = (
     "offload_text_encoder",
     "tp_degree",
     "cp_degree",
+    "cfg_degree",
     "cpu_threads",
 )
 """Fields of a validator's own RuntimeOptions that replace the record's when it regenerates in
@@ -89,7 +92,7 @@ def stated_deviations(record: InferenceRecord) -> list[str]:
     return [
         f"{name}={stated[name]!r}"
         for name, value in _present(REFERENCE_ALGORITHM).items()
-        if name not in ("tp_degree", "cp_degree") and stated[name] != value
+        if name not in ("tp_degree", "cp_degree", "cfg_degree") and stated[name] != value
     ]
 
 
@@ -148,6 +151,7 @@ def declared_from_options(options: RuntimeOptions) -> dict[str, object]:
         "shortcut": shortcut_label(options.shortcut),
         "tp_degree": options.tp_degree,
         "cp_degree": options.cp_degree,
+        "cfg_degree": options.cfg_degree,
         "ffn_chunks": options.ffn_chunks,
         "fuse_projections": options.fuse_projections,
         "fuse_elementwise": options.fuse_elementwise,
@@ -192,13 +196,14 @@ def record_problems(record: InferenceRecord) -> list[str]:
     derived = runtime_class(record.runtime)
     if record.runtime_class != derived:
         problems.append(f"runtime_class: got {record.runtime_class!r}; its own fingerprint gives {derived!r}")
-    stated = record.runtime.model_dump()
     declared = declared_from_options(record.options)
     if record.options.engine != "diffusers":
         del declared["attention_backend"]  # another engine reports the kernel it ran itself
     for name, value in declared.items():
-        if stated[name] != (value.model_dump() if hasattr(value, "model_dump") else value):
-            problems.append(f"runtime.{name}: {stated[name]!r}, but the record's options say {value!r}")
+        if getattr(record.runtime, name) != value:
+            problems.append(
+                f"runtime.{name}: {getattr(record.runtime, name)!r}, but the record's options say {value!r}"
+            )
     if record.options.device.partition(":")[0] != record.runtime.device_type:
         problems.append(
             f"runtime.device_type: {record.runtime.device_type!r}, options.device {record.options.device!r}"
@@ -267,6 +272,7 @@ CLASS_LOAD_FIELDS = (
     "weights",
     "tp_degree",
     "cp_degree",
+    "cfg_degree",
     "fuse_projections",
     "fuse_elementwise",
     "compile",

@@ -54,15 +54,16 @@ def why_not_runnable(job: Job, env: Environment) -> str | None:
     needs_cuda = job.options.device == "cuda" or job.options.attention_backend in GPU_ONLY_BACKENDS
     if needs_cuda and not env.cuda:
         return f"needs a CUDA GPU (device {job.options.device}, attention {job.options.attention_backend})"
-    tp, cp = job.options.tp_degree, job.options.cp_degree
-    if tp > 1 and cp > 1:
-        return f"tp {tp} with cp {cp}: the generation code runs one kind of parallelism at a time"
+    tp, cp, cfg = job.options.tp_degree, job.options.cp_degree, job.options.cfg_degree
+    if tp > 1 and (cp > 1 or cfg > 1):
+        return f"tp {tp} with cp {cp}, cfg {cfg}: tensor parallelism runs alone"
     if cp > 1 and not env.cuda:
-        return f"needs {cp} GPUs (context parallelism uses NCCL all-to-all)"
+        return f"needs {cp * cfg} GPUs (context parallelism uses NCCL all-to-all)"
+    layout = f"tp {tp} × cp {cp} × cfg {cfg}"
     if job.world_size > 1 and env.cuda and env.gpu_count < job.world_size:
-        return f"needs {job.world_size} GPUs (tp {tp} × cp {cp}); {env.gpu_count} here"
+        return f"needs {job.world_size} GPUs ({layout}); {env.gpu_count} here"
     if job.world_size > 1 and job.options.device == "cuda" and not env.cuda:
-        return f"needs {job.world_size} GPUs (tp {tp} × cp {cp}); none here"
+        return f"needs {job.world_size} GPUs ({layout}); none here"
     if job.gpu_model is not None and not any(job.gpu_model.lower() in name.lower() for name in env.gpu_names):
         here = ", ".join(env.gpu_names) or "no GPU"
         return f"needs a GPU whose name contains {job.gpu_model!r} (hardware deviation); here: {here}"

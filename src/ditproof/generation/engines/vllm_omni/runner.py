@@ -323,6 +323,7 @@ def _refuse_unsupported(options: RuntimeOptions) -> None:
         "cache": (options.cache, None),
         "tp_degree": (options.tp_degree, 1),
         "cp_degree": (options.cp_degree, 1),
+        "cfg_degree": (options.cfg_degree, 1),
         "cfg_mode": (options.cfg_mode, "sequential"),
         "attention_backend": (options.attention_backend, "sdpa"),
         # Kernel options of ditproof's loop: the record would claim them, vLLM-Omni never ran them.
