@@ -89,8 +89,8 @@ def kept_options(world: int, smoke: bool, attention: str, cfg: bool = False) -> 
     from ditproof.protocol.options import RuntimeOptions
 
     if smoke:
-        layout = {"cfg_degree": 2} if cfg else {"tp_degree": world}
-        return RuntimeOptions(cpu_threads=1, ffn_chunks=2, **layout)  # type: ignore[arg-type]
+        smoke_options = RuntimeOptions(cpu_threads=1, ffn_chunks=2)
+        return smoke_options.model_copy(update={"cfg_degree": 2} if cfg else {"tp_degree": world})
     from perf_pipeline import VARIANTS, base_options, variant_options
 
     layout = {"cfg_degree": 2, "cp_degree": world // 2} if cfg else {"cp_degree": world}

@@ -56,6 +56,28 @@ def two_processes(out, port: int, *args: str, parallel: tuple[str, ...] = ("--tp
     assert run.returncode == 0, run.stderr[-3000:]
 
 
+def records_of(tmp_path, *names: str) -> list[dict]:
+    import json
+
+    return [json.loads((tmp_path / name / "record.json").read_text()) for name in names]
+
+
+def assert_bytes_of_one_process(one: dict, parallel: dict, record_path) -> None:
+    """The parallel record's video and every checkpoint equal one process's, in the same class, and
+    ``ditproof validate`` in one process matches it byte for byte."""
+    assert one["video"]["sha256"] == parallel["video"]["sha256"]
+    assert [c["tensor_sha256"] for c in one["checkpoints"]] == [c["tensor_sha256"] for c in parallel["checkpoints"]]
+    assert one["runtime_class"] == parallel["runtime_class"]
+    validated = subprocess.run(
+        [sys.executable, "-m", "ditproof.cli.main", "validate", "--record", str(record_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert validated.returncode == 0, validated.stdout[-2000:]
+    assert "matched byte for byte" in validated.stdout
+
+
 def test_tp2_on_two_processes_is_close_to_one_process(tmp_path):
     one_process(tmp_path / "tp1", *ARGS)
     two_processes(tmp_path / "tp2", 29517, *ARGS)
@@ -87,25 +109,15 @@ def test_fixed_order_ffn_slices_make_tp2_give_the_bytes_of_one_process(tmp_path)
     # With --ffn-chunks the ranks compute whole slices and sum every partial output in one order:
     # TP-2 equals one process bit for bit (latents and mp4), the degree leaves the runtime class,
     # and a validator in one process reproduces the record exactly.
-    import json
     import os
 
     sliced = [*ARGS, "--ffn-chunks", "4"]
     one_process(tmp_path / "tp1", *sliced, env={**os.environ, "OMP_NUM_THREADS": "1"})  # a rank's one thread
     two_processes(tmp_path / "tp2", 29519, *sliced)
-    one, two = (json.loads((tmp_path / name / "record.json").read_text()) for name in ("tp1", "tp2"))
+    one, two = records_of(tmp_path, "tp1", "tp2")
     assert two["options"]["tp_degree"] == 2 and two["runtime"]["ffn_chunks"] == 4
-    assert one["video"]["sha256"] == two["video"]["sha256"]
-    assert [c["tensor_sha256"] for c in one["checkpoints"]] == [c["tensor_sha256"] for c in two["checkpoints"]]
-    assert one["runtime_class"] == two["runtime_class"] and "+ffn4/" in two["runtime_class"]
-    validated = subprocess.run(
-        [sys.executable, "-m", "ditproof.cli.main", "validate", "--record", str(tmp_path / "tp2" / "record.json")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert validated.returncode == 0, validated.stdout[-2000:]
-    assert "matched byte for byte" in validated.stdout
+    assert "+ffn4/" in two["runtime_class"]
+    assert_bytes_of_one_process(one, two, tmp_path / "tp2" / "record.json")
 
 
 def test_ffn_slices_are_checked(tiny_model):
@@ -123,26 +135,15 @@ def test_cfg_parallel_on_two_processes_gives_the_bytes_of_one_process(tmp_path):
     # The conditional pass on rank 0, the unconditional on rank 1, outputs exchanged and combined on
     # both: every pass is one process's forward, so latents, video and class are one process's, and
     # a validator in one process reproduces the record byte for byte.
-    import json
     import os
 
     one_process(tmp_path / "one", *ARGS, env={**os.environ, "OMP_NUM_THREADS": "1"})  # a rank's one thread
     two_processes(tmp_path / "cfg2", 29521, *ARGS, parallel=("--cfg-degree", "2"))
-    one, two = (json.loads((tmp_path / name / "record.json").read_text()) for name in ("one", "cfg2"))
+    one, two = records_of(tmp_path, "one", "cfg2")
     assert two["options"]["cfg_degree"] == 2 and two["runtime"]["cfg_degree"] == 2
     assert "cfg_degree" not in one["options"] and "cfg_degree" not in one["runtime"]  # 1: left out
-    assert one["video"]["sha256"] == two["video"]["sha256"]
-    assert [c["tensor_sha256"] for c in one["checkpoints"]] == [c["tensor_sha256"] for c in two["checkpoints"]]
     assert one["fingerprints"] == two["fingerprints"]
-    assert one["runtime_class"] == two["runtime_class"]
-    validated = subprocess.run(
-        [sys.executable, "-m", "ditproof.cli.main", "validate", "--record", str(tmp_path / "cfg2" / "record.json")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert validated.returncode == 0, validated.stdout[-2000:]
-    assert "matched byte for byte" in validated.stdout
+    assert_bytes_of_one_process(one, two, tmp_path / "cfg2" / "record.json")
 
 
 def test_cfg_parallel_refuses_what_it_cannot_run(tiny_model):

@@ -221,11 +221,10 @@ def generate(
 
         return run_engine(request, seed, model, run, on_step, resume=resume, stop_after=stop_after)
 
-    if model.cfg_group is not None and run.cfg_mode != "sequential":
-        raise InvalidInputError(
-            f"cfg_mode: got {run.cfg_mode!r} on a model loaded with cfg_degree {model.load.cfg_degree}; allowed: "
-            "'sequential' (the two halves of the ranks run one pass each)"
-        )
+    if model.cfg_group is not None:
+        from ditproof.models.parallel import check_cfg_mode
+
+        check_cfg_mode(model.load.cfg_degree, run.cfg_mode)
     # 1. Check inputs the request model cannot check alone.
     check_prompt_length(model, request.prompt, request.negative_prompt)
     check_segment(request, resume, stop_after)

@@ -76,12 +76,8 @@ def init_parallel(options: Options) -> Options:
             f"tp_degree={options.tp_degree}, cfg_degree={options.cfg_degree}: allowed: cfg_degree 2 alone or "
             "with cp_degree, not with tensor parallelism"
         )
-    cfg_mode = getattr(options, "cfg_mode", "sequential")  # a run's choice: RuntimeOptions only
-    if options.cfg_degree > 1 and cfg_mode != "sequential":
-        raise InvalidInputError(
-            f"cfg_mode: got {cfg_mode!r} with cfg_degree {options.cfg_degree}; allowed: 'sequential' "
-            "(the two halves of the ranks run one pass each)"
-        )
+    if isinstance(options, RuntimeOptions):  # the run's CFG mode, where the options hold it
+        check_cfg_mode(options.cfg_degree, options.cfg_mode)
     if "WORLD_SIZE" not in os.environ:
         raise RuntimeUnavailableError(
             f"parallel degree {degree} needs one process per device: launch with torchrun --nproc-per-node {degree}"
@@ -111,6 +107,15 @@ def ffn_plan(expert: torch.nn.Module) -> dict[str, object]:
         plan[f"blocks.{index}.ffn.net.0.proj"] = ColwiseParallel()
         plan[f"blocks.{index}.ffn.net.2"] = RowwiseParallel()
     return plan
+
+
+def check_cfg_mode(cfg_degree: int, cfg_mode: str) -> None:
+    """Raises InvalidInputError for CFG parallelism with another CFG mode than ``sequential``."""
+    if cfg_degree > 1 and cfg_mode != "sequential":
+        raise InvalidInputError(
+            f"cfg_mode: got {cfg_mode!r} with cfg_degree {cfg_degree}; allowed: 'sequential' "
+            "(the two halves of the ranks run one pass each)"
+        )
 
 
 @dataclass(frozen=True)
@@ -146,22 +151,20 @@ def apply_parallel(experts: tuple[torch.nn.Module, ...], options: LoadOptions) -
         from torch.distributed.tensor.parallel import parallelize_module
 
         device_type = "cuda" if options.device.startswith("cuda") else "cpu"
-        mesh = init_device_mesh(device_type, (options.tp_degree,))
+        tp_mesh = init_device_mesh(device_type, (options.tp_degree,))
         for expert in experts:
-            parallelize_module(expert, mesh, ffn_plan(expert))  # type: ignore[arg-type]
+            parallelize_module(expert, tp_mesh, ffn_plan(expert))  # type: ignore[arg-type]
+    # Under CFG parallelism one mesh serves both experts (each expert's Ulysses group is this
+    # rank's half) and the exchange; without it diffusers builds each expert's own.
+    mesh = cfg_mesh(options) if options.cfg_degree > 1 else None
     if options.cp_degree > 1:
         from diffusers import ContextParallelConfig
 
         for expert in experts:
-            # Each expert its own mesh (diffusers flattens the one it is given); under CFG
-            # parallelism the mesh holds the two halves and each expert's Ulysses group is its half.
-            config = ContextParallelConfig(
-                ulysses_degree=options.cp_degree, mesh=cfg_mesh(options) if options.cfg_degree > 1 else None
-            )
+            config = ContextParallelConfig(ulysses_degree=options.cp_degree, mesh=mesh)
             expert.enable_parallelism(config=config)  # type: ignore[operator]
-    if options.cfg_degree == 1:
+    if mesh is None:
         return None
-    mesh = cfg_mesh(options)
     return CfgGroup(branch=mesh.get_local_rank("cfg"), group=mesh.get_group("cfg"))
 
 

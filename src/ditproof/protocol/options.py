@@ -205,8 +205,8 @@ def shortcut_label(shortcut: LowNoiseReuse | CfgOffTail | UncondReuseTail | Skip
     return f"{shortcut.kind}:{params}"
 
 
-def _is_one(value: int) -> bool:
-    """A degree of 1 (none), which a dump leaves out."""
+def is_one(value: int) -> bool:
+    """A parallel degree of 1 (none), which a dump leaves out (``exclude_if``)."""
     return value == 1
 
 
@@ -274,7 +274,7 @@ class LoadOptions(BaseModel):
     fuse_elementwise: bool = False
     compile: Literal["none", "regional"] = "none"
     ffn_chunks: int = Field(default=1, ge=1, le=64)
-    cfg_degree: int = Field(default=1, ge=1, le=2, exclude_if=_is_one)
+    cfg_degree: int = Field(default=1, ge=1, le=2, exclude_if=is_one)
 
     @field_validator("device")
     @classmethod
@@ -344,7 +344,7 @@ class RuntimeOptions(BaseModel):
     compile: Literal["none", "regional"] = "none"
     cpu_threads: int | None = Field(default=None, ge=1, le=256)
     ffn_chunks: int = Field(default=1, ge=1, le=64)
-    cfg_degree: int = Field(default=1, ge=1, le=2, exclude_if=_is_one)
+    cfg_degree: int = Field(default=1, ge=1, le=2, exclude_if=is_one)
 
     @field_validator("device")
     @classmethod

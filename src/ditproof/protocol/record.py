@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ditproof.hashing import atomic_write_bytes, canonical_json, sha256_bytes
 from ditproof.protocol.files import load_model_file
-from ditproof.protocol.options import RuntimeOptions, VideoEncoding
+from ditproof.protocol.options import RuntimeOptions, VideoEncoding, is_one
 from ditproof.protocol.request import GenerationRequest
 
 RECORD_SCHEMA: Literal["ditproof.record/1"] = "ditproof.record/1"
@@ -86,7 +86,7 @@ class RuntimeFingerprint(_Model):
     tp_degree: int = 1
     cp_degree: int = 1
     # CFG's two passes on two halves of the ranks (ditproof.models.parallel); left out when 1.
-    cfg_degree: int = Field(default=1, exclude_if=lambda value: value == 1)
+    cfg_degree: int = Field(default=1, exclude_if=is_one)
     ffn_chunks: int = 1
     fuse_projections: bool = False
     fuse_elementwise: bool = False
